@@ -1,0 +1,115 @@
+//! Layer level of the CPU reference: owns `W`, the counters, the step counter and
+//! the train/eval switch, and applies the spec's update-interval and
+//! reset-on-eval policy on top of the stateless op.
+
+use crate::config::AiecConfig;
+use crate::counters::Counters;
+use crate::cpu::float::Float;
+use crate::cpu::loss::LossScales;
+use crate::cpu::op::{self, ForwardRecord, Gradients};
+use crate::error::{AiecError, Result};
+use crate::init::xavier_uniform;
+
+/// One AIEC layer on the CPU. Starts in training mode, like a fresh PyTorch module.
+#[derive(Debug, Clone)]
+pub struct AiecLayer<F> {
+    cfg: AiecConfig,
+    w: Vec<F>,
+    counters: Counters,
+    step: u64,
+    training: bool,
+}
+
+impl<F: Float> AiecLayer<F> {
+    /// A layer with Xavier-uniform weights from `seed` (`U(-a, a)`, `a = sqrt(6 / (K + C))`).
+    pub fn new(cfg: AiecConfig, seed: u64) -> Self {
+        let w = xavier_uniform(cfg.classes(), cfg.channels(), seed).into_iter().map(F::from_f64).collect();
+        Self::from_parts(cfg, w)
+    }
+
+    /// A layer with the given weights `[K, C]`.
+    pub fn with_weights(cfg: AiecConfig, w: Vec<F>) -> Result<Self> {
+        let kc = cfg.classes() * cfg.channels();
+        if w.len() != kc {
+            return Err(AiecError::LengthMismatch { what: "W [K, C]", expected: kc, got: w.len() });
+        }
+        Ok(Self::from_parts(cfg, w))
+    }
+
+    fn from_parts(cfg: AiecConfig, w: Vec<F>) -> Self {
+        let counters = Counters::new(cfg.classes(), cfg.channels());
+        AiecLayer { cfg, w, counters, step: 0, training: true }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AiecConfig {
+        &self.cfg
+    }
+    /// `W`, `[K, C]`.
+    pub fn weights(&self) -> &[F] {
+        &self.w
+    }
+    /// Replaces `W` (e.g. after an optimiser step); the length must be `K * C`.
+    pub fn set_weights(&mut self, w: &[F]) -> Result<()> {
+        if w.len() != self.w.len() {
+            return Err(AiecError::LengthMismatch { what: "W [K, C]", expected: self.w.len(), got: w.len() });
+        }
+        self.w.copy_from_slice(w);
+        Ok(())
+    }
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    /// Replaces the counters (e.g. from a checkpoint); `K` and `C` must match.
+    pub fn set_counters(&mut self, counters: Counters) -> Result<()> {
+        counters.check(self.cfg.classes(), self.cfg.channels())?;
+        self.counters = counters;
+        Ok(())
+    }
+    /// Training forwards so far (the step counter `s`).
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+    /// Whether the layer is in training mode.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+    /// Training mode: forwards count steps and, with targets, run the AIEC units.
+    pub fn train(&mut self) {
+        self.training = true;
+    }
+    /// Evaluation mode: the threshold alone; resets the counters (spec).
+    pub fn eval(&mut self) {
+        self.training = false;
+        self.counters.reset();
+    }
+    /// Resets the counters to `act = inh = 0`, `total = 1`.
+    pub fn reset_counters(&mut self) {
+        self.counters.reset();
+    }
+
+    /// The forward of this layer (`x` in the layout of the pooling mode, shape `dims`).
+    ///
+    /// In training mode the step counter increments first, and with `targets` the
+    /// counters update when `step % update_interval == 0`. In evaluation mode the
+    /// result is the threshold alone (targets are still checked). On error nothing
+    /// (weights, counters, step) changes.
+    pub fn forward(&mut self, x: &[F], dims: &[usize], targets: Option<&[i64]>) -> Result<ForwardRecord<F>> {
+        if !self.training {
+            op::check_forward(&self.cfg, x, dims, &self.w, targets, &self.counters)?;
+            return op::forward(&self.cfg, x, dims, &self.w, None, &mut self.counters, false);
+        }
+        let next = self.step + 1;
+        let update = targets.is_some() && next % self.cfg.update_interval() == 0;
+        let record = op::forward(&self.cfg, x, dims, &self.w, targets, &mut self.counters, update)?;
+        self.step = next;
+        Ok(record)
+    }
+
+    /// The backward of a forward of this layer; `scales` come from
+    /// [`crate::cpu::loss::combine`] over all layers sharing the targets.
+    pub fn backward(&self, record: &ForwardRecord<F>, dy: &[F], scales: &LossScales<F>) -> Result<Gradients<F>> {
+        op::backward(&self.cfg, record, &self.w, dy, scales)
+    }
+}

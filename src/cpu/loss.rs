@@ -1,0 +1,128 @@
+//! Loss level of the CPU reference: the aux and gate losses over `L` layers that
+//! share one target vector, and the scales each layer's backward needs.
+
+use crate::cpu::float::Float;
+use crate::cpu::op::{cross_entropy, ForwardRecord};
+use crate::error::{AiecError, Result};
+
+/// The two loss coefficients (`aux_coef * aux + gate_coef * gate` is added to the
+/// task loss). The paper uses `aux_coef = 1`, `gate_coef = 200`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossCoefs {
+    /// Weight of the auxiliary cross-entropy.
+    pub aux_coef: f64,
+    /// Weight of the gate loss.
+    pub gate_coef: f64,
+}
+
+impl LossCoefs {
+    /// The paper's settings.
+    pub const PAPER: LossCoefs = LossCoefs { aux_coef: 1.0, gate_coef: 200.0 };
+
+    /// Checked coefficients: both finite and `>= 0`.
+    pub fn new(aux_coef: f64, gate_coef: f64) -> Result<Self> {
+        for (name, value) in [("aux_coef", aux_coef), ("gate_coef", gate_coef)] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(AiecError::InvalidCoefficient { name, value });
+            }
+        }
+        Ok(LossCoefs { aux_coef, gate_coef })
+    }
+}
+
+/// What each layer's backward needs from the combined losses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossScales<F> {
+    /// `aux_coef / (L * B)` (0 when `L * B == 0`): `dlogits = aux_scale * (softmax - onehot)`.
+    pub aux_scale: F,
+    /// `2 * gate_coef / sum_l N_l` (0 when that sum is 0): `dv += gate_scale * v * mask`.
+    pub gate_scale: F,
+}
+
+impl<F: Float> LossScales<F> {
+    /// Scales that add nothing: the backward of the threshold plus whatever `dy` carries.
+    pub fn zero() -> Self {
+        LossScales { aux_scale: F::ZERO, gate_scale: F::ZERO }
+    }
+}
+
+/// The combined losses of `L` layers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Losses<F> {
+    /// Mean over all `L * B` rows of `CE(logits_l[b], t[b])` (0 when there are no rows).
+    pub aux: F,
+    /// `sum_l S_l / sum_l N_l`, 0 when `sum_l N_l == 0`.
+    pub gate: F,
+    /// `sum_l S_l`.
+    pub gate_sum_sq: F,
+    /// `sum_l N_l`.
+    pub gate_count: u64,
+    /// `L * B`.
+    pub rows: usize,
+    /// The coefficients these losses were combined with.
+    pub coefs: LossCoefs,
+    /// What each layer's backward needs.
+    pub scales: LossScales<F>,
+}
+
+impl<F: Float> Losses<F> {
+    /// `aux_coef * aux + gate_coef * gate`: what AIEC adds to the task loss.
+    pub fn objective(&self) -> F {
+        F::from_f64(self.coefs.aux_coef) * self.aux + F::from_f64(self.coefs.gate_coef) * self.gate
+    }
+}
+
+/// Combines the forward records of the `L` layers that share one target vector.
+/// Every record must come from a forward with targets, and all must share them.
+pub fn combine<F: Float>(records: &[&ForwardRecord<F>], coefs: LossCoefs) -> Result<Losses<F>> {
+    let coefs = LossCoefs::new(coefs.aux_coef, coefs.gate_coef)?;
+    let mut first: Option<&[usize]> = None;
+    let (mut ce_sum, mut rows) = (F::ZERO, 0usize);
+    let (mut gate_sum_sq, mut gate_count) = (F::ZERO, 0u64);
+    for (layer, rec) in records.iter().enumerate() {
+        let Some(aux) = &rec.aux else {
+            return Err(AiecError::LayerMismatch {
+                layer,
+                reason: "its forward had no targets, so it has no aux loss".into(),
+            });
+        };
+        match first {
+            None => first = Some(&aux.targets),
+            Some(t) if t != aux.targets.as_slice() => {
+                return Err(AiecError::LayerMismatch {
+                    layer,
+                    reason: format!(
+                        "targets differ from layer 0's (B = {} vs {})",
+                        aux.targets.len(),
+                        t.len()
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+        let k = aux.classes;
+        for (b, &t) in aux.targets.iter().enumerate() {
+            ce_sum += cross_entropy(&aux.logits[b * k..(b + 1) * k], t);
+        }
+        rows += aux.targets.len();
+        gate_sum_sq += aux.gate_sum_sq;
+        gate_count += aux.gate_count;
+    }
+    let aux = if rows == 0 { F::ZERO } else { ce_sum / F::from_usize(rows) };
+    let aux_scale = if rows == 0 { F::ZERO } else { F::from_f64(coefs.aux_coef) / F::from_usize(rows) };
+    let (gate, gate_scale) = if gate_count == 0 {
+        (F::ZERO, F::ZERO)
+    } else {
+        let n = F::from_f64(gate_count as f64);
+        (gate_sum_sq / n, F::from_f64(2.0 * coefs.gate_coef) / n)
+    };
+    Ok(Losses {
+        aux,
+        gate,
+        gate_sum_sq,
+        gate_count,
+        rows,
+        coefs,
+        scales: LossScales { aux_scale, gate_scale },
+    })
+}

@@ -1,0 +1,38 @@
+//! # aiec
+//!
+//! Fused CUDA kernels for **AIEC** (Activation with Intrinsic-Extrinsic
+//! Consensus, ICML 2026), and the CPU reference that judges them.
+//!
+//! AIEC is a training-time activation: its output is a plain threshold
+//! (`y = x` where `x > tau`, else 0), and beside it three units run during
+//! training: a decision unit (`logits = pool(y) W^T`, trained by an auxiliary
+//! cross-entropy), a counting unit (per class, how often each channel fires on
+//! correctly classified samples) and a consensus gate that penalises channels
+//! which both judgements call irrelevant. The exact semantics are in the
+//! crate's `AIEC_SPEC.md` contract; [`cpu`] implements it plainly.
+//!
+//! ```
+//! use aiec::{AiecConfig, Pool};
+//! use aiec::cpu::{AiecLayer, combine, LossCoefs};
+//!
+//! // C = 4 channels, K = 3 classes, tau = 0, a [B, C] input.
+//! let cfg = AiecConfig::new(4, 3, 0.0, Pool::None)?;
+//! let mut layer = AiecLayer::<f32>::new(cfg, 42);
+//! let x = [0.5, -1.0, 2.0, 0.0, 1.0, 1.0, -0.5, 3.0];
+//! let rec = layer.forward(&x, &[2, 4], Some(&[0, 2]))?;
+//! assert_eq!(rec.y, [0.5, 0.0, 2.0, 0.0, 1.0, 1.0, 0.0, 3.0]);
+//! let losses = combine(&[&rec], LossCoefs::PAPER)?;
+//! let grads = layer.backward(&rec, &[0.0; 8], &losses.scales)?;
+//! assert_eq!(grads.dw.len(), 3 * 4);
+//! # Ok::<(), aiec::AiecError>(())
+//! ```
+
+pub mod config;
+pub mod counters;
+pub mod cpu;
+pub mod error;
+pub mod init;
+
+pub use config::{AiecConfig, InputDims, Pool};
+pub use counters::Counters;
+pub use error::{AiecError, Result};
