@@ -21,11 +21,13 @@ fn bench_cpu(cr: &mut Criterion) {
         group.bench_function(format!("forward/{pool}"), |b| {
             b.iter(|| {
                 let mut counters = l.counters.clone();
-                forward(&cfg, &l.x, &case.dims, &l.w, Some(&case.targets), &mut counters, true).expect("forward")
+                forward(&cfg, &l.x, &case.dims, &l.w, Some(&case.targets), &mut counters, true)
+                    .expect("forward")
             })
         });
         let mut counters = l.counters.clone();
-        let rec = forward(&cfg, &l.x, &case.dims, &l.w, Some(&case.targets), &mut counters, true).expect("forward");
+        let rec =
+            forward(&cfg, &l.x, &case.dims, &l.w, Some(&case.targets), &mut counters, true).expect("forward");
         let losses = combine(&[&rec], case.coefs).expect("combine");
         group.bench_function(format!("backward/{pool}"), |b| {
             b.iter(|| backward(&cfg, &rec, &l.w, &l.dy, &losses.scales).expect("backward"))

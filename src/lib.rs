@@ -36,3 +36,8 @@ pub mod init;
 pub use config::{AiecConfig, InputDims, Pool};
 pub use counters::Counters;
 pub use error::{AiecError, Result};
+
+/// The README's examples compile and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

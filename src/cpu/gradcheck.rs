@@ -109,7 +109,8 @@ pub fn loss(case: &Case) -> Result<f64> {
     let mut inner = 0.0;
     for l in &case.layers {
         let mut counters = l.counters.clone();
-        let rec = forward(&case.cfg, &l.x, &case.dims, &l.w, Some(&case.targets), &mut counters, case.update)?;
+        let rec =
+            forward(&case.cfg, &l.x, &case.dims, &l.w, Some(&case.targets), &mut counters, case.update)?;
         inner += rec.y.iter().zip(&l.dy).map(|(a, b)| a * b).sum::<f64>();
         records.push(rec);
     }
@@ -122,7 +123,15 @@ pub fn analytic(case: &Case) -> Result<Vec<Gradients<f64>>> {
     let mut records = Vec::with_capacity(case.layers.len());
     for l in &case.layers {
         let mut counters = l.counters.clone();
-        records.push(forward(&case.cfg, &l.x, &case.dims, &l.w, Some(&case.targets), &mut counters, case.update)?);
+        records.push(forward(
+            &case.cfg,
+            &l.x,
+            &case.dims,
+            &l.w,
+            Some(&case.targets),
+            &mut counters,
+            case.update,
+        )?);
     }
     let refs: Vec<_> = records.iter().collect();
     let losses = combine(&refs, case.coefs)?;
@@ -160,23 +169,34 @@ pub fn rel_error(analytic: &[f64], numeric: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Central differences with step `h` on every element of every layer's `x`
-/// and `W`, compared with [`analytic`].
-pub fn check(case: &Case, h: f64) -> Result<GradReport> {
-    let grads = analytic(case)?;
-    let mut report = GradReport::default();
+/// Central-difference gradients of [`loss`] with step `h`, for every element of
+/// every layer's `x` and `W`.
+pub fn numeric(case: &Case, h: f64) -> Result<Vec<Gradients<f64>>> {
     let mut probe = case.clone();
-    for (li, g) in grads.iter().enumerate() {
-        let mut num_dx = vec![0.0; g.dx.len()];
-        for (i, slot) in num_dx.iter_mut().enumerate() {
+    let mut out = Vec::with_capacity(case.layers.len());
+    for li in 0..case.layers.len() {
+        let mut dx = vec![0.0; case.layers[li].x.len()];
+        for (i, slot) in dx.iter_mut().enumerate() {
             *slot = central(&mut probe, h, |c| &mut c.layers[li].x[i])?;
         }
-        let mut num_dw = vec![0.0; g.dw.len()];
-        for (i, slot) in num_dw.iter_mut().enumerate() {
+        let mut dw = vec![0.0; case.layers[li].w.len()];
+        for (i, slot) in dw.iter_mut().enumerate() {
             *slot = central(&mut probe, h, |c| &mut c.layers[li].w[i])?;
         }
-        report.dx = report.dx.max(rel_error(&g.dx, &num_dx));
-        report.dw = report.dw.max(rel_error(&g.dw, &num_dw));
+        out.push(Gradients { dx, dw });
+    }
+    Ok(out)
+}
+
+/// Compares [`analytic`] with [`numeric`] (step `h`) and returns the largest
+/// relative errors.
+pub fn check(case: &Case, h: f64) -> Result<GradReport> {
+    let grads = analytic(case)?;
+    let nums = numeric(case, h)?;
+    let mut report = GradReport::default();
+    for (g, n) in grads.iter().zip(&nums) {
+        report.dx = report.dx.max(rel_error(&g.dx, &n.dx));
+        report.dw = report.dw.max(rel_error(&g.dw, &n.dw));
     }
     Ok(report)
 }

@@ -109,7 +109,12 @@ impl<F: Float> AiecLayer<F> {
 
     /// The backward of a forward of this layer; `scales` come from
     /// [`crate::cpu::loss::combine`] over all layers sharing the targets.
-    pub fn backward(&self, record: &ForwardRecord<F>, dy: &[F], scales: &LossScales<F>) -> Result<Gradients<F>> {
+    pub fn backward(
+        &self,
+        record: &ForwardRecord<F>,
+        dy: &[F],
+        scales: &LossScales<F>,
+    ) -> Result<Gradients<F>> {
         op::backward(&self.cfg, record, &self.w, dy, scales)
     }
 }

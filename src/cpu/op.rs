@@ -139,7 +139,8 @@ pub fn forward<F: Float>(
     let (plan, targets) = check_forward(cfg, x, dims, w, targets, counters)?;
     let tau = F::from_f64(cfg.tau());
 
-    // 1. Threshold unit. `!(v <= tau)` keeps NaN.
+    // 1. Threshold unit. `!(v <= tau)` keeps NaN: the spec's wording, on purpose.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     let keep: Vec<bool> = x.iter().map(|&v| !(v <= tau)).collect();
     let y: Vec<F> = x.iter().zip(&keep).map(|(&v, &k)| if k { v } else { F::ZERO }).collect();
 
@@ -244,7 +245,11 @@ pub fn backward<F: Float>(
     if let Some(aux) = &record.aux {
         let (b_n, c_n, k_n) = (plan.batch, plan.channels, cfg.classes());
         if aux.classes != k_n {
-            return Err(AiecError::LengthMismatch { what: "record classes K", expected: k_n, got: aux.classes });
+            return Err(AiecError::LengthMismatch {
+                what: "record classes K",
+                expected: k_n,
+                got: aux.classes,
+            });
         }
         // dlogits = aux_scale * (softmax - onehot).
         let mut dlogits = vec![F::ZERO; b_n * k_n];

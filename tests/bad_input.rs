@@ -1,0 +1,147 @@
+//! One test per bad input of the spec's list: each returns the right typed error
+//! and leaves `W`, the counters and the step exactly as they were.
+//!
+//! "Tensors on different devices" has no CPU counterpart (the reference has one
+//! device); the GPU layer's tests cover it.
+
+use aiec::cpu::{backward, combine, forward, AiecLayer, LossCoefs};
+use aiec::{AiecConfig, AiecError, Counters, Pool};
+
+/// A layer that has taken one update already (interval 1), so that a bad call
+/// that slipped through would visibly move the counters or the step.
+fn layer(pool: Pool) -> AiecLayer<f64> {
+    let cfg = AiecConfig::with_interval(3, 4, 0.0, 1, pool).unwrap();
+    let mut l = AiecLayer::new(cfg, 9);
+    let dims = aiec::cpu::gradcheck::dims_for(pool, 2, 3, 2);
+    let n: usize = dims.iter().product();
+    let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
+    l.forward(&x, &dims, Some(&[1, 2])).unwrap();
+    l
+}
+
+type Snapshot = (Vec<f64>, Counters, u64);
+
+fn snapshot(l: &AiecLayer<f64>) -> Snapshot {
+    (l.weights().to_vec(), l.counters().clone(), l.step())
+}
+
+/// Runs a bad forward on a fresh layer and checks the error and the state.
+fn bad_forward(pool: Pool, x_len: usize, dims: &[usize], targets: Option<&[i64]>) -> AiecError {
+    let mut l = layer(pool);
+    let before = snapshot(&l);
+    let err = l.forward(&vec![0.5; x_len], dims, targets).unwrap_err();
+    assert_eq!(snapshot(&l), before, "state changed after {err}");
+    assert!(!err.to_string().is_empty());
+    err
+}
+
+#[test]
+fn shape_that_does_not_fit_the_pooling_mode() {
+    let e = bad_forward(Pool::AvgHw, 12, &[2, 3, 2], Some(&[0, 1]));
+    assert!(matches!(e, AiecError::RankMismatch { pool: Pool::AvgHw, expected: 4, .. }), "{e}");
+    assert!(e.to_string().contains("[2, 3, 2]"), "{e}");
+    let e = bad_forward(Pool::None, 6, &[2, 3, 1], None);
+    assert!(matches!(e, AiecError::RankMismatch { expected: 2, .. }), "{e}");
+}
+
+#[test]
+fn channels_not_matching_the_layer() {
+    // [B, T, C] with C = 5 for a layer of C = 3.
+    let e = bad_forward(Pool::Token, 20, &[2, 2, 5], Some(&[0, 1]));
+    assert!(matches!(e, AiecError::ChannelMismatch { expected: 3, got: 5, .. }), "{e}");
+    // avg_hw reads C from dims[1].
+    let e = bad_forward(Pool::AvgHw, 16, &[2, 2, 2, 2], Some(&[0, 1]));
+    assert!(matches!(e, AiecError::ChannelMismatch { expected: 3, got: 2, .. }), "{e}");
+}
+
+#[test]
+fn classes_not_matching_the_layer() {
+    let mut l = layer(Pool::None);
+    let before = snapshot(&l);
+    let e = l.set_weights(&[0.0; 5 * 3]).unwrap_err();
+    assert_eq!(e, AiecError::LengthMismatch { what: "W [K, C]", expected: 12, got: 15 });
+    let e = l.set_counters(Counters::new(5, 3)).unwrap_err();
+    assert!(matches!(e, AiecError::LengthMismatch { expected: 4, got: 5, .. }), "{e}");
+    assert_eq!(snapshot(&l), before);
+    // Op level: W or counters of another K.
+    let cfg = *l.config();
+    let mut counters = Counters::new(4, 3);
+    let e = forward(&cfg, &[1.0; 6], &[2, 3], &[0.0; 15], Some(&[0, 1]), &mut counters, true).unwrap_err();
+    assert!(matches!(e, AiecError::LengthMismatch { what: "W [K, C]", expected: 12, got: 15 }), "{e}");
+    let mut other = Counters::new(5, 3);
+    let e = forward(&cfg, &[1.0; 6], &[2, 3], &[0.0; 12], Some(&[0, 1]), &mut other, true).unwrap_err();
+    assert!(matches!(e, AiecError::LengthMismatch { .. }), "{e}");
+    assert_eq!((counters, other), (Counters::new(4, 3), Counters::new(5, 3)));
+}
+
+#[test]
+fn target_outside_the_classes() {
+    for bad in [4i64, -1, i64::MAX, i64::MIN] {
+        let e = bad_forward(Pool::AvgToken, 12, &[2, 2, 3], Some(&[0, bad]));
+        assert_eq!(e, AiecError::TargetOutOfRange { index: 1, value: bad, classes: 4 });
+        assert!(e.to_string().contains(&bad.to_string()), "{e}");
+    }
+    // The first sample is valid and correctly predicted or not: nothing may move.
+    let e = bad_forward(Pool::None, 6, &[2, 3], Some(&[7, 0]));
+    assert!(matches!(e, AiecError::TargetOutOfRange { index: 0, value: 7, classes: 4 }));
+}
+
+#[test]
+fn target_count_not_matching_the_batch() {
+    let e = bad_forward(Pool::None, 6, &[2, 3], Some(&[0, 1, 2]));
+    assert_eq!(e, AiecError::TargetCountMismatch { batch: 2, got: 3 });
+}
+
+#[test]
+fn input_length_not_matching_its_shape() {
+    let e = bad_forward(Pool::None, 7, &[2, 3], Some(&[0, 1]));
+    assert_eq!(e, AiecError::LengthMismatch { what: "x", expected: 6, got: 7 });
+}
+
+#[test]
+fn tau_negative_or_not_finite() {
+    for tau in [-1e-9, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let e = AiecConfig::new(3, 4, tau, Pool::None).unwrap_err();
+        assert!(matches!(e, AiecError::InvalidTau { .. }), "{e}");
+    }
+}
+
+#[test]
+fn update_interval_zero() {
+    assert_eq!(AiecConfig::with_interval(3, 4, 0.0, 0, Pool::None), Err(AiecError::ZeroUpdateInterval));
+}
+
+#[test]
+fn empty_dimension_where_not_allowed() {
+    let e = bad_forward(Pool::Token, 0, &[2, 0, 3], Some(&[0, 1]));
+    assert!(matches!(e, AiecError::EmptyDimension { what: "tokens T", .. }), "{e}");
+    let e = bad_forward(Pool::AvgHw, 0, &[2, 3, 4, 0], Some(&[0, 1]));
+    assert!(matches!(e, AiecError::EmptyDimension { what: "H and W", .. }), "{e}");
+    assert!(matches!(AiecConfig::new(0, 4, 0.0, Pool::None), Err(AiecError::EmptyDimension { .. })));
+    assert!(matches!(AiecConfig::new(3, 0, 0.0, Pool::None), Err(AiecError::EmptyDimension { .. })));
+}
+
+#[test]
+fn bad_backward_and_loss_inputs() {
+    let mut l = layer(Pool::None);
+    let rec = l.forward(&[1.0; 6], &[2, 3], Some(&[0, 1])).unwrap();
+    let before = snapshot(&l);
+    let losses = combine(&[&rec], LossCoefs::PAPER).unwrap();
+    let e = l.backward(&rec, &[0.0; 5], &losses.scales).unwrap_err();
+    assert_eq!(e, AiecError::LengthMismatch { what: "dy", expected: 6, got: 5 });
+    let e = backward(l.config(), &rec, &[0.0; 3], &[0.0; 6], &losses.scales).unwrap_err();
+    assert!(matches!(e, AiecError::LengthMismatch { what: "W [K, C]", .. }), "{e}");
+    // Layers that do not share the targets, or a record without targets.
+    let other = l.forward(&[1.0; 6], &[2, 3], Some(&[1, 1])).unwrap();
+    let after_other = snapshot(&l);
+    assert!(matches!(
+        combine(&[&rec, &other], LossCoefs::PAPER),
+        Err(AiecError::LayerMismatch { layer: 1, .. })
+    ));
+    let plain = l.forward(&[1.0; 6], &[2, 3], None).unwrap();
+    assert!(matches!(combine(&[&plain], LossCoefs::PAPER), Err(AiecError::LayerMismatch { layer: 0, .. })));
+    for (a, g) in [(f64::NAN, 1.0), (1.0, -2.0), (f64::INFINITY, 0.0)] {
+        assert!(matches!(LossCoefs::new(a, g), Err(AiecError::InvalidCoefficient { .. })));
+    }
+    assert!(before.2 < after_other.2, "the valid forwards did count steps");
+}
