@@ -1,11 +1,40 @@
 #!/usr/bin/env bash
-# Every test of the crate, on a fresh machine with only the Rust toolchain.
-# (README: "Run every test".) Later steps add the NVRTC and simulator layers here.
+# Every test of the crate, on a fresh machine with the Rust toolchain, g++ and
+# Python 3 with pip (README: "Run every test"). No GPU needed; on a machine
+# with one, the same tests also run on CUDA.
+#
+#   1. NVRTC: a loadable libnvrtc (system, or the pip wheel fetched into target/).
+#   2. All tests with the simulator (schedule seed 0): CPU reference, golden,
+#      gradient check, launch plans, kernels in the simulator, NVRTC builds of
+#      every kernel for sm_75, sm_80 and sm_90.
+#   3. The simulator tests again under schedule seeds 1 and 2 (seed 2 with 4
+#      parallel workers).
+#   4. The simulator tests in an AddressSanitizer + UBSan build of the simulator.
+#   5. The simulator's own self-test (it must catch deadlocks, divergent
+#      barriers, half-warp shuffles, shared-memory overflows), release and ASan.
+#   6. Benches and examples build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== unit, integration and doc tests (release) =="
-cargo test --release
+echo "== 1. NVRTC =="
+. scripts/ensure-nvrtc.sh
+export AIEC_REQUIRE_NVRTC=1
 
-echo "== benches and examples build =="
-cargo build --release --benches --examples
+SIM_TESTS=(--test threshold --test convert --test device)
+
+echo "== 2. all tests (release, simulator seed 0) =="
+CUDA_SIM_SEED=0 CUDA_SIM_WORKERS=1 cargo test --release --features sim
+
+echo "== 3. simulator tests under more schedules =="
+CUDA_SIM_SEED=1 CUDA_SIM_WORKERS=1 cargo test --release --features sim "${SIM_TESTS[@]}"
+CUDA_SIM_SEED=2 CUDA_SIM_WORKERS=4 cargo test --release --features sim "${SIM_TESTS[@]}"
+
+echo "== 4. simulator tests with AddressSanitizer + UBSan =="
+AIEC_SIM_SANITIZE=address CARGO_TARGET_DIR=target/asan CUDA_SIM_SEED=1 \
+  cargo test --features sim "${SIM_TESTS[@]}"
+
+echo "== 5. simulator self-test =="
+AIEC_SIM_BUILD=target/sim-selftest bash kernels/sim/selftest.sh
+
+echo "== 6. benches and examples build =="
+cargo build --release --features sim --benches --examples

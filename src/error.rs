@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::config::Pool;
+use crate::dtype::DType;
 
 /// Everything that can go wrong in `aiec`, from a bad shape to a missing driver.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,20 @@ pub enum AiecError {
     LayerMismatch { layer: usize, reason: String },
     /// A shape whose element count does not fit in `usize`.
     ShapeOverflow { dims: Vec<usize> },
+    /// A tensor has another element type than the operation needs.
+    DTypeMismatch { what: &'static str, expected: DType, got: DType },
+    /// Tensors of one operation live on different devices.
+    DeviceMismatch { what: &'static str, expected: String, got: String },
+    /// No usable CUDA driver or GPU: says what is missing and how to get it.
+    CudaUnavailable { reason: String, hint: &'static str },
+    /// The NVRTC library could not be loaded.
+    NvrtcUnavailable { reason: String, hint: &'static str },
+    /// NVRTC rejected a kernel; carries the compiler log.
+    NvrtcCompile { file: String, target: String, log: String },
+    /// A CUDA driver call failed.
+    Driver { call: &'static str, message: String },
+    /// The CPU simulator reported a failed launch (deadlock, bad configuration...).
+    Sim { kernel: String, code: i32, message: String },
 }
 
 impl fmt::Display for AiecError {
@@ -71,6 +86,17 @@ impl fmt::Display for AiecError {
             }
             LayerMismatch { layer, reason } => write!(f, "layer {layer}: {reason}"),
             ShapeOverflow { dims } => write!(f, "shape {dims:?} has more elements than fit in usize"),
+            DTypeMismatch { what, expected, got } => write!(f, "{what} is {got}, expected {expected}"),
+            DeviceMismatch { what, expected, got } => write!(f, "{what} is on {got}, expected {expected}"),
+            CudaUnavailable { reason, hint } => write!(f, "CUDA is not available: {reason}. {hint}"),
+            NvrtcUnavailable { reason, hint } => write!(f, "NVRTC is not available: {reason}. {hint}"),
+            NvrtcCompile { file, target, log } => {
+                write!(f, "NVRTC failed to compile {file} for {target}:\n{log}")
+            }
+            Driver { call, message } => write!(f, "CUDA driver call {call} failed: {message}"),
+            Sim { kernel, code, message } => {
+                write!(f, "simulated launch of {kernel} failed (code {code}): {message}")
+            }
         }
     }
 }

@@ -30,12 +30,21 @@
 pub mod config;
 pub mod counters;
 pub mod cpu;
+pub mod device;
+pub mod dtype;
 pub mod error;
 pub mod init;
+pub mod launch;
+pub mod nvrtc;
+pub mod ops;
+pub mod tensor;
 
 pub use config::{AiecConfig, InputDims, Pool};
 pub use counters::Counters;
+pub use device::{available_devices, Device, DeviceKind, DeviceStats};
+pub use dtype::{DType, Element};
 pub use error::{AiecError, Result};
+pub use tensor::Tensor;
 
 /// The README's examples compile and run as doc tests.
 #[cfg(doctest)]

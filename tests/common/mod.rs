@@ -4,5 +4,6 @@
 #![allow(dead_code)]
 
 pub mod compare;
+pub mod devices;
 pub mod golden;
 pub mod runner;

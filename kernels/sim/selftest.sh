@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# kernels/sim/selftest.sh - builds the simulator library the way build.rs will and runs kernels/sim/selftest.cpp.
+#   kernels/sim/selftest.sh            release + ASan/UBSan builds, all checks
+#   AIEC_NVRTC_LIB=/path/libnvrtc.so.12 kernels/sim/selftest.sh   also compiles every .cu with the real NVRTC
+# Build dir: $AIEC_SIM_BUILD (default /tmp/aiec_sim_build). Recipe per variant (see sim_abi.cpp):
+#   c++ $FLAGS -c kernels/sim/sim_abi.cpp; c++ $FLAGS -x c++ -c kernels/<op>.cu (each); ar rcs libaiec_sim.a *.o
+#   link the test with -Wl,--whole-archive libaiec_sim.a -Wl,--no-whole-archive
+set -euo pipefail
+cd "$(dirname "$0")/../.."   # repository root
+CXX=${CXX:-g++}
+OUT=${AIEC_SIM_BUILD:-/tmp/aiec_sim_build}
+KERNELS=(kernels/*.cu)
+TESTK=kernels/sim/selftest_kernels.cu
+BASE=(-std=c++17 -fPIC -pthread -Wall -Wextra)
+status=0
+for v in release asan; do
+  case $v in
+    release) FLAGS=(-O2) ;;
+    asan)    FLAGS=(-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all) ;;
+  esac
+  d=$OUT/$v; rm -rf "$d"; mkdir -p "$d"
+  echo "== $v: ${FLAGS[*]}"
+  set -x
+  $CXX "${BASE[@]}" "${FLAGS[@]}" -c kernels/sim/sim_abi.cpp -o "$d/sim_abi.o"
+  for k in "${KERNELS[@]}"; do $CXX "${BASE[@]}" "${FLAGS[@]}" -x c++ -c "$k" -o "$d/$(basename "$k" .cu).o"; done
+  $CXX "${BASE[@]}" "${FLAGS[@]}" -x c++ -c $TESTK -o "$d/selftest_kernels.o"
+  ar rcs "$d/libaiec_sim.a" "$d/sim_abi.o" "$d"/threshold.o "$d"/convert.o
+  ar rcs "$d/libaiec_sim_selftest.a" "$d/selftest_kernels.o"
+  $CXX "${BASE[@]}" "${FLAGS[@]}" kernels/sim/selftest.cpp -o "$d/selftest" \
+    -Wl,--whole-archive "$d/libaiec_sim.a" "$d/libaiec_sim_selftest.a" -Wl,--no-whole-archive
+  { set +x; } 2>/dev/null
+  "$d/selftest" || status=1
+  if [ $v = release ]; then
+    # without --whole-archive the linker drops the kernel objects (their registrars are unreferenced)
+    $CXX "${BASE[@]}" "${FLAGS[@]}" kernels/sim/selftest.cpp -o "$d/selftest_nowa" "$d/libaiec_sim.a"
+    echo "linked WITHOUT --whole-archive: $("$d/selftest_nowa" count)"
+    # linker-proof alternative: one translation unit that #includes sim_abi.cpp and every kernel file
+    { echo '#include "kernels/sim/sim_abi.cpp"'
+      for k in "${KERNELS[@]}" $TESTK; do echo "#include \"$k\""; done; } > "$d/unity.cpp"
+    set -x
+    $CXX "${BASE[@]}" "${FLAGS[@]}" -I. -c "$d/unity.cpp" -o "$d/unity.o"
+    $CXX "${BASE[@]}" "${FLAGS[@]}" kernels/sim/selftest.cpp "$d/unity.o" -o "$d/selftest_unity"
+    { set +x; } 2>/dev/null
+    echo "unity build: $("$d/selftest_unity" count)"
+    "$d/selftest_unity" > "$d/unity.log" || status=1
+    echo "unity build: $(tail -1 "$d/unity.log")"
+  else
+    # ASan must stop a write past the dynamic shared memory, naming the simulated thread
+    if "$d/selftest" dynoob > "$d/dynoob.log" 2>&1; then
+      echo "FAIL asan dynoob: the overflow went unnoticed"; status=1
+    elif grep -q "AddressSanitizer" "$d/dynoob.log" && grep -q "cuda_sim: the report above is from block" "$d/dynoob.log"; then
+      echo "PASS asan dynoob: $(grep -m1 -o 'AddressSanitizer: [a-z-]*' "$d/dynoob.log"); $(grep -m1 'cuda_sim: the report above' "$d/dynoob.log")"
+    else
+      echo "FAIL asan dynoob: unexpected output"; tail -20 "$d/dynoob.log"; status=1
+    fi
+  fi
+done
+if [ -n "${AIEC_NVRTC_LIB:-}" ]; then
+  python3 kernels/sim/nvrtc_check.py || status=1
+fi
+exit $status

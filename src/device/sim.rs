@@ -1,0 +1,152 @@
+//! The simulator backend: the kernels of `kernels/*.cu`, compiled for the host
+//! by `build.rs` with `kernels/sim/cuda_sim.h`, launched through the C ABI of
+//! `kernels/sim/sim_abi.h`. Memory is host memory; a "device address" is a host
+//! address.
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::sync::Mutex;
+
+use crate::error::{AiecError, Result};
+use crate::launch::LaunchPlan;
+
+/// The SM count the simulator reports to launch plans: small grids keep the
+/// simulation fast while still exercising grid-stride loops over many blocks.
+pub(crate) const SIM_SM_COUNT: u32 = 2;
+
+extern "C" {
+    fn aiec_sim_launch(
+        kernel_name: *const c_char,
+        gx: c_uint,
+        gy: c_uint,
+        gz: c_uint,
+        bx: c_uint,
+        by: c_uint,
+        bz: c_uint,
+        dyn_smem: usize,
+        args: *mut *mut c_void,
+        nargs: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn aiec_sim_set_seed(seed: u64);
+    fn aiec_sim_set_workers(workers: c_uint);
+    fn aiec_sim_kernel_count() -> usize;
+    fn aiec_sim_kernel_name(i: usize) -> *const c_char;
+}
+
+/// The simulator's schedule settings are process-wide: launches take this lock
+/// and set their device's schedule first, so devices with different seeds can
+/// be used from parallel tests.
+static LAUNCH_LOCK: Mutex<()> = Mutex::new(());
+
+/// Every kernel entry point compiled into the simulator.
+pub fn kernel_names() -> Vec<String> {
+    // SAFETY: the ABI returns valid NUL-terminated names that live for the
+    // whole process, for every index below the count.
+    unsafe {
+        (0..aiec_sim_kernel_count())
+            .map(|i| CStr::from_ptr(aiec_sim_kernel_name(i)).to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+pub(crate) struct SimBackend {
+    seed: u64,
+    workers: u32,
+}
+
+impl SimBackend {
+    pub(crate) fn new(seed: u64, workers: u32) -> Self {
+        SimBackend { seed, workers }
+    }
+
+    /// # Safety
+    /// As [`super::Device::launch`]; `params` has one pointer per plan argument.
+    pub(crate) unsafe fn launch(&self, plan: &LaunchPlan, params: &mut [*mut c_void]) -> Result<()> {
+        let name = CString::new(plan.kernel.as_str()).expect("kernel names have no NUL byte");
+        let mut err = vec![0 as c_char; 1024];
+        let [gx, gy, gz] = plan.grid;
+        let [bx, by, bz] = plan.block;
+        let _guard = LAUNCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the name and error buffer outlive the call; `params` and the
+        // memory they address are the caller's promise (see Device::launch).
+        let code = unsafe {
+            aiec_sim_set_seed(self.seed);
+            aiec_sim_set_workers(self.workers);
+            aiec_sim_launch(
+                name.as_ptr(),
+                gx,
+                gy,
+                gz,
+                bx,
+                by,
+                bz,
+                plan.shared_bytes as usize,
+                params.as_mut_ptr(),
+                params.len(),
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if code == 0 {
+            return Ok(());
+        }
+        // SAFETY: the ABI NUL-terminates the message within `err`.
+        let message = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+        Err(AiecError::Sim { kernel: plan.kernel.clone(), code, message })
+    }
+}
+
+/// Host memory standing in for device memory, 16-byte aligned like the vector
+/// accesses of the kernels need (CUDA allocations are 256-byte aligned). It is
+/// a raw allocation, like device memory: kernels write through its address.
+pub(crate) struct HostBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: HostBuf owns its allocation; access is synchronised by the tensor
+// API (`&mut` for buffers a kernel writes) like a CUDA allocation's.
+unsafe impl Send for HostBuf {}
+unsafe impl Sync for HostBuf {}
+
+const HOST_ALIGN: usize = 256;
+
+impl HostBuf {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len.max(1), HOST_ALIGN).expect("allocation size fits isize")
+    }
+
+    pub(crate) fn zeros(len: usize) -> Self {
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(Self::layout(len));
+        }
+        HostBuf { ptr, len }
+    }
+
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Self {
+        let b = Self::zeros(bytes.len());
+        // SAFETY: `b` owns `len` writable bytes that cannot overlap `bytes`.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), b.ptr, bytes.len()) };
+        b
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` owns `len` initialised bytes; simulated launches are
+        // synchronous, so no kernel writes them while this borrow lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+}
+
+impl Drop for HostBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeros` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr, Self::layout(self.len)) };
+    }
+}

@@ -1,0 +1,370 @@
+//! Run-time kernel compilation with NVRTC, and its on-disk cache.
+//!
+//! The kernels (`kernels/*.cu`, embedded by `build.rs`) include no CUDA toolkit
+//! header: `common.cuh` is handed to NVRTC in memory. A device gets a CUBIN for
+//! its own `sm_XY` (so a driver older than the NVRTC library still loads it) and
+//! falls back to PTX when this NVRTC cannot target that architecture. Results
+//! are cached on disk, keyed by source hash, NVRTC version, target and options.
+//!
+//! The library is found by `AIEC_NVRTC_LIB` (a path to `libnvrtc.so.12`, e.g.
+//! from the `nvidia-cuda-nvrtc-cu12` wheel) or by the system's loader path.
+
+use std::ffi::{c_char, c_int, CString};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use cudarc::nvrtc::sys;
+
+use crate::error::{AiecError, Result};
+
+/// The kernel sources embedded at build time.
+pub mod sources {
+    include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));
+}
+
+const HINT: &str = "Install the CUDA toolkit's NVRTC, or `pip install nvidia-cuda-nvrtc-cu12` and set \
+                    AIEC_NVRTC_LIB to its nvidia/cuda_nvrtc/lib/libnvrtc.so.12";
+
+/// A GPU architecture, `sm_<major><minor>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Arch {
+    /// Compute capability major.
+    pub major: u32,
+    /// Compute capability minor.
+    pub minor: u32,
+}
+
+impl Arch {
+    /// `sm_75`, `sm_80`, `sm_90`: what the tests compile for.
+    pub const TESTED: [Arch; 3] =
+        [Arch { major: 7, minor: 5 }, Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 }];
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sm_{}{}", self.major, self.minor)
+    }
+}
+
+/// What NVRTC produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Image {
+    /// Machine code for one architecture.
+    Cubin(Vec<u8>),
+    /// PTX, JIT-compiled by the driver.
+    Ptx(String),
+}
+
+impl Image {
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Image::Cubin(b) => b.len(),
+            Image::Ptx(s) => s.len(),
+        }
+    }
+    /// True for an empty image (never produced by a successful compile).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Loads the NVRTC library once (from `AIEC_NVRTC_LIB` if set) and returns its
+/// version, or a typed error saying what is missing; never panics.
+pub fn version() -> Result<(i32, i32)> {
+    static LOADED: OnceLock<std::result::Result<(i32, i32), String>> = OnceLock::new();
+    LOADED.get_or_init(load).clone().map_err(|reason| AiecError::NvrtcUnavailable { reason, hint: HINT })
+}
+
+fn load() -> std::result::Result<(i32, i32), String> {
+    if let Some(path) = std::env::var_os("AIEC_NVRTC_LIB") {
+        // SAFETY: loading NVRTC runs its initialisers, which have no
+        // preconditions. The library is leaked on purpose so that it stays
+        // loaded: cudarc's later dlopen of `libnvrtc.so.12` finds this copy by
+        // its soname.
+        let lib = unsafe { libloading::Library::new(&path) }
+            .map_err(|e| format!("AIEC_NVRTC_LIB={}: {e}", PathBuf::from(&path).display()))?;
+        std::mem::forget(lib);
+    }
+    // SAFETY: only probes the loader for the library's candidate names.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("no libnvrtc.so found on the loader path and AIEC_NVRTC_LIB is not set".into());
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present (checked above); the out-pointers are valid.
+    unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
+    Ok((major, minor))
+}
+
+/// A kernel file by name (`threshold.cu`), from the embedded sources.
+pub fn source(file: &str) -> Option<&'static str> {
+    sources::SOURCES.iter().find(|(f, _)| *f == file).map(|(_, s)| *s)
+}
+
+/// What to compile for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A CUBIN for this architecture.
+    Cubin(Arch),
+    /// PTX for this virtual architecture.
+    Ptx(Arch),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Cubin(a) => write!(f, "{a} (cubin)"),
+            Target::Ptx(a) => write!(f, "compute_{}{} (ptx)", a.major, a.minor),
+        }
+    }
+}
+
+/// The options every kernel is compiled with, for `target`.
+pub fn options(target: Target) -> Vec<String> {
+    let arch = match target {
+        Target::Cubin(a) => format!("--gpu-architecture=sm_{}{}", a.major, a.minor),
+        Target::Ptx(a) => format!("--gpu-architecture=compute_{}{}", a.major, a.minor),
+    };
+    vec![arch, "--std=c++17".into(), "-lineinfo".into()]
+}
+
+/// Compiles the embedded kernel file `file` for `target`. An NVRTC failure is
+/// [`AiecError::NvrtcCompile`] with the compiler log.
+pub fn compile(file: &str, target: Target) -> Result<Image> {
+    let src = source(file).ok_or_else(|| AiecError::NvrtcCompile {
+        file: file.into(),
+        target: target.to_string(),
+        log: "no such embedded kernel file".into(),
+    })?;
+    compile_source(file, src, target)
+}
+
+/// Compiles `src` (named `file` in messages) with the embedded headers.
+pub fn compile_source(file: &str, src: &str, target: Target) -> Result<Image> {
+    version()?;
+    let cstr = |s: &str| CString::new(s).expect("kernel sources contain no NUL byte");
+    let (c_src, c_name) = (cstr(src), cstr(file));
+    let header_src: Vec<CString> = sources::HEADERS.iter().map(|(_, s)| cstr(s)).collect();
+    let header_names: Vec<CString> = sources::HEADERS.iter().map(|(n, _)| cstr(n)).collect();
+    let hp: Vec<*const c_char> = header_src.iter().map(|s| s.as_ptr()).collect();
+    let np: Vec<*const c_char> = header_names.iter().map(|s| s.as_ptr()).collect();
+    let opts: Vec<CString> = options(target).iter().map(|o| cstr(o)).collect();
+    let op: Vec<*const c_char> = opts.iter().map(|s| s.as_ptr()).collect();
+    let fail = |what: &str, log: String| AiecError::NvrtcCompile {
+        file: file.into(),
+        target: target.to_string(),
+        log: if log.is_empty() { what.to_string() } else { log },
+    };
+
+    let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: every pointer refers to a NUL-terminated string that outlives the
+    // call; the header arrays both have HEADERS.len() entries.
+    unsafe {
+        sys::nvrtcCreateProgram(
+            &mut prog,
+            c_src.as_ptr(),
+            c_name.as_ptr(),
+            hp.len() as c_int,
+            hp.as_ptr(),
+            np.as_ptr(),
+        )
+    }
+    .result()
+    .map_err(|e| fail(&format!("nvrtcCreateProgram: {e:?}"), String::new()))?;
+
+    // SAFETY: `prog` is a live program until the destroy below; the option
+    // pointers outlive the call; output buffers are sized by the matching
+    // *Size call.
+    let out = unsafe {
+        let compiled = sys::nvrtcCompileProgram(prog, op.len() as c_int, op.as_ptr());
+        let log = program_log(prog);
+        let image = if compiled != sys::nvrtcResult::NVRTC_SUCCESS {
+            Err(fail(&format!("nvrtcCompileProgram: {compiled:?}"), log))
+        } else {
+            match target {
+                Target::Cubin(_) => {
+                    let mut n = 0usize;
+                    sys::nvrtcGetCUBINSize(prog, &mut n)
+                        .result()
+                        .map_err(|e| fail(&format!("{e:?}"), String::new()))?;
+                    let mut buf = vec![0u8; n];
+                    sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast())
+                        .result()
+                        .map_err(|e| fail(&format!("{e:?}"), String::new()))?;
+                    Ok(Image::Cubin(buf))
+                }
+                Target::Ptx(_) => {
+                    let mut n = 0usize;
+                    sys::nvrtcGetPTXSize(prog, &mut n)
+                        .result()
+                        .map_err(|e| fail(&format!("{e:?}"), String::new()))?;
+                    let mut buf = vec![0u8; n];
+                    sys::nvrtcGetPTX(prog, buf.as_mut_ptr().cast())
+                        .result()
+                        .map_err(|e| fail(&format!("{e:?}"), String::new()))?;
+                    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+                    Ok(Image::Ptx(String::from_utf8_lossy(&buf[..end]).into_owned()))
+                }
+            }
+        };
+        sys::nvrtcDestroyProgram(&mut prog);
+        image
+    };
+    out
+}
+
+/// # Safety
+/// `prog` must be a live NVRTC program.
+unsafe fn program_log(prog: sys::nvrtcProgram) -> String {
+    let mut n = 0usize;
+    if sys::nvrtcGetProgramLogSize(prog, &mut n) != sys::nvrtcResult::NVRTC_SUCCESS || n == 0 {
+        return String::new();
+    }
+    let mut buf = vec![0u8; n];
+    if sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr().cast()) != sys::nvrtcResult::NVRTC_SUCCESS {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).trim().to_string()
+}
+
+/// Where compiled kernels are cached: `AIEC_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/aiec`, else `$HOME/.cache/aiec`, else the temp dir.
+pub fn cache_dir() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("AIEC_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("aiec")))
+        .or_else(|| env("HOME").map(|p| p.join(".cache/aiec")))
+        .unwrap_or_else(|| std::env::temp_dir().join("aiec-cache"))
+}
+
+/// 64-bit FNV-1a over length-prefixed parts: stable across Rust versions and
+/// platforms, which `std`'s hasher does not promise.
+pub fn cache_key(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for p in parts {
+        eat(&(p.len() as u64).to_le_bytes());
+        eat(p);
+    }
+    h
+}
+
+/// Whether [`compile_cached`] compiled or read the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Read from the cache.
+    Hit,
+    /// Compiled (and written to the cache when it was writable).
+    Miss,
+}
+
+/// The cache file of `file` for `target` in `dir`: its name carries the key of
+/// the source, the headers, the NVRTC version, the target and the options.
+pub fn cache_path(dir: &Path, file: &str, target: Target) -> Result<PathBuf> {
+    let (maj, min) = version()?;
+    let src = source(file).unwrap_or("");
+    let opts = options(target).join(" ");
+    let ver = format!("nvrtc {maj}.{min}");
+    let tgt = target.to_string();
+    let mut parts: Vec<&[u8]> = vec![src.as_bytes(), ver.as_bytes(), tgt.as_bytes(), opts.as_bytes()];
+    for (n, s) in sources::HEADERS {
+        parts.push(n.as_bytes());
+        parts.push(s.as_bytes());
+    }
+    let key = cache_key(&parts);
+    let stem = file.trim_end_matches(".cu");
+    let (arch, ext) = match target {
+        Target::Cubin(a) => (a, "cubin"),
+        Target::Ptx(a) => (a, "ptx"),
+    };
+    Ok(dir.join(format!("{stem}-{arch}-{key:016x}.{ext}")))
+}
+
+/// [`compile`] through the on-disk cache in [`cache_dir`]. A cache that cannot
+/// be read or written only costs a compile; it is never an error.
+pub fn compile_cached(file: &str, target: Target) -> Result<(Image, CacheOutcome)> {
+    compile_cached_in(&cache_dir(), file, target)
+}
+
+/// [`compile_cached`] with the cache in `dir`.
+pub fn compile_cached_in(dir: &Path, file: &str, target: Target) -> Result<(Image, CacheOutcome)> {
+    let path = cache_path(dir, file, target)?;
+    if let Ok(bytes) = std::fs::read(&path) {
+        if !bytes.is_empty() {
+            let image = match target {
+                Target::Cubin(_) => Image::Cubin(bytes),
+                Target::Ptx(_) => Image::Ptx(String::from_utf8_lossy(&bytes).into_owned()),
+            };
+            return Ok((image, CacheOutcome::Hit));
+        }
+    }
+    let image = compile(file, target)?;
+    let bytes: &[u8] = match &image {
+        Image::Cubin(b) => b,
+        Image::Ptx(s) => s.as_bytes(),
+    };
+    if let Some(dir) = path.parent() {
+        // Write to a unique temporary name, then rename: readers never see a partial file.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    Ok((image, CacheOutcome::Miss))
+}
+
+/// Compiles `file` for a device of architecture `arch`: a CUBIN when this NVRTC
+/// knows `arch`, else PTX for the newest architecture it knows that is not newer
+/// than `arch` (the driver JIT-compiles it).
+pub fn compile_for_device(file: &str, arch: Arch) -> Result<(Image, CacheOutcome)> {
+    match compile_cached(file, Target::Cubin(arch)) {
+        Ok(r) => Ok(r),
+        Err(cubin_err @ AiecError::NvrtcCompile { .. }) => {
+            let fallback = Arch::TESTED.iter().rev().copied().find(|a| *a <= arch).unwrap_or(Arch::TESTED[0]);
+            compile_cached(file, Target::Ptx(fallback)).map_err(|_| cubin_err)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_key_is_stable_and_length_prefixed() {
+        // Pinned value: a change here would silently invalidate every cache.
+        assert_eq!(cache_key(&[b"abc"]), cache_key(&[b"abc"]));
+        assert_ne!(cache_key(&[b"ab", b"c"]), cache_key(&[b"a", b"bc"]));
+        assert_eq!(cache_key(&[]), 0xcbf2_9ce4_8422_2325);
+    }
+
+    #[test]
+    fn every_kernel_file_is_embedded() {
+        assert!(source("threshold.cu").is_some());
+        assert!(sources::HEADERS.iter().any(|(n, _)| *n == "common.cuh"));
+        for (name, src) in sources::SOURCES {
+            assert!(src.contains("#include \"common.cuh\""), "{name} must include common.cuh first");
+            assert!(
+                !src.contains("cuda_fp16.h") && !src.contains("cuda_bf16.h"),
+                "{name} includes a toolkit header"
+            );
+        }
+    }
+
+    #[test]
+    fn options_name_the_target() {
+        let a = Arch { major: 9, minor: 0 };
+        assert_eq!(options(Target::Cubin(a))[0], "--gpu-architecture=sm_90");
+        assert_eq!(options(Target::Ptx(a))[0], "--gpu-architecture=compute_90");
+        assert_eq!(a.to_string(), "sm_90");
+    }
+}

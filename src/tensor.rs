@@ -1,0 +1,116 @@
+//! A tensor in device memory: element type known at run time (`f32`, `f16`,
+//! `bf16`, and the integer/float state buffers of the fused op), a shape, and
+//! the device it lives on. Upload and download check lengths and types.
+
+use crate::config::checked_len;
+use crate::device::{Device, Storage};
+use crate::dtype::{DType, Element};
+use crate::error::{AiecError, Result};
+
+/// A contiguous, row-major tensor on a [`Device`].
+pub struct Tensor {
+    device: Device,
+    storage: Storage,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({}, {:?}, {})", self.dtype, self.shape, self.device.label())
+    }
+}
+
+impl Tensor {
+    /// Uploads `data` as a tensor of shape `shape` (its element count must be `data.len()`).
+    pub fn from_slice<T: Element>(device: &Device, data: &[T], shape: &[usize]) -> Result<Tensor> {
+        let n = checked_len(shape)?;
+        if n != data.len() {
+            return Err(AiecError::LengthMismatch { what: "tensor data", expected: n, got: data.len() });
+        }
+        let storage = device.upload(bytemuck::cast_slice(data))?;
+        Ok(Tensor { device: device.clone(), storage, shape: shape.to_vec(), dtype: T::DTYPE })
+    }
+
+    /// A zero-filled tensor.
+    pub fn zeros(device: &Device, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        let n = checked_len(shape)?;
+        let bytes =
+            n.checked_mul(dtype.size()).ok_or_else(|| AiecError::ShapeOverflow { dims: shape.to_vec() })?;
+        let storage = device.alloc_zeros(bytes)?;
+        Ok(Tensor { device: device.clone(), storage, shape: shape.to_vec(), dtype })
+    }
+
+    /// Downloads the elements (waits for the device). `T` must be the tensor's type.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        self.expect_dtype("tensor", T::DTYPE)?;
+        let mut out = vec![T::zeroed(); self.len()];
+        self.device.download(&self.storage, bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// True when the tensor has no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The device it lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// Size in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.len() * self.dtype.size()
+    }
+
+    /// The device address of the first element (for launch plans).
+    pub fn address(&self) -> u64 {
+        self.device.address(&self.storage)
+    }
+
+    /// Errors unless the tensor has element type `dtype`.
+    pub fn expect_dtype(&self, what: &'static str, dtype: DType) -> Result<()> {
+        if self.dtype != dtype {
+            return Err(AiecError::DTypeMismatch { what, expected: dtype, got: self.dtype });
+        }
+        Ok(())
+    }
+
+    /// Errors unless the tensor lives on `device`.
+    pub fn expect_device(&self, what: &'static str, device: &Device) -> Result<()> {
+        if &self.device != device {
+            return Err(AiecError::DeviceMismatch {
+                what,
+                expected: device.label().to_string(),
+                got: self.device.label().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Errors unless the tensor has shape `shape`.
+    pub fn expect_shape(&self, what: &'static str, shape: &[usize]) -> Result<()> {
+        if self.shape != shape {
+            return Err(AiecError::ShapeMismatch { what, expected: shape.to_vec(), got: self.shape.clone() });
+        }
+        Ok(())
+    }
+
+    /// Errors unless `other` matches this tensor's device, type and shape.
+    pub fn expect_like(&self, what: &'static str, other: &Tensor) -> Result<()> {
+        other.expect_device(what, &self.device)?;
+        other.expect_dtype(what, self.dtype)?;
+        other.expect_shape(what, &self.shape)
+    }
+}
