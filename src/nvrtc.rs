@@ -6,14 +6,14 @@
 //! falls back to PTX when this NVRTC cannot target that architecture. Results
 //! are cached on disk, keyed by source hash, NVRTC version, target and options.
 //!
-//! The library is found by `AIEC_NVRTC_LIB` (a path to `libnvrtc.so.12`, e.g.
-//! from the `nvidia-cuda-nvrtc-cu12` wheel) or by the system's loader path.
+//! The library is found by `AIEC_NVRTC_LIB` (a path to `libnvrtc.so.*`, e.g.
+//! from the `nvidia-cuda-nvrtc-cu12` wheel) or by the system's loader path
+//! (`libnvrtc.so`, `.so.13`, `.so.12`, `.so.11.2`...). It is loaded by this module
+//! directly, so any NVRTC major version works with any driver binding.
 
-use std::ffi::{c_char, c_int, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-
-use cudarc::nvrtc::sys;
 
 use crate::error::{AiecError, Result};
 
@@ -69,33 +69,112 @@ impl Image {
     }
 }
 
-/// Loads the NVRTC library once (from `AIEC_NVRTC_LIB` if set) and returns its
-/// version, or a typed error saying what is missing; never panics.
-pub fn version() -> Result<(i32, i32)> {
-    static LOADED: OnceLock<std::result::Result<(i32, i32), String>> = OnceLock::new();
-    LOADED.get_or_init(load).clone().map_err(|reason| AiecError::NvrtcUnavailable { reason, hint: HINT })
+/// The NVRTC entry points this crate uses, resolved from one library.
+struct Api {
+    version: unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int,
+    create: unsafe extern "C" fn(
+        *mut Program,
+        *const c_char,
+        *const c_char,
+        c_int,
+        *const *const c_char,
+        *const *const c_char,
+    ) -> c_int,
+    compile: unsafe extern "C" fn(Program, c_int, *const *const c_char) -> c_int,
+    log_size: unsafe extern "C" fn(Program, *mut usize) -> c_int,
+    log: unsafe extern "C" fn(Program, *mut c_char) -> c_int,
+    cubin_size: unsafe extern "C" fn(Program, *mut usize) -> c_int,
+    cubin: unsafe extern "C" fn(Program, *mut c_char) -> c_int,
+    ptx_size: unsafe extern "C" fn(Program, *mut usize) -> c_int,
+    ptx: unsafe extern "C" fn(Program, *mut c_char) -> c_int,
+    destroy: unsafe extern "C" fn(*mut Program) -> c_int,
+    major: i32,
+    minor: i32,
+    path: String,
 }
 
-fn load() -> std::result::Result<(i32, i32), String> {
-    if let Some(path) = std::env::var_os("AIEC_NVRTC_LIB") {
+type Program = *mut c_void;
+
+/// Library names tried when `AIEC_NVRTC_LIB` is not set, newest first.
+const CANDIDATES: [&str; 5] =
+    ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2", "libnvrtc.so.11.1"];
+
+fn api() -> Result<&'static Api> {
+    static API: OnceLock<std::result::Result<Api, String>> = OnceLock::new();
+    API.get_or_init(load)
+        .as_ref()
+        .map_err(|reason| AiecError::NvrtcUnavailable { reason: reason.clone(), hint: HINT })
+}
+
+fn load() -> std::result::Result<Api, String> {
+    let explicit = std::env::var_os("AIEC_NVRTC_LIB").filter(|v| !v.is_empty());
+    let tries: Vec<std::ffi::OsString> = match &explicit {
+        Some(p) => vec![p.clone()],
+        None => CANDIDATES.iter().map(|c| c.into()).collect(),
+    };
+    let mut errors = Vec::new();
+    for name in &tries {
         // SAFETY: loading NVRTC runs its initialisers, which have no
-        // preconditions. The library is leaked on purpose so that it stays
-        // loaded: cudarc's later dlopen of `libnvrtc.so.12` finds this copy by
-        // its soname.
-        let lib = unsafe { libloading::Library::new(&path) }
-            .map_err(|e| format!("AIEC_NVRTC_LIB={}: {e}", PathBuf::from(&path).display()))?;
-        std::mem::forget(lib);
+        // preconditions.
+        match unsafe { libloading::Library::new(name) } {
+            Ok(lib) => {
+                // The library stays loaded for the life of the process: the
+                // function pointers below point into it.
+                let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+                return resolve(lib, &PathBuf::from(name).display().to_string());
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
     }
-    // SAFETY: only probes the loader for the library's candidate names.
-    if !unsafe { sys::is_culib_present() } {
-        return Err("no libnvrtc.so found on the loader path and AIEC_NVRTC_LIB is not set".into());
+    Err(match explicit {
+        Some(p) => format!("AIEC_NVRTC_LIB={}: {}", PathBuf::from(p).display(), errors.join("; ")),
+        None => format!("none of {CANDIDATES:?} could be loaded and AIEC_NVRTC_LIB is not set"),
+    })
+}
+
+fn resolve(lib: &'static libloading::Library, path: &str) -> std::result::Result<Api, String> {
+    macro_rules! sym {
+        ($name:literal) => {
+            // SAFETY: the symbol is NVRTC's documented C function of that name,
+            // and the field it is stored in has its C signature.
+            *unsafe { lib.get($name) }.map_err(|e| format!("{path}: {e}"))?
+        };
     }
+    let mut api = Api {
+        version: sym!(b"nvrtcVersion\0"),
+        create: sym!(b"nvrtcCreateProgram\0"),
+        compile: sym!(b"nvrtcCompileProgram\0"),
+        log_size: sym!(b"nvrtcGetProgramLogSize\0"),
+        log: sym!(b"nvrtcGetProgramLog\0"),
+        cubin_size: sym!(b"nvrtcGetCUBINSize\0"),
+        cubin: sym!(b"nvrtcGetCUBIN\0"),
+        ptx_size: sym!(b"nvrtcGetPTXSize\0"),
+        ptx: sym!(b"nvrtcGetPTX\0"),
+        destroy: sym!(b"nvrtcDestroyProgram\0"),
+        major: 0,
+        minor: 0,
+        path: path.to_string(),
+    };
     let (mut major, mut minor) = (0, 0);
-    // SAFETY: the library is present (checked above); the out-pointers are valid.
-    unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
-        .result()
-        .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
-    Ok((major, minor))
+    // SAFETY: valid out-pointers.
+    let rc = unsafe { (api.version)(&mut major, &mut minor) };
+    if rc != 0 {
+        return Err(format!("{path}: nvrtcVersion returned {rc}"));
+    }
+    (api.major, api.minor) = (major, minor);
+    Ok(api)
+}
+
+/// Loads the NVRTC library once (`AIEC_NVRTC_LIB`, else the loader's search
+/// path) and returns its version, or a typed error saying what is missing;
+/// never panics.
+pub fn version() -> Result<(i32, i32)> {
+    api().map(|a| (a.major, a.minor))
+}
+
+/// The path or name the NVRTC library was loaded from.
+pub fn library() -> Result<&'static str> {
+    api().map(|a| a.path.as_str())
 }
 
 /// A kernel file by name (`threshold.cu`), from the embedded sources.
@@ -143,7 +222,7 @@ pub fn compile(file: &str, target: Target) -> Result<Image> {
 
 /// Compiles `src` (named `file` in messages) with the embedded headers.
 pub fn compile_source(file: &str, src: &str, target: Target) -> Result<Image> {
-    version()?;
+    let api = api()?;
     let cstr = |s: &str| CString::new(s).expect("kernel sources contain no NUL byte");
     let (c_src, c_name) = (cstr(src), cstr(file));
     let header_src: Vec<CString> = sources::HEADERS.iter().map(|(_, s)| cstr(s)).collect();
@@ -152,78 +231,67 @@ pub fn compile_source(file: &str, src: &str, target: Target) -> Result<Image> {
     let np: Vec<*const c_char> = header_names.iter().map(|s| s.as_ptr()).collect();
     let opts: Vec<CString> = options(target).iter().map(|o| cstr(o)).collect();
     let op: Vec<*const c_char> = opts.iter().map(|s| s.as_ptr()).collect();
-    let fail = |what: &str, log: String| AiecError::NvrtcCompile {
+    let fail = |what: String, log: String| AiecError::NvrtcCompile {
         file: file.into(),
         target: target.to_string(),
-        log: if log.is_empty() { what.to_string() } else { log },
+        log: if log.is_empty() { what } else { log },
     };
 
-    let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
+    let mut prog: Program = std::ptr::null_mut();
     // SAFETY: every pointer refers to a NUL-terminated string that outlives the
     // call; the header arrays both have HEADERS.len() entries.
-    unsafe {
-        sys::nvrtcCreateProgram(
-            &mut prog,
-            c_src.as_ptr(),
-            c_name.as_ptr(),
-            hp.len() as c_int,
-            hp.as_ptr(),
-            np.as_ptr(),
-        )
+    let rc = unsafe {
+        (api.create)(&mut prog, c_src.as_ptr(), c_name.as_ptr(), hp.len() as c_int, hp.as_ptr(), np.as_ptr())
+    };
+    if rc != 0 {
+        return Err(fail(format!("nvrtcCreateProgram returned {rc}"), String::new()));
     }
-    .result()
-    .map_err(|e| fail(&format!("nvrtcCreateProgram: {e:?}"), String::new()))?;
-
-    // SAFETY: `prog` is a live program until the destroy below; the option
-    // pointers outlive the call; output buffers are sized by the matching
-    // *Size call.
-    let out = unsafe {
-        let compiled = sys::nvrtcCompileProgram(prog, op.len() as c_int, op.as_ptr());
-        let log = program_log(prog);
-        let image = if compiled != sys::nvrtcResult::NVRTC_SUCCESS {
-            Err(fail(&format!("nvrtcCompileProgram: {compiled:?}"), log))
+    // SAFETY: `prog` is live until the destroy below; the option pointers
+    // outlive the call; every output buffer is sized by the matching *Size call.
+    unsafe {
+        let rc = (api.compile)(prog, op.len() as c_int, op.as_ptr());
+        let image = if rc != 0 {
+            Err(fail(format!("nvrtcCompileProgram returned {rc}"), program_log(api, prog)))
         } else {
-            match target {
-                Target::Cubin(_) => {
-                    let mut n = 0usize;
-                    sys::nvrtcGetCUBINSize(prog, &mut n)
-                        .result()
-                        .map_err(|e| fail(&format!("{e:?}"), String::new()))?;
-                    let mut buf = vec![0u8; n];
-                    sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast())
-                        .result()
-                        .map_err(|e| fail(&format!("{e:?}"), String::new()))?;
-                    Ok(Image::Cubin(buf))
+            let (size, get) = match target {
+                Target::Cubin(_) => (api.cubin_size, api.cubin),
+                Target::Ptx(_) => (api.ptx_size, api.ptx),
+            };
+            let mut n = 0usize;
+            let mut buf = Vec::new();
+            let rc = match size(prog, &mut n) {
+                0 => {
+                    buf.resize(n, 0u8);
+                    get(prog, buf.as_mut_ptr().cast())
                 }
-                Target::Ptx(_) => {
-                    let mut n = 0usize;
-                    sys::nvrtcGetPTXSize(prog, &mut n)
-                        .result()
-                        .map_err(|e| fail(&format!("{e:?}"), String::new()))?;
-                    let mut buf = vec![0u8; n];
-                    sys::nvrtcGetPTX(prog, buf.as_mut_ptr().cast())
-                        .result()
-                        .map_err(|e| fail(&format!("{e:?}"), String::new()))?;
-                    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-                    Ok(Image::Ptx(String::from_utf8_lossy(&buf[..end]).into_owned()))
-                }
+                rc => rc,
+            };
+            if rc != 0 {
+                Err(fail(format!("fetching the compiled image returned {rc}"), String::new()))
+            } else {
+                Ok(match target {
+                    Target::Cubin(_) => Image::Cubin(buf),
+                    Target::Ptx(_) => {
+                        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+                        Image::Ptx(String::from_utf8_lossy(&buf[..end]).into_owned())
+                    }
+                })
             }
         };
-        sys::nvrtcDestroyProgram(&mut prog);
+        (api.destroy)(&mut prog);
         image
-    };
-    out
+    }
 }
 
 /// # Safety
-/// `prog` must be a live NVRTC program.
-unsafe fn program_log(prog: sys::nvrtcProgram) -> String {
+/// `prog` must be a live NVRTC program of `api`.
+unsafe fn program_log(api: &Api, prog: Program) -> String {
     let mut n = 0usize;
-    if sys::nvrtcGetProgramLogSize(prog, &mut n) != sys::nvrtcResult::NVRTC_SUCCESS || n == 0 {
+    if (api.log_size)(prog, &mut n) != 0 || n == 0 {
         return String::new();
     }
     let mut buf = vec![0u8; n];
-    if sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr().cast()) != sys::nvrtcResult::NVRTC_SUCCESS {
+    if (api.log)(prog, buf.as_mut_ptr().cast()) != 0 {
         return String::new();
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());

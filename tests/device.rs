@@ -18,6 +18,7 @@ fn cuda_request_without_a_gpu_is_a_typed_error() {
             assert!(matches!(e, AiecError::CudaUnavailable { .. }), "{e:?}");
         }
         Err(e) => {
+            assert!(std::env::var_os("AIEC_EXPECT_CUDA").is_none(), "AIEC_EXPECT_CUDA is set: {e}");
             let AiecError::CudaUnavailable { reason, hint } = &e else {
                 panic!("expected CudaUnavailable, got {e:?}")
             };

@@ -11,6 +11,9 @@ use aiec::Device;
 pub fn devices() -> Vec<Device> {
     static SAID: Once = Once::new();
     let (devices, why) = aiec::available_devices();
+    if let (Some(e), Some(_)) = (&why, std::env::var_os("AIEC_EXPECT_CUDA")) {
+        panic!("AIEC_EXPECT_CUDA is set but CUDA is unavailable: {e}");
+    }
     SAID.call_once(|| {
         if let Some(e) = &why {
             println!("cuda: skipped: {e}");

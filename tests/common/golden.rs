@@ -50,9 +50,11 @@ pub struct GoldenCase {
     pub gate_count: i64,
 }
 
-/// The project's copy of the shared golden cases.
+/// The project's copy of the shared golden cases: under `AIEC_PROJECT_DIR` when
+/// set (test binaries carried to another machine), else the crate's folder.
 pub fn project_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden")
+    let root = std::env::var_os("AIEC_PROJECT_DIR").map(PathBuf::from);
+    root.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR"))).join("tests/data/golden")
 }
 
 /// Every folder the golden runners read, with the label they print: the

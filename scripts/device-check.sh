@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The GPU check, in two halves, for a GPU machine that has the NVIDIA driver,
+# the CUDA toolkit and Python but no Rust:
+#
+#   scripts/device-check.sh build   # here (with Rust): release test binaries and
+#                                   # examples into target/device-check (ignored)
+#   scripts/device-check.sh run     # there, from the repository root, with
+#                                   # target/device-check carried along
+#   scripts/device-check.sh dry-run # `run` without requiring a GPU (here)
+#
+# `run` finds an NVRTC library (AIEC_NVRTC_LIB, the toolkit's, or PyTorch's
+# wheel), runs every test binary (CUDA and simulator backends), prints one table
+# of results, and exits non-zero on any failure. Budget: well under 5 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=target/device-check
+
+build() {
+  rm -rf "$out" && mkdir -p "$out/bin"
+  # Test binaries: cargo prints their paths as JSON.
+  cargo test --release --features sim --no-run --message-format=json 2>/dev/null |
+    python3 -c '
+import json, shutil, sys, os
+for line in sys.stdin:
+    m = json.loads(line)
+    exe = m.get("executable")
+    if m.get("reason") == "compiler-artifact" and exe and m["profile"]["test"]:
+        name = m["target"]["name"]
+        kind = m["target"]["kind"][0]
+        dst = os.path.join(sys.argv[1], "bin", ("lib" if kind == "lib" else name))
+        shutil.copy(exe, dst)
+        print("test binary:", dst)
+' "$out"
+  strip "$out"/bin/* 2>/dev/null || true
+  du -sh "$out"
+}
+
+find_nvrtc() {
+  if [ -n "${AIEC_NVRTC_LIB:-}" ]; then return; fi
+  local lib
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
+    lib=$(ls "$d"/libnvrtc.so* 2>/dev/null | grep -v builtins | head -1 || true)
+    if [ -n "$lib" ]; then export AIEC_NVRTC_LIB="$lib"; return; fi
+  done
+  lib=$(python3 - <<'PY' 2>/dev/null || true
+import glob, site, sys
+for base in site.getsitepackages() + [p for p in sys.path if "site-packages" in p]:
+    for hit in sorted(glob.glob(f"{base}/nvidia/**/libnvrtc.so*", recursive=True)):
+        if "builtins" not in hit and "alt" not in hit:
+            print(hit); raise SystemExit
+PY
+)
+  if [ -n "$lib" ]; then export AIEC_NVRTC_LIB="$lib"; fi
+}
+
+run() {
+  [ -d "$out/bin" ] || { echo "no $out/bin: run 'scripts/device-check.sh build' first and carry $out"; exit 2; }
+  find_nvrtc
+  export AIEC_PROJECT_DIR="$PWD" AIEC_REQUIRE_NVRTC=1 CUDA_SIM_WORKERS=8
+  echo "nvrtc: ${AIEC_NVRTC_LIB:-loader path}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"
+  local status=0 rows=()
+  for t in "$out"/bin/*; do
+    local name log start secs
+    name=$(basename "$t")
+    log="$out/$name.log"
+    start=$(date +%s.%N)
+    if "$t" --nocapture >"$log" 2>&1; then :; else status=1; fi
+    secs=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
+    local res cuda
+    res=$(grep -E '^test result:' "$log" | tail -1 | sed -E 's/test result: ([a-zA-Z]+)\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2 \3/')
+    cuda=$(grep -cE '^(golden |threshold: |convert: )?.*cuda:[0-9]' "$log" || true)
+    rows+=("$(printf '%-12s %-8s %6s %6s %10s %8s' "$name" ${res:-crashed - -} "$cuda" "$secs")")
+  done
+  echo
+  printf '%-12s %-8s %6s %6s %10s %8s\n' binary result passed failed cuda_lines seconds
+  printf '%s\n' "${rows[@]}"
+  echo
+  echo "--- CUDA lines from the logs ---"
+  grep -hE 'cuda:|golden .*cuda|skipped' "$out"/*.log | sort | uniq | head -80 || true
+  exit $status
+}
+
+case "${1:-}" in
+  build) build ;;
+  run) export AIEC_EXPECT_CUDA=1; run ;;
+  dry-run) run ;;
+  *) echo "usage: $0 build|run|dry-run"; exit 2 ;;
+esac
