@@ -12,14 +12,15 @@ mod common;
 
 use aiec::cpu::gradcheck::{check, random_case, CaseShape};
 use aiec::cpu::LossCoefs;
-use aiec::{AiecConfig, Pool};
+use aiec::{AiecConfig, Device, DeviceKind, Element, Pool};
 use common::compare::tolerance;
-use common::golden::{dirs, load_dir};
-use common::runner::{run_cpu, run_golden, GoldenSummary};
+use common::golden::{dirs, inputs_only, load_dir, GoldenCase};
+use common::runner::{judge_against, rounded_case, run_cpu, run_golden, run_gpu, Errors, GoldenSummary};
+use half::{bf16, f16};
 
 /// One line of the table.
 struct Row {
-    backend: &'static str,
+    backend: String,
     precision: &'static str,
     pool: Pool,
     check: String,
@@ -50,7 +51,7 @@ fn gradcheck_rows() -> Vec<Row> {
                 n += 1;
             }
             Row {
-                backend: "cpu",
+                backend: "cpu".into(),
                 precision: "f64",
                 pool,
                 check: format!("gradcheck x{n}"),
@@ -64,13 +65,13 @@ fn gradcheck_rows() -> Vec<Row> {
         .collect()
 }
 
-fn golden_rows(backend: &'static str, precision: &'static str, label: &str, s: &GoldenSummary) -> Vec<Row> {
+fn golden_rows(backend: &str, precision: &'static str, label: &str, s: &GoldenSummary) -> Vec<Row> {
     let mut rows: Vec<Row> = Pool::ALL
         .into_iter()
         .filter_map(|pool| {
             let (_, e) = s.per_pool.iter().find(|(p, _)| *p == pool)?;
             Some(Row {
-                backend,
+                backend: backend.to_string(),
                 precision,
                 pool,
                 check: format!("golden {label}"),
@@ -84,7 +85,7 @@ fn golden_rows(backend: &'static str, precision: &'static str, label: &str, s: &
         .collect();
     if !s.failures.is_empty() {
         rows.push(Row {
-            backend,
+            backend: backend.to_string(),
             precision,
             pool: Pool::None,
             check: format!("golden {label}: {} of {} cases FAILED", s.failures.len(), s.total),
@@ -98,9 +99,103 @@ fn golden_rows(backend: &'static str, precision: &'static str, label: &str, s: &
     rows
 }
 
+/// Judges one device in precision `T` against the CPU reference run on the
+/// same rounded inputs; returns `(passed, per-pool errors, failures)`.
+fn device_vs_cpu<T: Element>(
+    dev: &Device,
+    cases: &[GoldenCase],
+) -> (usize, Vec<(Pool, Errors)>, Vec<String>) {
+    let rtol = tolerance(T::DTYPE.name());
+    let mut per: Vec<(Pool, Errors)> = Vec::new();
+    let (mut passed, mut failures) = (0, Vec::new());
+    for c in cases {
+        let rounded = rounded_case::<T>(c);
+        let r = run_cpu::<f64>(&rounded).and_then(|want| {
+            run_gpu::<T>(dev, c).and_then(|got| judge_against(&rounded, &got, &want, rtol, 1e-4))
+        });
+        match r {
+            Ok((e, _)) => {
+                passed += 1;
+                match per.iter_mut().find(|(p, _)| *p == c.pool) {
+                    Some((_, acc)) => acc.merge(&e),
+                    None => per.push((c.pool, e)),
+                }
+            }
+            Err(m) => failures.push(format!("{}: {m}", c.name)),
+        }
+    }
+    (passed, per, failures)
+}
+
+/// Random cases whose gradients the device must reproduce (the CPU's are
+/// checked against finite differences above).
+fn gradient_cases() -> Vec<GoldenCase> {
+    let coefs = LossCoefs::new(0.7, 3.0).expect("valid coefficients");
+    let mut v = Vec::new();
+    for (i, pool) in Pool::ALL.into_iter().enumerate() {
+        for (j, (tau, layers, update)) in [(0.0, 1, false), (0.3, 2, true)].into_iter().enumerate() {
+            let cfg = AiecConfig::new(37, 11, tau, pool).expect("valid config");
+            let shape = CaseShape { batch: 9, channels: 37, classes: 11, positions: 5, layers };
+            let seed = 500 + 10 * i as u64 + j as u64;
+            v.push(inputs_only(format!("grad#{seed} {pool}"), &random_case(seed, cfg, shape, coefs, update)));
+        }
+    }
+    v
+}
+
+fn device_rows<T: Element>(
+    dev: &Device,
+    backend: &str,
+    check: &str,
+    cases: &[GoldenCase],
+    ok: &mut bool,
+) -> Vec<Row> {
+    let (passed, per, failures) = device_vs_cpu::<T>(dev, cases);
+    for f in failures.iter().take(3) {
+        println!("  FAILED {backend}-{}: {f}", T::DTYPE);
+    }
+    *ok &= passed == cases.len();
+    let mut rows: Vec<Row> = per
+        .into_iter()
+        .map(|(pool, e)| Row {
+            backend: backend.to_string(),
+            precision: T::DTYPE.name(),
+            pool,
+            check: check.to_string(),
+            y: Some(e.y.max(e.v).max(e.logits)),
+            dx: e.dx,
+            dw: e.dw,
+            counters: "exact",
+            pass: true,
+        })
+        .collect();
+    if passed != cases.len() {
+        rows.push(Row {
+            backend: backend.to_string(),
+            precision: T::DTYPE.name(),
+            pool: Pool::None,
+            check: format!("{check}: {} of {} FAILED", cases.len() - passed, cases.len()),
+            y: None,
+            dx: f64::NAN,
+            dw: f64::NAN,
+            counters: "?",
+            pass: false,
+        });
+    }
+    rows
+}
+
 fn main() {
     println!("aiec verify: gradient check and golden parity on every backend present");
-    println!("backends: cpu (reference, f64 and f32); the CUDA and simulator backends are not part of this build yet");
+    let (devices, why) = aiec::available_devices();
+    let names: Vec<&str> = devices.iter().map(|d| d.label()).collect();
+    println!(
+        "backends: cpu reference (f64, f32); {}",
+        if names.is_empty() { "no device".into() } else { names.join(", ") }
+    );
+    if let Some(e) = why {
+        println!("no GPU here, CUDA not verified: {e}");
+    }
     println!();
 
     let mut rows = gradcheck_rows();
@@ -118,18 +213,34 @@ fn main() {
         let s32 = run_golden("cpu", "f32", &label, &cases, run_cpu::<f32>);
         rows.extend(golden_rows("cpu", "f64", &label, &s64));
         rows.extend(golden_rows("cpu", "f32", &label, &s32));
+        for dev in &devices {
+            let b = match dev.kind() {
+                DeviceKind::Sim => "sim",
+                DeviceKind::Cuda => "cuda",
+            };
+            let s = run_golden(b, "f32", &label, &cases, |c| run_gpu::<f32>(dev, c));
+            rows.extend(golden_rows(b, "f32", &label, &s));
+            let check = format!("golden {label} vs cpu");
+            rows.extend(device_rows::<f16>(dev, b, &check, &cases, &mut ok));
+            rows.extend(device_rows::<bf16>(dev, b, &check, &cases, &mut ok));
+        }
+    }
+    let grads = gradient_cases();
+    for dev in &devices {
+        let b = if dev.kind() == DeviceKind::Sim { "sim" } else { "cuda" };
+        rows.extend(device_rows::<f32>(dev, b, "grad vs cpu-f64", &grads, &mut ok));
     }
     println!();
 
     println!(
-        "{:<8} {:<5} {:<10} {:<28} {:>10} {:>10} {:>10} {:>9} {:>6} {:>6}",
+        "{:<8} {:<5} {:<10} {:<34} {:>10} {:>10} {:>10} {:>9} {:>6} {:>6}",
         "backend", "prec", "pool", "check", "max y/v/z", "max dx", "max dW", "counters", "tol", "result"
     );
     for r in &rows {
         let tol = if r.check.starts_with("gradcheck") { GRAD_TOL } else { tolerance(r.precision) };
         let y = r.y.map_or("-".to_string(), |v| format!("{v:.2e}"));
         println!(
-            "{:<8} {:<5} {:<10} {:<28} {:>10} {:>10.2e} {:>10.2e} {:>9} {:>6.0e} {:>6}",
+            "{:<8} {:<5} {:<10} {:<34} {:>10} {:>10.2e} {:>10.2e} {:>9} {:>6.0e} {:>6}",
             r.backend,
             r.precision,
             r.pool.name(),

@@ -5,10 +5,12 @@
 //! execute the same plan; only the final call differs (`cuLaunchKernel` or
 //! `aiec_sim_launch`, both with the `void**` argument convention).
 
+use crate::config::Pool;
 use crate::dtype::DType;
+use crate::params::{pool_code, AiecLossParams, AiecShape};
 
 /// One kernel argument, by value.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum KernelArg {
     /// A device address (`T*`).
     Ptr(u64),
@@ -20,32 +22,25 @@ pub enum KernelArg {
     U32(u32),
     /// `int`.
     I32(i32),
+    /// A `#[repr(C)]` struct passed by value (its bytes; see [`crate::params`]).
+    Struct(Vec<u8>),
 }
 
 impl KernelArg {
-    /// The argument's bytes as the kernel receives them (little-endian), and
-    /// their count.
-    pub fn to_bytes(self) -> ([u8; 8], usize) {
-        let mut b = [0u8; 8];
-        let n = match self {
-            KernelArg::Ptr(v) | KernelArg::U64(v) => {
-                b.copy_from_slice(&v.to_le_bytes());
-                8
-            }
-            KernelArg::F32(v) => {
-                b[..4].copy_from_slice(&v.to_le_bytes());
-                4
-            }
-            KernelArg::U32(v) => {
-                b[..4].copy_from_slice(&v.to_le_bytes());
-                4
-            }
-            KernelArg::I32(v) => {
-                b[..4].copy_from_slice(&v.to_le_bytes());
-                4
-            }
-        };
-        (b, n)
+    /// A struct argument from a `Pod` value.
+    pub fn structure<T: bytemuck::Pod>(value: &T) -> KernelArg {
+        KernelArg::Struct(bytemuck::bytes_of(value).to_vec())
+    }
+
+    /// The argument's bytes as the kernel receives them (little-endian).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            KernelArg::Ptr(v) | KernelArg::U64(v) => v.to_le_bytes().to_vec(),
+            KernelArg::F32(v) => v.to_le_bytes().to_vec(),
+            KernelArg::U32(v) => v.to_le_bytes().to_vec(),
+            KernelArg::I32(v) => v.to_le_bytes().to_vec(),
+            KernelArg::Struct(b) => b.clone(),
+        }
     }
 }
 
@@ -155,6 +150,155 @@ fn convert(op: &str, dtype: DType, n: u64, x: u64, y: u64, limits: DeviceLimits)
     })
 }
 
+// ------------------------------------------------------------------ fused AIEC
+// Geometries as documented at the top of each kernels/aiec_*.cu file.
+
+/// Threads per block of the fused kernels (the kernels require exactly these).
+pub const AIEC_BLOCK: u32 = 256;
+/// Threads per block of `aiec_fwd_logits`.
+pub const LOGITS_BLOCK: u32 = 512;
+/// Samples per `aiec_fwd_logits` block.
+pub const LOGITS_SAMPLES: u64 = 8;
+
+fn is_hw(shape: &AiecShape) -> bool {
+    shape.pool == pool_code(Pool::AvgHw)
+}
+
+fn elems(shape: &AiecShape) -> u64 {
+    shape.batch * shape.positions * shape.channels
+}
+
+/// Grid of the two activation passes (`aiec_fwd_x_*`, `aiec_bwd_x_*`).
+fn activation_grid(dtype: DType, shape: &AiecShape) -> [u32; 3] {
+    let v = 16 / dtype.size() as u64;
+    if is_hw(shape) {
+        [(shape.batch * shape.channels).div_ceil(8).min((1 << 31) - 1) as u32, 1, 1]
+    } else {
+        [shape.channels.div_ceil(32 * v) as u32, shape.batch.min(65_535) as u32, 1]
+    }
+}
+
+fn layout_name(shape: &AiecShape) -> &'static str {
+    if is_hw(shape) {
+        "hw"
+    } else {
+        "tokens"
+    }
+}
+
+/// Launch 1 of a training forward: `aiec_fwd_x_<layout>_<dtype>(x, y, keep, v, shape)`.
+pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, x: u64, y: u64, keep: u64, v: u64) -> Option<LaunchPlan> {
+    (elems(shape) > 0).then(|| LaunchPlan {
+        module: "aiec_fwd_x.cu",
+        kernel: format!("aiec_fwd_x_{}_{dtype}", layout_name(shape)),
+        grid: activation_grid(dtype, shape),
+        block: [AIEC_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(x),
+            KernelArg::Ptr(y),
+            KernelArg::Ptr(keep),
+            KernelArg::Ptr(v),
+            KernelArg::structure(shape),
+        ],
+    })
+}
+
+/// Launch 2: `aiec_fwd_logits(v, w, targets, logits, ce, g, act, inh, total, shape)`.
+pub fn aiec_fwd_logits(
+    shape: &AiecShape,
+    inputs: [u64; 3],
+    outputs: [u64; 3],
+    counters: [u64; 3],
+) -> Option<LaunchPlan> {
+    let args = inputs
+        .into_iter()
+        .chain(outputs)
+        .chain(counters)
+        .map(KernelArg::Ptr)
+        .chain([KernelArg::structure(shape)]);
+    (shape.batch > 0).then(|| LaunchPlan {
+        module: "aiec_fwd_logits.cu",
+        kernel: "aiec_fwd_logits".into(),
+        grid: [shape.batch.div_ceil(LOGITS_SAMPLES) as u32, 1, 1],
+        block: [LOGITS_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: args.collect(),
+    })
+}
+
+/// Blocks of `aiec_fwd_gate` (its scratch arrays have one entry per block).
+pub fn gate_grid(shape: &AiecShape) -> u32 {
+    (shape.batch * shape.channels).div_ceil(AIEC_BLOCK as u64).clamp(1, 1024) as u32
+}
+
+/// Launch 3: `aiec_fwd_gate(v, w, targets, act, inh, mask, block_sum_sq, block_count, done, stats, shape)`.
+pub fn aiec_fwd_gate(shape: &AiecShape, inputs: [u64; 5], outputs: [u64; 5]) -> Option<LaunchPlan> {
+    let args = inputs.into_iter().chain(outputs).map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
+    (shape.batch * shape.channels > 0).then(|| LaunchPlan {
+        module: "aiec_fwd_gate.cu",
+        kernel: "aiec_fwd_gate".into(),
+        grid: [gate_grid(shape), 1, 1],
+        block: [AIEC_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: args.collect(),
+    })
+}
+
+/// The loss level: `aiec_loss(params)`, one block.
+pub fn aiec_loss(params: &AiecLossParams) -> LaunchPlan {
+    LaunchPlan {
+        module: "aiec_loss.cu",
+        kernel: "aiec_loss".into(),
+        grid: [1, 1, 1],
+        block: [AIEC_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: vec![KernelArg::structure(params)],
+    }
+}
+
+/// Backward launch 1: `aiec_bwd_dv_dw(v, w, g, mask, losses, dv, dw, shape)`;
+/// runs for `B = 0` too (it writes `dW = 0`).
+pub fn aiec_bwd_dv_dw(shape: &AiecShape, inputs: [u64; 5], outputs: [u64; 2]) -> Option<LaunchPlan> {
+    let cb = shape.channels.div_ceil(AIEC_BLOCK as u64);
+    let grid = (shape.batch.div_ceil(16) + shape.classes.div_ceil(16)) * cb;
+    let args = inputs.into_iter().chain(outputs).map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
+    (grid > 0).then(|| LaunchPlan {
+        module: "aiec_bwd_dv_dw.cu",
+        kernel: "aiec_bwd_dv_dw".into(),
+        grid: [grid as u32, 1, 1],
+        block: [AIEC_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: args.collect(),
+    })
+}
+
+/// Backward launch 2: `aiec_bwd_x_<layout>_<dtype>(dy, keep, dv, dx, shape)`;
+/// `dx` may equal `dy`.
+pub fn aiec_bwd_x(
+    dtype: DType,
+    shape: &AiecShape,
+    dy: u64,
+    keep: u64,
+    dv: u64,
+    dx: u64,
+) -> Option<LaunchPlan> {
+    (elems(shape) > 0).then(|| LaunchPlan {
+        module: "aiec_bwd_x.cu",
+        kernel: format!("aiec_bwd_x_{}_{dtype}", layout_name(shape)),
+        grid: activation_grid(dtype, shape),
+        block: [AIEC_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(dy),
+            KernelArg::Ptr(keep),
+            KernelArg::Ptr(dv),
+            KernelArg::Ptr(dx),
+            KernelArg::structure(shape),
+        ],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +336,65 @@ mod tests {
         assert!(threshold_fwd(DType::F16, 0, 1, 2, 0.0, H200).is_none());
     }
 
+    fn shape(pool: Pool, b: u64, p: u64, c: u64, k: u64) -> AiecShape {
+        AiecShape {
+            batch: b,
+            positions: p,
+            channels: c,
+            classes: k,
+            pool: pool_code(pool),
+            update: 1,
+            tau: 0.0,
+            pad0: 0,
+        }
+    }
+
+    #[test]
+    fn fused_forward_plans_follow_the_kernel_geometry() {
+        // ViT-B in bf16: 12 channel tiles of 256 channels x 256 samples.
+        let s = shape(Pool::Token, 256, 197, 3072, 1000);
+        let p = aiec_fwd_x(DType::BF16, &s, 1, 2, 3, 4).unwrap();
+        assert_eq!(
+            (p.kernel.as_str(), p.grid, p.block),
+            ("aiec_fwd_x_tokens_bf16", [12, 256, 1], [256, 1, 1])
+        );
+        assert_eq!(p.args[..4], [KernelArg::Ptr(1), KernelArg::Ptr(2), KernelArg::Ptr(3), KernelArg::Ptr(4)]);
+        assert_eq!(p.args[4], KernelArg::structure(&s));
+        // f32 moves 4 channels per lane: 24 tiles.
+        assert_eq!(aiec_fwd_x(DType::F32, &s, 1, 2, 3, 4).unwrap().grid, [24, 256, 1]);
+        // avg_hw: one warp per (b, c) row, 8 rows per block.
+        let h = shape(Pool::AvgHw, 128, 3136, 256, 1000);
+        let p = aiec_fwd_x(DType::F16, &h, 1, 2, 3, 4).unwrap();
+        assert_eq!((p.kernel.as_str(), p.grid), ("aiec_fwd_x_hw_f16", [128 * 256 / 8, 1, 1]));
+        let l = aiec_fwd_logits(&s, [1, 2, 3], [4, 5, 6], [7, 8, 9]).unwrap();
+        assert_eq!((l.grid, l.block, l.args.len()), ([32, 1, 1], [512, 1, 1], 10));
+        assert_eq!(l.args[8], KernelArg::Ptr(9), "total is the last pointer");
+        let g = aiec_fwd_gate(&s, [1, 2, 3, 4, 5], [6, 7, 8, 9, 10]).unwrap();
+        assert_eq!((g.grid, g.args.len()), ([1024, 1, 1], 11));
+        assert_eq!(gate_grid(&shape(Pool::None, 3, 1, 5, 2)), 1);
+        // Empty batches launch nothing in the forward.
+        let e = shape(Pool::Token, 0, 5, 8, 4);
+        assert!(aiec_fwd_x(DType::F32, &e, 1, 2, 3, 4).is_none());
+        assert!(aiec_fwd_logits(&e, [0; 3], [0; 3], [0; 3]).is_none());
+        assert!(aiec_fwd_gate(&e, [0; 5], [0; 5]).is_none());
+    }
+
+    #[test]
+    fn fused_backward_plans_follow_the_kernel_geometry() {
+        let s = shape(Pool::AvgToken, 256, 197, 3072, 1000);
+        let p = aiec_bwd_dv_dw(&s, [1, 2, 3, 4, 5], [6, 7]).unwrap();
+        assert_eq!(p.grid, [(16 + 63) * 12, 1, 1]);
+        assert_eq!(p.args.len(), 8);
+        let x = aiec_bwd_x(DType::BF16, &s, 1, 2, 3, 1).unwrap();
+        assert_eq!((x.kernel.as_str(), x.grid), ("aiec_bwd_x_tokens_bf16", [12, 256, 1]));
+        assert_eq!(x.args[3], KernelArg::Ptr(1), "dx may be dy");
+        // B = 0 still clears dW; the dy pass has nothing to do.
+        let e = shape(Pool::None, 0, 1, 8, 4);
+        assert_eq!(aiec_bwd_dv_dw(&e, [0; 5], [0; 2]).unwrap().grid, [1, 1, 1]);
+        assert!(aiec_bwd_x(DType::F32, &e, 1, 2, 3, 4).is_none());
+        assert_eq!(aiec_loss(&bytemuck::Zeroable::zeroed()).grid, [1, 1, 1]);
+    }
+
     #[test]
     fn convert_plans() {
         let p = convert_from_f32(DType::F16, 65536, 8, 16, H200).unwrap();
@@ -202,12 +405,11 @@ mod tests {
 
     #[test]
     fn arguments_have_their_c_sizes() {
-        assert_eq!(KernelArg::F32(1.0).to_bytes(), ([0, 0, 0x80, 0x3f, 0, 0, 0, 0], 4));
-        assert_eq!(KernelArg::U64(1 << 40).to_bytes().1, 8);
-        assert_eq!(KernelArg::Ptr(0xdead_beef).to_bytes().0[..4], [0xef, 0xbe, 0xad, 0xde]);
-        assert_eq!(
-            KernelArg::I32(-1).to_bytes(),
-            ([0xff; 4].iter().chain(&[0; 4]).copied().collect::<Vec<_>>().try_into().unwrap(), 4)
-        );
+        assert_eq!(KernelArg::F32(1.0).to_bytes(), [0, 0, 0x80, 0x3f]);
+        assert_eq!(KernelArg::U64(1 << 40).to_bytes().len(), 8);
+        assert_eq!(KernelArg::Ptr(0xdead_beef).to_bytes()[..4], [0xef, 0xbe, 0xad, 0xde]);
+        assert_eq!(KernelArg::structure(&[1u32, 2u32]).to_bytes(), [1, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(KernelArg::I32(-1).to_bytes(), [0xff; 4]);
+        assert_eq!(KernelArg::U32(7).to_bytes(), [7, 0, 0, 0]);
     }
 }

@@ -27,18 +27,22 @@
 //! # Ok::<(), aiec::AiecError>(())
 //! ```
 
+pub mod buffer;
 pub mod config;
 pub mod counters;
 pub mod cpu;
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod gpu;
 pub mod init;
 pub mod launch;
 pub mod nvrtc;
 pub mod ops;
+pub mod params;
 pub mod tensor;
 
+pub use buffer::Buffer;
 pub use config::{AiecConfig, InputDims, Pool};
 pub use counters::Counters;
 pub use device::{available_devices, Device, DeviceKind, DeviceStats};

@@ -32,13 +32,21 @@ fn cuda_request_without_a_gpu_is_a_typed_error() {
 #[test]
 fn the_simulator_registers_every_kernel_of_the_sources() {
     let names = aiec::device::sim_kernel_names();
-    // Each AIEC_EXPORT line of a kernel file yields f32, f16 and bf16 entries.
+    // AIEC_EXPORT / AIEC_EXPORT_LB lines yield f32, f16 and bf16 entries;
+    // AIEC_EXPORT_NAMED lines one entry of exactly that name.
     let mut want = Vec::new();
     for (file, src) in aiec::nvrtc::sources::SOURCES {
-        for line in src.lines().filter(|l| l.starts_with("AIEC_EXPORT(")) {
-            let op = line["AIEC_EXPORT(".len()..].split(',').next().unwrap().trim();
-            for dt in ["f32", "f16", "bf16"] {
-                want.push((file.to_string(), format!("{op}_{dt}")));
+        for line in src.lines() {
+            let Some((mac, rest)) = line.split_once('(') else { continue };
+            let op = rest.split(',').next().unwrap().trim();
+            match mac {
+                "AIEC_EXPORT" | "AIEC_EXPORT_LB" => {
+                    for dt in ["f32", "f16", "bf16"] {
+                        want.push((file.to_string(), format!("{op}_{dt}")));
+                    }
+                }
+                "AIEC_EXPORT_NAMED" => want.push((file.to_string(), op.to_string())),
+                _ => {}
             }
         }
     }

@@ -120,6 +120,14 @@ impl CudaBackend {
         self.synchronize()
     }
 
+    /// # Safety
+    /// `dst` and `src` must address `bytes` live bytes of this device each.
+    pub(crate) unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(driver_err("cuMemcpyDtoDAsync"))
+    }
+
     pub(crate) fn address(&self, s: &CudaSlice<u8>) -> u64 {
         let (ptr, _sync) = s.device_ptr(&self.stream);
         ptr

@@ -180,7 +180,17 @@ impl Device {
     /// no buffer the kernel writes may be read or written elsewhere until the
     /// launch has finished.
     pub unsafe fn launch(&self, plan: &LaunchPlan) -> Result<()> {
-        let mut values: Vec<[u8; 8]> = plan.args.iter().map(|a| a.to_bytes().0).collect();
+        // Each value in its own 8-byte aligned slot (structs may be larger).
+        let mut values: Vec<Vec<u64>> = plan
+            .args
+            .iter()
+            .map(|a| {
+                let bytes = a.to_bytes();
+                let mut slot = vec![0u64; bytes.len().div_ceil(8).max(1)];
+                bytemuck::cast_slice_mut::<u64, u8>(&mut slot)[..bytes.len()].copy_from_slice(&bytes);
+                slot
+            })
+            .collect();
         let mut params: Vec<*mut c_void> = values.iter_mut().map(|v| v.as_mut_ptr().cast()).collect();
         self.0.launches.fetch_add(1, Ordering::Relaxed);
         match &self.0.backend {
@@ -189,6 +199,25 @@ impl Device {
             Backend::Cuda(c) => c.launch(plan, &mut params),
             #[cfg(feature = "sim")]
             Backend::Sim(s) => s.launch(plan, &mut params),
+        }
+    }
+
+    /// Copies `bytes` from `src` to `dst`, both on this device (asynchronous on
+    /// CUDA: `cuMemcpyDtoDAsync` on the device's stream).
+    ///
+    /// # Safety
+    /// Both addresses must point at `bytes` live bytes of this device, not
+    /// overlapping, and `dst` must not be in use elsewhere until the copy ends.
+    pub(crate) unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        match &self.0.backend {
+            // SAFETY: forwarded from the caller.
+            Backend::Cuda(c) => unsafe { c.copy_dtod(dst, src, bytes) },
+            #[cfg(feature = "sim")]
+            Backend::Sim(_) => {
+                // SAFETY: forwarded from the caller; simulator addresses are host addresses.
+                unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
+                Ok(())
+            }
         }
     }
 

@@ -3,6 +3,10 @@
 
 use std::fmt::Write;
 
+/// Elements below this fraction of a tensor's largest magnitude are judged
+/// relative to that fraction (see [`elem_error`]).
+pub const FLOOR: f64 = 0.1;
+
 /// Relative tolerances per precision (values and gradients). Integer results
 /// (counters, masks, counts) always compare exactly.
 pub fn tolerance(precision: &str) -> f64 {
@@ -14,9 +18,11 @@ pub fn tolerance(precision: &str) -> f64 {
     }
 }
 
-/// Per-element relative error `|a - b| / max(|b|, 1e-2 * max_j |b_j|)`: relative
-/// for the large elements, and relative to the tensor's scale for elements that
-/// a sum made small by cancellation. Two NaNs, or equal infinities, are equal.
+/// Per-element relative error `|a - b| / max(|b|, FLOOR * max_j |b_j|)`:
+/// relative for the large elements, and relative to the tensor's scale for
+/// elements that a sum made small by cancellation (their absolute error is set
+/// by the magnitude of the terms, not by their own). Two NaNs, or equal
+/// infinities, are equal.
 pub fn elem_error(a: f64, b: f64, scale: f64) -> f64 {
     if a.is_nan() && b.is_nan() {
         return 0.0;
@@ -27,7 +33,7 @@ pub fn elem_error(a: f64, b: f64, scale: f64) -> f64 {
     if a == b {
         return 0.0;
     }
-    let denom = b.abs().max(1e-2 * scale);
+    let denom = b.abs().max(FLOOR * scale);
     if denom == 0.0 || !denom.is_finite() {
         return f64::INFINITY;
     }

@@ -161,3 +161,47 @@ fn read_i64(st: &SafeTensors, key: &str) -> Result<Vec<i64>, String> {
     }
     Ok(t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect())
 }
+
+/// A case with inputs only (expected values empty), from a random
+/// [`aiec::cpu::gradcheck::Case`], for suites that judge one backend by another.
+pub fn inputs_only(name: String, case: &aiec::cpu::gradcheck::Case) -> GoldenCase {
+    let cfg = case.cfg;
+    GoldenCase {
+        name,
+        pool: cfg.pool(),
+        tau: cfg.tau(),
+        update: case.update,
+        aux_coef: case.coefs.aux_coef,
+        gate_coef: case.coefs.gate_coef,
+        classes: cfg.classes(),
+        channels: cfg.channels(),
+        batch: case.targets.len(),
+        dims: case.dims.clone(),
+        targets: case.targets.clone(),
+        layers: case
+            .layers
+            .iter()
+            .map(|l| GoldenLayer {
+                x: l.x.clone(),
+                w: l.w.clone(),
+                act_in: l.counters.act.clone(),
+                inh_in: l.counters.inh.clone(),
+                total_in: l.counters.total.clone(),
+                dy: l.dy.clone(),
+                y: vec![],
+                v: vec![],
+                logits: vec![],
+                mask: vec![],
+                act: vec![],
+                inh: vec![],
+                total: vec![],
+                gate_sum_sq: 0.0,
+                dx: vec![],
+                dw: vec![],
+            })
+            .collect(),
+        aux_loss: 0.0,
+        gate_loss: 0.0,
+        gate_count: 0,
+    }
+}

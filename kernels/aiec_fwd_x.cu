@@ -1,0 +1,176 @@
+/* aiec_fwd_x.cu - the activation pass of an AIEC training forward (AIEC_SPEC "Forward" 1 and 3): ONE read of x
+ * gives the threshold output y, the keep bits the backward needs and the pooled vector v.
+ *
+ *   aiec_fwd_x_tokens_<dtype>(x, y, keep, v, s)   x, y: [B, P, C] channels last; pool token (0), avg_token (1),
+ *                                                 none (3, P = 1)
+ *   aiec_fwd_x_hw_<dtype>(x, y, keep, v, s)       x, y: [B, C, P] positions last; pool avg_hw (2)
+ *
+ * dtype: f32, f16, bf16. y = x where NOT x <= tau (bits copied, NaN kept), else +0. keep: ceil(n/32) u32 words,
+ * n = B*P*C, bit i%32 of word i/32 = NOT x[i] <= tau, LSB first; every word is written whole, bits past n are 0.
+ * v: f32 [B, C]: token/none v[b,c] = float(y[b,0,c]); avg modes (sum over p of float(y)) / (float)P.
+ * Never writes x; y must not alias x. No atomics; the order of every sum is fixed by the geometry (deterministic).
+ * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16):
+ *   tokens: grid = (ceil(C / (32*V)), min(B, 65535)), block 256, no dynamic shared memory. Block (bx, by) owns the
+ *     channels [bx*32V, bx*32V + 32V) of samples b = by, by + gridDim.y, ...; lane l of warp w owns the V channels
+ *     from (bx*32 + l)*V at the positions p = w, w+8, ... (4 rows in flight per warp); the avg partial sums of the
+ *     8 warps are added in warp order in static shared memory (8 KiB).
+ *   hw: grid = min(ceil(B*C / 8), 2^31 - 1), block 256: warp w of block bx owns the rows r = bx*8 + w,
+ *     r + 8*gridDim.x, ... (r = b*C + c); lane l owns V consecutive positions of each 32V-position chunk of the row;
+ *     v by a per-lane sum and an xor-butterfly warp sum.
+ * Vector path (16-byte loads/stores) when x and y are 16-byte aligned and C % V == 0 (tokens) / P % V == 0 (hw);
+ * else the same geometry one element at a time. Keep words: when C % 32 == 0 (tokens) / P % 32 == 0 (hw) the 32/V
+ * lanes that own one word OR their bits by shuffles and the first stores it; otherwise the thread owning element
+ * i with i % 32 == 0 builds that word alone by re-reading x[i .. min(i+32, n)) (one writer per word).
+ */
+#include "common.cuh"
+#include "aiec_params.cuh"
+
+namespace aiec_fx {
+using aiec::Pack16;
+using aiec::u32;
+using aiec::u64;
+using aiec_k::min64;
+constexpr int WARPS = 8, UNROLL = 4;
+
+// Loads the lane's chunk x[i0 .. i0 + cnt) (cnt <= V; elements past cnt read as 0).
+template <class T>
+__device__ __forceinline__ void load(const T* __restrict__ x, u64 i0, int cnt, bool vec, Pack16<T>& p) {
+  if (vec && cnt == Pack16<T>::N) {
+    p.u = aiec::ld16(x + i0);
+  } else {
+    for (int j = 0; j < Pack16<T>::N; ++j) p.v[j] = j < cnt ? x[i0 + j] : T{};
+  }
+}
+
+// Thresholds the chunk in place, stores it as y, adds float(y) to acc[j]; returns its keep bits (bit j: i0 + j).
+template <class T>
+__device__ __forceinline__ u32 apply(Pack16<T>& p, T* __restrict__ y, u64 i0, int cnt, bool vec, float tau,
+                                     float* acc) {
+  u32 bits = 0;
+  for (int j = 0; j < Pack16<T>::N; ++j) {
+    const bool k = j < cnt && aiec_k::keeps(p.v[j], tau);
+    bits |= (u32)k << j;
+    if (!k) p.v[j] = T{};
+    acc[j] += aiec::to_float(p.v[j]);
+  }
+  if (vec && cnt == Pack16<T>::N) {
+    aiec::st16(y + i0, p.u);
+  } else {
+    for (int j = 0; j < cnt; ++j) y[i0 + j] = p.v[j];
+  }
+  return bits;
+}
+
+// Stores the keep bits of the chunk [i0, i0 + cnt). fast: groups of 32/V consecutive lanes own whole aligned words
+// (all 32 lanes must call, idle lanes with cnt = 0); else the owner of a word start builds the word from x.
+template <class T>
+__device__ __forceinline__ void store_keep(u32* __restrict__ keep, const T* __restrict__ x, u32 bits, u64 i0,
+                                           int cnt, bool fast, u64 n, float tau) {
+  constexpr int V = Pack16<T>::N, G = 32 / V;
+  if (fast) {
+    u32 w = cnt ? bits << (i0 & 31) : 0u;
+    for (int o = 1; o < G; o <<= 1) w |= __shfl_xor_sync(0xffffffffu, w, o);
+    if (cnt && (threadIdx.x & (G - 1)) == 0) keep[i0 >> 5] = w;
+  } else if (cnt) {
+    const u64 ws = (i0 + 31) & ~(u64)31;
+    if (ws < i0 + (u64)cnt) keep[ws >> 5] = aiec_k::keep_word(x, ws, n, tau);
+  }
+}
+}  // namespace aiec_fx
+
+template <class T>
+__device__ __forceinline__ void aiec_fwd_x_tokens(const T* __restrict__ x,  // [B, P, C]
+                                                  T* __restrict__ y,        // [B, P, C]
+                                                  aiec::u32* __restrict__ keep,  // [ceil(B*P*C / 32)]
+                                                  float* __restrict__ v,    // [B, C]
+                                                  AiecShape s) {
+  using namespace aiec_fx;
+  constexpr int V = Pack16<T>::N;
+  __shared__ float red[WARPS * 32 * 8];  // [warp][32V] partial sums (sized for V = 8)
+  const u64 B = s.batch, P = s.positions, C = s.channels, n = B * P * C;
+  const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
+  const u64 c0 = ((u64)blockIdx.x * 32 + lane) * V;
+  const int cnt = c0 < C ? (int)min64(V, C - c0) : 0;
+  const bool vec = C % V == 0 && ((aiec::addr(x) | aiec::addr(y)) & 15) == 0;
+  const bool fast = C % 32 == 0;
+  const bool avg = s.pool == AIEC_POOL_AVG_TOKEN || s.pool == AIEC_POOL_AVG_HW;
+  for (u64 b = blockIdx.y; b < B; b += gridDim.y) {  // block-uniform
+    float acc[V];
+    for (int j = 0; j < V; ++j) acc[j] = 0.0f;
+    for (u64 p0 = (u64)warp; p0 < P; p0 += WARPS * UNROLL) {  // warp-uniform
+      Pack16<T> px[UNROLL];
+      for (int u = 0; u < UNROLL; ++u) {
+        const u64 p = p0 + (u64)u * WARPS;
+        if (p < P) load(x, (b * P + p) * C + c0, cnt, vec, px[u]);
+      }
+      for (int u = 0; u < UNROLL; ++u) {
+        const u64 p = p0 + (u64)u * WARPS;
+        if (p >= P) break;
+        const u64 i0 = (b * P + p) * C + c0;
+        const u32 bits = apply(px[u], y, i0, cnt, vec, s.tau, acc);
+        if (p == 0 && !avg)
+          for (int j = 0; j < cnt; ++j) v[b * C + c0 + j] = aiec::to_float(px[u].v[j]);
+        store_keep(keep, x, bits, i0, cnt, fast, n, s.tau);
+      }
+    }
+    if (avg) {
+      for (int j = 0; j < V; ++j) red[warp * 32 * V + lane * V + j] = acc[j];
+      __syncthreads();
+      if (threadIdx.x < 32u * V) {
+        const u64 c = (u64)blockIdx.x * 32 * V + threadIdx.x;
+        float sum = red[threadIdx.x];
+        for (int w = 1; w < WARPS; ++w) sum += red[w * 32 * V + threadIdx.x];
+        if (c < C) v[b * C + c] = sum / (float)P;
+      }
+      __syncthreads();  // red is reused by the next sample
+    }
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void aiec_fwd_x_hw(const T* __restrict__ x,       // [B, C, P]
+                                              T* __restrict__ y,             // [B, C, P]
+                                              aiec::u32* __restrict__ keep,  // [ceil(B*C*P / 32)]
+                                              float* __restrict__ v,         // [B, C]
+                                              AiecShape s) {
+  using namespace aiec_fx;
+  constexpr int V = Pack16<T>::N, CHUNK = 32 * V;
+  const u64 P = s.positions, rows = s.batch * s.channels, n = rows * P;
+  const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
+  const bool vec = P % V == 0 && ((aiec::addr(x) | aiec::addr(y)) & 15) == 0;
+  const bool fast = P % 32 == 0;
+  for (u64 r = (u64)blockIdx.x * WARPS + warp; r < rows; r += (u64)gridDim.x * WARPS) {  // warp-uniform
+    float acc[V];
+    for (int j = 0; j < V; ++j) acc[j] = 0.0f;
+    for (u64 q0 = 0; q0 < P; q0 += (u64)CHUNK * UNROLL) {
+      Pack16<T> px[UNROLL];
+      int cnt[UNROLL];
+      for (int u = 0; u < UNROLL; ++u) {
+        const u64 q = q0 + (u64)u * CHUNK + (u64)lane * V;
+        cnt[u] = q < P ? (int)min64(V, P - q) : 0;
+        if (cnt[u]) load(x, r * P + q, cnt[u], vec, px[u]);
+      }
+      for (int u = 0; u < UNROLL; ++u) {
+        if (q0 + (u64)u * CHUNK >= P) break;  // warp-uniform
+        const u64 i0 = r * P + q0 + (u64)u * CHUNK + (u64)lane * V;
+        if (!cnt[u])
+          for (int j = 0; j < V; ++j) px[u].v[j] = T{};
+        const u32 bits = apply(px[u], y, i0, cnt[u], vec, s.tau, acc);
+        store_keep(keep, x, bits, i0, cnt[u], fast, n, s.tau);
+      }
+    }
+    float sum = acc[0];
+    for (int j = 1; j < V; ++j) sum += acc[j];
+    sum = aiec_k::warp_sum(sum);
+    if (lane == 0) v[r] = sum / (float)P;
+  }
+}
+
+AIEC_EXPORT_LB(aiec_fwd_x_tokens, 256,
+               (const T* __restrict__ x, T* __restrict__ y, aiec::u32* __restrict__ keep, float* __restrict__ v,
+                AiecShape s),
+               (x, y, keep, v, s))
+AIEC_EXPORT_LB(aiec_fwd_x_hw, 256,
+               (const T* __restrict__ x, T* __restrict__ y, aiec::u32* __restrict__ keep, float* __restrict__ v,
+                AiecShape s),
+               (x, y, keep, v, s))

@@ -1,0 +1,91 @@
+// kernels/aiec_params.cuh - parameter structs of the fused AIEC training kernels (aiec_*.cu), mirrored in Rust with
+// #[repr(C)] (sizes and offsets pinned there and by the static_asserts below), and the helpers those files share.
+// Included after common.cuh; NVRTC gets it in memory by this file name, like common.cuh.
+#pragma once
+#include "common.cuh"
+
+struct AiecShape {     // size 48, align 8
+  aiec::u64 batch;     // B                                              offset 0
+  aiec::u64 positions; // P: T tokens, H*W, or 1 (none)                  offset 8
+  aiec::u64 channels;  // C                                              offset 16
+  aiec::u64 classes;   // K                                              offset 24
+  aiec::u32 pool;      // 0 token, 1 avg_token, 2 avg_hw, 3 none         offset 32
+  aiec::u32 update;    // 1: this forward updates the counters           offset 36
+  float tau;           //                                                offset 40
+  aiec::u32 pad0;      //                                                offset 44
+};
+struct AiecGateStats {  // size 16: one layer's gate statistics
+  float sum_sq;         // S = sum mask * v^2                            offset 0
+  aiec::u32 pad0;       //                                               offset 4
+  aiec::u64 count;      // N = sum mask                                  offset 8
+};
+struct AiecLosses {  // size 32: the combined losses of L layers, written by aiec_loss
+  float aux;         // mean CE over L*B rows (0 if no rows)             offset 0
+  float gate;        // sum S / sum N, 0 if sum N == 0                   offset 4
+  float sum_sq;      // sum_l S_l                                        offset 8
+  float aux_scale;   // aux_coef / (L*B), 0 if L*B == 0                  offset 12
+  float gate_scale;  // 2 * gate_coef / sum N, 0 if sum N == 0           offset 16
+  aiec::u32 pad0;    //                                                  offset 20
+  aiec::u64 count;   // sum_l N_l                                        offset 24
+};
+#define AIEC_MAX_LAYERS 32
+struct AiecLossParams {              // passed by value; size 544
+  aiec::u64 ce[AIEC_MAX_LAYERS];     // device addresses of each layer's float ce[B]        offset 0
+  aiec::u64 stats[AIEC_MAX_LAYERS];  // device addresses of each layer's AiecGateStats      offset 256
+  aiec::u64 out;                     // device address of the AiecLosses to write           offset 512
+  aiec::u32 layers;                  // L (1..=32; larger values are clamped to 32)         offset 520
+  aiec::u32 pad0;                    //                                                     offset 524
+  aiec::u64 batch;                   // B                                                   offset 528
+  float aux_coef, gate_coef;         //                                              offsets 536, 540
+};
+
+static_assert(sizeof(AiecShape) == 48 && alignof(AiecShape) == 8, "AiecShape layout");
+static_assert(sizeof(AiecGateStats) == 16 && sizeof(AiecLosses) == 32 && sizeof(AiecLossParams) == 544, "sizes");
+#ifndef AIEC_CUDA  // NVRTC has no offsetof / __builtin_offsetof; the host compiler checks the same (LP64) layout
+static_assert(__builtin_offsetof(AiecShape, classes) == 24 && __builtin_offsetof(AiecShape, pool) == 32 &&
+                  __builtin_offsetof(AiecShape, update) == 36 && __builtin_offsetof(AiecShape, tau) == 40,
+              "AiecShape offsets");
+static_assert(sizeof(AiecGateStats) == 16 && __builtin_offsetof(AiecGateStats, count) == 8, "AiecGateStats layout");
+static_assert(sizeof(AiecLosses) == 32 && __builtin_offsetof(AiecLosses, aux_scale) == 12 &&
+                  __builtin_offsetof(AiecLosses, gate_scale) == 16 && __builtin_offsetof(AiecLosses, count) == 24,
+              "AiecLosses layout");
+static_assert(sizeof(AiecLossParams) == 544 && __builtin_offsetof(AiecLossParams, stats) == 256 &&
+                  __builtin_offsetof(AiecLossParams, out) == 512 && __builtin_offsetof(AiecLossParams, layers) == 520 &&
+                  __builtin_offsetof(AiecLossParams, batch) == 528 &&
+                  __builtin_offsetof(AiecLossParams, aux_coef) == 536 &&
+                  __builtin_offsetof(AiecLossParams, gate_coef) == 540,
+              "AiecLossParams layout");
+#endif
+
+enum { AIEC_POOL_TOKEN = 0, AIEC_POOL_AVG_TOKEN = 1, AIEC_POOL_AVG_HW = 2, AIEC_POOL_NONE = 3 };
+
+// One entry point named exactly NAME (no dtype suffix; the f32-only AIEC kernels), calling ::BODY ARGS.
+// ATTR: nothing or __launch_bounds__(n). Registers NAME with the simulator like AIEC_EXPORT does.
+#define AIEC_EXPORT_NAMED(NAME, ATTR, BODY, PARAMS, ARGS)         \
+  namespace aiec_entry_##NAME {                                   \
+  extern "C" __global__ void ATTR NAME PARAMS { ::BODY ARGS; }    \
+  AIEC_SIM_REGISTER_(NAME)                                        \
+  }
+
+namespace aiec_k {  // helpers shared by the aiec_*.cu files (inline: identical in every translation unit)
+using aiec::u32;
+using aiec::u64;
+__device__ __forceinline__ u64 min64(u64 a, u64 b) { return a < b ? a : b; }
+__device__ __forceinline__ bool is_nan(float f) { return f != f; }
+// The threshold unit's rule: keep where NOT x <= tau (a NaN is kept).
+template <class T> __device__ __forceinline__ bool keeps(T x, float tau) { return !(aiec::to_float(x) <= tau); }
+// The keep word that starts at flat element ws (ws % 32 == 0): bits of x[ws .. min(ws + 32, n)), 0 past n.
+// The general (ragged) path: the thread owning element ws builds the whole word, reading past its own elements.
+template <class T>
+__device__ __forceinline__ u32 keep_word(const T* x, u64 ws, u64 n, float tau) {
+  const u32 e = (u32)min64(n - ws, 32);
+  u32 w = 0;
+  for (u32 j = 0; j < e; ++j) w |= (u32)keeps(x[ws + j], tau) << j;
+  return w;
+}
+// Sum over the warp by an xor butterfly: every lane gets the same bits, for any schedule.
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+}  // namespace aiec_k

@@ -1,0 +1,145 @@
+//! Parameter and result structs shared with the kernels, mirrored field for
+//! field from `kernels/aiec_params.cuh` (`#[repr(C)]`; sizes and offsets are
+//! pinned by tests on both sides).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::config::{InputDims, Pool};
+
+/// Shape and scalar parameters of one fused AIEC launch (`AiecShape`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+pub struct AiecShape {
+    /// `B`.
+    pub batch: u64,
+    /// `P`: `T`, `H*W`, or 1.
+    pub positions: u64,
+    /// `C`.
+    pub channels: u64,
+    /// `K`.
+    pub classes: u64,
+    /// 0 token, 1 avg_token, 2 avg_hw, 3 none.
+    pub pool: u32,
+    /// 1 when this forward updates the counters.
+    pub update: u32,
+    /// The threshold, compared in `f32`.
+    pub tau: f32,
+    /// Padding (0).
+    pub pad0: u32,
+}
+
+impl AiecShape {
+    /// The parameters of a planned input.
+    pub fn new(dims: &InputDims, classes: usize, tau: f32, update: bool) -> Self {
+        AiecShape {
+            batch: dims.batch as u64,
+            positions: dims.positions as u64,
+            channels: dims.channels as u64,
+            classes: classes as u64,
+            pool: pool_code(dims.pool),
+            update: update as u32,
+            tau,
+            pad0: 0,
+        }
+    }
+}
+
+/// The kernels' code for a pooling mode.
+pub fn pool_code(pool: Pool) -> u32 {
+    match pool {
+        Pool::Token => 0,
+        Pool::AvgToken => 1,
+        Pool::AvgHw => 2,
+        Pool::None => 3,
+    }
+}
+
+/// One layer's gate statistics (`AiecGateStats`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+pub struct AiecGateStats {
+    /// `S = sum mask * v^2`.
+    pub sum_sq: f32,
+    /// Padding.
+    pub pad0: u32,
+    /// `N = sum mask`.
+    pub count: u64,
+}
+
+/// The combined losses of `L` layers (`AiecLosses`), written on the device.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+pub struct AiecLosses {
+    /// Mean cross-entropy over the `L * B` rows.
+    pub aux: f32,
+    /// `sum S / sum N`, 0 when `sum N == 0`.
+    pub gate: f32,
+    /// `sum S`.
+    pub sum_sq: f32,
+    /// `aux_coef / (L * B)`.
+    pub aux_scale: f32,
+    /// `2 * gate_coef / sum N`.
+    pub gate_scale: f32,
+    /// Padding.
+    pub pad0: u32,
+    /// `sum N`.
+    pub count: u64,
+}
+
+/// Most layers one `aiec_loss` launch combines (`AIEC_MAX_LAYERS`).
+pub const MAX_LAYERS: usize = 32;
+
+/// Arguments of `aiec_loss` (`AiecLossParams`), passed by value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+pub struct AiecLossParams {
+    /// Device addresses of each layer's `float ce[B]`.
+    pub ce: [u64; MAX_LAYERS],
+    /// Device addresses of each layer's `AiecGateStats`.
+    pub stats: [u64; MAX_LAYERS],
+    /// Device address of the `AiecLosses` to write.
+    pub out: u64,
+    /// `L`.
+    pub layers: u32,
+    /// Padding.
+    pub pad0: u32,
+    /// `B`.
+    pub batch: u64,
+    /// Coefficient of the aux loss.
+    pub aux_coef: f32,
+    /// Coefficient of the gate loss.
+    pub gate_coef: f32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn layouts_match_aiec_params_cuh() {
+        assert_eq!((size_of::<AiecShape>(), align_of::<AiecShape>()), (48, 8));
+        assert_eq!(offset_of!(AiecShape, classes), 24);
+        assert_eq!(offset_of!(AiecShape, pool), 32);
+        assert_eq!(offset_of!(AiecShape, update), 36);
+        assert_eq!(offset_of!(AiecShape, tau), 40);
+        assert_eq!(size_of::<AiecGateStats>(), 16);
+        assert_eq!(offset_of!(AiecGateStats, count), 8);
+        assert_eq!(size_of::<AiecLosses>(), 32);
+        assert_eq!(offset_of!(AiecLosses, aux_scale), 12);
+        assert_eq!(offset_of!(AiecLosses, gate_scale), 16);
+        assert_eq!(offset_of!(AiecLosses, count), 24);
+        assert_eq!(offset_of!(AiecLossParams, stats), 8 * MAX_LAYERS);
+        assert_eq!(offset_of!(AiecLossParams, out), 16 * MAX_LAYERS);
+        assert_eq!(offset_of!(AiecLossParams, layers), 16 * MAX_LAYERS + 8);
+        assert_eq!(offset_of!(AiecLossParams, batch), 16 * MAX_LAYERS + 16);
+        assert_eq!(offset_of!(AiecLossParams, aux_coef), 16 * MAX_LAYERS + 24);
+        assert_eq!(size_of::<AiecLossParams>(), 16 * MAX_LAYERS + 32);
+    }
+
+    #[test]
+    fn pool_codes() {
+        let codes: Vec<u32> = Pool::ALL.iter().map(|&p| pool_code(p)).collect();
+        assert_eq!(codes, [0, 1, 2, 3]);
+    }
+}

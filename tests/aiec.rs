@@ -1,0 +1,352 @@
+//! The fused AIEC kernels (`kernels/aiec_*.cu`) on every device present:
+//! golden parity in f32, f16 and bf16; over 200 random shapes against the CPU
+//! reference; bitwise determinism across simulator schedules; launches, host
+//! syncs and saved bytes per step; bad input rejected before any launch.
+
+mod common;
+
+use aiec::cpu::gradcheck::{random_case, CaseShape};
+use aiec::cpu::LossCoefs;
+use aiec::gpu::{self, GpuCounters, GpuLayer};
+use aiec::init::SplitMix64;
+use aiec::{AiecConfig, AiecError, Buffer, Counters, DType, Device, DeviceStats, Element, Pool, Tensor};
+use common::compare::tolerance;
+use common::devices::devices;
+use common::golden::{dirs, inputs_only, load_dir, GoldenCase};
+use common::runner::{judge_against, rounded_case, run_cpu, run_golden, run_gpu, Outputs};
+use half::{bf16, f16};
+
+/// Margin below which two top logits count as a near tie in reduced precision.
+const TIE_MARGIN: f64 = 1e-4;
+
+/// Judges `T` results on `dev` against the CPU reference in f32 run on the
+/// same rounded inputs (the golden README's rule for f16/bf16).
+fn run_reduced<T: Element>(
+    dev: &Device,
+    case: &GoldenCase,
+    rtol: f64,
+) -> Result<(common::runner::Errors, usize), String> {
+    let rounded = rounded_case::<T>(case);
+    let want = run_cpu::<f32>(&rounded)?;
+    let got = run_gpu::<T>(dev, case)?;
+    judge_against(&rounded, &got, &want, rtol, TIE_MARGIN)
+}
+
+#[test]
+fn golden_cases_on_every_device_and_precision() {
+    let mut failed = Vec::new();
+    for dev in devices() {
+        let backend = match dev.kind() {
+            aiec::DeviceKind::Sim => "sim",
+            aiec::DeviceKind::Cuda => "cuda",
+        };
+        for (dir, label) in dirs() {
+            let cases = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+            let s = run_golden(backend, "f32", &label, &cases, |c| run_gpu::<f32>(&dev, c));
+            if s.passed != s.total {
+                failed.push(format!("{backend}-f32 {label}"));
+            }
+            for (precision, run) in [
+                ("f16", run_reduced::<f16> as fn(&Device, &GoldenCase, f64) -> _),
+                ("bf16", run_reduced::<bf16>),
+            ] {
+                let mut passed = 0;
+                let mut skipped = 0;
+                for case in &cases {
+                    match run(&dev, case, tolerance(precision)) {
+                        Ok((_, s)) => {
+                            passed += 1;
+                            skipped += s;
+                        }
+                        Err(msg) => println!("  FAILED {}: {msg}", case.name),
+                    }
+                }
+                println!(
+                    "golden {backend}-{precision}: {passed}/{} cases passed ({label}; vs the CPU reference on the same rounded inputs, {skipped} near-tied samples skipped)",
+                    cases.len()
+                );
+                if passed != cases.len() {
+                    failed.push(format!("{backend}-{precision} {label}"));
+                }
+            }
+        }
+    }
+    assert!(failed.is_empty(), "golden failures: {failed:?}");
+}
+
+/// A random case of the given shape (inputs only).
+#[allow(clippy::too_many_arguments)] // a table of shapes reads best positionally
+fn case(
+    seed: u64,
+    pool: Pool,
+    tau: f64,
+    b: usize,
+    c: usize,
+    k: usize,
+    p: usize,
+    layers: usize,
+    update: bool,
+) -> GoldenCase {
+    let cfg = AiecConfig::new(c, k, tau, pool).unwrap();
+    let shape = CaseShape { batch: b, channels: c, classes: k, positions: p, layers };
+    let coefs =
+        LossCoefs::new(0.5 + (seed % 3) as f64 * 0.25, [0.0, 3.0, 200.0][(seed % 3) as usize]).unwrap();
+    let rc = random_case(seed, cfg, shape, coefs, update);
+    inputs_only(format!("random#{seed} {pool} B={b} C={c} K={k} P={p} L={layers}"), &rc)
+}
+
+/// The shapes of the random suite: the named edge cases, then random ones.
+fn random_suite() -> Vec<GoldenCase> {
+    let mut v = vec![
+        case(1, Pool::Token, 0.0, 1, 1, 1, 1, 1, true),
+        case(2, Pool::AvgToken, 0.0, 1, 7, 1, 3, 2, true),
+        case(3, Pool::AvgHw, 0.3, 3, 1, 5, 7, 1, true),
+        case(4, Pool::None, 0.0, 5, 35, 1000, 1, 1, true), // K = 1000 with small B
+        case(5, Pool::Token, 0.3, 2, 64, 1000, 9, 2, true),
+        case(6, Pool::AvgToken, 0.0, 9, 33, 3, 1, 1, true), // T = 1
+        case(7, Pool::AvgHw, 0.0, 1, 3, 2, 1, 1, false),    // H*W = 2 (W = 2), B = 1
+    ];
+    // All samples of one class, so every block aggregates one class.
+    let mut same = case(8, Pool::AvgToken, 0.0, 16, 40, 3, 5, 1, true);
+    same.targets = vec![1; 16];
+    same.name += " all class 1";
+    v.push(same);
+    let mut rng = SplitMix64::new(2026);
+    let mut pick = |xs: &[usize]| xs[(rng.next_u64() % xs.len() as u64) as usize];
+    for i in 0..200u64 {
+        let pool = Pool::ALL[(i % 4) as usize];
+        let b = pick(&[1, 2, 3, 5, 8, 13, 32]);
+        let c = pick(&[1, 2, 5, 8, 31, 32, 35, 64, 96, 130]);
+        let k = pick(&[1, 2, 3, 7, 10, 33]);
+        let p = pick(&[1, 2, 3, 4, 7, 16, 33]);
+        let layers = pick(&[1, 1, 2]);
+        v.push(case(100 + i, pool, [0.0, 0.3][(i % 2) as usize], b, c, k, p, layers, i % 3 != 0));
+    }
+    v
+}
+
+#[test]
+fn random_shapes_match_the_cpu_reference() {
+    let suite = random_suite();
+    for dev in devices() {
+        let (mut passed, mut skipped) = (0, 0);
+        let mut failures = Vec::new();
+        for (i, c) in suite.iter().enumerate() {
+            // Cycle the activation type; f32 is judged at 1e-5 against the CPU in f32.
+            let r = match i % 3 {
+                0 => run_reduced::<f32>(&dev, c, tolerance("f32")),
+                1 => run_reduced::<f16>(&dev, c, tolerance("f16")),
+                _ => run_reduced::<bf16>(&dev, c, tolerance("bf16")),
+            };
+            match r {
+                Ok((_, s)) => {
+                    passed += 1;
+                    skipped += s;
+                }
+                Err(msg) => failures.push(format!("{} ({}): {msg}", c.name, ["f32", "f16", "bf16"][i % 3])),
+            }
+        }
+        println!(
+            "random {}: {passed}/{} cases passed ({skipped} near-tied samples skipped)",
+            dev.label(),
+            suite.len()
+        );
+        for f in failures.iter().take(5) {
+            println!("  FAILED {f}");
+        }
+        assert!(failures.is_empty() && suite.len() >= 200, "{} random failures", failures.len());
+    }
+}
+
+/// Every output of one training step, as raw bytes.
+fn step_bytes(dev: &Device, c: &GoldenCase) -> Vec<Vec<u8>> {
+    let out: Outputs = run_gpu::<bf16>(dev, c).unwrap();
+    let mut v = Vec::new();
+    for l in &out.layers {
+        for f in [&l.y, &l.v, &l.logits, &l.dx, &l.dw] {
+            v.push(f.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect());
+        }
+        v.push(l.mask.clone());
+        v.push(l.act.iter().chain(&l.inh).chain(&l.total).flat_map(|x| x.to_le_bytes()).collect());
+        v.push(l.gate_sum_sq.to_bits().to_le_bytes().to_vec());
+    }
+    v.push([out.aux_loss, out.gate_loss].iter().flat_map(|x| x.to_bits().to_le_bytes()).collect());
+    v
+}
+
+#[cfg(feature = "sim")]
+#[test]
+fn results_are_bitwise_identical_across_schedules() {
+    for (i, c) in [
+        case(11, Pool::AvgToken, 0.0, 13, 72, 10, 17, 2, true),
+        case(12, Pool::AvgHw, 0.3, 6, 20, 7, 33, 1, true),
+        case(13, Pool::Token, 0.0, 9, 64, 1000, 5, 1, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let base = step_bytes(&Device::sim_with(0, 1), c);
+        for (seed, workers) in [(1, 1), (2, 4), (3, 2)] {
+            assert!(
+                base == step_bytes(&Device::sim_with(seed, workers), c),
+                "case {i}: seed {seed}, workers {workers} differ"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_step_costs_three_plus_one_plus_two_launches_and_no_host_sync() {
+    for dev in devices() {
+        let cfg = AiecConfig::with_interval(48, 10, 0.0, 1, Pool::AvgToken).unwrap();
+        let mut layers = [GpuLayer::new(&dev, cfg, 1).unwrap(), GpuLayer::new(&dev, cfg, 2).unwrap()];
+        let x: Vec<bf16> =
+            (0..4 * 5 * 48).map(|i| bf16::from_f32(((i * 7 % 11) as f32 - 5.0) / 3.0)).collect();
+        let xt = Tensor::from_slice(&dev, &x, &[4, 5, 48]).unwrap();
+        let t = [0i64, 3, 9, 3];
+        let s0 = dev.stats();
+        let r0 = layers[0].forward(&xt, Some(&t)).unwrap();
+        let r1 = layers[1].forward(&r0.y, Some(&t)).unwrap();
+        let s1 = dev.stats();
+        assert_eq!(s1 - s0, DeviceStats { launches: 6, host_syncs: 0, device_to_host: 0 }, "two forwards");
+        let losses = gpu::combine(&[&r0, &r1], LossCoefs::PAPER).unwrap();
+        let s2 = dev.stats();
+        assert_eq!(s2 - s1, DeviceStats { launches: 1, host_syncs: 0, device_to_host: 0 }, "loss");
+        let mut dy = Tensor::from_slice(&dev, &x, &[4, 5, 48]).unwrap();
+        let _dw1 = layers[1].backward_inplace(&r1, &mut dy, &losses).unwrap();
+        let _dw0 = layers[0].backward_inplace(&r0, &mut dy, &losses).unwrap();
+        let s3 = dev.stats();
+        assert_eq!(s3 - s2, DeviceStats { launches: 4, host_syncs: 0, device_to_host: 0 }, "two backwards");
+        // Inference: the threshold alone, one launch.
+        layers[0].eval().unwrap();
+        let s4 = dev.stats();
+        let r = layers[0].forward(&xt, None).unwrap();
+        assert!(r.aux.is_none());
+        assert_eq!(
+            dev.stats() - s4,
+            DeviceStats { launches: 1, host_syncs: 0, device_to_host: 0 },
+            "inference"
+        );
+        // Reading a loss is the explicit sync.
+        let _ = losses.read().unwrap();
+        assert_eq!(dev.stats().host_syncs - s4.host_syncs, 1);
+    }
+}
+
+#[test]
+fn saved_state_is_one_bit_per_element_plus_o_of_bc_plus_bk() {
+    for dev in devices() {
+        for (pool, dims) in
+            [(Pool::Token, vec![8, 197, 96]), (Pool::AvgHw, vec![4, 96, 7, 7]), (Pool::None, vec![33, 96])]
+        {
+            let (b, c, k) = (dims[0], 96, 100);
+            let cfg = AiecConfig::new(c, k, 0.0, pool).unwrap();
+            let n: usize = dims.iter().product();
+            let x = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
+            let w = Buffer::from_slice(&dev, &vec![0.01f32; k * c]).unwrap();
+            let mut counters = GpuCounters::new(&dev, k, c).unwrap();
+            let rec = gpu::forward(&cfg, &x, &w, Some(&vec![0; b]), &mut counters, false).unwrap();
+            let aux = rec.aux.as_ref().unwrap();
+            assert_eq!(aux.keep.byte_len(), n.div_ceil(32) * 4, "one bit per activation element");
+            let rest = rec.saved_bytes() - aux.keep.byte_len();
+            // v (4) + mask (1) per B*C; logits and g (4 + 4) per B*K; targets and ce per B; stats.
+            let bound = 5 * b * c + 8 * b * k + 12 * b + 16;
+            assert!(rest <= bound, "{pool}: {rest} bytes besides the bits > {bound}");
+            println!(
+                "saved {pool} {dims:?}: {} bytes = {} bit bytes + {rest} (n = {n})",
+                rec.saved_bytes(),
+                aux.keep.byte_len()
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_a_typed_error_before_any_launch() {
+    for dev in devices() {
+        let cfg = AiecConfig::with_interval(8, 4, 0.0, 1, Pool::Token).unwrap();
+        let mut layer = GpuLayer::new(&dev, cfg, 3).unwrap();
+        let x = Tensor::from_slice(&dev, &[1.0f32; 2 * 3 * 8], &[2, 3, 8]).unwrap();
+        layer.forward(&x, Some(&[1, 2])).unwrap();
+        let (w0, c0, s0) = (layer.weights().unwrap(), layer.counters().unwrap(), layer.step());
+        let launches = dev.stats().launches;
+        let bad: Vec<(Tensor, Vec<i64>, &str)> = vec![
+            (Tensor::from_slice(&dev, &[1.0f32; 2 * 3 * 8], &[2, 3, 8]).unwrap(), vec![1, 4], "target = K"),
+            (
+                Tensor::from_slice(&dev, &[1.0f32; 2 * 3 * 8], &[2, 3, 8]).unwrap(),
+                vec![-1, 0],
+                "negative target",
+            ),
+            (Tensor::from_slice(&dev, &[1.0f32; 2 * 3 * 8], &[2, 3, 8]).unwrap(), vec![1], "target count"),
+            (Tensor::from_slice(&dev, &[1.0f32; 2 * 3 * 7], &[2, 3, 7]).unwrap(), vec![1, 2], "channels"),
+            (Tensor::from_slice(&dev, &[1.0f32; 6 * 8], &[6, 8]).unwrap(), vec![1, 2], "rank"),
+            (Tensor::zeros(&dev, DType::F16, &[2, 0, 8]).unwrap(), vec![1, 2], "empty T"),
+        ];
+        for (x, t, what) in &bad {
+            let e = layer.forward(x, Some(t)).err().unwrap_or_else(|| panic!("{what}: accepted"));
+            assert!(!e.to_string().is_empty());
+            assert_eq!(layer.step(), s0, "{what}: step moved");
+        }
+        assert_eq!(dev.stats().launches, launches, "a bad input launched a kernel");
+        assert_eq!((layer.weights().unwrap(), layer.counters().unwrap()), (w0, c0));
+        // Tensors of another device.
+        #[cfg(feature = "sim")]
+        {
+            let other = Device::sim();
+            let xo = Tensor::from_slice(&other, &[1.0f32; 2 * 3 * 8], &[2, 3, 8]).unwrap();
+            assert!(matches!(layer.forward(&xo, Some(&[1, 2])), Err(AiecError::DeviceMismatch { .. })));
+        }
+        assert!(matches!(layer.set_weights(&[0.0; 3]), Err(AiecError::LengthMismatch { .. })));
+        assert!(matches!(layer.set_counters(&Counters::new(5, 8)), Err(AiecError::LengthMismatch { .. })));
+    }
+}
+
+/// The GPU layer applies the same step, update-interval and eval policy as the
+/// CPU layer: counters after every step equal.
+#[test]
+fn gpu_layer_follows_the_cpu_layer() {
+    for dev in devices() {
+        let cfg = AiecConfig::with_interval(16, 3, 0.2, 2, Pool::AvgHw).unwrap();
+        let mut g = GpuLayer::new(&dev, cfg, 7).unwrap();
+        let mut c = aiec::cpu::AiecLayer::<f32>::new(cfg, 7);
+        assert_eq!(g.weights().unwrap(), c.weights());
+        let mut rng = SplitMix64::new(5);
+        let mut updated = false;
+        for step in 0..8 {
+            let x: Vec<f32> = (0..16 * 16 * 4).map(|_| rng.uniform(-1.0, 2.0) as f32).collect();
+            let t: Vec<i64> = (0..16).map(|_| (rng.next_u64() % 3) as i64).collect();
+            let targets = (step != 3).then_some(t.as_slice());
+            let xt = Tensor::from_slice(&dev, &x, &[16, 16, 2, 2]).unwrap();
+            g.forward(&xt, targets).unwrap();
+            c.forward(&x, &[16, 16, 2, 2], targets).unwrap();
+            assert_eq!(g.step(), c.step());
+            assert_eq!(&g.counters().unwrap(), c.counters(), "step {step}");
+            updated |= c.counters().total.iter().any(|&t| t > 1);
+            if step == 5 {
+                g.eval().unwrap();
+                c.eval();
+                g.train();
+                c.train();
+            }
+        }
+        assert!(updated, "no update happened: the test would prove nothing");
+    }
+}
+
+#[test]
+fn empty_batch_is_a_no_op_on_the_device() {
+    for dev in devices() {
+        let cfg = AiecConfig::new(8, 4, 0.0, Pool::AvgToken).unwrap();
+        let mut layer = GpuLayer::new(&dev, cfg, 3).unwrap();
+        let x = Tensor::zeros(&dev, DType::F32, &[0, 3, 8]).unwrap();
+        let rec = layer.forward(&x, Some(&[])).unwrap();
+        assert_eq!(rec.y.shape(), &[0, 3, 8]);
+        let losses = gpu::combine(&[&rec], LossCoefs::PAPER).unwrap();
+        let l = losses.read().unwrap();
+        assert_eq!((l.aux, l.gate, l.gate_count), (0.0, 0.0, 0));
+        let g = layer.backward(&rec, &x, &losses).unwrap();
+        assert_eq!(g.dx.shape(), &[0, 3, 8]);
+        assert_eq!(g.dw.to_vec().unwrap(), vec![0.0; 32]);
+        assert_eq!(layer.counters().unwrap(), Counters::new(4, 8));
+    }
+}
