@@ -145,6 +145,50 @@ fn bench_device<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Resu
     })
 }
 
+/// The two activation passes alone (`aiec_fwd_x`, `aiec_bwd_x`), launched
+/// back to back `iters` times between two synchronisations: GB/s of each.
+fn bench_passes<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<(f64, f64)> {
+    use aiec::launch::{aiec_bwd_x, aiec_fwd_x};
+    use aiec::params::AiecShape;
+    let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool)?;
+    let plan = cfg.plan_input(&p.dims())?;
+    let shape = AiecShape::new(&plan, p.classes, 0.0, false);
+    let n = p.elements();
+    let mut rng = SplitMix64::new(9);
+    let x: Vec<T> = (0..n).map(|_| T::from_f32(rng.uniform(-1.0, 1.5) as f32)).collect();
+    let xs = [Tensor::from_slice(dev, &x, &p.dims())?, Tensor::from_slice(dev, &x, &p.dims())?];
+    let ys = [Tensor::zeros(dev, T::DTYPE, &p.dims())?, Tensor::zeros(dev, T::DTYPE, &p.dims())?];
+    let keep: Buffer<u32> = Buffer::zeros(dev, n.div_ceil(32))?;
+    let v: Buffer<f32> = Buffer::zeros(dev, p.batch * p.channels)?;
+    let fwd: Vec<_> = (0..2)
+        .map(|i| aiec_fwd_x(T::DTYPE, &shape, xs[i].address(), ys[i].address(), keep.address(), v.address()))
+        .collect();
+    // Backward: dy = xs[i], dx = ys[i] (separate buffers; the in-place form moves the same bytes).
+    let bwd: Vec<_> = (0..2)
+        .map(|i| aiec_bwd_x(T::DTYPE, &shape, xs[i].address(), keep.address(), v.address(), ys[i].address()))
+        .collect();
+    let time = |plans: &[Option<aiec::launch::LaunchPlan>]| -> aiec::Result<f64> {
+        for plan in plans.iter().flatten() {
+            // SAFETY: all buffers above live until the end of this function and
+            // are sized for `shape`; nothing else uses them meanwhile.
+            unsafe { dev.launch(plan) }?;
+        }
+        dev.synchronize()?;
+        let t = Instant::now();
+        for i in 0..iters {
+            if let Some(plan) = &plans[i % 2] {
+                // SAFETY: as above.
+                unsafe { dev.launch(plan) }?;
+            }
+        }
+        dev.synchronize()?;
+        Ok(t.elapsed().as_secs_f64() / iters as f64)
+    };
+    let (tf, tb) = (time(&fwd)?, time(&bwd)?);
+    let bytes = (2 * n * T::DTYPE.size() + n / 8) as f64;
+    Ok((bytes / tf / 1e9, bytes / tb / 1e9))
+}
+
 /// Device-to-device copy bandwidth (bytes read + written per second).
 fn copy_bandwidth(dev: &Device, bytes: usize, iters: usize) -> aiec::Result<f64> {
     let src: Buffer<u8> = Buffer::zeros(dev, bytes)?;
@@ -307,6 +351,33 @@ fn main() -> aiec::Result<()> {
         }
         print_rows(&rows, Some(copy));
         json.extend(rows.iter().map(|r| r.json(copy)));
+        println!("\nactivation passes alone ({} back-to-back launches each):", if quick { 10 } else { 50 });
+        println!(
+            "{:<13} {:<5} {:>12} {:>8} {:>12} {:>8}",
+            "preset", "dtype", "fwd_x GB/s", "% copy", "bwd_x GB/s", "% copy"
+        );
+        let presets = if dev.kind() == DeviceKind::Cuda { PRESETS.to_vec() } else { vec![TINY] };
+        for p in presets {
+            for (dt, (f, b)) in [
+                ("bf16", bench_passes::<bf16>(dev, p, if quick { 10 } else { 50 })?),
+                ("f32", bench_passes::<f32>(dev, p, if quick { 10 } else { 50 })?),
+            ] {
+                println!(
+                    "{:<13} {:<5} {:>12.1} {:>7.0}% {:>12.1} {:>7.0}%",
+                    p.name,
+                    dt,
+                    f,
+                    100.0 * f / copy,
+                    b,
+                    100.0 * b / copy
+                );
+                json.push(format!(
+                    "  {{\"impl\": \"aiec-pass\", \"backend\": \"{}\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"fwd_x_GBps\": {f:.1}, \"bwd_x_GBps\": {b:.1}, \"copy_GBps\": {copy:.1}}}",
+                    dev.label(),
+                    p.name
+                ));
+            }
+        }
     }
 
     println!("\ncpu reference (plain loops, one thread; a floor, not a target):");

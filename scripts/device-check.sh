@@ -3,14 +3,18 @@
 # the CUDA toolkit and Python but no Rust:
 #
 #   scripts/device-check.sh build   # here (with Rust): release test binaries and
-#                                   # examples into target/device-check (ignored)
+#                                   # the verify and bench examples into
+#                                   # target/device-check (ignored)
 #   scripts/device-check.sh run     # there, from the repository root, with
 #                                   # target/device-check carried along
 #   scripts/device-check.sh dry-run # `run` without requiring a GPU (here)
 #
 # `run` finds an NVRTC library (AIEC_NVRTC_LIB, the toolkit's, or PyTorch's
-# wheel), runs every test binary (CUDA and simulator backends), prints one table
-# of results, and exits non-zero on any failure. Budget: well under 5 minutes.
+# wheel), runs every test binary (CUDA and simulator backends) and prints one
+# table of results, then runs verify, bench and the PyTorch baseline
+# (scripts/torch_aiec.py) and prints them side by side
+# (scripts/compare_bench.py). Logs and JSON go to $OUT (or target/device-check/out).
+# Exits non-zero on any failure. Budget: under 5 minutes on an H200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/device-check
@@ -31,7 +35,10 @@ for line in sys.stdin:
         shutil.copy(exe, dst)
         print("test binary:", dst)
 ' "$out"
-  strip "$out"/bin/* 2>/dev/null || true
+  cargo build --release --examples
+  mkdir -p "$out/examples"
+  cp target/release/examples/verify target/release/examples/bench "$out/examples/"
+  strip "$out"/bin/* "$out"/examples/* 2>/dev/null || true
   du -sh "$out"
 }
 
@@ -78,6 +85,26 @@ run() {
   echo
   echo "--- CUDA lines from the logs ---"
   grep -hE 'cuda:|golden .*cuda|skipped' "$out"/*.log | sort | uniq | head -80 || true
+
+  local res="${OUT:-$out/out}"
+  mkdir -p "$res"
+  cp "$out"/*.log "$res/" 2>/dev/null || true
+  echo; echo "=== verify ==="
+  "$out/examples/verify" 2>&1 | tee "$res/verify.log" | grep -vE '^\s*$' | tail -60 || status=1
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  echo; echo "=== bench ==="
+  "$out/examples/bench" --json "$res/aiec_bench.json" 2>&1 | tee "$res/bench.log" || status=1
+  if [ "${AIEC_SKIP_TORCH:-0}" != 1 ] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+    echo; echo "=== PyTorch baseline: same semantics as the golden cases ==="
+    python3 scripts/torch_aiec.py check 2>&1 | tail -3 | tee "$res/torch_check.log" || status=1
+    echo; echo "=== PyTorch eager and torch.compile ==="
+    PYTHONUNBUFFERED=1 timeout 170 python3 scripts/torch_aiec.py bench --json "$res/torch_bench.json" 2>&1 |
+      tee "$res/torch.log" || status=1
+    echo; echo "=== side by side ==="
+    python3 scripts/compare_bench.py "$res/aiec_bench.json" "$res/torch_bench.json" | tee "$res/compare.txt" || status=1
+  else
+    echo "PyTorch with CUDA not available: no side-by-side table"
+  fi
   exit $status
 }
 
