@@ -44,6 +44,7 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
   const float* M = is_dv ? w : v;  // [J, C]
   const float aux_scale = losses->aux_scale;
   float acc[S];
+  AIEC_UNROLL
   for (int r = 0; r < S; ++r) acc[r] = 0.0f;
   for (u64 j0 = 0; j0 < J; j0 += JT) {
     const int jn = (int)min64(JT, J - j0);
@@ -60,6 +61,7 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
     if (c < C) {
       for (int jj = 0; jj < jn; ++jj) {
         const float m = M[(j0 + jj) * C + c];
+        AIEC_UNROLL
         for (int r = 0; r < S; ++r) acc[r] += sa[jj * S + r] * m;
       }
     }
@@ -67,6 +69,7 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
   if (c >= C) return;
   if (is_dv) {
     const float gate_scale = losses->gate_scale;
+    AIEC_UNROLL
     for (int r = 0; r < ns; ++r) {
       const u64 i = (r0 + r) * C + c;
       float o = acc[r];
@@ -74,6 +77,7 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
       dv[i] = o;
     }
   } else {
+    AIEC_UNROLL
     for (int r = 0; r < ns; ++r) dw[(r0 + r) * C + c] = acc[r];
   }
 }

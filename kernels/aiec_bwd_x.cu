@@ -16,7 +16,8 @@
  *   hw: grid = min(ceil(B*C / 8), 2^31 - 1), block 256: one warp per row r = b*C + c (r = bx*8 + w, then
  *     + 8*gridDim.x), lane l owns V consecutive positions of each 32V-position chunk.
  * Vector path (16-byte dy loads / dx stores, one keep word per chunk) when dy and dx are 16-byte aligned and
- * C % V == 0 (tokens) / P % V == 0 (hw); else one element at a time.
+ * C % V == 0 (tokens) / P % V == 0 (hw); else one element at a time. 4 rows (chunks) in flight per warp;
+ * __launch_bounds__(256, 3), no spills on sm_75/80/90.
  */
 #include "common.cuh"
 #include "aiec_params.cuh"
@@ -37,6 +38,7 @@ __device__ __forceinline__ void load(const T* dy, const u32* __restrict__ keep, 
     bits = (keep[i0 >> 5] >> (i0 & 31)) & ((1u << V) - 1u);
   } else {
     bits = 0;
+    AIEC_UNROLL
     for (int j = 0; j < V; ++j) {
       const u64 i = i0 + j;
       p.v[j] = j < cnt ? dy[i] : T{};
@@ -50,6 +52,7 @@ template <class T>
 __device__ __forceinline__ void apply(Pack16<T>& p, u32 bits, const float* u, bool add, T* dx, u64 i0, int cnt,
                                       bool vec) {
   constexpr int V = Pack16<T>::N;
+  AIEC_UNROLL
   for (int j = 0; j < V; ++j) {
     if (!((bits >> j) & 1u)) p.v[j] = T{};
     else if (add) p.v[j] = aiec::from_float<T>(aiec::to_float(p.v[j]) + u[j]);
@@ -57,7 +60,9 @@ __device__ __forceinline__ void apply(Pack16<T>& p, u32 bits, const float* u, bo
   if (vec && cnt == V) {
     aiec::st16(dx + i0, p.u);
   } else {
-    for (int j = 0; j < cnt; ++j) dx[i0 + j] = p.v[j];
+    AIEC_UNROLL
+    for (int j = 0; j < V; ++j)
+      if (j < cnt) dx[i0 + j] = p.v[j];
   }
 }
 }  // namespace aiec_bx
@@ -80,6 +85,7 @@ __device__ __forceinline__ void aiec_bwd_x_tokens(const T* dy,                  
   const bool token = s.pool == AIEC_POOL_TOKEN;
   for (u64 b = blockIdx.y; b < B; b += gridDim.y) {
     float u[V];
+    AIEC_UNROLL
     for (int j = 0; j < V; ++j) {
       u[j] = j < cnt ? dv[b * C + c0 + j] : 0.0f;
       if (avg) u[j] = u[j] / (float)P;
@@ -87,13 +93,15 @@ __device__ __forceinline__ void aiec_bwd_x_tokens(const T* dy,                  
     for (u64 p0 = (u64)warp; p0 < P; p0 += WARPS * UNROLL) {
       Pack16<T> pg[UNROLL];
       u32 bits[UNROLL];
+      AIEC_UNROLL
       for (int q = 0; q < UNROLL; ++q) {
         const u64 p = p0 + (u64)q * WARPS;
         if (p < P) load(dy, keep, (b * P + p) * C + c0, cnt, vec, pg[q], bits[q]);
       }
+      AIEC_UNROLL
       for (int q = 0; q < UNROLL; ++q) {
         const u64 p = p0 + (u64)q * WARPS;
-        if (p >= P) break;
+        if (p >= P) continue;  // warp-uniform (and so are the later u)
         apply(pg[q], bits[q], u, !token || p == 0, dx, (b * P + p) * C + c0, cnt, vec);
       }
     }
@@ -114,26 +122,29 @@ __device__ __forceinline__ void aiec_bwd_x_hw(const T* dy,                      
   for (u64 r = (u64)blockIdx.x * WARPS + warp; r < rows; r += (u64)gridDim.x * WARPS) {
     const float g = dv[r] / (float)P;
     float u[V];
+    AIEC_UNROLL
     for (int j = 0; j < V; ++j) u[j] = g;
     for (u64 q0 = (u64)lane * V; q0 < P; q0 += (u64)CHUNK * UNROLL) {
       Pack16<T> pg[UNROLL];
       u32 bits[UNROLL];
+      AIEC_UNROLL
       for (int q = 0; q < UNROLL; ++q) {
         const u64 pos = q0 + (u64)q * CHUNK;
         if (pos < P) load(dy, keep, r * P + pos, (int)min64(V, P - pos), vec, pg[q], bits[q]);
       }
+      AIEC_UNROLL
       for (int q = 0; q < UNROLL; ++q) {
         const u64 pos = q0 + (u64)q * CHUNK;
-        if (pos >= P) break;
+        if (pos >= P) continue;
         apply(pg[q], bits[q], u, true, dx, r * P + pos, (int)min64(V, P - pos), vec);
       }
     }
   }
 }
 
-AIEC_EXPORT_LB(aiec_bwd_x_tokens, 256,
+AIEC_EXPORT_LB(aiec_bwd_x_tokens, AIEC_LB_X,
                (const T* dy, const aiec::u32* __restrict__ keep, const float* __restrict__ dv, T* dx, AiecShape s),
                (dy, keep, dv, dx, s))
-AIEC_EXPORT_LB(aiec_bwd_x_hw, 256,
+AIEC_EXPORT_LB(aiec_bwd_x_hw, AIEC_LB_X,
                (const T* dy, const aiec::u32* __restrict__ keep, const float* __restrict__ dv, T* dx, AiecShape s),
                (dy, keep, dv, dx, s))

@@ -34,11 +34,13 @@ constexpr u64 NONE = ~(u64)0;
 __device__ __forceinline__ float warp_sum8(float* a, int lane) {
   const unsigned full = 0xffffffffu;
   bool up = (lane & 16) != 0;
+  AIEC_UNROLL
   for (int r = 0; r < 4; ++r) {
     const float send = up ? a[r] : a[r + 4], keep = up ? a[r + 4] : a[r];
     a[r] = keep + __shfl_xor_sync(full, send, 16);
   }
   up = (lane & 8) != 0;
+  AIEC_UNROLL
   for (int r = 0; r < 2; ++r) {
     const float send = up ? a[r] : a[r + 2], keep = up ? a[r + 2] : a[r];
     a[r] = keep + __shfl_xor_sync(full, send, 8);
@@ -92,10 +94,12 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
     __syncthreads();
     for (u64 k = (u64)warp; k < K; k += WARPS) {  // warp-uniform
       float acc[S];
+      AIEC_UNROLL
       for (int r = 0; r < S; ++r) acc[r] = 0.0f;
       const float* wk = w + k * C + c0;
       for (int cc = lane; cc < ct; cc += 32) {
         const float wv = wk[cc];
+        AIEC_UNROLL
         for (int r = 0; r < S; ++r) acc[r] += sv[r * CT + cc] * wv;
       }
       const float t = warp_sum8(acc, lane);
@@ -120,6 +124,7 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
       const float zk = z[k];
       if (beats(zk, k, bv, bi)) { bv = zk; bi = k; }
     }
+    AIEC_UNROLL
     for (int o = 16; o > 0; o >>= 1) {
       const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
       const u64 oi = __shfl_xor_sync(0xffffffffu, bi, o);
@@ -145,6 +150,7 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
 
   // 3. counters: the block's correct samples grouped by class, one atomic per (class, channel) and per class
   for (u64 c = (u64)tid; c < C; c += THREADS) {
+    AIEC_UNROLL
     for (int r = 0; r < S; ++r) {
       if (!sok[r]) continue;
       bool first = true;
@@ -163,6 +169,7 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
     }
   }
   if (tid == 0) {
+    AIEC_UNROLL
     for (int r = 0; r < S; ++r) {
       if (!sok[r]) continue;
       bool first = true;

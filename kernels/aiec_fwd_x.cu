@@ -18,7 +18,9 @@
  *     r + 8*gridDim.x, ... (r = b*C + c); lane l owns V consecutive positions of each 32V-position chunk of the row;
  *     v by a per-lane sum and an xor-butterfly warp sum.
  * Vector path (16-byte loads/stores) when x and y are 16-byte aligned and C % V == 0 (tokens) / P % V == 0 (hw);
- * else the same geometry one element at a time. Keep words: when C % 32 == 0 (tokens) / P % 32 == 0 (hw) the 32/V
+ * else the same geometry one element at a time, one row per step. __launch_bounds__(256, 3) (<= 80 registers, no
+ * spills on sm_75/80/90): 24 warps per SM, each lane with 4 16-byte loads in flight on the vector path. The four
+ * (vector?, shuffle keep?) variants are separate __noinline__ functions so that each gets its own registers. Keep words: when C % 32 == 0 (tokens) / P % 32 == 0 (hw) the 32/V
  * lanes that own one word OR their bits by shuffles and the first stores it; otherwise the thread owning element
  * i with i % 32 == 0 builds that word alone by re-reading x[i .. min(i+32, n)) (one writer per word).
  */
@@ -33,42 +35,46 @@ using aiec_k::min64;
 constexpr int WARPS = 8, UNROLL = 4;
 
 // Loads the lane's chunk x[i0 .. i0 + cnt) (cnt <= V; elements past cnt read as 0).
-template <class T>
-__device__ __forceinline__ void load(const T* __restrict__ x, u64 i0, int cnt, bool vec, Pack16<T>& p) {
-  if (vec && cnt == Pack16<T>::N) {
+template <bool VEC, class T>
+__device__ __forceinline__ void load(const T* __restrict__ x, u64 i0, int cnt, Pack16<T>& p) {
+  if (VEC && cnt == Pack16<T>::N) {
     p.u = aiec::ld16(x + i0);
   } else {
+    AIEC_UNROLL
     for (int j = 0; j < Pack16<T>::N; ++j) p.v[j] = j < cnt ? x[i0 + j] : T{};
   }
 }
 
 // Thresholds the chunk in place, stores it as y, adds float(y) to acc[j]; returns its keep bits (bit j: i0 + j).
-template <class T>
-__device__ __forceinline__ u32 apply(Pack16<T>& p, T* __restrict__ y, u64 i0, int cnt, bool vec, float tau,
-                                     float* acc) {
+template <bool VEC, class T>
+__device__ __forceinline__ u32 apply(Pack16<T>& p, T* __restrict__ y, u64 i0, int cnt, float tau, float* acc) {
   u32 bits = 0;
+  AIEC_UNROLL
   for (int j = 0; j < Pack16<T>::N; ++j) {
     const bool k = j < cnt && aiec_k::keeps(p.v[j], tau);
     bits |= (u32)k << j;
     if (!k) p.v[j] = T{};
     acc[j] += aiec::to_float(p.v[j]);
   }
-  if (vec && cnt == Pack16<T>::N) {
+  if (VEC && cnt == Pack16<T>::N) {
     aiec::st16(y + i0, p.u);
   } else {
-    for (int j = 0; j < cnt; ++j) y[i0 + j] = p.v[j];
+    AIEC_UNROLL
+    for (int j = 0; j < Pack16<T>::N; ++j)
+      if (j < cnt) y[i0 + j] = p.v[j];
   }
   return bits;
 }
 
 // Stores the keep bits of the chunk [i0, i0 + cnt). fast: groups of 32/V consecutive lanes own whole aligned words
 // (all 32 lanes must call, idle lanes with cnt = 0); else the owner of a word start builds the word from x.
-template <class T>
+template <bool FAST, class T>
 __device__ __forceinline__ void store_keep(u32* __restrict__ keep, const T* __restrict__ x, u32 bits, u64 i0,
-                                           int cnt, bool fast, u64 n, float tau) {
+                                           int cnt, u64 n, float tau) {
   constexpr int V = Pack16<T>::N, G = 32 / V;
-  if (fast) {
+  if (FAST) {
     u32 w = cnt ? bits << (i0 & 31) : 0u;
+    AIEC_UNROLL
     for (int o = 1; o < G; o <<= 1) w |= __shfl_xor_sync(0xffffffffu, w, o);
     if (cnt && (threadIdx.x & (G - 1)) == 0) keep[i0 >> 5] = w;
   } else if (cnt) {
@@ -76,49 +82,50 @@ __device__ __forceinline__ void store_keep(u32* __restrict__ keep, const T* __re
     if (ws < i0 + (u64)cnt) keep[ws >> 5] = aiec_k::keep_word(x, ws, n, tau);
   }
 }
-}  // namespace aiec_fx
 
-template <class T>
-__device__ __forceinline__ void aiec_fwd_x_tokens(const T* __restrict__ x,  // [B, P, C]
-                                                  T* __restrict__ y,        // [B, P, C]
-                                                  aiec::u32* __restrict__ keep,  // [ceil(B*P*C / 32)]
-                                                  float* __restrict__ v,    // [B, C]
-                                                  AiecShape s) {
-  using namespace aiec_fx;
-  constexpr int V = Pack16<T>::N;
-  __shared__ float red[WARPS * 32 * 8];  // [warp][32V] partial sums (sized for V = 8)
+// One block's part of the tokens layout (see the file comment); VEC / FAST: the 16-byte path / the shuffle keep path.
+template <bool VEC, bool FAST, class T>
+__device__ __noinline__ void tokens_body(const T* __restrict__ x, T* __restrict__ y, u32* __restrict__ keep,
+                                            float* __restrict__ v, const AiecShape& s, float* red) {
+  constexpr int V = Pack16<T>::N, U = VEC ? UNROLL : 1;  // the scalar path: one row at a time (registers)
   const u64 B = s.batch, P = s.positions, C = s.channels, n = B * P * C;
   const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
   const u64 c0 = ((u64)blockIdx.x * 32 + lane) * V;
   const int cnt = c0 < C ? (int)min64(V, C - c0) : 0;
-  const bool vec = C % V == 0 && ((aiec::addr(x) | aiec::addr(y)) & 15) == 0;
-  const bool fast = C % 32 == 0;
   const bool avg = s.pool == AIEC_POOL_AVG_TOKEN || s.pool == AIEC_POOL_AVG_HW;
   for (u64 b = blockIdx.y; b < B; b += gridDim.y) {  // block-uniform
     float acc[V];
+    AIEC_UNROLL
     for (int j = 0; j < V; ++j) acc[j] = 0.0f;
-    for (u64 p0 = (u64)warp; p0 < P; p0 += WARPS * UNROLL) {  // warp-uniform
-      Pack16<T> px[UNROLL];
-      for (int u = 0; u < UNROLL; ++u) {
+    for (u64 p0 = (u64)warp; p0 < P; p0 += WARPS * U) {  // warp-uniform
+      Pack16<T> px[U];
+      AIEC_UNROLL
+      for (int u = 0; u < U; ++u) {
         const u64 p = p0 + (u64)u * WARPS;
-        if (p < P) load(x, (b * P + p) * C + c0, cnt, vec, px[u]);
+        if (p < P) load<VEC>(x, (b * P + p) * C + c0, cnt, px[u]);
       }
-      for (int u = 0; u < UNROLL; ++u) {
+      AIEC_UNROLL
+      for (int u = 0; u < U; ++u) {
         const u64 p = p0 + (u64)u * WARPS;
-        if (p >= P) break;
+        if (p >= P) continue;  // warp-uniform (and so are the later u)
         const u64 i0 = (b * P + p) * C + c0;
-        const u32 bits = apply(px[u], y, i0, cnt, vec, s.tau, acc);
-        if (p == 0 && !avg)
-          for (int j = 0; j < cnt; ++j) v[b * C + c0 + j] = aiec::to_float(px[u].v[j]);
-        store_keep(keep, x, bits, i0, cnt, fast, n, s.tau);
+        const u32 bits = apply<VEC>(px[u], y, i0, cnt, s.tau, acc);
+        if (p == 0 && !avg) {
+          AIEC_UNROLL
+          for (int j = 0; j < V; ++j)
+            if (j < cnt) v[b * C + c0 + j] = aiec::to_float(px[u].v[j]);
+        }
+        store_keep<FAST>(keep, x, bits, i0, cnt, n, s.tau);
       }
     }
     if (avg) {
+      AIEC_UNROLL
       for (int j = 0; j < V; ++j) red[warp * 32 * V + lane * V + j] = acc[j];
       __syncthreads();
       if (threadIdx.x < 32u * V) {
         const u64 c = (u64)blockIdx.x * 32 * V + threadIdx.x;
         float sum = red[threadIdx.x];
+        AIEC_UNROLL
         for (int w = 1; w < WARPS; ++w) sum += red[w * 32 * V + threadIdx.x];
         if (c < C) v[b * C + c] = sum / (float)P;
       }
@@ -127,50 +134,76 @@ __device__ __forceinline__ void aiec_fwd_x_tokens(const T* __restrict__ x,  // [
   }
 }
 
+// One warp's rows of the hw layout (see the file comment).
+template <bool VEC, bool FAST, class T>
+__device__ __noinline__ void hw_body(const T* __restrict__ x, T* __restrict__ y, u32* __restrict__ keep,
+                                        float* __restrict__ v, const AiecShape& s) {
+  constexpr int V = Pack16<T>::N, CHUNK = 32 * V, U = VEC ? UNROLL : 1;
+  const u64 P = s.positions, rows = s.batch * s.channels, n = rows * P;
+  const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
+  for (u64 r = (u64)blockIdx.x * WARPS + warp; r < rows; r += (u64)gridDim.x * WARPS) {  // warp-uniform
+    float acc[V];
+    AIEC_UNROLL
+    for (int j = 0; j < V; ++j) acc[j] = 0.0f;
+    for (u64 q0 = 0; q0 < P; q0 += (u64)CHUNK * U) {
+      Pack16<T> px[U];
+      AIEC_UNROLL
+      for (int u = 0; u < U; ++u) {
+        const u64 q = q0 + (u64)u * CHUNK + (u64)lane * V;
+        load<VEC>(x, r * P + q, q < P ? (int)min64(V, P - q) : 0, px[u]);
+      }
+      AIEC_UNROLL
+      for (int u = 0; u < U; ++u) {
+        if (q0 + (u64)u * CHUNK >= P) continue;  // warp-uniform
+        const u64 q = q0 + (u64)u * CHUNK + (u64)lane * V;
+        const int cnt = q < P ? (int)min64(V, P - q) : 0;
+        const u32 bits = apply<VEC>(px[u], y, r * P + q, cnt, s.tau, acc);
+        store_keep<FAST>(keep, x, bits, r * P + q, cnt, n, s.tau);
+      }
+    }
+    float sum = acc[0];
+    AIEC_UNROLL
+    for (int j = 1; j < V; ++j) sum += acc[j];
+    sum = aiec_k::warp_sum(sum);
+    if (lane == 0) v[r] = sum / (float)P;
+  }
+}
+}  // namespace aiec_fx
+
+template <class T>
+__device__ __forceinline__ void aiec_fwd_x_tokens(const T* __restrict__ x,       // [B, P, C]
+                                                  T* __restrict__ y,             // [B, P, C]
+                                                  aiec::u32* __restrict__ keep,  // [ceil(B*P*C / 32)]
+                                                  float* __restrict__ v,         // [B, C]
+                                                  AiecShape s) {
+  __shared__ float red[aiec_fx::WARPS * 32 * 8];  // [warp][32V] partial sums of avg_token (sized for V = 8)
+  const aiec::u64 C = s.channels, V = aiec::Pack16<T>::N;
+  const bool vec = C % V == 0 && ((aiec::addr(x) | aiec::addr(y)) & 15) == 0, fast = C % 32 == 0;
+  if (vec && fast) aiec_fx::tokens_body<true, true>(x, y, keep, v, s, red);
+  else if (vec) aiec_fx::tokens_body<true, false>(x, y, keep, v, s, red);
+  else if (fast) aiec_fx::tokens_body<false, true>(x, y, keep, v, s, red);
+  else aiec_fx::tokens_body<false, false>(x, y, keep, v, s, red);
+}
+
 template <class T>
 __device__ __forceinline__ void aiec_fwd_x_hw(const T* __restrict__ x,       // [B, C, P]
                                               T* __restrict__ y,             // [B, C, P]
                                               aiec::u32* __restrict__ keep,  // [ceil(B*C*P / 32)]
                                               float* __restrict__ v,         // [B, C]
                                               AiecShape s) {
-  using namespace aiec_fx;
-  constexpr int V = Pack16<T>::N, CHUNK = 32 * V;
-  const u64 P = s.positions, rows = s.batch * s.channels, n = rows * P;
-  const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
-  const bool vec = P % V == 0 && ((aiec::addr(x) | aiec::addr(y)) & 15) == 0;
-  const bool fast = P % 32 == 0;
-  for (u64 r = (u64)blockIdx.x * WARPS + warp; r < rows; r += (u64)gridDim.x * WARPS) {  // warp-uniform
-    float acc[V];
-    for (int j = 0; j < V; ++j) acc[j] = 0.0f;
-    for (u64 q0 = 0; q0 < P; q0 += (u64)CHUNK * UNROLL) {
-      Pack16<T> px[UNROLL];
-      int cnt[UNROLL];
-      for (int u = 0; u < UNROLL; ++u) {
-        const u64 q = q0 + (u64)u * CHUNK + (u64)lane * V;
-        cnt[u] = q < P ? (int)min64(V, P - q) : 0;
-        if (cnt[u]) load(x, r * P + q, cnt[u], vec, px[u]);
-      }
-      for (int u = 0; u < UNROLL; ++u) {
-        if (q0 + (u64)u * CHUNK >= P) break;  // warp-uniform
-        const u64 i0 = r * P + q0 + (u64)u * CHUNK + (u64)lane * V;
-        if (!cnt[u])
-          for (int j = 0; j < V; ++j) px[u].v[j] = T{};
-        const u32 bits = apply(px[u], y, i0, cnt[u], vec, s.tau, acc);
-        store_keep(keep, x, bits, i0, cnt[u], fast, n, s.tau);
-      }
-    }
-    float sum = acc[0];
-    for (int j = 1; j < V; ++j) sum += acc[j];
-    sum = aiec_k::warp_sum(sum);
-    if (lane == 0) v[r] = sum / (float)P;
-  }
+  const aiec::u64 P = s.positions, V = aiec::Pack16<T>::N;
+  const bool vec = P % V == 0 && ((aiec::addr(x) | aiec::addr(y)) & 15) == 0, fast = P % 32 == 0;
+  if (vec && fast) aiec_fx::hw_body<true, true>(x, y, keep, v, s);
+  else if (vec) aiec_fx::hw_body<true, false>(x, y, keep, v, s);
+  else if (fast) aiec_fx::hw_body<false, true>(x, y, keep, v, s);
+  else aiec_fx::hw_body<false, false>(x, y, keep, v, s);
 }
 
-AIEC_EXPORT_LB(aiec_fwd_x_tokens, 256,
+AIEC_EXPORT_LB(aiec_fwd_x_tokens, AIEC_LB_X,
                (const T* __restrict__ x, T* __restrict__ y, aiec::u32* __restrict__ keep, float* __restrict__ v,
                 AiecShape s),
                (x, y, keep, v, s))
-AIEC_EXPORT_LB(aiec_fwd_x_hw, 256,
+AIEC_EXPORT_LB(aiec_fwd_x_hw, AIEC_LB_X,
                (const T* __restrict__ x, T* __restrict__ y, aiec::u32* __restrict__ keep, float* __restrict__ v,
                 AiecShape s),
                (x, y, keep, v, s))

@@ -57,6 +57,17 @@ static_assert(sizeof(AiecLossParams) == 544 && __builtin_offsetof(AiecLossParams
               "AiecLossParams layout");
 #endif
 
+// Full unrolling of the short fixed-count loops (keeps per-lane arrays in registers); nothing on the host.
+#ifdef AIEC_CUDA
+#define AIEC_UNROLL _Pragma("unroll")
+#else
+#define AIEC_UNROLL
+#endif
+
+// __launch_bounds__ of the activation passes (aiec_fwd_x, aiec_bwd_x): 256 threads, at least 4 blocks per SM
+// (at most 64 registers), so that 32 warps per SM keep enough 16-byte loads in flight.
+#define AIEC_LB_X 256, 3
+
 enum { AIEC_POOL_TOKEN = 0, AIEC_POOL_AVG_TOKEN = 1, AIEC_POOL_AVG_HW = 2, AIEC_POOL_NONE = 3 };
 
 // One entry point named exactly NAME (no dtype suffix; the f32-only AIEC kernels), calling ::BODY ARGS.

@@ -1,5 +1,5 @@
 """Compile every aiec kernel file with the real NVRTC (no GPU needed), as the Rust crate will at run time:
-no -I option, no CUDA toolkit header; kernels/common.cuh is handed to NVRTC as an in-memory header.
+no -I option, no CUDA toolkit header; every kernels/*.cuh (common.cuh, ...) is handed to NVRTC as an in-memory header.
 
     AIEC_NVRTC_LIB=/path/to/libnvrtc.so.12 python3 kernels/sim/nvrtc_check.py [file.cu ...]
 
@@ -23,11 +23,15 @@ def check(rc, what):
 
 
 def compile_one(name, src, arch):
-    header = open(os.path.join(kernels, "common.cuh"), "rb").read()
+    # every kernels/*.cuh in memory by its file name (kernels/*.cu), and as ../<name> (kernels/sim/*.cu)
+    headers = [(os.path.basename(h).encode(), open(h, "rb").read())
+               for h in sorted(glob.glob(os.path.join(kernels, "*.cuh")))]
+    headers += [(b"../" + n, t) for n, t in headers]
     prog = ctypes.c_void_p()
-    hdrs = (ctypes.c_char_p * 2)(header, header)
-    names = (ctypes.c_char_p * 2)(b"common.cuh", b"../common.cuh")  # kernels/*.cu, kernels/sim/*.cu
-    check(lib.nvrtcCreateProgram(ctypes.byref(prog), src, name.encode(), 2, hdrs, names), "nvrtcCreateProgram")
+    hdrs = (ctypes.c_char_p * len(headers))(*[t for _, t in headers])
+    names = (ctypes.c_char_p * len(headers))(*[n for n, _ in headers])
+    check(lib.nvrtcCreateProgram(ctypes.byref(prog), src, name.encode(), len(headers), hdrs, names),
+          "nvrtcCreateProgram")
     opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17"]
     rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
     size = ctypes.c_size_t()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # kernels/sim/selftest.sh - builds the simulator library the way build.rs will and runs kernels/sim/selftest.cpp.
-#   kernels/sim/selftest.sh            release + ASan/UBSan builds, all checks
+#   kernels/sim/selftest.sh            release + ASan/UBSan builds, all checks (selftest.cpp, aiec_selftest.cpp)
 #   AIEC_NVRTC_LIB=/path/libnvrtc.so.12 kernels/sim/selftest.sh   also compiles every .cu with the real NVRTC
 # Build dir: $AIEC_SIM_BUILD (default /tmp/aiec_sim_build). Recipe per variant (see sim_abi.cpp):
 #   c++ $FLAGS -c kernels/sim/sim_abi.cpp; c++ $FLAGS -x c++ -c kernels/<op>.cu (each); ar rcs libaiec_sim.a *.o
@@ -24,12 +24,19 @@ for v in release asan; do
   $CXX "${BASE[@]}" "${FLAGS[@]}" -c kernels/sim/sim_abi.cpp -o "$d/sim_abi.o"
   for k in "${KERNELS[@]}"; do $CXX "${BASE[@]}" "${FLAGS[@]}" -x c++ -c "$k" -o "$d/$(basename "$k" .cu).o"; done
   $CXX "${BASE[@]}" "${FLAGS[@]}" -x c++ -c $TESTK -o "$d/selftest_kernels.o"
-  ar rcs "$d/libaiec_sim.a" "$d/sim_abi.o" "$d"/threshold.o "$d"/convert.o
+  OBJS=(); for k in "${KERNELS[@]}"; do OBJS+=("$d/$(basename "$k" .cu).o"); done
+  ar rcs "$d/libaiec_sim.a" "$d/sim_abi.o" "${OBJS[@]}"
   ar rcs "$d/libaiec_sim_selftest.a" "$d/selftest_kernels.o"
   $CXX "${BASE[@]}" "${FLAGS[@]}" kernels/sim/selftest.cpp -o "$d/selftest" \
     -Wl,--whole-archive "$d/libaiec_sim.a" "$d/libaiec_sim_selftest.a" -Wl,--no-whole-archive
   { set +x; } 2>/dev/null
   "$d/selftest" || status=1
+  set -x
+  # the fused AIEC training kernels (kernels/aiec_*.cu) against a plain C++ reference, 6 schedules each
+  $CXX "${BASE[@]}" "${FLAGS[@]}" kernels/sim/aiec_selftest.cpp -o "$d/aiec_selftest" \
+    -Wl,--whole-archive "$d/libaiec_sim.a" -Wl,--no-whole-archive
+  { set +x; } 2>/dev/null
+  "$d/aiec_selftest" || status=1
   if [ $v = release ]; then
     # without --whole-archive the linker drops the kernel objects (their registrars are unreferenced)
     $CXX "${BASE[@]}" "${FLAGS[@]}" kernels/sim/selftest.cpp -o "$d/selftest_nowa" "$d/libaiec_sim.a"
