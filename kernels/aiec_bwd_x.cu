@@ -11,8 +11,10 @@
  * Writes only dx; dx MAY alias dy (in-place; each element is read then written by the same thread).
  * No shared memory, no atomics, no barriers.
  * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16), as aiec_fwd_x:
- *   tokens: grid = (ceil(C / (32*V)), min(B, 65535)), block 256: lane l of warp w of block (bx, by) owns channels
- *     [(bx*32 + l)*V, +V) of samples by, by + gridDim.y, ... at positions p = w, w+8, ...
+ *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, 65535)), block 256: lane l of warp w of block (bx, by)
+ *     owns channels [(bx*32 + l)*V, +V) of samples by, by + gridDim.y, ... at positions p = w, w+8, ...
+ *   tokens, token and none: grid = (ceil(C / (32*V)), min(ceil(B*P / 32), 65535)): rows r = b*P + p spread over
+ *     the grid, 32 per block step, as aiec_fwd_x. (Any gridDim.y is correct in every mode.)
  *   hw: grid = min(ceil(B*C / 8), 2^31 - 1), block 256: one warp per row r = b*C + c (r = bx*8 + w, then
  *     + 8*gridDim.x), lane l owns V consecutive positions of each 32V-position chunk.
  * Vector path (16-byte dy loads / dx stores, one keep word per chunk) when dy and dx are 16-byte aligned and
@@ -83,6 +85,30 @@ __device__ __forceinline__ void aiec_bwd_x_tokens(const T* dy,                  
   const bool vec = C % V == 0 && ((aiec::addr(dy) | aiec::addr(dx)) & 15) == 0;
   const bool avg = s.pool == AIEC_POOL_AVG_TOKEN || s.pool == AIEC_POOL_AVG_HW;
   const bool token = s.pool == AIEC_POOL_TOKEN;
+  if (!avg) {
+    // token / none: rows r = b*P + p spread over the grid (as aiec_fwd_x); dv is added at p == 0 only.
+    const u64 R = B * P;
+    for (u64 r0 = (u64)blockIdx.y * WARPS * UNROLL; r0 < R; r0 += (u64)gridDim.y * WARPS * UNROLL) {
+      Pack16<T> pg[UNROLL];
+      u32 bits[UNROLL];
+      AIEC_UNROLL
+      for (int q = 0; q < UNROLL; ++q) {
+        const u64 r = r0 + (u64)q * WARPS + warp;
+        if (r < R) load(dy, keep, r * C + c0, cnt, vec, pg[q], bits[q]);
+      }
+      AIEC_UNROLL
+      for (int q = 0; q < UNROLL; ++q) {
+        const u64 r = r0 + (u64)q * WARPS + warp;
+        if (r >= R) continue;
+        const bool add = !token || r % P == 0;
+        float u[V];
+        AIEC_UNROLL
+        for (int j = 0; j < V; ++j) u[j] = add && j < cnt ? dv[(r / P) * C + c0 + j] : 0.0f;
+        apply(pg[q], bits[q], u, add, dx, r * C + c0, cnt, vec);
+      }
+    }
+    return;
+  }
   for (u64 b = blockIdx.y; b < B; b += gridDim.y) {
     float u[V];
     AIEC_UNROLL

@@ -10,10 +10,13 @@
  * v: f32 [B, C]: token/none v[b,c] = float(y[b,0,c]); avg modes (sum over p of float(y)) / (float)P.
  * Never writes x; y must not alias x. No atomics; the order of every sum is fixed by the geometry (deterministic).
  * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16):
- *   tokens: grid = (ceil(C / (32*V)), min(B, 65535)), block 256, no dynamic shared memory. Block (bx, by) owns the
- *     channels [bx*32V, bx*32V + 32V) of samples b = by, by + gridDim.y, ...; lane l of warp w owns the V channels
- *     from (bx*32 + l)*V at the positions p = w, w+8, ... (4 rows in flight per warp); the avg partial sums of the
- *     8 warps are added in warp order in static shared memory (8 KiB).
+ *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, 65535)), block 256, no dynamic shared memory. Block
+ *     (bx, by) owns the channels [bx*32V, bx*32V + 32V) of samples b = by, by + gridDim.y, ...; lane l of warp w
+ *     owns the V channels from (bx*32 + l)*V at the positions p = w, w+8, ... (4 rows in flight per warp); the
+ *     partial sums of the 8 warps are added in warp order in static shared memory (8 KiB).
+ *   tokens, token and none: grid = (ceil(C / (32*V)), min(ceil(B*P / 32), 65535)): the B*P rows (r = b*P + p) are
+ *     spread over the grid, 32 per block step (warp w: rows r0 + w + 8u, u < 4), so that P = 1 keeps all warps busy;
+ *     v is written by the warp that holds row p = 0 of a sample. (Any gridDim.y is correct in every mode.)
  *   hw: grid = min(ceil(B*C / 8), 2^31 - 1), block 256: warp w of block bx owns the rows r = bx*8 + w,
  *     r + 8*gridDim.x, ... (r = b*C + c); lane l owns V consecutive positions of each 32V-position chunk of the row;
  *     v by a per-lane sum and an xor-butterfly warp sum.
@@ -93,6 +96,34 @@ __device__ __noinline__ void tokens_body(const T* __restrict__ x, T* __restrict_
   const u64 c0 = ((u64)blockIdx.x * 32 + lane) * V;
   const int cnt = c0 < C ? (int)min64(V, C - c0) : 0;
   const bool avg = s.pool == AIEC_POOL_AVG_TOKEN || s.pool == AIEC_POOL_AVG_HW;
+  if (!avg) {
+    // token / none: no sum across rows, so the B*P rows are spread over the warps of the grid (8*U rows per
+    // block step, warp w taking rows r0 + w, r0 + w + 8, ...): all 8 warps stay busy even when P = 1.
+    const u64 R = B * P;
+    float unused[V];
+    for (u64 r0 = (u64)blockIdx.y * WARPS * U; r0 < R; r0 += (u64)gridDim.y * WARPS * U) {  // block-uniform
+      Pack16<T> px[U];
+      AIEC_UNROLL
+      for (int u = 0; u < U; ++u) {
+        const u64 r = r0 + (u64)u * WARPS + warp;
+        if (r < R) load<VEC>(x, r * C + c0, cnt, px[u]);
+      }
+      AIEC_UNROLL
+      for (int u = 0; u < U; ++u) {
+        const u64 r = r0 + (u64)u * WARPS + warp;
+        if (r >= R) continue;  // warp-uniform
+        const u32 bits = apply<VEC>(px[u], y, r * C + c0, cnt, s.tau, unused);
+        if (r % P == 0) {  // the class token (or the only position): v = y there
+          const u64 b = r / P;
+          AIEC_UNROLL
+          for (int j = 0; j < V; ++j)
+            if (j < cnt) v[b * C + c0 + j] = aiec::to_float(px[u].v[j]);
+        }
+        store_keep<FAST>(keep, x, bits, r * C + c0, cnt, n, s.tau);
+      }
+    }
+    return;
+  }
   for (u64 b = blockIdx.y; b < B; b += gridDim.y) {  // block-uniform
     float acc[V];
     AIEC_UNROLL
@@ -110,15 +141,10 @@ __device__ __noinline__ void tokens_body(const T* __restrict__ x, T* __restrict_
         if (p >= P) continue;  // warp-uniform (and so are the later u)
         const u64 i0 = (b * P + p) * C + c0;
         const u32 bits = apply<VEC>(px[u], y, i0, cnt, s.tau, acc);
-        if (p == 0 && !avg) {
-          AIEC_UNROLL
-          for (int j = 0; j < V; ++j)
-            if (j < cnt) v[b * C + c0 + j] = aiec::to_float(px[u].v[j]);
-        }
         store_keep<FAST>(keep, x, bits, i0, cnt, n, s.tau);
       }
     }
-    if (avg) {
+    {  // avg_token: add the 8 warps' partial sums in warp order
       AIEC_UNROLL
       for (int j = 0; j < V; ++j) red[warp * 32 * V + lane * V + j] = acc[j];
       __syncthreads();

@@ -173,8 +173,16 @@ fn activation_grid(dtype: DType, shape: &AiecShape) -> [u32; 3] {
     let v = 16 / dtype.size() as u64;
     if is_hw(shape) {
         [(shape.batch * shape.channels).div_ceil(8).min((1 << 31) - 1) as u32, 1, 1]
-    } else {
+    } else if shape.pool == pool_code(Pool::AvgToken) {
+        // One sample per block step: the 8 warps' sums are added in the block.
         [shape.channels.div_ceil(32 * v) as u32, shape.batch.min(65_535) as u32, 1]
+    } else {
+        // token / none: the B*P rows spread over the grid, 32 per block step.
+        [
+            shape.channels.div_ceil(32 * v) as u32,
+            (shape.batch * shape.positions).div_ceil(32).min(65_535) as u32,
+            1,
+        ]
     }
 }
 
@@ -351,17 +359,26 @@ mod tests {
 
     #[test]
     fn fused_forward_plans_follow_the_kernel_geometry() {
-        // ViT-B in bf16: 12 channel tiles of 256 channels x 256 samples.
+        // ViT-B in bf16: 12 channel tiles of 256 channels x 256*197 rows, 32 rows per block step.
         let s = shape(Pool::Token, 256, 197, 3072, 1000);
         let p = aiec_fwd_x(DType::BF16, &s, 1, 2, 3, 4).unwrap();
         assert_eq!(
             (p.kernel.as_str(), p.grid, p.block),
-            ("aiec_fwd_x_tokens_bf16", [12, 256, 1], [256, 1, 1])
+            ("aiec_fwd_x_tokens_bf16", [12, 1576, 1], [256, 1, 1])
         );
         assert_eq!(p.args[..4], [KernelArg::Ptr(1), KernelArg::Ptr(2), KernelArg::Ptr(3), KernelArg::Ptr(4)]);
         assert_eq!(p.args[4], KernelArg::structure(&s));
         // f32 moves 4 channels per lane: 24 tiles.
-        assert_eq!(aiec_fwd_x(DType::F32, &s, 1, 2, 3, 4).unwrap().grid, [24, 256, 1]);
+        assert_eq!(aiec_fwd_x(DType::F32, &s, 1, 2, 3, 4).unwrap().grid, [24, 1576, 1]);
+        // avg_token keeps one sample per block step; none spreads B rows.
+        assert_eq!(
+            aiec_fwd_x(DType::F32, &shape(Pool::AvgToken, 256, 197, 3072, 1000), 1, 2, 3, 4).unwrap().grid,
+            [24, 256, 1]
+        );
+        assert_eq!(
+            aiec_fwd_x(DType::BF16, &shape(Pool::None, 4096, 1, 4096, 1000), 1, 2, 3, 4).unwrap().grid,
+            [16, 128, 1]
+        );
         // avg_hw: one warp per (b, c) row, 8 rows per block.
         let h = shape(Pool::AvgHw, 128, 3136, 256, 1000);
         let p = aiec_fwd_x(DType::F16, &h, 1, 2, 3, 4).unwrap();

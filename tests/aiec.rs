@@ -350,3 +350,71 @@ fn empty_batch_is_a_no_op_on_the_device() {
         assert_eq!(layer.counters().unwrap(), Counters::new(4, 8));
     }
 }
+
+/// The activation passes are correct for any grid (the plans cover large
+/// inputs in one grid-stride step; huge ones loop): a one-block-row grid gives
+/// bitwise the same y, keep bits, v and dx as the planned one.
+#[test]
+fn activation_passes_are_correct_for_any_grid() {
+    use aiec::launch::{aiec_bwd_x, aiec_fwd_x};
+    use aiec::params::AiecShape;
+    for dev in devices() {
+        for (pool, dims) in [
+            (Pool::Token, vec![5, 37, 72]),
+            (Pool::None, vec![77, 40]),
+            (Pool::AvgToken, vec![3, 19, 33]),
+            (Pool::AvgHw, vec![3, 33, 5, 7]),
+        ] {
+            let c = if pool == Pool::AvgHw { dims[1] } else { *dims.last().unwrap() };
+            let cfg = AiecConfig::new(c, 3, 0.1, pool).unwrap();
+            let plan = cfg.plan_input(&dims).unwrap();
+            let shape = AiecShape::new(&plan, 3, 0.1, false);
+            let n = plan.len();
+            let mut rng = SplitMix64::new(n as u64);
+            let x: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0) as f32)).collect();
+            let dv: Vec<f32> = (0..plan.batch * c).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+            let xt = Tensor::from_slice(&dev, &x, &dims).unwrap();
+            let dvb = Buffer::from_slice(&dev, &dv).unwrap();
+            let run = |shrink: bool| {
+                let y = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
+                let dx = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
+                let keep: Buffer<u32> = Buffer::zeros(&dev, n.div_ceil(32)).unwrap();
+                let v: Buffer<f32> = Buffer::zeros(&dev, plan.batch * c).unwrap();
+                let mut f =
+                    aiec_fwd_x(DType::BF16, &shape, xt.address(), y.address(), keep.address(), v.address())
+                        .unwrap();
+                let mut b = aiec_bwd_x(
+                    DType::BF16,
+                    &shape,
+                    xt.address(),
+                    keep.address(),
+                    dvb.address(),
+                    dx.address(),
+                )
+                .unwrap();
+                if shrink {
+                    for p in [&mut f, &mut b] {
+                        // tokens: every channel tile, one block row; hw: two blocks.
+                        p.grid = if pool == Pool::AvgHw { [2, 1, 1] } else { [p.grid[0], 1, 1] };
+                    }
+                }
+                // SAFETY: every buffer above is live, sized for `shape`, and used
+                // by nothing else during the launches.
+                unsafe {
+                    dev.launch(&f).unwrap();
+                    dev.launch(&b).unwrap();
+                }
+                (
+                    y.to_vec::<bf16>().unwrap(),
+                    keep.to_vec().unwrap(),
+                    v.to_vec().unwrap(),
+                    dx.to_vec::<bf16>().unwrap(),
+                )
+            };
+            let full = run(false);
+            let small = run(true);
+            assert!(full == small, "{} {pool} {dims:?}: a smaller grid changed the result", dev.label());
+            assert!(full.1.iter().any(|&w| w != 0), "no keep bit set: the comparison proves nothing");
+        }
+    }
+}

@@ -206,14 +206,28 @@ struct Worker {  // per OS thread: fiber stacks, the block it runs, its dynamic 
   Block blk;
   unsigned char* dyn = nullptr; size_t dyn_cap = 0;
   unsigned char* stack(unsigned i) { return region + (size_t)i * (stack_bytes + page) + page; }
+  // ASan: a fiber's last frames never return (it switches out for good), so their redzones stay poisoned in the
+  // shadow; munmap does not clear it, and a later mapping at the same address (another worker's stacks, a thread
+  // stack) would then see stale redzones as stack-buffer-overflows. So the shadow is cleared before every munmap.
+  void unmap() {
+    if (!region) return;
+#ifdef CUDA_SIM_ASAN
+    ASAN_UNPOISON_MEMORY_REGION(region, region_bytes);
+#endif
+    munmap(region, region_bytes);
+    region = nullptr;
+  }
   void ensure(unsigned n, size_t sb, size_t dyn_bytes) {
     sb = (sb + page - 1) / page * page;
     if (n > cap || sb != stack_bytes) {
-      if (region) munmap(region, region_bytes);
+      unmap();
       stack_bytes = sb; cap = n; region_bytes = (size_t)n * (sb + page); region = nullptr;
       void* p = mmap(nullptr, region_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (p == MAP_FAILED) { cap = 0; throw Error("cuda_sim: cannot map fiber stacks"); }
       region = (unsigned char*)p;
+#ifdef CUDA_SIM_ASAN
+      ASAN_UNPOISON_MEMORY_REGION(region, region_bytes);  // whatever lived here before left no redzones
+#endif
       for (unsigned i = 0; i < n; ++i) mprotect(stack(i) - page, page, PROT_NONE);  // guard page
       fibers = std::vector<Fiber>(n);
       for (unsigned i = 0; i < n; ++i) fibers[i].stack = stack(i);
@@ -232,7 +246,7 @@ struct Worker {  // per OS thread: fiber stacks, the block it runs, its dynamic 
     ::operator delete(dyn, std::align_val_t(256));
     dyn = nullptr; dyn_cap = 0;
   }
-  ~Worker() { if (region) munmap(region, region_bytes); free_dyn(); }
+  ~Worker() { unmap(); free_dyn(); }
 };
 inline Worker& this_worker() { static thread_local Worker w; return w; }
 inline thread_local Fiber* tls_fiber = nullptr;
