@@ -261,6 +261,17 @@ impl Row {
     }
 }
 
+/// GB/s with three significant digits (the simulator is slow; a GPU is fast).
+fn gbps(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
 fn print_rows(rows: &[Row], copy: Option<f64>) {
     println!(
         "{:<28} {:<13} {:<5} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>6}",
@@ -276,17 +287,17 @@ fn print_rows(rows: &[Row], copy: Option<f64>) {
         "syncs"
     );
     for r in rows {
-        let gbps = r.bytes as f64 / r.step / 1e9;
-        let pct = copy.map_or("-".to_string(), |c| format!("{:.0}%", 100.0 * gbps / c));
+        let rate = r.bytes as f64 / r.step / 1e9;
+        let pct = copy.map_or("-".to_string(), |c| format!("{:.1}%", 100.0 * rate / c));
         println!(
-            "{:<28} {:<13} {:<5} {:>10.3} {:>10.3} {:>10.3} {:>10.1} {:>9} {:>9} {:>6}",
+            "{:<28} {:<13} {:<5} {:>10.3} {:>10.3} {:>10.3} {:>10} {:>9} {:>9} {:>6}",
             r.backend,
             r.preset,
             r.dtype,
             r.fwd * 1e3,
             r.bwd * 1e3,
             r.step * 1e3,
-            gbps,
+            gbps(rate),
             pct,
             r.launches,
             r.syncs
@@ -363,12 +374,12 @@ fn main() -> aiec::Result<()> {
                 ("f32", bench_passes::<f32>(dev, p, if quick { 10 } else { 50 })?),
             ] {
                 println!(
-                    "{:<13} {:<5} {:>12.1} {:>7.0}% {:>12.1} {:>7.0}%",
+                    "{:<13} {:<5} {:>12} {:>7.1}% {:>12} {:>7.1}%",
                     p.name,
                     dt,
-                    f,
+                    gbps(f),
                     100.0 * f / copy,
-                    b,
+                    gbps(b),
                     100.0 * b / copy
                 );
                 json.push(format!(
