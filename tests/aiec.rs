@@ -13,7 +13,7 @@ use aiec::{AiecConfig, AiecError, Buffer, Counters, DType, Device, DeviceStats, 
 use common::compare::tolerance;
 use common::devices::devices;
 use common::golden::{dirs, inputs_only, load_dir, GoldenCase};
-use common::runner::{judge_against, rounded_case, run_cpu, run_golden, run_gpu, Outputs};
+use common::runner::{judge_against, rounded_case, run_cpu, run_golden, run_gpu};
 use half::{bf16, f16};
 
 /// Margin below which two top logits count as a near tie in reduced precision.
@@ -159,8 +159,9 @@ fn random_shapes_match_the_cpu_reference() {
 }
 
 /// Every output of one training step, as raw bytes.
+#[cfg(feature = "sim")]
 fn step_bytes(dev: &Device, c: &GoldenCase) -> Vec<Vec<u8>> {
-    let out: Outputs = run_gpu::<bf16>(dev, c).unwrap();
+    let out: common::runner::Outputs = run_gpu::<bf16>(dev, c).unwrap();
     let mut v = Vec::new();
     for l in &out.layers {
         for f in [&l.y, &l.v, &l.logits, &l.dx, &l.dw] {
