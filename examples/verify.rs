@@ -33,6 +33,38 @@ struct Row {
 
 const GRAD_TOL: f64 = 1e-6;
 
+impl Row {
+    /// A passing row with the largest errors of one pooling mode.
+    fn errors(backend: &str, precision: &'static str, pool: Pool, check: &str, e: &Errors) -> Row {
+        Row {
+            backend: backend.to_string(),
+            precision,
+            pool,
+            check: check.to_string(),
+            y: Some(e.y.max(e.v).max(e.logits)),
+            dx: e.dx,
+            dw: e.dw,
+            counters: "exact",
+            pass: true,
+        }
+    }
+
+    /// A failing row: `failed` of `total` cases did not pass.
+    fn failed(backend: &str, precision: &'static str, check: &str, failed: usize, total: usize) -> Row {
+        Row {
+            backend: backend.to_string(),
+            precision,
+            pool: Pool::None,
+            check: format!("{check}: {failed} of {total} FAILED"),
+            y: None,
+            dx: f64::NAN,
+            dw: f64::NAN,
+            counters: "?",
+            pass: false,
+        }
+    }
+}
+
 fn gradcheck_rows() -> Vec<Row> {
     let coefs = LossCoefs::new(0.7, 3.0).expect("valid coefficients");
     Pool::ALL
@@ -66,35 +98,16 @@ fn gradcheck_rows() -> Vec<Row> {
 }
 
 fn golden_rows(backend: &str, precision: &'static str, label: &str, s: &GoldenSummary) -> Vec<Row> {
+    let check = format!("golden {label}");
     let mut rows: Vec<Row> = Pool::ALL
         .into_iter()
         .filter_map(|pool| {
             let (_, e) = s.per_pool.iter().find(|(p, _)| *p == pool)?;
-            Some(Row {
-                backend: backend.to_string(),
-                precision,
-                pool,
-                check: format!("golden {label}"),
-                y: Some(e.y.max(e.v).max(e.logits)),
-                dx: e.dx,
-                dw: e.dw,
-                counters: "exact",
-                pass: true,
-            })
+            Some(Row::errors(backend, precision, pool, &check, e))
         })
         .collect();
     if !s.failures.is_empty() {
-        rows.push(Row {
-            backend: backend.to_string(),
-            precision,
-            pool: Pool::None,
-            check: format!("golden {label}: {} of {} cases FAILED", s.failures.len(), s.total),
-            y: None,
-            dx: f64::NAN,
-            dw: f64::NAN,
-            counters: "?",
-            pass: false,
-        });
+        rows.push(Row::failed(backend, precision, &check, s.failures.len(), s.total));
     }
     rows
 }
@@ -155,32 +168,10 @@ fn device_rows<T: Element>(
         println!("  FAILED {backend}-{}: {f}", T::DTYPE);
     }
     *ok &= passed == cases.len();
-    let mut rows: Vec<Row> = per
-        .into_iter()
-        .map(|(pool, e)| Row {
-            backend: backend.to_string(),
-            precision: T::DTYPE.name(),
-            pool,
-            check: check.to_string(),
-            y: Some(e.y.max(e.v).max(e.logits)),
-            dx: e.dx,
-            dw: e.dw,
-            counters: "exact",
-            pass: true,
-        })
-        .collect();
+    let mut rows: Vec<Row> =
+        per.into_iter().map(|(pool, e)| Row::errors(backend, T::DTYPE.name(), pool, check, &e)).collect();
     if passed != cases.len() {
-        rows.push(Row {
-            backend: backend.to_string(),
-            precision: T::DTYPE.name(),
-            pool: Pool::None,
-            check: format!("{check}: {} of {} FAILED", cases.len() - passed, cases.len()),
-            y: None,
-            dx: f64::NAN,
-            dw: f64::NAN,
-            counters: "?",
-            pass: false,
-        });
+        rows.push(Row::failed(backend, T::DTYPE.name(), check, cases.len() - passed, cases.len()));
     }
     rows
 }
