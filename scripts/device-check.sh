@@ -46,7 +46,7 @@ find_nvrtc() {
   if [ -n "${AIEC_NVRTC_LIB:-}" ]; then return; fi
   local lib
   for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
-    lib=$(ls "$d"/libnvrtc.so* 2>/dev/null | grep -v builtins | head -1 || true)
+    lib=$(ls "$d"/libnvrtc.so* 2>/dev/null | grep -vE "builtins|alt" | head -1 || true)
     if [ -n "$lib" ]; then export AIEC_NVRTC_LIB="$lib"; return; fi
   done
   lib=$(python3 - <<'PY' 2>/dev/null || true
