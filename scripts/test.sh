@@ -6,7 +6,8 @@
 #   1. NVRTC: a loadable libnvrtc (system, or the pip wheel fetched into target/).
 #   2. All tests with the simulator (schedule seed 0): CPU reference, golden,
 #      gradient check, launch plans, kernels in the simulator, NVRTC builds of
-#      every kernel for sm_75, sm_80 and sm_90.
+#      every kernel for sm_75, sm_80 and sm_90; then those NVRTC builds again
+#      with NVRTC 13 (its wheel fetched into target/ too).
 #   3. The simulator tests again under schedule seeds 1 and 2 (seed 2 with 4
 #      parallel workers).
 #   4. The simulator tests in an AddressSanitizer + UBSan build of the simulator.
@@ -24,6 +25,10 @@ SIM_TESTS=(--test threshold --test convert --test device --test aiec)
 
 echo "== 2. all tests (release, simulator seed 0) =="
 CUDA_SIM_SEED=0 CUDA_SIM_WORKERS=1 cargo test --release --features sim
+
+echo "== 2b. every kernel compiles with NVRTC 13 too (CUDA 13 machines' compiler) =="
+nvrtc13="$(aiec_nvrtc_wheel 13)"
+AIEC_NVRTC_LIB="$nvrtc13" cargo test --release --features sim --test nvrtc
 
 echo "== 3. simulator tests under more schedules =="
 CUDA_SIM_SEED=1 CUDA_SIM_WORKERS=1 cargo test --release --features sim "${SIM_TESTS[@]}"

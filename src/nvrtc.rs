@@ -23,7 +23,8 @@ pub mod sources {
 }
 
 const HINT: &str = "Install the CUDA toolkit's NVRTC, or `pip install nvidia-cuda-nvrtc-cu12` and set \
-                    AIEC_NVRTC_LIB to its nvidia/cuda_nvrtc/lib/libnvrtc.so.12";
+                    AIEC_NVRTC_LIB to its nvidia/cuda_nvrtc/lib/libnvrtc.so.12 (for CUDA 13: \
+                    `nvidia-cuda-nvrtc`, nvidia/cu13/lib/libnvrtc.so.13)";
 
 /// A GPU architecture, `sm_<major><minor>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,7 +122,11 @@ fn load() -> std::result::Result<Api, String> {
                 // The library stays loaded for the life of the process: the
                 // function pointers below point into it.
                 let lib: &'static libloading::Library = Box::leak(Box::new(lib));
-                return resolve(lib, &PathBuf::from(name).display().to_string());
+                let api = resolve(lib, &PathBuf::from(name).display().to_string())?;
+                if explicit.is_some() {
+                    preload_builtins(Path::new(name), &api);
+                }
+                return Ok(api);
             }
             Err(e) => errors.push(e.to_string()),
         }
@@ -130,6 +135,25 @@ fn load() -> std::result::Result<Api, String> {
         Some(p) => format!("AIEC_NVRTC_LIB={}: {}", PathBuf::from(p).display(), errors.join("; ")),
         None => format!("none of {CANDIDATES:?} could be loaded and AIEC_NVRTC_LIB is not set"),
     })
+}
+
+/// NVRTC opens `libnvrtc-builtins.so.<major>.<minor>` by name when it
+/// compiles. CUDA 12's library finds it beside itself (its run path is
+/// `$ORIGIN`); CUDA 13's has no run path, so an `AIEC_NVRTC_LIB` outside the
+/// loader's search path (a pip wheel's folder) would fail every compile. Loading
+/// the builtins from the same folder first makes NVRTC's later open find the
+/// already-loaded library by its soname. Missing or unloadable builtins are left
+/// for the compile to report, with NVRTC's own message.
+fn preload_builtins(lib: &Path, api: &Api) {
+    let Some(dir) = lib.parent() else { return };
+    let builtins = dir.join(format!("libnvrtc-builtins.so.{}.{}", api.major, api.minor));
+    if builtins.is_file() {
+        // SAFETY: as for NVRTC itself: its initialisers have no preconditions.
+        if let Ok(b) = unsafe { libloading::Library::new(&builtins) } {
+            // Stays loaded with NVRTC, which opens it on every compile.
+            std::mem::forget(b);
+        }
+    }
 }
 
 fn resolve(lib: &'static libloading::Library, path: &str) -> std::result::Result<Api, String> {
