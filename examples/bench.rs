@@ -85,6 +85,7 @@ struct Row {
 
 fn bench_device<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<Row> {
     let cfg = AiecConfig::with_interval(p.channels, p.classes, 0.0, 1, p.pool)?;
+    dev.prepare(T::DTYPE)?;
     let mut layer = GpuLayer::new(dev, cfg, 1)?;
     let dims = p.dims();
     let n = p.elements();
@@ -105,7 +106,7 @@ fn bench_device<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Resu
         Ok(())
     };
     for i in 0..2 {
-        step(&mut layer, i)?; // warm-up: NVRTC load, allocator
+        step(&mut layer, i)?; // warm-up: allocator, caches
     }
     dev.synchronize()?;
     let (mut fwd, mut bwd, mut whole) = (Vec::new(), Vec::new(), Vec::new());
@@ -306,31 +307,48 @@ fn print_rows(rows: &[Row], copy: Option<f64>) {
 }
 
 fn nvrtc_times() {
-    use aiec::nvrtc::{self, Arch, Target};
+    use aiec::nvrtc::{self, Arch, Module, Target};
     let Ok((maj, min)) = nvrtc::version() else {
         println!("nvrtc: not available ({})", nvrtc::version().unwrap_err());
         return;
     };
-    let dir = std::env::temp_dir().join(format!("aiec-bench-cache-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     let target = Target::Cubin(Arch { major: 9, minor: 0 });
-    let (mut cold, mut warm) = (Duration::ZERO, Duration::ZERO);
-    let files: Vec<&str> = nvrtc::sources::SOURCES.iter().map(|(f, _)| *f).collect();
-    for f in &files {
-        let t = Instant::now();
-        nvrtc::compile_cached_in(&dir, f, target).expect("kernel compiles");
-        cold += t.elapsed();
-        let t = Instant::now();
-        nvrtc::compile_cached_in(&dir, f, target).expect("cache hit");
-        warm += t.elapsed();
-    }
+    // Cold compile and cached load of `modules`, in a fresh cache.
+    let time = |modules: &[Module]| {
+        let dir = std::env::temp_dir().join(format!("aiec-bench-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut cold, mut warm) = (Duration::ZERO, Duration::ZERO);
+        for &m in modules {
+            let t = Instant::now();
+            nvrtc::compile_cached_in(&dir, m, target).expect("kernel compiles");
+            cold += t.elapsed();
+            let t = Instant::now();
+            nvrtc::compile_cached_in(&dir, m, target).expect("cache hit");
+            warm += t.elapsed();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        format!(
+            "cold compile {:.0} ms, cached load {:.2} ms",
+            cold.as_secs_f64() * 1e3,
+            warm.as_secs_f64() * 1e3
+        )
+    };
+    let every: Vec<Module> = nvrtc::sources::SOURCES.iter().map(|(f, _)| Module::all(f)).collect();
+    println!("nvrtc {maj}.{min} ({}), sm_90, one thread:", nvrtc::library().unwrap_or("?"));
+    println!("  all {} kernel files, every element type: {}", every.len(), time(&every));
+    let step = aiec::launch::training_modules(DType::BF16);
+    println!("  the {} modules of a bf16 training step: {}", step.len(), time(&step));
+    // What Device::prepare does on a cold cache: one thread per module.
+    let dir = std::env::temp_dir().join(format!("aiec-bench-cache-par-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let t = Instant::now();
+    nvrtc::compile_for_device_parallel(&dir, &step, Arch { major: 9, minor: 0 }).expect("kernels compile");
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "nvrtc {maj}.{min} ({}): {} kernel files for sm_90: cold compile {:.0} ms in all, cached load {:.2} ms in all",
-        nvrtc::library().unwrap_or("?"),
-        files.len(),
-        cold.as_secs_f64() * 1e3,
-        warm.as_secs_f64() * 1e3
+        "  the same {} modules in parallel (Device::prepare, {} CPUs): cold compile {:.0} ms",
+        step.len(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        t.elapsed().as_secs_f64() * 1e3
     );
 }
 

@@ -7,6 +7,7 @@
 
 use crate::config::Pool;
 use crate::dtype::DType;
+use crate::nvrtc::Module;
 use crate::params::{pool_code, AiecLossParams, AiecShape};
 
 /// One kernel argument, by value.
@@ -47,8 +48,8 @@ impl KernelArg {
 /// Everything one launch needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaunchPlan {
-    /// The kernel file (the module), e.g. `threshold.cu`.
-    pub module: &'static str,
+    /// The compiled module that holds the kernel, e.g. `threshold.cu` for bf16.
+    pub module: Module,
     /// The entry point, e.g. `threshold_fwd_bf16`.
     pub kernel: String,
     /// Grid dimensions.
@@ -93,7 +94,7 @@ pub fn threshold_fwd(
     limits: DeviceLimits,
 ) -> Option<LaunchPlan> {
     (n > 0).then(|| LaunchPlan {
-        module: "threshold.cu",
+        module: Module::only("threshold.cu", dtype),
         kernel: format!("threshold_fwd_{dtype}"),
         grid: [elementwise_grid(n, dtype, limits), 1, 1],
         block: [ELEMENTWISE_BLOCK, 1, 1],
@@ -113,7 +114,7 @@ pub fn threshold_bwd(
     limits: DeviceLimits,
 ) -> Option<LaunchPlan> {
     (n > 0).then(|| LaunchPlan {
-        module: "threshold.cu",
+        module: Module::only("threshold.cu", dtype),
         kernel: format!("threshold_bwd_{dtype}"),
         grid: [elementwise_grid(n, dtype, limits), 1, 1],
         block: [ELEMENTWISE_BLOCK, 1, 1],
@@ -140,7 +141,7 @@ pub fn convert_from_f32(dtype: DType, n: u64, x: u64, y: u64, limits: DeviceLimi
 
 fn convert(op: &str, dtype: DType, n: u64, x: u64, y: u64, limits: DeviceLimits) -> Option<LaunchPlan> {
     (n > 0).then(|| LaunchPlan {
-        module: "convert.cu",
+        module: Module::only("convert.cu", dtype),
         kernel: format!("{op}_{dtype}"),
         // One element per thread step: size the grid for f32.
         grid: [elementwise_grid(n, DType::F32, limits), 1, 1],
@@ -194,10 +195,23 @@ fn layout_name(shape: &AiecShape) -> &'static str {
     }
 }
 
+/// The modules a training step in `dtype` (forward, loss, backward) launches
+/// from, for compiling them ahead of the first step.
+pub fn training_modules(dtype: DType) -> [Module; 6] {
+    [
+        Module::only("aiec_fwd_x.cu", dtype),
+        Module::all("aiec_fwd_logits.cu"),
+        Module::all("aiec_fwd_gate.cu"),
+        Module::all("aiec_loss.cu"),
+        Module::all("aiec_bwd_dv_dw.cu"),
+        Module::only("aiec_bwd_x.cu", dtype),
+    ]
+}
+
 /// Launch 1 of a training forward: `aiec_fwd_x_<layout>_<dtype>(x, y, keep, v, shape)`.
 pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, x: u64, y: u64, keep: u64, v: u64) -> Option<LaunchPlan> {
     (elems(shape) > 0).then(|| LaunchPlan {
-        module: "aiec_fwd_x.cu",
+        module: Module::only("aiec_fwd_x.cu", dtype),
         kernel: format!("aiec_fwd_x_{}_{dtype}", layout_name(shape)),
         grid: activation_grid(dtype, shape),
         block: [AIEC_BLOCK, 1, 1],
@@ -226,7 +240,7 @@ pub fn aiec_fwd_logits(
         .map(KernelArg::Ptr)
         .chain([KernelArg::structure(shape)]);
     (shape.batch > 0).then(|| LaunchPlan {
-        module: "aiec_fwd_logits.cu",
+        module: Module::all("aiec_fwd_logits.cu"),
         kernel: "aiec_fwd_logits".into(),
         grid: [shape.batch.div_ceil(LOGITS_SAMPLES) as u32, 1, 1],
         block: [LOGITS_BLOCK, 1, 1],
@@ -244,7 +258,7 @@ pub fn gate_grid(shape: &AiecShape) -> u32 {
 pub fn aiec_fwd_gate(shape: &AiecShape, inputs: [u64; 5], outputs: [u64; 5]) -> Option<LaunchPlan> {
     let args = inputs.into_iter().chain(outputs).map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
     (shape.batch * shape.channels > 0).then(|| LaunchPlan {
-        module: "aiec_fwd_gate.cu",
+        module: Module::all("aiec_fwd_gate.cu"),
         kernel: "aiec_fwd_gate".into(),
         grid: [gate_grid(shape), 1, 1],
         block: [AIEC_BLOCK, 1, 1],
@@ -256,7 +270,7 @@ pub fn aiec_fwd_gate(shape: &AiecShape, inputs: [u64; 5], outputs: [u64; 5]) -> 
 /// The loss level: `aiec_loss(params)`, one block.
 pub fn aiec_loss(params: &AiecLossParams) -> LaunchPlan {
     LaunchPlan {
-        module: "aiec_loss.cu",
+        module: Module::all("aiec_loss.cu"),
         kernel: "aiec_loss".into(),
         grid: [1, 1, 1],
         block: [AIEC_BLOCK, 1, 1],
@@ -272,7 +286,7 @@ pub fn aiec_bwd_dv_dw(shape: &AiecShape, inputs: [u64; 5], outputs: [u64; 2]) ->
     let grid = (shape.batch.div_ceil(16) + shape.classes.div_ceil(16)) * cb;
     let args = inputs.into_iter().chain(outputs).map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
     (grid > 0).then(|| LaunchPlan {
-        module: "aiec_bwd_dv_dw.cu",
+        module: Module::all("aiec_bwd_dv_dw.cu"),
         kernel: "aiec_bwd_dv_dw".into(),
         grid: [grid as u32, 1, 1],
         block: [AIEC_BLOCK, 1, 1],
@@ -292,7 +306,7 @@ pub fn aiec_bwd_x(
     dx: u64,
 ) -> Option<LaunchPlan> {
     (elems(shape) > 0).then(|| LaunchPlan {
-        module: "aiec_bwd_x.cu",
+        module: Module::only("aiec_bwd_x.cu", dtype),
         kernel: format!("aiec_bwd_x_{}_{dtype}", layout_name(shape)),
         grid: activation_grid(dtype, shape),
         block: [AIEC_BLOCK, 1, 1],
@@ -330,7 +344,7 @@ mod tests {
     #[test]
     fn threshold_plans_name_the_kernel_and_order_the_arguments() {
         let p = threshold_fwd(DType::BF16, 4097, 0x1000, 0x2000, 0.5, H200).unwrap();
-        assert_eq!(p.module, "threshold.cu");
+        assert_eq!(p.module, Module::only("threshold.cu", DType::BF16));
         assert_eq!(p.kernel, "threshold_fwd_bf16");
         assert_eq!((p.grid, p.block, p.shared_bytes), ([3, 1, 1], [256, 1, 1], 0));
         assert_eq!(
@@ -413,9 +427,31 @@ mod tests {
     }
 
     #[test]
+    fn training_modules_are_the_modules_of_a_steps_plans() {
+        for dtype in DType::ALL {
+            for pool in [Pool::Token, Pool::AvgHw] {
+                let s = shape(pool, 4, 9, 64, 10);
+                let plans = [
+                    aiec_fwd_x(dtype, &s, 1, 2, 3, 4).unwrap(),
+                    aiec_fwd_logits(&s, [1; 3], [1; 3], [1; 3]).unwrap(),
+                    aiec_fwd_gate(&s, [1; 5], [1; 5]).unwrap(),
+                    aiec_loss(&bytemuck::Zeroable::zeroed()),
+                    aiec_bwd_dv_dw(&s, [1; 5], [1; 2]).unwrap(),
+                    aiec_bwd_x(dtype, &s, 1, 2, 3, 4).unwrap(),
+                ];
+                let used: Vec<Module> = plans.iter().map(|p| p.module).collect();
+                assert_eq!(used, training_modules(dtype), "{dtype} {pool:?}");
+            }
+        }
+    }
+
+    #[test]
     fn convert_plans() {
         let p = convert_from_f32(DType::F16, 65536, 8, 16, H200).unwrap();
-        assert_eq!((p.module, p.kernel.as_str()), ("convert.cu", "convert_from_f32_f16"));
+        assert_eq!(
+            (p.module, p.kernel.as_str()),
+            (Module::only("convert.cu", DType::F16), "convert_from_f32_f16")
+        );
         assert_eq!(p.args, [KernelArg::Ptr(8), KernelArg::Ptr(16), KernelArg::U64(65536)]);
         assert_eq!(convert_to_f32(DType::BF16, 3, 8, 16, H200).unwrap().kernel, "convert_to_f32_bf16");
     }

@@ -15,6 +15,7 @@ use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::dtype::DType;
 use crate::error::{AiecError, Result};
 
 /// The kernel sources embedded at build time.
@@ -206,6 +207,49 @@ pub fn source(file: &str) -> Option<&'static str> {
     sources::SOURCES.iter().find(|(f, _)| *f == file).map(|(_, s)| *s)
 }
 
+/// One compiled module: a kernel file, with every element type's entry points
+/// or with one type's alone. The files whose entry points are per type
+/// (`threshold`, `convert`, `aiec_fwd_x`, `aiec_bwd_x`) are compiled per type
+/// for a device (`-DAIEC_ONLY_<TYPE>`, see `kernels/common.cuh`), so a program
+/// that trains in bf16 never waits for the f32 and f16 instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Module {
+    /// The kernel file, e.g. `aiec_fwd_x.cu`.
+    pub file: &'static str,
+    /// The one element type built, or `None` for all of them.
+    pub only: Option<DType>,
+}
+
+impl Module {
+    /// `file` with every element type's entry points.
+    pub const fn all(file: &'static str) -> Module {
+        Module { file, only: None }
+    }
+
+    /// `file` with the entry points of `dtype` alone.
+    pub const fn only(file: &'static str, dtype: DType) -> Module {
+        Module { file, only: Some(dtype) }
+    }
+
+    /// The preprocessor definition that selects [`Module::only`]'s type.
+    fn define(self) -> Option<&'static str> {
+        self.only.map(|d| match d {
+            DType::F32 => "-DAIEC_ONLY_F32",
+            DType::F16 => "-DAIEC_ONLY_F16",
+            DType::BF16 => "-DAIEC_ONLY_BF16",
+        })
+    }
+}
+
+impl std::fmt::Display for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.only {
+            None => f.write_str(self.file),
+            Some(d) => write!(f, "{} [{d} only]", self.file),
+        }
+    }
+}
+
 /// What to compile for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -224,8 +268,15 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// The options `module` is compiled with, for `target`.
+pub fn options(module: Module, target: Target) -> Vec<String> {
+    let mut opts = target_options(target);
+    opts.extend(module.define().map(String::from));
+    opts
+}
+
 /// The options every kernel is compiled with, for `target`.
-pub fn options(target: Target) -> Vec<String> {
+fn target_options(target: Target) -> Vec<String> {
     let arch = match target {
         Target::Cubin(a) => format!("--gpu-architecture=sm_{}{}", a.major, a.minor),
         Target::Ptx(a) => format!("--gpu-architecture=compute_{}{}", a.major, a.minor),
@@ -233,19 +284,24 @@ pub fn options(target: Target) -> Vec<String> {
     vec![arch, "--std=c++17".into(), "-lineinfo".into()]
 }
 
-/// Compiles the embedded kernel file `file` for `target`. An NVRTC failure is
-/// [`AiecError::NvrtcCompile`] with the compiler log.
-pub fn compile(file: &str, target: Target) -> Result<Image> {
-    let src = source(file).ok_or_else(|| AiecError::NvrtcCompile {
-        file: file.into(),
+/// Compiles the embedded kernel module `module` for `target`. An NVRTC failure
+/// is [`AiecError::NvrtcCompile`] with the compiler log.
+pub fn compile(module: Module, target: Target) -> Result<Image> {
+    let src = source(module.file).ok_or_else(|| AiecError::NvrtcCompile {
+        file: module.to_string(),
         target: target.to_string(),
         log: "no such embedded kernel file".into(),
     })?;
-    compile_source(file, src, target)
+    compile_with(&module.to_string(), src, &options(module, target), target)
 }
 
-/// Compiles `src` (named `file` in messages) with the embedded headers.
+/// Compiles `src` (named `file` in messages) with the embedded headers and
+/// every element type's entry points.
 pub fn compile_source(file: &str, src: &str, target: Target) -> Result<Image> {
+    compile_with(file, src, &target_options(target), target)
+}
+
+fn compile_with(file: &str, src: &str, options: &[String], target: Target) -> Result<Image> {
     let api = api()?;
     let cstr = |s: &str| CString::new(s).expect("kernel sources contain no NUL byte");
     let (c_src, c_name) = (cstr(src), cstr(file));
@@ -253,7 +309,7 @@ pub fn compile_source(file: &str, src: &str, target: Target) -> Result<Image> {
     let header_names: Vec<CString> = sources::HEADERS.iter().map(|(n, _)| cstr(n)).collect();
     let hp: Vec<*const c_char> = header_src.iter().map(|s| s.as_ptr()).collect();
     let np: Vec<*const c_char> = header_names.iter().map(|s| s.as_ptr()).collect();
-    let opts: Vec<CString> = options(target).iter().map(|o| cstr(o)).collect();
+    let opts: Vec<CString> = options.iter().map(|o| cstr(o)).collect();
     let op: Vec<*const c_char> = opts.iter().map(|s| s.as_ptr()).collect();
     let fail = |what: String, log: String| AiecError::NvrtcCompile {
         file: file.into(),
@@ -358,12 +414,12 @@ pub enum CacheOutcome {
     Miss,
 }
 
-/// The cache file of `file` for `target` in `dir`: its name carries the key of
-/// the source, the headers, the NVRTC version, the target and the options.
-pub fn cache_path(dir: &Path, file: &str, target: Target) -> Result<PathBuf> {
+/// The cache file of `module` for `target` in `dir`: its name carries the key
+/// of the source, the headers, the NVRTC version, the target and the options.
+pub fn cache_path(dir: &Path, module: Module, target: Target) -> Result<PathBuf> {
     let (maj, min) = version()?;
-    let src = source(file).unwrap_or("");
-    let opts = options(target).join(" ");
+    let src = source(module.file).unwrap_or("");
+    let opts = options(module, target).join(" ");
     let ver = format!("nvrtc {maj}.{min}");
     let tgt = target.to_string();
     let mut parts: Vec<&[u8]> = vec![src.as_bytes(), ver.as_bytes(), tgt.as_bytes(), opts.as_bytes()];
@@ -372,7 +428,10 @@ pub fn cache_path(dir: &Path, file: &str, target: Target) -> Result<PathBuf> {
         parts.push(s.as_bytes());
     }
     let key = cache_key(&parts);
-    let stem = file.trim_end_matches(".cu");
+    let stem = match module.only {
+        None => module.file.trim_end_matches(".cu").to_string(),
+        Some(d) => format!("{}-{d}", module.file.trim_end_matches(".cu")),
+    };
     let (arch, ext) = match target {
         Target::Cubin(a) => (a, "cubin"),
         Target::Ptx(a) => (a, "ptx"),
@@ -382,13 +441,13 @@ pub fn cache_path(dir: &Path, file: &str, target: Target) -> Result<PathBuf> {
 
 /// [`compile`] through the on-disk cache in [`cache_dir`]. A cache that cannot
 /// be read or written only costs a compile; it is never an error.
-pub fn compile_cached(file: &str, target: Target) -> Result<(Image, CacheOutcome)> {
-    compile_cached_in(&cache_dir(), file, target)
+pub fn compile_cached(module: Module, target: Target) -> Result<(Image, CacheOutcome)> {
+    compile_cached_in(&cache_dir(), module, target)
 }
 
 /// [`compile_cached`] with the cache in `dir`.
-pub fn compile_cached_in(dir: &Path, file: &str, target: Target) -> Result<(Image, CacheOutcome)> {
-    let path = cache_path(dir, file, target)?;
+pub fn compile_cached_in(dir: &Path, module: Module, target: Target) -> Result<(Image, CacheOutcome)> {
+    let path = cache_path(dir, module, target)?;
     if let Ok(bytes) = std::fs::read(&path) {
         if !bytes.is_empty() {
             let image = match target {
@@ -398,7 +457,7 @@ pub fn compile_cached_in(dir: &Path, file: &str, target: Target) -> Result<(Imag
             return Ok((image, CacheOutcome::Hit));
         }
     }
-    let image = compile(file, target)?;
+    let image = compile(module, target)?;
     let bytes: &[u8] = match &image {
         Image::Cubin(b) => b,
         Image::Ptx(s) => s.as_bytes(),
@@ -413,18 +472,40 @@ pub fn compile_cached_in(dir: &Path, file: &str, target: Target) -> Result<(Imag
     Ok((image, CacheOutcome::Miss))
 }
 
-/// Compiles `file` for a device of architecture `arch`: a CUBIN when this NVRTC
-/// knows `arch`, else PTX for the newest architecture it knows that is not newer
-/// than `arch` (the driver JIT-compiles it).
-pub fn compile_for_device(file: &str, arch: Arch) -> Result<(Image, CacheOutcome)> {
-    match compile_cached(file, Target::Cubin(arch)) {
+/// Compiles `module` for a device of architecture `arch`, through the cache in
+/// [`cache_dir`]: a CUBIN when this NVRTC knows `arch`, else PTX for the newest
+/// architecture it knows that is not newer than `arch` (the driver
+/// JIT-compiles it).
+pub fn compile_for_device(module: Module, arch: Arch) -> Result<(Image, CacheOutcome)> {
+    compile_for_device_in(&cache_dir(), module, arch)
+}
+
+/// [`compile_for_device`] with the cache in `dir`.
+pub fn compile_for_device_in(dir: &Path, module: Module, arch: Arch) -> Result<(Image, CacheOutcome)> {
+    match compile_cached_in(dir, module, Target::Cubin(arch)) {
         Ok(r) => Ok(r),
         Err(cubin_err @ AiecError::NvrtcCompile { .. }) => {
             let fallback = Arch::TESTED.iter().rev().copied().find(|a| *a <= arch).unwrap_or(Arch::TESTED[0]);
-            compile_cached(file, Target::Ptx(fallback)).map_err(|_| cubin_err)
+            compile_cached_in(dir, module, Target::Ptx(fallback)).map_err(|_| cubin_err)
         }
         Err(e) => Err(e),
     }
+}
+
+/// [`compile_for_device_in`] for several modules at once, one thread each:
+/// NVRTC compiles separate programs concurrently, so a cold start costs about
+/// the slowest module rather than the sum. Results in the order of `modules`;
+/// the first failure, in that order, is the error.
+pub fn compile_for_device_parallel(
+    dir: &Path,
+    modules: &[Module],
+    arch: Arch,
+) -> Result<Vec<(Image, CacheOutcome)>> {
+    std::thread::scope(|scope| {
+        let jobs: Vec<_> =
+            modules.iter().map(|&m| scope.spawn(move || compile_for_device_in(dir, m, arch))).collect();
+        jobs.into_iter().map(|j| j.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }
 
 #[cfg(test)]
@@ -455,8 +536,13 @@ mod tests {
     #[test]
     fn options_name_the_target() {
         let a = Arch { major: 9, minor: 0 };
-        assert_eq!(options(Target::Cubin(a))[0], "--gpu-architecture=sm_90");
-        assert_eq!(options(Target::Ptx(a))[0], "--gpu-architecture=compute_90");
+        let all = Module::all("threshold.cu");
+        assert_eq!(options(all, Target::Cubin(a))[0], "--gpu-architecture=sm_90");
+        assert_eq!(options(all, Target::Ptx(a))[0], "--gpu-architecture=compute_90");
+        assert!(!options(all, Target::Cubin(a)).iter().any(|o| o.starts_with("-D")));
+        let bf16 = Module::only("threshold.cu", DType::BF16);
+        assert_eq!(options(bf16, Target::Cubin(a)).last().unwrap(), "-DAIEC_ONLY_BF16");
+        assert_eq!(bf16.to_string(), "threshold.cu [bf16 only]");
         assert_eq!(a.to_string(), "sm_90");
     }
 }

@@ -199,6 +199,8 @@ fn results_are_bitwise_identical_across_schedules() {
 #[test]
 fn a_step_costs_three_plus_one_plus_two_launches_and_no_host_sync() {
     for dev in devices() {
+        // Compiled and loaded ahead (on CUDA), so the step below only launches.
+        dev.prepare(DType::BF16).unwrap();
         let cfg = AiecConfig::with_interval(48, 10, 0.0, 1, Pool::AvgToken).unwrap();
         let mut layers = [GpuLayer::new(&dev, cfg, 1).unwrap(), GpuLayer::new(&dev, cfg, 2).unwrap()];
         let x: Vec<bf16> =

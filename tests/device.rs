@@ -63,7 +63,7 @@ fn simulator_launch_errors_are_typed() {
     use aiec::launch::{KernelArg, LaunchPlan};
     let dev = Device::sim();
     let plan = LaunchPlan {
-        module: "threshold.cu",
+        module: aiec::nvrtc::Module::all("threshold.cu"),
         kernel: "threshold_fwd_f64".into(),
         grid: [1, 1, 1],
         block: [32, 1, 1],

@@ -8,8 +8,9 @@
 
 use std::time::Instant;
 
-use aiec::nvrtc::{self, Arch, CacheOutcome, Image, Target};
+use aiec::nvrtc::{self, Arch, CacheOutcome, Image, Module, Target};
 use aiec::AiecError;
+use aiec::DType;
 
 fn nvrtc_or_skip() -> Option<(i32, i32)> {
     match nvrtc::version() {
@@ -28,7 +29,8 @@ fn every_kernel_compiles_for_every_tested_arch() {
     for (file, _) in nvrtc::sources::SOURCES {
         for arch in Arch::TESTED {
             let t = Instant::now();
-            let image = nvrtc::compile(file, Target::Cubin(arch)).unwrap_or_else(|e| panic!("{e}"));
+            let image =
+                nvrtc::compile(Module::all(file), Target::Cubin(arch)).unwrap_or_else(|e| panic!("{e}"));
             assert!(
                 matches!(&image, Image::Cubin(b) if b.starts_with(b"\x7fELF")),
                 "{file} {arch}: not an ELF cubin"
@@ -39,29 +41,67 @@ fn every_kernel_compiles_for_every_tested_arch() {
                 t.elapsed().as_secs_f64() * 1e3
             );
         }
-        let Image::Ptx(ptx) = nvrtc::compile(file, Target::Ptx(Arch { major: 9, minor: 0 })).unwrap() else {
+        let Image::Ptx(ptx) =
+            nvrtc::compile(Module::all(file), Target::Ptx(Arch { major: 9, minor: 0 })).unwrap()
+        else {
             panic!("PTX target gave a cubin")
         };
         // Every entry point of the file is in the PTX under its plain name;
         // with the simulator built, exactly the ones it registered.
-        let entries: Vec<&str> = ptx
-            .lines()
-            .filter_map(|l| l.split(".entry ").nth(1))
-            .map(|s| s.trim_end_matches('(').trim())
-            .collect();
+        let entries = ptx_entries(&ptx);
         assert!(!entries.is_empty(), "{file}: no entry points");
         #[cfg(feature = "sim")]
         {
             let op = file.trim_end_matches(".cu");
-            let registered: Vec<String> =
+            let mut reg: Vec<String> =
                 aiec::device::sim_kernel_names().into_iter().filter(|n| n.starts_with(op)).collect();
-            let mut sorted: Vec<&str> = entries.clone();
-            sorted.sort();
-            let mut reg: Vec<&str> = registered.iter().map(|s| s.as_str()).collect();
             reg.sort();
-            assert_eq!(sorted, reg, "{file}: PTX entries vs simulator registry");
+            assert_eq!(entries, reg, "{file}: PTX entries vs simulator registry");
         }
     }
+}
+
+fn ptx_entries(ptx: &str) -> Vec<String> {
+    let mut entries: Vec<String> = ptx
+        .lines()
+        .filter_map(|l| l.split(".entry ").nth(1))
+        .map(|s| s.trim_end_matches('(').trim().to_string())
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn a_one_type_module_holds_that_types_entry_points_alone() {
+    if nvrtc_or_skip().is_none() {
+        return;
+    }
+    let ptx90 = Target::Ptx(Arch { major: 9, minor: 0 });
+    for file in ["threshold.cu", "convert.cu", "aiec_fwd_x.cu", "aiec_bwd_x.cu"] {
+        let Image::Ptx(all) = nvrtc::compile(Module::all(file), ptx90).unwrap() else { panic!("not PTX") };
+        let all = ptx_entries(&all);
+        let mut union = Vec::new();
+        for dtype in DType::ALL {
+            let Image::Ptx(one) = nvrtc::compile(Module::only(file, dtype), ptx90).unwrap() else {
+                panic!("not PTX")
+            };
+            let one = ptx_entries(&one);
+            let suffix = format!("_{dtype}");
+            assert!(!one.is_empty(), "{file} [{dtype}]: no entry points");
+            assert!(one.iter().all(|e| e.ends_with(&suffix)), "{file} [{dtype}]: {one:?}");
+            union.extend(one);
+        }
+        union.sort();
+        assert_eq!(union, all, "{file}: the one-type modules together are the whole file");
+        println!("nvrtc: {file}: {} entry points, split over 3 one-type modules", all.len());
+    }
+    // A one-type module is cached under its own name and key.
+    let dir = std::env::temp_dir();
+    let cubin90 = Target::Cubin(Arch { major: 9, minor: 0 });
+    let all = nvrtc::cache_path(&dir, Module::all("threshold.cu"), cubin90).unwrap();
+    let bf16 = nvrtc::cache_path(&dir, Module::only("threshold.cu", DType::BF16), cubin90).unwrap();
+    assert_ne!(all, bf16);
+    assert!(bf16.file_name().unwrap().to_string_lossy().starts_with("threshold-bf16-sm_90-"), "{bf16:?}");
 }
 
 #[test]
@@ -73,10 +113,10 @@ fn the_cache_hits_on_the_second_request() {
     let _ = std::fs::remove_dir_all(&dir);
     let target = Target::Cubin(Arch { major: 8, minor: 0 });
     let t = Instant::now();
-    let (a, first) = nvrtc::compile_cached_in(&dir, "threshold.cu", target).unwrap();
+    let (a, first) = nvrtc::compile_cached_in(&dir, Module::all("threshold.cu"), target).unwrap();
     let cold = t.elapsed();
     let t = Instant::now();
-    let (b, second) = nvrtc::compile_cached_in(&dir, "threshold.cu", target).unwrap();
+    let (b, second) = nvrtc::compile_cached_in(&dir, Module::all("threshold.cu"), target).unwrap();
     let warm = t.elapsed();
     assert_eq!((first, second), (CacheOutcome::Miss, CacheOutcome::Hit));
     assert_eq!(a, b);
@@ -86,10 +126,52 @@ fn the_cache_hits_on_the_second_request() {
         warm.as_secs_f64() * 1e3
     );
     // Another target is another entry.
-    let (_, other) =
-        nvrtc::compile_cached_in(&dir, "threshold.cu", Target::Cubin(Arch { major: 9, minor: 0 })).unwrap();
+    let (_, other) = nvrtc::compile_cached_in(
+        &dir,
+        Module::all("threshold.cu"),
+        Target::Cubin(Arch { major: 9, minor: 0 }),
+    )
+    .unwrap();
     assert_eq!(other, CacheOutcome::Miss);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_training_steps_modules_compile_in_parallel_as_they_do_one_by_one() {
+    if nvrtc_or_skip().is_none() {
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("aiec-parallel-test-{}", std::process::id()));
+    let (one, many) = (base.join("one"), base.join("many"));
+    let _ = std::fs::remove_dir_all(&base);
+    let arch = Arch { major: 9, minor: 0 };
+    let modules = aiec::launch::training_modules(DType::F16);
+    let t = Instant::now();
+    let sequential: Vec<Image> =
+        modules.iter().map(|&m| nvrtc::compile_for_device_in(&one, m, arch).unwrap().0).collect();
+    let t_seq = t.elapsed();
+    let t = Instant::now();
+    let parallel = nvrtc::compile_for_device_parallel(&many, &modules, arch).unwrap();
+    let t_par = t.elapsed();
+    assert_eq!(parallel.len(), modules.len());
+    for (m, ((image, outcome), want)) in modules.iter().zip(parallel.iter().zip(&sequential)) {
+        assert_eq!(*outcome, CacheOutcome::Miss, "{m}");
+        assert_eq!(image, want, "{m}: the parallel build differs from the sequential one");
+        assert!(matches!(image, Image::Cubin(_)), "{m}");
+    }
+    // A second request reads every module from the cache.
+    let again = nvrtc::compile_for_device_parallel(&many, &modules, arch).unwrap();
+    assert!(again.iter().all(|(_, o)| *o == CacheOutcome::Hit));
+    // A module that fails is the error, whichever thread compiled it.
+    let e = nvrtc::compile_for_device_parallel(&many, &[modules[0], Module::all("missing.cu")], arch)
+        .unwrap_err();
+    assert!(matches!(&e, AiecError::NvrtcCompile { file, .. } if file == "missing.cu"), "{e:?}");
+    println!(
+        "nvrtc: f16 training step modules for sm_90: one by one {:.0} ms, in parallel {:.0} ms",
+        t_seq.as_secs_f64() * 1e3,
+        t_par.as_secs_f64() * 1e3
+    );
+    let _ = std::fs::remove_dir_all(&base);
 }
 
 #[test]

@@ -20,16 +20,16 @@ fn driver_err(call: &'static str) -> impl Fn(result::DriverError) -> AiecError {
 }
 
 /// A loaded module; unloaded on drop.
-struct Module(sys::CUmodule);
+struct LoadedModule(sys::CUmodule);
 
 // SAFETY: a CUmodule handle may be used from any thread of its context.
-unsafe impl Send for Module {}
+unsafe impl Send for LoadedModule {}
 
 pub(crate) struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     arch: Arch,
-    modules: Mutex<HashMap<&'static str, Module>>,
+    modules: Mutex<HashMap<nvrtc::Module, LoadedModule>>,
     functions: Mutex<HashMap<String, usize>>, // CUfunction stored as an address (Send)
 }
 
@@ -133,31 +133,50 @@ impl CudaBackend {
         ptr
     }
 
+    /// Compiles (in parallel, through the cache) and loads every module of
+    /// `modules` not loaded yet.
+    pub(crate) fn prepare(&self, modules: &[nvrtc::Module]) -> Result<()> {
+        let mut loaded = self.modules.lock().expect("no poisoned lock");
+        let mut missing: Vec<nvrtc::Module> = Vec::new();
+        for &m in modules {
+            if !loaded.contains_key(&m) && !missing.contains(&m) {
+                missing.push(m);
+            }
+        }
+        let images = nvrtc::compile_for_device_parallel(&nvrtc::cache_dir(), &missing, self.arch)?;
+        for (m, (image, _)) in missing.into_iter().zip(images) {
+            let module = self.load(&image)?;
+            loaded.insert(m, module);
+        }
+        Ok(())
+    }
+
+    /// Loads a compiled image into this context.
+    fn load(&self, image: &Image) -> Result<LoadedModule> {
+        self.ctx.bind_to_thread().map_err(driver_err("cuCtxSetCurrent"))?;
+        // SAFETY: the image is a complete CUBIN, or PTX made NUL-terminated
+        // here; both outlive the call, which copies them.
+        let module = unsafe {
+            match image {
+                Image::Cubin(b) => result::module::load_data(b.as_ptr().cast::<c_void>()),
+                Image::Ptx(s) => {
+                    let c = CString::new(s.as_str()).expect("PTX has no NUL byte");
+                    result::module::load_data(c.as_ptr().cast::<c_void>())
+                }
+            }
+        }
+        .map_err(driver_err("cuModuleLoadData"))?;
+        Ok(LoadedModule(module))
+    }
+
     /// The function `plan.kernel` of module `plan.module`, compiling and loading
     /// the module on first use.
     fn function(&self, plan: &LaunchPlan) -> Result<sys::CUfunction> {
         if let Some(&f) = self.functions.lock().expect("no poisoned lock").get(&plan.kernel) {
             return Ok(f as sys::CUfunction);
         }
-        let mut modules = self.modules.lock().expect("no poisoned lock");
-        if !modules.contains_key(plan.module) {
-            let (image, _) = nvrtc::compile_for_device(plan.module, self.arch)?;
-            self.ctx.bind_to_thread().map_err(driver_err("cuCtxSetCurrent"))?;
-            // SAFETY: the image is a complete CUBIN, or PTX made NUL-terminated
-            // here; both outlive the call, which copies them.
-            let module = unsafe {
-                match &image {
-                    Image::Cubin(b) => result::module::load_data(b.as_ptr().cast::<c_void>()),
-                    Image::Ptx(s) => {
-                        let c = CString::new(s.as_str()).expect("PTX has no NUL byte");
-                        result::module::load_data(c.as_ptr().cast::<c_void>())
-                    }
-                }
-            }
-            .map_err(driver_err("cuModuleLoadData"))?;
-            modules.insert(plan.module, Module(module));
-        }
-        let module = modules[plan.module].0;
+        self.prepare(&[plan.module])?;
+        let module = self.modules.lock().expect("no poisoned lock")[&plan.module].0;
         let name = CString::new(plan.kernel.as_str()).expect("kernel names have no NUL byte");
         // SAFETY: `module` is loaded and stays loaded while `self` lives.
         let f = unsafe { result::module::get_function(module, name) }

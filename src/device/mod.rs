@@ -16,6 +16,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::dtype::DType;
 use crate::error::{AiecError, Result};
 use crate::launch::{DeviceLimits, LaunchPlan};
 
@@ -166,6 +167,19 @@ impl Device {
         self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
         match &self.0.backend {
             Backend::Cuda(c) => c.synchronize(),
+            #[cfg(feature = "sim")]
+            Backend::Sim(_) => Ok(()),
+        }
+    }
+
+    /// Compiles and loads, ahead of the first step, every kernel a training
+    /// step in `dtype` launches. The modules compile in parallel (one thread
+    /// each) and go through the on-disk cache, so the first step of a run pays
+    /// no compile; without this, each module compiles when first launched. A
+    /// no-op on the simulator, whose kernels are built with the crate.
+    pub fn prepare(&self, dtype: DType) -> Result<()> {
+        match &self.0.backend {
+            Backend::Cuda(c) => c.prepare(&crate::launch::training_modules(dtype)),
             #[cfg(feature = "sim")]
             Backend::Sim(_) => Ok(()),
         }
