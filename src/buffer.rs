@@ -32,9 +32,19 @@ impl<T: Pod> Buffer<T> {
 
     /// `len` zero values.
     pub fn zeros(device: &Device, len: usize) -> Result<Self> {
+        Self::alloc(device, len, Device::alloc_zeros)
+    }
+
+    /// `len` values that a kernel writes in full before they are read or handed
+    /// out (see `Device::alloc_unwritten`): no clear on CUDA.
+    pub(crate) fn unwritten(device: &Device, len: usize) -> Result<Self> {
+        Self::alloc(device, len, Device::alloc_unwritten)
+    }
+
+    fn alloc(device: &Device, len: usize, alloc: fn(&Device, usize) -> Result<Storage>) -> Result<Self> {
         let bytes =
             len.checked_mul(std::mem::size_of::<T>()).ok_or(AiecError::ShapeOverflow { dims: vec![len] })?;
-        let storage = device.alloc_zeros(bytes)?;
+        let storage = alloc(device, bytes)?;
         Ok(Buffer { device: device.clone(), storage, len, _t: PhantomData })
     }
 

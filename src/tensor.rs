@@ -34,10 +34,25 @@ impl Tensor {
 
     /// A zero-filled tensor.
     pub fn zeros(device: &Device, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        Self::alloc(device, dtype, shape, Device::alloc_zeros)
+    }
+
+    /// A tensor whose every element a kernel writes before it is read or handed
+    /// out (see `Device::alloc_unwritten`): no clear on CUDA.
+    pub(crate) fn unwritten(device: &Device, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        Self::alloc(device, dtype, shape, Device::alloc_unwritten)
+    }
+
+    fn alloc(
+        device: &Device,
+        dtype: DType,
+        shape: &[usize],
+        alloc: fn(&Device, usize) -> Result<Storage>,
+    ) -> Result<Tensor> {
         let n = checked_len(shape)?;
         let bytes =
             n.checked_mul(dtype.size()).ok_or_else(|| AiecError::ShapeOverflow { dims: shape.to_vec() })?;
-        let storage = device.alloc_zeros(bytes)?;
+        let storage = alloc(device, bytes)?;
         Ok(Tensor { device: device.clone(), storage, shape: shape.to_vec(), dtype })
     }
 
@@ -112,5 +127,23 @@ impl Tensor {
         other.expect_device(what, &self.device)?;
         other.expect_dtype(what, self.dtype)?;
         other.expect_shape(what, &self.shape)
+    }
+}
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    #[test]
+    fn unwritten_memory_reads_as_nan_in_the_simulator() {
+        // What lets the kernel tests catch an element a kernel forgot to write.
+        let dev = Device::sim();
+        let t = Tensor::unwritten(&dev, DType::F32, &[3, 5]).unwrap();
+        assert!(t.to_vec::<f32>().unwrap().iter().all(|v| v.is_nan()));
+        let t = Tensor::unwritten(&dev, DType::BF16, &[7]).unwrap();
+        assert!(t.to_vec::<bf16>().unwrap().iter().all(|v| v.is_nan()));
+        let z = Tensor::zeros(&dev, DType::F32, &[4]).unwrap();
+        assert_eq!(z.to_vec::<f32>().unwrap(), [0.0; 4]);
     }
 }

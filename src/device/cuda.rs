@@ -104,6 +104,14 @@ impl CudaBackend {
         self.stream.alloc_zeros::<u8>(bytes.max(1)).map_err(driver_err("cuMemAlloc"))
     }
 
+    /// Uncleared memory, for a kernel to write in full.
+    pub(crate) fn alloc_unwritten(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        // SAFETY: the bytes are unset; the callers (`Device::alloc_unwritten`)
+        // have a kernel write every byte they later read. Any byte pattern is a
+        // valid u8, so even a read of an unwritten byte is no undefined behaviour.
+        unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(driver_err("cuMemAlloc"))
+    }
+
     pub(crate) fn upload(&self, bytes: &[u8]) -> Result<CudaSlice<u8>> {
         if bytes.is_empty() {
             return self.alloc_zeros(0);

@@ -126,6 +126,14 @@ impl HostBuf {
         HostBuf { ptr, len }
     }
 
+    /// `len` bytes of `byte`.
+    pub(crate) fn filled(len: usize, byte: u8) -> Self {
+        let b = Self::zeros(len);
+        // SAFETY: `b` owns `len` writable bytes.
+        unsafe { std::ptr::write_bytes(b.ptr, byte, len) };
+        b
+    }
+
     pub(crate) fn from_bytes(bytes: &[u8]) -> Self {
         let b = Self::zeros(bytes.len());
         // SAFETY: `b` owns `len` writable bytes that cannot overlap `bytes`.

@@ -9,7 +9,7 @@ use crate::tensor::Tensor;
 /// `x` widened to `f32` (exact).
 pub fn to_f32(x: &Tensor) -> Result<Tensor> {
     let dev = x.device();
-    let y = Tensor::zeros(dev, DType::F32, x.shape())?;
+    let y = Tensor::unwritten(dev, DType::F32, x.shape())?; // the kernel writes every element
     if let Some(plan) =
         launch::convert_to_f32(x.dtype(), x.len() as u64, x.address(), y.address(), dev.limits())
     {
@@ -24,7 +24,7 @@ pub fn to_f32(x: &Tensor) -> Result<Tensor> {
 pub fn from_f32(x: &Tensor, dtype: DType) -> Result<Tensor> {
     x.expect_dtype("x", DType::F32)?;
     let dev = x.device();
-    let y = Tensor::zeros(dev, dtype, x.shape())?;
+    let y = Tensor::unwritten(dev, dtype, x.shape())?;
     if let Some(plan) =
         launch::convert_from_f32(dtype, x.len() as u64, x.address(), y.address(), dev.limits())
     {

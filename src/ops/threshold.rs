@@ -31,7 +31,7 @@ pub fn forward_into(x: &Tensor, y: &mut Tensor, tau: f32) -> Result<()> {
 
 /// `y = threshold(x)`, a new tensor.
 pub fn forward(x: &Tensor, tau: f32) -> Result<Tensor> {
-    let mut y = Tensor::zeros(x.device(), x.dtype(), x.shape())?;
+    let mut y = Tensor::unwritten(x.device(), x.dtype(), x.shape())?; // written in full
     forward_into(x, &mut y, tau)?;
     Ok(y)
 }
@@ -55,7 +55,7 @@ pub fn backward(x: &Tensor, dy: &Tensor, tau: f32) -> Result<Tensor> {
     check_tau(tau)?;
     x.expect_like("dy", dy)?;
     let dev = x.device();
-    let dx = Tensor::zeros(dev, x.dtype(), x.shape())?;
+    let dx = Tensor::unwritten(dev, x.dtype(), x.shape())?; // written in full
     if let Some(plan) = launch::threshold_bwd(
         x.dtype(),
         x.len() as u64,
