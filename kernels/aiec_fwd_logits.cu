@@ -2,22 +2,28 @@
  * "Forward" 4 and 5, and the per-row half of the auxiliary loss): logits = v W^T, then per row the cross-entropy,
  * the unscaled softmax gradient and the argmax; on an update step the counters of correctly predicted samples.
  *
- *   aiec_fwd_logits(v, w, targets, logits, ce, g, act, inh, total, s)       (f32 only; exactly this name)
+ *   aiec_fwd_logits(v, w, targets, logits, ce, g, act, inh, total, done, s)   (f32 only; exactly this name)
  *
  * v: f32 [B, C]; w: f32 [K, C]; targets: i64 [B] (validated on the host; an out-of-range one gets ce = NaN, no
  * one-hot term, no count, and is never used as an index); logits, g: f32 [B, K]; ce: f32 [B];
- * act, inh: i64 [K, C]; total: i64 [K].
+ * act, inh: i64 [K, C]; total: i64 [K]; done: u32 [ceil(B / 8)], all 0 before the launch (zero them once at
+ * allocation); the kernel leaves them 0 again.
  * ce[b] = (m + logf(sum_k expf(z_k - m))) - z_t with m = max_k z_k (NaN if any z is NaN), as the CPU reference;
  * g[b,k] = expf(z_k - m) / sum - [k == t]. pred = argmax: lowest index among equal maxima, NaN above any number.
  * If s.update, for each sample with pred == t: act[t,c] += 1 where v > 0, inh[t,c] += 1 where v == 0 (NaN: neither),
  * total[t] += 1, as 64-bit integer atomics pre-aggregated per block: one atomicAdd per (class present among the
  * block's correct samples, channel) with a nonzero increment, one per class for total.
  * Never writes v or w. Logits, ce and g are deterministic (fixed summation order, no float atomics).
- * Geometry: block = 512 threads (16 warps); grid = ceil(B / 8) (do not launch for B == 0); no dynamic shared memory
- * (16 KiB static). Block i owns samples [8i, 8i + 8): their v rows are staged in shared memory 512 channels at a
- * time; warp w computes the 8 dot products of classes k = w, w+16, ... (lanes over channels, W rows read coalesced,
- * an 8-row transposed butterfly reduces them; the tiles are added into logits in tile order). Then warp r < 8
- * finishes row 8i + r (logits re-read after a barrier), and the block does the counting.
+ * Geometry: block = 512 threads (16 warps); grid = (ceil(B / 8), min(ceil(K / 64), 65535)) (do not launch for
+ * B == 0; any grid.y >= 1 is correct: a block loops over class tiles j, j + gridDim.y, ...); no
+ * dynamic shared memory (16 KiB static). Block (i, j) computes the logits of samples [8i, 8i + 8) and classes
+ * [64j, 64j + 64): the v rows are staged in shared memory 512 channels at a time; warp w computes the 8 dot products
+ * of classes k = 64j + w, + 16, ... (lanes over channels, W rows read coalesced, an 8-row transposed butterfly
+ * reduces them; the channel tiles are added into logits in tile order, so every logit has the same summation order
+ * whatever the grid). The block then writes its logits, __threadfence(), and takes a ticket from done[i]; the block
+ * that draws the last ticket of sample group i (last-block-done, as in aiec_fwd_gate) reads all K logits of its
+ * rows (volatile: other blocks wrote them), warp r < 8 finishes row 8i + r, and the block does the counting. Tiling
+ * the classes fills the GPU (ViT-B: 32 x 16 blocks, not 32) without a fourth launch.
  */
 #include "common.cuh"
 #include "aiec_params.cuh"
@@ -26,7 +32,7 @@ namespace aiec_lg {
 using aiec::u32;
 using aiec::u64;
 using aiec_k::min64;
-constexpr int S = 8, THREADS = 512, WARPS = THREADS / 32, CT = 512;
+constexpr int S = 8, THREADS = 512, WARPS = THREADS / 32, CT = 512, KT = 64;
 constexpr u64 NONE = ~(u64)0;
 
 // Sums a[r] (r < 8) over the warp; returns on every lane the total of row lane >> 2 (bits 4, 3, 2 of the lane
@@ -73,49 +79,64 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
                                                      long long* act,                         // [K, C]
                                                      long long* inh,                         // [K, C]
                                                      long long* total,                       // [K]
+                                                     aiec::u32* done,                        // [ceil(B / 8)]
                                                      AiecShape s) {
   using namespace aiec_lg;
   __shared__ float sv[S * CT];
   __shared__ int sok[S];
   __shared__ long long st[S];
+  __shared__ bool last;
   const u64 B = s.batch, C = s.channels, K = s.classes, b0 = (u64)blockIdx.x * S;
-  if (b0 >= B) return;  // block-uniform
+  if (b0 >= B) return;  // block-uniform; never taken with the documented grid
   const int ns = (int)min64(S, B - b0);
   const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
-  // 1. logits, tile by tile over the channels
-  for (u64 c0 = 0; c0 < C; c0 += CT) {
-    const int ct = (int)min64(CT, C - c0);
-    if (c0) __syncthreads();  // the previous tile is consumed
-    for (int idx = tid; idx < S * CT; idx += THREADS) {
-      const int r = idx / CT, cc = idx % CT;
-      sv[idx] = (r < ns && cc < ct) ? v[(b0 + r) * C + c0 + cc] : 0.0f;
-    }
-    __syncthreads();
-    for (u64 k = (u64)warp; k < K; k += WARPS) {  // warp-uniform
-      float acc[S];
-      AIEC_UNROLL
-      for (int r = 0; r < S; ++r) acc[r] = 0.0f;
-      const float* wk = w + k * C + c0;
-      for (int cc = lane; cc < ct; cc += 32) {
-        const float wv = wk[cc];
-        AIEC_UNROLL
-        for (int r = 0; r < S; ++r) acc[r] += sv[r * CT + cc] * wv;
+  // 1. the block's logits: its class tiles (one unless K > 65535 * 64), each channel tile by channel tile
+  for (u64 k0 = (u64)blockIdx.y * KT; k0 < K; k0 += (u64)gridDim.y * KT) {  // block-uniform
+    const u64 k1 = min64(K, k0 + KT);
+    for (u64 c0 = 0; c0 < C; c0 += CT) {
+      const int ct = (int)min64(CT, C - c0);
+      __syncthreads();  // the previous tile is consumed
+      for (int idx = tid; idx < S * CT; idx += THREADS) {
+        const int r = idx / CT, cc = idx % CT;
+        sv[idx] = (r < ns && cc < ct) ? v[(b0 + r) * C + c0 + cc] : 0.0f;
       }
-      const float t = warp_sum8(acc, lane);
-      const int r = lane >> 2;
-      if ((lane & 3) == 0 && r < ns) {
-        float* z = logits + (b0 + r) * K + k;
-        *z = c0 ? *z + t : t;
+      __syncthreads();
+      for (u64 k = k0 + (u64)warp; k < k1; k += WARPS) {  // warp-uniform
+        float acc[S];
+        AIEC_UNROLL
+        for (int r = 0; r < S; ++r) acc[r] = 0.0f;
+        const float* wk = w + k * C + c0;
+        for (int cc = lane; cc < ct; cc += 32) {
+          const float wv = wk[cc];
+          AIEC_UNROLL
+          for (int r = 0; r < S; ++r) acc[r] += sv[r * CT + cc] * wv;
+        }
+        const float t = warp_sum8(acc, lane);
+        const int r = lane >> 2;
+        if ((lane & 3) == 0 && r < ns) {
+          float* z = logits + (b0 + r) * K + k;
+          *z = c0 ? *z + t : t;
+        }
       }
     }
   }
-  __syncthreads();  // logits of the block's rows are complete and visible to the block
+  // The last block of the sample group to finish goes on; its reads of the other blocks' logits are ordered after
+  // their writes by the fences around the ticket.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    last = atomicAdd(done + blockIdx.x, 1u) == gridDim.y - 1;
+    if (last) done[blockIdx.x] = 0;  // every block of the group has taken its ticket: ready for the next launch
+  }
+  __syncthreads();
+  if (!last) return;  // block-uniform
+  __threadfence();
 
   // 2. per row: argmax, cross-entropy, softmax gradient
   if (warp < ns) {
     const u64 b = b0 + warp;
-    const float* z = logits + b * K;
+    const volatile float* z = logits + b * K;  // volatile: bypass a stale L1 line
     const long long t = targets[b];
     const bool tok = t >= 0 && (u64)t < K;
     float bv = 0.0f;
@@ -187,5 +208,5 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
 AIEC_EXPORT_NAMED(aiec_fwd_logits, __launch_bounds__(512), aiec_fwd_logits_body,
                   (const float* __restrict__ v, const float* __restrict__ w, const long long* __restrict__ targets,
                    float* logits, float* __restrict__ ce, float* __restrict__ g, long long* act,
-                   long long* inh, long long* total, AiecShape s),
-                  (v, w, targets, logits, ce, g, act, inh, total, s))
+                   long long* inh, long long* total, aiec::u32* done, AiecShape s),
+                  (v, w, targets, logits, ce, g, act, inh, total, done, s))

@@ -158,8 +158,15 @@ fn convert(op: &str, dtype: DType, n: u64, x: u64, y: u64, limits: DeviceLimits)
 pub const AIEC_BLOCK: u32 = 256;
 /// Threads per block of `aiec_fwd_logits`.
 pub const LOGITS_BLOCK: u32 = 512;
-/// Samples per `aiec_fwd_logits` block.
+/// Samples per `aiec_fwd_logits` block (a sample group: grid.x).
 pub const LOGITS_SAMPLES: u64 = 8;
+/// Classes per `aiec_fwd_logits` block (a class tile: grid.y).
+pub const LOGITS_CLASSES: u64 = 64;
+
+/// Sample groups of `aiec_fwd_logits`: its `done` tickets have one entry each.
+pub fn logits_groups(shape: &AiecShape) -> usize {
+    shape.batch.div_ceil(LOGITS_SAMPLES) as usize
+}
 
 fn is_hw(shape: &AiecShape) -> bool {
     shape.pool == pool_code(Pool::AvgHw)
@@ -226,23 +233,30 @@ pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, x: u64, y: u64, keep: u64, v:
     })
 }
 
-/// Launch 2: `aiec_fwd_logits(v, w, targets, logits, ce, g, act, inh, total, shape)`.
+/// Launch 2: `aiec_fwd_logits(v, w, targets, logits, ce, g, act, inh, total, done, shape)`; `done` has
+/// [`logits_groups`] `u32`s, all zero.
 pub fn aiec_fwd_logits(
     shape: &AiecShape,
     inputs: [u64; 3],
     outputs: [u64; 3],
     counters: [u64; 3],
+    done: u64,
 ) -> Option<LaunchPlan> {
     let args = inputs
         .into_iter()
         .chain(outputs)
         .chain(counters)
+        .chain([done])
         .map(KernelArg::Ptr)
         .chain([KernelArg::structure(shape)]);
     (shape.batch > 0).then(|| LaunchPlan {
         module: Module::all("aiec_fwd_logits.cu"),
         kernel: "aiec_fwd_logits".into(),
-        grid: [shape.batch.div_ceil(LOGITS_SAMPLES) as u32, 1, 1],
+        grid: [
+            logits_groups(shape) as u32,
+            shape.classes.div_ceil(LOGITS_CLASSES).clamp(1, 65_535) as u32,
+            1,
+        ],
         block: [LOGITS_BLOCK, 1, 1],
         shared_bytes: 0,
         args: args.collect(),
@@ -397,16 +411,22 @@ mod tests {
         let h = shape(Pool::AvgHw, 128, 3136, 256, 1000);
         let p = aiec_fwd_x(DType::F16, &h, 1, 2, 3, 4).unwrap();
         assert_eq!((p.kernel.as_str(), p.grid), ("aiec_fwd_x_hw_f16", [128 * 256 / 8, 1, 1]));
-        let l = aiec_fwd_logits(&s, [1, 2, 3], [4, 5, 6], [7, 8, 9]).unwrap();
-        assert_eq!((l.grid, l.block, l.args.len()), ([32, 1, 1], [512, 1, 1], 10));
-        assert_eq!(l.args[8], KernelArg::Ptr(9), "total is the last pointer");
+        // 32 sample groups x 16 class tiles.
+        let l = aiec_fwd_logits(&s, [1, 2, 3], [4, 5, 6], [7, 8, 9], 10).unwrap();
+        assert_eq!((l.grid, l.block, l.args.len()), ([32, 16, 1], [512, 1, 1], 11));
+        assert_eq!(l.args[9], KernelArg::Ptr(10), "done is the last pointer");
+        assert_eq!(logits_groups(&s), 32);
+        let few = aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), [0; 3], [0; 3], [0; 3], 0).unwrap();
+        assert_eq!(few.grid, [2, 1, 1]);
+        let huge = aiec_fwd_logits(&shape(Pool::None, 1, 1, 1, 1 << 30), [0; 3], [0; 3], [0; 3], 0).unwrap();
+        assert_eq!(huge.grid, [1, 65_535, 1], "class tiles beyond the grid limit loop in the kernel");
         let g = aiec_fwd_gate(&s, [1, 2, 3, 4, 5], [6, 7, 8, 9, 10]).unwrap();
         assert_eq!((g.grid, g.args.len()), ([1024, 1, 1], 11));
         assert_eq!(gate_grid(&shape(Pool::None, 3, 1, 5, 2)), 1);
         // Empty batches launch nothing in the forward.
         let e = shape(Pool::Token, 0, 5, 8, 4);
         assert!(aiec_fwd_x(DType::F32, &e, 1, 2, 3, 4).is_none());
-        assert!(aiec_fwd_logits(&e, [0; 3], [0; 3], [0; 3]).is_none());
+        assert!(aiec_fwd_logits(&e, [0; 3], [0; 3], [0; 3], 0).is_none());
         assert!(aiec_fwd_gate(&e, [0; 5], [0; 5]).is_none());
     }
 
@@ -433,7 +453,7 @@ mod tests {
                 let s = shape(pool, 4, 9, 64, 10);
                 let plans = [
                     aiec_fwd_x(dtype, &s, 1, 2, 3, 4).unwrap(),
-                    aiec_fwd_logits(&s, [1; 3], [1; 3], [1; 3]).unwrap(),
+                    aiec_fwd_logits(&s, [1; 3], [1; 3], [1; 3], 1).unwrap(),
                     aiec_fwd_gate(&s, [1; 5], [1; 5]).unwrap(),
                     aiec_loss(&bytemuck::Zeroable::zeroed()),
                     aiec_bwd_dv_dw(&s, [1; 5], [1; 2]).unwrap(),

@@ -201,8 +201,11 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
   }
 
   // 2. logits, CE, softmax gradient, counters
-  err += launch("aiec_fwd_logits", (unsigned)cdiv(B, 8), 1, 512,
-                {(void*)&Vk, &W, &T, &logits.p, &ce.p, &g.p, &act.p, &inh.p, &total.p, &s});
+  Bytes ldone(cdiv(B, 8), 4);  // the tickets: zero before, and left zero (checked below)
+  memset(ldone.p, 0, cdiv(B, 8) * 4);
+  err += launch("aiec_fwd_logits", (unsigned)cdiv(B, 8), (unsigned)cdiv(K, 64), 512,
+                {(void*)&Vk, &W, &T, &logits.p, &ce.p, &g.p, &act.p, &inh.p, &total.p, &ldone.p, &s});
+  for (u64 i = 0; i < cdiv(B, 8); ++i) ck.exact(ldone.as<unsigned>()[i] == 0, "logits done", i);
   const float *Z = logits.as<float>(), *CE = ce.as<float>(), *G = g.as<float>();
   if (verify) {
     for (u64 b = 0; b < B; ++b) {
@@ -335,7 +338,7 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
             ck.exact(ok, q == &dx ? "dx" : "dx(in place)", i);
           }
         }
-    for (const Bytes* q : {&x, &y, &keep, &v, &logits, &ce, &g, &act, &inh, &total, &mask, &dv, &dw, &dx, &dyi, &losses, &stats})
+    for (const Bytes* q : {&x, &y, &keep, &v, &logits, &ce, &g, &act, &inh, &total, &ldone, &mask, &dv, &dw, &dx, &dyi, &losses, &stats})
       ck.exact(q->guards(), "guard bytes", 0);
   }
   o.y = snap(y.p, n * es); o.keep = snap(keep.p, nw * 4); o.v = snap(v.p, B * C * 4);

@@ -205,7 +205,11 @@ pub fn forward(
     let gate_grid = launch::gate_grid(&shape);
     let block_sum_sq: Buffer<f32> = Buffer::unwritten(dev, gate_grid as usize)?;
     let block_count: Buffer<u64> = Buffer::unwritten(dev, gate_grid as usize)?;
-    let done: Buffer<u32> = Buffer::zeros(dev, 1)?;
+    // The tickets of the two last-block-done kernels, zero before and after
+    // each launch: one per logits sample group, then the gate's.
+    let groups = launch::logits_groups(&shape);
+    let done: Buffer<u32> = Buffer::zeros(dev, groups + 1)?;
+    let gate_done = done.address() + 4 * groups as u64;
 
     let plans = [
         launch::aiec_fwd_x(x.dtype(), &shape, x.address(), y.address(), aux.keep.address(), aux.v.address()),
@@ -214,6 +218,7 @@ pub fn forward(
             [aux.v.address(), w.address(), aux.targets.address()],
             [aux.logits.address(), aux.ce.address(), aux.g.address()],
             [counters.act.address(), counters.inh.address(), counters.total.address()],
+            done.address(),
         ),
         launch::aiec_fwd_gate(
             &shape,
@@ -228,7 +233,7 @@ pub fn forward(
                 aux.mask.address(),
                 block_sum_sq.address(),
                 block_count.address(),
-                done.address(),
+                gate_done,
                 aux.stats.address(),
             ],
         ),
