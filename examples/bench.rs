@@ -146,38 +146,89 @@ fn bench_device<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Resu
     })
 }
 
-/// The two activation passes alone (`aiec_fwd_x`, `aiec_bwd_x`), launched
-/// back to back `iters` times between two synchronisations: GB/s of each.
-fn bench_passes<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<(f64, f64)> {
-    use aiec::launch::{aiec_bwd_x, aiec_fwd_x};
-    use aiec::params::AiecShape;
+/// Seconds per launch of each kernel of a training step, alone.
+struct KernelTimes {
+    fwd_x: f64,
+    logits: f64,
+    gate: f64,
+    dv_dw: f64,
+    bwd_x: f64,
+}
+
+/// Each kernel of a training step alone (`aiec_loss`, one block, aside),
+/// launched back to back `iters` times between two synchronisations. The
+/// activation passes alternate between two input/output pairs, so that the
+/// L2 cache does not flatter them; the small kernels' inputs stay cached, as
+/// they would in a step.
+fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<KernelTimes> {
+    use aiec::launch::{
+        aiec_bwd_dv_dw, aiec_bwd_x, aiec_fwd_gate, aiec_fwd_logits, aiec_fwd_x, gate_grid, logits_groups,
+        LaunchPlan,
+    };
+    use aiec::params::{AiecGateStats, AiecLosses, AiecShape};
     let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool)?;
     let plan = cfg.plan_input(&p.dims())?;
-    let shape = AiecShape::new(&plan, p.classes, 0.0, false);
-    let n = p.elements();
+    let shape = AiecShape::new(&plan, p.classes, 0.0, true);
+    let (n, b, c, k) = (p.elements(), p.batch, p.channels, p.classes);
     let mut rng = SplitMix64::new(9);
     let x: Vec<T> = (0..n).map(|_| T::from_f32(rng.uniform(-1.0, 1.5) as f32)).collect();
     let xs = [Tensor::from_slice(dev, &x, &p.dims())?, Tensor::from_slice(dev, &x, &p.dims())?];
     let ys = [Tensor::zeros(dev, T::DTYPE, &p.dims())?, Tensor::zeros(dev, T::DTYPE, &p.dims())?];
     let keep: Buffer<u32> = Buffer::zeros(dev, n.div_ceil(32))?;
-    let v: Buffer<f32> = Buffer::zeros(dev, p.batch * p.channels)?;
-    let fwd: Vec<_> = (0..2)
-        .map(|i| aiec_fwd_x(T::DTYPE, &shape, xs[i].address(), ys[i].address(), keep.address(), v.address()))
-        .collect();
-    // Backward: dy = xs[i], dx = ys[i] (separate buffers; the in-place form moves the same bytes).
-    let bwd: Vec<_> = (0..2)
-        .map(|i| aiec_bwd_x(T::DTYPE, &shape, xs[i].address(), keep.address(), v.address(), ys[i].address()))
-        .collect();
-    let time = |plans: &[Option<aiec::launch::LaunchPlan>]| -> aiec::Result<f64> {
-        for plan in plans.iter().flatten() {
-            // SAFETY: all buffers above live until the end of this function and
-            // are sized for `shape`; nothing else uses them meanwhile.
+    let v: Buffer<f32> = Buffer::zeros(dev, b * c)?;
+    let w: Vec<f32> = aiec::init::xavier_uniform(k, c, 1).into_iter().map(|v| v as f32).collect();
+    let w = Buffer::from_slice(dev, &w)?;
+    let targets: Vec<i64> = (0..b).map(|i| (i * 7 % k) as i64).collect();
+    let targets = Buffer::from_slice(dev, &targets)?;
+    let f32s = |len: usize| Buffer::<f32>::zeros(dev, len);
+    let (logits, ce, g, dv, dw) = (f32s(b * k)?, f32s(b)?, f32s(b * k)?, f32s(b * c)?, f32s(k * c)?);
+    let (act, inh, total) =
+        (Buffer::<i64>::zeros(dev, k * c)?, Buffer::<i64>::zeros(dev, k * c)?, Buffer::<i64>::zeros(dev, k)?);
+    let groups = logits_groups(&shape);
+    let done = Buffer::<u32>::zeros(dev, groups + 1)?;
+    let mask = Buffer::<u8>::zeros(dev, b * c)?;
+    let gg = gate_grid(&shape) as usize;
+    let (bss, bcnt) = (f32s(gg)?, Buffer::<u64>::zeros(dev, gg)?);
+    let stats = Buffer::<AiecGateStats>::zeros(dev, 1)?;
+    let scales = AiecLosses { aux_scale: 1.0 / b as f32, gate_scale: 1e-3, ..bytemuck::Zeroable::zeroed() };
+    let losses = Buffer::from_slice(dev, &[scales])?;
+
+    let pair = |f: &dyn Fn(usize) -> Option<LaunchPlan>| [f(0), f(1)];
+    let fwd_x = pair(&|i| {
+        aiec_fwd_x(T::DTYPE, &shape, xs[i].address(), ys[i].address(), keep.address(), v.address())
+    });
+    let logits_plan = aiec_fwd_logits(
+        &shape,
+        [v.address(), w.address(), targets.address()],
+        [logits.address(), ce.address(), g.address()],
+        [act.address(), inh.address(), total.address()],
+        done.address(),
+    );
+    let gate_plan = aiec_fwd_gate(
+        &shape,
+        [v.address(), w.address(), targets.address(), act.address(), inh.address()],
+        [mask.address(), bss.address(), bcnt.address(), done.address() + 4 * groups as u64, stats.address()],
+    );
+    let dv_dw_plan = aiec_bwd_dv_dw(
+        &shape,
+        [v.address(), w.address(), g.address(), mask.address(), losses.address()],
+        [dv.address(), dw.address()],
+    );
+    // dy = xs[i], dx = ys[i] (separate buffers; the in-place form moves the same bytes).
+    let bwd_x = pair(&|i| {
+        aiec_bwd_x(T::DTYPE, &shape, xs[i].address(), keep.address(), dv.address(), ys[i].address())
+    });
+    let time = |plans: [&Option<LaunchPlan>; 2]| -> aiec::Result<f64> {
+        for plan in plans.iter().copied().flatten() {
+            // SAFETY: every buffer above lives until the end of this function
+            // and is sized for `shape`; nothing else uses them meanwhile. The
+            // tickets return to zero after each launch, so repeats are valid.
             unsafe { dev.launch(plan) }?;
         }
         dev.synchronize()?;
         let t = Instant::now();
         for i in 0..iters {
-            if let Some(plan) = &plans[i % 2] {
+            if let Some(plan) = plans[i % 2] {
                 // SAFETY: as above.
                 unsafe { dev.launch(plan) }?;
             }
@@ -185,9 +236,13 @@ fn bench_passes<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Resu
         dev.synchronize()?;
         Ok(t.elapsed().as_secs_f64() / iters as f64)
     };
-    let (tf, tb) = (time(&fwd)?, time(&bwd)?);
-    let bytes = (2 * n * T::DTYPE.size() + n / 8) as f64;
-    Ok((bytes / tf / 1e9, bytes / tb / 1e9))
+    Ok(KernelTimes {
+        fwd_x: time([&fwd_x[0], &fwd_x[1]])?,
+        logits: time([&logits_plan, &logits_plan])?,
+        gate: time([&gate_plan, &gate_plan])?,
+        dv_dw: time([&dv_dw_plan, &dv_dw_plan])?,
+        bwd_x: time([&bwd_x[0], &bwd_x[1]])?,
+    })
 }
 
 /// Device-to-device copy bandwidth (bytes read + written per second).
@@ -380,30 +435,55 @@ fn main() -> aiec::Result<()> {
         }
         print_rows(&rows, Some(copy));
         json.extend(rows.iter().map(|r| r.json(copy)));
-        println!("\nactivation passes alone ({} back-to-back launches each):", if quick { 10 } else { 50 });
+        let reps = if quick { 10 } else { 50 };
+        println!("\neach kernel of a step alone, µs per launch ({reps} back-to-back launches; activation passes in GB/s):");
         println!(
-            "{:<13} {:<5} {:>12} {:>8} {:>12} {:>8}",
-            "preset", "dtype", "fwd_x GB/s", "% copy", "bwd_x GB/s", "% copy"
+            "{:<13} {:<5} {:>9} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+            "preset",
+            "dtype",
+            "fwd_x µs",
+            "GB/s",
+            "% copy",
+            "logits",
+            "gate",
+            "dv_dw",
+            "bwd_x µs",
+            "GB/s",
+            "% copy"
         );
         let presets = if dev.kind() == DeviceKind::Cuda { PRESETS.to_vec() } else { vec![TINY] };
         for p in presets {
-            for (dt, (f, b)) in [
-                ("bf16", bench_passes::<bf16>(dev, p, if quick { 10 } else { 50 })?),
-                ("f32", bench_passes::<f32>(dev, p, if quick { 10 } else { 50 })?),
-            ] {
+            for (dt, t) in
+                [("bf16", bench_kernels::<bf16>(dev, p, reps)?), ("f32", bench_kernels::<f32>(dev, p, reps)?)]
+            {
+                let size = if dt == "bf16" { 2 } else { 4 };
+                let n = p.elements();
+                let bytes = (2 * n * size + n / 8) as f64;
+                let (f, b) = (bytes / t.fwd_x / 1e9, bytes / t.bwd_x / 1e9);
+                let us = |s: f64| format!("{:.1}", s * 1e6);
                 println!(
-                    "{:<13} {:<5} {:>12} {:>7.1}% {:>12} {:>7.1}%",
+                    "{:<13} {:<5} {:>9} {:>9} {:>6.1}% {:>9} {:>9} {:>9} {:>9} {:>9} {:>6.1}%",
                     p.name,
                     dt,
+                    us(t.fwd_x),
                     gbps(f),
                     100.0 * f / copy,
+                    us(t.logits),
+                    us(t.gate),
+                    us(t.dv_dw),
+                    us(t.bwd_x),
                     gbps(b),
                     100.0 * b / copy
                 );
                 json.push(format!(
-                    "  {{\"impl\": \"aiec-pass\", \"backend\": \"{}\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"fwd_x_GBps\": {f:.1}, \"bwd_x_GBps\": {b:.1}, \"copy_GBps\": {copy:.1}}}",
+                    "  {{\"impl\": \"aiec-pass\", \"backend\": \"{}\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"fwd_x_GBps\": {f:.1}, \"bwd_x_GBps\": {b:.1}, \"copy_GBps\": {copy:.1}, \"fwd_x_us\": {:.2}, \"logits_us\": {:.2}, \"gate_us\": {:.2}, \"dv_dw_us\": {:.2}, \"bwd_x_us\": {:.2}}}",
                     dev.label(),
-                    p.name
+                    p.name,
+                    t.fwd_x * 1e6,
+                    t.logits * 1e6,
+                    t.gate * 1e6,
+                    t.dv_dw * 1e6,
+                    t.bwd_x * 1e6
                 ));
             }
         }
