@@ -104,7 +104,7 @@ run() {
     echo; echo "=== PyTorch baseline: same semantics as the golden cases ==="
     timeout 60 python3 scripts/torch_aiec.py check 2>&1 | tail -3 | tee "$res/torch_check.log" || status=1
     echo; echo "=== PyTorch eager and torch.compile ==="
-    PYTHONUNBUFFERED=1 timeout 170 python3 scripts/torch_aiec.py bench --json "$res/torch_bench.json" 2>&1 |
+    PYTHONUNBUFFERED=1 timeout 200 python3 scripts/torch_aiec.py bench --json "$res/torch_bench.json" 2>&1 |
       tee "$res/torch.log" || status=1
     echo; echo "=== side by side ==="
     python3 scripts/compare_bench.py "$res/aiec_bench.json" "$res/torch_bench.json" | tee "$res/compare.txt" || status=1

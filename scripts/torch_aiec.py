@@ -503,9 +503,11 @@ def cmd_bench(args):
            f"{'compile_s':>10}  note")
     print(hdr)
     print("-" * len(hdr), flush=True)
-    for name in names:
-        pool_mode, shape, K = presets[name]
-        for dname in dtypes:
+    # dtype outermost: every preset in the first dtype (bf16 by default) comes first, so a
+    # run cut short by a time limit still has the headline cells.
+    for dname in dtypes:
+        for name in names:
+            pool_mode, shape, K = presets[name]
             dtype = DTYPES[dname]
             bufs, weight, C = make_inputs(pool_mode, shape, K, dtype, device, args.buffers, 1234)
             eager_fn = make_step(pool_mode)
