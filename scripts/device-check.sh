@@ -13,7 +13,8 @@
 # wheel), runs every test binary (CUDA and simulator backends) and prints one
 # table of results, then runs verify, bench and the PyTorch baseline
 # (scripts/torch_aiec.py) and prints them side by side
-# (scripts/compare_bench.py). Logs and JSON go to $OUT (or target/device-check/out).
+# (scripts/compare_bench.py). $OUT (or target/device-check/out) receives five files:
+# console.log, logs.tar.gz (every log), aiec_bench.json, torch_bench.json, compare.txt.
 # Exits non-zero on any failure. Budget: under 5 minutes on an H200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,13 @@ PY
 
 run() {
   [ -d "$out/bin" ] || { echo "no $out/bin: run 'scripts/device-check.sh build' first and carry $out"; exit 2; }
+  # What comes back from a GPU machine is $OUT, at most 8 files: the whole console
+  # (console.log, written as it goes, so a run cut short still returns it), the
+  # JSON and side-by-side table, and every log in one archive (logs.tar.gz).
+  local res="${OUT:-$out/out}" logs="$out/logs"
+  rm -rf "$logs" && mkdir -p "$res" "$logs"
+  exec > >(tee "$res/console.log") 2>&1
+  pack() { tar czf "$res/logs.tar.gz" -C "$logs" . 2>/dev/null || true; }
   find_nvrtc
   export AIEC_PROJECT_DIR="$PWD" AIEC_REQUIRE_NVRTC=1 CUDA_SIM_WORKERS=8
   echo "nvrtc: ${AIEC_NVRTC_LIB:-loader path}"
@@ -75,37 +83,40 @@ run() {
     # tests/nvrtc.rs only compiles (40 s of CPU); CI runs it with NVRTC 12.9 and 13.0, and
     # the CUDA tests here compile every module they launch with this machine's NVRTC.
     [ "$name" = nvrtc ] && continue
-    log="$out/$name.log"
+    log="$logs/$name.log"
     start=$(date +%s.%N)
     # A hung kernel must not eat the machine's whole lease: each binary gets 150 s.
     if timeout 150 "$t" --nocapture >"$log" 2>&1; then :; else status=1; fi
     secs=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
-    local res cuda
-    res=$(grep -E '^test result:' "$log" | tail -1 | sed -E 's/test result: ([a-zA-Z]+)\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2 \3/')
+    local result cuda
+    result=$(grep -E '^test result:' "$log" | tail -1 | sed -E 's/test result: ([a-zA-Z]+)\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2 \3/')
     cuda=$(grep -cE '^(golden |threshold: |convert: )?.*cuda:[0-9]' "$log" || true)
-    rows+=("$(printf '%-12s %-8s %6s %6s %10s %8s' "$name" ${res:-crashed - -} "$cuda" "$secs")")
+    rows+=("$(printf '%-12s %-8s %6s %6s %10s %8s' "$name" ${result:-crashed - -} "$cuda" "$secs")")
   done
   echo
   printf '%-12s %-8s %6s %6s %10s %8s\n' binary result passed failed cuda_lines seconds
   printf '%s\n' "${rows[@]}"
   echo
   echo "--- CUDA lines from the logs ---"
-  grep -hE 'cuda:|golden .*cuda|skipped' "$out"/*.log | sort | uniq | head -80 || true
+  grep -hE 'cuda:|golden .*cuda|skipped' "$logs"/*.log | sort | uniq | head -80 || true
+  pack
 
-  local res="${OUT:-$out/out}"
-  mkdir -p "$res"
-  cp "$out"/*.log "$res/" 2>/dev/null || true
   echo; echo "=== verify ==="
-  timeout 120 "$out/examples/verify" 2>&1 | tee "$res/verify.log" | grep -vE '^\s*$' | tail -60 || status=1
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  timeout 120 "$out/examples/verify" >"$logs/verify.log" 2>&1 || status=1
+  grep -vE '^\s*$' "$logs/verify.log" | tail -60
+  pack
   echo; echo "=== bench ==="
-  timeout 180 "$out/examples/bench" --json "$res/aiec_bench.json" 2>&1 | tee "$res/bench.log" || status=1
+  timeout 180 "$out/examples/bench" --json "$res/aiec_bench.json" 2>&1 | tee "$logs/bench.log" || status=1
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  pack
   if [ "${AIEC_SKIP_TORCH:-0}" != 1 ] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
     echo; echo "=== PyTorch baseline: same semantics as the golden cases ==="
-    timeout 60 python3 scripts/torch_aiec.py check 2>&1 | tail -3 | tee "$res/torch_check.log" || status=1
+    timeout 60 python3 scripts/torch_aiec.py check >"$logs/torch_check.log" 2>&1 || status=1
+    tail -3 "$logs/torch_check.log"
     echo; echo "=== PyTorch eager and torch.compile ==="
     PYTHONUNBUFFERED=1 timeout 200 python3 scripts/torch_aiec.py bench --json "$res/torch_bench.json" 2>&1 |
-      tee "$res/torch.log" || status=1
+      tee "$logs/torch.log" || status=1
+    pack
     echo; echo "=== side by side ==="
     python3 scripts/compare_bench.py "$res/aiec_bench.json" "$res/torch_bench.json" | tee "$res/compare.txt" || status=1
   else
