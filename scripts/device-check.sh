@@ -8,6 +8,8 @@
 #   scripts/device-check.sh run     # there, from the repository root, with
 #                                   # target/device-check carried along
 #   scripts/device-check.sh dry-run # `run` without requiring a GPU (here)
+#   scripts/device-check.sh sanitize # there, in a second call if the lease allows:
+#                                   # compute-sanitizer over the fused-kernel tests
 #
 # `run` finds an NVRTC library (AIEC_NVRTC_LIB, the toolkit's, or PyTorch's
 # wheel), runs every test binary (CUDA and simulator backends) and prints one
@@ -126,9 +128,43 @@ run() {
   exit $status
 }
 
+# compute-sanitizer over the CUDA half of the fused-kernel tests (small shapes):
+# memcheck (out-of-bounds and misaligned accesses), initcheck (reads of device memory
+# that nothing wrote: what Device::alloc_unwritten relies on), racecheck and synccheck
+# (shared-memory hazards, barrier misuse). A second device call, after `run`, when its
+# lease has the minutes: slow tools on the slowest tests are left out.
+sanitize() {
+  [ -d "$out/bin" ] || { echo "no $out/bin: run 'scripts/device-check.sh build' first and carry $out"; exit 2; }
+  local res="${OUT:-$out/out}" logs="$out/logs-sanitize"
+  rm -rf "$logs" && mkdir -p "$res" "$logs"
+  exec > >(tee "$res/sanitize.log") 2>&1
+  local cs
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1 || true)
+  [ -n "$cs" ] || { echo "compute-sanitizer: not found"; exit 2; }
+  find_nvrtc
+  export AIEC_PROJECT_DIR="$PWD" AIEC_REQUIRE_NVRTC=1 AIEC_EXPECT_CUDA=1
+  local status=0 tool tests
+  for tool in memcheck initcheck racecheck synccheck; do
+    case $tool in
+      memcheck | initcheck) tests=(golden_cases random_shapes activation_passes empty_batch gpu_layer) ;;
+      *) tests=(golden_cases empty_batch) ;;
+    esac
+    local start=$SECONDS rc=0
+    timeout 150 "$cs" --tool "$tool" --error-exitcode 9 "$out/bin/aiec" "${tests[@]}" --test-threads 4 \
+      >"$logs/$tool.log" 2>&1 || rc=$?
+    [ "$rc" = 0 ] || status=1
+    echo "$tool: exit $rc, $((SECONDS - start)) s; $(grep -m1 -E 'ERROR SUMMARY|test result' "$logs/$tool.log" || echo 'no summary')"
+    grep -E '^=+ (ERROR SUMMARY|Invalid|Uninitialized|Race|Barrier)' "$logs/$tool.log" | sort | uniq -c | head -10 || true
+  done
+  tar czf "$res/sanitize-logs.tar.gz" -C "$logs" . 2>/dev/null || true
+  echo "sanitize: ${SECONDS} s in all, status $status"
+  exit $status
+}
+
 case "${1:-}" in
   build) build ;;
   run) export AIEC_EXPECT_CUDA=1; run ;;
   dry-run) run ;;
-  *) echo "usage: $0 build|run|dry-run"; exit 2 ;;
+  sanitize) sanitize ;;
+  *) echo "usage: $0 build|run|dry-run|sanitize"; exit 2 ;;
 esac
