@@ -25,6 +25,29 @@ struct LoadedModule(sys::CUmodule);
 // SAFETY: a CUmodule handle may be used from any thread of its context.
 unsafe impl Send for LoadedModule {}
 
+/// Buffers come from the stream-ordered allocator (`cuMemAllocAsync`, the
+/// device's default memory pool). By default that pool hands freed memory back
+/// to the system at every synchronisation, so a training loop that reads its
+/// loss each step would map its activations (`y`, `dx`: hundreds of MB) afresh
+/// every step. Raising the pool's release threshold keeps freed memory for
+/// reuse, as PyTorch's caching allocator does. Best effort: on a device without
+/// memory pools (allocations are then synchronous) it changes nothing.
+fn keep_freed_memory(ctx: &CudaContext) {
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: the context is live; `pool` is a valid out-pointer, and the
+    // threshold a u64 as the attribute requires.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
+            let mut threshold = u64::MAX;
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            );
+        }
+    }
+}
+
 pub(crate) struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -78,6 +101,7 @@ impl CudaBackend {
         // SAFETY: this backend uses a single stream, so cross-stream event
         // tracking is not needed.
         unsafe { ctx.disable_event_tracking() };
+        keep_freed_memory(&ctx);
         let (major, minor) = ctx.compute_capability().map_err(driver_err("cuDeviceGetAttribute"))?;
         let sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
