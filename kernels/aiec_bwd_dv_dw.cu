@@ -12,7 +12,8 @@
  *   CB = ceil(C / 256); grid = (ceil(B / 16) + ceil(K / 16)) * CB.
  * Block i < ceil(B/16)*CB computes dv rows [16*(i / CB), +16) x channels [256*(i % CB), +256); block
  * i' = i - ceil(B/16)*CB computes dw rows (classes) [16*(i' / CB), +16) x the same channel tiles. Thread t owns one
- * channel; the 16 x 128 dlogits tile it needs is staged in shared memory, its W (resp. v) reads are coalesced.
+ * channel; the 16 x 128 dlogits tile it needs is staged in shared memory (read back as 16-byte broadcasts), its W
+ * (resp. v) reads are coalesced.
  */
 #include "common.cuh"
 #include "aiec_params.cuh"
@@ -21,6 +22,9 @@ namespace aiec_bd {
 using aiec::u64;
 using aiec_k::min64;
 constexpr int S = 16, THREADS = 256, JT = 128;
+struct __align__(16) F4 {  // four dlogits, read from shared memory in one 16-byte (warp-broadcast) load
+  float x, y, z, w;
+};
 }  // namespace aiec_bd
 
 __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,            // [B, C]
@@ -32,7 +36,7 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
                                                     float* __restrict__ dw,                 // [K, C]
                                                     AiecShape s) {
   using namespace aiec_bd;
-  __shared__ float sa[JT * S];  // [jj][r]: dlogits of the tile's S rows at reduction index j0 + jj
+  __shared__ __align__(16) float sa[JT * S];  // [jj][r]: dlogits of the tile's S rows at reduction index j0 + jj
   const u64 B = s.batch, C = s.channels, K = s.classes;
   const u64 CB = (C + THREADS - 1) / THREADS, nbv = (B + S - 1) / S * CB;
   const bool is_dv = blockIdx.x < nbv;
@@ -61,8 +65,17 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
     if (c < C) {
       for (int jj = 0; jj < jn; ++jj) {
         const float m = M[(j0 + jj) * C + c];
+        // The S dlogits of this jj, the same for the whole warp: 16-byte broadcast loads, one per 4 FMAs
+        // (scalar loads made shared memory, not the FMAs, the limit). Same sums in the same order.
+        const F4* a4 = reinterpret_cast<const F4*>(sa + jj * S);
         AIEC_UNROLL
-        for (int r = 0; r < S; ++r) acc[r] += sa[jj * S + r] * m;
+        for (int q = 0; q < S / 4; ++q) {
+          const F4 a = a4[q];
+          acc[4 * q + 0] += a.x * m;
+          acc[4 * q + 1] += a.y * m;
+          acc[4 * q + 2] += a.z * m;
+          acc[4 * q + 3] += a.w * m;
+        }
       }
     }
   }

@@ -18,8 +18,8 @@
  * B == 0; any grid.y >= 1 is correct: a block loops over class tiles j, j + gridDim.y, ...); no
  * dynamic shared memory (16 KiB static). Block (i, j) computes the logits of samples [8i, 8i + 8) and classes
  * [64j, 64j + 64): the v rows are staged in shared memory 512 channels at a time; warp w computes the 8 dot products
- * of classes k = 64j + w, + 16, ... (lanes over channels, W rows read coalesced, an 8-row transposed butterfly
- * reduces them; the channel tiles are added into logits in tile order, so every logit has the same summation order
+ * of each of the classes k = 64j + w, + 16, + 32, + 48 together (lanes over channels, W rows read coalesced, each
+ * staged value used for 4 classes, an 8-row transposed butterfly reduces each class's sums; the channel tiles are added into logits in tile order, so every logit has the same summation order
  * whatever the grid). The block then writes its logits, __threadfence(), and takes a ticket from done[i]; the block
  * that draws the last ticket of sample group i (last-block-done, as in aiec_fwd_gate) reads all K logits of its
  * rows (volatile: other blocks wrote them), warp r < 8 finishes row 8i + r, and the block does the counting. Tiling
@@ -32,7 +32,7 @@ namespace aiec_lg {
 using aiec::u32;
 using aiec::u64;
 using aiec_k::min64;
-constexpr int S = 8, THREADS = 512, WARPS = THREADS / 32, CT = 512, KT = 64;
+constexpr int S = 8, THREADS = 512, WARPS = THREADS / 32, CT = 512, KT = 64, Q = KT / WARPS;
 constexpr u64 NONE = ~(u64)0;
 
 // Sums a[r] (r < 8) over the warp; returns on every lane the total of row lane >> 2 (bits 4, 3, 2 of the lane
@@ -102,21 +102,41 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
         sv[idx] = (r < ns && cc < ct) ? v[(b0 + r) * C + c0 + cc] : 0.0f;
       }
       __syncthreads();
-      for (u64 k = k0 + (u64)warp; k < k1; k += WARPS) {  // warp-uniform
-        float acc[S];
+      // Warp w owns the tile's classes k0 + w + 16 q, q < Q, all at once: each staged v value feeds Q FMAs (one
+      // class at a time made shared-memory loads, not FMAs, the limit). Every logit is still summed alone, in the
+      // same order: lane-strided over the channels, then the butterfly.
+      const u64 kw = k0 + (u64)warp;
+      if (kw < k1) {  // warp-uniform
+        float acc[Q][S];
+        const float* wk[Q];
+        bool ok[Q];
         AIEC_UNROLL
-        for (int r = 0; r < S; ++r) acc[r] = 0.0f;
-        const float* wk = w + k * C + c0;
-        for (int cc = lane; cc < ct; cc += 32) {
-          const float wv = wk[cc];
+        for (int q = 0; q < Q; ++q) {
+          ok[q] = kw + (u64)(q * WARPS) < k1;  // warp-uniform
+          wk[q] = w + (ok[q] ? kw + (u64)(q * WARPS) : kw) * C + c0;
           AIEC_UNROLL
-          for (int r = 0; r < S; ++r) acc[r] += sv[r * CT + cc] * wv;
+          for (int r = 0; r < S; ++r) acc[q][r] = 0.0f;
         }
-        const float t = warp_sum8(acc, lane);
-        const int r = lane >> 2;
-        if ((lane & 3) == 0 && r < ns) {
-          float* z = logits + (b0 + r) * K + k;
-          *z = c0 ? *z + t : t;
+        for (int cc = lane; cc < ct; cc += 32) {
+          float wv[Q];
+          AIEC_UNROLL
+          for (int q = 0; q < Q; ++q) wv[q] = ok[q] ? wk[q][cc] : 0.0f;
+          AIEC_UNROLL
+          for (int r = 0; r < S; ++r) {
+            const float x = sv[r * CT + cc];
+            AIEC_UNROLL
+            for (int q = 0; q < Q; ++q) acc[q][r] += x * wv[q];
+          }
+        }
+        AIEC_UNROLL
+        for (int q = 0; q < Q; ++q) {
+          if (!ok[q]) continue;  // warp-uniform
+          const float t = warp_sum8(acc[q], lane);
+          const int r = lane >> 2;
+          if ((lane & 3) == 0 && r < ns) {
+            float* z = logits + (b0 + r) * K + kw + (u64)(q * WARPS);
+            *z = c0 ? *z + t : t;
+          }
         }
       }
     }
