@@ -69,7 +69,7 @@ struct Case {
   bool special;       // x, dy with NaN/inf/random bits; else values k/8
   int misalign;       // element offset of x/y and dy/dx from 64-byte alignment (scalar path when != 0)
   bool one_class;     // every target the same class
-  unsigned cap;       // != 0: cap grid.y (tokens) / grid.x (hw, gate) to exercise the grid-stride loops
+  unsigned cap;       // != 0: cap grid.y (tokens, logits) / grid.x (hw, gate) to exercise the grid-stride loops
   bool update;
   float tau;
   bool fit;           // most targets = the argmax of exact logits (so that many rows count)
@@ -203,7 +203,8 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
   // 2. logits, CE, softmax gradient, counters
   Bytes ldone(cdiv(B, 8), 4);  // the tickets: zero before, and left zero (checked below)
   memset(ldone.p, 0, cdiv(B, 8) * 4);
-  err += launch("aiec_fwd_logits", (unsigned)cdiv(B, 8), (unsigned)cdiv(K, 64), 512,
+  const unsigned ly = (unsigned)std::min<u64>(cdiv(K, 64), k.cap ? k.cap : 65535);  // class tiles (loop when capped)
+  err += launch("aiec_fwd_logits", (unsigned)cdiv(B, 8), ly, 512,
                 {(void*)&Vk, &W, &T, &logits.p, &ce.p, &g.p, &act.p, &inh.p, &total.p, &ldone.p, &s});
   for (u64 i = 0; i < cdiv(B, 8); ++i) ck.exact(ldone.as<unsigned>()[i] == 0, "logits done", i);
   const float *Z = logits.as<float>(), *CE = ce.as<float>(), *G = g.as<float>();
@@ -414,6 +415,7 @@ int main() {
   add("none", 3, 19, 1, 70, 5, false, 0, false, 0, true, 0.0f, true);  // B not a multiple of 8 or 16
   add("avg_token", 1, 16, 3, 40, 4, false, 0, false, 0, true, 0.0f, true);  // all classes in each block of 8
   add("none", 3, 9, 1, 300, 2, false, 0, false, 2, true, 0.0f);    // gate over 2 capped blocks
+  add("none", 3, 20, 1, 70, 300, false, 0, false, 2, true, 0.0f, true);  // 5 class tiles on 2 blocks per group
   add("none", 3, 6, 1, 600, 3, false, 0, false, 0, false, 0.0f);   // no counter update, C > 512 (2 tiles)
   add("none", 3, 4, 1, 33, 2, true, 0, false, 0, true, 0.0f);      // NaN / inf in v and logits
   const uint64_t seeds[] = {0, 1, 2};
