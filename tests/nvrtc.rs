@@ -27,6 +27,7 @@ fn nvrtc_or_skip() -> Option<(i32, i32)> {
 fn every_kernel_compiles_for_every_tested_arch() {
     let Some((maj, min)) = nvrtc_or_skip() else { return };
     for (file, _) in nvrtc::sources::SOURCES {
+        let mut cubins = Vec::new();
         for arch in Arch::TESTED {
             let t = Instant::now();
             let image =
@@ -40,6 +41,9 @@ fn every_kernel_compiles_for_every_tested_arch() {
                 image.len(),
                 t.elapsed().as_secs_f64() * 1e3
             );
+            if let Image::Cubin(b) = image {
+                cubins.push(b);
+            }
         }
         let Image::Ptx(ptx) =
             nvrtc::compile(Module::all(file), Target::Ptx(Arch { major: 9, minor: 0 })).unwrap()
@@ -50,6 +54,12 @@ fn every_kernel_compiles_for_every_tested_arch() {
         // with the simulator built, exactly the ones it registered.
         let entries = ptx_entries(&ptx);
         assert!(!entries.is_empty(), "{file}: no entry points");
+        let Image::Cubin(cubin) =
+            nvrtc::compile(Module::all(file), Target::Cubin(Arch { major: 9, minor: 0 })).unwrap()
+        else {
+            panic!("cubin target gave PTX")
+        };
+        assert_eq!(cubin_entries(&cubin), entries, "{file}: cubin symbols vs PTX entries");
         #[cfg(feature = "sim")]
         {
             let op = file.trim_end_matches(".cu");
@@ -69,6 +79,35 @@ fn ptx_entries(ptx: &str) -> Vec<String> {
         .collect();
     entries.sort();
     entries
+}
+
+/// The entry points of an ELF64 little-endian cubin, sorted: its global
+/// functions marked STO_CUDA_ENTRY (0x10 in st_other), not the local helpers
+/// NVRTC emits (`$__internal_0_$__cuda_sm20_div_u64`).
+fn cubin_entries(elf: &[u8]) -> Vec<String> {
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+    assert!(elf.starts_with(b"\x7fELF\x02\x01"), "not an ELF64 little-endian image");
+    let (shoff, shentsize, shnum) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
+    // Section header: type at +4, offset at +24, size at +32, link at +40.
+    let section = |i: usize| {
+        let h = shoff + i * shentsize;
+        (u32_at(h + 4), u64_at(h + 24), u64_at(h + 32), u32_at(h + 40))
+    };
+    let (_, symoff, symsize, strndx) =
+        (0..shnum).map(section).find(|s| s.0 == 2).expect("a cubin has a symbol table");
+    let stroff = section(strndx).1;
+    let mut names: Vec<String> = (symoff..symoff + symsize)
+        .step_by(24)
+        .filter(|&sym| elf[sym + 4] == 0x12 && elf[sym + 5] & 0x10 != 0) // STB_GLOBAL, STT_FUNC
+        .map(|sym| {
+            let name = &elf[stroff + u32_at(sym)..];
+            String::from_utf8_lossy(&name[..name.iter().position(|&b| b == 0).unwrap()]).into_owned()
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 #[test]
@@ -154,14 +193,31 @@ fn a_training_steps_modules_compile_in_parallel_as_they_do_one_by_one() {
     let parallel = nvrtc::compile_for_device_parallel(&many, &modules, arch).unwrap();
     let t_par = t.elapsed();
     assert_eq!(parallel.len(), modules.len());
+    // Not byte for byte: NVRTC 12.9 and 13.0 both emit one of two register
+    // allocations for aiec_bwd_dv_dw, run to run, even one compile at a time
+    // (seen in this test's CI failure of 2026-11-29). Each result must be its
+    // own module's cubin: the same entry points as the sequential build's.
     for (m, ((image, outcome), want)) in modules.iter().zip(parallel.iter().zip(&sequential)) {
         assert_eq!(*outcome, CacheOutcome::Miss, "{m}");
-        assert_eq!(image, want, "{m}: the parallel build differs from the sequential one");
-        assert!(matches!(image, Image::Cubin(_)), "{m}");
+        let (Image::Cubin(got), Image::Cubin(want)) = (image, want) else { panic!("{m}: not a cubin") };
+        let names = cubin_entries(got);
+        assert!(!names.is_empty(), "{m}: no entry points");
+        assert_eq!(names, cubin_entries(want), "{m}: the parallel build holds another module");
     }
-    // A second request reads every module from the cache.
+    let all: Vec<String> = sequential
+        .iter()
+        .flat_map(|i| match i {
+            Image::Cubin(b) => cubin_entries(b),
+            Image::Ptx(_) => unreachable!(),
+        })
+        .collect();
+    assert_eq!(all.len(), all.iter().collect::<std::collections::BTreeSet<_>>().len(), "{all:?}");
+    // A second request reads every module from the cache: the bytes just built.
     let again = nvrtc::compile_for_device_parallel(&many, &modules, arch).unwrap();
-    assert!(again.iter().all(|(_, o)| *o == CacheOutcome::Hit));
+    for (m, ((image, outcome), built)) in modules.iter().zip(again.iter().zip(&parallel)) {
+        assert_eq!(*outcome, CacheOutcome::Hit, "{m}");
+        assert_eq!(image, &built.0, "{m}: the cache returned other bytes");
+    }
     // A module that fails is the error, whichever thread compiled it.
     let e = nvrtc::compile_for_device_parallel(&many, &[modules[0], Module::all("missing.cu")], arch)
         .unwrap_err();
