@@ -63,6 +63,9 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
     }
     __syncthreads();
     if (c < C) {
+      // Unrolled by 2, not the compiler's default 4: with 4, NVRTC 12.9 and 13.0 emit one of up to four
+      // different cubins for this file, run to run (16 compiles each); with 2 (or 1), the same bytes every time.
+      AIEC_UNROLL_BY(2)
       for (int jj = 0; jj < jn; ++jj) {
         const float m = M[(j0 + jj) * C + c];
         // The S dlogits of this jj, the same for the whole warp: 16-byte broadcast loads, one per 4 FMAs

@@ -58,10 +58,14 @@ static_assert(sizeof(AiecLossParams) == 544 && __builtin_offsetof(AiecLossParams
 #endif
 
 // Full unrolling of the short fixed-count loops (keeps per-lane arrays in registers); nothing on the host.
+// AIEC_UNROLL_BY(n): unroll by n, where the default choice is worse (see aiec_bwd_dv_dw).
 #ifdef AIEC_CUDA
 #define AIEC_UNROLL _Pragma("unroll")
+#define AIEC_UNROLL_BY(n) _Pragma(AIEC_STR_(unroll n))
+#define AIEC_STR_(x) #x
 #else
 #define AIEC_UNROLL
+#define AIEC_UNROLL_BY(n)
 #endif
 
 // __launch_bounds__ of the activation passes (aiec_fwd_x, aiec_bwd_x): 256 threads, at least 4 blocks per SM

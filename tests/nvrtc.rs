@@ -231,6 +231,28 @@ fn a_training_steps_modules_compile_in_parallel_as_they_do_one_by_one() {
 }
 
 #[test]
+fn a_training_steps_modules_compile_to_the_same_bytes_every_time() {
+    if nvrtc_or_skip().is_none() {
+        return;
+    }
+    // NVRTC's output is not always a function of its input: aiec_bwd_dv_dw
+    // with its reduction loop unrolled by 4 came out as one of up to four
+    // cubins, run to run, with NVRTC 12.9 and 13.0 alike (4 distinct in 16
+    // compiles). The kernels are written so that it is: the cache, the GPU
+    // check and every benchmark then run the same code on every machine.
+    let target = Target::Cubin(Arch { major: 9, minor: 0 });
+    for m in aiec::launch::training_modules(DType::BF16) {
+        let first = nvrtc::compile(m, target).unwrap();
+        for round in 1..4 {
+            assert!(
+                nvrtc::compile(m, target).unwrap() == first,
+                "{m}: compile {round} differs from the first"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_broken_kernel_is_an_error_with_the_log() {
     if nvrtc_or_skip().is_none() {
         return;
