@@ -14,6 +14,9 @@
 #   5. The simulator's own self-test (it must catch deadlocks, divergent
 #      barriers, half-warp shuffles, shared-memory overflows), release and ASan.
 #   6. Benches and examples build.
+#   7. The GPU check script (scripts/device-check.sh) builds its binaries and
+#      runs them here without a GPU (dry-run), so that it has not rotted when
+#      a session is lent one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,3 +46,7 @@ AIEC_SIM_BUILD=target/sim-selftest bash kernels/sim/selftest.sh
 
 echo "== 6. benches and examples build =="
 cargo build --release --features sim --benches --examples
+
+echo "== 7. the GPU check script, dry run (no GPU: CPU and simulator backends) =="
+bash scripts/device-check.sh build
+bash scripts/device-check.sh dry-run
