@@ -159,7 +159,6 @@ fn random_shapes_match_the_cpu_reference() {
 }
 
 /// Every output of one training step, as raw bytes.
-#[cfg(feature = "sim")]
 fn step_bytes(dev: &Device, c: &GoldenCase) -> Vec<Vec<u8>> {
     let out: common::runner::Outputs = run_gpu::<bf16>(dev, c).unwrap();
     let mut v = Vec::new();
@@ -193,6 +192,30 @@ fn results_are_bitwise_identical_across_schedules() {
                 "case {i}: seed {seed}, workers {workers} differ"
             );
         }
+    }
+}
+
+/// A device is shared across threads. On CUDA a thread that did not open it has
+/// no current context, so every raw driver call must bind it: a whole step, a
+/// buffer-to-buffer copy and dropping the last handle, each from another thread.
+#[test]
+fn a_device_works_from_any_thread() {
+    let c = case(14, Pool::Token, 0.0, 9, 40, 12, 5, 2, true);
+    for dev in devices() {
+        let here = step_bytes(&dev, &c);
+        let there = std::thread::scope(|s| s.spawn(|| step_bytes(&dev, &c)).join().unwrap());
+        assert!(here == there, "{}: a step run from another thread differs", dev.label());
+        let src = Buffer::from_slice(&dev, &[1.5f32, -2.0, 3.25]).unwrap();
+        let copied = std::thread::spawn(move || {
+            let mut dst = Buffer::<f32>::zeros(src.device(), 3).unwrap();
+            dst.copy_from_buffer(&src).unwrap();
+            dst.to_vec().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(copied, [1.5, -2.0, 3.25], "{}", dev.label());
+        let label = dev.label().to_string();
+        std::thread::spawn(move || drop(dev)).join().unwrap_or_else(|_| panic!("{label}: drop panicked"));
     }
 }
 

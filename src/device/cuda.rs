@@ -155,6 +155,8 @@ impl CudaBackend {
     /// # Safety
     /// `dst` and `src` must address `bytes` live bytes of this device each.
     pub(crate) unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        // A raw driver call: cudarc binds the context only in its own methods.
+        self.ctx.bind_to_thread().map_err(driver_err("cuCtxSetCurrent"))?;
         // SAFETY: forwarded from the caller.
         unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
             .map_err(driver_err("cuMemcpyDtoDAsync"))
@@ -242,6 +244,8 @@ impl CudaBackend {
 impl Drop for CudaBackend {
     fn drop(&mut self) {
         let _ = self.stream.synchronize();
+        // The last handle may be dropped on a thread where this context is not current.
+        let _ = self.ctx.bind_to_thread();
         if let Ok(modules) = self.modules.get_mut() {
             for (_, m) in modules.drain() {
                 // SAFETY: each module was loaded once and is unloaded once.
