@@ -23,7 +23,8 @@
  * Vector path (16-byte loads/stores) when x and y are 16-byte aligned and C % V == 0 (tokens) / P % V == 0 (hw);
  * else the same geometry one element at a time, one row per step. __launch_bounds__(256, 3) (<= 80 registers, no
  * spills on sm_75/80/90): 24 warps per SM, each lane with 4 16-byte loads in flight on the vector path. The four
- * (vector?, shuffle keep?) variants are separate __noinline__ functions so that each gets its own registers. Keep words: when C % 32 == 0 (tokens) / P % 32 == 0 (hw) the 32/V
+ * (vector?, shuffle keep?) variants are separate __noinline__ functions so that each gets its own registers; they
+ * take the shape by value (by reference it went through a 48-byte stack frame in local memory). Keep words: when C % 32 == 0 (tokens) / P % 32 == 0 (hw) the 32/V
  * lanes that own one word OR their bits by shuffles and the first stores it; otherwise the thread owning element
  * i with i % 32 == 0 builds that word alone by re-reading x[i .. min(i+32, n)) (one writer per word).
  */
@@ -89,7 +90,7 @@ __device__ __forceinline__ void store_keep(u32* __restrict__ keep, const T* __re
 // One block's part of the tokens layout (see the file comment); VEC / FAST: the 16-byte path / the shuffle keep path.
 template <bool VEC, bool FAST, class T>
 __device__ __noinline__ void tokens_body(const T* __restrict__ x, T* __restrict__ y, u32* __restrict__ keep,
-                                            float* __restrict__ v, const AiecShape& s, float* red) {
+                                            float* __restrict__ v, AiecShape s, float* red) {
   constexpr int V = Pack16<T>::N, U = VEC ? UNROLL : 1;  // the scalar path: one row at a time (registers)
   const u64 B = s.batch, P = s.positions, C = s.channels, n = B * P * C;
   const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
@@ -163,7 +164,7 @@ __device__ __noinline__ void tokens_body(const T* __restrict__ x, T* __restrict_
 // One warp's rows of the hw layout (see the file comment).
 template <bool VEC, bool FAST, class T>
 __device__ __noinline__ void hw_body(const T* __restrict__ x, T* __restrict__ y, u32* __restrict__ keep,
-                                        float* __restrict__ v, const AiecShape& s) {
+                                        float* __restrict__ v, AiecShape s) {
   constexpr int V = Pack16<T>::N, CHUNK = 32 * V, U = VEC ? UNROLL : 1;
   const u64 P = s.positions, rows = s.batch * s.channels, n = rows * P;
   const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);

@@ -68,8 +68,8 @@ static_assert(sizeof(AiecLossParams) == 544 && __builtin_offsetof(AiecLossParams
 #define AIEC_UNROLL_BY(n)
 #endif
 
-// __launch_bounds__ of the activation passes (aiec_fwd_x, aiec_bwd_x): 256 threads, at least 4 blocks per SM
-// (at most 64 registers), so that 32 warps per SM keep enough 16-byte loads in flight.
+// __launch_bounds__ of the activation passes (aiec_fwd_x, aiec_bwd_x): 256 threads, at least 3 blocks per SM
+// (at most 80 registers), so that 24 warps per SM keep enough 16-byte loads in flight.
 #define AIEC_LB_X 256, 3
 
 enum { AIEC_POOL_TOKEN = 0, AIEC_POOL_AVG_TOKEN = 1, AIEC_POOL_AVG_HW = 2, AIEC_POOL_NONE = 3 };
