@@ -215,6 +215,19 @@ pub fn training_modules(dtype: DType) -> [Module; 6] {
     ]
 }
 
+/// Threads per block the plans launch `kernel` with: [`LOGITS_BLOCK`] for
+/// `aiec_fwd_logits`, [`ELEMENTWISE_BLOCK`] for `threshold_*` and `convert_*`,
+/// [`AIEC_BLOCK`] for the other fused kernels.
+pub fn block_threads(kernel: &str) -> u32 {
+    if kernel == "aiec_fwd_logits" {
+        LOGITS_BLOCK
+    } else if kernel.starts_with("threshold") || kernel.starts_with("convert") {
+        ELEMENTWISE_BLOCK
+    } else {
+        AIEC_BLOCK
+    }
+}
+
 /// Launch 1 of a training forward: `aiec_fwd_x_<layout>_<dtype>(x, y, keep, v, shape)`.
 pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, x: u64, y: u64, keep: u64, v: u64) -> Option<LaunchPlan> {
     (elems(shape) > 0).then(|| LaunchPlan {
@@ -461,6 +474,9 @@ mod tests {
                 ];
                 let used: Vec<Module> = plans.iter().map(|p| p.module).collect();
                 assert_eq!(used, training_modules(dtype), "{dtype} {pool:?}");
+                for p in &plans {
+                    assert_eq!(p.block, [block_threads(&p.kernel), 1, 1], "{}", p.kernel);
+                }
             }
         }
     }
@@ -474,6 +490,10 @@ mod tests {
         );
         assert_eq!(p.args, [KernelArg::Ptr(8), KernelArg::Ptr(16), KernelArg::U64(65536)]);
         assert_eq!(convert_to_f32(DType::BF16, 3, 8, 16, H200).unwrap().kernel, "convert_to_f32_bf16");
+        let t = threshold_bwd(DType::F16, 7, 1, 2, 2, 0.0, H200).unwrap();
+        for p in [p, t] {
+            assert_eq!(p.block, [block_threads(&p.kernel), 1, 1], "{}", p.kernel);
+        }
     }
 
     #[test]

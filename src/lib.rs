@@ -40,6 +40,7 @@ pub mod launch;
 pub mod nvrtc;
 pub mod ops;
 pub mod params;
+pub mod resources;
 pub mod tensor;
 
 pub use buffer::Buffer;

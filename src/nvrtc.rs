@@ -292,16 +292,30 @@ pub fn compile(module: Module, target: Target) -> Result<Image> {
         target: target.to_string(),
         log: "no such embedded kernel file".into(),
     })?;
-    compile_with(&module.to_string(), src, &options(module, target), target)
+    compile_with(&module.to_string(), src, &options(module, target), target).map(|(image, _)| image)
+}
+
+/// [`compile`] with `extra` options after the usual ones, returning the
+/// compiler's log too (warnings, or what `--ptxas-options=-v` reports). Not
+/// cached.
+pub fn compile_logged(module: Module, target: Target, extra: &[&str]) -> Result<(Image, String)> {
+    let src = source(module.file).ok_or_else(|| AiecError::NvrtcCompile {
+        file: module.to_string(),
+        target: target.to_string(),
+        log: "no such embedded kernel file".into(),
+    })?;
+    let mut opts = options(module, target);
+    opts.extend(extra.iter().map(|o| o.to_string()));
+    compile_with(&module.to_string(), src, &opts, target)
 }
 
 /// Compiles `src` (named `file` in messages) with the embedded headers and
 /// every element type's entry points.
 pub fn compile_source(file: &str, src: &str, target: Target) -> Result<Image> {
-    compile_with(file, src, &target_options(target), target)
+    compile_with(file, src, &target_options(target), target).map(|(image, _)| image)
 }
 
-fn compile_with(file: &str, src: &str, options: &[String], target: Target) -> Result<Image> {
+fn compile_with(file: &str, src: &str, options: &[String], target: Target) -> Result<(Image, String)> {
     let api = api()?;
     let cstr = |s: &str| CString::new(s).expect("kernel sources contain no NUL byte");
     let (c_src, c_name) = (cstr(src), cstr(file));
@@ -349,13 +363,14 @@ fn compile_with(file: &str, src: &str, options: &[String], target: Target) -> Re
             if rc != 0 {
                 Err(fail(format!("fetching the compiled image returned {rc}"), String::new()))
             } else {
-                Ok(match target {
+                let image = match target {
                     Target::Cubin(_) => Image::Cubin(buf),
                     Target::Ptx(_) => {
                         let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
                         Image::Ptx(String::from_utf8_lossy(&buf[..end]).into_owned())
                     }
-                })
+                };
+                Ok((image, program_log(api, prog)))
             }
         };
         (api.destroy)(&mut prog);

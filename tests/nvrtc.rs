@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use aiec::nvrtc::{self, Arch, CacheOutcome, Image, Module, Target};
+use aiec::resources::{parse_ptxas_log, SmLimits};
 use aiec::AiecError;
 use aiec::DType;
 
@@ -248,6 +249,51 @@ fn a_training_steps_modules_compile_to_the_same_bytes_every_time() {
                 nvrtc::compile(m, target).unwrap() == first,
                 "{m}: compile {round} differs from the first"
             );
+        }
+    }
+}
+
+/// ptxas's report for every kernel a training step launches, in every element
+/// type, for sm_80 and sm_90: every entry point is in it, none spills or needs
+/// a stack frame, and each fits at least one block of its launch size per SM.
+#[test]
+fn no_kernel_spills_and_each_fits_its_block() {
+    if nvrtc_or_skip().is_none() {
+        return;
+    }
+    let mut modules: Vec<Module> = Vec::new();
+    for m in DType::ALL.iter().flat_map(|&d| aiec::launch::training_modules(d)) {
+        if !modules.contains(&m) {
+            modules.push(m);
+        }
+    }
+    for arch in [Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 }] {
+        let sm = SmLimits::of(arch).unwrap();
+        for &m in &modules {
+            let (image, log) =
+                nvrtc::compile_logged(m, Target::Cubin(arch), &["--ptxas-options=-v"]).unwrap();
+            let Image::Cubin(cubin) = image else { panic!("{m}: not a cubin") };
+            let report = parse_ptxas_log(&log);
+            let mut names: Vec<String> = report.iter().map(|k| k.kernel.clone()).collect();
+            names.sort();
+            assert_eq!(names, cubin_entries(&cubin), "{m} {arch}: the report misses entry points:\n{log}");
+            for k in &report {
+                let threads = aiec::launch::block_threads(&k.kernel);
+                let (blocks, limit) = k.blocks_per_sm(threads, sm);
+                println!(
+                    "{arch} {:<24} {:>3} registers {:>6} B smem {} spill B {:>3} stack B  {blocks} x {threads} threads per SM \
+                     ({limit}), occupancy {:.0}%",
+                    k.kernel,
+                    k.registers,
+                    k.shared_bytes,
+                    k.spill_stores + k.spill_loads,
+                    k.stack_bytes,
+                    100.0 * k.occupancy(threads, sm)
+                );
+                assert!(k.registers > 0, "{m} {arch}: {k:?}");
+                assert_eq!((k.spill_stores, k.spill_loads, k.stack_bytes), (0, 0, 0), "{m} {arch}: {k:?}");
+                assert!(blocks >= 1, "{m} {arch}: a block of {threads} threads does not fit: {k:?}");
+            }
         }
     }
 }
