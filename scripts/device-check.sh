@@ -43,6 +43,11 @@ for line in sys.stdin:
   cp target/release/examples/verify target/release/examples/bench "$out/examples/"
   strip "$out"/bin/* "$out"/examples/* 2>/dev/null || true
   du -sh "$out"
+  # The GPU machine runs these as built here: say what they need of its C and C++ libraries.
+  if command -v objdump >/dev/null; then
+    echo "the binaries need at most: $(objdump -T "$out"/bin/* "$out"/examples/* 2>/dev/null |
+      grep -oE 'GLIBC_[0-9.]+|GLIBCXX_[0-9.]+' | sort -uV | awk -F_ '{m[$1] = $0} END {print m["GLIBC"], m["GLIBCXX"]}')"
+  fi
 }
 
 find_nvrtc() {
@@ -78,6 +83,7 @@ run() {
   export AIEC_PROJECT_DIR="$PWD" AIEC_REQUIRE_NVRTC=1 CUDA_SIM_WORKERS=8
   echo "nvrtc: ${AIEC_NVRTC_LIB:-loader path}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"
+  echo "C library here: $(ldd --version 2>/dev/null | head -1)"
   local status=0 rows=()
   for t in "$out"/bin/*; do
     local name log start secs
