@@ -287,12 +287,7 @@ fn target_options(target: Target) -> Vec<String> {
 /// Compiles the embedded kernel module `module` for `target`. An NVRTC failure
 /// is [`AiecError::NvrtcCompile`] with the compiler log.
 pub fn compile(module: Module, target: Target) -> Result<Image> {
-    let src = source(module.file).ok_or_else(|| AiecError::NvrtcCompile {
-        file: module.to_string(),
-        target: target.to_string(),
-        log: "no such embedded kernel file".into(),
-    })?;
-    compile_with(&module.to_string(), src, &options(module, target), target).map(|(image, _)| image)
+    compile_logged(module, target, &[]).map(|(image, _)| image)
 }
 
 /// [`compile`] with `extra` options after the usual ones, returning the
