@@ -359,6 +359,52 @@ fn gpu_layer_follows_the_cpu_layer() {
     }
 }
 
+/// Weights, counters and step are a layer's whole state: a layer rebuilt from
+/// them mid-run (a checkpoint) continues exactly as the original, on the CPU
+/// and on every device, including on which steps the counters update.
+#[test]
+fn a_layer_restored_from_its_state_continues_as_the_original() {
+    let cfg = AiecConfig::with_interval(12, 3, 0.1, 3, Pool::None).unwrap();
+    let mut rng = SplitMix64::new(21);
+    let steps: Vec<(Vec<f32>, Vec<i64>)> = (0..9)
+        .map(|_| {
+            let x = (0..20 * 12).map(|_| rng.uniform(-1.0, 2.0) as f32).collect();
+            (x, (0..20).map(|_| (rng.next_u64() % 3) as i64).collect())
+        })
+        .collect();
+    let checkpoint_after = 4; // interval 3: the original updates on steps 6 and 9, a restart would on 7
+    for dev in devices() {
+        let mut gpu = GpuLayer::new(&dev, cfg, 4).unwrap();
+        let mut cpu = aiec::cpu::AiecLayer::<f32>::new(cfg, 4);
+        let mut gpu_restored: Option<GpuLayer> = None;
+        let mut cpu_restored: Option<aiec::cpu::AiecLayer<f32>> = None;
+        for (i, (x, t)) in steps.iter().enumerate() {
+            let xt = Tensor::from_slice(&dev, x, &[20, 12]).unwrap();
+            gpu.forward(&xt, Some(t)).unwrap();
+            cpu.forward(x, &[20, 12], Some(t)).unwrap();
+            if let (Some(g), Some(c)) = (gpu_restored.as_mut(), cpu_restored.as_mut()) {
+                g.forward(&xt, Some(t)).unwrap();
+                c.forward(x, &[20, 12], Some(t)).unwrap();
+                assert_eq!((g.step(), c.step()), (gpu.step(), cpu.step()));
+                assert_eq!(g.counters().unwrap(), gpu.counters().unwrap(), "{} step {}", dev.label(), i + 1);
+                assert_eq!(c.counters(), cpu.counters(), "cpu step {}", i + 1);
+            }
+            assert_eq!(&gpu.counters().unwrap(), cpu.counters(), "{} step {}", dev.label(), i + 1);
+            if i + 1 == checkpoint_after {
+                let mut g = GpuLayer::with_weights(&dev, cfg, &gpu.weights().unwrap()).unwrap();
+                g.set_counters(&gpu.counters().unwrap()).unwrap();
+                g.set_step(gpu.step());
+                let mut c = aiec::cpu::AiecLayer::with_weights(cfg, cpu.weights().to_vec()).unwrap();
+                c.set_counters(cpu.counters().clone()).unwrap();
+                c.set_step(cpu.step());
+                (gpu_restored, cpu_restored) = (Some(g), Some(c));
+            }
+        }
+        let updates = cpu.counters().total.iter().map(|&t| t - 1).sum::<i64>();
+        assert!(updates > 0, "no sample was counted: the test would prove nothing");
+    }
+}
+
 #[test]
 fn empty_batch_is_a_no_op_on_the_device() {
     for dev in devices() {

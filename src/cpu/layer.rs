@@ -71,6 +71,12 @@ impl<F: Float> AiecLayer<F> {
     pub fn step(&self) -> u64 {
         self.step
     }
+    /// Sets the step counter, e.g. from a checkpoint: with the weights and the
+    /// counters it is the layer's whole state, and it decides on which steps
+    /// the counters update (`s % update_interval == 0`).
+    pub fn set_step(&mut self, step: u64) {
+        self.step = step;
+    }
     /// Whether the layer is in training mode.
     pub fn is_training(&self) -> bool {
         self.training

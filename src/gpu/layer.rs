@@ -74,6 +74,11 @@ impl GpuLayer {
     pub fn step(&self) -> u64 {
         self.step
     }
+    /// Sets the step counter, e.g. from a checkpoint (see
+    /// [`crate::cpu::AiecLayer::set_step`]).
+    pub fn set_step(&mut self, step: u64) {
+        self.step = step;
+    }
     /// Whether the layer is in training mode.
     pub fn is_training(&self) -> bool {
         self.training
