@@ -7,6 +7,9 @@ use crate::config::Pool;
 use crate::dtype::DType;
 
 /// Everything that can go wrong in `aiec`, from a bad shape to a missing driver.
+// The fields are the offending values, named for what they hold; each variant's
+// doc says what went wrong.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AiecError {
     /// `tau` is negative, NaN or infinite.

@@ -26,6 +26,7 @@
 //! assert_eq!(grads.dw.len(), 3 * 4);
 //! # Ok::<(), aiec::AiecError>(())
 //! ```
+#![warn(missing_docs)]
 
 pub mod buffer;
 pub mod config;
