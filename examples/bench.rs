@@ -163,7 +163,7 @@ struct KernelTimes {
 fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<KernelTimes> {
     use aiec::launch::{
         aiec_bwd_dv_dw, aiec_bwd_x, aiec_fwd_gate, aiec_fwd_logits, aiec_fwd_x, gate_grid, logits_groups,
-        LaunchPlan,
+        LaunchPlan, XPassArgs,
     };
     use aiec::params::{AiecGateStats, AiecLosses, AiecShape};
     let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool)?;
@@ -195,11 +195,18 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
 
     let pair = |f: &dyn Fn(usize) -> Option<LaunchPlan>| [f(0), f(1)];
     let fwd_x = pair(&|i| {
-        aiec_fwd_x(T::DTYPE, &shape, xs[i].address(), ys[i].address(), keep.address(), v.address())
+        let args = XPassArgs {
+            x: xs[i].address(),
+            y: ys[i].address(),
+            keep: keep.address(),
+            v: v.address(),
+            ..Default::default()
+        };
+        aiec_fwd_x(T::DTYPE, &shape, args)
     });
     let logits_plan = aiec_fwd_logits(
         &shape,
-        [v.address(), w.address(), targets.address()],
+        [v.address(), w.address(), targets.address(), 0],
         [logits.address(), ce.address(), g.address()],
         [act.address(), inh.address(), total.address()],
         done.address(),
@@ -211,7 +218,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     );
     let dv_dw_plan = aiec_bwd_dv_dw(
         &shape,
-        [v.address(), w.address(), g.address(), mask.address(), losses.address()],
+        [v.address(), w.address(), g.address(), mask.address(), losses.address(), 0],
         [dv.address(), dw.address()],
     );
     // dy = xs[i], dx = ys[i] (separate buffers; the in-place form moves the same bytes).

@@ -1,12 +1,14 @@
-/* aiec_bwd_dv_dw.cu - the decision and gate part of an AIEC backward (AIEC_SPEC "Backward", first three rules):
+/* aiec_bwd_dv_dw.cu - the decision and gate part of an AIEC backward (docs/SPEC.md "Backward", first three rules):
  * dv and dW in one launch. dlogits = aux_scale * g is formed on the fly in shared memory, never in global memory.
  *
- *   aiec_bwd_dv_dw(v, w, g, mask, losses, dv, dw, s)   (f32; exactly this name)
+ *   aiec_bwd_dv_dw(v, w, g, mask, losses, row_scale, dv, dw, s)   (f32; exactly this name)
  *
  * v, dv: f32 [B, C]; w, dw: f32 [K, C]; g: f32 [B, K] (aiec_fwd_logits' softmax - onehot); mask: u8 [B, C];
- * losses: the AiecLosses of aiec_loss (only aux_scale and gate_scale are read).
- *   dv[b,c] = sum_k (aux_scale * g[b,k]) * w[k,c], then + gate_scale * v[b,c] where mask[b,c] != 0;
- *   dw[k,c] = sum_b (aux_scale * g[b,k]) * v[b,c]   (all zeros when B == 0: still launch then).
+ * losses: the AiecLosses of aiec_loss (only aux_scale and gate_scale are read); row_scale: f32 [B] or null.
+ * With a = row_scale ? row_scale[b] : aux_scale (the gradient of the loss with respect to row b's cross-entropy):
+ *   dv[b,c] = sum_k (a_b * g[b,k]) * w[k,c], then + gate_scale * v[b,c] where mask[b,c] != 0;
+ *   dw[k,c] = sum_b (a_b * g[b,k]) * v[b,c]   (all zeros when B == 0: still launch then);
+ *   with s.flags & AIEC_FLAG_ACCUMULATE_DW, dw[k,c] += that sum instead (the buffer's old value plus the sum).
  * Every sum runs over k (resp. b) in increasing order in one thread: deterministic, no atomics.
  * Writes only dv and dw. Geometry: block = 256 threads (MUST be), no dynamic shared memory (8 KiB static);
  *   CB = ceil(C / 256); grid = (ceil(B / 16) + ceil(K / 16)) * CB.
@@ -32,6 +34,7 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
                                                     const float* __restrict__ g,            // [B, K]
                                                     const unsigned char* __restrict__ mask,  // [B, C]
                                                     const AiecLosses* __restrict__ losses,  // [1]
+                                                    const float* __restrict__ row_scale,    // [B] or null
                                                     float* __restrict__ dv,                 // [B, C]
                                                     float* __restrict__ dw,                 // [K, C]
                                                     AiecShape s) {
@@ -58,7 +61,11 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
       // dw: dlogits[j0 + jj, r0 + r] = g[(j0 + jj)*K + r0 + r], r fastest.
       const int r = is_dv ? idx / JT : idx % S, jj = is_dv ? idx % JT : idx / S;
       float a = 0.0f;
-      if (r < ns && jj < jn) a = aux_scale * (is_dv ? g[(r0 + r) * K + j0 + jj] : g[(j0 + jj) * K + r0 + r]);
+      if (r < ns && jj < jn) {
+        const u64 b = is_dv ? r0 + r : j0 + jj;  // the sample of this dlogits entry
+        const float scale = row_scale ? row_scale[b] : aux_scale;
+        a = scale * (is_dv ? g[(r0 + r) * K + j0 + jj] : g[(j0 + jj) * K + r0 + r]);
+      }
       sa[jj * S + r] = a;
     }
     __syncthreads();
@@ -94,12 +101,15 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
     }
   } else {
     AIEC_UNROLL
-    for (int r = 0; r < ns; ++r) dw[(r0 + r) * C + c] = acc[r];
+    for (int r = 0; r < ns; ++r) {
+      float* o = dw + (r0 + r) * C + c;
+      *o = (s.flags & AIEC_FLAG_ACCUMULATE_DW) ? *o + acc[r] : acc[r];
+    }
   }
 }
 
 AIEC_EXPORT_NAMED(aiec_bwd_dv_dw, __launch_bounds__(256), aiec_bwd_dv_dw_body,
                   (const float* __restrict__ v, const float* __restrict__ w, const float* __restrict__ g,
                    const unsigned char* __restrict__ mask, const AiecLosses* __restrict__ losses,
-                   float* __restrict__ dv, float* __restrict__ dw, AiecShape s),
-                  (v, w, g, mask, losses, dv, dw, s))
+                   const float* __restrict__ row_scale, float* __restrict__ dv, float* __restrict__ dw, AiecShape s),
+                  (v, w, g, mask, losses, row_scale, dv, dw, s))

@@ -1,10 +1,11 @@
-/* aiec_bwd_x.cu - the activation pass of an AIEC backward (AIEC_SPEC "Backward", last two rules): ONE read of dy
+/* aiec_bwd_x.cu - the activation pass of an AIEC backward (docs/SPEC.md "Backward", last two rules): ONE read of dy
  * and of the keep bits gives dx = keep ? dy + unpool(dv) : +0. Fuses the unpooling (dy_total is never written).
  *
  *   aiec_bwd_x_tokens_<dtype>(dy, keep, dv, dx, s)   dy, dx: [B, P, C]; pool token (0), avg_token (1), none (3)
  *   aiec_bwd_x_hw_<dtype>(dy, keep, dv, dx, s)       dy, dx: [B, C, P]; pool avg_hw (2)
  *
- * dtype: f32, f16, bf16. keep: the forward's bits (aiec_fwd_x.cu). dv: f32 [B, C]. u = unpool(dv)[b, c, p]:
+ * dtype: f32, f16, bf16. keep: the forward's bits (aiec_fwd_x.cu). dv: f32 [B, C], or null for a forward without
+ * targets (then dx = keep ? dy : +0, dy's bits copied). u = unpool(dv)[b, c, p]:
  * token: dv[b,c] at p == 0 only; avg_token / avg_hw: dv[b,c] / (float)P at every p; none: dv[b,c].
  * dx[i] = keep bit ? from_float(to_float(dy[i]) + u) : +0, except where u is absent (token mode, p != 0):
  * there a kept dy is copied bit for bit, as the CPU reference leaves dy_total = dy there.
@@ -72,7 +73,7 @@ __device__ __forceinline__ void apply(Pack16<T>& p, u32 bits, const float* u, bo
 template <class T>
 __device__ __forceinline__ void aiec_bwd_x_tokens(const T* dy,                         // [B, P, C], may alias dx
                                                   const aiec::u32* __restrict__ keep,  // [ceil(B*P*C / 32)]
-                                                  const float* __restrict__ dv,        // [B, C]
+                                                  const float* __restrict__ dv,        // [B, C] or null
                                                   T* dx,                               // [B, P, C]
                                                   AiecShape s) {
   using namespace aiec_bx;
@@ -100,7 +101,7 @@ __device__ __forceinline__ void aiec_bwd_x_tokens(const T* dy,                  
       for (int q = 0; q < UNROLL; ++q) {
         const u64 r = r0 + (u64)q * WARPS + warp;
         if (r >= R) continue;
-        const bool add = !token || r % P == 0;
+        const bool add = dv && (!token || r % P == 0);
         float u[V];
         AIEC_UNROLL
         for (int j = 0; j < V; ++j) u[j] = add && j < cnt ? dv[(r / P) * C + c0 + j] : 0.0f;
@@ -113,7 +114,7 @@ __device__ __forceinline__ void aiec_bwd_x_tokens(const T* dy,                  
     float u[V];
     AIEC_UNROLL
     for (int j = 0; j < V; ++j) {
-      u[j] = j < cnt ? dv[b * C + c0 + j] : 0.0f;
+      u[j] = j < cnt && dv ? dv[b * C + c0 + j] : 0.0f;
       if (avg) u[j] = u[j] / (float)P;
     }
     for (u64 p0 = (u64)warp; p0 < P; p0 += WARPS * UNROLL) {
@@ -128,7 +129,7 @@ __device__ __forceinline__ void aiec_bwd_x_tokens(const T* dy,                  
       for (int q = 0; q < UNROLL; ++q) {
         const u64 p = p0 + (u64)q * WARPS;
         if (p >= P) continue;  // warp-uniform (and so are the later u)
-        apply(pg[q], bits[q], u, !token || p == 0, dx, (b * P + p) * C + c0, cnt, vec);
+        apply(pg[q], bits[q], u, dv && (!token || p == 0), dx, (b * P + p) * C + c0, cnt, vec);
       }
     }
   }
@@ -137,7 +138,7 @@ __device__ __forceinline__ void aiec_bwd_x_tokens(const T* dy,                  
 template <class T>
 __device__ __forceinline__ void aiec_bwd_x_hw(const T* dy,                         // [B, C, P], may alias dx
                                               const aiec::u32* __restrict__ keep,  // [ceil(B*C*P / 32)]
-                                              const float* __restrict__ dv,        // [B, C]
+                                              const float* __restrict__ dv,        // [B, C] or null
                                               T* dx,                               // [B, C, P]
                                               AiecShape s) {
   using namespace aiec_bx;
@@ -146,7 +147,7 @@ __device__ __forceinline__ void aiec_bwd_x_hw(const T* dy,                      
   const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
   const bool vec = P % V == 0 && ((aiec::addr(dy) | aiec::addr(dx)) & 15) == 0;
   for (u64 r = (u64)blockIdx.x * WARPS + warp; r < rows; r += (u64)gridDim.x * WARPS) {
-    const float g = dv[r] / (float)P;
+    const float g = dv ? dv[r] / (float)P : 0.0f;
     float u[V];
     AIEC_UNROLL
     for (int j = 0; j < V; ++j) u[j] = g;
@@ -162,7 +163,7 @@ __device__ __forceinline__ void aiec_bwd_x_hw(const T* dy,                      
       for (int q = 0; q < UNROLL; ++q) {
         const u64 pos = q0 + (u64)q * CHUNK;
         if (pos >= P) continue;
-        apply(pg[q], bits[q], u, true, dx, r * P + pos, (int)min64(V, P - pos), vec);
+        apply(pg[q], bits[q], u, dv != nullptr, dx, r * P + pos, (int)min64(V, P - pos), vec);
       }
     }
   }

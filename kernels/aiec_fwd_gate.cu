@@ -1,4 +1,4 @@
-/* aiec_fwd_gate.cu - consensus gatekeeping unit of an AIEC training forward (AIEC_SPEC "Forward" 6): the mask and
+/* aiec_fwd_gate.cu - consensus gatekeeping unit of an AIEC training forward (docs/SPEC.md "Forward" 6): the mask and
  * the layer's gate statistics, reduced to one AiecGateStats in the same launch (last-block-done pattern).
  *
  *   aiec_fwd_gate(v, w, targets, act, inh, mask, block_sum_sq, block_count, done, stats, s)   (f32; this name)

@@ -1,11 +1,13 @@
-/* aiec_fwd_logits.cu - decision-making and activation-counting units of an AIEC training forward (AIEC_SPEC
+/* aiec_fwd_logits.cu - decision-making and activation-counting units of an AIEC training forward (docs/SPEC.md
  * "Forward" 4 and 5, and the per-row half of the auxiliary loss): logits = v W^T, then per row the cross-entropy,
  * the unscaled softmax gradient and the argmax; on an update step the counters of correctly predicted samples.
  *
- *   aiec_fwd_logits(v, w, targets, logits, ce, g, act, inh, total, done, s)   (f32 only; exactly this name)
+ *   aiec_fwd_logits(v, w, targets, status, logits, ce, g, act, inh, total, done, s)   (f32 only; this name)
  *
- * v: f32 [B, C]; w: f32 [K, C]; targets: i64 [B] (validated on the host; an out-of-range one gets ce = NaN, no
- * one-hot term, no count, and is never used as an index); logits, g: f32 [B, K]; ce: f32 [B];
+ * v: f32 [B, C]; w: f32 [K, C]; targets: i64 [B] (an out-of-range one gets ce = NaN, no one-hot term, no count,
+ * and is never used as an index); status: the AiecTargetStatus aiec_fwd_x wrote for these targets (or null): when
+ * it names a bad target (index >= 0) the step counts nothing at all, so a bad batch changes no counter;
+ * logits, g: f32 [B, K]; ce: f32 [B];
  * act, inh: i64 [K, C]; total: i64 [K]; done: u32 [ceil(B / 8)], all 0 before the launch (zero them once at
  * allocation); the kernel leaves them 0 again.
  * ce[b] = (m + logf(sum_k expf(z_k - m))) - z_t with m = max_k z_k (NaN if any z is NaN), as the CPU reference;
@@ -73,6 +75,7 @@ __device__ __forceinline__ bool beats(float a, u64 ia, float b, u64 ib) {
 __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v,            // [B, C]
                                                      const float* __restrict__ w,            // [K, C]
                                                      const long long* __restrict__ targets,  // [B]
+                                                     const AiecTargetStatus* status,         // [1] or null
                                                      float* logits,                          // [B, K] (re-read)
                                                      float* __restrict__ ce,                 // [B]
                                                      float* __restrict__ g,                  // [B, K]
@@ -186,7 +189,7 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
     sok[warp] = 0;
     st[warp] = -1;
   }
-  if (!s.update) return;  // uniform
+  if (!s.update || (status && status->index >= 0)) return;  // uniform: no update, or a bad target in the batch
   __syncthreads();
 
   // 3. counters: the block's correct samples grouped by class, one atomic per (class, channel) and per class
@@ -227,6 +230,6 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
 
 AIEC_EXPORT_NAMED(aiec_fwd_logits, __launch_bounds__(512), aiec_fwd_logits_body,
                   (const float* __restrict__ v, const float* __restrict__ w, const long long* __restrict__ targets,
-                   float* logits, float* __restrict__ ce, float* __restrict__ g, long long* act,
-                   long long* inh, long long* total, aiec::u32* done, AiecShape s),
-                  (v, w, targets, logits, ce, g, act, inh, total, done, s))
+                   const AiecTargetStatus* status, float* logits, float* __restrict__ ce, float* __restrict__ g,
+                   long long* act, long long* inh, long long* total, aiec::u32* done, AiecShape s),
+                  (v, w, targets, status, logits, ce, g, act, inh, total, done, s))

@@ -1,13 +1,18 @@
-/* aiec_fwd_x.cu - the activation pass of an AIEC training forward (AIEC_SPEC "Forward" 1 and 3): ONE read of x
+/* aiec_fwd_x.cu - the activation pass of an AIEC training forward (docs/SPEC.md "Forward" 1 and 3): ONE read of x
  * gives the threshold output y, the keep bits the backward needs and the pooled vector v.
  *
- *   aiec_fwd_x_tokens_<dtype>(x, y, keep, v, s)   x, y: [B, P, C] channels last; pool token (0), avg_token (1),
- *                                                 none (3, P = 1)
- *   aiec_fwd_x_hw_<dtype>(x, y, keep, v, s)       x, y: [B, C, P] positions last; pool avg_hw (2)
+ *   aiec_fwd_x_tokens_<dtype>(x, y, keep, v, targets, status, device_error, s)
+ *        x, y: [B, P, C] channels last; pool token (0), avg_token (1), none (3, P = 1)
+ *   aiec_fwd_x_hw_<dtype>(x, y, keep, v, targets, status, device_error, s)
+ *        x, y: [B, C, P] positions last; pool avg_hw (2)
  *
  * dtype: f32, f16, bf16. y = x where NOT x <= tau (bits copied, NaN kept), else +0. keep: ceil(n/32) u32 words,
  * n = B*P*C, bit i%32 of word i/32 = NOT x[i] <= tau, LSB first; every word is written whole, bits past n are 0.
  * v: f32 [B, C]: token/none v[b,c] = float(y[b,0,c]); avg modes (sum over p of float(y)) / (float)P.
+ * v may be null (a forward without targets: y and keep only). targets (i64 [B]) may be null; when given, block
+ * (0, 0) first checks them against K = s.classes (aiec_k::check_targets: writes *status, and the first error since
+ * the host last looked into *device_error, which may be null), so that aiec_fwd_logits can refuse to count a
+ * step with a bad target; the rest of the pass does not read targets.
  * Never writes x; y must not alias x. No atomics; the order of every sum is fixed by the geometry (deterministic).
  * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16):
  *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, 65535)), block 256, no dynamic shared memory. Block
@@ -114,7 +119,7 @@ __device__ __noinline__ void tokens_body(const T* __restrict__ x, T* __restrict_
         const u64 r = r0 + (u64)u * WARPS + warp;
         if (r >= R) continue;  // warp-uniform
         const u32 bits = apply<VEC>(px[u], y, r * C + c0, cnt, s.tau, unused);
-        if (r % P == 0) {  // the class token (or the only position): v = y there
+        if (v && r % P == 0) {  // the class token (or the only position): v = y there
           const u64 b = r / P;
           AIEC_UNROLL
           for (int j = 0; j < V; ++j)
@@ -154,7 +159,7 @@ __device__ __noinline__ void tokens_body(const T* __restrict__ x, T* __restrict_
         float sum = red[threadIdx.x];
         AIEC_UNROLL
         for (int w = 1; w < WARPS; ++w) sum += red[w * 32 * V + threadIdx.x];
-        if (c < C) v[b * C + c] = sum / (float)P;
+        if (c < C && v) v[b * C + c] = sum / (float)P;
       }
       __syncthreads();  // red is reused by the next sample
     }
@@ -192,18 +197,30 @@ __device__ __noinline__ void hw_body(const T* __restrict__ x, T* __restrict__ y,
     AIEC_UNROLL
     for (int j = 1; j < V; ++j) sum += acc[j];
     sum = aiec_k::warp_sum(sum);
-    if (lane == 0) v[r] = sum / (float)P;
+    if (lane == 0 && v) v[r] = sum / (float)P;
   }
 }
 }  // namespace aiec_fx
 
+// The targets check, by block (0, 0) only (block-uniform: its barriers are safe), before the pass.
+__device__ __forceinline__ void aiec_fwd_x_check(const long long* __restrict__ targets, AiecTargetStatus* status,
+                                                 AiecTargetStatus* device_error, const AiecShape& s) {
+  __shared__ aiec::u64 scan[256];
+  if (targets && blockIdx.x == 0 && blockIdx.y == 0)
+    aiec_k::check_targets(targets, s.batch, s.classes, status, device_error, scan);
+}
+
 template <class T>
-__device__ __forceinline__ void aiec_fwd_x_tokens(const T* __restrict__ x,       // [B, P, C]
-                                                  T* __restrict__ y,             // [B, P, C]
-                                                  aiec::u32* __restrict__ keep,  // [ceil(B*P*C / 32)]
-                                                  float* __restrict__ v,         // [B, C]
+__device__ __forceinline__ void aiec_fwd_x_tokens(const T* __restrict__ x,                  // [B, P, C]
+                                                  T* __restrict__ y,                        // [B, P, C]
+                                                  aiec::u32* __restrict__ keep,             // [ceil(B*P*C / 32)]
+                                                  float* __restrict__ v,                    // [B, C] or null
+                                                  const long long* __restrict__ targets,    // [B] or null
+                                                  AiecTargetStatus* status,                 // [1] (with targets)
+                                                  AiecTargetStatus* device_error,           // [1] or null
                                                   AiecShape s) {
   __shared__ float red[aiec_fx::WARPS * 32 * 8];  // [warp][32V] partial sums of avg_token (sized for V = 8)
+  aiec_fwd_x_check(targets, status, device_error, s);
   const aiec::u64 C = s.channels, V = aiec::Pack16<T>::N;
   const bool vec = C % V == 0 && ((aiec::addr(x) | aiec::addr(y)) & 15) == 0, fast = C % 32 == 0;
   if (vec && fast) aiec_fx::tokens_body<true, true>(x, y, keep, v, s, red);
@@ -213,11 +230,15 @@ __device__ __forceinline__ void aiec_fwd_x_tokens(const T* __restrict__ x,      
 }
 
 template <class T>
-__device__ __forceinline__ void aiec_fwd_x_hw(const T* __restrict__ x,       // [B, C, P]
-                                              T* __restrict__ y,             // [B, C, P]
-                                              aiec::u32* __restrict__ keep,  // [ceil(B*C*P / 32)]
-                                              float* __restrict__ v,         // [B, C]
+__device__ __forceinline__ void aiec_fwd_x_hw(const T* __restrict__ x,                  // [B, C, P]
+                                              T* __restrict__ y,                        // [B, C, P]
+                                              aiec::u32* __restrict__ keep,             // [ceil(B*C*P / 32)]
+                                              float* __restrict__ v,                    // [B, C] or null
+                                              const long long* __restrict__ targets,    // [B] or null
+                                              AiecTargetStatus* status,                 // [1] (with targets)
+                                              AiecTargetStatus* device_error,           // [1] or null
                                               AiecShape s) {
+  aiec_fwd_x_check(targets, status, device_error, s);
   const aiec::u64 P = s.positions, V = aiec::Pack16<T>::N;
   const bool vec = P % V == 0 && ((aiec::addr(x) | aiec::addr(y)) & 15) == 0, fast = P % 32 == 0;
   if (vec && fast) aiec_fx::hw_body<true, true>(x, y, keep, v, s);
@@ -228,9 +249,11 @@ __device__ __forceinline__ void aiec_fwd_x_hw(const T* __restrict__ x,       // 
 
 AIEC_EXPORT_LB(aiec_fwd_x_tokens, AIEC_LB_X,
                (const T* __restrict__ x, T* __restrict__ y, aiec::u32* __restrict__ keep, float* __restrict__ v,
+                const long long* __restrict__ targets, AiecTargetStatus* status, AiecTargetStatus* device_error,
                 AiecShape s),
-               (x, y, keep, v, s))
+               (x, y, keep, v, targets, status, device_error, s))
 AIEC_EXPORT_LB(aiec_fwd_x_hw, AIEC_LB_X,
                (const T* __restrict__ x, T* __restrict__ y, aiec::u32* __restrict__ keep, float* __restrict__ v,
+                const long long* __restrict__ targets, AiecTargetStatus* status, AiecTargetStatus* device_error,
                 AiecShape s),
-               (x, y, keep, v, s))
+               (x, y, keep, v, targets, status, device_error, s))

@@ -1,4 +1,4 @@
-/* aiec_loss.cu - the combined AIEC losses of L layers that share one target vector (AIEC_SPEC "Losses") and the
+/* aiec_loss.cu - the combined AIEC losses of L layers that share one target vector (docs/SPEC.md "Losses") and the
  * two scales every layer's backward needs, in one block.
  *
  *   aiec_loss(p)   (AiecLossParams by value; f32; exactly this name)

@@ -12,7 +12,18 @@ struct AiecShape {     // size 48, align 8
   aiec::u32 pool;      // 0 token, 1 avg_token, 2 avg_hw, 3 none         offset 32
   aiec::u32 update;    // 1: this forward updates the counters           offset 36
   float tau;           //                                                offset 40
-  aiec::u32 pad0;      //                                                offset 44
+  aiec::u32 flags;     // AIEC_FLAG_* bits                               offset 44
+};
+// AiecShape::flags. ACCUMULATE_DW: aiec_bwd_dv_dw adds dW to what the dw buffer holds (dw += ...), as frameworks
+// accumulate gradients, instead of writing it.
+#define AIEC_FLAG_ACCUMULATE_DW 1u
+// The targets check of a training forward (written by aiec_fwd_x, read by aiec_fwd_logits): index = the first
+// b with targets[b] outside 0..K, or -1; value = targets[index] (0 when index == -1); classes = K.
+struct AiecTargetStatus {  // size 32
+  long long index;         //                                            offset 0
+  long long value;         //                                            offset 8
+  aiec::u64 classes;       //                                            offset 16
+  aiec::u64 pad0;          //                                            offset 24
 };
 struct AiecGateStats {  // size 16: one layer's gate statistics
   float sum_sq;         // S = sum mask * v^2                            offset 0
@@ -41,9 +52,11 @@ struct AiecLossParams {              // passed by value; size 544
 
 static_assert(sizeof(AiecShape) == 48 && alignof(AiecShape) == 8, "AiecShape layout");
 static_assert(sizeof(AiecGateStats) == 16 && sizeof(AiecLosses) == 32 && sizeof(AiecLossParams) == 544, "sizes");
+static_assert(sizeof(AiecTargetStatus) == 32, "AiecTargetStatus layout");
 #ifndef AIEC_CUDA  // NVRTC has no offsetof / __builtin_offsetof; the host compiler checks the same (LP64) layout
 static_assert(__builtin_offsetof(AiecShape, classes) == 24 && __builtin_offsetof(AiecShape, pool) == 32 &&
-                  __builtin_offsetof(AiecShape, update) == 36 && __builtin_offsetof(AiecShape, tau) == 40,
+                  __builtin_offsetof(AiecShape, update) == 36 && __builtin_offsetof(AiecShape, tau) == 40 &&
+                  __builtin_offsetof(AiecShape, flags) == 44,
               "AiecShape offsets");
 static_assert(sizeof(AiecGateStats) == 16 && __builtin_offsetof(AiecGateStats, count) == 8, "AiecGateStats layout");
 static_assert(sizeof(AiecLosses) == 32 && __builtin_offsetof(AiecLosses, aux_scale) == 12 &&
@@ -97,6 +110,42 @@ __device__ __forceinline__ u32 keep_word(const T* x, u64 ws, u64 n, float tau) {
   u32 w = 0;
   for (u32 j = 0; j < e; ++j) w |= (u32)keeps(x[ws + j], tau) << j;
   return w;
+}
+// The targets check of a training forward, run by ONE whole block (every thread must call it: it has barriers):
+// writes *status (see AiecTargetStatus), and when a target is bad and *device_error (may be null) holds no error
+// yet (index < 0), copies the status there too: the first bad step since the host last read that record.
+// Thread j scans b = j, j + blockDim.x, ... and stops at its first bad b; the minimum over the block is the first
+// bad index (fixed result for any schedule). scan: blockDim.x entries of shared memory.
+__device__ __forceinline__ void check_targets(const long long* __restrict__ targets, u64 B, u64 K,
+                                              AiecTargetStatus* status, AiecTargetStatus* device_error,
+                                              u64* scan) {
+  const u32 tid = threadIdx.x;
+  u64 first = ~(u64)0;
+  for (u64 b = tid; b < B; b += blockDim.x) {
+    const long long t = targets[b];
+    if (t < 0 || (u64)t >= K) {
+      first = b;
+      break;
+    }
+  }
+  scan[tid] = first;
+  __syncthreads();
+  if (tid == 0) {
+    u64 m = scan[0];
+    for (u32 j = 1; j < blockDim.x; ++j) m = scan[j] < m ? scan[j] : m;
+    const bool bad = m != ~(u64)0;
+    status->index = bad ? (long long)m : -1;
+    status->value = bad ? targets[m] : 0;
+    status->classes = K;
+    status->pad0 = 0;
+    if (bad && device_error && device_error->index < 0) {
+      device_error->value = status->value;
+      device_error->classes = K;
+      device_error->pad0 = 0;
+      device_error->index = status->index;
+    }
+  }
+  __syncthreads();  // scan may be reused by the caller
 }
 // Sum over the warp by an xor butterfly: every lane gets the same bits, for any schedule.
 __device__ __forceinline__ float warp_sum(float v) {

@@ -1,4 +1,4 @@
-/* threshold.cu - the AIEC threshold unit (AIEC_SPEC "Threshold unit" and the dx rule), elementwise.
+/* threshold.cu - the AIEC threshold unit (docs/SPEC.md "Threshold unit" and the dx rule), elementwise.
  *
  *   threshold_fwd_<dtype>(x, y, tau, n):      y  = (x <= tau) ? 0 : x
  *   threshold_bwd_<dtype>(x, dy, dx, tau, n): dx = (x <= tau) ? 0 : dy

@@ -228,29 +228,52 @@ pub fn block_threads(kernel: &str) -> u32 {
     }
 }
 
-/// Launch 1 of a training forward: `aiec_fwd_x_<layout>_<dtype>(x, y, keep, v, shape)`.
-pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, x: u64, y: u64, keep: u64, v: u64) -> Option<LaunchPlan> {
+/// The keep bits of one activation tensor: `u32` words (1 bit per element).
+pub fn keep_words(shape: &AiecShape) -> usize {
+    elems(shape).div_ceil(32) as usize
+}
+
+/// The device addresses of `aiec_fwd_x`'s arguments (0 = null where allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct XPassArgs {
+    /// The input, shape of the layout.
+    pub x: u64,
+    /// The output, shape of `x` (never `x` itself).
+    pub y: u64,
+    /// [`keep_words`] words.
+    pub keep: u64,
+    /// `[B, C]` pooled values, or 0 (a forward without targets).
+    pub v: u64,
+    /// `[B]` targets to check, or 0.
+    pub targets: u64,
+    /// One `AiecTargetStatus` (with targets).
+    pub status: u64,
+    /// The device-wide `AiecTargetStatus` record, or 0 (targets checked on the host).
+    pub device_error: u64,
+}
+
+/// Launch 1 of a forward:
+/// `aiec_fwd_x_<layout>_<dtype>(x, y, keep, v, targets, status, device_error, shape)`.
+pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, a: XPassArgs) -> Option<LaunchPlan> {
     (elems(shape) > 0).then(|| LaunchPlan {
         module: Module::only("aiec_fwd_x.cu", dtype),
         kernel: format!("aiec_fwd_x_{}_{dtype}", layout_name(shape)),
         grid: activation_grid(dtype, shape),
         block: [AIEC_BLOCK, 1, 1],
         shared_bytes: 0,
-        args: vec![
-            KernelArg::Ptr(x),
-            KernelArg::Ptr(y),
-            KernelArg::Ptr(keep),
-            KernelArg::Ptr(v),
-            KernelArg::structure(shape),
-        ],
+        args: [a.x, a.y, a.keep, a.v, a.targets, a.status, a.device_error]
+            .into_iter()
+            .map(KernelArg::Ptr)
+            .chain([KernelArg::structure(shape)])
+            .collect(),
     })
 }
 
-/// Launch 2: `aiec_fwd_logits(v, w, targets, logits, ce, g, act, inh, total, done, shape)`; `done` has
-/// [`logits_groups`] `u32`s, all zero.
+/// Launch 2: `aiec_fwd_logits(v, w, targets, status, logits, ce, g, act, inh, total, done, shape)`;
+/// `done` has [`logits_groups`] `u32`s, all zero.
 pub fn aiec_fwd_logits(
     shape: &AiecShape,
-    inputs: [u64; 3],
+    inputs: [u64; 4],
     outputs: [u64; 3],
     counters: [u64; 3],
     done: u64,
@@ -274,6 +297,36 @@ pub fn aiec_fwd_logits(
         shared_bytes: 0,
         args: args.collect(),
     })
+}
+
+/// Where the parts of a training forward's scratch memory lie (bytes from its
+/// start): the gate's per-block partial sums and counts, the two kernels'
+/// tickets (zero before the first launch; every launch leaves them zero), and
+/// the targets status. One allocation, zeroed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardScratch {
+    /// `f32 [gate_grid]`.
+    pub gate_sum_sq: usize,
+    /// `u64 [gate_grid]`.
+    pub gate_count: usize,
+    /// `u32 [logits_groups + 1]`: the logits groups' tickets, then the gate's.
+    pub tickets: usize,
+    /// One `AiecTargetStatus`.
+    pub status: usize,
+    /// Total bytes.
+    pub bytes: usize,
+}
+
+impl ForwardScratch {
+    /// The layout for `shape`.
+    pub fn of(shape: &AiecShape) -> ForwardScratch {
+        let g = gate_grid(shape) as usize;
+        let up8 = |n: usize| n.div_ceil(8) * 8;
+        let gate_count = up8(4 * g);
+        let tickets = gate_count + 8 * g;
+        let status = up8(tickets + 4 * (logits_groups(shape) + 1));
+        ForwardScratch { gate_sum_sq: 0, gate_count, tickets, status, bytes: status + 32 }
+    }
 }
 
 /// Blocks of `aiec_fwd_gate` (its scratch arrays have one entry per block).
@@ -306,9 +359,10 @@ pub fn aiec_loss(params: &AiecLossParams) -> LaunchPlan {
     }
 }
 
-/// Backward launch 1: `aiec_bwd_dv_dw(v, w, g, mask, losses, dv, dw, shape)`;
-/// runs for `B = 0` too (it writes `dW = 0`).
-pub fn aiec_bwd_dv_dw(shape: &AiecShape, inputs: [u64; 5], outputs: [u64; 2]) -> Option<LaunchPlan> {
+/// Backward launch 1: `aiec_bwd_dv_dw(v, w, g, mask, losses, row_scale, dv, dw, shape)`
+/// (`row_scale` may be 0: the uniform `aux_scale` of `losses`); runs for `B = 0`
+/// too (it writes, or with [`crate::params::FLAG_ACCUMULATE_DW`] keeps, `dW`).
+pub fn aiec_bwd_dv_dw(shape: &AiecShape, inputs: [u64; 6], outputs: [u64; 2]) -> Option<LaunchPlan> {
     let cb = shape.channels.div_ceil(AIEC_BLOCK as u64);
     let grid = (shape.batch.div_ceil(16) + shape.classes.div_ceil(16)) * cb;
     let args = inputs.into_iter().chain(outputs).map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
@@ -323,7 +377,7 @@ pub fn aiec_bwd_dv_dw(shape: &AiecShape, inputs: [u64; 5], outputs: [u64; 2]) ->
 }
 
 /// Backward launch 2: `aiec_bwd_x_<layout>_<dtype>(dy, keep, dv, dx, shape)`;
-/// `dx` may equal `dy`.
+/// `dx` may equal `dy`; `dv` may be 0 (a forward without targets: `dx = keep ? dy : 0`).
 pub fn aiec_bwd_x(
     dtype: DType,
     shape: &AiecShape,
@@ -394,69 +448,94 @@ mod tests {
             pool: pool_code(pool),
             update: 1,
             tau: 0.0,
-            pad0: 0,
+            flags: 0,
         }
+    }
+
+    fn xa() -> XPassArgs {
+        XPassArgs { x: 1, y: 2, keep: 3, v: 4, targets: 5, status: 6, device_error: 7 }
     }
 
     #[test]
     fn fused_forward_plans_follow_the_kernel_geometry() {
         // ViT-B in bf16: 12 channel tiles of 256 channels x 256*197 rows, 32 rows per block step.
         let s = shape(Pool::Token, 256, 197, 3072, 1000);
-        let p = aiec_fwd_x(DType::BF16, &s, 1, 2, 3, 4).unwrap();
+        let p = aiec_fwd_x(DType::BF16, &s, xa()).unwrap();
         assert_eq!(
             (p.kernel.as_str(), p.grid, p.block),
             ("aiec_fwd_x_tokens_bf16", [12, 1576, 1], [256, 1, 1])
         );
-        assert_eq!(p.args[..4], [KernelArg::Ptr(1), KernelArg::Ptr(2), KernelArg::Ptr(3), KernelArg::Ptr(4)]);
-        assert_eq!(p.args[4], KernelArg::structure(&s));
+        let ptrs: Vec<KernelArg> = (1..=7).map(KernelArg::Ptr).collect();
+        assert_eq!(p.args[..7], ptrs[..], "x, y, keep, v, targets, status, device_error");
+        assert_eq!(p.args[7], KernelArg::structure(&s));
         // f32 moves 4 channels per lane: 24 tiles.
-        assert_eq!(aiec_fwd_x(DType::F32, &s, 1, 2, 3, 4).unwrap().grid, [24, 1576, 1]);
+        assert_eq!(aiec_fwd_x(DType::F32, &s, xa()).unwrap().grid, [24, 1576, 1]);
         // avg_token keeps one sample per block step; none spreads B rows.
         assert_eq!(
-            aiec_fwd_x(DType::F32, &shape(Pool::AvgToken, 256, 197, 3072, 1000), 1, 2, 3, 4).unwrap().grid,
+            aiec_fwd_x(DType::F32, &shape(Pool::AvgToken, 256, 197, 3072, 1000), xa()).unwrap().grid,
             [24, 256, 1]
         );
         assert_eq!(
-            aiec_fwd_x(DType::BF16, &shape(Pool::None, 4096, 1, 4096, 1000), 1, 2, 3, 4).unwrap().grid,
+            aiec_fwd_x(DType::BF16, &shape(Pool::None, 4096, 1, 4096, 1000), xa()).unwrap().grid,
             [16, 128, 1]
         );
         // avg_hw: one warp per (b, c) row, 8 rows per block.
         let h = shape(Pool::AvgHw, 128, 3136, 256, 1000);
-        let p = aiec_fwd_x(DType::F16, &h, 1, 2, 3, 4).unwrap();
+        let p = aiec_fwd_x(DType::F16, &h, xa()).unwrap();
         assert_eq!((p.kernel.as_str(), p.grid), ("aiec_fwd_x_hw_f16", [128 * 256 / 8, 1, 1]));
         // 32 sample groups x 16 class tiles.
-        let l = aiec_fwd_logits(&s, [1, 2, 3], [4, 5, 6], [7, 8, 9], 10).unwrap();
-        assert_eq!((l.grid, l.block, l.args.len()), ([32, 16, 1], [512, 1, 1], 11));
-        assert_eq!(l.args[9], KernelArg::Ptr(10), "done is the last pointer");
+        let l = aiec_fwd_logits(&s, [1, 2, 3, 4], [5, 6, 7], [8, 9, 10], 11).unwrap();
+        assert_eq!((l.grid, l.block, l.args.len()), ([32, 16, 1], [512, 1, 1], 12));
+        assert_eq!(l.args[3], KernelArg::Ptr(4), "status after targets");
+        assert_eq!(l.args[10], KernelArg::Ptr(11), "done is the last pointer");
         assert_eq!(logits_groups(&s), 32);
-        let few = aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), [0; 3], [0; 3], [0; 3], 0).unwrap();
+        let few = aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), [0; 4], [0; 3], [0; 3], 0).unwrap();
         assert_eq!(few.grid, [2, 1, 1]);
-        let huge = aiec_fwd_logits(&shape(Pool::None, 1, 1, 1, 1 << 30), [0; 3], [0; 3], [0; 3], 0).unwrap();
+        let huge = aiec_fwd_logits(&shape(Pool::None, 1, 1, 1, 1 << 30), [0; 4], [0; 3], [0; 3], 0).unwrap();
         assert_eq!(huge.grid, [1, 65_535, 1], "class tiles beyond the grid limit loop in the kernel");
         let g = aiec_fwd_gate(&s, [1, 2, 3, 4, 5], [6, 7, 8, 9, 10]).unwrap();
         assert_eq!((g.grid, g.args.len()), ([1024, 1, 1], 11));
         assert_eq!(gate_grid(&shape(Pool::None, 3, 1, 5, 2)), 1);
         // Empty batches launch nothing in the forward.
         let e = shape(Pool::Token, 0, 5, 8, 4);
-        assert!(aiec_fwd_x(DType::F32, &e, 1, 2, 3, 4).is_none());
-        assert!(aiec_fwd_logits(&e, [0; 3], [0; 3], [0; 3], 0).is_none());
+        assert!(aiec_fwd_x(DType::F32, &e, xa()).is_none());
+        assert!(aiec_fwd_logits(&e, [0; 4], [0; 3], [0; 3], 0).is_none());
         assert!(aiec_fwd_gate(&e, [0; 5], [0; 5]).is_none());
     }
 
     #[test]
     fn fused_backward_plans_follow_the_kernel_geometry() {
         let s = shape(Pool::AvgToken, 256, 197, 3072, 1000);
-        let p = aiec_bwd_dv_dw(&s, [1, 2, 3, 4, 5], [6, 7]).unwrap();
+        let p = aiec_bwd_dv_dw(&s, [1, 2, 3, 4, 5, 6], [7, 8]).unwrap();
         assert_eq!(p.grid, [(16 + 63) * 12, 1, 1]);
-        assert_eq!(p.args.len(), 8);
+        assert_eq!(p.args.len(), 9);
+        assert_eq!(p.args[5], KernelArg::Ptr(6), "row_scale after losses");
         let x = aiec_bwd_x(DType::BF16, &s, 1, 2, 3, 1).unwrap();
         assert_eq!((x.kernel.as_str(), x.grid), ("aiec_bwd_x_tokens_bf16", [12, 256, 1]));
         assert_eq!(x.args[3], KernelArg::Ptr(1), "dx may be dy");
         // B = 0 still clears dW; the dy pass has nothing to do.
         let e = shape(Pool::None, 0, 1, 8, 4);
-        assert_eq!(aiec_bwd_dv_dw(&e, [0; 5], [0; 2]).unwrap().grid, [1, 1, 1]);
+        assert_eq!(aiec_bwd_dv_dw(&e, [0; 6], [0; 2]).unwrap().grid, [1, 1, 1]);
         assert!(aiec_bwd_x(DType::F32, &e, 1, 2, 3, 4).is_none());
         assert_eq!(aiec_loss(&bytemuck::Zeroable::zeroed()).grid, [1, 1, 1]);
+    }
+
+    #[test]
+    fn forward_scratch_parts_are_aligned_and_disjoint() {
+        for s in [
+            shape(Pool::Token, 256, 197, 3072, 1000),
+            shape(Pool::None, 3, 1, 5, 2),
+            shape(Pool::None, 9, 1, 1, 1),
+        ] {
+            let l = ForwardScratch::of(&s);
+            let (g, groups) = (gate_grid(&s) as usize, logits_groups(&s));
+            assert!(l.gate_count % 8 == 0 && l.status % 8 == 0);
+            assert!(l.gate_sum_sq + 4 * g <= l.gate_count);
+            assert!(l.gate_count + 8 * g <= l.tickets);
+            assert!(l.tickets + 4 * (groups + 1) <= l.status);
+            assert_eq!(l.bytes, l.status + 32);
+        }
+        assert_eq!(keep_words(&shape(Pool::Token, 3, 5, 7, 2)), (3 * 5 * 7usize).div_ceil(32));
     }
 
     #[test]
@@ -465,11 +544,11 @@ mod tests {
             for pool in [Pool::Token, Pool::AvgHw] {
                 let s = shape(pool, 4, 9, 64, 10);
                 let plans = [
-                    aiec_fwd_x(dtype, &s, 1, 2, 3, 4).unwrap(),
-                    aiec_fwd_logits(&s, [1; 3], [1; 3], [1; 3], 1).unwrap(),
+                    aiec_fwd_x(dtype, &s, xa()).unwrap(),
+                    aiec_fwd_logits(&s, [1; 4], [1; 3], [1; 3], 1).unwrap(),
                     aiec_fwd_gate(&s, [1; 5], [1; 5]).unwrap(),
                     aiec_loss(&bytemuck::Zeroable::zeroed()),
-                    aiec_bwd_dv_dw(&s, [1; 5], [1; 2]).unwrap(),
+                    aiec_bwd_dv_dw(&s, [1; 6], [1; 2]).unwrap(),
                     aiec_bwd_x(dtype, &s, 1, 2, 3, 4).unwrap(),
                 ];
                 let used: Vec<Module> = plans.iter().map(|p| p.module).collect();

@@ -24,8 +24,35 @@ pub struct AiecShape {
     pub update: u32,
     /// The threshold, compared in `f32`.
     pub tau: f32,
-    /// Padding (0).
-    pub pad0: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+}
+
+/// [`AiecShape::flags`]: `aiec_bwd_dv_dw` adds `dW` to the buffer (`+=`) instead of writing it.
+pub const FLAG_ACCUMULATE_DW: u32 = 1;
+
+/// The targets check of a training forward (`AiecTargetStatus`): written by
+/// `aiec_fwd_x`, read by `aiec_fwd_logits` (a bad batch counts nothing) and,
+/// for device-side targets, copied into a device-wide record the host reads at
+/// its next synchronisation.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct AiecTargetStatus {
+    /// The first `b` with a target outside `0..K`, or -1.
+    pub index: i64,
+    /// `targets[index]` (0 when `index == -1`).
+    pub value: i64,
+    /// `K`.
+    pub classes: u64,
+    /// Padding.
+    pub pad0: u64,
+}
+
+impl AiecTargetStatus {
+    /// No error (`index = -1`).
+    pub fn zeroed_none() -> Self {
+        AiecTargetStatus { index: -1, value: 0, classes: 0, pad0: 0 }
+    }
 }
 
 impl AiecShape {
@@ -39,7 +66,7 @@ impl AiecShape {
             pool: pool_code(dims.pool),
             update: update as u32,
             tau,
-            pad0: 0,
+            flags: 0,
         }
     }
 }
@@ -123,6 +150,10 @@ mod tests {
         assert_eq!(offset_of!(AiecShape, pool), 32);
         assert_eq!(offset_of!(AiecShape, update), 36);
         assert_eq!(offset_of!(AiecShape, tau), 40);
+        assert_eq!(offset_of!(AiecShape, flags), 44);
+        assert_eq!(size_of::<AiecTargetStatus>(), 32);
+        assert_eq!(offset_of!(AiecTargetStatus, value), 8);
+        assert_eq!(offset_of!(AiecTargetStatus, classes), 16);
         assert_eq!(size_of::<AiecGateStats>(), 16);
         assert_eq!(offset_of!(AiecGateStats, count), 8);
         assert_eq!(size_of::<AiecLosses>(), 32);
