@@ -148,16 +148,25 @@ fn counters_move_only_on_update_steps_and_for_correct_samples() {
 }
 
 #[test]
-fn eval_resets_counters_and_runs_the_threshold_alone() {
+fn eval_resets_counters_and_moves_nothing() {
     let cfg = AiecConfig::with_interval(2, 2, 0.0, 1, Pool::None).unwrap();
     let mut layer = AiecLayer::with_weights(cfg, vec![1.0f32, -1.0, -1.0, 1.0]).unwrap();
     layer.forward(&[2.0, 0.0], &[1, 2], Some(&[0])).unwrap();
     assert_eq!(layer.counters().total, [2, 1]);
     layer.eval();
     assert_eq!(layer.counters(), &Counters::new(2, 2));
-    let rec = layer.forward(&[2.0, -1.0], &[1, 2], Some(&[0])).unwrap();
+    // Without targets: the threshold alone.
+    let rec = layer.forward(&[2.0, -1.0], &[1, 2], None).unwrap();
     assert!(rec.aux.is_none());
     assert_eq!(rec.y, [2.0, 0.0]);
+    // With targets (the published module's contract): logits and the mask from
+    // the reset counters (act = inh = 0, so a channel is irrelevant where
+    // W <= 0), no update, no step.
+    let rec = layer.forward(&[2.0, -1.0], &[1, 2], Some(&[0])).unwrap();
+    let aux = rec.aux.unwrap();
+    assert!(!aux.updated);
+    assert_eq!(aux.logits, [2.0, -2.0]);
+    assert_eq!(aux.mask, [0, 1], "W[0] = [1, -1]: channel 1 is irrelevant to class 0");
     assert_eq!((layer.step(), layer.counters().total.clone()), (1, vec![1, 1]), "eval moves nothing");
     layer.train();
     layer.forward(&[2.0, 0.0], &[1, 2], Some(&[0])).unwrap();

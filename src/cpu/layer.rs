@@ -1,6 +1,6 @@
-//! Layer level of the CPU reference: owns `W`, the counters, the step counter and
-//! the train/eval switch, and applies the spec's update-interval and
-//! reset-on-eval policy on top of the stateless op.
+//! Layer level of the CPU reference: owns `W` and the counters, and applies
+//! the shared layer policy ([`crate::policy::LayerPolicy`]: step counter,
+//! update interval, train/eval) on top of the stateless op.
 
 use crate::config::AiecConfig;
 use crate::counters::Counters;
@@ -9,6 +9,7 @@ use crate::cpu::loss::LossScales;
 use crate::cpu::op::{self, ForwardRecord, Gradients};
 use crate::error::{AiecError, Result};
 use crate::init::xavier_uniform;
+use crate::policy::LayerPolicy;
 
 /// One AIEC layer on the CPU. Starts in training mode, like a fresh PyTorch module.
 #[derive(Debug, Clone)]
@@ -16,8 +17,7 @@ pub struct AiecLayer<F> {
     cfg: AiecConfig,
     w: Vec<F>,
     counters: Counters,
-    step: u64,
-    training: bool,
+    policy: LayerPolicy,
 }
 
 impl<F: Float> AiecLayer<F> {
@@ -38,7 +38,8 @@ impl<F: Float> AiecLayer<F> {
 
     fn from_parts(cfg: AiecConfig, w: Vec<F>) -> Self {
         let counters = Counters::new(cfg.classes(), cfg.channels());
-        AiecLayer { cfg, w, counters, step: 0, training: true }
+        let policy = LayerPolicy::new(cfg.update_interval()).expect("AiecConfig checks update_interval >= 1");
+        AiecLayer { cfg, w, counters, policy }
     }
 
     /// The configuration.
@@ -69,25 +70,25 @@ impl<F: Float> AiecLayer<F> {
     }
     /// Training forwards so far (the step counter `s`).
     pub fn step(&self) -> u64 {
-        self.step
+        self.policy.step()
     }
     /// Sets the step counter, e.g. from a checkpoint: with the weights and the
     /// counters it is the layer's whole state, and it decides on which steps
     /// the counters update (`s % update_interval == 0`).
     pub fn set_step(&mut self, step: u64) {
-        self.step = step;
+        self.policy.set_step(step);
     }
     /// Whether the layer is in training mode.
     pub fn is_training(&self) -> bool {
-        self.training
+        self.policy.is_training()
     }
-    /// Training mode: forwards count steps and, with targets, run the AIEC units.
+    /// Training mode: forwards count steps and, with targets, may update the counters.
     pub fn train(&mut self) {
-        self.training = true;
+        self.policy.train();
     }
-    /// Evaluation mode: the threshold alone; resets the counters (spec).
+    /// Evaluation mode: no step, no update; resets the counters (spec).
     pub fn eval(&mut self) {
-        self.training = false;
+        self.policy.eval();
         self.counters.reset();
     }
     /// Resets the counters to `act = inh = 0`, `total = 1`.
@@ -97,19 +98,16 @@ impl<F: Float> AiecLayer<F> {
 
     /// The forward of this layer (`x` in the layout of the pooling mode, shape `dims`).
     ///
-    /// In training mode the step counter increments first, and with `targets` the
-    /// counters update when `step % update_interval == 0`. In evaluation mode the
-    /// result is the threshold alone (targets are still checked). On error nothing
-    /// (weights, counters, step) changes.
+    /// The policy ([`LayerPolicy`]) decides: in training mode the step counter
+    /// increments first, and with `targets` the counters update when
+    /// `step % update_interval == 0`; with targets the decision and gate units
+    /// run (in evaluation mode too, on the reset counters, without updating
+    /// them); without targets the result is the threshold alone. On error
+    /// nothing (weights, counters, step) changes.
     pub fn forward(&mut self, x: &[F], dims: &[usize], targets: Option<&[i64]>) -> Result<ForwardRecord<F>> {
-        if !self.training {
-            op::check_forward(&self.cfg, x, dims, &self.w, targets, &self.counters)?;
-            return op::forward(&self.cfg, x, dims, &self.w, None, &mut self.counters, false);
-        }
-        let next = self.step + 1;
-        let update = targets.is_some() && next % self.cfg.update_interval() == 0;
-        let record = op::forward(&self.cfg, x, dims, &self.w, targets, &mut self.counters, update)?;
-        self.step = next;
+        let plan = self.policy.plan(targets.is_some());
+        let record = op::forward(&self.cfg, x, dims, &self.w, targets, &mut self.counters, plan.update)?;
+        self.policy.commit(plan);
         Ok(record)
     }
 
