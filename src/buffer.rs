@@ -6,10 +6,11 @@ use std::marker::PhantomData;
 
 use bytemuck::Pod;
 
-use crate::device::{Device, Storage};
+use crate::device::{Device, Init, Storage};
 use crate::error::{AiecError, Result};
 
-/// `len` values of `T` on a device.
+/// `len` values of `T` on a device, owned by the crate (freed on drop,
+/// stream-ordered on the device's stream).
 pub struct Buffer<T: Pod> {
     device: Device,
     storage: Storage,
@@ -23,8 +24,12 @@ impl<T: Pod> std::fmt::Debug for Buffer<T> {
     }
 }
 
+fn bytes_of<T>(len: usize) -> Result<usize> {
+    len.checked_mul(std::mem::size_of::<T>()).ok_or(AiecError::ShapeOverflow { dims: vec![len] })
+}
+
 impl<T: Pod> Buffer<T> {
-    /// Uploads `data`.
+    /// Uploads `data` (one allocation, one host-to-device copy).
     pub fn from_slice(device: &Device, data: &[T]) -> Result<Self> {
         let storage = device.upload(bytemuck::cast_slice(data))?;
         Ok(Buffer { device: device.clone(), storage, len: data.len(), _t: PhantomData })
@@ -32,30 +37,34 @@ impl<T: Pod> Buffer<T> {
 
     /// `len` zero values.
     pub fn zeros(device: &Device, len: usize) -> Result<Self> {
-        Self::alloc(device, len, Device::alloc_zeros)
+        let storage = device.alloc(bytes_of::<T>(len)?, Init::Zero)?;
+        Ok(Buffer { device: device.clone(), storage, len, _t: PhantomData })
     }
 
     /// `len` values that a kernel writes in full before they are read or handed
-    /// out (see `Device::alloc_unwritten`): no clear on CUDA.
+    /// out (no clear on CUDA; NaN-like bytes in the simulator).
     pub(crate) fn unwritten(device: &Device, len: usize) -> Result<Self> {
-        Self::alloc(device, len, Device::alloc_unwritten)
+        let storage = device.alloc(bytes_of::<T>(len)?, Init::Unwritten)?;
+        Ok(Buffer { device: device.clone(), storage, len, _t: PhantomData })
     }
 
-    fn alloc(device: &Device, len: usize, alloc: fn(&Device, usize) -> Result<Storage>) -> Result<Self> {
-        let bytes =
-            len.checked_mul(std::mem::size_of::<T>()).ok_or(AiecError::ShapeOverflow { dims: vec![len] })?;
-        let storage = alloc(device, bytes)?;
-        Ok(Buffer { device: device.clone(), storage, len, _t: PhantomData })
+    /// A buffer of `len` values over (the start of) `storage`, which must hold
+    /// at least that many bytes (a workspace slot).
+    pub(crate) fn over(device: &Device, storage: Storage, len: usize) -> Self {
+        debug_assert!(storage.bytes() >= len * std::mem::size_of::<T>());
+        Buffer { device: device.clone(), storage, len, _t: PhantomData }
     }
 
     /// Downloads the values (waits for the device).
     pub fn to_vec(&self) -> Result<Vec<T>> {
         let mut out = vec![T::zeroed(); self.len];
-        self.device.download(&self.storage, bytemuck::cast_slice_mut(&mut out))?;
+        // SAFETY: the storage holds at least `len` values and is live.
+        unsafe { self.device.read(self.address(), bytemuck::cast_slice_mut(&mut out)) }?;
         Ok(out)
     }
 
-    /// Overwrites the values with `data` (same length).
+    /// Overwrites the values with `data` (same length), in place: one
+    /// host-to-device copy, ordered after the kernels already queued.
     pub fn copy_from(&mut self, data: &[T]) -> Result<()> {
         if data.len() != self.len {
             return Err(AiecError::LengthMismatch {
@@ -64,8 +73,8 @@ impl<T: Pod> Buffer<T> {
                 got: data.len(),
             });
         }
-        self.storage = self.device.upload(bytemuck::cast_slice(data))?;
-        Ok(())
+        // SAFETY: the buffer holds `len` values and is borrowed mutably.
+        unsafe { self.device.write(self.address(), bytemuck::cast_slice(data)) }
     }
 
     /// Copies `src` (same length, same device) into this buffer on the device,
@@ -82,8 +91,9 @@ impl<T: Pod> Buffer<T> {
             });
         }
         // SAFETY: both are live buffers of this device with `byte_len` bytes;
-        // `self` is borrowed mutably and `src` is a different buffer (two
-        // `Buffer`s never share storage).
+        // `self` is borrowed mutably and `src` is another buffer (a buffer's
+        // storage is shared only with the workspace that handed it out, never
+        // with another live buffer).
         unsafe { self.device.copy_dtod(self.address(), src.address(), self.byte_len()) }
     }
 
@@ -105,6 +115,6 @@ impl<T: Pod> Buffer<T> {
     }
     /// The device address of the first value.
     pub fn address(&self) -> u64 {
-        self.device.address(&self.storage)
+        self.storage.address()
     }
 }

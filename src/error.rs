@@ -40,6 +40,12 @@ pub enum AiecError {
     DTypeMismatch { what: &'static str, expected: DType, got: DType },
     /// Tensors of one operation live on different devices.
     DeviceMismatch { what: &'static str, expected: String, got: String },
+    /// A view's address is not aligned to its element size (or is null with elements).
+    Misaligned { what: &'static str, address: u64, align: usize },
+    /// Two buffers of one operation overlap where they may not (address, bytes).
+    Overlap { what: &'static str, other: &'static str, at: (u64, usize), other_at: (u64, usize) },
+    /// The operation needs something this record or device does not have.
+    Unsupported { what: String },
     /// No usable CUDA driver or GPU: says what is missing and how to get it.
     CudaUnavailable { reason: String, hint: &'static str },
     /// The NVRTC library could not be loaded.
@@ -91,6 +97,15 @@ impl fmt::Display for AiecError {
             ShapeOverflow { dims } => write!(f, "shape {dims:?} has more elements than fit in usize"),
             DTypeMismatch { what, expected, got } => write!(f, "{what} is {got}, expected {expected}"),
             DeviceMismatch { what, expected, got } => write!(f, "{what} is on {got}, expected {expected}"),
+            Misaligned { what, address, align } => {
+                write!(f, "{what} at address {address:#x} is not aligned to {align} bytes (or is null)")
+            }
+            Overlap { what, other, at, other_at } => write!(
+                f,
+                "{what} ({} bytes at {:#x}) overlaps {other} ({} bytes at {:#x})",
+                at.1, at.0, other_at.1, other_at.0
+            ),
+            Unsupported { what } => write!(f, "not supported: {what}"),
             CudaUnavailable { reason, hint } => write!(f, "CUDA is not available: {reason}. {hint}"),
             NvrtcUnavailable { reason, hint } => write!(f, "NVRTC is not available: {reason}. {hint}"),
             NvrtcCompile { file, target, log } => {

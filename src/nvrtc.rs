@@ -97,9 +97,40 @@ struct Api {
 
 type Program = *mut c_void;
 
-/// Library names tried when `AIEC_NVRTC_LIB` is not set, newest first.
+/// Library names tried when `AIEC_NVRTC_LIB` is not set and the driver's
+/// version is not known, newest first.
 const CANDIDATES: [&str; 5] =
     ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2", "libnvrtc.so.11.1"];
+
+/// The CUDA driver's version (`cuDriverGetVersion`, e.g. 12080), 0 when unknown.
+static DRIVER_VERSION: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Tells the loader which CUDA driver will load its output (`cuDriverGetVersion`,
+/// e.g. `12080` for 12.8). A CUDA 12 driver cannot load what NVRTC 13 emits
+/// (CUBIN or PTX), so once this is known, and before NVRTC is first loaded,
+/// the loader tries the sonames of the driver's major version and older ones
+/// first, and takes an unversioned `libnvrtc.so` only if its major version is
+/// not newer than the driver's. `AIEC_NVRTC_LIB` is used as given. A CUDA
+/// device calls this when it opens.
+pub fn set_driver_version(version: i32) {
+    DRIVER_VERSION.store(version, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The sonames to try for a driver of major version `major`, newest first,
+/// each with the largest NVRTC major it may have (`None`: any).
+fn candidates_for_driver(major: i32) -> Vec<(String, Option<i32>)> {
+    let mut v: Vec<(String, Option<i32>)> = (12..=major.max(12))
+        .rev()
+        .filter(|&m| m <= major)
+        .map(|m| (format!("libnvrtc.so.{m}"), None))
+        .collect();
+    if major >= 11 {
+        v.push(("libnvrtc.so.11.2".into(), None));
+        v.push(("libnvrtc.so.11.1".into(), None));
+    }
+    v.push(("libnvrtc.so".into(), Some(major)));
+    v
+}
 
 fn api() -> Result<&'static Api> {
     static API: OnceLock<std::result::Result<Api, String>> = OnceLock::new();
@@ -110,12 +141,16 @@ fn api() -> Result<&'static Api> {
 
 fn load() -> std::result::Result<Api, String> {
     let explicit = std::env::var_os("AIEC_NVRTC_LIB").filter(|v| !v.is_empty());
-    let tries: Vec<std::ffi::OsString> = match &explicit {
-        Some(p) => vec![p.clone()],
-        None => CANDIDATES.iter().map(|c| c.into()).collect(),
+    let driver = DRIVER_VERSION.load(std::sync::atomic::Ordering::Relaxed);
+    let tries: Vec<(std::ffi::OsString, Option<i32>)> = match &explicit {
+        Some(p) => vec![(p.clone(), None)],
+        None if driver > 0 => {
+            candidates_for_driver(driver / 1000).into_iter().map(|(n, m)| (n.into(), m)).collect()
+        }
+        None => CANDIDATES.iter().map(|c| (c.into(), None)).collect(),
     };
     let mut errors = Vec::new();
-    for name in &tries {
+    for (name, max_major) in &tries {
         // SAFETY: loading NVRTC runs its initialisers, which have no
         // preconditions.
         match unsafe { libloading::Library::new(name) } {
@@ -124,6 +159,17 @@ fn load() -> std::result::Result<Api, String> {
                 // function pointers below point into it.
                 let lib: &'static libloading::Library = Box::leak(Box::new(lib));
                 let api = resolve(lib, &PathBuf::from(name).display().to_string())?;
+                if let Some(m) = max_major {
+                    if api.major > *m {
+                        errors.push(format!(
+                            "{}: NVRTC {}.{} is newer than the CUDA {m} driver can load",
+                            PathBuf::from(name).display(),
+                            api.major,
+                            api.minor
+                        ));
+                        continue;
+                    }
+                }
                 if explicit.is_some() {
                     preload_builtins(Path::new(name), &api);
                 }
@@ -134,7 +180,11 @@ fn load() -> std::result::Result<Api, String> {
     }
     Err(match explicit {
         Some(p) => format!("AIEC_NVRTC_LIB={}: {}", PathBuf::from(p).display(), errors.join("; ")),
-        None => format!("none of {CANDIDATES:?} could be loaded and AIEC_NVRTC_LIB is not set"),
+        None => {
+            let names: Vec<String> =
+                tries.iter().map(|(n, _)| PathBuf::from(n).display().to_string()).collect();
+            format!("none of {names:?} could be loaded and AIEC_NVRTC_LIB is not set ({})", errors.join("; "))
+        }
     })
 }
 
@@ -521,6 +571,17 @@ pub fn compile_for_device_parallel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_driver_gets_an_nvrtc_of_its_major_version_or_older() {
+        let names = candidates_for_driver;
+        let c12 = names(12);
+        assert_eq!(c12[0], ("libnvrtc.so.12".to_string(), None), "CUDA 12 driver: never .so.13 by soname");
+        assert!(c12.iter().all(|(n, _)| n != "libnvrtc.so.13"));
+        assert_eq!(c12.last().unwrap(), &("libnvrtc.so".to_string(), Some(12)), "unversioned: only if <= 12");
+        let c13 = names(13);
+        assert_eq!((c13[0].0.as_str(), c13[1].0.as_str()), ("libnvrtc.so.13", "libnvrtc.so.12"));
+    }
 
     #[test]
     fn cache_key_is_stable_and_length_prefixed() {

@@ -1,9 +1,10 @@
-//! A tensor in device memory: element type known at run time (`f32`, `f16`,
-//! `bf16`, and the integer/float state buffers of the fused op), a shape, and
-//! the device it lives on. Upload and download check lengths and types.
+//! A tensor in device memory owned by the crate: element type known at run
+//! time (`f32`, `f16`, `bf16`), a shape, and the device it lives on. Upload and
+//! download check lengths and types. Memory the caller owns is used through
+//! views instead ([`crate::view`]).
 
 use crate::config::checked_len;
-use crate::device::{Device, Storage};
+use crate::device::{Device, Init, Storage};
 use crate::dtype::{DType, Element};
 use crate::error::{AiecError, Result};
 
@@ -34,25 +35,20 @@ impl Tensor {
 
     /// A zero-filled tensor.
     pub fn zeros(device: &Device, dtype: DType, shape: &[usize]) -> Result<Tensor> {
-        Self::alloc(device, dtype, shape, Device::alloc_zeros)
+        Self::alloc(device, dtype, shape, Init::Zero)
     }
 
     /// A tensor whose every element a kernel writes before it is read or handed
-    /// out (see `Device::alloc_unwritten`): no clear on CUDA.
+    /// out (no clear on CUDA; NaN bytes in the simulator).
     pub(crate) fn unwritten(device: &Device, dtype: DType, shape: &[usize]) -> Result<Tensor> {
-        Self::alloc(device, dtype, shape, Device::alloc_unwritten)
+        Self::alloc(device, dtype, shape, Init::Unwritten)
     }
 
-    fn alloc(
-        device: &Device,
-        dtype: DType,
-        shape: &[usize],
-        alloc: fn(&Device, usize) -> Result<Storage>,
-    ) -> Result<Tensor> {
+    fn alloc(device: &Device, dtype: DType, shape: &[usize], init: Init) -> Result<Tensor> {
         let n = checked_len(shape)?;
         let bytes =
             n.checked_mul(dtype.size()).ok_or_else(|| AiecError::ShapeOverflow { dims: shape.to_vec() })?;
-        let storage = alloc(device, bytes)?;
+        let storage = device.alloc(bytes, init)?;
         Ok(Tensor { device: device.clone(), storage, shape: shape.to_vec(), dtype })
     }
 
@@ -60,7 +56,8 @@ impl Tensor {
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         self.expect_dtype("tensor", T::DTYPE)?;
         let mut out = vec![T::zeroed(); self.len()];
-        self.device.download(&self.storage, bytemuck::cast_slice_mut(&mut out))?;
+        // SAFETY: the storage holds `len` elements of `T` and is live.
+        unsafe { self.device.read(self.address(), bytemuck::cast_slice_mut(&mut out)) }?;
         Ok(out)
     }
 
@@ -91,7 +88,7 @@ impl Tensor {
 
     /// The device address of the first element (for launch plans).
     pub fn address(&self) -> u64 {
-        self.device.address(&self.storage)
+        self.storage.address()
     }
 
     /// Errors unless the tensor has element type `dtype`.

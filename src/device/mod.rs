@@ -1,9 +1,13 @@
-//! Devices: a CUDA GPU (cudarc context + one stream) or, with the `sim`
-//! feature, the CPU simulator running the same kernel source. Both execute the
-//! same [`LaunchPlan`]s through [`Device::launch`]; only the final call differs.
+//! Devices: a CUDA stream (the crate's own, or the caller's) or, with the
+//! `sim` feature, the CPU simulator running the same kernel source. Both
+//! execute the same [`LaunchPlan`]s through [`Device::launch`]; only the final
+//! call differs.
 //!
-//! Each device counts its launches, host synchronisations and device-to-host
-//! copies ([`DeviceStats`]), so tests can assert how many of each a step costs.
+//! Each device counts what it was asked to do ([`DeviceStats`]: launches, host
+//! synchronisations, copies each way, allocations), so tests can assert what a
+//! step costs: a steady training step with a workspace, device targets and
+//! caller outputs makes launches only, which is what lets a CUDA graph capture
+//! it.
 
 mod cuda;
 #[cfg(feature = "sim")]
@@ -13,12 +17,15 @@ mod sim;
 pub use sim::kernel_names as sim_kernel_names;
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{sys, CudaStream};
 
 use crate::dtype::DType;
 use crate::error::{AiecError, Result};
 use crate::launch::{DeviceLimits, LaunchPlan};
+use crate::params::AiecTargetStatus;
 
 /// Which kind of device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +45,10 @@ pub struct DeviceStats {
     pub host_syncs: u64,
     /// Device-to-host copies.
     pub device_to_host: u64,
+    /// Host-to-device copies (uploads, and writes of host data into device memory).
+    pub host_to_device: u64,
+    /// Device memory allocations made by the crate.
+    pub allocations: u64,
 }
 
 impl std::ops::Sub for DeviceStats {
@@ -47,6 +58,8 @@ impl std::ops::Sub for DeviceStats {
             launches: self.launches - o.launches,
             host_syncs: self.host_syncs - o.host_syncs,
             device_to_host: self.device_to_host - o.device_to_host,
+            host_to_device: self.host_to_device - o.host_to_device,
+            allocations: self.allocations - o.allocations,
         }
     }
 }
@@ -57,17 +70,34 @@ enum Backend {
     Sim(sim::SimBackend),
 }
 
+#[derive(Default)]
+struct Counts {
+    launches: AtomicU64,
+    host_syncs: AtomicU64,
+    device_to_host: AtomicU64,
+    host_to_device: AtomicU64,
+    allocations: AtomicU64,
+}
+
+/// The device-wide record of the first bad device-side target since the host
+/// last looked (see [`Device::target_error_record`]).
+#[derive(Default)]
+struct TargetErrors {
+    record: Mutex<Option<Storage>>,
+    pending: AtomicBool,
+}
+
 struct Inner {
     id: u64,
     label: String,
     limits: DeviceLimits,
     backend: Backend,
-    launches: AtomicU64,
-    host_syncs: AtomicU64,
-    device_to_host: AtomicU64,
+    counts: Counts,
+    target_errors: TargetErrors,
 }
 
-/// A device that runs the kernels. Cheap to clone (shared handle).
+/// A device that runs the kernels. Cheap to clone (shared handle); every
+/// clone is the same device (same stream).
 #[derive(Clone)]
 pub struct Device(Arc<Inner>);
 
@@ -88,24 +118,94 @@ fn next_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The byte the simulator fills [`Device::alloc_unwritten`] memory with.
+/// The byte the simulator fills unwritten memory with.
 #[cfg(feature = "sim")]
 pub(crate) const UNWRITTEN: u8 = 0xFF;
 
-/// Device memory: a CUDA allocation or (simulator) 16-byte aligned host memory.
-pub(crate) enum Storage {
-    Cuda(cudarc::driver::CudaSlice<u8>),
+/// How new memory starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Init {
+    /// All zero bytes.
+    Zero,
+    /// Whatever was there: for memory a kernel writes in full before anything
+    /// reads it. On CUDA it is not cleared (a clear costs one more pass over the
+    /// memory and one more stream operation); in the simulator it is filled
+    /// with [`UNWRITTEN`] bytes (NaN in every float type, all bits set in
+    /// integers), so that any element a kernel fails to write shows up in the
+    /// tests.
+    Unwritten,
+}
+
+enum Mem {
+    Cuda(cuda::CudaMem),
     #[cfg(feature = "sim")]
     Host(sim::HostBuf),
 }
 
+/// Device memory the crate owns (a CUDA allocation, or 256-byte aligned host
+/// memory in the simulator), shared by the handles that use it: a workspace
+/// reuses a buffer once no record holds it any more.
+#[derive(Clone)]
+pub(crate) struct Storage(Arc<Mem>);
+
+impl Storage {
+    /// Whether this handle is the only one (nothing else uses the memory).
+    pub(crate) fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
+
+    /// Size in bytes (at least 1).
+    pub(crate) fn bytes(&self) -> usize {
+        match &*self.0 {
+            Mem::Cuda(m) => m.bytes(),
+            #[cfg(feature = "sim")]
+            Mem::Host(h) => h.len(),
+        }
+    }
+
+    /// The device address (a host address in the simulator).
+    pub(crate) fn address(&self) -> u64 {
+        match &*self.0 {
+            Mem::Cuda(m) => m.address(),
+            #[cfg(feature = "sim")]
+            Mem::Host(h) => h.as_ptr() as u64,
+        }
+    }
+}
+
 impl Device {
-    /// The CUDA GPU `ordinal`. Without the NVIDIA driver library, or without a
-    /// GPU, this is [`AiecError::CudaUnavailable`] saying what is missing; it
+    /// The CUDA GPU `ordinal` on its primary context, with a new non-blocking
+    /// stream of the crate's own. Without the NVIDIA driver library, or without
+    /// a GPU, this is [`AiecError::CudaUnavailable`] saying what is missing; it
     /// never panics.
     pub fn cuda(ordinal: usize) -> Result<Device> {
         let (backend, label, limits) = cuda::CudaBackend::new(ordinal)?;
         Ok(Self::wrap(Backend::Cuda(backend), label, limits))
+    }
+
+    /// A device that launches on the caller's cudarc `stream` (and allocates
+    /// stream-ordered on it). Nothing else is synchronised: work the caller
+    /// queues on that stream before and after is ordered with the crate's by
+    /// the stream itself. Devices on one context share their compiled modules.
+    pub fn from_cuda_stream(stream: Arc<CudaStream>) -> Result<Device> {
+        let (backend, label, limits) = cuda::CudaBackend::on_stream(stream)?;
+        Ok(Self::wrap(Backend::Cuda(backend), label, limits))
+    }
+
+    /// A device that launches on a raw `CUstream` owned by another library
+    /// (PyTorch's `torch.cuda.current_stream().cuda_stream`, candle's stream),
+    /// on the primary context of GPU `ordinal`.
+    ///
+    /// # Safety
+    /// `stream` must be a valid stream of the primary context of GPU `ordinal`
+    /// (or null, the legacy default stream), and must stay valid for as long as
+    /// the returned device, any clone of it, and any buffer or tensor it
+    /// allocated are alive. The crate never destroys it.
+    pub unsafe fn from_raw_stream(ordinal: usize, stream: sys::CUstream) -> Result<Device> {
+        let ctx = cuda::primary_context(ordinal)?;
+        // SAFETY: forwarded from the caller.
+        let stream = unsafe { ctx.wrap_borrowed_stream(stream) };
+        Self::from_cuda_stream(stream)
     }
 
     /// The CPU simulator, with the schedule from `CUDA_SIM_SEED` and
@@ -132,9 +232,8 @@ impl Device {
             label,
             limits,
             backend,
-            launches: AtomicU64::new(0),
-            host_syncs: AtomicU64::new(0),
-            device_to_host: AtomicU64::new(0),
+            counts: Counts::default(),
+            target_errors: TargetErrors::default(),
         }))
     }
 
@@ -157,20 +256,68 @@ impl Device {
         self.0.limits
     }
 
-    /// Launches, host syncs and device-to-host copies so far.
-    pub fn stats(&self) -> DeviceStats {
-        DeviceStats {
-            launches: self.0.launches.load(Ordering::Relaxed),
-            host_syncs: self.0.host_syncs.load(Ordering::Relaxed),
-            device_to_host: self.0.device_to_host.load(Ordering::Relaxed),
+    /// The cudarc stream this device launches on (CUDA only).
+    pub fn cuda_stream(&self) -> Option<&Arc<CudaStream>> {
+        match &self.0.backend {
+            Backend::Cuda(c) => Some(c.stream()),
+            #[cfg(feature = "sim")]
+            Backend::Sim(_) => None,
         }
     }
 
-    /// Waits until all work queued on this device has finished.
-    pub fn synchronize(&self) -> Result<()> {
-        self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
+    /// Modules compiled and loaded into this device's context so far (shared
+    /// by every device of that context); 0 on the simulator, whose kernels are
+    /// built in.
+    pub fn loaded_modules(&self) -> usize {
         match &self.0.backend {
-            Backend::Cuda(c) => c.synchronize(),
+            Backend::Cuda(c) => c.loaded_modules(),
+            #[cfg(feature = "sim")]
+            Backend::Sim(_) => 0,
+        }
+    }
+
+    /// Whether memory of `other` is addressable by this device's kernels: the
+    /// same CUDA context, or both simulators (host memory).
+    pub fn shares_memory_with(&self, other: &Device) -> bool {
+        match (&self.0.backend, &other.0.backend) {
+            (Backend::Cuda(a), Backend::Cuda(b)) => a.context_key() == b.context_key(),
+            #[cfg(feature = "sim")]
+            (Backend::Sim(_), Backend::Sim(_)) => true,
+            #[cfg(feature = "sim")]
+            _ => false,
+        }
+    }
+
+    /// What this device was asked to do so far.
+    pub fn stats(&self) -> DeviceStats {
+        let c = &self.0.counts;
+        DeviceStats {
+            launches: c.launches.load(Ordering::Relaxed),
+            host_syncs: c.host_syncs.load(Ordering::Relaxed),
+            device_to_host: c.device_to_host.load(Ordering::Relaxed),
+            host_to_device: c.host_to_device.load(Ordering::Relaxed),
+            allocations: c.allocations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until all work queued on this device has finished. Then reports
+    /// a bad device-side target seen since the last check (see
+    /// [`AiecError::TargetOutOfRange`]), once.
+    pub fn synchronize(&self) -> Result<()> {
+        self.0.counts.host_syncs.fetch_add(1, Ordering::Relaxed);
+        match &self.0.backend {
+            Backend::Cuda(c) => c.synchronize()?,
+            #[cfg(feature = "sim")]
+            Backend::Sim(_) => {}
+        }
+        self.check_target_errors()
+    }
+
+    /// Gives memory the crate's pool holds for reuse back to the system (CUDA;
+    /// waits for the device first). A no-op on the simulator.
+    pub fn release_cached_memory(&self) -> Result<()> {
+        match &self.0.backend {
+            Backend::Cuda(c) => c.release_cached_memory(),
             #[cfg(feature = "sim")]
             Backend::Sim(_) => Ok(()),
         }
@@ -210,13 +357,13 @@ impl Device {
             })
             .collect();
         let mut params: Vec<*mut c_void> = values.iter_mut().map(|v| v.as_mut_ptr().cast()).collect();
-        self.0.launches.fetch_add(1, Ordering::Relaxed);
+        self.0.counts.launches.fetch_add(1, Ordering::Relaxed);
         match &self.0.backend {
             // SAFETY: forwarded from the caller; `params` point into `values`,
             // which outlives the call.
-            Backend::Cuda(c) => c.launch(plan, &mut params),
+            Backend::Cuda(c) => unsafe { c.launch(plan, &mut params) },
             #[cfg(feature = "sim")]
-            Backend::Sim(s) => s.launch(plan, &mut params),
+            Backend::Sim(s) => unsafe { s.launch(plan, &mut params) },
         }
     }
 
@@ -227,6 +374,9 @@ impl Device {
     /// Both addresses must point at `bytes` live bytes of this device, not
     /// overlapping, and `dst` must not be in use elsewhere until the copy ends.
     pub(crate) unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
         match &self.0.backend {
             // SAFETY: forwarded from the caller.
             Backend::Cuda(c) => unsafe { c.copy_dtod(dst, src, bytes) },
@@ -239,66 +389,146 @@ impl Device {
         }
     }
 
-    pub(crate) fn alloc_zeros(&self, bytes: usize) -> Result<Storage> {
+    /// Sets `bytes` bytes at `addr` to `value` (stream-ordered on CUDA).
+    ///
+    /// # Safety
+    /// `addr` must address `bytes` live bytes of this device that nothing else
+    /// uses until the operation ends.
+    pub(crate) unsafe fn memset(&self, addr: u64, value: u8, bytes: usize) -> Result<()> {
         match &self.0.backend {
-            Backend::Cuda(c) => c.alloc_zeros(bytes).map(Storage::Cuda),
+            // SAFETY: forwarded from the caller.
+            Backend::Cuda(c) => unsafe { c.memset(addr, value, bytes) },
             #[cfg(feature = "sim")]
-            Backend::Sim(_) => Ok(Storage::Host(sim::HostBuf::zeros(bytes))),
-        }
-    }
-
-    /// Memory that a kernel writes in full before anything reads it. On CUDA it
-    /// is not cleared: a clear costs one more pass over the memory (as much as
-    /// a third of the pass over `x`) and one more stream operation. In the
-    /// simulator it is filled with [`UNWRITTEN`] bytes (NaN in every float type,
-    /// all bits set in integers), so that any element a kernel fails to write
-    /// shows up in the tests.
-    pub(crate) fn alloc_unwritten(&self, bytes: usize) -> Result<Storage> {
-        match &self.0.backend {
-            Backend::Cuda(c) => c.alloc_unwritten(bytes).map(Storage::Cuda),
-            #[cfg(feature = "sim")]
-            Backend::Sim(_) => Ok(Storage::Host(sim::HostBuf::filled(bytes, UNWRITTEN))),
-        }
-    }
-
-    pub(crate) fn upload(&self, bytes: &[u8]) -> Result<Storage> {
-        match &self.0.backend {
-            Backend::Cuda(c) => c.upload(bytes).map(Storage::Cuda),
-            #[cfg(feature = "sim")]
-            Backend::Sim(_) => Ok(Storage::Host(sim::HostBuf::from_bytes(bytes))),
-        }
-    }
-
-    /// Copies `storage` into `out` (the full length of `out`); waits for the
-    /// device, so it counts one host sync and one device-to-host copy.
-    pub(crate) fn download(&self, storage: &Storage, out: &mut [u8]) -> Result<()> {
-        self.0.host_syncs.fetch_add(1, Ordering::Relaxed);
-        self.0.device_to_host.fetch_add(1, Ordering::Relaxed);
-        match (&self.0.backend, storage) {
-            (Backend::Cuda(c), Storage::Cuda(s)) => c.download(s, out),
-            #[cfg(feature = "sim")]
-            (Backend::Sim(_), Storage::Host(h)) => {
-                out.copy_from_slice(&h.as_bytes()[..out.len()]);
+            Backend::Sim(_) => {
+                // SAFETY: forwarded from the caller; simulator addresses are host addresses.
+                unsafe { std::ptr::write_bytes(addr as *mut u8, value, bytes) };
                 Ok(())
             }
-            #[cfg(feature = "sim")]
-            _ => Err(AiecError::DeviceMismatch {
-                what: "buffer",
-                expected: self.label().to_string(),
-                got: "another kind of device".into(),
-            }),
         }
     }
 
-    /// The device address of `storage` (a host address in the simulator).
-    pub(crate) fn address(&self, storage: &Storage) -> u64 {
-        match (&self.0.backend, storage) {
-            (Backend::Cuda(c), Storage::Cuda(s)) => c.address(s),
+    /// `bytes` bytes of new memory; counts one allocation.
+    pub(crate) fn alloc(&self, bytes: usize, init: Init) -> Result<Storage> {
+        self.0.counts.allocations.fetch_add(1, Ordering::Relaxed);
+        let mem = match &self.0.backend {
+            Backend::Cuda(c) => {
+                let m = c.alloc(bytes)?;
+                if init == Init::Zero {
+                    // SAFETY: `m` is fresh, `m.bytes()` long, and used by nothing else yet.
+                    unsafe { c.memset(m.address(), 0, m.bytes()) }?;
+                }
+                Mem::Cuda(m)
+            }
             #[cfg(feature = "sim")]
-            (_, Storage::Host(h)) => h.as_ptr() as u64,
-            #[cfg(feature = "sim")]
-            (_, Storage::Cuda(_)) => 0,
+            Backend::Sim(_) => Mem::Host(match init {
+                Init::Zero => sim::HostBuf::zeros(bytes),
+                Init::Unwritten => sim::HostBuf::filled(bytes, UNWRITTEN),
+            }),
+        };
+        Ok(Storage(Arc::new(mem)))
+    }
+
+    /// New memory holding `bytes` (one allocation and one host-to-device copy).
+    pub(crate) fn upload(&self, bytes: &[u8]) -> Result<Storage> {
+        let s = self.alloc(bytes.len(), Init::Unwritten)?;
+        // SAFETY: `s` is fresh and at least `bytes.len()` long.
+        unsafe { self.write(s.address(), bytes) }?;
+        Ok(s)
+    }
+
+    /// Copies host `bytes` to `addr` (one host-to-device copy; none when empty).
+    ///
+    /// # Safety
+    /// `addr` must address `bytes.len()` live bytes of this device that no
+    /// kernel uses concurrently (stream order covers the crate's own kernels).
+    pub(crate) unsafe fn write(&self, addr: u64, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
         }
+        self.0.counts.host_to_device.fetch_add(1, Ordering::Relaxed);
+        match &self.0.backend {
+            // SAFETY: forwarded from the caller.
+            Backend::Cuda(c) => unsafe { c.write(addr, bytes) },
+            #[cfg(feature = "sim")]
+            Backend::Sim(_) => {
+                // SAFETY: forwarded; simulated launches are synchronous, so no kernel runs now.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) };
+                Ok(())
+            }
+        }
+    }
+
+    /// Copies `out.len()` bytes from `addr` to the host, waiting for the
+    /// device: one host sync and one device-to-host copy. Reports a pending
+    /// bad device-side target like [`Device::synchronize`].
+    ///
+    /// # Safety
+    /// `addr` must address `out.len()` live bytes of this device.
+    pub(crate) unsafe fn read(&self, addr: u64, out: &mut [u8]) -> Result<()> {
+        self.0.counts.host_syncs.fetch_add(1, Ordering::Relaxed);
+        self.0.counts.device_to_host.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded from the caller.
+        unsafe { self.read_raw(addr, out) }?;
+        self.check_target_errors()
+    }
+
+    /// # Safety
+    /// As [`Device::read`].
+    unsafe fn read_raw(&self, addr: u64, out: &mut [u8]) -> Result<()> {
+        match &self.0.backend {
+            // SAFETY: forwarded from the caller.
+            Backend::Cuda(c) => unsafe { c.read(addr, out) },
+            #[cfg(feature = "sim")]
+            Backend::Sim(_) => {
+                // SAFETY: forwarded from the caller; simulator addresses are host addresses.
+                unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), out.len()) };
+                Ok(())
+            }
+        }
+    }
+
+    /// The device address of the device-wide record into which a forward on
+    /// device-side targets copies its first bad target (allocated on first
+    /// use, then reused; `index = -1` means none). Marks a check as pending:
+    /// the next [`Device::synchronize`] or read reports the error, once.
+    pub(crate) fn target_error_record(&self) -> Result<u64> {
+        let te = &self.0.target_errors;
+        let mut record = te.record.lock().unwrap_or_else(|p| p.into_inner());
+        if record.is_none() {
+            let s = self.alloc(std::mem::size_of::<AiecTargetStatus>(), Init::Zero)?;
+            // All bytes 0xFF: index = -1, no error.
+            // SAFETY: `s` is fresh and exactly one record long.
+            unsafe { self.memset(s.address(), 0xFF, s.bytes()) }?;
+            *record = Some(s);
+        }
+        te.pending.store(true, Ordering::Release);
+        Ok(record.as_ref().map(Storage::address).unwrap_or(0))
+    }
+
+    /// After a synchronisation: reads the device-wide target record when a
+    /// forward on device targets ran since the last check, clears it, and
+    /// returns the error it holds.
+    fn check_target_errors(&self) -> Result<()> {
+        let te = &self.0.target_errors;
+        if !te.pending.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let record = te.record.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = record.as_ref() else { return Ok(()) };
+        let mut status = AiecTargetStatus::zeroed_none();
+        self.0.counts.device_to_host.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `s` holds one AiecTargetStatus; the device is idle (just synchronised).
+        unsafe { self.read_raw(s.address(), bytemuck::bytes_of_mut(&mut status)) }?;
+        if status.index < 0 {
+            return Ok(());
+        }
+        // SAFETY: as above; the device is idle.
+        unsafe { self.memset(s.address(), 0xFF, s.bytes()) }?;
+        Err(AiecError::TargetOutOfRange {
+            index: status.index as usize,
+            value: status.value,
+            classes: status.classes as usize,
+        })
     }
 }
 

@@ -134,17 +134,8 @@ impl HostBuf {
         b
     }
 
-    pub(crate) fn from_bytes(bytes: &[u8]) -> Self {
-        let b = Self::zeros(bytes.len());
-        // SAFETY: `b` owns `len` writable bytes that cannot overlap `bytes`.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), b.ptr, bytes.len()) };
-        b
-    }
-
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` owns `len` initialised bytes; simulated launches are
-        // synchronous, so no kernel writes them while this borrow lives.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    pub(crate) fn len(&self) -> usize {
+        self.len.max(1)
     }
 
     pub(crate) fn as_ptr(&self) -> *const u8 {
