@@ -8,8 +8,8 @@
 //! training: a decision unit (`logits = pool(y) W^T`, trained by an auxiliary
 //! cross-entropy), a counting unit (per class, how often each channel fires on
 //! correctly classified samples) and a consensus gate that penalises channels
-//! which both judgements call irrelevant. The exact semantics are in the
-//! crate's `AIEC_SPEC.md` contract; [`cpu`] implements it plainly.
+//! which both judgements call irrelevant. The exact semantics are the
+//! contract in the repository's `docs/SPEC.md`; [`cpu`] implements it plainly.
 //!
 //! ```
 //! use aiec::{AiecConfig, Pool};
@@ -41,8 +41,10 @@ pub mod launch;
 pub mod nvrtc;
 pub mod ops;
 pub mod params;
+pub mod policy;
 pub mod resources;
 pub mod tensor;
+pub mod view;
 
 pub use buffer::Buffer;
 pub use config::{AiecConfig, InputDims, Pool};
@@ -51,6 +53,7 @@ pub use device::{available_devices, Device, DeviceKind, DeviceStats};
 pub use dtype::{DType, Element};
 pub use error::{AiecError, Result};
 pub use tensor::Tensor;
+pub use view::{SliceMut, SliceRef, TensorMut, TensorRef};
 
 /// The README's examples compile and run as doc tests.
 #[cfg(doctest)]

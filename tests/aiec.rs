@@ -231,28 +231,37 @@ fn a_step_costs_three_plus_one_plus_two_launches_and_no_host_sync() {
         let xt = Tensor::from_slice(&dev, &x, &[4, 5, 48]).unwrap();
         let t = [0i64, 3, 9, 3];
         let s0 = dev.stats();
+        let launches_only = |launches| DeviceStats { launches, ..Default::default() };
         let r0 = layers[0].forward(&xt, Some(&t)).unwrap();
-        let r1 = layers[1].forward(&r0.y, Some(&t)).unwrap();
+        let r1 = layers[1].forward(r0.y().unwrap(), Some(&t)).unwrap();
         let s1 = dev.stats();
-        assert_eq!(s1 - s0, DeviceStats { launches: 6, host_syncs: 0, device_to_host: 0 }, "two forwards");
+        let fwd = s1 - s0;
+        assert_eq!((fwd.launches, fwd.host_syncs, fwd.device_to_host), (6, 0, 0), "two forwards");
+        assert_eq!(fwd.host_to_device, 2, "two forwards on host targets: one upload of the targets each");
         let losses = gpu::combine(&[&r0, &r1], LossCoefs::PAPER).unwrap();
         let s2 = dev.stats();
-        assert_eq!(s2 - s1, DeviceStats { launches: 1, host_syncs: 0, device_to_host: 0 }, "loss");
+        assert_eq!((s2 - s1).launches, 1, "loss");
+        assert_eq!((s2 - s1).host_syncs + (s2 - s1).device_to_host, 0, "loss");
         let mut dy = Tensor::from_slice(&dev, &x, &[4, 5, 48]).unwrap();
+        let s2 = dev.stats();
         let _dw1 = layers[1].backward_inplace(&r1, &mut dy, &losses).unwrap();
         let _dw0 = layers[0].backward_inplace(&r0, &mut dy, &losses).unwrap();
         let s3 = dev.stats();
-        assert_eq!(s3 - s2, DeviceStats { launches: 4, host_syncs: 0, device_to_host: 0 }, "two backwards");
-        // Inference: the threshold alone, one launch.
-        layers[0].eval().unwrap();
-        let s4 = dev.stats();
-        let r = layers[0].forward(&xt, None).unwrap();
-        assert!(r.aux.is_none());
+        let bwd = s3 - s2;
         assert_eq!(
-            dev.stats() - s4,
-            DeviceStats { launches: 1, host_syncs: 0, device_to_host: 0 },
-            "inference"
+            (bwd.launches, bwd.host_syncs, bwd.device_to_host, bwd.host_to_device),
+            (4, 0, 0, 0),
+            "two backwards"
         );
+        // Inference into the caller's y: one launch, and (the training records
+        // dropped) the keep bits in the workspace's memory again: no allocation.
+        drop((r0, r1));
+        layers[0].eval().unwrap();
+        let mut y = Tensor::zeros(&dev, DType::BF16, &[4, 5, 48]).unwrap();
+        let s4 = dev.stats();
+        let r = layers[0].forward_into(&xt.view(), None, &mut y.view_mut()).unwrap();
+        assert!(r.aux.is_none());
+        assert_eq!(dev.stats() - s4, launches_only(1), "inference: one launch, nothing else");
         // Reading a loss is the explicit sync.
         let _ = losses.read().unwrap();
         assert_eq!(dev.stats().host_syncs - s4.host_syncs, 1);
@@ -273,15 +282,16 @@ fn saved_state_is_one_bit_per_element_plus_o_of_bc_plus_bk() {
             let mut counters = GpuCounters::new(&dev, k, c).unwrap();
             let rec = gpu::forward(&cfg, &x, &w, Some(&vec![0; b]), &mut counters, false).unwrap();
             let aux = rec.aux.as_ref().unwrap();
-            assert_eq!(aux.keep.byte_len(), n.div_ceil(32) * 4, "one bit per activation element");
-            let rest = rec.saved_bytes() - aux.keep.byte_len();
+            assert_eq!(rec.keep.byte_len(), n.div_ceil(32) * 4, "one bit per activation element");
+            assert!(aux.v.len() == b * c);
+            let rest = rec.saved_bytes() - rec.keep.byte_len();
             // v (4) + mask (1) per B*C; logits and g (4 + 4) per B*K; targets and ce per B; stats.
             let bound = 5 * b * c + 8 * b * k + 12 * b + 16;
             assert!(rest <= bound, "{pool}: {rest} bytes besides the bits > {bound}");
             println!(
                 "saved {pool} {dims:?}: {} bytes = {} bit bytes + {rest} (n = {n})",
                 rec.saved_bytes(),
-                aux.keep.byte_len()
+                rec.keep.byte_len()
             );
         }
     }
@@ -412,7 +422,7 @@ fn empty_batch_is_a_no_op_on_the_device() {
         let mut layer = GpuLayer::new(&dev, cfg, 3).unwrap();
         let x = Tensor::zeros(&dev, DType::F32, &[0, 3, 8]).unwrap();
         let rec = layer.forward(&x, Some(&[])).unwrap();
-        assert_eq!(rec.y.shape(), &[0, 3, 8]);
+        assert_eq!(rec.y().unwrap().shape(), &[0, 3, 8]);
         let losses = gpu::combine(&[&rec], LossCoefs::PAPER).unwrap();
         let l = losses.read().unwrap();
         assert_eq!((l.aux, l.gate, l.gate_count), (0.0, 0.0, 0));
@@ -428,7 +438,7 @@ fn empty_batch_is_a_no_op_on_the_device() {
 /// bitwise the same y, keep bits, v and dx as the planned one.
 #[test]
 fn activation_passes_are_correct_for_any_grid() {
-    use aiec::launch::{aiec_bwd_x, aiec_fwd_x};
+    use aiec::launch::{aiec_bwd_x, aiec_fwd_x, XPassArgs};
     use aiec::params::AiecShape;
     for dev in devices() {
         for (pool, dims) in [
@@ -452,9 +462,14 @@ fn activation_passes_are_correct_for_any_grid() {
                 let dx = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
                 let keep: Buffer<u32> = Buffer::zeros(&dev, n.div_ceil(32)).unwrap();
                 let v: Buffer<f32> = Buffer::zeros(&dev, plan.batch * c).unwrap();
-                let mut f =
-                    aiec_fwd_x(DType::BF16, &shape, xt.address(), y.address(), keep.address(), v.address())
-                        .unwrap();
+                let args = XPassArgs {
+                    x: xt.address(),
+                    y: y.address(),
+                    keep: keep.address(),
+                    v: v.address(),
+                    ..Default::default()
+                };
+                let mut f = aiec_fwd_x(DType::BF16, &shape, args).unwrap();
                 let mut b = aiec_bwd_x(
                     DType::BF16,
                     &shape,

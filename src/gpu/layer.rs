@@ -1,23 +1,29 @@
 //! Layer level on a device, mirroring [`crate::cpu::AiecLayer`]: owns `W` and
-//! the counters in device memory, the step counter and the train/eval switch.
+//! the counters in device memory and a [`Workspace`] for its per-step
+//! buffers, and applies the shared layer policy ([`LayerPolicy`]: step
+//! counter, update interval, train/eval).
 
 use crate::buffer::Buffer;
 use crate::config::AiecConfig;
 use crate::counters::Counters;
 use crate::device::Device;
 use crate::error::{AiecError, Result};
+use crate::gpu::fused::DwMode;
 use crate::gpu::loss::GpuLosses;
-use crate::gpu::op::{self, GpuCounters, GpuGradients, GpuRecord};
+use crate::gpu::op::{self, GpuCounters, GpuGradients, GpuRecord, Targets};
+use crate::gpu::workspace::Workspace;
 use crate::init::xavier_uniform;
+use crate::policy::LayerPolicy;
 use crate::tensor::Tensor;
+use crate::view::{SliceMut, TensorMut, TensorRef};
 
 /// One AIEC layer on a device. Starts in training mode.
 pub struct GpuLayer {
     cfg: AiecConfig,
     w: Buffer<f32>,
     counters: GpuCounters,
-    step: u64,
-    training: bool,
+    policy: LayerPolicy,
+    ws: Workspace,
 }
 
 impl GpuLayer {
@@ -39,8 +45,8 @@ impl GpuLayer {
             cfg,
             w: Buffer::from_slice(device, w)?,
             counters: GpuCounters::new(device, cfg.classes(), cfg.channels())?,
-            step: 0,
-            training: true,
+            policy: LayerPolicy::new(cfg.update_interval())?,
+            ws: Workspace::new(device),
         })
     }
 
@@ -48,9 +54,17 @@ impl GpuLayer {
     pub fn config(&self) -> &AiecConfig {
         &self.cfg
     }
+    /// The device.
+    pub fn device(&self) -> &Device {
+        self.w.device()
+    }
     /// `W` on the device.
     pub fn weights_buffer(&self) -> &Buffer<f32> {
         &self.w
+    }
+    /// `W` on the device, writable (an optimiser step in place).
+    pub fn weights_buffer_mut(&mut self) -> &mut Buffer<f32> {
+        &mut self.w
     }
     /// `W`, downloaded.
     pub fn weights(&self) -> Result<Vec<f32>> {
@@ -60,6 +74,10 @@ impl GpuLayer {
     pub fn set_weights(&mut self, w: &[f32]) -> Result<()> {
         self.w.copy_from(w)
     }
+    /// The counters on the device.
+    pub fn counters_buffers(&self) -> &GpuCounters {
+        &self.counters
+    }
     /// The counters, downloaded.
     pub fn counters(&self) -> Result<Counters> {
         self.counters.to_host()
@@ -67,29 +85,32 @@ impl GpuLayer {
     /// Replaces the counters; `K` and `C` must match.
     pub fn set_counters(&mut self, counters: &Counters) -> Result<()> {
         counters.check(self.cfg.classes(), self.cfg.channels())?;
-        self.counters = GpuCounters::from_host(self.w.device(), counters)?;
-        Ok(())
+        self.counters.copy_from_host(counters)
+    }
+    /// The layer's workspace (its per-step buffers).
+    pub fn workspace(&self) -> &Workspace {
+        &self.ws
     }
     /// Training forwards so far.
     pub fn step(&self) -> u64 {
-        self.step
+        self.policy.step()
     }
     /// Sets the step counter, e.g. from a checkpoint (see
     /// [`crate::cpu::AiecLayer::set_step`]).
     pub fn set_step(&mut self, step: u64) {
-        self.step = step;
+        self.policy.set_step(step);
     }
     /// Whether the layer is in training mode.
     pub fn is_training(&self) -> bool {
-        self.training
+        self.policy.is_training()
     }
     /// Training mode.
     pub fn train(&mut self) {
-        self.training = true;
+        self.policy.train();
     }
-    /// Evaluation mode: the threshold alone; resets the counters.
+    /// Evaluation mode: no step, no update; resets the counters.
     pub fn eval(&mut self) -> Result<()> {
-        self.training = false;
+        self.policy.eval();
         self.counters.reset()
     }
     /// Resets the counters to `act = inh = 0`, `total = 1`.
@@ -97,35 +118,88 @@ impl GpuLayer {
         self.counters.reset()
     }
 
-    /// The forward; the same policy as [`crate::cpu::AiecLayer::forward`]. On
-    /// error nothing (weights, counters, step) changes.
+    /// The forward into a new `y` (in the record); the same policy as
+    /// [`crate::cpu::AiecLayer::forward`]. On error nothing (weights, counters,
+    /// step) changes.
     pub fn forward(&mut self, x: &Tensor, targets: Option<&[i64]>) -> Result<GpuRecord> {
-        if !self.training {
-            if let Some(t) = targets {
-                let plan = self.cfg.plan_input(x.shape())?;
-                crate::cpu::op::check_targets(t, plan.batch, self.cfg.classes())?;
-            }
-            return op::forward(&self.cfg, x, &self.w, None, &mut self.counters, false);
-        }
-        let next = self.step + 1;
-        let update = targets.is_some() && next % self.cfg.update_interval() == 0;
-        let record = op::forward(&self.cfg, x, &self.w, targets, &mut self.counters, update)?;
-        self.step = next;
-        Ok(record)
+        let plan = self.policy.plan(targets.is_some());
+        let targets = targets.map(Targets::Host);
+        let rec = op::forward_owned(
+            &self.cfg,
+            x,
+            &self.w.view(),
+            targets,
+            &mut self.counters,
+            plan.update,
+            &self.ws,
+        )?;
+        self.policy.commit(plan);
+        Ok(rec)
     }
 
-    /// The backward into a new `dx`.
+    /// The forward into the caller's `y`, on host or device targets, with the
+    /// layer's workspace: with device targets a steady step allocates nothing,
+    /// copies nothing and waits for nothing (so it can be captured in a CUDA
+    /// graph). On error nothing changes (a bad device target: see
+    /// [`Targets::Device`]).
+    pub fn forward_into(
+        &mut self,
+        x: &TensorRef,
+        targets: Option<Targets>,
+        y: &mut TensorMut,
+    ) -> Result<GpuRecord> {
+        let plan = self.policy.plan(targets.is_some());
+        let rec = op::forward_with(
+            &self.cfg,
+            x,
+            &self.w.view(),
+            targets,
+            &mut self.counters,
+            plan.update,
+            &self.ws,
+            y,
+        )?;
+        self.policy.commit(plan);
+        Ok(rec)
+    }
+
+    /// The backward into a new `dx` and `dW`.
     pub fn backward(&self, record: &GpuRecord, dy: &Tensor, losses: &GpuLosses) -> Result<GpuGradients> {
-        op::backward(&self.cfg, record, &self.w, dy, losses)
+        op::backward_owned(&self.cfg, record, &self.w.view(), dy, losses, &self.ws)
     }
 
-    /// The backward writing `dx` over `dy`; returns `dW`.
+    /// The backward writing `dx` over `dy`; returns a new `dW`.
     pub fn backward_inplace(
         &self,
         record: &GpuRecord,
         dy: &mut Tensor,
         losses: &GpuLosses,
     ) -> Result<Buffer<f32>> {
-        op::backward_inplace(&self.cfg, record, &self.w, dy, losses)
+        op::backward_inplace_owned(&self.cfg, record, &self.w.view(), dy, losses, &self.ws)
+    }
+
+    /// The backward into the caller's `dx` and `dW` (written or accumulated).
+    pub fn backward_into(
+        &self,
+        record: &GpuRecord,
+        dy: &TensorRef,
+        dx: &mut TensorMut,
+        dw: &mut SliceMut<f32>,
+        mode: DwMode,
+        losses: &GpuLosses,
+    ) -> Result<()> {
+        op::backward_with(&self.cfg, record, &self.w.view(), dy, dx, dw, mode, losses, &self.ws)
+    }
+
+    /// The backward writing `dx` over the caller's `dy`, `dW` into the caller's view.
+    pub fn backward_inplace_into(
+        &self,
+        record: &GpuRecord,
+        dy: &mut TensorMut,
+        dw: &mut SliceMut<f32>,
+        mode: DwMode,
+        losses: &GpuLosses,
+    ) -> Result<()> {
+        op::backward_inplace_with(&self.cfg, record, &self.w.view(), dy, dw, mode, losses, &self.ws)
     }
 }

@@ -5,15 +5,17 @@
 
 use crate::buffer::Buffer;
 use crate::cpu::loss::{LossCoefs, LossScales, Losses};
-use crate::device::Device;
+use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
+use crate::gpu::fused::{self, LayerLoss};
 use crate::gpu::op::GpuRecord;
-use crate::launch;
-use crate::params::{AiecLossParams, AiecLosses, MAX_LAYERS};
+use crate::gpu::workspace::Workspace;
+use crate::params::AiecLosses;
 
 /// The combined losses, in device memory.
+#[derive(Debug)]
 pub struct GpuLosses {
-    buf: Buffer<AiecLosses>,
+    pub(crate) buf: Buffer<AiecLosses>,
     coefs: LossCoefs,
     rows: usize,
 }
@@ -51,27 +53,25 @@ impl GpuLosses {
 }
 
 /// Combines the records of the `L` layers (1 to 32) that share one target
-/// vector; see [`crate::cpu::combine`]. One launch, no synchronisation.
+/// vector; see [`crate::cpu::combine`]. One launch, no synchronisation; the
+/// result's buffer is allocated (see [`combine_in`]).
 pub fn combine(records: &[&GpuRecord], coefs: LossCoefs) -> Result<GpuLosses> {
+    let Some(first) = records.first() else { return Err(no_layers()) };
+    combine_in(records, coefs, &Workspace::new(first.keep.device()))
+}
+
+fn no_layers() -> AiecError {
+    AiecError::LayerMismatch { layer: 0, reason: "0 layers given, 1 to 32 are supported".into() }
+}
+
+/// [`combine`] with the result's buffer from `ws` (reused at every step once
+/// the previous step's losses are dropped).
+pub fn combine_in(records: &[&GpuRecord], coefs: LossCoefs, ws: &Workspace) -> Result<GpuLosses> {
     let coefs = LossCoefs::new(coefs.aux_coef, coefs.gate_coef)?;
-    if records.is_empty() || records.len() > MAX_LAYERS {
-        return Err(AiecError::LayerMismatch {
-            layer: records.len(),
-            reason: format!("{} layers given, 1 to {MAX_LAYERS} are supported", records.len()),
-        });
-    }
-    let device = records[0].y.device().clone();
-    let batch = records[0].dims.batch;
-    let mut p = AiecLossParams {
-        ce: [0; MAX_LAYERS],
-        stats: [0; MAX_LAYERS],
-        out: 0,
-        layers: records.len() as u32,
-        pad0: 0,
-        batch: batch as u64,
-        aux_coef: coefs.aux_coef as f32,
-        gate_coef: coefs.gate_coef as f32,
-    };
+    let Some(first) = records.first() else { return Err(no_layers()) };
+    let device = first.keep.device().clone();
+    let batch = first.dims.batch;
+    let mut layers = Vec::with_capacity(records.len());
     for (layer, rec) in records.iter().enumerate() {
         let Some(aux) = &rec.aux else {
             return Err(AiecError::LayerMismatch {
@@ -85,20 +85,24 @@ pub fn combine(records: &[&GpuRecord], coefs: LossCoefs) -> Result<GpuLosses> {
                 reason: format!("batch B = {} differs from layer 0's {batch}", rec.dims.batch),
             });
         }
-        if rec.y.device() != &device {
+        if rec.keep.device() != &device {
             return Err(AiecError::DeviceMismatch {
                 what: "layer record",
                 expected: device.label().to_string(),
-                got: rec.y.device().label().to_string(),
+                got: rec.keep.device().label().to_string(),
             });
         }
-        p.ce[layer] = aux.ce.address();
-        p.stats[layer] = aux.stats.address();
+        layers.push(LayerLoss { ce: aux.ce.view(), stats: aux.stats.view() });
     }
-    let buf = Buffer::<AiecLosses>::zeros(&device, 1)?;
-    p.out = buf.address();
-    // SAFETY: every address is a live buffer of `device` (the records and
-    // `buf`), with B floats of CE and one AiecGateStats per layer.
-    unsafe { device.launch(&launch::aiec_loss(&p)) }?;
+    if ws.device() != &device {
+        return Err(AiecError::DeviceMismatch {
+            what: "workspace",
+            expected: device.label().to_string(),
+            got: ws.device().label().to_string(),
+        });
+    }
+    // Written in full by aiec_loss.
+    let mut buf: Buffer<AiecLosses> = ws.buffer("losses", 1, Init::Unwritten)?;
+    fused::combine(&layers, batch, coefs, &mut buf.view_mut())?;
     Ok(GpuLosses { buf, coefs, rows: records.len() * batch })
 }

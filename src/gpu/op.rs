@@ -1,23 +1,30 @@
 //! Op level on a device: one layer's fused forward and backward, stateless,
-//! mirroring [`crate::cpu::op`] name for name.
+//! mirroring [`crate::cpu::op`] name for name, with the per-step buffers from
+//! a [`Workspace`] and the input, output and targets as the caller's views.
 //!
-//! A training forward is three launches (x pass; logits, CE and counters; gate)
-//! and a backward two (dv and dW; dy pass), with no host synchronisation and no
-//! device-to-host copy. Everything is checked on the host before the first
-//! launch, targets included, so bad input never moves a counter.
+//! A training forward is three launches (x pass; logits, CE and counters;
+//! gate) and a backward two (dv and dW; dy pass), with no host
+//! synchronisation and no device-to-host copy ([`crate::gpu::fused`]). Host
+//! targets are checked on the host before the first launch and copied into the
+//! workspace (one host-to-device copy); device targets are checked by the
+//! first kernel (a bad one changes no counter and is reported at the device's
+//! next synchronisation or read).
 
 use crate::buffer::Buffer;
 use crate::config::{AiecConfig, InputDims};
 use crate::counters::Counters;
 use crate::cpu::op::check_targets;
-use crate::device::Device;
+use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
+use crate::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, Sizes, TargetCheck};
 use crate::gpu::loss::GpuLosses;
-use crate::launch;
-use crate::params::{AiecGateStats, AiecShape};
+use crate::gpu::workspace::Workspace;
+use crate::params::AiecGateStats;
 use crate::tensor::Tensor;
+use crate::view::{SliceMut, SliceRef, TensorMut, TensorRef};
 
 /// The counters of one layer in device memory.
+#[derive(Debug)]
 pub struct GpuCounters {
     classes: usize,
     channels: usize,
@@ -57,12 +64,22 @@ impl GpuCounters {
         )
     }
 
-    /// Resets to `act = inh = 0`, `total = 1`.
+    /// Overwrites the counters in place with host values (`K` and `C` must match).
+    pub fn copy_from_host(&mut self, c: &Counters) -> Result<()> {
+        c.check(self.classes, self.channels)?;
+        self.act.copy_from(&c.act)?;
+        self.inh.copy_from(&c.inh)?;
+        self.total.copy_from(&c.total)
+    }
+
+    /// Resets to `act = inh = 0`, `total = 1`, in place.
     pub fn reset(&mut self) -> Result<()> {
-        let fresh = Counters::new(self.classes, self.channels);
-        self.act.copy_from(&fresh.act)?;
-        self.inh.copy_from(&fresh.inh)?;
-        self.total.copy_from(&fresh.total)
+        self.copy_from_host(&Counters::new(self.classes, self.channels))
+    }
+
+    /// The counters as writable views.
+    pub fn views_mut(&mut self) -> CountersMut<'_> {
+        CountersMut { act: self.act.view_mut(), inh: self.inh.view_mut(), total: self.total.view_mut() }
     }
 
     /// `K`.
@@ -75,22 +92,36 @@ impl GpuCounters {
     }
 }
 
+/// The targets of a training forward.
+#[derive(Debug, Clone, Copy)]
+pub enum Targets<'a> {
+    /// Host memory: checked on the host (a bad target is an error before any
+    /// launch), then copied to the device (one host-to-device copy).
+    Host(&'a [i64]),
+    /// Device memory (`i64 [B]`): no copy; checked by the first kernel (a bad
+    /// target changes no counter and surfaces as
+    /// [`AiecError::TargetOutOfRange`] at the device's next synchronisation or
+    /// read).
+    Device(&'a SliceRef<'a, i64>),
+}
+
 /// What one forward leaves on the device for its backward and its losses.
+#[derive(Debug)]
 pub struct GpuRecord {
     /// The input shape, planned for the layer's pooling mode.
     pub dims: InputDims,
-    /// `y`, the layer's output (shape and type of `x`).
-    pub y: Tensor,
+    /// `y` when the forward allocated it ([`forward`]); `None` when it wrote
+    /// into the caller's view ([`forward_with`]).
+    pub y: Option<Tensor>,
+    /// The keep bits (1 bit per element: NOT `x <= tau`): what the backward needs of `x`.
+    pub keep: Buffer<u32>,
     /// The AIEC part, present on a forward with targets.
     pub aux: Option<GpuAux>,
 }
 
 /// The device buffers of a training forward.
+#[derive(Debug)]
 pub struct GpuAux {
-    /// `ceil(n / 32)` words: bit `i % 32` of word `i / 32` is NOT `x[i] <= tau`.
-    pub keep: Buffer<u32>,
-    /// `[B]`.
-    pub targets: Buffer<i64>,
     /// `[B, C]` pooled activation.
     pub v: Buffer<f32>,
     /// `[B, K]`.
@@ -110,23 +141,30 @@ pub struct GpuAux {
 }
 
 impl GpuRecord {
+    /// `y`, when the forward allocated it.
+    pub fn y(&self) -> Result<&Tensor> {
+        self.y.as_ref().ok_or_else(|| AiecError::Unsupported {
+            what: "this forward wrote y into the caller's view; the record does not hold it".into(),
+        })
+    }
+
     /// Bytes kept on the device between forward and backward, `y` (the output)
     /// excluded: the keep bits and the `O(B*C + B*K)` buffers.
     pub fn saved_bytes(&self) -> usize {
-        self.aux.as_ref().map_or(0, |a| {
-            a.keep.byte_len()
-                + a.targets.byte_len()
-                + a.v.byte_len()
-                + a.logits.byte_len()
-                + a.ce.byte_len()
-                + a.g.byte_len()
-                + a.mask.byte_len()
-                + a.stats.byte_len()
-        })
+        self.keep.byte_len()
+            + self.aux.as_ref().map_or(0, |a| {
+                a.v.byte_len()
+                    + a.logits.byte_len()
+                    + a.ce.byte_len()
+                    + a.g.byte_len()
+                    + a.mask.byte_len()
+                    + a.stats.byte_len()
+            })
     }
 }
 
 /// Gradients of one layer on the device.
+#[derive(Debug)]
 pub struct GpuGradients {
     /// Shape and type of `x`.
     pub dx: Tensor,
@@ -134,18 +172,17 @@ pub struct GpuGradients {
     pub dw: Buffer<f32>,
 }
 
-fn check_common(cfg: &AiecConfig, x: &Tensor, w: &Buffer<f32>, counters: &GpuCounters) -> Result<InputDims> {
-    let plan = cfg.plan_input(x.shape())?;
+fn check_state(cfg: &AiecConfig, dev: &Device, w: &SliceRef<f32>, counters: &GpuCounters) -> Result<()> {
     let kc = cfg.classes() * cfg.channels();
     if w.len() != kc {
         return Err(AiecError::LengthMismatch { what: "W [K, C]", expected: kc, got: w.len() });
     }
-    for (what, dev) in [("W", w.device()), ("counters", counters.act.device())] {
-        if dev != x.device() {
+    for (what, d) in [("W", w.device()), ("counters", counters.act.device())] {
+        if d != dev {
             return Err(AiecError::DeviceMismatch {
                 what,
-                expected: x.device().label().to_string(),
-                got: dev.label().to_string(),
+                expected: dev.label().to_string(),
+                got: d.label().to_string(),
             });
         }
     }
@@ -156,14 +193,96 @@ fn check_common(cfg: &AiecConfig, x: &Tensor, w: &Buffer<f32>, counters: &GpuCou
             got: counters.classes * counters.channels,
         });
     }
-    Ok(plan)
+    Ok(())
 }
 
-/// One layer's forward on `x`'s device; see [`crate::cpu::op::forward`].
+/// One layer's forward on `x`'s device into the caller's `y`, with the
+/// per-step buffers from `ws`; see [`crate::cpu::op::forward`].
 ///
-/// Without targets: the threshold alone, one launch. With targets: three
+/// Without targets: `y` and the keep bits, one launch. With targets: three
 /// launches, no host synchronisation; the counters update on the device when
-/// `update` is true. Targets are checked on the host before anything runs.
+/// `update` is true. Everything is checked before the first launch.
+#[allow(clippy::too_many_arguments)] // the op's inputs, outputs and state
+pub fn forward_with(
+    cfg: &AiecConfig,
+    x: &TensorRef,
+    w: &SliceRef<f32>,
+    targets: Option<Targets>,
+    counters: &mut GpuCounters,
+    update: bool,
+    ws: &Workspace,
+    y: &mut TensorMut,
+) -> Result<GpuRecord> {
+    let dims = cfg.plan_input(x.shape())?;
+    let dev = x.device().clone();
+    check_state(cfg, &dev, w, counters)?;
+    if ws.device() != &dev {
+        return Err(AiecError::DeviceMismatch {
+            what: "workspace",
+            expected: dev.label().to_string(),
+            got: ws.device().label().to_string(),
+        });
+    }
+    if let Some(Targets::Host(t)) = targets {
+        check_targets(t, dims.batch, cfg.classes())?;
+    }
+    let sizes = Sizes::of(&dims, cfg.classes());
+    let mut keep: Buffer<u32> = ws.buffer("keep", sizes.keep, Init::Unwritten)?;
+    let Some(targets) = targets else {
+        fused::forward_infer(cfg, x, y, &mut keep.view_mut())?;
+        return Ok(GpuRecord { dims, y: None, keep, aux: None });
+    };
+    // Every buffer is written in full by the kernels, but the scratch (whose
+    // tickets must start at zero).
+    let mut v: Buffer<f32> = ws.buffer("v", sizes.bc, Init::Unwritten)?;
+    let mut logits: Buffer<f32> = ws.buffer("logits", sizes.bk, Init::Unwritten)?;
+    let mut ce: Buffer<f32> = ws.buffer("ce", sizes.batch, Init::Unwritten)?;
+    let mut g: Buffer<f32> = ws.buffer("g", sizes.bk, Init::Unwritten)?;
+    let mut mask: Buffer<u8> = ws.buffer("mask", sizes.bc, Init::Unwritten)?;
+    let mut stats: Buffer<AiecGateStats> = ws.buffer("stats", 1, Init::Unwritten)?;
+    let mut scratch: Buffer<u8> = ws.buffer("scratch", sizes.scratch_bytes, Init::Zero)?;
+    let uploaded: Buffer<i64>;
+    let (tview, check) = match targets {
+        Targets::Host(t) => {
+            let mut b: Buffer<i64> = ws.buffer("targets", t.len(), Init::Unwritten)?;
+            b.copy_from(t)?;
+            uploaded = b;
+            (uploaded.view(), TargetCheck::Host)
+        }
+        Targets::Device(t) => (
+            // SAFETY: the same memory as `t`, which the caller keeps borrowed for this call.
+            unsafe { SliceRef::from_raw(t.device(), t.address(), t.len()) }?,
+            TargetCheck::Device,
+        ),
+    };
+    {
+        let mut aux = AuxMut {
+            v: v.view_mut(),
+            logits: logits.view_mut(),
+            ce: ce.view_mut(),
+            g: g.view_mut(),
+            mask: mask.view_mut(),
+            stats: stats.view_mut(),
+            scratch: scratch.view_mut(),
+        };
+        fused::forward_train(
+            cfg,
+            x,
+            w,
+            &tview,
+            check,
+            &mut counters.views_mut(),
+            update,
+            y,
+            &mut keep.view_mut(),
+            &mut aux,
+        )?;
+    }
+    let aux = GpuAux { v, logits, ce, g, mask, stats, classes: cfg.classes(), updated: update };
+    Ok(GpuRecord { dims, y: None, keep, aux: Some(aux) })
+}
+
+/// One layer's forward, allocating `y` and its own buffers; see [`forward_with`].
 pub fn forward(
     cfg: &AiecConfig,
     x: &Tensor,
@@ -172,110 +291,120 @@ pub fn forward(
     counters: &mut GpuCounters,
     update: bool,
 ) -> Result<GpuRecord> {
-    let plan = check_common(cfg, x, w, counters)?;
-    if let Some(t) = targets {
-        check_targets(t, plan.batch, cfg.classes())?;
-    }
-    let dev = x.device();
-    let tau = cfg.tau() as f32;
-    // Kernels write every element of y and of the aux buffers (the simulator
-    // fills unwritten memory with NaN bytes, so the tests would see a gap); only
-    // stats (not written for an empty batch) and the gate's ticket start at zero.
-    let mut y = Tensor::unwritten(dev, x.dtype(), x.shape())?;
-    let Some(targets) = targets else {
-        crate::ops::threshold::forward_into(x, &mut y, tau)?;
-        return Ok(GpuRecord { dims: plan, y, aux: None });
-    };
-
-    let (b, c, k) = (plan.batch, plan.channels, cfg.classes());
-    let shape = AiecShape::new(&plan, k, tau, update);
-    let n = plan.len();
-    let aux = GpuAux {
-        keep: Buffer::unwritten(dev, n.div_ceil(32))?,
-        targets: Buffer::from_slice(dev, targets)?,
-        v: Buffer::unwritten(dev, b * c)?,
-        logits: Buffer::unwritten(dev, b * k)?,
-        ce: Buffer::unwritten(dev, b)?,
-        g: Buffer::unwritten(dev, b * k)?,
-        mask: Buffer::unwritten(dev, b * c)?,
-        stats: Buffer::zeros(dev, 1)?,
-        classes: k,
-        updated: update,
-    };
-    let gate_grid = launch::gate_grid(&shape);
-    let block_sum_sq: Buffer<f32> = Buffer::unwritten(dev, gate_grid as usize)?;
-    let block_count: Buffer<u64> = Buffer::unwritten(dev, gate_grid as usize)?;
-    // The tickets of the two last-block-done kernels, zero before and after
-    // each launch: one per logits sample group, then the gate's.
-    let groups = launch::logits_groups(&shape);
-    let done: Buffer<u32> = Buffer::zeros(dev, groups + 1)?;
-    let gate_done = done.address() + 4 * groups as u64;
-
-    let plans = [
-        launch::aiec_fwd_x(x.dtype(), &shape, x.address(), y.address(), aux.keep.address(), aux.v.address()),
-        launch::aiec_fwd_logits(
-            &shape,
-            [aux.v.address(), w.address(), aux.targets.address()],
-            [aux.logits.address(), aux.ce.address(), aux.g.address()],
-            [counters.act.address(), counters.inh.address(), counters.total.address()],
-            done.address(),
-        ),
-        launch::aiec_fwd_gate(
-            &shape,
-            [
-                aux.v.address(),
-                w.address(),
-                aux.targets.address(),
-                counters.act.address(),
-                counters.inh.address(),
-            ],
-            [
-                aux.mask.address(),
-                block_sum_sq.address(),
-                block_count.address(),
-                gate_done,
-                aux.stats.address(),
-            ],
-        ),
-    ];
-    for p in plans.iter().flatten() {
-        // SAFETY: every address is a live buffer of this device sized for the
-        // shape the plan was made from (allocated above or checked by
-        // `check_common`); the buffers the kernels write (y, the aux buffers,
-        // the counters via `&mut`) are not used elsewhere during the launches,
-        // which run in order on one stream.
-        unsafe { dev.launch(p) }?;
-    }
-    Ok(GpuRecord { dims: plan, y, aux: Some(aux) })
+    let ws = Workspace::new(x.device());
+    forward_owned(cfg, x, &w.view(), targets.map(Targets::Host), counters, update, &ws)
 }
 
-fn check_backward(cfg: &AiecConfig, record: &GpuRecord, w: &Buffer<f32>, dy: &Tensor) -> Result<()> {
-    record.y.expect_like("dy", dy)?;
-    let kc = cfg.classes() * cfg.channels();
-    if w.len() != kc {
-        return Err(AiecError::LengthMismatch { what: "W [K, C]", expected: kc, got: w.len() });
-    }
-    if record.dims.channels != cfg.channels() {
-        return Err(AiecError::LengthMismatch {
-            what: "record channels C",
-            expected: cfg.channels(),
-            got: record.dims.channels,
-        });
-    }
-    if w.device() != dy.device() {
-        return Err(AiecError::DeviceMismatch {
-            what: "W",
-            expected: dy.device().label().to_string(),
-            got: w.device().label().to_string(),
-        });
+/// [`forward_with`] into a new `y` (kept in the record).
+pub(crate) fn forward_owned(
+    cfg: &AiecConfig,
+    x: &Tensor,
+    w: &SliceRef<f32>,
+    targets: Option<Targets>,
+    counters: &mut GpuCounters,
+    update: bool,
+    ws: &Workspace,
+) -> Result<GpuRecord> {
+    cfg.plan_input(x.shape())?;
+    // Written in full by the kernels (the simulator fills unwritten memory
+    // with NaN bytes, so the tests would see a gap).
+    let mut y = Tensor::unwritten(x.device(), x.dtype(), x.shape())?;
+    let mut rec = forward_with(cfg, &x.view(), w, targets, counters, update, ws, &mut y.view_mut())?;
+    rec.y = Some(y);
+    Ok(rec)
+}
+
+fn saved(aux: &GpuAux) -> SavedRef<'_> {
+    SavedRef { v: aux.v.view(), g: aux.g.view(), mask: aux.mask.view() }
+}
+
+/// One layer's backward into the caller's `dx` and `dW` (written or
+/// accumulated per `mode`), with its `dv` scratch from `ws`. Two launches for
+/// a training record, one for a record without targets (which leaves `dW`
+/// zero, or unchanged when accumulating); no host synchronisation. `losses`
+/// must come from [`crate::gpu::combine`] over the records of every layer
+/// sharing the targets.
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+pub fn backward_with(
+    cfg: &AiecConfig,
+    record: &GpuRecord,
+    w: &SliceRef<f32>,
+    dy: &TensorRef,
+    dx: &mut TensorMut,
+    dw: &mut SliceMut<f32>,
+    mode: DwMode,
+    losses: &GpuLosses,
+    ws: &Workspace,
+) -> Result<()> {
+    let Some(aux) = &record.aux else {
+        fused::backward_infer(cfg, &record.dims, &record.keep.view(), dy, dx)?;
+        return clear_dw(cfg, dy.device(), dw, mode);
+    };
+    losses.check_device(dy.device())?;
+    let mut dv: Buffer<f32> = ws.buffer("dv", record.dims.batch * record.dims.channels, Init::Unwritten)?;
+    let scales = Scales { losses: losses.buf.view(), row_scale: None };
+    let done = fused::backward_train(
+        cfg,
+        &record.dims,
+        w,
+        &record.keep.view(),
+        &saved(aux),
+        &scales,
+        dy,
+        dx,
+        &mut dv.view_mut(),
+        dw,
+        mode,
+    );
+    done
+}
+
+/// [`backward_with`] writing `dx` over `dy`.
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+pub fn backward_inplace_with(
+    cfg: &AiecConfig,
+    record: &GpuRecord,
+    w: &SliceRef<f32>,
+    dy: &mut TensorMut,
+    dw: &mut SliceMut<f32>,
+    mode: DwMode,
+    losses: &GpuLosses,
+    ws: &Workspace,
+) -> Result<()> {
+    let Some(aux) = &record.aux else {
+        fused::backward_infer_inplace(cfg, &record.dims, &record.keep.view(), dy)?;
+        let dev = dy.device().clone();
+        return clear_dw(cfg, &dev, dw, mode);
+    };
+    losses.check_device(dy.device())?;
+    let mut dv: Buffer<f32> = ws.buffer("dv", record.dims.batch * record.dims.channels, Init::Unwritten)?;
+    let scales = Scales { losses: losses.buf.view(), row_scale: None };
+    let done = fused::backward_train_inplace(
+        cfg,
+        &record.dims,
+        w,
+        &record.keep.view(),
+        &saved(aux),
+        &scales,
+        dy,
+        &mut dv.view_mut(),
+        dw,
+        mode,
+    );
+    done
+}
+
+/// `dW = 0` for a record without targets (nothing to accumulate).
+fn clear_dw(cfg: &AiecConfig, dev: &Device, dw: &mut SliceMut<f32>, mode: DwMode) -> Result<()> {
+    dw.expect("dW [K, C]", dev, cfg.classes() * cfg.channels())?;
+    if mode == DwMode::Write {
+        // SAFETY: `dw` is a live, writable view of this device of K*C floats.
+        unsafe { dev.memset(dw.address(), 0, dw.byte_len()) }?;
     }
     Ok(())
 }
 
-/// One layer's backward, writing `dx` over `dy` (in place); returns `dW`.
-/// Two launches for a training record, one for an inference record; no host
-/// synchronisation. `losses` must come from [`crate::gpu::combine`] over the
-/// records of every layer sharing the targets.
+/// One layer's backward, writing `dx` over `dy` (in place); returns a new `dW`.
 pub fn backward_inplace(
     cfg: &AiecConfig,
     record: &GpuRecord,
@@ -283,19 +412,25 @@ pub fn backward_inplace(
     dy: &mut Tensor,
     losses: &GpuLosses,
 ) -> Result<Buffer<f32>> {
-    check_backward(cfg, record, w, dy)?;
-    let Some(aux) = &record.aux else {
-        // Inference: kept elements are exactly those with y != 0 (x > tau >= 0,
-        // or NaN), so the threshold gradient runs on y with tau = 0.
-        crate::ops::threshold::backward_inplace(&record.y, dy, 0.0)?;
-        return Buffer::zeros(dy.device(), cfg.classes() * cfg.channels());
-    };
-    let a = dy.address();
-    // SAFETY: `dy` is borrowed mutably, so the kernel may write dx over it.
-    unsafe { launch_backward(cfg, record, aux, w, dy, a, losses) }
+    let ws = Workspace::new(dy.device());
+    backward_inplace_owned(cfg, record, &w.view(), dy, losses, &ws)
 }
 
-/// One layer's backward into a new `dx`; see [`backward_inplace`].
+pub(crate) fn backward_inplace_owned(
+    cfg: &AiecConfig,
+    record: &GpuRecord,
+    w: &SliceRef<f32>,
+    dy: &mut Tensor,
+    losses: &GpuLosses,
+    ws: &Workspace,
+) -> Result<Buffer<f32>> {
+    // Written in full by aiec_bwd_dv_dw (or cleared for a record without targets).
+    let mut dw = Buffer::unwritten(dy.device(), cfg.classes() * cfg.channels())?;
+    backward_inplace_with(cfg, record, w, &mut dy.view_mut(), &mut dw.view_mut(), DwMode::Write, losses, ws)?;
+    Ok(dw)
+}
+
+/// One layer's backward into a new `dx` and `dW`; see [`backward_with`].
 pub fn backward(
     cfg: &AiecConfig,
     record: &GpuRecord,
@@ -303,50 +438,32 @@ pub fn backward(
     dy: &Tensor,
     losses: &GpuLosses,
 ) -> Result<GpuGradients> {
-    check_backward(cfg, record, w, dy)?;
-    let dev = dy.device();
-    let Some(aux) = &record.aux else {
-        let dx = crate::ops::threshold::backward(&record.y, dy, 0.0)?;
-        return Ok(GpuGradients { dx, dw: Buffer::zeros(dev, cfg.classes() * cfg.channels())? });
-    };
-    let dx = Tensor::unwritten(dev, dy.dtype(), dy.shape())?;
-    // SAFETY: `dx` is fresh and owned here; the dy pass writes all of it.
-    let dw = unsafe { launch_backward(cfg, record, aux, w, dy, dx.address(), losses) }?;
-    Ok(GpuGradients { dx, dw })
+    let ws = Workspace::new(dy.device());
+    backward_owned(cfg, record, &w.view(), dy, losses, &ws)
 }
 
-/// The two backward launches, reading `dy` and writing `dx` at `dx_addr`.
-///
-/// # Safety
-/// `dx_addr` must address a live buffer of `dy`'s device, shape and type that
-/// nothing else reads or writes during the launches (it may be `dy` itself).
-unsafe fn launch_backward(
+pub(crate) fn backward_owned(
     cfg: &AiecConfig,
     record: &GpuRecord,
-    aux: &GpuAux,
-    w: &Buffer<f32>,
+    w: &SliceRef<f32>,
     dy: &Tensor,
-    dx_addr: u64,
     losses: &GpuLosses,
-) -> Result<Buffer<f32>> {
+    ws: &Workspace,
+) -> Result<GpuGradients> {
     let dev = dy.device();
-    losses.check_device(dev)?;
-    // Both written in full by aiec_bwd_dv_dw (dW even for an empty batch).
-    let dw = Buffer::unwritten(dev, cfg.classes() * cfg.channels())?;
-    let shape = AiecShape::new(&record.dims, aux.classes, cfg.tau() as f32, aux.updated);
-    let dv: Buffer<f32> = Buffer::unwritten(dev, record.dims.batch * record.dims.channels)?;
-    let plans = [
-        launch::aiec_bwd_dv_dw(
-            &shape,
-            [aux.v.address(), w.address(), aux.g.address(), aux.mask.address(), losses.address()],
-            [dv.address(), dw.address()],
-        ),
-        launch::aiec_bwd_x(dy.dtype(), &shape, dy.address(), aux.keep.address(), dv.address(), dx_addr),
-    ];
-    for p in plans.iter().flatten() {
-        // SAFETY: all buffers are live on this device and sized for `shape`
-        // (checked by the callers and at forward); dx is the caller's promise.
-        unsafe { dev.launch(p) }?;
-    }
-    Ok(dw)
+    // Both written in full by the two launches (dW cleared for a record without targets).
+    let mut dx = Tensor::unwritten(dev, dy.dtype(), dy.shape())?;
+    let mut dw = Buffer::unwritten(dev, cfg.classes() * cfg.channels())?;
+    backward_with(
+        cfg,
+        record,
+        w,
+        &dy.view(),
+        &mut dx.view_mut(),
+        &mut dw.view_mut(),
+        DwMode::Write,
+        losses,
+        ws,
+    )?;
+    Ok(GpuGradients { dx, dw })
 }

@@ -1,4 +1,4 @@
-//! Loader for the golden cases (`tests/data/golden/`, a copy of the shared set,
+//! Loader for the golden cases (`tests/data/golden/`, a copy of the independent reference set,
 //! plus the folder named by `AIEC_GOLDEN_DIR` when it is set). Format: see the
 //! README in that folder.
 
@@ -50,7 +50,7 @@ pub struct GoldenCase {
     pub gate_count: i64,
 }
 
-/// The project's copy of the shared golden cases: under `AIEC_PROJECT_DIR` when
+/// The project's copy of the golden cases: under `AIEC_PROJECT_DIR` when
 /// set (test binaries carried to another machine), else the crate's folder.
 pub fn project_dir() -> PathBuf {
     let root = std::env::var_os("AIEC_PROJECT_DIR").map(PathBuf::from);

@@ -7,3 +7,5 @@ pub mod compare;
 pub mod devices;
 pub mod golden;
 pub mod runner;
+#[cfg(feature = "sim")]
+pub mod views;

@@ -226,7 +226,7 @@ pub fn run_gpu<T: aiec::Element>(dev: &aiec::Device, case: &GoldenCase) -> Resul
             Ok(t.to_vec::<T>().map_err(e)?.into_iter().map(|v| v.to_f32() as f64).collect())
         };
         out.layers.push(LayerOutputs {
-            y: to64(&rec.y)?,
+            y: to64(rec.y().map_err(e)?)?,
             v: widen(aux.v.to_vec().map_err(e)?),
             logits: widen(aux.logits.to_vec().map_err(e)?),
             mask: aux.mask.to_vec().map_err(e)?,

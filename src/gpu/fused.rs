@@ -1,0 +1,574 @@
+//! The fused op on views: every buffer a forward, the losses or a backward
+//! reads or writes is the caller's ([`crate::view`]), so nothing is allocated,
+//! copied or synchronised here. This is the level the framework adapters use
+//! (PyTorch allocates every buffer from its caching allocator and passes
+//! them in); [`crate::gpu::forward`] and [`crate::gpu::GpuLayer`] build on it
+//! with a workspace of the crate's own.
+//!
+//! A training forward is three launches (the pass over `x`; logits, CE and
+//! counters; gate), the losses of `L` layers one, a backward two (`dv` and
+//! `dW`; the pass over `dy`). Everything is checked before the first launch:
+//! lengths, devices and element types, and that no written buffer overlaps
+//! another buffer of the call (`dx` may be `dy` exactly). Targets checked on
+//! the host are trusted; device-side targets are checked by the first kernel,
+//! which makes the step count nothing and leaves the error for the device's
+//! next synchronisation or read ([`crate::Device::synchronize`]).
+
+use crate::config::{AiecConfig, InputDims};
+use crate::dtype::DType;
+use crate::error::{AiecError, Result};
+use crate::launch::{self, ForwardScratch, XPassArgs};
+use crate::params::{AiecGateStats, AiecLossParams, AiecLosses, AiecShape, FLAG_ACCUMULATE_DW, MAX_LAYERS};
+use crate::view::{check_disjoint, SliceMut, SliceRef, Span, TensorMut, TensorRef};
+use crate::{cpu::LossCoefs, Device};
+
+/// The counters of one layer as writable views: `act`, `inh` `[K, C]`, `total` `[K]`.
+pub struct CountersMut<'a> {
+    /// `[K, C]`.
+    pub act: SliceMut<'a, i64>,
+    /// `[K, C]`.
+    pub inh: SliceMut<'a, i64>,
+    /// `[K]`.
+    pub total: SliceMut<'a, i64>,
+}
+
+/// What a training forward writes besides `y` and the keep bits; sizes from
+/// [`Sizes`]. `v`, `g` and `mask` are what its backward needs; `logits`,
+/// `ce` and `stats` are results; `scratch` must be all zero before its first
+/// use and is left with its tickets zero by every launch, so it can be reused
+/// by every later forward of that size or smaller.
+pub struct AuxMut<'a> {
+    /// `[B, C]` pooled activation.
+    pub v: SliceMut<'a, f32>,
+    /// `[B, K]`.
+    pub logits: SliceMut<'a, f32>,
+    /// `[B]` cross-entropy of each row.
+    pub ce: SliceMut<'a, f32>,
+    /// `[B, K]`: `softmax(logits) - onehot(t)`.
+    pub g: SliceMut<'a, f32>,
+    /// `[B, C]` consensus mask (0/1).
+    pub mask: SliceMut<'a, u8>,
+    /// `[1]`: `S`, `N` of this layer.
+    pub stats: SliceMut<'a, AiecGateStats>,
+    /// [`Sizes::scratch_bytes`] bytes.
+    pub scratch: SliceMut<'a, u8>,
+}
+
+/// The saved state a training backward reads.
+pub struct SavedRef<'a> {
+    /// `[B, C]`.
+    pub v: SliceRef<'a, f32>,
+    /// `[B, K]`.
+    pub g: SliceRef<'a, f32>,
+    /// `[B, C]`.
+    pub mask: SliceRef<'a, u8>,
+}
+
+/// Element counts of every buffer of one layer's step (bytes for `scratch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// `u32` keep words.
+    pub keep: usize,
+    /// `B * C` (`v`, `mask`, `dv`).
+    pub bc: usize,
+    /// `B * K` (`logits`, `g`).
+    pub bk: usize,
+    /// `B` (`ce`, targets).
+    pub batch: usize,
+    /// Bytes of the forward scratch.
+    pub scratch_bytes: usize,
+}
+
+impl Sizes {
+    /// The sizes for an input planned as `dims` with `classes` (`K`).
+    pub fn of(dims: &InputDims, classes: usize) -> Sizes {
+        let shape = AiecShape::new(dims, classes, 0.0, false);
+        Sizes {
+            keep: launch::keep_words(&shape),
+            bc: dims.batch * dims.channels,
+            bk: dims.batch * classes,
+            batch: dims.batch,
+            scratch_bytes: ForwardScratch::of(&shape).bytes,
+        }
+    }
+}
+
+fn mismatch(what: &'static str, expected: usize, got: usize) -> AiecError {
+    AiecError::LengthMismatch { what, expected, got }
+}
+
+/// The shape, and that `y` fits `x` on `x`'s device.
+fn check_x_y(cfg: &AiecConfig, x: &TensorRef, y: &TensorMut) -> Result<InputDims> {
+    let dims = cfg.plan_input(x.shape())?;
+    let dev = x.device();
+    y.expect_device("y", dev)?;
+    y.expect_dtype("y", x.dtype())?;
+    y.expect_shape("y", x.shape())?;
+    Ok(dims)
+}
+
+/// A forward without targets (inference, or a training step without them):
+/// `y` and the keep bits in one launch. `keep` has [`Sizes::keep`] words.
+pub fn forward_infer(
+    cfg: &AiecConfig,
+    x: &TensorRef,
+    y: &mut TensorMut,
+    keep: &mut SliceMut<u32>,
+) -> Result<InputDims> {
+    let dims = check_x_y(cfg, x, y)?;
+    let dev = x.device();
+    let sizes = Sizes::of(&dims, cfg.classes());
+    keep.expect("keep bits", dev, sizes.keep)?;
+    check_disjoint(&[("y", y.span()), ("x", x.span()), ("keep bits", keep.span())])?;
+    let shape = AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false);
+    let args = XPassArgs { x: x.address(), y: y.address(), keep: keep.address(), ..Default::default() };
+    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args) {
+        // SAFETY: x, y and keep are live views of this device sized for
+        // `shape` (checked above), the written ones disjoint from the rest.
+        unsafe { dev.launch(&p) }?;
+    }
+    Ok(dims)
+}
+
+/// Where a training forward's targets come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetCheck {
+    /// Already checked on the host: every target is in `0..K`.
+    Host,
+    /// Device memory the host has not seen: the first kernel checks it.
+    Device,
+}
+
+/// A training forward: `y`, the keep bits and every [`AuxMut`] buffer, in
+/// three launches; the counters update when `update` is true. `w` is `[K, C]`,
+/// `targets` `[B]`.
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs, each a separate caller buffer
+pub fn forward_train(
+    cfg: &AiecConfig,
+    x: &TensorRef,
+    w: &SliceRef<f32>,
+    targets: &SliceRef<i64>,
+    check: TargetCheck,
+    counters: &mut CountersMut,
+    update: bool,
+    y: &mut TensorMut,
+    keep: &mut SliceMut<u32>,
+    aux: &mut AuxMut,
+) -> Result<InputDims> {
+    let dims = check_x_y(cfg, x, y)?;
+    let dev = x.device();
+    let (k, c) = (cfg.classes(), cfg.channels());
+    let sizes = Sizes::of(&dims, k);
+    w.expect("W [K, C]", dev, k * c)?;
+    targets.expect("targets [B]", dev, dims.batch).map_err(|e| match e {
+        AiecError::LengthMismatch { got, .. } => AiecError::TargetCountMismatch { batch: dims.batch, got },
+        e => e,
+    })?;
+    counters.act.expect("counters act [K, C]", dev, k * c)?;
+    counters.inh.expect("counters inh [K, C]", dev, k * c)?;
+    counters.total.expect("counters total [K]", dev, k)?;
+    keep.expect("keep bits", dev, sizes.keep)?;
+    aux.v.expect("v [B, C]", dev, sizes.bc)?;
+    aux.logits.expect("logits [B, K]", dev, sizes.bk)?;
+    aux.ce.expect("ce [B]", dev, sizes.batch)?;
+    aux.g.expect("g [B, K]", dev, sizes.bk)?;
+    aux.mask.expect("mask [B, C]", dev, sizes.bc)?;
+    aux.stats.expect("gate stats", dev, 1)?;
+    aux.scratch.expect("forward scratch (bytes)", dev, sizes.scratch_bytes)?;
+    let written = [
+        ("y", y.span()),
+        ("keep bits", keep.span()),
+        ("v", aux.v.span()),
+        ("logits", aux.logits.span()),
+        ("ce", aux.ce.span()),
+        ("g", aux.g.span()),
+        ("mask", aux.mask.span()),
+        ("gate stats", aux.stats.span()),
+        ("forward scratch", aux.scratch.span()),
+        ("counters act", counters.act.span()),
+        ("counters inh", counters.inh.span()),
+        ("counters total", counters.total.span()),
+    ];
+    check_disjoint(&written)?;
+    for read in [("x", x.span()), ("W", w.span()), ("targets", targets.span())] {
+        for wr in &written {
+            check_disjoint(&[*wr, read])?;
+        }
+    }
+
+    let shape = AiecShape::new(&dims, k, cfg.tau() as f32, update);
+    let sc = ForwardScratch::of(&shape);
+    let base = aux.scratch.address();
+    let device_error = match check {
+        TargetCheck::Host => 0,
+        TargetCheck::Device => dev.target_error_record()?,
+    };
+    if dims.batch * c == 0 {
+        // The gate is not launched: S = 0, N = 0 (the buffer may hold an older step's).
+        // SAFETY: `stats` is a live view of this device of one AiecGateStats.
+        unsafe { dev.memset(aux.stats.address(), 0, aux.stats.byte_len()) }?;
+    }
+    let status = base + sc.status as u64;
+    let plans = [
+        launch::aiec_fwd_x(
+            x.dtype(),
+            &shape,
+            XPassArgs {
+                x: x.address(),
+                y: y.address(),
+                keep: keep.address(),
+                v: aux.v.address(),
+                targets: targets.address(),
+                status,
+                device_error,
+            },
+        ),
+        launch::aiec_fwd_logits(
+            &shape,
+            [aux.v.address(), w.address(), targets.address(), status],
+            [aux.logits.address(), aux.ce.address(), aux.g.address()],
+            [counters.act.address(), counters.inh.address(), counters.total.address()],
+            base + sc.tickets as u64,
+        ),
+        launch::aiec_fwd_gate(
+            &shape,
+            [aux.v.address(), w.address(), targets.address(), counters.act.address(), counters.inh.address()],
+            [
+                aux.mask.address(),
+                base + sc.gate_sum_sq as u64,
+                base + sc.gate_count as u64,
+                base + (sc.tickets + 4 * launch::logits_groups(&shape)) as u64,
+                aux.stats.address(),
+            ],
+        ),
+    ];
+    for p in plans.iter().flatten() {
+        // SAFETY: every address is a live view of this device sized for the
+        // shape the plan was made from (checked above); the written ones are
+        // disjoint from each other and from the inputs; the launches run in
+        // order on the device's stream.
+        unsafe { dev.launch(p) }?;
+    }
+    Ok(dims)
+}
+
+/// One layer's contribution to the losses: its `ce [B]` and gate statistics.
+pub struct LayerLoss<'a> {
+    /// `[B]`.
+    pub ce: SliceRef<'a, f32>,
+    /// `[1]`.
+    pub stats: SliceRef<'a, AiecGateStats>,
+}
+
+/// The losses of the `L` layers (1 to 32) that share one target vector of
+/// `batch` samples, into `out` (one [`AiecLosses`]); one launch.
+pub fn combine(
+    layers: &[LayerLoss],
+    batch: usize,
+    coefs: LossCoefs,
+    out: &mut SliceMut<AiecLosses>,
+) -> Result<()> {
+    let coefs = LossCoefs::new(coefs.aux_coef, coefs.gate_coef)?;
+    if layers.is_empty() || layers.len() > MAX_LAYERS {
+        return Err(AiecError::LayerMismatch {
+            layer: layers.len(),
+            reason: format!("{} layers given, 1 to {MAX_LAYERS} are supported", layers.len()),
+        });
+    }
+    let dev = out.device().clone();
+    out.expect("losses", &dev, 1)?;
+    let mut p = AiecLossParams {
+        ce: [0; MAX_LAYERS],
+        stats: [0; MAX_LAYERS],
+        out: out.address(),
+        layers: layers.len() as u32,
+        pad0: 0,
+        batch: batch as u64,
+        aux_coef: coefs.aux_coef as f32,
+        gate_coef: coefs.gate_coef as f32,
+    };
+    for (l, layer) in layers.iter().enumerate() {
+        layer.ce.expect("layer ce [B]", &dev, batch).map_err(|e| match e {
+            AiecError::LengthMismatch { got, .. } => AiecError::LayerMismatch {
+                layer: l,
+                reason: format!("batch B = {got} differs from layer 0's {batch}"),
+            },
+            e => e,
+        })?;
+        layer.stats.expect("layer gate stats", &dev, 1)?;
+        check_disjoint(&[("losses", out.span()), ("layer ce", layer.ce.span())])?;
+        check_disjoint(&[("losses", out.span()), ("layer gate stats", layer.stats.span())])?;
+        p.ce[l] = layer.ce.address();
+        p.stats[l] = layer.stats.address();
+    }
+    // SAFETY: every address is a live view of `dev` with B floats of CE and
+    // one AiecGateStats per layer; `out` is disjoint from them.
+    unsafe { dev.launch(&launch::aiec_loss(&p)) }
+}
+
+/// How a backward delivers `dW`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DwMode {
+    /// `dw = dW`.
+    Write,
+    /// `dw += dW`, as frameworks accumulate gradients over micro-batches.
+    Accumulate,
+}
+
+/// The loss gradients a training backward scales by: the combined losses of
+/// [`combine`] (its `aux_scale` and `gate_scale`), and optionally the gradient
+/// with respect to each row's cross-entropy (`[B]`, replacing the uniform
+/// `aux_scale`: what an autograd engine hands back).
+pub struct Scales<'a> {
+    /// One [`AiecLosses`].
+    pub losses: SliceRef<'a, AiecLosses>,
+    /// `[B]` or none.
+    pub row_scale: Option<SliceRef<'a, f32>>,
+}
+
+/// What a training backward adds to the pass over `dy`: `W`, the saved state,
+/// the scales, the `dv` scratch, `dW` and how to deliver it.
+/// (Views carry their own lifetimes: a writable view is invariant in its.)
+struct TrainPart<'v, 'w, 's, 'l, 'd, 'g> {
+    w: &'v SliceRef<'w, f32>,
+    saved: &'v SavedRef<'s>,
+    scales: &'v Scales<'l>,
+    dv: &'v mut SliceMut<'d, f32>,
+    dw: &'v mut SliceMut<'g, f32>,
+    mode: DwMode,
+}
+
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+fn backward_impl(
+    cfg: &AiecConfig,
+    dims: &InputDims,
+    keep: &SliceRef<u32>,
+    train: Option<TrainPart<'_, '_, '_, '_, '_, '_>>,
+    dy: &TensorRef,
+    dx: (u64, Span),
+    dx_dtype: DType,
+    dx_shape: &[usize],
+) -> Result<()> {
+    let dev = dy.device().clone();
+    if dy.shape() != dims.dims.as_slice() {
+        return Err(AiecError::ShapeMismatch {
+            what: "dy",
+            expected: dims.dims.clone(),
+            got: dy.shape().to_vec(),
+        });
+    }
+    if dx_dtype != dy.dtype() {
+        return Err(AiecError::DTypeMismatch { what: "dx", expected: dy.dtype(), got: dx_dtype });
+    }
+    if dx_shape != dy.shape() {
+        return Err(AiecError::ShapeMismatch {
+            what: "dx",
+            expected: dy.shape().to_vec(),
+            got: dx_shape.to_vec(),
+        });
+    }
+    if dims.channels != cfg.channels() {
+        return Err(mismatch("record channels C", cfg.channels(), dims.channels));
+    }
+    let (k, c) = (cfg.classes(), cfg.channels());
+    let sizes = Sizes::of(dims, k);
+    keep.expect("keep bits", &dev, sizes.keep)?;
+    let (dx_addr, dx_span) = dx;
+    if dx_span.addr != dy.address() || dx_span.bytes != dy.byte_len() {
+        check_disjoint(&[("dx", dx_span), ("dy", dy.span())])?;
+    }
+    check_disjoint(&[("dx", dx_span), ("keep bits", keep.span())])?;
+    let update = false; // the backward does not depend on it
+    let mut shape = AiecShape::new(dims, k, cfg.tau() as f32, update);
+    let mut dv_addr = 0;
+    if let Some(TrainPart { w, saved, scales, dv, dw, mode }) = train {
+        w.expect("W [K, C]", &dev, k * c)?;
+        saved.v.expect("saved v [B, C]", &dev, sizes.bc)?;
+        saved.g.expect("saved g [B, K]", &dev, sizes.bk)?;
+        saved.mask.expect("saved mask [B, C]", &dev, sizes.bc)?;
+        scales.losses.expect("losses", &dev, 1)?;
+        if let Some(r) = &scales.row_scale {
+            r.expect("row scales [B]", &dev, sizes.batch)?;
+        }
+        dv.expect("dv scratch [B, C]", &dev, sizes.bc)?;
+        dw.expect("dW [K, C]", &dev, k * c)?;
+        let written = [("dx", dx_span), ("dv scratch", dv.span()), ("dW", dw.span())];
+        check_disjoint(&written)?;
+        for read in [
+            ("W", w.span()),
+            ("saved v", saved.v.span()),
+            ("saved g", saved.g.span()),
+            ("saved mask", saved.mask.span()),
+            ("losses", scales.losses.span()),
+        ] {
+            for wr in &written {
+                check_disjoint(&[*wr, read])?;
+            }
+        }
+        if mode == DwMode::Accumulate {
+            shape.flags |= FLAG_ACCUMULATE_DW;
+        }
+        let row_scale = scales.row_scale.as_ref().map_or(0, |r| r.address());
+        if let Some(p) = launch::aiec_bwd_dv_dw(
+            &shape,
+            [
+                saved.v.address(),
+                w.address(),
+                saved.g.address(),
+                saved.mask.address(),
+                scales.losses.address(),
+                row_scale,
+            ],
+            [dv.address(), dw.address()],
+        ) {
+            // SAFETY: all views are live on this device and sized for `shape`;
+            // dv and dw are disjoint from each other and from every input.
+            unsafe { dev.launch(&p) }?;
+        }
+        dv_addr = dv.address();
+    }
+    if let Some(p) = launch::aiec_bwd_x(dy.dtype(), &shape, dy.address(), keep.address(), dv_addr, dx_addr) {
+        // SAFETY: dy, keep, dv (or null) and dx are live views of this device
+        // sized for `shape`; dx is dy itself or disjoint from every input.
+        unsafe { dev.launch(&p) }?;
+    }
+    Ok(())
+}
+
+/// The backward of a training forward of `dims` (its [`Sizes`]), writing `dx`
+/// into its own buffer and `dW` per `mode`; `dv` is `[B, C]` scratch. Two
+/// launches, no synchronisation.
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+pub fn backward_train(
+    cfg: &AiecConfig,
+    dims: &InputDims,
+    w: &SliceRef<f32>,
+    keep: &SliceRef<u32>,
+    saved: &SavedRef,
+    scales: &Scales,
+    dy: &TensorRef,
+    dx: &mut TensorMut,
+    dv: &mut SliceMut<f32>,
+    dw: &mut SliceMut<f32>,
+    mode: DwMode,
+) -> Result<()> {
+    dx.expect_device("dx", dy.device())?;
+    let (addr, span, dtype, shape) = (dx.address(), dx.span(), dx.dtype(), dx.shape().to_vec());
+    let train = TrainPart { w, saved, scales, dv, dw, mode };
+    backward_impl(cfg, dims, keep, Some(train), dy, (addr, span), dtype, &shape)
+}
+
+/// [`backward_train`] writing `dx` over `dy` (in place).
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+pub fn backward_train_inplace(
+    cfg: &AiecConfig,
+    dims: &InputDims,
+    w: &SliceRef<f32>,
+    keep: &SliceRef<u32>,
+    saved: &SavedRef,
+    scales: &Scales,
+    dy: &mut TensorMut,
+    dv: &mut SliceMut<f32>,
+    dw: &mut SliceMut<f32>,
+    mode: DwMode,
+) -> Result<()> {
+    let (addr, span, dtype, shape) = (dy.address(), dy.span(), dy.dtype(), dy.shape().to_vec());
+    let dy = dy.as_ref();
+    let train = TrainPart { w, saved, scales, dv, dw, mode };
+    backward_impl(cfg, dims, keep, Some(train), &dy, (addr, span), dtype, &shape)
+}
+
+/// The backward of a forward without targets: `dx = dy` where the keep bit
+/// is set, else 0; one launch. `dx` may be `dy` itself (pass the same memory
+/// through [`backward_infer_inplace`]).
+pub fn backward_infer(
+    cfg: &AiecConfig,
+    dims: &InputDims,
+    keep: &SliceRef<u32>,
+    dy: &TensorRef,
+    dx: &mut TensorMut,
+) -> Result<()> {
+    dx.expect_device("dx", dy.device())?;
+    let (addr, span, dtype, shape) = (dx.address(), dx.span(), dx.dtype(), dx.shape().to_vec());
+    backward_impl(cfg, dims, keep, None, dy, (addr, span), dtype, &shape)
+}
+
+/// [`backward_infer`] writing `dx` over `dy`.
+pub fn backward_infer_inplace(
+    cfg: &AiecConfig,
+    dims: &InputDims,
+    keep: &SliceRef<u32>,
+    dy: &mut TensorMut,
+) -> Result<()> {
+    let (addr, span, dtype, shape) = (dy.address(), dy.span(), dy.dtype(), dy.shape().to_vec());
+    let dy = dy.as_ref();
+    backward_impl(cfg, dims, keep, None, &dy, (addr, span), dtype, &shape)
+}
+
+/// The pass over `x` alone, for adapters that compute the `[B, C]` and
+/// `[K, C]` parts themselves (the PyTorch drop-in): `y`, the keep bits and the
+/// pooled `v` (`[B, C]`) in one read of `x`; one launch.
+pub fn activation_forward(
+    cfg: &AiecConfig,
+    x: &TensorRef,
+    y: &mut TensorMut,
+    keep: &mut SliceMut<u32>,
+    v: &mut SliceMut<f32>,
+) -> Result<InputDims> {
+    let dims = check_x_y(cfg, x, y)?;
+    let dev = x.device();
+    let sizes = Sizes::of(&dims, cfg.classes());
+    keep.expect("keep bits", dev, sizes.keep)?;
+    v.expect("v [B, C]", dev, sizes.bc)?;
+    check_disjoint(&[("y", y.span()), ("keep bits", keep.span()), ("v", v.span())])?;
+    for wr in [("y", y.span()), ("keep bits", keep.span()), ("v", v.span())] {
+        check_disjoint(&[wr, ("x", x.span())])?;
+    }
+    let shape = AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false);
+    let args = XPassArgs {
+        x: x.address(),
+        y: y.address(),
+        keep: keep.address(),
+        v: v.address(),
+        ..Default::default()
+    };
+    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args) {
+        // SAFETY: live views of this device sized for `shape`, written ones disjoint.
+        unsafe { dev.launch(&p) }?;
+    }
+    Ok(dims)
+}
+
+/// The pass over `dy` alone: `dx = keep ? dy + unpool(dv) : 0` with `dv`
+/// `[B, C]` (the gradient reaching the pooled `v`); one launch. `dx` may be
+/// `dy` exactly.
+pub fn activation_backward(
+    cfg: &AiecConfig,
+    dims: &InputDims,
+    keep: &SliceRef<u32>,
+    dv: &SliceRef<f32>,
+    dy: &TensorRef,
+    dx: &mut TensorMut,
+) -> Result<()> {
+    let dev: Device = dy.device().clone();
+    dx.expect_device("dx", &dev)?;
+    dv.expect("dv [B, C]", &dev, dims.batch * dims.channels)?;
+    check_disjoint(&[("dx", dx.span()), ("dv", dv.span())])?;
+    let (addr, span, dtype, shape) = (dx.address(), dx.span(), dx.dtype(), dx.shape().to_vec());
+    if dtype != dy.dtype() {
+        return Err(AiecError::DTypeMismatch { what: "dx", expected: dy.dtype(), got: dtype });
+    }
+    if shape != dy.shape() || dy.shape() != dims.dims.as_slice() {
+        return Err(AiecError::ShapeMismatch { what: "dy, dx", expected: dims.dims.clone(), got: shape });
+    }
+    if span.addr != dy.address() || span.bytes != dy.byte_len() {
+        check_disjoint(&[("dx", span), ("dy", dy.span())])?;
+    }
+    keep.expect("keep bits", &dev, Sizes::of(dims, cfg.classes()).keep)?;
+    let s = AiecShape::new(dims, cfg.classes(), cfg.tau() as f32, false);
+    if let Some(p) = launch::aiec_bwd_x(dy.dtype(), &s, dy.address(), keep.address(), dv.address(), addr) {
+        // SAFETY: live views of this device sized for `s`; dx is dy or disjoint.
+        unsafe { dev.launch(&p) }?;
+    }
+    Ok(())
+}
