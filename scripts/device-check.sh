@@ -40,7 +40,7 @@ for line in sys.stdin:
 ' "$out"
   cargo build --release --examples
   mkdir -p "$out/examples"
-  cp target/release/examples/verify target/release/examples/bench "$out/examples/"
+  cp target/release/examples/verify target/release/examples/bench target/release/examples/external_memory "$out/examples/"
   strip "$out"/bin/* "$out"/examples/* 2>/dev/null || true
   du -sh "$out"
   # The GPU machine runs these as built here: say what they need of its C and C++ libraries.
@@ -112,6 +112,9 @@ run() {
   echo; echo "=== verify ==="
   timeout 120 "$out/examples/verify" >"$logs/verify.log" 2>&1 || status=1
   grep -vE '^\s*$' "$logs/verify.log" | tail -60
+  echo; echo "=== external_memory: the caller's stream and cudarc memory ==="
+  timeout 60 "$out/examples/external_memory" 2>&1 | tee "$logs/external_memory.log" || status=1
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
   pack
   echo; echo "=== bench ==="
   timeout 180 "$out/examples/bench" --json "$res/aiec_bench.json" 2>&1 | tee "$logs/bench.log" || status=1

@@ -13,7 +13,10 @@
 #   4. The simulator tests in an AddressSanitizer + UBSan build of the simulator.
 #   5. The simulator's own self-test (it must catch deadlocks, divergent
 #      barriers, half-warp shuffles, shared-memory overflows), release and ASan.
-#   6. Benches and examples build.
+#   6. Benches and examples build; examples/external_memory runs (the caller's
+#      memory and stream, against the CPU reference).
+#   6b. A crate that depends on aiec beside one that turns on cudarc's
+#      `dynamic-linking` (as candle's CUDA backend does) builds.
 #   7. The GPU check script (scripts/device-check.sh) builds its binaries and
 #      runs them here without a GPU (dry-run), so that it has not rotted when
 #      a session is lent one.
@@ -44,8 +47,12 @@ AIEC_SIM_SANITIZE=address CARGO_TARGET_DIR=target/asan CUDA_SIM_SEED=1 \
 echo "== 5. simulator self-test =="
 AIEC_SIM_BUILD=target/sim-selftest bash kernels/sim/selftest.sh
 
-echo "== 6. benches and examples build =="
+echo "== 6. benches and examples build; external_memory runs =="
 cargo build --release --features sim --benches --examples
+cargo run --release --features sim --example external_memory
+
+echo "== 6b. aiec builds beside a crate that links cudarc (dynamic-linking) =="
+bash scripts/check-dynamic-linking.sh
 
 echo "== 7. the GPU check script, dry run (no GPU: CPU and simulator backends) =="
 bash scripts/device-check.sh build

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """AIEC in eager PyTorch: the baseline the crate's kernels are measured against.
 
-This is AIEC (docs: /work/shared/AIEC_SPEC.md, copied into the repo's docs) written
+This is AIEC (the contract: docs/SPEC.md) written
 the way a PyTorch user would write it: vectorised tensor ops (torch.where, indexing,
 F.linear, index_add_, boolean masks, F.cross_entropy) and autograd for the backward.
 No Python loop runs over samples, channels or classes.
