@@ -27,7 +27,7 @@ echo "== 1. NVRTC =="
 . scripts/ensure-nvrtc.sh
 export AIEC_REQUIRE_NVRTC=1
 
-SIM_TESTS=(--test threshold --test convert --test device --test aiec)
+SIM_TESTS=(--test threshold --test convert --test device --test aiec --test views)
 
 echo "== 2. all tests (release, simulator seed 0) =="
 CUDA_SIM_SEED=0 CUDA_SIM_WORKERS=1 cargo test --release --features sim
