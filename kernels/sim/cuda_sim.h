@@ -5,10 +5,14 @@
 // What it simulates:
 // * every CUDA thread is a cooperative fiber with its own stack (mmap, guard page below it); the fibers of a
 //   block run on one OS thread and switch only at __syncthreads*, warp ops (__shfl*_sync, __ballot_sync,
-//   __any_sync, __all_sync, __syncwarp), atomicCAS/atomicExch and __threadfence*;
+//   __any_sync, __all_sync, __syncwarp, warp_collective), atomicCAS/atomicExch and __threadfence*;
 // * __syncthreads* are real barriers. Reported as errors: deadlock (a thread exited or waits elsewhere),
 //   divergent barriers (threads released together from different source lines), warp ops whose lanes disagree
-//   on mask or op, shuffles from non-participating lanes, exceptions thrown by kernel code;
+//   on mask or op, shuffles from non-participating lanes, warp collectives not executed by all 32 lanes of a
+//   full warp from one call site, exceptions thrown by kernel code;
+// * warp collectives (cuda_sim::warp_collective): a warp-wide instruction with a larger payload, such as
+//   mma.sync (kernels/mma.cuh): every lane deposits up to 16 words, the last lane to arrive computes all lanes'
+//   results at once, every lane takes its own; one switch per lane, however large the computation;
 // * static __shared__ = thread_local (one copy per OS thread, i.e. per running block); dynamic shared memory
 //   via ::cuda_sim::dyn_shared() (AIEC_DYN_SHARED), 256-byte aligned, filled with 0xFF per block; a write of
 //   up to 256 bytes past its end is reported, and the ASan build poisons everything past its end;
@@ -97,6 +101,10 @@ constexpr int warpSize = 32;
 namespace cuda_sim {
 struct Error : std::runtime_error { using std::runtime_error::runtime_error; };
 struct ConfigError : Error { using Error::Error; };  // invalid grid/block/shared-memory request
+// One lane's payload in a warp collective (warp_collective below).
+struct LaneWords { uint32_t w[16]; };
+// Computes a warp collective: the 32 lanes' inputs in[0..31] -> their outputs out[0..31]. Called once per warp.
+typedef void (*WarpFn)(const LaneWords* in, LaneWords* out);
 
 namespace detail {
 struct Settings {
@@ -160,8 +168,9 @@ inline void ctx_swap(Ctx& from, Ctx& to) { swapcontext(&from.uc, &to.uc); }
 // ---------------------------------------------------------------- state
 enum class St : uint8_t { Ready, Barrier, Warp, Done };
 struct Cancel {};  // thrown into the fibers of a failed block so that they unwind
-enum : uint8_t { OP_SHFL, OP_BALLOT, OP_ANY, OP_ALL, OP_SYNC };
-static const char* const op_names[] = {"__shfl*_sync", "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp"};
+enum : uint8_t { OP_SHFL, OP_BALLOT, OP_ANY, OP_ALL, OP_SYNC, OP_COLL };
+static const char* const op_names[] = {"__shfl*_sync", "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp",
+                                       "a warp collective"};
 
 struct Fiber {
   Ctx ctx;
@@ -172,7 +181,10 @@ struct Fiber {
   unsigned char* stack;
   void* fake = nullptr;        // ASan fake stack
 };
-struct WarpSlot { unsigned exist, arrived, mask[32]; uint8_t op[32]; int8_t src[32]; uint64_t val[32], res[32]; };
+struct WarpSlot {
+  unsigned exist, arrived, mask[32]; uint8_t op[32]; int8_t src[32]; uint64_t val[32], res[32];
+  WarpFn fn[32]; const char* name[32]; LaneWords cin[32], cout[32];  // OP_COLL: per-lane function, name, payload
+};
 struct Launch;
 struct Worker;
 struct Block {
@@ -304,6 +316,36 @@ inline int barrier(int pred, int line, const char* file) {
   return (int)b.bar_result;
 }
 
+// The last lane of warp `warp` arrived at a collective (mask: the lanes that take part): computes every lane's
+// w.cout when the whole warp of 32 lanes called the same collective from one call site (the rule of .aligned
+// warp instructions); otherwise reports the misuse and leaves zeros.
+inline void run_collective(Block& b, WarpSlot& w, unsigned warp, unsigned mask, int line, const char* file) {
+  const Fiber* fib = &b.w->fibers[warp * 32];
+  bool ok = true;
+  if (mask != ~0u) {
+    b.L->error(fmt("%s:%d: %s in warp %u of block (%u,%u,%u), which has only %d threads: all 32 lanes must take "
+                   "part (make blockDim a multiple of 32)", file, line, w.name[__builtin_ctz(mask)], warp,
+                   b.block_idx.x, b.block_idx.y, b.block_idx.z, __builtin_popcount(mask)));
+    ok = false;
+  }
+  for (unsigned l = 1; ok && l < 32; ++l) {
+    if (w.op[l] != OP_COLL || w.op[0] != OP_COLL) ok = false;  // reported by warp_op (different warp ops)
+    else if (w.fn[l] != w.fn[0]) {
+      b.L->error(fmt("%s:%d: lanes of warp %u in block (%u,%u,%u) meet at different warp collectives (lane 0: %s, "
+                     "lane %u: %s)", file, line, warp, b.block_idx.x, b.block_idx.y, b.block_idx.z, w.name[0], l,
+                     w.name[l]));
+      ok = false;
+    } else if (fib[l].line != fib[0].line || strcmp(fib[l].file, fib[0].file) != 0) {
+      b.L->error(fmt("divergent %s in warp %u of block (%u,%u,%u): lane 0 calls it at %s:%d, lane %u at %s:%d (all "
+                     "32 lanes must execute the same instruction)", w.name[0], warp, b.block_idx.x, b.block_idx.y,
+                     b.block_idx.z, fib[0].file, fib[0].line, l, fib[l].file, fib[l].line));
+      ok = false;
+    }
+  }
+  if (ok) w.fn[0](w.cin, w.cout);
+  else for (unsigned m = mask; m; m &= m - 1) memset(&w.cout[__builtin_ctz(m)], 0, sizeof(LaneWords));
+}
+
 inline uint64_t warp_op(uint8_t op, unsigned mask, uint64_t val, int src, int line, const char* file) {
   Fiber& f = *tls_fiber; Block& b = *tls_block;
   WarpSlot& w = b.warps[f.warp];
@@ -328,6 +370,7 @@ inline uint64_t warp_op(uint8_t op, unsigned mask, uint64_t val, int src, int li
         b.L->error(fmt("%s:%d: lanes of warp %u in block (%u,%u,%u) meet at different warp ops (%s / %s)", file,
                        line, f.warp, b.block_idx.x, b.block_idx.y, b.block_idx.z, op_names[op], op_names[w.op[l]]));
     }
+    if (op == OP_COLL) run_collective(b, w, f.warp, mask, line, file);
     for (unsigned m = mask; m; m &= m - 1) {
       int l = __builtin_ctz(m);
       uint64_t r = 0;
@@ -655,6 +698,32 @@ inline int __any_sync(unsigned mask, int p, int line = __builtin_LINE(), const c
 inline int __all_sync(unsigned mask, int p, int line = __builtin_LINE(), const char* file = __builtin_FILE()) {
   return (int)cuda_sim::detail::warp_op(cuda_sim::detail::OP_ALL, mask, p != 0, 0, line, file);
 }
+
+// ---------------------------------------------------------------- warp collectives
+// A warp-wide instruction of the whole warp (like PTX's .sync.aligned ones, e.g. mma.sync in kernels/mma.cuh),
+// with a payload larger than a shuffle's: the calling lane deposits in[0..nin) (nin <= 16 words; the rest of its
+// LaneWords is zero) and waits; the last of the 32 lanes to arrive calls fn(inputs of lanes 0..31, outputs) once,
+// on its own stack; then every lane copies its out[0..nout) (nout <= 16) and goes on. fn must depend only on its
+// arguments (it runs on whichever lane comes last, which depends on the schedule). name appears in messages.
+// Reported as errors (the launch fails; out is then zero): a warp of fewer than 32 threads (blockDim not a multiple
+// of 32); lanes that meet at another warp op or another collective (different fn); lanes calling it from different
+// source lines (line, file: the caller's); a lane that exits or waits elsewhere instead (deadlock report: "lanes
+// ... never arrived"). Costs one fiber switch per lane, whatever fn computes.
+namespace cuda_sim {
+inline void warp_collective(const char* name, WarpFn fn, const uint32_t* in, unsigned nin, uint32_t* out,
+                            unsigned nout, int line, const char* file) {
+  using namespace detail;
+  if (nin > 16 || nout > 16) throw Error(fmt("%s: warp_collective moves at most 16 words per lane", name));
+  Fiber& f = *tls_fiber;
+  WarpSlot& w = tls_block->warps[f.warp];
+  LaneWords& mine = w.cin[f.lane];
+  memset(&mine, 0, sizeof mine);
+  memcpy(mine.w, in, nin * sizeof(uint32_t));
+  w.fn[f.lane] = fn; w.name[f.lane] = name;
+  warp_op(OP_COLL, 0xffffffffu, 0, 0, line, file);
+  memcpy(out, w.cout[f.lane].w, nout * sizeof(uint32_t));
+}
+}  // namespace cuda_sim
 
 // ---------------------------------------------------------------- atomics (relaxed, like CUDA's)
 #define CUDA_SIM_ATOMIC_INT(T)                                                                                  \
