@@ -5,7 +5,9 @@
 //   ./selftest dynoob   launches a kernel that writes past its dynamic shared memory (the ASan build must die)
 #include "sim_abi.h"
 
+#include <algorithm>
 #include <cinttypes>
+#include <cstdarg>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -36,6 +38,10 @@ static Res launch(const char* name, unsigned grid, unsigned block, size_t dyn, s
 }
 static uint32_t fbits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static float bitsf(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+__attribute__((format(printf, 1, 2))) static std::string strf(const char* f, ...) {
+  char buf[256]; va_list ap; va_start(ap, f); vsnprintf(buf, sizeof buf, f, ap); va_end(ap);
+  return buf;
+}
 
 // ---------------------------------------------------------------- independent reference conversions
 static float ref_f16_to_f32(uint16_t h) { _Float16 v; memcpy(&v, &h, 2); return (float)v; }  // non-NaN only
@@ -53,6 +59,260 @@ static uint16_t half_nan_f32_to_f16(uint32_t x) { return (uint16_t)(((x >> 16) &
 static uint32_t half_nan_f16_to_f32(uint16_t h) { return ((uint32_t)(h & 0x8000) << 16) | 0x7FC00000u | ((uint32_t)(h & 0x3FF) << 13); }
 static uint16_t half_nan_f32_to_bf16(uint32_t x) { return (uint16_t)((x >> 16) | 0x40); }
 static uint32_t half_nan_bf16_to_f32(uint16_t b) { return (uint32_t)(b | 0x40) << 16; }
+
+// ---------------------------------------------------------------- TF32 rounding, mma.sync m16n8k8 (kernels/mma.cuh)
+// Independent reference of cvt.rna.tf32.f32 for non-NaN x: round to nearest, ties away from zero (std::round), to
+// 11 significant bits at x's binade (ulp 2^(e - 10), e >= -126 so subnormals share the smallest normal's ulp), via
+// double; a result of magnitude 2^128 is inf.
+static uint32_t ref_tf32(float f) {
+  double v = f;
+  if (v == 0 || std::isinf(v)) return fbits(f);
+  const double ulp = std::ldexp(1.0, std::max(std::ilogb(v), -126) - 10), r = std::round(v / ulp) * ulp;
+  return fbits(std::fabs(r) >= std::ldexp(1.0, 128) ? std::copysign(INFINITY, f) : (float)r);
+}
+static uint32_t tf32_nan_rule(uint32_t x) { return (x & 0xFFFFE000u) | 0x00400000u; }  // mma.cuh's NaN result
+
+static void test_tf32() {
+  // hand-picked: (input, expected) f32 bits
+  static const uint32_t cases[][2] = {
+      {0x3F800000, 0x3F800000},  // 1
+      {0x3F801000, 0x3F802000},  // 1 + 2^-11: a tie above an even TF32 -> away from zero (ties-to-even would stay)
+      {0xBF801000, 0xBF802000},  // its negative
+      {0x3F803000, 0x3F804000},  // a tie above an odd TF32
+      {0x3F800FFF, 0x3F800000},  // just below a tie
+      {0x3F801001, 0x3F802000},  // just above a tie
+      {0xBF800FFF, 0xBF800000},
+      {0x3FFFF000, 0x40000000},  // carry into the exponent
+      {0x7F7FE000, 0x7F7FE000},  // largest TF32
+      {0x7F7FEFFF, 0x7F7FE000},  // just below the midpoint above it
+      {0x7F7FF000, 0x7F800000},  // the midpoint: -> inf
+      {0x7F7FFFFF, 0x7F800000},  // largest f32 -> inf
+      {0xFF7FFFFF, 0xFF800000},
+      {0x00000001, 0x00000000},  // smallest subnormal -> +0
+      {0x80000001, 0x80000000},  // -> -0
+      {0x00001000, 0x00002000},  // subnormal tie -> away
+      {0x00000FFF, 0x00000000},
+      {0x00003000, 0x00004000},
+      {0x007FFFFF, 0x00800000},  // largest subnormal -> smallest normal
+      {0x807FF000, 0x80800000},
+      {0x00000000, 0x00000000},
+      {0x80000000, 0x80000000},  // -0 stays -0
+      {0x7F800000, 0x7F800000},  // inf
+      {0xFF800000, 0xFF800000},
+      {0x7FC00000, 0x7FC00000},  // quiet NaN
+      {0x7F800001, 0x7FC00000},  // signalling NaN, payload in the low bits only: a quiet NaN, not inf
+      {0x7FA00000, 0x7FE00000},  // signalling NaN: quieted, top payload kept
+      {0xFFFFFFFF, 0xFFFFE000},  // negative NaN
+      {0x7FC01FFF, 0x7FC00000},
+  };
+  const size_t nc = sizeof cases / sizeof cases[0], nr = 4000000;
+  std::vector<float> x(nc + nr);
+  for (size_t i = 0; i < nc; ++i) x[i] = bitsf(cases[i][0]);
+  std::mt19937_64 rng(77);
+  for (size_t i = nc; i < x.size(); ++i) x[i] = bitsf((uint32_t)rng());
+  const unsigned long long n = x.size();
+  std::vector<float> t(n), hi(n), lo(n);
+  const void* cx = x.data(); void *vt = t.data(), *vhi = hi.data(), *vlo = lo.data();
+  Res r = launch("selftest_tf32_round_f32", 256, 256, 0, {&cx, &vt, &vhi, &vlo, (void*)&n});
+  std::string first;
+  int bad_cases = 0;
+  for (size_t i = 0; i < nc; ++i)
+    if (fbits(t[i]) != cases[i][1] || fbits(hi[i]) != cases[i][1]) {
+      if (!bad_cases++) first = strf("0x%08X -> 0x%08X, expected 0x%08X", cases[i][0], fbits(t[i]), cases[i][1]);
+    }
+  CHECK(r.rc == 0 && bad_cases == 0, "to_tf32 / split_tf32's big on %zu hand-picked values (ties both ways, +-1 ulp, "
+        "carries, largest finite, overflow to inf, subnormals, -0, inf, NaNs): %d wrong %s%s", nc, bad_cases,
+        first.c_str(), r.err.c_str());
+
+  size_t bad = 0, nan_bad = 0, lo_bad = 0, low_bits = 0, split_n = 0, split_bad = 0;
+  double worst = 0;  // max |big + small - x| / |x| over 2^-115 <= |x| < 0x1.ffep127, in units of 2^-22
+  first.clear();
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t xb = fbits(x[i]);
+    const bool nan = std::isnan(x[i]);
+    const uint32_t want = nan ? tf32_nan_rule(xb) : ref_tf32(x[i]);
+    if (fbits(t[i]) != want || fbits(hi[i]) != want) {
+      (nan ? nan_bad : bad)++;
+      if (first.empty()) first = strf("first: 0x%08X -> 0x%08X, expected 0x%08X", xb, fbits(t[i]), want);
+    }
+    low_bits += ((fbits(t[i]) | fbits(lo[i])) & 0x1FFFu) != 0;
+    if (!nan && !std::isinf(hi[i])) {
+      const float resid = x[i] - hi[i];  // exact
+      lo_bad += fbits(lo[i]) != ref_tf32(resid);
+    }
+    const double ax = std::fabs((double)x[i]);
+    if (ax >= 0x1p-115 && ax < 0x1.ffep127) {  // below 2^-115 small may be a subnormal with a coarser ulp
+      split_n++;
+      const double e = std::fabs((double)hi[i] + (double)lo[i] - (double)x[i]) / ax / 0x1p-22;
+      worst = std::max(worst, e);
+      split_bad += !(e <= 1.0);
+    }
+  }
+  CHECK(r.rc == 0 && bad == 0 && nan_bad == 0 && low_bits == 0, "to_tf32 on %llu random f32 bit patterns: %zu "
+        "mismatches vs a double-based round-half-away reference, %zu NaNs not (x & 0xFFFFE000) | 0x00400000, %zu "
+        "results with low 13 bits set %s", n - nc, bad, nan_bad, low_bits, first.c_str());
+  CHECK(r.rc == 0 && lo_bad == 0 && split_bad == 0 && split_n > 1000000 && worst > 0.5, "split_tf32: small == "
+        "to_tf32(x - big) exactly (%zu mismatches); |big + small - x| <= 2^-22 |x| for all %zu x with 2^-115 <= |x| "
+        "< 0x1.ffep127 (%zu beyond; worst %.3f x 2^-22)", lo_bad, split_n, split_bad, worst);
+}
+
+// The mma fragment layouts as the PTX ISA gives them (9.7.14.5.7, .tf32 A/B, .f32 C/D), written out again here so
+// that a mistake in mma.cuh's a_row/a_col/... cannot hide itself: g = groupID, t = threadID_in_group.
+struct LaneLayout { int ar[4], ac[4], br[2], bc[2], cr[4], cc[4]; };
+static LaneLayout ptx_layout(int lane) {
+  const int g = lane >> 2, t = lane % 4;
+  return {{g, g + 8, g, g + 8}, {t, t, t + 4, t + 4}, {t, t + 4}, {g, g}, {g, g, g + 8, g + 8},
+          {2 * t, 2 * t + 1, 2 * t, 2 * t + 1}};
+}
+// D = A B + C in the documented order: d = c, then d = fmaf(a_k, b_k, d) for k = 0..7, A and B truncated to TF32
+static void ref_mma(const float* A, const float* B, const float* C, float* D) {
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n) {
+      float d = C[m * 8 + n];
+      for (int k = 0; k < 8; ++k)
+        d = fmaf(bitsf(fbits(A[m * 8 + k]) & 0xFFFFE000u), bitsf(fbits(B[k * 8 + n]) & 0xFFFFE000u), d);
+      D[m * 8 + n] = d;
+    }
+}
+
+// One launch of selftest_mma_layout_f32 over `warps` warps; checks every lane's fragments against ptx_layout and
+// D against ref_mma bit for bit. Returns "" or the first problem.
+static std::string mma_layout_case(const std::vector<float>& A, const std::vector<float>& B,
+                                   const std::vector<float>& C, unsigned warps, unsigned block, uint32_t junk) {
+  std::vector<float> D(128 * warps, -1.0f), dfr(128 * warps, -1.0f), ref(128);
+  std::vector<uint32_t> fr(320 * warps, 0xDEADBEEFu);
+  const void *ca = A.data(), *cb = B.data(), *cc = C.data();
+  void *vd = D.data(), *vfr = fr.data(), *vdfr = dfr.data();
+  Res r = launch("selftest_mma_layout_f32", warps * 32 / block, block, 0, {&ca, &cb, &cc, &vd, &vfr, &vdfr, &junk});
+  if (r.rc != 0) return r.err;
+  for (unsigned w = 0; w < warps; ++w) {
+    const float *a = &A[128 * w], *b = &B[64 * w], *c = &C[128 * w];
+    ref_mma(a, b, c, ref.data());
+    for (int lane = 0; lane < 32; ++lane) {
+      const LaneLayout L = ptx_layout(lane);
+      const uint32_t* f = &fr[(w * 32 + lane) * 10];
+      for (int i = 0; i < 4; ++i)
+        if (f[i] != fbits(a[L.ar[i] * 8 + L.ac[i]]) || f[6 + i] != fbits(c[L.cr[i] * 8 + L.cc[i]]))
+          return strf("warp %u lane %d: a%d/c%d is not A/C at the PTX layout's (row, col)", w, lane, i, i);
+      for (int i = 0; i < 2; ++i)
+        if (f[4 + i] != fbits(b[L.br[i] * 8 + L.bc[i]]))
+          return strf("warp %u lane %d: b%d is not B(%d, %d)", w, lane, i, L.br[i], L.bc[i]);
+      for (int i = 0; i < 4; ++i)
+        if (fbits(dfr[(w * 32 + lane) * 4 + i]) != fbits(ref[L.cr[i] * 8 + L.cc[i]]))
+          return strf("warp %u lane %d: d%d = %a, expected D(%d, %d) = %a", w, lane, i,
+                         (double)dfr[(w * 32 + lane) * 4 + i], L.cr[i], L.cc[i], (double)ref[L.cr[i] * 8 + L.cc[i]]);
+    }
+    for (int e = 0; e < 128; ++e)
+      if (fbits(D[128 * w + e]) != fbits(ref[e]))
+        return strf("warp %u: D(%d, %d) = %a, expected %a", w, e / 8, e % 8, (double)D[128 * w + e], (double)ref[e]);
+  }
+  return "";
+}
+
+static void test_mma() {
+  // distinct, exactly representable values: A (1 + 8m + k) (w + 1), B +-(1 + 8k + n) / 64, C 1000 + 8m + n; every
+  // partial sum is a multiple of 2^-6 below 2^13, so D is exact whatever the order
+  const unsigned warps = 6;
+  std::vector<float> A(128 * warps), B(64 * warps), C(128 * warps);
+  for (unsigned w = 0; w < warps; ++w) {
+    for (int e = 0; e < 128; ++e) {
+      A[128 * w + e] = (float)((1 + e) * (int)(w + 1));
+      C[128 * w + e] = (float)(1000 + e);
+    }
+    for (int e = 0; e < 64; ++e) B[64 * w + e] = (w & 1 ? -1.0f : 1.0f) * (float)(1 + e) / 64.0f;
+  }
+  int bad_runs = 0;
+  std::string why;
+  for (uint64_t seed : {0, 1, 2})
+    for (unsigned workers : {1u, 4u}) {
+      aiec_sim_set_seed(seed);
+      aiec_sim_set_workers(workers);
+      for (uint32_t junk : {0u, 0x1FFFu, 0x0AAAu}) {
+        std::string e = mma_layout_case(A, B, C, warps, 64, junk);
+        if (!e.empty() && !bad_runs++) why = e;
+      }
+    }
+  CHECK(bad_runs == 0, "mma_m16n8k8_tf32: every lane of %u warps passes exactly the A/B/C elements of the PTX "
+        "fragment layout and gets D at the C layout, D == plain 16x8x8 product; junk in the 13 low A/B bits "
+        "ignored; seeds 0,1,2 x workers 1,4: %d/18 runs right %s", warps, 18 - bad_runs, why.c_str());
+
+  // the documented summation order: random TF32 values over 2^-12..2^12 with signs, whose sums depend on the order
+  std::mt19937_64 rng(9);
+  auto rnd = [&](int lo, int hi) {
+    const double m = std::uniform_real_distribution<double>(1.0, 2.0)(rng) * ((rng() & 1) ? -1 : 1);
+    return bitsf(ref_tf32((float)std::ldexp(m, lo + (int)(rng() % (unsigned)(hi - lo + 1)))));
+  };
+  for (auto& v : A) v = rnd(-12, 12);
+  for (auto& v : B) v = rnd(-12, 12);
+  for (auto& v : C) v = bitsf(fbits(rnd(-12, 12)) | (uint32_t)(rng() & 0x1FFF));  // C is full f32
+  int order_sensitive = 0;
+  for (unsigned w = 0; w < warps; ++w) {
+    float ref[128];
+    ref_mma(&A[128 * w], &B[64 * w], &C[128 * w], ref);
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 8; ++n) {
+        double exact = C[128 * w + m * 8 + n];
+        for (int k = 0; k < 8; ++k) exact += (double)A[128 * w + m * 8 + k] * B[64 * w + k * 8 + n];
+        order_sensitive += fbits((float)exact) != fbits(ref[m * 8 + n]);
+      }
+  }
+  aiec_sim_set_seed(1);
+  why = mma_layout_case(A, B, C, warps, 32, 0);
+  aiec_sim_set_seed(0);
+  aiec_sim_set_workers(1);
+  CHECK(why.empty() && order_sensitive > 50, "mma_m16n8k8_tf32 sums in the documented order (d = c, then d = "
+        "fmaf(a_k, b_k, d) for k = 0..7): bit-exact on %u random tiles, in which %d of %u elements differ from the "
+        "once-rounded exact sum %s", warps, order_sensitive, 128 * warps, why.c_str());
+}
+
+// C = A B^T with mma_tile_abt_3xtf32 (selftest_mma_tile_f32) against a double reference, error relative to
+// sum_k |a b|; a TF32-only product (big * big) would be ~100 times worse, which the check shows too.
+static void test_mma_tile() {
+  const int M = 37, N = 21, K = 203;
+  std::mt19937_64 rng(3);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> A(M * K), B(N * K), C(M * N);
+  for (auto& v : A) v = u(rng);
+  for (auto& v : B) v = u(rng);
+  double tol = 1e-6, err3 = 0, err1 = 0;
+  std::vector<double> ref(M * N), mag(M * N);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double s = 0, a = 0, s1 = 0;
+      for (int k = 0; k < K; ++k) {
+        const double p = (double)A[m * K + k] * B[n * K + k];
+        s += p; a += std::fabs(p);
+        s1 += (double)bitsf(ref_tf32(A[m * K + k])) * bitsf(ref_tf32(B[n * K + k]));
+      }
+      ref[m * N + n] = s; mag[m * N + n] = a;
+      err1 = std::max(err1, std::fabs(s1 - s) / a);
+    }
+  const unsigned tiles = ((M + 15) / 16) * ((N + 7) / 8), block = 64, grid = (tiles * 32 + block - 1) / block;
+  std::vector<float> first;
+  int bad_runs = 0;
+  std::string errs;
+  for (uint64_t seed : {0, 1, 2})
+    for (unsigned workers : {1u, 4u}) {
+      aiec_sim_set_seed(seed);
+      aiec_sim_set_workers(workers);
+      std::fill(C.begin(), C.end(), NAN);
+      const void *ca = A.data(), *cb = B.data(); void* vc = C.data();
+      int m = M, n = N, k = K;
+      Res r = launch("selftest_mma_tile_f32", grid, block, 0, {&ca, &cb, &vc, &m, &n, &k});
+      double e = 0;
+      for (int i = 0; i < M * N; ++i) e = std::max(e, std::isnan(C[i]) ? INFINITY : std::fabs(C[i] - ref[i]) / mag[i]);
+      if (first.empty()) first = C;
+      const bool ok = r.rc == 0 && e <= tol && memcmp(first.data(), C.data(), C.size() * 4) == 0;
+      err3 = std::max(err3, e);
+      bad_runs += !ok;
+      if (!ok) errs += r.err;
+    }
+  aiec_sim_set_seed(0);
+  aiec_sim_set_workers(1);
+  CHECK(bad_runs == 0 && err1 > 50 * tol, "mma_tile_abt_3xtf32: C [%d, %d] = A [%d, %d] B^T, seeds 0,1,2 x workers "
+        "1,4: %d/6 runs bit-identical with max |c - ref| / sum|a b| = %.2e <= %.0e (TF32 alone: %.2e) %s", M, N, M, K,
+        6 - bad_runs, err3, tol, err1, errs.c_str());
+}
 
 // ---------------------------------------------------------------- threshold
 struct Dt { const char* name; size_t size; };
@@ -315,6 +575,15 @@ static void test_errors() {
   r = launch("selftest_half_warp_shfl_f32", 1, 32, 0, {&vy});
   CHECK(r.rc == 5 && r.err.find("never arrived") != std::string::npos, "shuffle reached by half a warp -> rc %d: %s",
         r.rc, r.err.c_str());
+  r = launch("selftest_half_warp_mma_f32", 1, 32, 0, {&vy});
+  CHECK(r.rc == 5 && r.err.find("lanes 0xffff0000 never arrived") != std::string::npos,
+        "mma reached by half a warp -> rc %d: %s", r.rc, r.err.c_str());
+  r = launch("selftest_half_warp_mma_f32", 1, 16, 0, {&vy});
+  CHECK(r.rc == 5 && r.err.find("which has only 16 threads") != std::string::npos,
+        "mma in a block of 16 threads (a partial warp) -> rc %d: %s", r.rc, r.err.c_str());
+  r = launch("selftest_divergent_mma_f32", 1, 64, 0, {&vy});
+  CHECK(r.rc == 5 && r.err.find("divergent mma.sync") != std::string::npos,
+        "mma called from two source lines by the two half warps -> rc %d: %s", r.rc, r.err.c_str());
 #ifndef __SANITIZE_ADDRESS__
   r = launch("selftest_dyn_overflow_f32", 1, 32, 128, {&vy});
   CHECK(r.rc == 5 && r.err.find("past the end of its 128 bytes of dynamic shared memory") != std::string::npos,
@@ -345,17 +614,21 @@ int main(int argc, char** argv) {
   }
   std::string names;
   for (size_t i = 0; i < aiec_sim_kernel_count(); ++i) names += std::string(aiec_sim_kernel_name(i)) + " ";
-  // the 19 kernels of threshold.cu, convert.cu and selftest_kernels.cu; the archive may hold more kernel files
+  // the 24 kernels of threshold.cu, convert.cu and selftest_kernels.cu; the archive may hold more kernel files
   int known = 0;
   for (const char* op : {"threshold_fwd_", "threshold_bwd_", "convert_to_f32_", "convert_from_f32_", "selftest_reduce_"})
     for (const char* dt : {"f32", "f16", "bf16"}) known += names.find(std::string(op) + dt + " ") != std::string::npos;
   for (const char* k : {"selftest_early_exit_f32", "selftest_divergent_barrier_f32", "selftest_half_warp_shfl_f32",
-                        "selftest_dyn_overflow_f32"})
+                        "selftest_dyn_overflow_f32", "selftest_tf32_round_f32", "selftest_mma_layout_f32",
+                        "selftest_mma_tile_f32", "selftest_half_warp_mma_f32", "selftest_divergent_mma_f32"})
     known += names.find(std::string(k) + " ") != std::string::npos;
   const size_t count = aiec_sim_kernel_count();
-  CHECK(known == 19 && count >= 19 && aiec_sim_kernel_name(count) == nullptr, "%zu kernels registered (%d of the 19 "
+  CHECK(known == 24 && count >= 24 && aiec_sim_kernel_name(count) == nullptr, "%zu kernels registered (%d of the 24 "
         "expected ones): %s", count, known, names.c_str());
   test_errors();
+  test_tf32();
+  test_mma();
+  test_mma_tile();
   test_reduce();
   test_convert();
   test_threshold();
