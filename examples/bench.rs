@@ -206,7 +206,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     });
     let logits_plan = aiec_fwd_logits(
         &shape,
-        [v.address(), w.address(), targets.address(), 0],
+        [v.address(), w.address(), targets.address(), 0, 0],
         [logits.address(), ce.address(), g.address()],
         [act.address(), inh.address(), total.address()],
         done.address(),

@@ -2,12 +2,14 @@
  * "Forward" 4 and 5, and the per-row half of the auxiliary loss): logits = v W^T, then per row the cross-entropy,
  * the unscaled softmax gradient and the argmax; on an update step the counters of correctly predicted samples.
  *
- *   aiec_fwd_logits(v, w, targets, status, logits, ce, g, act, inh, total, done, s)   (f32 only; this name)
+ *   aiec_fwd_logits(v, w, targets, status, step, logits, ce, g, act, inh, total, done, s)   (f32; this name)
  *
  * v: f32 [B, C]; w: f32 [K, C]; targets: i64 [B] (an out-of-range one gets ce = NaN, no one-hot term, no count,
  * and is never used as an index); status: the AiecTargetStatus aiec_fwd_x wrote for these targets (or null): when
  * it names a bad target (index >= 0) the step counts nothing at all, so a bad batch changes no counter;
- * logits, g: f32 [B, K]; ce: f32 [B];
+ * step: null, or the layer's step counter (i64 [1], already incremented for this forward) when the update
+ * decision is made on the device: then the counters update when *step % s.update == 0 (s.update holds the
+ * update interval, >= 1), else when s.update != 0. logits, g: f32 [B, K]; ce: f32 [B];
  * act, inh: i64 [K, C]; total: i64 [K]; done: u32 [ceil(B / 8)], all 0 before the launch (zero them once at
  * allocation); the kernel leaves them 0 again.
  * ce[b] = (m + logf(sum_k expf(z_k - m))) - z_t with m = max_k z_k (NaN if any z is NaN), as the CPU reference;
@@ -76,6 +78,7 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
                                                      const float* __restrict__ w,            // [K, C]
                                                      const long long* __restrict__ targets,  // [B]
                                                      const AiecTargetStatus* status,         // [1] or null
+                                                     const long long* step,                  // [1] or null
                                                      float* logits,                          // [B, K] (re-read)
                                                      float* __restrict__ ce,                 // [B]
                                                      float* __restrict__ g,                  // [B, K]
@@ -91,6 +94,7 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
   __shared__ bool last;
   const u64 B = s.batch, C = s.channels, K = s.classes, b0 = (u64)blockIdx.x * S;
   if (b0 >= B) return;  // block-uniform; never taken with the documented grid
+  const bool update = step ? s.update != 0 && *step % (long long)s.update == 0 : s.update != 0;
   const int ns = (int)min64(S, B - b0);
   const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
@@ -182,14 +186,14 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
       g[b * K + k] = expf(z[k] - m) / se - ((tok && k == (u64)t) ? 1.0f : 0.0f);
     if (lane == 0) {
       ce[b] = tok ? (m + logf(se)) - z[t] : __int_as_float(0x7fc00000);
-      sok[warp] = s.update && tok && bi == (u64)t;
+      sok[warp] = update && tok && bi == (u64)t;
       st[warp] = t;
     }
   } else if (warp < S && lane == 0) {
     sok[warp] = 0;
     st[warp] = -1;
   }
-  if (!s.update || (status && status->index >= 0)) return;  // uniform: no update, or a bad target in the batch
+  if (!update || (status && status->index >= 0)) return;  // uniform: no update, or a bad target in the batch
   __syncthreads();
 
   // 3. counters: the block's correct samples grouped by class, one atomic per (class, channel) and per class
@@ -230,6 +234,7 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
 
 AIEC_EXPORT_NAMED(aiec_fwd_logits, __launch_bounds__(512), aiec_fwd_logits_body,
                   (const float* __restrict__ v, const float* __restrict__ w, const long long* __restrict__ targets,
-                   const AiecTargetStatus* status, float* logits, float* __restrict__ ce, float* __restrict__ g,
-                   long long* act, long long* inh, long long* total, aiec::u32* done, AiecShape s),
-                  (v, w, targets, status, logits, ce, g, act, inh, total, done, s))
+                   const AiecTargetStatus* status, const long long* step, float* logits, float* __restrict__ ce,
+                   float* __restrict__ g, long long* act, long long* inh, long long* total, aiec::u32* done,
+                   AiecShape s),
+                  (v, w, targets, status, step, logits, ce, g, act, inh, total, done, s))

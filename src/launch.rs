@@ -269,11 +269,11 @@ pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, a: XPassArgs) -> Option<Launc
     })
 }
 
-/// Launch 2: `aiec_fwd_logits(v, w, targets, status, logits, ce, g, act, inh, total, done, shape)`;
-/// `done` has [`logits_groups`] `u32`s, all zero.
+/// Launch 2: `aiec_fwd_logits(v, w, targets, status, step, logits, ce, g, act, inh, total, done, shape)`;
+/// `done` has [`logits_groups`] `u32`s, all zero; `status` and `step` may be 0.
 pub fn aiec_fwd_logits(
     shape: &AiecShape,
-    inputs: [u64; 4],
+    inputs: [u64; 5],
     outputs: [u64; 3],
     counters: [u64; 3],
     done: u64,
@@ -484,14 +484,18 @@ mod tests {
         let p = aiec_fwd_x(DType::F16, &h, xa()).unwrap();
         assert_eq!((p.kernel.as_str(), p.grid), ("aiec_fwd_x_hw_f16", [128 * 256 / 8, 1, 1]));
         // 32 sample groups x 16 class tiles.
-        let l = aiec_fwd_logits(&s, [1, 2, 3, 4], [5, 6, 7], [8, 9, 10], 11).unwrap();
-        assert_eq!((l.grid, l.block, l.args.len()), ([32, 16, 1], [512, 1, 1], 12));
-        assert_eq!(l.args[3], KernelArg::Ptr(4), "status after targets");
-        assert_eq!(l.args[10], KernelArg::Ptr(11), "done is the last pointer");
+        let l = aiec_fwd_logits(&s, [1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11], 12).unwrap();
+        assert_eq!((l.grid, l.block, l.args.len()), ([32, 16, 1], [512, 1, 1], 13));
+        assert_eq!(
+            (&l.args[3], &l.args[4]),
+            (&KernelArg::Ptr(4), &KernelArg::Ptr(5)),
+            "status, step after targets"
+        );
+        assert_eq!(l.args[11], KernelArg::Ptr(12), "done is the last pointer");
         assert_eq!(logits_groups(&s), 32);
-        let few = aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), [0; 4], [0; 3], [0; 3], 0).unwrap();
+        let few = aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), [0; 5], [0; 3], [0; 3], 0).unwrap();
         assert_eq!(few.grid, [2, 1, 1]);
-        let huge = aiec_fwd_logits(&shape(Pool::None, 1, 1, 1, 1 << 30), [0; 4], [0; 3], [0; 3], 0).unwrap();
+        let huge = aiec_fwd_logits(&shape(Pool::None, 1, 1, 1, 1 << 30), [0; 5], [0; 3], [0; 3], 0).unwrap();
         assert_eq!(huge.grid, [1, 65_535, 1], "class tiles beyond the grid limit loop in the kernel");
         let g = aiec_fwd_gate(&s, [1, 2, 3, 4, 5], [6, 7, 8, 9, 10]).unwrap();
         assert_eq!((g.grid, g.args.len()), ([1024, 1, 1], 11));
@@ -499,7 +503,7 @@ mod tests {
         // Empty batches launch nothing in the forward.
         let e = shape(Pool::Token, 0, 5, 8, 4);
         assert!(aiec_fwd_x(DType::F32, &e, xa()).is_none());
-        assert!(aiec_fwd_logits(&e, [0; 4], [0; 3], [0; 3], 0).is_none());
+        assert!(aiec_fwd_logits(&e, [0; 5], [0; 3], [0; 3], 0).is_none());
         assert!(aiec_fwd_gate(&e, [0; 5], [0; 5]).is_none());
     }
 
@@ -545,7 +549,7 @@ mod tests {
                 let s = shape(pool, 4, 9, 64, 10);
                 let plans = [
                     aiec_fwd_x(dtype, &s, xa()).unwrap(),
-                    aiec_fwd_logits(&s, [1; 4], [1; 3], [1; 3], 1).unwrap(),
+                    aiec_fwd_logits(&s, [1; 5], [1; 3], [1; 3], 1).unwrap(),
                     aiec_fwd_gate(&s, [1; 5], [1; 5]).unwrap(),
                     aiec_loss(&bytemuck::Zeroable::zeroed()),
                     aiec_bwd_dv_dw(&s, [1; 6], [1; 2]).unwrap(),

@@ -426,7 +426,7 @@ fn bad_views_are_typed_errors_and_change_nothing() {
         &SliceRef::host(&dev, &t).unwrap(),
         TargetCheck::Host,
         &mut counters,
-        true,
+        fused::Update::Now(true),
         &mut TensorMut::host(&dev, &mut yy, &dims).unwrap(),
         &mut SliceMut::host(&dev, &mut keep).unwrap(),
         &mut aux,
@@ -495,4 +495,79 @@ fn devices_share_memory_by_context() {
     if let Err(e) = Device::cuda(0) {
         assert!(matches!(e, AiecError::CudaUnavailable { .. }), "{e}");
     }
+}
+
+/// The update decision on the device (`Update::OnStep`, for graphs and
+/// compilers): counting happens exactly on the steps where `step % interval
+/// == 0`, as the host decision gives.
+#[cfg(feature = "sim")]
+#[test]
+fn the_update_decision_can_be_made_on_the_device() {
+    use aiec::gpu::fused::{self, AuxMut, CountersMut, Sizes, TargetCheck, Update};
+    use aiec::{SliceMut, SliceRef, TensorMut, TensorRef};
+    let dev = Device::sim();
+    let cfg = AiecConfig::new(6, 2, 0.0, Pool::None).unwrap();
+    let dims = [4usize, 6];
+    let x: Vec<f32> = (0..24).map(|i| if (i / 6) % 2 == (i % 6) % 2 { 1.0 } else { -1.0 }).collect();
+    let w: Vec<f32> = (0..12).map(|i| if (i / 6) == (i % 6) % 2 { 0.5 } else { -0.5 }).collect();
+    let t = vec![0i64, 1, 0, 1];
+    let plan = cfg.plan_input(&dims).unwrap();
+    let sizes = Sizes::of(&plan, 2);
+    let run = |update: &dyn for<'v, 'a> Fn(&'v SliceRef<'a, i64>) -> Update<'v, 'a>| -> Vec<i64> {
+        let (mut act, mut inh, mut total) = (vec![0i64; 12], vec![0i64; 12], vec![1i64; 2]);
+        let mut scratch = vec![0u8; sizes.scratch_bytes];
+        let mut totals = Vec::new();
+        for s in 1..=6i64 {
+            let step = [s];
+            let stepv = SliceRef::host(&dev, &step).unwrap();
+            let (mut y, mut keep, mut v, mut logits, mut ce, mut g, mut mask) = (
+                vec![0f32; 24],
+                vec![0u32; sizes.keep],
+                vec![0f32; 24],
+                vec![0f32; 8],
+                vec![0f32; 4],
+                vec![0f32; 8],
+                vec![0u8; 24],
+            );
+            let mut stats = vec![bytemuck::Zeroable::zeroed(); 1];
+            let mut aux = AuxMut {
+                v: SliceMut::host(&dev, &mut v).unwrap(),
+                logits: SliceMut::host(&dev, &mut logits).unwrap(),
+                ce: SliceMut::host(&dev, &mut ce).unwrap(),
+                g: SliceMut::host(&dev, &mut g).unwrap(),
+                mask: SliceMut::host(&dev, &mut mask).unwrap(),
+                stats: SliceMut::host(&dev, &mut stats).unwrap(),
+                scratch: SliceMut::host(&dev, &mut scratch).unwrap(),
+            };
+            let mut counters = CountersMut {
+                act: SliceMut::host(&dev, &mut act).unwrap(),
+                inh: SliceMut::host(&dev, &mut inh).unwrap(),
+                total: SliceMut::host(&dev, &mut total).unwrap(),
+            };
+            fused::forward_train(
+                &cfg,
+                &TensorRef::host(&dev, &x, &dims).unwrap(),
+                &SliceRef::host(&dev, &w).unwrap(),
+                &SliceRef::host(&dev, &t).unwrap(),
+                TargetCheck::Host,
+                &mut counters,
+                update(&stepv),
+                &mut TensorMut::host(&dev, &mut y, &dims).unwrap(),
+                &mut SliceMut::host(&dev, &mut keep).unwrap(),
+                &mut aux,
+            )
+            .unwrap();
+            drop(counters);
+            totals.push(total.iter().sum::<i64>());
+        }
+        totals
+    };
+    let on_device = run(&|s| Update::OnStep { step: s, interval: 3 });
+    let steps = std::cell::Cell::new(0);
+    let on_host = run(&|_| {
+        steps.set(steps.get() + 1);
+        Update::Now(steps.get() % 3 == 0)
+    });
+    assert_eq!(on_device, [2, 2, 6, 6, 6, 10], "every sample is correct: 4 counted on steps 3 and 6");
+    assert_eq!(on_device, on_host);
 }

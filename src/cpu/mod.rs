@@ -7,11 +7,13 @@
 //! * [`layer`]: `AiecLayer`, which owns `W`, the counters, the step and the
 //!   train/eval switch.
 
+pub mod buffers;
 pub mod float;
 pub mod gradcheck;
 pub mod layer;
 pub mod loss;
 pub mod op;
+pub mod parts;
 
 pub use float::Float;
 pub use layer::AiecLayer;

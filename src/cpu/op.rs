@@ -5,6 +5,7 @@ use crate::config::{AiecConfig, InputDims};
 use crate::counters::Counters;
 use crate::cpu::float::Float;
 use crate::cpu::loss::LossScales;
+use crate::cpu::parts;
 use crate::error::{AiecError, Result};
 
 /// What one forward produces and its backward needs.
@@ -139,10 +140,10 @@ pub fn forward<F: Float>(
     let (plan, targets) = check_forward(cfg, x, dims, w, targets, counters)?;
     let tau = F::from_f64(cfg.tau());
 
-    // 1. Threshold unit. `!(v <= tau)` keeps NaN: the spec's wording, on purpose.
-    #[allow(clippy::neg_cmp_op_on_partial_ord)]
-    let keep: Vec<bool> = x.iter().map(|&v| !(v <= tau)).collect();
-    let y: Vec<F> = x.iter().zip(&keep).map(|(&v, &k)| if k { v } else { F::ZERO }).collect();
+    // 1. Threshold unit.
+    let mut y = vec![F::ZERO; x.len()];
+    let mut keep = vec![false; x.len()];
+    parts::threshold(x, tau, &mut y, &mut keep);
 
     // 2. Inference stops here.
     let Some(targets) = targets else {
@@ -150,64 +151,22 @@ pub fn forward<F: Float>(
     };
     let (b_n, c_n, k_n) = (plan.batch, plan.channels, cfg.classes());
 
-    // 3. Pooling.
-    let pooled = plan.pooled_positions();
+    // 3. Pooling; 4. decision-making unit.
     let mut v = vec![F::ZERO; b_n * c_n];
-    for b in 0..b_n {
-        for c in 0..c_n {
-            let mut s = F::ZERO;
-            for p in 0..pooled {
-                s += y[plan.index(b, c, p)];
-            }
-            v[b * c_n + c] = if pooled == 1 { s } else { s / F::from_usize(pooled) };
-        }
-    }
-
-    // 4. Decision-making unit.
+    parts::pool(&plan, &y, &mut v);
     let mut logits = vec![F::ZERO; b_n * k_n];
-    for b in 0..b_n {
-        for k in 0..k_n {
-            let mut s = F::ZERO;
-            for c in 0..c_n {
-                s += v[b * c_n + c] * w[k * c_n + c];
-            }
-            logits[b * k_n + k] = s;
-        }
-    }
+    parts::logits(&v, w, b_n, c_n, k_n, &mut logits);
 
     // 5. Activation-counting unit, on update steps, for correct samples only.
     if update {
-        for b in 0..b_n {
-            let t = targets[b];
-            if argmax(&logits[b * k_n..(b + 1) * k_n]) != t {
-                continue;
-            }
-            for c in 0..c_n {
-                let val = v[b * c_n + c];
-                if val > F::ZERO {
-                    counters.act[t * c_n + c] += 1;
-                } else if val == F::ZERO {
-                    counters.inh[t * c_n + c] += 1;
-                }
-            }
-            counters.total[t] += 1;
-        }
+        let Counters { act, inh, total, .. } = counters;
+        parts::count(&v, &logits, &targets, c_n, k_n, act, inh, total);
     }
 
     // 6. Consensus gatekeeping unit, with the counters after step 5.
     let mut mask = vec![0u8; b_n * c_n];
-    let (mut gate_sum_sq, mut gate_count) = (F::ZERO, 0u64);
-    for b in 0..b_n {
-        let t = targets[b];
-        for c in 0..c_n {
-            if counters.inactive(t, c) && w[t * c_n + c] <= F::ZERO {
-                let val = v[b * c_n + c];
-                mask[b * c_n + c] = 1;
-                gate_sum_sq += val * val;
-                gate_count += 1;
-            }
-        }
-    }
+    let (gate_sum_sq, gate_count) =
+        parts::gate(&v, w, &targets, c_n, &counters.act, &counters.inh, &mut mask);
 
     let aux = AuxRecord { targets, classes: k_n, v, logits, mask, gate_sum_sq, gate_count, updated: update };
     Ok(ForwardRecord { dims: plan, y, keep, aux: Some(aux) })
@@ -251,53 +210,17 @@ pub fn backward<F: Float>(
                 got: aux.classes,
             });
         }
-        // dlogits = aux_scale * (softmax - onehot).
-        let mut dlogits = vec![F::ZERO; b_n * k_n];
-        for b in 0..b_n {
-            let p = softmax(&aux.logits[b * k_n..(b + 1) * k_n]);
-            for k in 0..k_n {
-                let onehot = if k == aux.targets[b] { F::ONE } else { F::ZERO };
-                dlogits[b * k_n + k] = scales.aux_scale * (p[k] - onehot);
-            }
-        }
-        // dv = dlogits W + gate_scale * v * mask.
+        // g = softmax - onehot; dlogits = aux_scale * g; dv, dW.
+        let (mut ce, mut g) = (vec![F::ZERO; b_n], vec![F::ZERO; b_n * k_n]);
+        parts::row_losses(&aux.logits, &aux.targets, k_n, &mut ce, &mut g);
         let mut dv = vec![F::ZERO; b_n * c_n];
-        for b in 0..b_n {
-            for c in 0..c_n {
-                let mut s = F::ZERO;
-                for k in 0..k_n {
-                    s += dlogits[b * k_n + k] * w[k * c_n + c];
-                }
-                if aux.mask[b * c_n + c] != 0 {
-                    s += scales.gate_scale * aux.v[b * c_n + c];
-                }
-                dv[b * c_n + c] = s;
-            }
-        }
-        // dW = dlogits^T v.
-        for k in 0..k_n {
-            for c in 0..c_n {
-                let mut s = F::ZERO;
-                for b in 0..b_n {
-                    s += dlogits[b * k_n + k] * aux.v[b * c_n + c];
-                }
-                dw[k * c_n + c] = s;
-            }
-        }
+        let rows = parts::RowScale::Uniform(scales.aux_scale);
+        parts::dv_dw(&g, &aux.v, &aux.mask, w, b_n, c_n, k_n, rows, scales.gate_scale, &mut dv, &mut dw);
         // dy_total = dy + unpool(dv).
-        let pooled = plan.pooled_positions();
-        let div = F::from_usize(pooled);
-        for b in 0..b_n {
-            for c in 0..c_n {
-                let g = dv[b * c_n + c];
-                let g = if pooled == 1 { g } else { g / div };
-                for p in 0..pooled {
-                    dy_total[plan.index(b, c, p)] += g;
-                }
-            }
-        }
+        parts::unpool_add(plan, &dv, &mut dy_total);
     }
 
-    let dx = dy_total.into_iter().zip(&record.keep).map(|(g, &k)| if k { g } else { F::ZERO }).collect();
+    let mut dx = vec![F::ZERO; dy_total.len()];
+    parts::pass_gradient(&dy_total, &record.keep, &mut dx);
     Ok(Gradients { dx, dw })
 }

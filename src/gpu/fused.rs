@@ -139,21 +139,36 @@ pub enum TargetCheck {
     Device,
 }
 
-/// A training forward: `y`, the keep bits and every [`AuxMut`] buffer, in
-/// three launches; the counters update when `update` is true. `w` is `[K, C]`,
-/// `targets` `[B]`.
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs, each a separate caller buffer
-pub fn forward_train(
+/// When a training forward updates the counters.
+#[derive(Debug, Clone, Copy)]
+pub enum Update<'v, 'a> {
+    /// Decided on the host.
+    Now(bool),
+    /// Decided on the device, for graphs and compilers that must not depend
+    /// on the step's value: the counters update when `step % interval == 0`,
+    /// with `step` (`i64 [1]`) the layer's step counter already incremented for
+    /// this forward.
+    OnStep {
+        /// `i64 [1]`.
+        step: &'v SliceRef<'a, i64>,
+        /// `update_interval >= 1`.
+        interval: u64,
+    },
+}
+
+/// Checks of a training forward: shapes, lengths, devices, overlaps.
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+fn check_train(
     cfg: &AiecConfig,
     x: &TensorRef,
     w: &SliceRef<f32>,
     targets: &SliceRef<i64>,
-    check: TargetCheck,
-    counters: &mut CountersMut,
-    update: bool,
-    y: &mut TensorMut,
-    keep: &mut SliceMut<u32>,
-    aux: &mut AuxMut,
+    counters: (Span, Span, Span),
+    counters_len: [usize; 3],
+    y: &TensorMut,
+    keep: &SliceMut<u32>,
+    aux: &AuxMut,
+    with_gate: bool,
 ) -> Result<InputDims> {
     let dims = check_x_y(cfg, x, y)?;
     let dev = x.device();
@@ -164,50 +179,131 @@ pub fn forward_train(
         AiecError::LengthMismatch { got, .. } => AiecError::TargetCountMismatch { batch: dims.batch, got },
         e => e,
     })?;
-    counters.act.expect("counters act [K, C]", dev, k * c)?;
-    counters.inh.expect("counters inh [K, C]", dev, k * c)?;
-    counters.total.expect("counters total [K]", dev, k)?;
+    for (what, got, want) in [
+        ("counters act [K, C]", counters_len[0], k * c),
+        ("counters inh [K, C]", counters_len[1], k * c),
+        ("counters total [K]", counters_len[2], k),
+    ] {
+        if got != want {
+            return Err(mismatch(what, want, got));
+        }
+    }
     keep.expect("keep bits", dev, sizes.keep)?;
     aux.v.expect("v [B, C]", dev, sizes.bc)?;
     aux.logits.expect("logits [B, K]", dev, sizes.bk)?;
     aux.ce.expect("ce [B]", dev, sizes.batch)?;
     aux.g.expect("g [B, K]", dev, sizes.bk)?;
-    aux.mask.expect("mask [B, C]", dev, sizes.bc)?;
-    aux.stats.expect("gate stats", dev, 1)?;
     aux.scratch.expect("forward scratch (bytes)", dev, sizes.scratch_bytes)?;
-    let written = [
+    let mut written = vec![
         ("y", y.span()),
         ("keep bits", keep.span()),
         ("v", aux.v.span()),
         ("logits", aux.logits.span()),
         ("ce", aux.ce.span()),
         ("g", aux.g.span()),
-        ("mask", aux.mask.span()),
-        ("gate stats", aux.stats.span()),
         ("forward scratch", aux.scratch.span()),
-        ("counters act", counters.act.span()),
-        ("counters inh", counters.inh.span()),
-        ("counters total", counters.total.span()),
+        ("counters act", counters.0),
+        ("counters inh", counters.1),
+        ("counters total", counters.2),
     ];
+    if with_gate {
+        aux.mask.expect("mask [B, C]", dev, sizes.bc)?;
+        aux.stats.expect("gate stats", dev, 1)?;
+        written.push(("mask", aux.mask.span()));
+        written.push(("gate stats", aux.stats.span()));
+    }
     check_disjoint(&written)?;
     for read in [("x", x.span()), ("W", w.span()), ("targets", targets.span())] {
         for wr in &written {
             check_disjoint(&[*wr, read])?;
         }
     }
+    Ok(dims)
+}
 
-    let shape = AiecShape::new(&dims, k, cfg.tau() as f32, update);
+fn counter_spans(c: &CountersMut) -> ((Span, Span, Span), [usize; 3]) {
+    ((c.act.span(), c.inh.span(), c.total.span()), [c.act.len(), c.inh.len(), c.total.len()])
+}
+
+/// A training forward: `y`, the keep bits and every [`AuxMut`] buffer, in
+/// three launches; the counters update when `update` says so. `w` is `[K, C]`,
+/// `targets` `[B]`. The same as [`forward_count`] then [`forward_gate`].
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs, each a separate caller buffer
+pub fn forward_train(
+    cfg: &AiecConfig,
+    x: &TensorRef,
+    w: &SliceRef<f32>,
+    targets: &SliceRef<i64>,
+    check: TargetCheck,
+    counters: &mut CountersMut,
+    update: Update,
+    y: &mut TensorMut,
+    keep: &mut SliceMut<u32>,
+    aux: &mut AuxMut,
+) -> Result<InputDims> {
+    // Every buffer of the three launches first, so that a bad one launches nothing.
+    let (spans, lens) = counter_spans(counters);
+    check_train(cfg, x, w, targets, spans, lens, y, keep, aux, true)?;
+    let dims = forward_count(cfg, x, w, targets, check, counters, update, y, keep, aux)?;
+    let (act, inh) = (counters.act.as_ref(), counters.inh.as_ref());
+    let v = aux.v.as_ref();
+    forward_gate(cfg, &dims, &v, w, targets, &act, &inh, &mut aux.mask, &mut aux.stats, &mut aux.scratch)?;
+    Ok(dims)
+}
+
+/// Launches 1 and 2 of a training forward: the pass over `x` (`y`, keep bits,
+/// `v`, the targets check) and the decision unit (logits, `ce`, `g`, the
+/// argmax) with the counting, into `counters` (`aux.mask` and `aux.stats` are
+/// not used and may be empty views). Those may be the layer's
+/// counters or zeroed increments (data-parallel training sums increments
+/// over ranks before [`forward_gate`] reads the counters).
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+pub fn forward_count(
+    cfg: &AiecConfig,
+    x: &TensorRef,
+    w: &SliceRef<f32>,
+    targets: &SliceRef<i64>,
+    check: TargetCheck,
+    counters: &mut CountersMut,
+    update: Update,
+    y: &mut TensorMut,
+    keep: &mut SliceMut<u32>,
+    aux: &mut AuxMut,
+) -> Result<InputDims> {
+    let (spans, lens) = counter_spans(counters);
+    let dev = x.device();
+    for (what, d) in [
+        ("counters act", counters.act.device()),
+        ("counters inh", counters.inh.device()),
+        ("counters total", counters.total.device()),
+    ] {
+        if d != dev {
+            return Err(AiecError::DeviceMismatch {
+                what,
+                expected: dev.label().to_string(),
+                got: d.label().to_string(),
+            });
+        }
+    }
+    let dims = check_train(cfg, x, w, targets, spans, lens, y, keep, aux, false)?;
+    let (host_update, step) = match update {
+        Update::Now(u) => (u as u32, 0),
+        Update::OnStep { step, interval } => {
+            step.expect("step [1]", dev, 1)?;
+            if interval == 0 {
+                return Err(AiecError::ZeroUpdateInterval);
+            }
+            (interval.min(u32::MAX as u64) as u32, step.address())
+        }
+    };
+    let mut shape = AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false);
+    shape.update = host_update;
     let sc = ForwardScratch::of(&shape);
     let base = aux.scratch.address();
     let device_error = match check {
         TargetCheck::Host => 0,
         TargetCheck::Device => dev.target_error_record()?,
     };
-    if dims.batch * c == 0 {
-        // The gate is not launched: S = 0, N = 0 (the buffer may hold an older step's).
-        // SAFETY: `stats` is a live view of this device of one AiecGateStats.
-        unsafe { dev.memset(aux.stats.address(), 0, aux.stats.byte_len()) }?;
-    }
     let status = base + sc.status as u64;
     let plans = [
         launch::aiec_fwd_x(
@@ -225,21 +321,10 @@ pub fn forward_train(
         ),
         launch::aiec_fwd_logits(
             &shape,
-            [aux.v.address(), w.address(), targets.address(), status],
+            [aux.v.address(), w.address(), targets.address(), status, step],
             [aux.logits.address(), aux.ce.address(), aux.g.address()],
             [counters.act.address(), counters.inh.address(), counters.total.address()],
             base + sc.tickets as u64,
-        ),
-        launch::aiec_fwd_gate(
-            &shape,
-            [aux.v.address(), w.address(), targets.address(), counters.act.address(), counters.inh.address()],
-            [
-                aux.mask.address(),
-                base + sc.gate_sum_sq as u64,
-                base + sc.gate_count as u64,
-                base + (sc.tickets + 4 * launch::logits_groups(&shape)) as u64,
-                aux.stats.address(),
-            ],
         ),
     ];
     for p in plans.iter().flatten() {
@@ -250,6 +335,77 @@ pub fn forward_train(
         unsafe { dev.launch(p) }?;
     }
     Ok(dims)
+}
+
+/// Launch 3 of a training forward: the consensus gate (`mask`, `S`, `N`) from
+/// `v`, the counters `act`, `inh` as they are after this step's counting, `W`
+/// and the targets; writes `mask`, `stats` and the gate's part of `scratch`
+/// (the forward's scratch, [`Sizes::scratch_bytes`]).
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+pub fn forward_gate(
+    cfg: &AiecConfig,
+    dims: &InputDims,
+    v: &SliceRef<f32>,
+    w: &SliceRef<f32>,
+    targets: &SliceRef<i64>,
+    act: &SliceRef<i64>,
+    inh: &SliceRef<i64>,
+    mask: &mut SliceMut<u8>,
+    stats: &mut SliceMut<AiecGateStats>,
+    scratch: &mut SliceMut<u8>,
+) -> Result<()> {
+    let dev = w.device().clone();
+    let (k, c) = (cfg.classes(), cfg.channels());
+    if dims.channels != c {
+        return Err(mismatch("input channels C", c, dims.channels));
+    }
+    let sizes = Sizes::of(dims, k);
+    w.expect("W [K, C]", &dev, k * c)?;
+    targets.expect("targets [B]", &dev, dims.batch)?;
+    act.expect("counters act [K, C]", &dev, k * c)?;
+    inh.expect("counters inh [K, C]", &dev, k * c)?;
+    v.expect("v [B, C]", &dev, sizes.bc)?;
+    mask.expect("mask [B, C]", &dev, sizes.bc)?;
+    stats.expect("gate stats", &dev, 1)?;
+    scratch.expect("forward scratch (bytes)", &dev, sizes.scratch_bytes)?;
+    let written = [("mask", mask.span()), ("gate stats", stats.span()), ("forward scratch", scratch.span())];
+    check_disjoint(&written)?;
+    for read in [
+        ("v", v.span()),
+        ("W", w.span()),
+        ("targets", targets.span()),
+        ("act", act.span()),
+        ("inh", inh.span()),
+    ] {
+        for wr in &written {
+            check_disjoint(&[*wr, read])?;
+        }
+    }
+    let shape = AiecShape::new(dims, k, cfg.tau() as f32, false);
+    if dims.batch * c == 0 {
+        // The gate is not launched: S = 0, N = 0 (the buffer may hold an older step's).
+        // SAFETY: `stats` is a live view of this device of one AiecGateStats.
+        unsafe { dev.memset(stats.address(), 0, stats.byte_len()) }?;
+        return Ok(());
+    }
+    let sc = ForwardScratch::of(&shape);
+    let base = scratch.address();
+    if let Some(p) = launch::aiec_fwd_gate(
+        &shape,
+        [v.address(), w.address(), targets.address(), act.address(), inh.address()],
+        [
+            mask.address(),
+            base + sc.gate_sum_sq as u64,
+            base + sc.gate_count as u64,
+            base + (sc.tickets + 4 * launch::logits_groups(&shape)) as u64,
+            stats.address(),
+        ],
+    ) {
+        // SAFETY: live views of this device sized for `shape`; the written ones
+        // disjoint from each other and from the inputs.
+        unsafe { dev.launch(&p) }?;
+    }
+    Ok(())
 }
 
 /// One layer's contribution to the losses: its `ce [B]` and gate statistics.

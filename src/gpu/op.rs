@@ -272,7 +272,7 @@ pub fn forward_with(
             &tview,
             check,
             &mut counters.views_mut(),
-            update,
+            fused::Update::Now(update),
             y,
             &mut keep.view_mut(),
             &mut aux,

@@ -120,7 +120,7 @@ pub fn run_views<T: Element>(dev: &Device, case: &GoldenCase, offset: usize) -> 
             &tview,
             TargetCheck::Device,
             &mut counters,
-            case.update,
+            aiec::gpu::fused::Update::Now(case.update),
             &mut y,
             &mut keep,
             &mut aux,

@@ -1,0 +1,215 @@
+//! The CPU reference on the caller's buffers, mirroring [`crate::gpu::fused`]
+//! step for step: what a framework adapter calls on its CPU tensors (PyTorch's
+//! float32 and float64, candle's), with the same saved state as the kernels
+//! (the keep bits packed the same way, `v`, `g`, `mask`). Every rule comes
+//! from [`crate::cpu::parts`]; this module only checks lengths and packs bits.
+
+use crate::config::{AiecConfig, InputDims};
+use crate::cpu::float::Float;
+use crate::cpu::op::check_targets;
+use crate::cpu::parts::{self, RowScale};
+use crate::error::{AiecError, Result};
+use crate::gpu::fused::Sizes;
+
+fn expect_len(what: &'static str, got: usize, expected: usize) -> Result<()> {
+    if got != expected {
+        return Err(AiecError::LengthMismatch { what, expected, got });
+    }
+    Ok(())
+}
+
+/// Packs `keep` into `u32` words, bit `i % 32` of word `i / 32`, as the kernels do.
+pub fn pack_keep(keep: &[bool], words: &mut [u32]) {
+    words.fill(0);
+    for (i, &k) in keep.iter().enumerate() {
+        words[i / 32] |= (k as u32) << (i % 32);
+    }
+}
+
+/// The keep bits of `n` elements.
+pub fn unpack_keep(words: &[u32], n: usize) -> Vec<bool> {
+    (0..n).map(|i| (words[i / 32] >> (i % 32)) & 1 == 1).collect()
+}
+
+/// The pass over `x`: `y`, the keep bits ([`Sizes::keep`] words) and, when
+/// given, the pooled `v` (`[B, C]`). `dims` is the shape of `x`.
+pub fn activation_forward<F: Float>(
+    cfg: &AiecConfig,
+    dims: &[usize],
+    x: &[F],
+    y: &mut [F],
+    keep: &mut [u32],
+    v: Option<&mut [F]>,
+) -> Result<InputDims> {
+    let plan = cfg.plan_input(dims)?;
+    let sizes = Sizes::of(&plan, cfg.classes());
+    expect_len("x", x.len(), plan.len())?;
+    expect_len("y", y.len(), plan.len())?;
+    expect_len("keep bits", keep.len(), sizes.keep)?;
+    if let Some(v) = &v {
+        expect_len("v [B, C]", v.len(), sizes.bc)?;
+    }
+    let mut bits = vec![false; x.len()];
+    parts::threshold(x, F::from_f64(cfg.tau()), y, &mut bits);
+    pack_keep(&bits, keep);
+    if let Some(v) = v {
+        parts::pool(&plan, y, v);
+    }
+    Ok(plan)
+}
+
+/// The pass over `dy`: `dx = keep ? dy + unpool(dv) : 0` (`dv` `[B, C]`, or
+/// none: `dx = keep ? dy : 0`).
+pub fn activation_backward<F: Float>(
+    cfg: &AiecConfig,
+    plan: &InputDims,
+    keep: &[u32],
+    dv: Option<&[F]>,
+    dy: &[F],
+    dx: &mut [F],
+) -> Result<()> {
+    let sizes = Sizes::of(plan, cfg.classes());
+    expect_len("keep bits", keep.len(), sizes.keep)?;
+    expect_len("dy", dy.len(), plan.len())?;
+    expect_len("dx", dx.len(), plan.len())?;
+    let mut total = dy.to_vec();
+    if let Some(dv) = dv {
+        expect_len("dv [B, C]", dv.len(), sizes.bc)?;
+        parts::unpool_add(plan, dv, &mut total);
+    }
+    parts::pass_gradient(&total, &unpack_keep(keep, plan.len()), dx);
+    Ok(())
+}
+
+/// The counters of one layer as the caller's slices.
+pub struct CountersSlices<'a> {
+    /// `[K, C]`.
+    pub act: &'a mut [i64],
+    /// `[K, C]`.
+    pub inh: &'a mut [i64],
+    /// `[K]`.
+    pub total: &'a mut [i64],
+}
+
+/// The buffers a training forward writes besides `y` and the keep bits.
+pub struct AuxSlices<'a, F> {
+    /// `[B, C]`.
+    pub v: &'a mut [F],
+    /// `[B, K]`.
+    pub logits: &'a mut [F],
+    /// `[B]`.
+    pub ce: &'a mut [F],
+    /// `[B, K]`: `softmax - onehot`.
+    pub g: &'a mut [F],
+}
+
+/// The first half of a training forward (as [`crate::gpu::fused::forward_count`]):
+/// `y`, the keep bits, `v`, logits, `ce`, `g`, and the counting into
+/// `counters` when `update`. Targets are checked first: a bad one is an error
+/// and nothing is written.
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+pub fn forward_count<F: Float>(
+    cfg: &AiecConfig,
+    dims: &[usize],
+    x: &[F],
+    w: &[F],
+    targets: &[i64],
+    counters: &mut CountersSlices,
+    update: bool,
+    y: &mut [F],
+    keep: &mut [u32],
+    aux: &mut AuxSlices<F>,
+) -> Result<InputDims> {
+    let plan = cfg.plan_input(dims)?;
+    let (b, c, k) = (plan.batch, plan.channels, cfg.classes());
+    let t = check_targets(targets, b, k)?;
+    let sizes = Sizes::of(&plan, k);
+    expect_len("W [K, C]", w.len(), k * c)?;
+    expect_len("counters act [K, C]", counters.act.len(), k * c)?;
+    expect_len("counters inh [K, C]", counters.inh.len(), k * c)?;
+    expect_len("counters total [K]", counters.total.len(), k)?;
+    expect_len("logits [B, K]", aux.logits.len(), sizes.bk)?;
+    expect_len("ce [B]", aux.ce.len(), b)?;
+    expect_len("g [B, K]", aux.g.len(), sizes.bk)?;
+    expect_len("v [B, C]", aux.v.len(), sizes.bc)?;
+    expect_len("x", x.len(), plan.len())?;
+    expect_len("y", y.len(), plan.len())?;
+    expect_len("keep bits", keep.len(), sizes.keep)?;
+    activation_forward(cfg, dims, x, y, keep, Some(aux.v))?;
+    parts::logits(aux.v, w, b, c, k, aux.logits);
+    if update {
+        parts::count(aux.v, aux.logits, &t, c, k, counters.act, counters.inh, counters.total);
+    }
+    parts::row_losses(aux.logits, &t, k, aux.ce, aux.g);
+    Ok(plan)
+}
+
+/// The second half (as [`crate::gpu::fused::forward_gate`]): `mask [B, C]` from
+/// the counters after this step's counting, and `(S, N)`.
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+pub fn forward_gate<F: Float>(
+    cfg: &AiecConfig,
+    plan: &InputDims,
+    v: &[F],
+    w: &[F],
+    targets: &[i64],
+    act: &[i64],
+    inh: &[i64],
+    mask: &mut [u8],
+) -> Result<(F, u64)> {
+    let (b, c, k) = (plan.batch, plan.channels, cfg.classes());
+    let t = check_targets(targets, b, k)?;
+    expect_len("v [B, C]", v.len(), b * c)?;
+    expect_len("W [K, C]", w.len(), k * c)?;
+    expect_len("counters act [K, C]", act.len(), k * c)?;
+    expect_len("counters inh [K, C]", inh.len(), k * c)?;
+    expect_len("mask [B, C]", mask.len(), b * c)?;
+    Ok(parts::gate(v, w, &t, c, act, inh, mask))
+}
+
+/// What a training backward reads of its forward.
+pub struct SavedSlices<'a, F> {
+    /// Keep bits.
+    pub keep: &'a [u32],
+    /// `[B, C]`.
+    pub v: &'a [F],
+    /// `[B, K]`.
+    pub g: &'a [F],
+    /// `[B, C]`.
+    pub mask: &'a [u8],
+}
+
+/// A training backward (as [`crate::gpu::fused::backward_train`]): `dx` and
+/// `dW` (written, or added to `dw` with `accumulate`), with `dlogits = a_b * g`
+/// and the gate term `gate_scale * v * mask`.
+#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+pub fn backward_train<F: Float>(
+    cfg: &AiecConfig,
+    plan: &InputDims,
+    saved: &SavedSlices<F>,
+    w: &[F],
+    rows: RowScale<F>,
+    gate_scale: F,
+    dy: &[F],
+    dx: &mut [F],
+    dw: &mut [F],
+    accumulate: bool,
+) -> Result<()> {
+    let (b, c, k) = (plan.batch, plan.channels, cfg.classes());
+    expect_len("saved v [B, C]", saved.v.len(), b * c)?;
+    expect_len("saved g [B, K]", saved.g.len(), b * k)?;
+    expect_len("saved mask [B, C]", saved.mask.len(), b * c)?;
+    expect_len("W [K, C]", w.len(), k * c)?;
+    expect_len("dW [K, C]", dw.len(), k * c)?;
+    if let RowScale::PerRow(r) = rows {
+        expect_len("row scales [B]", r.len(), b)?;
+    }
+    let mut dv = vec![F::ZERO; b * c];
+    let mut grad_w = vec![F::ZERO; k * c];
+    parts::dv_dw(saved.g, saved.v, saved.mask, w, b, c, k, rows, gate_scale, &mut dv, &mut grad_w);
+    activation_backward(cfg, plan, saved.keep, Some(&dv), dy, dx)?;
+    for (o, g) in dw.iter_mut().zip(grad_w) {
+        *o = if accumulate { *o + g } else { g };
+    }
+    Ok(())
+}

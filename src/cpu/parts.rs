@@ -1,0 +1,201 @@
+//! The reference's steps, one function each, on plain slices: the threshold,
+//! pooling and unpooling, the decision unit, counting, the gate, and the
+//! backward's dlogits, dv and dW. [`crate::cpu::op`] composes them into a
+//! layer's forward and backward; [`crate::cpu::buffers`] composes them over the
+//! caller's buffers for the framework adapters. Each rule of docs/SPEC.md is
+//! written once, here.
+
+use crate::config::InputDims;
+use crate::cpu::float::Float;
+use crate::cpu::op::{argmax, cross_entropy, softmax};
+
+/// The threshold unit: `y = x` where NOT `x <= tau` (a NaN is kept), else 0;
+/// `keep` is that condition.
+pub fn threshold<F: Float>(x: &[F], tau: F, y: &mut [F], keep: &mut [bool]) {
+    for ((&v, y), k) in x.iter().zip(y.iter_mut()).zip(keep.iter_mut()) {
+        // `!(v <= tau)` keeps NaN: the spec's wording, on purpose.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        let kept = !(v <= tau);
+        *k = kept;
+        *y = if kept { v } else { F::ZERO };
+    }
+}
+
+/// Pooling: `v [B, C]` from `y` in the layout of `dims`.
+pub fn pool<F: Float>(dims: &InputDims, y: &[F], v: &mut [F]) {
+    let pooled = dims.pooled_positions();
+    for b in 0..dims.batch {
+        for c in 0..dims.channels {
+            let mut s = F::ZERO;
+            for p in 0..pooled {
+                s += y[dims.index(b, c, p)];
+            }
+            v[b * dims.channels + c] = if pooled == 1 { s } else { s / F::from_usize(pooled) };
+        }
+    }
+}
+
+/// `dy_total += unpool(dv)`: `dv [B, C]` to the pooled positions (divided by
+/// their number for the averaging modes).
+pub fn unpool_add<F: Float>(dims: &InputDims, dv: &[F], dy_total: &mut [F]) {
+    let pooled = dims.pooled_positions();
+    let div = F::from_usize(pooled);
+    for b in 0..dims.batch {
+        for c in 0..dims.channels {
+            let g = dv[b * dims.channels + c];
+            let g = if pooled == 1 { g } else { g / div };
+            for p in 0..pooled {
+                dy_total[dims.index(b, c, p)] += g;
+            }
+        }
+    }
+}
+
+/// The decision unit: `logits [B, K] = v W^T` (`v [B, C]`, `w [K, C]`).
+pub fn logits<F: Float>(v: &[F], w: &[F], batch: usize, channels: usize, classes: usize, out: &mut [F]) {
+    for b in 0..batch {
+        for k in 0..classes {
+            let mut s = F::ZERO;
+            for c in 0..channels {
+                s += v[b * channels + c] * w[k * channels + c];
+            }
+            out[b * classes + k] = s;
+        }
+    }
+}
+
+/// The counting unit on an update step: for every sample predicted correctly
+/// (`argmax logits[b] == t[b]`), `act[t, c] += v > 0`, `inh[t, c] += v == 0`
+/// (a NaN adds to neither), `total[t] += 1`. `act`, `inh` `[K, C]`, `total` `[K]`.
+#[allow(clippy::too_many_arguments)] // the step's inputs and the three counters
+pub fn count<F: Float>(
+    v: &[F],
+    logits: &[F],
+    targets: &[usize],
+    channels: usize,
+    classes: usize,
+    act: &mut [i64],
+    inh: &mut [i64],
+    total: &mut [i64],
+) {
+    for (b, &t) in targets.iter().enumerate() {
+        if argmax(&logits[b * classes..(b + 1) * classes]) != t {
+            continue;
+        }
+        for c in 0..channels {
+            let val = v[b * channels + c];
+            if val > F::ZERO {
+                act[t * channels + c] += 1;
+            } else if val == F::ZERO {
+                inh[t * channels + c] += 1;
+            }
+        }
+        total[t] += 1;
+    }
+}
+
+/// The consensus gate with the counters after counting: `mask [B, C]` (1 where
+/// `act[t, c] <= inh[t, c]` and `W[t, c] <= 0`), and `(S, N)`.
+pub fn gate<F: Float>(
+    v: &[F],
+    w: &[F],
+    targets: &[usize],
+    channels: usize,
+    act: &[i64],
+    inh: &[i64],
+    mask: &mut [u8],
+) -> (F, u64) {
+    let (mut sum_sq, mut count) = (F::ZERO, 0u64);
+    for (b, &t) in targets.iter().enumerate() {
+        for c in 0..channels {
+            let i = t * channels + c;
+            let m = act[i] <= inh[i] && w[i] <= F::ZERO;
+            mask[b * channels + c] = m as u8;
+            if m {
+                let val = v[b * channels + c];
+                sum_sq += val * val;
+                count += 1;
+            }
+        }
+    }
+    (sum_sq, count)
+}
+
+/// Per row: the cross-entropy `logsumexp(z) - z[t]` and `g = softmax(z) -
+/// onehot(t)` (unscaled), `logits`, `g` `[B, K]`, `ce` `[B]`.
+pub fn row_losses<F: Float>(logits: &[F], targets: &[usize], classes: usize, ce: &mut [F], g: &mut [F]) {
+    for (b, &t) in targets.iter().enumerate() {
+        let row = &logits[b * classes..(b + 1) * classes];
+        ce[b] = cross_entropy(row, t);
+        let p = softmax(row);
+        for k in 0..classes {
+            g[b * classes + k] = p[k] - if k == t { F::ONE } else { F::ZERO };
+        }
+    }
+}
+
+/// How the backward scales `g` into `dlogits`: `dlogits[b, k] = a_b * g[b, k]`.
+#[derive(Debug, Clone, Copy)]
+pub enum RowScale<'a, F> {
+    /// The same `a` for every row (`aux_coef / (L * B)`).
+    Uniform(F),
+    /// `a_b` per row: the gradient of the loss with respect to row `b`'s CE.
+    PerRow(&'a [F]),
+}
+
+impl<F: Copy> RowScale<'_, F> {
+    fn at(&self, b: usize) -> F {
+        match self {
+            RowScale::Uniform(a) => *a,
+            RowScale::PerRow(r) => r[b],
+        }
+    }
+}
+
+/// The decision and gate part of a backward: `dv [B, C]` and `dW [K, C]` from
+/// `g`, `v`, `mask` and `W`: `dv = dlogits W + gate_scale * v * mask`,
+/// `dW = dlogits^T v`, with `dlogits = a_b * g`.
+#[allow(clippy::too_many_arguments)] // the step's inputs and outputs
+pub fn dv_dw<F: Float>(
+    g: &[F],
+    v: &[F],
+    mask: &[u8],
+    w: &[F],
+    batch: usize,
+    channels: usize,
+    classes: usize,
+    rows: RowScale<F>,
+    gate_scale: F,
+    dv: &mut [F],
+    dw: &mut [F],
+) {
+    let dlogits: Vec<F> = (0..batch * classes).map(|i| rows.at(i / classes) * g[i]).collect();
+    for b in 0..batch {
+        for c in 0..channels {
+            let mut s = F::ZERO;
+            for k in 0..classes {
+                s += dlogits[b * classes + k] * w[k * channels + c];
+            }
+            if mask[b * channels + c] != 0 {
+                s += gate_scale * v[b * channels + c];
+            }
+            dv[b * channels + c] = s;
+        }
+    }
+    for k in 0..classes {
+        for c in 0..channels {
+            let mut s = F::ZERO;
+            for b in 0..batch {
+                s += dlogits[b * classes + k] * v[b * channels + c];
+            }
+            dw[k * channels + c] = s;
+        }
+    }
+}
+
+/// `dx = dy_total` where `keep`, else 0.
+pub fn pass_gradient<F: Float>(dy_total: &[F], keep: &[bool], dx: &mut [F]) {
+    for ((d, &g), &k) in dx.iter_mut().zip(dy_total).zip(keep) {
+        *d = if k { g } else { F::ZERO };
+    }
+}
