@@ -42,6 +42,9 @@ for line in sys.stdin:
   mkdir -p "$out/examples"
   cp target/release/examples/verify target/release/examples/bench target/release/examples/external_memory "$out/examples/"
   strip "$out"/bin/* "$out"/examples/* 2>/dev/null || true
+  # The Python package as an abi3 wheel (any CPython >= 3.9), for the machine's PyTorch.
+  python3 -m pip wheel -q --no-deps -w "$out/wheel" ./python
+  ls "$out"/wheel/*.whl
   du -sh "$out"
   # The GPU machine runs these as built here: say what they need of its C and C++ libraries.
   if command -v objdump >/dev/null; then
@@ -120,6 +123,24 @@ run() {
   timeout 180 "$out/examples/bench" --json "$res/aiec_bench.json" 2>&1 | tee "$logs/bench.log" || status=1
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   pack
+  # The Python package: install the wheel beside the machine's PyTorch, run its tests
+  # (on CUDA: AIEC_EXPECT_CUDA makes them required), then the side-by-side bench.
+  local py="${AIEC_PYTHON:-python3}"
+  if "$py" -c 'import torch' 2>/dev/null; then
+    rm -rf "$out/py" && "$py" -m pip install -q --no-deps --target "$out/py" "$out"/wheel/*.whl
+    echo; echo "=== aiec.torch tests ==="
+    (cd "$out" && PYTHONPATH="$PWD/py" PYTHONUNBUFFERED=1 timeout 240 "$py" -m pytest "$AIEC_PROJECT_DIR/python/tests" -q \
+      -p no:cacheprovider -x 2>&1 | tail -25) | tee "$logs/pytest.log"
+    grep -qE '[0-9]+ passed' "$logs/pytest.log" && ! grep -qE '[0-9]+ (failed|error)' "$logs/pytest.log" || status=1
+    echo; echo "=== aiec.torch side by side (eager, torch.compile, drop-in, fused) ==="
+    local bench_args=()
+    "$py" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null || bench_args=(--device cpu --tiny --no-compile --iters 3)
+    PYTHONPATH="$out/py" PYTHONUNBUFFERED=1 timeout 240 "$py" scripts/bench_torch.py "${bench_args[@]}" \
+      --json "$res/torch_side_by_side.json" 2>&1 | grep -v "^W[0-9]" | tee "$logs/bench_torch.log" || status=1
+    pack
+  else
+    echo "PyTorch not available: the Python package was not tested here"
+  fi
   if [ "${AIEC_SKIP_TORCH:-0}" != 1 ] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
     echo; echo "=== PyTorch baseline: same semantics as the golden cases ==="
     timeout 60 python3 scripts/torch_aiec.py check >"$logs/torch_check.log" 2>&1 || status=1

@@ -17,9 +17,12 @@
 #      memory and stream, against the CPU reference).
 #   6b. A crate that depends on aiec beside one that turns on cudarc's
 #      `dynamic-linking` (as candle's CUDA backend does) builds.
-#   7. The GPU check script (scripts/device-check.sh) builds its binaries and
-#      runs them here without a GPU (dry-run), so that it has not rotted when
-#      a session is lent one.
+#   7. The Python package (scripts/test-python.sh): torch into a virtual
+#      environment under target/ when missing, `pip install ./python`, ruff,
+#      and the pytest suite on the CPU reference and the simulator.
+#   8. The GPU check script (scripts/device-check.sh) builds its binaries and
+#      the wheel, and runs them here without a GPU (dry-run), so that it has not
+#      rotted when a session is lent one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +57,9 @@ cargo run --release --features sim --example external_memory
 echo "== 6b. aiec builds beside a crate that links cudarc (dynamic-linking) =="
 bash scripts/check-dynamic-linking.sh
 
-echo "== 7. the GPU check script, dry run (no GPU: CPU and simulator backends) =="
+echo "== 7. the Python package: pip install ./python, ruff, pytest =="
+bash scripts/test-python.sh
+
+echo "== 8. the GPU check script, dry run (no GPU: CPU and simulator backends) =="
 bash scripts/device-check.sh build
-bash scripts/device-check.sh dry-run
+AIEC_PYTHON="$PWD/target/torch-venv/bin/python" bash scripts/device-check.sh dry-run

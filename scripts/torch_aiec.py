@@ -183,8 +183,8 @@ class AIEC(nn.Module):
 
 def aiec_objective(layers, targets, aux_coef=1.0, gate_coef=200.0):
     """aux_coef * aux + gate_coef * gate over the layers' latest forwards."""
-    aux, gate, N = aiec_losses([l.last[0] for l in layers], targets,
-                               [l.last[2] for l in layers], [l.last[3] for l in layers])
+    aux, gate, N = aiec_losses([m.last[0] for m in layers], targets,
+                               [m.last[2] for m in layers], [m.last[3] for m in layers])
     return aux_coef * aux + gate_coef * gate, aux, gate, N
 
 
@@ -241,8 +241,8 @@ def run_case(path, device):
     dt = torch.float64
 
     layers, xs = [], []
-    for l in range(L):
-        p = f"l{l}."
+    for li in range(L):
+        p = f"l{li}."
         # update_interval 1: this forward updates; 2: the first forward (step 1) does not
         layer = AIEC(C, K, pool=pool_mode, tau=tau, update_interval=1 if update else 2,
                      device=device, dtype=dt)
@@ -257,13 +257,13 @@ def run_case(path, device):
 
     ys = [layer(x, targets) for layer, x in zip(layers, xs)]
     obj, aux, gate, N = aiec_objective(layers, targets, aux_coef, gate_coef)
-    dys = [t[f"l{l}.dy"].to(device=device, dtype=dt) for l in range(L)]
+    dys = [t[f"l{li}.dy"].to(device=device, dtype=dt) for li in range(L)]
     # loss = sum_l <y_l, dy_l> + aux_coef * aux + gate_coef * gate
     torch.autograd.backward([obj] + ys, [torch.ones_like(obj)] + dys)
 
     errors = []
-    for l, (layer, x, y) in enumerate(zip(layers, xs, ys)):
-        p = f"l{l}."
+    for li, (layer, x, y) in enumerate(zip(layers, xs, ys)):
+        p = f"l{li}."
         logits, mask, S, Nl, v = layer.last
         compare(p + "y", y, t[p + "y"], errors)
         compare(p + "v", v, t[p + "v"], errors)

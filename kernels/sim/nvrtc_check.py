@@ -7,7 +7,11 @@ Default files: kernels/*.cu and kernels/sim/selftest_kernels.cu. libnvrtc-builti
 next to libnvrtc.so.12. For each file and each of sm_75, sm_80, sm_90 it builds a cubin (--gpu-architecture=sm_XX)
 and PTX (compute_XX), lists the entry points and counts 16-byte vector loads/stores in the PTX.
 Exit status 0 only if every compilation succeeded without a warning."""
-import ctypes, glob, os, re, sys
+import ctypes
+import glob
+import os
+import re
+import sys
 
 kernels = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 lib_path = os.environ.get("AIEC_NVRTC_LIB")
@@ -40,7 +44,8 @@ def compile_one(name, src, arch):
     lib.nvrtcGetProgramLog(prog, log)
     out = None
     if rc == 0:
-        get_size, get = (lib.nvrtcGetCUBINSize, lib.nvrtcGetCUBIN) if arch.startswith("sm_") else (lib.nvrtcGetPTXSize, lib.nvrtcGetPTX)
+        cubin = arch.startswith("sm_")
+        get_size, get = (lib.nvrtcGetCUBINSize, lib.nvrtcGetCUBIN) if cubin else (lib.nvrtcGetPTXSize, lib.nvrtcGetPTX)
         check(get_size(prog, ctypes.byref(size)), "size")
         buf = ctypes.create_string_buffer(size.value)
         check(get(prog, buf), "get")
@@ -52,7 +57,9 @@ def compile_one(name, src, arch):
 major, minor = ctypes.c_int(), ctypes.c_int()
 check(lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)), "nvrtcVersion")
 print(f"NVRTC {major.value}.{minor.value} from {lib_path}")
-files = sys.argv[1:] or sorted(glob.glob(os.path.join(kernels, "*.cu"))) + [os.path.join(kernels, "sim", "selftest_kernels.cu")]
+files = sys.argv[1:] or sorted(glob.glob(os.path.join(kernels, "*.cu"))) + [
+    os.path.join(kernels, "sim", "selftest_kernels.cu")
+]
 ok = True
 for path in files:
     name = os.path.relpath(path, os.path.dirname(kernels))

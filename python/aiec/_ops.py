@@ -1,0 +1,422 @@
+"""The crate's kernels as PyTorch custom operators (``torch.library``).
+
+Each op allocates its outputs with PyTorch (on CUDA from its caching allocator),
+passes ``(data_ptr, numel)`` of contiguous tensors to the Rust extension
+``aiec._aiec``, and launches on ``torch.cuda.current_stream()``: zero copy, no
+synchronisation. On CPU tensors the same ops run the crate's CPU reference
+(float32, float64), or with ``AIEC_TORCH_BACKEND=sim`` the CUDA kernels in the
+crate's simulator (float32, float16, bfloat16). Every op has a fake (meta)
+implementation and the differentiable ones an autograd formula, so
+``torch.compile(fullgraph=True)`` traces through them.
+
+Ops (all in the ``aiec`` namespace):
+
+* ``threshold(x, tau, pool, channels) -> (y, keep)``: the threshold and its
+  keep bits (one bit per element), for forwards without targets;
+* ``activation(x, tau, pool, channels) -> (y, keep, v)``: the same pass over
+  ``x`` also pools ``v [B, C]``; backward: ``activation_backward``, one pass over
+  ``dy`` that adds the pooled gradient;
+* ``fused_count(x, w, targets, act!, inh!, total!, step, ...)`` and
+  ``fused_gate(v, w, targets, act, inh, ...)``: the training forward of
+  the fused kernels (threshold, pooling, logits, per-row cross-entropy, counting;
+  then the gate), the first mutating the counters; :class:`Fused` ties them into
+  one autograd node (with, for data-parallel training, the exchange of the
+  counts between them); backward: ``fused_backward`` (``dx`` and ``dW``; ``dv``
+  never leaves the device).
+
+What is saved for backward: the keep bits and ``O(B*C + B*K)`` (``v``, ``g``,
+``mask``), never ``x``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _aiec
+
+POOLS = ("token", "avg_token", "avg_hw", "none")
+
+_DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+}
+
+
+def dtype_name(dt: torch.dtype) -> str:
+    try:
+        return _DTYPE_NAMES[dt]
+    except KeyError:
+        raise TypeError(
+            f"aiec: activations of type {dt} are not supported "
+            "(float32, float16, bfloat16; float64 on the CPU reference)"
+        ) from None
+
+
+def stat_dtype(dt: torch.dtype) -> torch.dtype:
+    """The type of ``v``, the logits and every sum: float64 for float64 inputs
+    (the CPU reference), else float32."""
+    return torch.float64 if dt == torch.float64 else torch.float32
+
+
+_CONFIGS: dict = {}
+
+
+def config(channels: int, classes: int, tau: float, pool: str, interval: int) -> _aiec.Config:
+    key = (channels, classes, float(tau), pool, interval)
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        cfg = _aiec.Config(channels, classes, float(tau), pool, interval)
+        _CONFIGS[key] = cfg
+    return cfg
+
+
+_BACKENDS: dict = {}
+
+
+def backend(t: Tensor) -> _aiec.Backend:
+    """Where an op on ``t`` runs: CUDA on PyTorch's current stream of ``t``'s
+    device; on CPU tensors the reference, or the simulator with
+    ``AIEC_TORCH_BACKEND=sim``."""
+    if t.device.type == "cuda":
+        index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+        stream = torch.cuda.current_stream(t.device).cuda_stream
+        key = ("cuda", index, stream)
+        b = _BACKENDS.get(key)
+        if b is None:
+            b = _aiec.Backend.cuda(index, stream)
+            _BACKENDS[key] = b
+        return b
+    if t.device.type == "cpu":
+        kind = os.environ.get("AIEC_TORCH_BACKEND", "reference")
+        if kind not in ("reference", "sim"):
+            raise ValueError(f"aiec: AIEC_TORCH_BACKEND={kind!r}; expected 'reference' or 'sim'")
+        b = _BACKENDS.get(kind)
+        if b is None:
+            b = _aiec.Backend.sim() if kind == "sim" else _aiec.Backend.reference()
+            _BACKENDS[kind] = b
+        return b
+    raise TypeError(f"aiec: tensors on {t.device} are not supported (CPU or CUDA)")
+
+
+def _buf(t: Tensor) -> tuple:
+    return (t.data_ptr(), t.numel())
+
+
+def channels_of(shape, pool: str) -> int:
+    return shape[1] if pool == "avg_hw" else shape[-1]
+
+
+def batch_of(shape) -> int:
+    return shape[0]
+
+
+def keep_words(shape, pool: str):
+    """Words of keep bits for an input of ``shape`` (mirrors the crate's
+    ``launch::keep_words``, which ``_aiec.Config.plan`` returns; used by the fake
+    implementations, where shapes may be symbolic; a test holds the two equal).
+    The bits go row by row, every row from a 32-bit word: ``avg_hw`` ``[B, C, H, W]``
+    has ``B*C`` rows of ``H*W`` positions, the other modes the rows of ``C``
+    channels (the last dimension)."""
+    if pool == "avg_hw":
+        rows, row_len = shape[0] * shape[1], 1
+        for d in shape[2:]:
+            row_len = row_len * d
+    else:
+        row_len, rows = shape[-1], 1
+        for d in shape[:-1]:
+            rows = rows * d
+    return rows * ((row_len + 31) // 32)
+
+
+def _zeros_if_none(t: Optional[Tensor], shape, dtype, device) -> Tensor:
+    return torch.zeros(shape, dtype=dtype, device=device) if t is None else t
+
+
+# ------------------------------------------------------------------ threshold and activation pass
+
+
+@torch.library.custom_op("aiec::threshold", mutates_args=())
+def threshold(x: Tensor, tau: float, pool: str, channels: int) -> tuple[Tensor, Tensor]:
+    x = x.contiguous()
+    cfg = config(channels, 1, tau, pool, 1)
+    _, _, _, kw, _ = cfg.plan(list(x.shape))
+    y = torch.empty_like(x)
+    keep = torch.empty(kw, dtype=torch.int32, device=x.device)
+    _aiec.activation_forward(backend(x), cfg, dtype_name(x.dtype), list(x.shape), _buf(x), _buf(y), _buf(keep), None)
+    return y, keep
+
+
+@threshold.register_fake
+def _(x, tau, pool, channels):
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        x.new_empty((keep_words(x.shape, pool),), dtype=torch.int32),
+    )
+
+
+@torch.library.custom_op("aiec::activation", mutates_args=())
+def activation(x: Tensor, tau: float, pool: str, channels: int) -> tuple[Tensor, Tensor, Tensor]:
+    x = x.contiguous()
+    cfg = config(channels, 1, tau, pool, 1)
+    b, c, _, kw, _ = cfg.plan(list(x.shape))
+    y = torch.empty_like(x)
+    keep = torch.empty(kw, dtype=torch.int32, device=x.device)
+    v = torch.empty((b, c), dtype=stat_dtype(x.dtype), device=x.device)
+    _aiec.activation_forward(backend(x), cfg, dtype_name(x.dtype), list(x.shape), _buf(x), _buf(y), _buf(keep), _buf(v))
+    return y, keep, v
+
+
+@activation.register_fake
+def _(x, tau, pool, channels):
+    b, c = batch_of(x.shape), channels_of(x.shape, pool)
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        x.new_empty((keep_words(x.shape, pool),), dtype=torch.int32),
+        x.new_empty((b, c), dtype=stat_dtype(x.dtype)),
+    )
+
+
+@torch.library.custom_op("aiec::activation_backward", mutates_args=())
+def activation_backward(dy: Tensor, keep: Tensor, dv: Optional[Tensor], tau: float, pool: str, channels: int) -> Tensor:
+    dy = dy.contiguous()
+    cfg = config(channels, 1, tau, pool, 1)
+    dx = torch.empty_like(dy)
+    dvb = None
+    if dv is not None:
+        dv = dv.to(stat_dtype(dy.dtype)).contiguous()
+        dvb = _buf(dv)
+    _aiec.activation_backward(
+        backend(dy), cfg, dtype_name(dy.dtype), list(dy.shape), _buf(keep), dvb, _buf(dy), _buf(dx)
+    )
+    return dx
+
+
+@activation_backward.register_fake
+def _(dy, keep, dv, tau, pool, channels):
+    return torch.empty_like(dy, memory_format=torch.contiguous_format)
+
+
+def _save_keep(ctx, inputs, output):
+    x, tau, pool, channels = inputs
+    ctx.save_for_backward(output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.meta = (x.shape, x.dtype, tau, pool, channels)
+
+
+def _threshold_backward(ctx, dy, _dkeep):
+    (keep,) = ctx.saved_tensors
+    shape, dtype, tau, pool, channels = ctx.meta
+    dy = _zeros_if_none(dy, shape, dtype, keep.device)
+    return activation_backward(dy, keep, None, tau, pool, channels), None, None, None
+
+
+def _activation_backward(ctx, dy, _dkeep, dv):
+    (keep,) = ctx.saved_tensors
+    shape, dtype, tau, pool, channels = ctx.meta
+    dy = _zeros_if_none(dy, shape, dtype, keep.device)
+    return activation_backward(dy, keep, dv, tau, pool, channels), None, None, None
+
+
+threshold.register_autograd(_threshold_backward, setup_context=_save_keep)
+activation.register_autograd(_activation_backward, setup_context=_save_keep)
+
+
+# ------------------------------------------------------------------ the fused training forward
+
+
+@torch.library.custom_op("aiec::fused_count", mutates_args=("act", "inh", "total"))
+def fused_count(
+    x: Tensor,
+    w: Tensor,
+    targets: Tensor,
+    act: Tensor,
+    inh: Tensor,
+    total: Tensor,
+    step: Tensor,
+    interval: int,
+    count: bool,
+    tau: float,
+    pool: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Launches 1 and 2 of the fused forward: (y, keep, v, logits, ce, g), and
+    when ``count`` the counting into the counters on the steps where
+    ``step % interval == 0`` (decided where ``step`` lives)."""
+    x = x.contiguous()
+    k, c = w.shape
+    cfg = config(c, k, tau, pool, interval)
+    b, _, _, kw, scratch_bytes = cfg.plan(list(x.shape))
+    # The kernels' tickets start at zero (and are left zero); a few KB.
+    scratch = torch.zeros(scratch_bytes, dtype=torch.uint8, device=x.device)
+    dev, sd = x.device, stat_dtype(x.dtype)
+    y = torch.empty_like(x)
+    keep = torch.empty(kw, dtype=torch.int32, device=dev)
+    v = torch.empty((b, c), dtype=sd, device=dev)
+    logits = torch.empty((b, k), dtype=sd, device=dev)
+    ce = torch.empty((b,), dtype=sd, device=dev)
+    g = torch.empty((b, k), dtype=sd, device=dev)
+    targets = targets.contiguous()
+    on_device = dev.type == "cuda"
+    if not on_device:
+        cfg.check_targets(_buf(targets), b)
+    _aiec.fused_count(
+        backend(x),
+        cfg,
+        dtype_name(x.dtype),
+        list(x.shape),
+        _buf(x),
+        _buf(w.contiguous()),
+        _buf(targets),
+        on_device,
+        (_buf(act), _buf(inh), _buf(total)),
+        False,
+        _buf(step) if count else None,
+        (_buf(y), _buf(keep), _buf(v), _buf(logits), _buf(ce), _buf(g)),
+        _buf(scratch),
+    )
+    return y, keep, v, logits, ce, g
+
+
+@fused_count.register_fake
+def _(x, w, targets, act, inh, total, step, interval, count, tau, pool):
+    k, c = w.shape
+    b = batch_of(x.shape)
+    sd = stat_dtype(x.dtype)
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        x.new_empty((keep_words(x.shape, pool),), dtype=torch.int32),
+        x.new_empty((b, c), dtype=sd),
+        x.new_empty((b, k), dtype=sd),
+        x.new_empty((b,), dtype=sd),
+        x.new_empty((b, k), dtype=sd),
+    )
+
+
+@torch.library.custom_op("aiec::fused_gate", mutates_args=())
+def fused_gate(
+    v: Tensor, w: Tensor, targets: Tensor, act: Tensor, inh: Tensor, shape: list[int], tau: float, pool: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Launch 3: (mask, S, N) from the counters as they are now."""
+    k, c = w.shape
+    cfg = config(c, k, tau, pool, 1)
+    b = v.shape[0]
+    dev = v.device
+    scratch = torch.zeros(cfg.plan(list(shape))[4], dtype=torch.uint8, device=dev)
+    mask = torch.empty((b, c), dtype=torch.uint8, device=dev)
+    stats = torch.zeros(2, dtype=torch.int64, device=dev)
+    _aiec.fused_gate(
+        backend(v),
+        cfg,
+        "float64" if v.dtype == torch.float64 else "float32",
+        list(shape),
+        _buf(v),
+        _buf(w.contiguous()),
+        _buf(targets.contiguous()),
+        _buf(act),
+        _buf(inh),
+        _buf(mask),
+        _buf(stats),
+        _buf(scratch),
+    )
+    return mask, stats.view(v.dtype)[0].clone(), stats[1].clone()
+
+
+@fused_gate.register_fake
+def _(v, w, targets, act, inh, shape, tau, pool):
+    return (
+        v.new_empty(v.shape, dtype=torch.uint8),
+        v.new_empty((), dtype=v.dtype),
+        v.new_empty((), dtype=torch.int64),
+    )
+
+
+@torch.library.custom_op("aiec::fused_backward", mutates_args=())
+def fused_backward(
+    dy: Tensor,
+    keep: Tensor,
+    v: Tensor,
+    g: Tensor,
+    mask: Tensor,
+    w: Tensor,
+    dce: Tensor,
+    ds: Tensor,
+    tau: float,
+    pool: str,
+) -> tuple[Tensor, Tensor]:
+    """(dx, dW) of the fused forward, given the gradients of the loss with
+    respect to ``y`` (``dy``), each row's CE (``dce``) and ``S`` (``ds``)."""
+    dy = dy.contiguous()
+    k, c = w.shape
+    cfg = config(c, k, tau, pool, 1)
+    b = v.shape[0]
+    sd = stat_dtype(dy.dtype)
+    dev = dy.device
+    dx = torch.empty_like(dy)
+    dw = torch.empty((k, c), dtype=w.dtype, device=dev)
+    row_scale = dce.to(sd).contiguous()
+    zeros = torch.zeros(4, dtype=sd, device=dev)
+    scales = torch.cat([zeros, (2 * ds.to(sd)).reshape(1), zeros[:3]])
+    dv_scratch = torch.empty(b * c if backend(dy).kind != "reference" else 0, dtype=torch.float32, device=dev)
+    _aiec.fused_backward(
+        backend(dy),
+        cfg,
+        dtype_name(dy.dtype),
+        list(dy.shape),
+        (_buf(keep), _buf(v), _buf(g), _buf(mask)),
+        _buf(w.contiguous()),
+        _buf(row_scale),
+        _buf(scales),
+        _buf(dy),
+        _buf(dx),
+        _buf(dw),
+        _buf(dv_scratch),
+        False,
+    )
+    return dx, dw
+
+
+@fused_backward.register_fake
+def _(dy, keep, v, g, mask, w, dce, ds, tau, pool):
+    return torch.empty_like(dy, memory_format=torch.contiguous_format), torch.empty_like(w)
+
+
+class Fused(torch.autograd.Function):
+    """The fused training forward with its autograd: ``fused_count`` (which
+    mutates the counters), optionally the data-parallel exchange of this step's
+    counts (``exchange``: a function of ``(v, logits, targets)`` that returns the
+    global increments, added before the gate), then ``fused_gate``. A mutating
+    custom op cannot carry an autograd formula of its own; an
+    ``autograd.Function`` around the ops is traced by ``torch.compile`` as well.
+    Outputs ``(y, keep, v, logits, ce, g, mask, S, N)``; differentiable: ``y``,
+    ``ce`` and ``S``."""
+
+    @staticmethod
+    def forward(ctx, x, w, targets, act, inh, total, step, interval, training, tau, pool, exchange=None):
+        count_here = training and exchange is None
+        y, keep, v, logits, ce, g = fused_count(x, w, targets, act, inh, total, step, interval, count_here, tau, pool)
+        if training and exchange is not None:
+            d_act, d_inh, d_total = exchange(v, logits, targets)
+            act.add_(d_act)
+            inh.add_(d_inh)
+            total.add_(d_total)
+        mask, s, n = fused_gate(v, w, targets, act, inh, list(x.shape), tau, pool)
+        ctx.save_for_backward(keep, v, g, mask, w)
+        ctx.mark_non_differentiable(keep, v, logits, g, mask, n)
+        ctx.meta = (x.shape, x.dtype, v.shape[0], tau, pool)
+        return y, keep, v, logits, ce, g, mask, s, n
+
+    @staticmethod
+    def backward(ctx, dy, _dkeep, _dv, _dlogits, dce, _dg, _dmask, ds, _dn):
+        keep, v, g, mask, w = ctx.saved_tensors
+        shape, dtype, b, tau, pool = ctx.meta
+        sd = stat_dtype(dtype)
+        dy = _zeros_if_none(dy, shape, dtype, keep.device)
+        dce = _zeros_if_none(dce, (b,), sd, keep.device)
+        ds = _zeros_if_none(ds, (), sd, keep.device)
+        dx, dw = fused_backward(dy, keep, v, g, mask, w, dce, ds, tau, pool)
+        return dx, dw, None, None, None, None, None, None, None, None, None, None

@@ -1,0 +1,115 @@
+"""Data-parallel AIEC over torch.distributed (gloo on this machine): 2 and 3
+ranks, each with its slice of the batch, hold at every step the counters and
+gate masks of one process with the whole batch (both exchange schemes, the
+drop-in and the fused path); a DDP-wrapped published-style model trains to
+the same weights and counters as one process at the global batch; and the
+published behaviour (rank 0's counters copied over the others', what DDP's
+buffer broadcast does to the published module) is reproduced by its option,
+and differs."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import dist_worker as w
+from aiec import _dist
+from aiec.torch import AIEC, AIECFused
+from conftest import assert_close, assert_equal
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2 ranks", "3 ranks"])
+def ranks(request, tmp_path_factory):
+    if not torch.distributed.is_available():
+        pytest.skip("this torch has no torch.distributed")
+    world = request.param
+    out = tmp_path_factory.mktemp(f"dist{world}")
+    mp.spawn(w.worker, args=(world, free_port(), str(out)), nprocs=world, join=True)
+    return world, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def reference(cls, rank=0, world=1, mode="sum"):
+    """One process (no process group): the whole batch, or one rank's slice."""
+    return w.counting(cls, rank, world, mode, "auto")
+
+
+@pytest.mark.parametrize("path", ["dropin", "fused"])
+def test_every_rank_holds_the_counters_and_masks_of_the_whole_batch(ranks, path):
+    world, results = ranks
+    whole = reference(AIEC if path == "dropin" else AIECFused)
+    per = w.BATCH // world
+    for rank, res in enumerate(results):
+        for step, (got, want) in enumerate(zip(res[path], whole)):
+            for key in ("act", "inh", "total"):
+                assert_equal(f"{path} rank {rank} step {step} {key}", got[key], want[key])
+            assert_equal(
+                f"{path} rank {rank} step {step} mask", got["mask"], want["mask"][rank * per : (rank + 1) * per]
+            )
+    counted = int(whole[-1]["total"].sum()) - w.K
+    assert counted > 0, "nothing was counted: the comparison proves little"
+
+
+def test_local_mode_keeps_each_ranks_own_counts(ranks):
+    world, results = ranks
+    whole = reference(AIEC)
+    differs = False
+    for rank, res in enumerate(results):
+        own = reference(AIEC, rank, world)
+        for got, want in zip(res["dropin_local"], own):
+            assert_equal(f"local rank {rank} act", got["act"], want["act"])
+        differs |= not torch.equal(res["dropin_local"][-1]["total"], whole[-1]["total"])
+    assert differs, "local counts equal the global ones: the test data shows nothing"
+
+
+def test_the_published_behaviour_counts_rank_0s_samples_only(ranks):
+    world, results = ranks
+    rank0_alone = reference(AIEC, 0, world, "local")
+    whole = reference(AIEC)
+    for step, (got, want) in enumerate(zip(results[0]["rank0"], rank0_alone)):
+        assert_equal(f"rank0 step {step} total", got["total"], want["total"])
+        assert_equal(f"rank0 step {step} act", got["act"], want["act"])
+    assert not torch.equal(results[0]["rank0"][-1]["total"], whole[-1]["total"]), (
+        "the published behaviour should lose the other ranks' counts"
+    )
+
+
+def test_a_ddp_model_trains_like_one_process_at_the_global_batch(ranks):
+    world, results = ranks
+    one = w.training(0, 1, "sum", ddp=False)
+    for rank, res in enumerate(results):
+        for name, p in one["params"].items():
+            assert_close(f"rank {rank} {name}", res["ddp"]["params"][name], p, 1e-9)
+        assert_equal(f"rank {rank} act", res["ddp"]["act"], one["act"])
+        assert_equal(f"rank {rank} total", res["ddp"]["total"], one["total"])
+    assert int(one["total"].sum()) > w.K, "nothing was counted"
+    # Under the published behaviour the counters lose the other ranks' samples.
+    assert not torch.equal(results[0]["ddp_published"]["total"], one["total"])
+
+
+def test_the_fused_paths_gradients_average_to_the_global_ones(ranks):
+    world, results = ranks
+    one = w.fused_training(0, 1, "sum")
+    mean_dw = sum(r["fused_grad"]["dw"] for r in results) / world
+    assert_close("mean dW over ranks", mean_dw, one["dw"], 1e-9)
+    for r in results:
+        assert_equal("total", r["fused_grad"]["total"], one["total"])
+
+
+def test_the_exchange_picks_the_smaller_exact_form():
+    # ViT-B (K = 1000, C = 3072), 8 ranks of B = 256: bits.
+    assert _dist.choose("auto", 8, 256, 3072, 1000) == "bits"
+    assert _dist.bytes_per_rank("bits", 8, 256, 3072, 1000) == 7 * 256 * (4 + 768)
+    assert _dist.bytes_per_rank("increments", 8, 256, 3072, 1000) == int(2 * 7 / 8 * (2 * 3072 * 1000 + 1000) * 4)
+    # Few channels and classes, a big batch: the increments.
+    assert _dist.choose("auto", 4, 1024, 16, 2) == "increments"
+    bits = torch.rand(5, 13) > 0.5
+    assert torch.equal(_dist._unpack_bits(_dist._pack_bits(bits), 13), bits)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The Python package's tests (README: part of "Run every test"):
+#   1. a virtual environment under target/torch-venv, created when missing, with
+#      torch (from the package registry: about 60 s and 5.4 GB, CPU is enough),
+#      pytest, numpy, safetensors and ruff;
+#   2. `pip install ./python`: maturin builds the extension (abi3) from the
+#      workspace and installs the package `aiec`;
+#   3. ruff over the package, its tests and the scripts;
+#   4. pytest (python/tests): the drop-in and the fused path on the CPU
+#      reference (float64, float32), through the simulator (the kernels), and
+#      on CUDA when torch sees a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=target/torch-venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+py="$venv/bin/python"
+if ! "$py" -c 'import torch, pytest, numpy, safetensors, ruff' 2>/dev/null; then
+  "$py" -m pip install -q --upgrade pip
+  "$py" -m pip install -q torch pytest numpy safetensors ruff
+fi
+"$py" -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'
+"$py" -m pip install -q --force-reinstall --no-deps ./python
+"$py" -m ruff check --config python/pyproject.toml python
+"$py" -m ruff format --check --config python/pyproject.toml python
+"$py" -m ruff check --config python/pyproject.toml --select E,F,W,B scripts kernels/sim/nvrtc_check.py
+# From target/: the source folder python/aiec (without the built extension) must
+# not shadow the installed package.
+(cd target && "../$py" -m pytest ../python/tests -q -p no:cacheprovider "$@")
