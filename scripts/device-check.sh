@@ -25,7 +25,7 @@ out=target/device-check
 build() {
   rm -rf "$out" && mkdir -p "$out/bin"
   # Test binaries: cargo prints their paths as JSON.
-  cargo test --release --features sim --no-run --message-format=json 2>/dev/null |
+  cargo test --release --features sim,nccl --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, shutil, sys, os
 for line in sys.stdin:
@@ -73,6 +73,29 @@ PY
   if [ -n "$lib" ]; then export AIEC_NVRTC_LIB="$lib"; fi
 }
 
+# NCCL for the `nccl` feature's test (tests/cuda.rs): cudarc loads it as libnccl.so, which
+# PyTorch's nvidia-nccl wheel ships as libnccl.so.2 only: a link in $out/nccl on the loader path.
+find_nccl() {
+  local lib
+  lib=$(ls /usr/lib/x86_64-linux-gnu/libnccl.so* /usr/local/cuda/lib64/libnccl.so* 2>/dev/null | head -1 || true)
+  if [ -z "$lib" ]; then
+    lib=$("${AIEC_PYTHON:-python3}" - <<'PY' 2>/dev/null || true
+import glob, site, sys
+for base in site.getsitepackages() + [p for p in sys.path if "site-packages" in p]:
+    for hit in sorted(glob.glob(f"{base}/nvidia/nccl/lib/libnccl.so*")):
+        print(hit); raise SystemExit
+PY
+)
+  fi
+  if [ -n "$lib" ]; then
+    mkdir -p "$out/nccl" && ln -sf "$lib" "$out/nccl/libnccl.so"
+    export LD_LIBRARY_PATH="$PWD/$out/nccl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" AIEC_EXPECT_NCCL=1
+    echo "nccl: $lib"
+  else
+    echo "nccl: not found (the nccl test checks its typed error)"
+  fi
+}
+
 run() {
   [ -d "$out/bin" ] || { echo "no $out/bin: run 'scripts/device-check.sh build' first and carry $out"; exit 2; }
   # What comes back from a GPU machine is $OUT, at most 8 files: the whole console
@@ -83,6 +106,7 @@ run() {
   exec > >(tee "$res/console.log") 2>&1
   pack() { tar czf "$res/logs.tar.gz" -C "$logs" . 2>/dev/null || true; }
   find_nvrtc
+  find_nccl
   export AIEC_PROJECT_DIR="$PWD" AIEC_REQUIRE_NVRTC=1 CUDA_SIM_WORKERS=8
   echo "nvrtc: ${AIEC_NVRTC_LIB:-loader path}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"

@@ -35,6 +35,9 @@ SIM_TESTS=(--test threshold --test convert --test device --test aiec --test view
 echo "== 2. all tests (release, simulator seed 0) =="
 CUDA_SIM_SEED=0 CUDA_SIM_WORKERS=1 cargo test --release --features sim
 
+echo "== 2a. the nccl feature builds, and without NCCL asking for it is a typed error =="
+cargo test --release --features sim,nccl --test dp --test cuda
+
 echo "== 2b. every kernel compiles with NVRTC 13 too (CUDA 13 machines' compiler) =="
 nvrtc13="$(aiec_nvrtc_wheel 13)"
 AIEC_NVRTC_LIB="$nvrtc13" cargo test --release --features sim --test nvrtc

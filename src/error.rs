@@ -50,6 +50,8 @@ pub enum AiecError {
     CudaUnavailable { reason: String, hint: &'static str },
     /// The NVRTC library could not be loaded.
     NvrtcUnavailable { reason: String, hint: &'static str },
+    /// NCCL (feature `nccl`) could not be loaded, or the device is not a CUDA one.
+    NcclUnavailable { reason: String, hint: &'static str },
     /// NVRTC rejected a kernel; carries the compiler log.
     NvrtcCompile { file: String, target: String, log: String },
     /// A CUDA driver call failed.
@@ -108,6 +110,7 @@ impl fmt::Display for AiecError {
             Unsupported { what } => write!(f, "not supported: {what}"),
             CudaUnavailable { reason, hint } => write!(f, "CUDA is not available: {reason}. {hint}"),
             NvrtcUnavailable { reason, hint } => write!(f, "NVRTC is not available: {reason}. {hint}"),
+            NcclUnavailable { reason, hint } => write!(f, "NCCL is not available: {reason}; {hint}"),
             NvrtcCompile { file, target, log } => {
                 write!(f, "NVRTC failed to compile {file} for {target}:\n{log}")
             }

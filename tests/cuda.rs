@@ -253,3 +253,51 @@ fn a_captured_step_replays_bitwise_like_an_uncaptured_one() {
     dev.synchronize().unwrap();
     assert!(captured.outputs() == want, "the replayed graph differs from the uncaptured step");
 }
+
+/// Data-parallel counting through NCCL with one rank (the GPU check): the same
+/// outputs and counters as the plain layer, bitwise, over update and other
+/// steps. Without NCCL this is its typed error (required when the GPU check
+/// found NCCL: `AIEC_EXPECT_NCCL`).
+#[cfg(feature = "nccl")]
+#[test]
+fn a_layer_summing_its_counts_over_one_nccl_rank_is_the_plain_layer() {
+    use aiec::gpu::nccl::NcclCountSum;
+    let Some(dev) = gpu() else { return };
+    let sum = match NcclCountSum::single(&dev) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            assert!(std::env::var_os("AIEC_EXPECT_NCCL").is_none(), "AIEC_EXPECT_NCCL is set but: {e}");
+            assert!(matches!(e, AiecError::NcclUnavailable { .. }), "{e}");
+            println!("nccl: skipped: {e}");
+            return;
+        }
+    };
+    let (b, tk, c, k) = (16, 9, 64, 10);
+    let cfg = AiecConfig::with_interval(c, k, 0.0, 2, Pool::AvgToken).unwrap();
+    let dims = [b, tk, c];
+    // W favours class k on the channels c with c % K == k, and x is positive there
+    // for the samples of class k: most samples are classified correctly and counted.
+    let w: Vec<f32> = (0..k * c).map(|i| if (i % c) % k == i / c { 0.4 } else { -0.3 }).collect();
+    let mut plain = GpuLayer::with_weights(&dev, cfg, &w).unwrap();
+    let mut summed = GpuLayer::with_weights(&dev, cfg, &w).unwrap();
+    summed.set_count_sum(Some(sum));
+    let mut rng = SplitMix64::new(8);
+    for step in 0..4u64 {
+        let t: Vec<i64> = (0..b).map(|i| ((i as u64 + step) % k as u64) as i64).collect();
+        let x: Vec<bf16> = (0..b * tk * c)
+            .map(|i| {
+                let (bi, ci) = (i / (tk * c), i % c);
+                let on = ci % k == t[bi] as usize;
+                bf16::from_f32(if on { 0.5 + rng.uniform(0.0, 1.0) as f32 } else { rng.uniform(-1.0, 0.3) as f32 })
+            })
+            .collect();
+        let xt = Tensor::from_slice(&dev, &x, &dims).unwrap();
+        let a = plain.forward(&xt, Some(&t)).unwrap();
+        let b = summed.forward(&xt, Some(&t)).unwrap();
+        let (aa, ba) = (a.aux.as_ref().unwrap(), b.aux.as_ref().unwrap());
+        assert_eq!(aa.mask.to_vec().unwrap(), ba.mask.to_vec().unwrap(), "step {step} mask");
+        assert_eq!(aa.logits.to_vec().unwrap(), ba.logits.to_vec().unwrap(), "step {step} logits");
+        assert_eq!(plain.counters().unwrap(), summed.counters().unwrap(), "step {step} counters");
+    }
+    assert!(plain.counters().unwrap().total.iter().any(|&t| t > 1), "nothing was counted");
+}

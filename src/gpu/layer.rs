@@ -8,6 +8,9 @@ use crate::config::AiecConfig;
 use crate::counters::Counters;
 use crate::device::Device;
 use crate::error::{AiecError, Result};
+use std::sync::Arc;
+
+use crate::gpu::dp::CountSum;
 use crate::gpu::fused::DwMode;
 use crate::gpu::loss::GpuLosses;
 use crate::gpu::op::{self, GpuCounters, GpuGradients, GpuRecord, Targets};
@@ -24,6 +27,7 @@ pub struct GpuLayer {
     counters: GpuCounters,
     policy: LayerPolicy,
     ws: Workspace,
+    count_sum: Option<Arc<dyn CountSum>>,
 }
 
 impl GpuLayer {
@@ -47,6 +51,7 @@ impl GpuLayer {
             counters: GpuCounters::new(device, cfg.classes(), cfg.channels())?,
             policy: LayerPolicy::new(cfg.update_interval())?,
             ws: Workspace::new(device),
+            count_sum: None,
         })
     }
 
@@ -87,6 +92,12 @@ impl GpuLayer {
         counters.check(self.cfg.classes(), self.cfg.channels())?;
         self.counters.copy_from_host(counters)
     }
+    /// Data-parallel training: on every update step, sum the counts over the
+    /// ranks with `sum` before the gate reads the counters (see
+    /// [`crate::gpu::dp`]); `None` counts this process's samples alone.
+    pub fn set_count_sum(&mut self, sum: Option<Arc<dyn CountSum>>) {
+        self.count_sum = sum;
+    }
     /// The layer's workspace (its per-step buffers).
     pub fn workspace(&self) -> &Workspace {
         &self.ws
@@ -124,6 +135,7 @@ impl GpuLayer {
     pub fn forward(&mut self, x: &Tensor, targets: Option<&[i64]>) -> Result<GpuRecord> {
         let plan = self.policy.plan(targets.is_some());
         let targets = targets.map(Targets::Host);
+        let sum = self.count_sum.as_deref();
         let rec = op::forward_owned(
             &self.cfg,
             x,
@@ -132,6 +144,7 @@ impl GpuLayer {
             &mut self.counters,
             plan.update,
             &self.ws,
+            sum,
         )?;
         self.policy.commit(plan);
         Ok(rec)
@@ -149,7 +162,8 @@ impl GpuLayer {
         y: &mut TensorMut,
     ) -> Result<GpuRecord> {
         let plan = self.policy.plan(targets.is_some());
-        let rec = op::forward_with(
+        let sum = self.count_sum.as_deref();
+        let rec = op::forward_with_sum(
             &self.cfg,
             x,
             &self.w.view(),
@@ -158,6 +172,7 @@ impl GpuLayer {
             plan.update,
             &self.ws,
             y,
+            sum,
         )?;
         self.policy.commit(plan);
         Ok(rec)

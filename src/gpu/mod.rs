@@ -9,9 +9,12 @@
 //! * [`layer`]: `GpuLayer` owns `W`, the counters and a workspace, and
 //!   applies the shared layer policy.
 
+pub mod dp;
 pub mod fused;
 pub mod layer;
 pub mod loss;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod op;
 pub mod workspace;
 

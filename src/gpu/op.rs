@@ -16,6 +16,7 @@ use crate::counters::Counters;
 use crate::cpu::op::check_targets;
 use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
+use crate::gpu::dp::{self, CountSum};
 use crate::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, Sizes, TargetCheck};
 use crate::gpu::loss::GpuLosses;
 use crate::gpu::workspace::Workspace;
@@ -213,6 +214,23 @@ pub fn forward_with(
     ws: &Workspace,
     y: &mut TensorMut,
 ) -> Result<GpuRecord> {
+    forward_with_sum(cfg, x, w, targets, counters, update, ws, y, None)
+}
+
+/// [`forward_with`], and on an update step with `sum`, the counts summed over
+/// the ranks of a data-parallel job before the gate ([`crate::gpu::dp`]).
+#[allow(clippy::too_many_arguments)] // the op's inputs, outputs and state
+pub(crate) fn forward_with_sum(
+    cfg: &AiecConfig,
+    x: &TensorRef,
+    w: &SliceRef<f32>,
+    targets: Option<Targets>,
+    counters: &mut GpuCounters,
+    update: bool,
+    ws: &Workspace,
+    y: &mut TensorMut,
+    sum: Option<&dyn CountSum>,
+) -> Result<GpuRecord> {
     let dims = cfg.plan_input(x.shape())?;
     let dev = x.device().clone();
     check_state(cfg, &dev, w, counters)?;
@@ -265,18 +283,37 @@ pub fn forward_with(
             stats: stats.view_mut(),
             scratch: scratch.view_mut(),
         };
-        fused::forward_train(
-            cfg,
-            x,
-            w,
-            &tview,
-            check,
-            &mut counters.views_mut(),
-            fused::Update::Now(update),
-            y,
-            &mut keep.view_mut(),
-            &mut aux,
-        )?;
+        match sum {
+            Some(sum) if update => {
+                dp::forward_summed(
+                    cfg,
+                    x,
+                    w,
+                    &tview,
+                    check,
+                    counters,
+                    y,
+                    &mut keep.view_mut(),
+                    &mut aux,
+                    ws,
+                    sum,
+                )?;
+            }
+            _ => {
+                fused::forward_train(
+                    cfg,
+                    x,
+                    w,
+                    &tview,
+                    check,
+                    &mut counters.views_mut(),
+                    fused::Update::Now(update),
+                    y,
+                    &mut keep.view_mut(),
+                    &mut aux,
+                )?;
+            }
+        }
     }
     let aux = GpuAux { v, logits, ce, g, mask, stats, classes: cfg.classes(), updated: update };
     Ok(GpuRecord { dims, y: None, keep, aux: Some(aux) })
@@ -292,10 +329,11 @@ pub fn forward(
     update: bool,
 ) -> Result<GpuRecord> {
     let ws = Workspace::new(x.device());
-    forward_owned(cfg, x, &w.view(), targets.map(Targets::Host), counters, update, &ws)
+    forward_owned(cfg, x, &w.view(), targets.map(Targets::Host), counters, update, &ws, None)
 }
 
 /// [`forward_with`] into a new `y` (kept in the record).
+#[allow(clippy::too_many_arguments)] // the op's inputs, outputs and state
 pub(crate) fn forward_owned(
     cfg: &AiecConfig,
     x: &Tensor,
@@ -304,12 +342,13 @@ pub(crate) fn forward_owned(
     counters: &mut GpuCounters,
     update: bool,
     ws: &Workspace,
+    sum: Option<&dyn CountSum>,
 ) -> Result<GpuRecord> {
     cfg.plan_input(x.shape())?;
     // Written in full by the kernels (the simulator fills unwritten memory
     // with NaN bytes, so the tests would see a gap).
     let mut y = Tensor::unwritten(x.device(), x.dtype(), x.shape())?;
-    let mut rec = forward_with(cfg, &x.view(), w, targets, counters, update, ws, &mut y.view_mut())?;
+    let mut rec = forward_with_sum(cfg, &x.view(), w, targets, counters, update, ws, &mut y.view_mut(), sum)?;
     rec.y = Some(y);
     Ok(rec)
 }
