@@ -29,6 +29,8 @@
 #![warn(missing_docs)]
 
 pub mod buffer;
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod config;
 pub mod counters;
 pub mod cpu;
