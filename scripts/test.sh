@@ -17,6 +17,10 @@
 #      memory and stream, against the CPU reference).
 #   6b. A crate that depends on aiec beside one that turns on cudarc's
 #      `dynamic-linking` (as candle's CUDA backend does) builds.
+#   6c. candle (feature `candle`): the layer's tests on both backends (the CPU
+#      reference, and the kernels on candle's memory in the simulator) and its
+#      doc examples; examples/train runs with its defaults and must write the
+#      PNG and a metrics.json with its keys.
 #   7. The Python package (scripts/test-python.sh): torch into a virtual
 #      environment under target/ when missing, `pip install ./python`, ruff,
 #      and the pytest suite on the CPU reference and the simulator.
@@ -59,6 +63,23 @@ cargo run --release --features sim --example external_memory
 
 echo "== 6b. aiec builds beside a crate that links cudarc (dynamic-linking) =="
 bash scripts/check-dynamic-linking.sh
+
+echo "== 6c. candle: the layer's tests and doc examples; examples/train runs =="
+cargo test --release --features sim,candle --test candle
+cargo test --release --features sim,candle --doc candle
+rm -rf target/train
+cargo run --release --features candle --example train -- --out target/train
+test -s target/train/train.png
+python3 - target/train/metrics.json <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+for run in ("aiec", "relu"):
+    for key in ("test_accuracy", "sparsity", "masked_fraction"):
+        v = m[run][key]
+        assert isinstance(v, list) and v and all(isinstance(x, float) for x in v), (run, key)
+print("metrics.json: aiec and relu hold per-epoch test_accuracy, sparsity and masked_fraction;",
+      "final test accuracy %.3f (AIEC), %.3f (ReLU)" % (m["aiec"]["test_accuracy"][-1], m["relu"]["test_accuracy"][-1]))
+EOF
 
 echo "== 7. the Python package: pip install ./python, ruff, pytest =="
 bash scripts/test-python.sh
