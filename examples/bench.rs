@@ -162,7 +162,7 @@ struct KernelTimes {
 /// they would in a step.
 fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<KernelTimes> {
     use aiec::launch::{
-        aiec_bwd_dv_dw, aiec_bwd_x, aiec_fwd_gate, aiec_fwd_logits, aiec_fwd_x, gate_grid, logits_groups,
+        aiec_bwd_dv_dw, aiec_bwd_x, aiec_fwd_gate, aiec_fwd_logits, aiec_fwd_x, gate_blocks, logits_groups,
         LaunchPlan, XPassArgs,
     };
     use aiec::params::{AiecGateStats, AiecLosses, AiecShape};
@@ -174,7 +174,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     let x: Vec<T> = (0..n).map(|_| T::from_f32(rng.uniform(-1.0, 1.5) as f32)).collect();
     let xs = [Tensor::from_slice(dev, &x, &p.dims())?, Tensor::from_slice(dev, &x, &p.dims())?];
     let ys = [Tensor::zeros(dev, T::DTYPE, &p.dims())?, Tensor::zeros(dev, T::DTYPE, &p.dims())?];
-    let keep: Buffer<u32> = Buffer::zeros(dev, n.div_ceil(32))?;
+    let keep: Buffer<u32> = Buffer::zeros(dev, aiec::launch::keep_words(&shape))?;
     let v: Buffer<f32> = Buffer::zeros(dev, b * c)?;
     let w: Vec<f32> = aiec::init::xavier_uniform(k, c, 1).into_iter().map(|v| v as f32).collect();
     let w = Buffer::from_slice(dev, &w)?;
@@ -187,7 +187,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     let groups = logits_groups(&shape);
     let done = Buffer::<u32>::zeros(dev, groups + 1)?;
     let mask = Buffer::<u8>::zeros(dev, b * c)?;
-    let gg = gate_grid(&shape) as usize;
+    let gg = gate_blocks(&shape);
     let (bss, bcnt) = (f32s(gg)?, Buffer::<u64>::zeros(dev, gg)?);
     let stats = Buffer::<AiecGateStats>::zeros(dev, 1)?;
     let scales = AiecLosses { aux_scale: 1.0 / b as f32, gate_scale: 1e-3, ..bytemuck::Zeroable::zeroed() };

@@ -4,23 +4,23 @@
  *   aiec_bwd_x_tokens_<dtype>(dy, keep, dv, dx, s)   dy, dx: [B, P, C]; pool token (0), avg_token (1), none (3)
  *   aiec_bwd_x_hw_<dtype>(dy, keep, dv, dx, s)       dy, dx: [B, C, P]; pool avg_hw (2)
  *
- * dtype: f32, f16, bf16. keep: the forward's bits (aiec_fwd_x.cu). dv: f32 [B, C], or null for a forward without
- * targets (then dx = keep ? dy : +0, dy's bits copied). u = unpool(dv)[b, c, p]:
+ * dtype: f32, f16, bf16. keep: the forward's bits (aiec_fwd_x.cu: row by row, each row from a word). dv: f32 [B, C],
+ * or null for a forward without targets (then dx = keep ? dy : +0, dy's bits copied). u = unpool(dv)[b, c, p]:
  * token: dv[b,c] at p == 0 only; avg_token / avg_hw: dv[b,c] / (float)P at every p; none: dv[b,c].
  * dx[i] = keep bit ? from_float(to_float(dy[i]) + u) : +0, except where u is absent (token mode, p != 0):
  * there a kept dy is copied bit for bit, as the CPU reference leaves dy_total = dy there.
  * Writes only dx; dx MAY alias dy (in-place; each element is read then written by the same thread).
  * No shared memory, no atomics, no barriers.
  * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16), as aiec_fwd_x:
- *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, 65535)), block 256: lane l of warp w of block (bx, by)
- *     owns channels [(bx*32 + l)*V, +V) of samples by, by + gridDim.y, ... at positions p = w, w+8, ...
+ *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, 65535)), block 256: warp w of block (bx, by) owns V
+ *     channels per lane of the block's 32V at samples by, by + gridDim.y, ... and positions p = w, w+8, ...
  *   tokens, token and none: grid = (ceil(C / (32*V)), min(ceil(B*P / 32), 65535)): rows r = b*P + p spread over
- *     the grid, 32 per block step, as aiec_fwd_x. (Any gridDim.y is correct in every mode.)
+ *     the grid, 32 per block step, as aiec_fwd_x, (b, p) carried from step to step. (Any gridDim.y is correct.)
  *   hw: grid = min(ceil(B*C / 8), 2^31 - 1), block 256: one warp per row r = b*C + c (r = bx*8 + w, then
- *     + 8*gridDim.x), lane l owns V consecutive positions of each 32V-position chunk.
- * Vector path (16-byte dy loads / dx stores, one keep word per chunk) when dy and dx are 16-byte aligned and
- * C % V == 0 (tokens) / P % V == 0 (hw); else one element at a time. 4 rows (chunks) in flight per warp;
- * __launch_bounds__(256, 3), no spills on sm_75/80/90.
+ *     + 8*gridDim.x), 4 chunks of 32V positions per step.
+ * Access width W and the lanes' sub-vectors as aiec_fwd_x (W from the row length and the dy / dx alignment): each
+ * sub-vector's W keep bits come from one word. 4 rows (chunks) per step in a rotating buffer, each reloaded with the
+ * next step's row (dy and its keep words) as soon as it is processed (about 4 loads per lane in flight); __launch_bounds__(256, 3), no spills on sm_75/80/90.
  */
 #include "common.cuh"
 #include "aiec_params.cuh"
@@ -32,140 +32,244 @@ using aiec::u64;
 using aiec_k::min64;
 constexpr int WARPS = 8, UNROLL = 4;
 
-template <class T>
-__device__ __forceinline__ void load(const T* dy, const u32* __restrict__ keep, u64 i0, int cnt, bool vec,
+template <int W> __device__ __forceinline__ u64 sub_off(int j, int lane) { return (u64)j * 32 * W + (u64)lane * W; }
+
+// Loads the lane's chunk of dy at row offset base (sub-vectors past the row read as 0) and its keep bits (bits
+// j*W + e: sub-vector j's W bits, from the row's words krow).
+template <int W, class T>
+__device__ __forceinline__ void load(const T* dyrow, const u32* __restrict__ krow, u64 base, u64 len, int lane,
                                      Pack16<T>& p, u32& bits) {
-  constexpr int V = Pack16<T>::N;
-  if (vec && cnt == V) {  // i0 % V == 0: the chunk lies in one keep word
-    p.u = aiec::ld16(dy + i0);
-    bits = (keep[i0 >> 5] >> (i0 & 31)) & ((1u << V) - 1u);
+  constexpr int V = Pack16<T>::N, NJ = V / W;
+  bits = 0;
+  if constexpr (W == V) {
+    const u64 o = base + sub_off<W>(0, lane);
+    if (o < len) {
+      p.u = aiec::ld16(dyrow + o);
+      bits = (krow[o >> 5] >> (o & 31)) & ((1u << V) - 1u);
+    } else {
+      p.u = uint4{0u, 0u, 0u, 0u};
+    }
   } else {
-    bits = 0;
     AIEC_UNROLL
-    for (int j = 0; j < V; ++j) {
-      const u64 i = i0 + j;
-      p.v[j] = j < cnt ? dy[i] : T{};
-      if (j < cnt) bits |= ((keep[i >> 5] >> (i & 31)) & 1u) << j;
+    for (int j = 0; j < NJ; ++j) {
+      const u64 o = base + sub_off<W>(j, lane);
+      if (o < len) {
+        aiec_k::ldvec<W>(dyrow + o, p.v + j * W);
+        bits |= ((krow[o >> 5] >> (o & 31)) & ((1u << W) - 1u)) << (j * W);
+      } else {
+        AIEC_UNROLL
+        for (int e = 0; e < W; ++e) p.v[j * W + e] = T{};
+      }
     }
   }
 }
 
-// dx for the chunk: kept elements get dy + u[j] (add) or dy's bits (!add), dropped ones +0.
-template <class T>
-__device__ __forceinline__ void apply(Pack16<T>& p, u32 bits, const float* u, bool add, T* dx, u64 i0, int cnt,
-                                      bool vec) {
-  constexpr int V = Pack16<T>::N;
+// dx for the chunk: kept elements get dy + u[slot] (add) or dy's bits (!add), dropped ones +0.
+template <int W, class T>
+__device__ __forceinline__ void apply(Pack16<T>& p, u32 bits, const float* u, bool add, T* dxrow, u64 base, u64 len,
+                                      int lane) {
+  constexpr int V = Pack16<T>::N, NJ = V / W;
   AIEC_UNROLL
-  for (int j = 0; j < V; ++j) {
-    if (!((bits >> j) & 1u)) p.v[j] = T{};
-    else if (add) p.v[j] = aiec::from_float<T>(aiec::to_float(p.v[j]) + u[j]);
+  for (int i = 0; i < V; ++i) {
+    if (!((bits >> i) & 1u)) p.v[i] = T{};
+    else if (add) p.v[i] = aiec::from_float<T>(aiec::to_float(p.v[i]) + u[i]);
   }
-  if (vec && cnt == V) {
-    aiec::st16(dx + i0, p.u);
+  if constexpr (W == V) {
+    const u64 o = base + sub_off<W>(0, lane);
+    if (o < len) aiec::st16(dxrow + o, p.u);
   } else {
     AIEC_UNROLL
-    for (int j = 0; j < V; ++j)
-      if (j < cnt) dx[i0 + j] = p.v[j];
+    for (int j = 0; j < NJ; ++j) {
+      const u64 o = base + sub_off<W>(j, lane);
+      if (o < len) aiec_k::stvec<W>(dxrow + o, p.v + j * W);
+    }
   }
+}
+
+// The tokens layout (see the file comment), with access width W.
+template <int W, class T>
+__device__ __noinline__ void tokens_rows(const T* dy, const u32* __restrict__ keep, const float* __restrict__ dv,
+                                         T* dx, AiecShape s) {
+  constexpr int V = Pack16<T>::N, NJ = V / W;
+  constexpr int U = W * 8 <= V ? 1 : W * 4 <= V ? 2 : UNROLL;  // narrower accesses, fewer rows per step
+  const u64 B = s.batch, P = s.positions, C = s.channels, wpr = (C + 31) >> 5;
+  const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
+  const u64 base = (u64)blockIdx.x * 32 * V;
+  if (base + sub_off<W>(0, lane) >= C) return;  // no channel for this lane (no barriers, no warp ops below)
+  const bool token = s.pool == AIEC_POOL_TOKEN;
+  Pack16<T> cur[U];  // a rotating buffer (aiec_fwd_x.cu): row u of this step, then of the next
+  u32 cb[U];
+  AIEC_UNROLL
+  for (int u = 0; u < U; ++u) {
+    cur[u].u = uint4{0u, 0u, 0u, 0u};
+    cb[u] = 0;
+  }
+  // token / none: rows r = b*P + p spread over the grid (as aiec_fwd_x); dv is added at p == 0 only.
+  const u64 R = B * P, step = (u64)gridDim.y * WARPS * U, sp = step % P;
+  u64 r0 = (u64)blockIdx.y * WARPS * U, rp[U];
+  AIEC_UNROLL
+  for (int u = 0; u < U; ++u) {
+    const u64 r = r0 + (u64)u * WARPS + warp;
+    rp[u] = r % P;
+    if (r < R) load<W>(dy + r * C, keep + r * wpr, base, C, lane, cur[u], cb[u]);
+  }
+  for (; r0 < R; r0 += step) {
+    AIEC_UNROLL
+    for (int u = 0; u < U; ++u) {
+      const u64 r = r0 + (u64)u * WARPS + warp;
+      if (r < R) {
+        const bool add = dv && (!token || rp[u] == 0);
+        const u64 b = !add ? 0 : P == 1 ? r : r / P;  // one division per sample, none per row
+        float uu[V];
+        AIEC_UNROLL
+        for (int j = 0; j < NJ; ++j) {
+          const u64 o = base + sub_off<W>(j, lane);
+          AIEC_UNROLL
+          for (int e = 0; e < W; ++e) uu[j * W + e] = add && o < C ? dv[b * C + o + e] : 0.0f;
+        }
+        apply<W>(cur[u], cb[u], uu, add, dx + r * C, base, C, lane);
+      }
+      const u64 rn = r + step;  // the next step's row u, in flight while the later rows are processed
+      if (rn < R) load<W>(dy + rn * C, keep + rn * wpr, base, C, lane, cur[u], cb[u]);
+      rp[u] += sp;
+      if (rp[u] >= P) rp[u] -= P;
+    }
+  }
+}
+
+template <int W, class T>
+__device__ __noinline__ void tokens_avg(const T* dy, const u32* __restrict__ keep, const float* __restrict__ dv,
+                                         T* dx, AiecShape s) {
+  constexpr int V = Pack16<T>::N, NJ = V / W;
+  constexpr int U = W * 8 <= V ? 1 : W * 4 <= V ? 2 : UNROLL;  // narrower accesses, fewer rows per step
+  const u64 B = s.batch, P = s.positions, C = s.channels, wpr = (C + 31) >> 5;
+  const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
+  const u64 base = (u64)blockIdx.x * 32 * V;
+  if (base + sub_off<W>(0, lane) >= C) return;  // no channel for this lane (no barriers, no warp ops below)
+  Pack16<T> cur[U];  // a rotating buffer (aiec_fwd_x.cu): row u of this step, then of the next
+  u32 cb[U];
+  AIEC_UNROLL
+  for (int u = 0; u < U; ++u) {
+    cur[u].u = uint4{0u, 0u, 0u, 0u};
+    cb[u] = 0;
+  }
+  const u64 bstep = gridDim.y;
+  u64 b = blockIdx.y, p0 = (u64)warp;
+  AIEC_UNROLL
+  for (int u = 0; u < U; ++u) {
+    const u64 p = p0 + (u64)u * WARPS;
+    if (b < B && p < P) load<W>(dy + (b * P + p) * C, keep + (b * P + p) * wpr, base, C, lane, cur[u], cb[u]);
+  }
+  for (; b < B; b += bstep, p0 = (u64)warp) {
+    float uu[V];
+    AIEC_UNROLL
+    for (int j = 0; j < NJ; ++j) {
+      const u64 o = base + sub_off<W>(j, lane);
+      AIEC_UNROLL
+      for (int e = 0; e < W; ++e) uu[j * W + e] = (o < C && dv ? dv[b * C + o + e] : 0.0f) / (float)P;
+    }
+    for (; p0 < P;) {  // warp-uniform
+      u64 b1 = b, np = p0 + WARPS * U;
+      if (np >= P) {
+        b1 = b + bstep;
+        np = (u64)warp;
+      }
+      AIEC_UNROLL
+      for (int u = 0; u < U; ++u) {
+        const u64 p = p0 + (u64)u * WARPS;
+        if (p < P) apply<W>(cur[u], cb[u], uu, dv != nullptr, dx + (b * P + p) * C, base, C, lane);
+        const u64 pn = np + (u64)u * WARPS;  // the next step's row u
+        if (b1 < B && pn < P)
+          load<W>(dy + (b1 * P + pn) * C, keep + (b1 * P + pn) * wpr, base, C, lane, cur[u], cb[u]);
+      }
+      if (b1 != b) break;  // the next sample's rows are loaded
+      p0 = np;
+    }
+  }
+}
+
+// The tokens layout with access width W: token / none, or avg_token.
+template <int W, class T>
+__device__ __forceinline__ void tokens_body(const T* dy, const u32* __restrict__ keep, const float* __restrict__ dv,
+                                            T* dx, AiecShape s) {
+  if (s.pool == AIEC_POOL_AVG_TOKEN || s.pool == AIEC_POOL_AVG_HW) tokens_avg<W>(dy, keep, dv, dx, s);
+  else tokens_rows<W>(dy, keep, dv, dx, s);
+}
+
+// The hw layout (see the file comment), with access width W.
+template <int W, class T>
+__device__ __noinline__ void hw_body(const T* dy, const u32* __restrict__ keep, const float* __restrict__ dv, T* dx,
+                                     AiecShape s) {
+  constexpr int V = Pack16<T>::N, CHUNK = 32 * V;
+  constexpr int U = W * 8 <= V ? 1 : W * 4 <= V ? 2 : UNROLL;  // narrower accesses, fewer rows per step
+  const u64 P = s.positions, rows = s.batch * s.channels, wpr = (P + 31) >> 5;
+  const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
+  const u64 rstep = (u64)gridDim.x * WARPS;
+  Pack16<T> cur[U];  // a rotating buffer: chunk u of this step, then of the next
+  u32 cb[U];
+  AIEC_UNROLL
+  for (int u = 0; u < U; ++u) {
+    cur[u].u = uint4{0u, 0u, 0u, 0u};
+    cb[u] = 0;
+  }
+  u64 r = (u64)blockIdx.x * WARPS + warp, q0 = 0;
+  AIEC_UNROLL
+  for (int u = 0; u < U; ++u)
+    if (r < rows) load<W>(dy + r * P, keep + r * wpr, (u64)u * CHUNK, P, lane, cur[u], cb[u]);
+  while (r < rows) {  // warp-uniform
+    u64 nr = r, nq = q0 + (u64)CHUNK * U;
+    if (nq >= P) {
+      nr = r + rstep;
+      nq = 0;
+    }
+    const float g = dv ? dv[r] / (float)P : 0.0f;
+    float uu[V];
+    AIEC_UNROLL
+    for (int i = 0; i < V; ++i) uu[i] = g;
+    AIEC_UNROLL
+    for (int u = 0; u < U; ++u) {
+      const u64 q = q0 + (u64)u * CHUNK;
+      if (q < P) apply<W>(cur[u], cb[u], uu, dv != nullptr, dx + r * P, q, P, lane);
+      if (nr < rows) load<W>(dy + nr * P, keep + nr * wpr, nq + (u64)u * CHUNK, P, lane, cur[u], cb[u]);
+    }
+    r = nr;
+    q0 = nq;
+  }
+}
+
+template <class T> __device__ __forceinline__ int width(u64 len, u64 addr_bits) {
+  constexpr int V = Pack16<T>::N;
+  int w = V;
+  while (w > 1 && !(len % w == 0 && addr_bits % (w * sizeof(T)) == 0)) w >>= 1;
+  return w;
 }
 }  // namespace aiec_bx
 
 template <class T>
 __device__ __forceinline__ void aiec_bwd_x_tokens(const T* dy,                         // [B, P, C], may alias dx
-                                                  const aiec::u32* __restrict__ keep,  // [ceil(B*P*C / 32)]
+                                                  const aiec::u32* __restrict__ keep,  // KeepLayout words
                                                   const float* __restrict__ dv,        // [B, C] or null
                                                   T* dx,                               // [B, P, C]
                                                   AiecShape s) {
-  using namespace aiec_bx;
-  constexpr int V = Pack16<T>::N;
-  const u64 B = s.batch, P = s.positions, C = s.channels;
-  const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
-  const u64 c0 = ((u64)blockIdx.x * 32 + lane) * V;
-  const int cnt = c0 < C ? (int)min64(V, C - c0) : 0;
-  if (!cnt) return;  // no barriers, no warp ops below
-  const bool vec = C % V == 0 && ((aiec::addr(dy) | aiec::addr(dx)) & 15) == 0;
-  const bool avg = s.pool == AIEC_POOL_AVG_TOKEN || s.pool == AIEC_POOL_AVG_HW;
-  const bool token = s.pool == AIEC_POOL_TOKEN;
-  if (!avg) {
-    // token / none: rows r = b*P + p spread over the grid (as aiec_fwd_x); dv is added at p == 0 only.
-    const u64 R = B * P;
-    for (u64 r0 = (u64)blockIdx.y * WARPS * UNROLL; r0 < R; r0 += (u64)gridDim.y * WARPS * UNROLL) {
-      Pack16<T> pg[UNROLL];
-      u32 bits[UNROLL];
-      AIEC_UNROLL
-      for (int q = 0; q < UNROLL; ++q) {
-        const u64 r = r0 + (u64)q * WARPS + warp;
-        if (r < R) load(dy, keep, r * C + c0, cnt, vec, pg[q], bits[q]);
-      }
-      AIEC_UNROLL
-      for (int q = 0; q < UNROLL; ++q) {
-        const u64 r = r0 + (u64)q * WARPS + warp;
-        if (r >= R) continue;
-        const bool add = dv && (!token || r % P == 0);
-        float u[V];
-        AIEC_UNROLL
-        for (int j = 0; j < V; ++j) u[j] = add && j < cnt ? dv[(r / P) * C + c0 + j] : 0.0f;
-        apply(pg[q], bits[q], u, add, dx, r * C + c0, cnt, vec);
-      }
-    }
-    return;
-  }
-  for (u64 b = blockIdx.y; b < B; b += gridDim.y) {
-    float u[V];
-    AIEC_UNROLL
-    for (int j = 0; j < V; ++j) {
-      u[j] = j < cnt && dv ? dv[b * C + c0 + j] : 0.0f;
-      if (avg) u[j] = u[j] / (float)P;
-    }
-    for (u64 p0 = (u64)warp; p0 < P; p0 += WARPS * UNROLL) {
-      Pack16<T> pg[UNROLL];
-      u32 bits[UNROLL];
-      AIEC_UNROLL
-      for (int q = 0; q < UNROLL; ++q) {
-        const u64 p = p0 + (u64)q * WARPS;
-        if (p < P) load(dy, keep, (b * P + p) * C + c0, cnt, vec, pg[q], bits[q]);
-      }
-      AIEC_UNROLL
-      for (int q = 0; q < UNROLL; ++q) {
-        const u64 p = p0 + (u64)q * WARPS;
-        if (p >= P) continue;  // warp-uniform (and so are the later u)
-        apply(pg[q], bits[q], u, dv && (!token || p == 0), dx, (b * P + p) * C + c0, cnt, vec);
-      }
-    }
+  switch (aiec_bx::width<T>(s.channels, aiec::addr(dy) | aiec::addr(dx))) {
+    case 8: aiec_bx::tokens_body<aiec::Pack16<T>::N>(dy, keep, dv, dx, s); break;  // 16-bit types only
+    case 4: aiec_bx::tokens_body<4>(dy, keep, dv, dx, s); break;
+    case 2: aiec_bx::tokens_body<2>(dy, keep, dv, dx, s); break;
+    default: aiec_bx::tokens_body<1>(dy, keep, dv, dx, s); break;
   }
 }
 
 template <class T>
 __device__ __forceinline__ void aiec_bwd_x_hw(const T* dy,                         // [B, C, P], may alias dx
-                                              const aiec::u32* __restrict__ keep,  // [ceil(B*C*P / 32)]
+                                              const aiec::u32* __restrict__ keep,  // KeepLayout words
                                               const float* __restrict__ dv,        // [B, C] or null
                                               T* dx,                               // [B, C, P]
                                               AiecShape s) {
-  using namespace aiec_bx;
-  constexpr int V = Pack16<T>::N, CHUNK = 32 * V;
-  const u64 P = s.positions, rows = s.batch * s.channels;
-  const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
-  const bool vec = P % V == 0 && ((aiec::addr(dy) | aiec::addr(dx)) & 15) == 0;
-  for (u64 r = (u64)blockIdx.x * WARPS + warp; r < rows; r += (u64)gridDim.x * WARPS) {
-    const float g = dv ? dv[r] / (float)P : 0.0f;
-    float u[V];
-    AIEC_UNROLL
-    for (int j = 0; j < V; ++j) u[j] = g;
-    for (u64 q0 = (u64)lane * V; q0 < P; q0 += (u64)CHUNK * UNROLL) {
-      Pack16<T> pg[UNROLL];
-      u32 bits[UNROLL];
-      AIEC_UNROLL
-      for (int q = 0; q < UNROLL; ++q) {
-        const u64 pos = q0 + (u64)q * CHUNK;
-        if (pos < P) load(dy, keep, r * P + pos, (int)min64(V, P - pos), vec, pg[q], bits[q]);
-      }
-      AIEC_UNROLL
-      for (int q = 0; q < UNROLL; ++q) {
-        const u64 pos = q0 + (u64)q * CHUNK;
-        if (pos >= P) continue;
-        apply(pg[q], bits[q], u, dv != nullptr, dx, r * P + pos, (int)min64(V, P - pos), vec);
-      }
-    }
+  switch (aiec_bx::width<T>(s.positions, aiec::addr(dy) | aiec::addr(dx))) {
+    case 8: aiec_bx::hw_body<aiec::Pack16<T>::N>(dy, keep, dv, dx, s); break;  // 16-bit types only
+    case 4: aiec_bx::hw_body<4>(dy, keep, dv, dx, s); break;
+    case 2: aiec_bx::hw_body<2>(dy, keep, dv, dx, s); break;
+    default: aiec_bx::hw_body<1>(dy, keep, dv, dx, s); break;
   }
 }
 

@@ -1,6 +1,13 @@
 // kernels/aiec_params.cuh - parameter structs of the fused AIEC training kernels (aiec_*.cu), mirrored in Rust with
 // #[repr(C)] (sizes and offsets pinned there and by the static_asserts below), and the helpers those files share.
 // Included after common.cuh; NVRTC gets it in memory by this file name, like common.cuh.
+//
+// Keep bits (written by aiec_fwd_x, read by aiec_bwd_x; launch::KeepLayout in Rust is the same definition): one bit
+// per element of the activation (NOT x <= tau), row by row, every row starting at a 32-bit word. The rows are what
+// the passes walk along: in the tokens layouts ([B, P, C]) the B*P rows of C channels, in the hw layout ([B, C, P])
+// the B*C rows of P positions. Element j of row r is bit j % 32 of word r * ceil(L / 32) + j / 32 (L the row
+// length), LSB first; the at most 31 padding bits of a row are 0. So the 32 bits of a word always belong to one row
+// and a warp builds each word with shuffles, whatever C or P.
 #pragma once
 #include "common.cuh"
 
@@ -102,15 +109,6 @@ __device__ __forceinline__ u64 min64(u64 a, u64 b) { return a < b ? a : b; }
 __device__ __forceinline__ bool is_nan(float f) { return f != f; }
 // The threshold unit's rule: keep where NOT x <= tau (a NaN is kept).
 template <class T> __device__ __forceinline__ bool keeps(T x, float tau) { return !(aiec::to_float(x) <= tau); }
-// The keep word that starts at flat element ws (ws % 32 == 0): bits of x[ws .. min(ws + 32, n)), 0 past n.
-// The general (ragged) path: the thread owning element ws builds the whole word, reading past its own elements.
-template <class T>
-__device__ __forceinline__ u32 keep_word(const T* x, u64 ws, u64 n, float tau) {
-  const u32 e = (u32)min64(n - ws, 32);
-  u32 w = 0;
-  for (u32 j = 0; j < e; ++j) w |= (u32)keeps(x[ws + j], tau) << j;
-  return w;
-}
 // The targets check of a training forward, run by ONE whole block (every thread must call it: it has barriers):
 // writes *status (see AiecTargetStatus), and when a target is bad and *device_error (may be null) holds no error
 // yet (index < 0), copies the status there too: the first bad step since the host last read that record.
@@ -146,6 +144,56 @@ __device__ __forceinline__ void check_targets(const long long* __restrict__ targ
     }
   }
   __syncthreads();  // scan may be reused by the caller
+}
+// ---------------------------------------------------------------- W-element vector access (the activation passes)
+// The activation passes move each lane's V = 16 / sizeof(T) elements of a row as V / W vectors of W elements
+// (16, 8, 4 or 2 bytes): W = V where the rows and the pointers are 16-byte aligned, narrower where they are not
+// (aiec_fwd_x.cu). p must be aligned to W * sizeof(T): one ld/st.global of that width on the GPU; in the simulator a
+// memcpy after an alignment check (a misaligned p fails the launch, as it faults on the GPU).
+template <int NB> struct RawBytes;
+template <> struct RawBytes<16> { typedef uint4 type; };
+template <> struct RawBytes<8> { typedef uint2 type; };
+template <> struct RawBytes<4> { typedef unsigned int type; };
+template <> struct RawBytes<2> { typedef unsigned short type; };
+template <int W, class T> union VecW {
+  typename RawBytes<W * (int)sizeof(T)>::type u;
+  T v[W];
+};
+// Whether rows of `len` elements at the addresses in `addr_bits` (ORed together) allow W-element vectors.
+template <int W, class T> __device__ __forceinline__ bool fits_vec(u64 len, u64 addr_bits) {
+  return len % W == 0 && addr_bits % (W * sizeof(T)) == 0;
+}
+template <int W, class T> __device__ __forceinline__ void ldvec(const T* p, T* out) {
+  VecW<W, T> t;
+#ifdef AIEC_CUDA
+  t.u = *reinterpret_cast<const typename RawBytes<W * (int)sizeof(T)>::type*>(p);
+#else
+  if (reinterpret_cast<u64>(p) % (W * sizeof(T))) throw ::cuda_sim::Error("misaligned vector load (the GPU faults)");
+  memcpy(&t.u, p, sizeof t.u);
+#endif
+  AIEC_UNROLL
+  for (int e = 0; e < W; ++e) out[e] = t.v[e];
+}
+template <int W, class T> __device__ __forceinline__ void stvec(T* p, const T* in) {
+  VecW<W, T> t;
+  AIEC_UNROLL
+  for (int e = 0; e < W; ++e) t.v[e] = in[e];
+#ifdef AIEC_CUDA
+  *reinterpret_cast<typename RawBytes<W * (int)sizeof(T)>::type*>(p) = t.u;
+#else
+  if (reinterpret_cast<u64>(p) % (W * sizeof(T))) throw ::cuda_sim::Error("misaligned vector store (the GPU faults)");
+  memcpy(p, &t.u, sizeof t.u);
+#endif
+}
+// Advances (b, p), the sample and position of a row r = b * P + p, by a step of sb * P + sp rows (sp < P): the
+// activation passes walk their rows so, without a division per row.
+__device__ __forceinline__ void advance_row(u64& b, u64& p, u64 sb, u64 sp, u64 P) {
+  b += sb;
+  p += sp;
+  if (p >= P) {
+    p -= P;
+    ++b;
+  }
 }
 // Sum over the warp by an xor butterfly: every lane gets the same bits, for any schedule.
 __device__ __forceinline__ float warp_sum(float v) {

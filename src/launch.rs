@@ -228,9 +228,57 @@ pub fn block_threads(kernel: &str) -> u32 {
     }
 }
 
-/// The keep bits of one activation tensor: `u32` words (1 bit per element).
+/// How the keep bits of one activation tensor are laid out: one bit per
+/// element, row by row, every row starting at a `u32` word (so that the
+/// activation passes build and read whole words for any row length, at most 31
+/// padding bits per row, all 0). A row is what the passes walk along: the
+/// `B*P` rows of `C` channels in the tokens layouts (`token`, `avg_token`,
+/// `none`), the `B*C` rows of `P = H*W` positions in `avg_hw`. Element `j` of
+/// row `r` (flat index `r * row_len + j`) is bit `j % 32` of word
+/// `r * words_per_row + j / 32`, least significant bit first. The kernels
+/// (`kernels/aiec_fwd_x.cu`, `kernels/aiec_bwd_x.cu`), [`keep_words`] and
+/// [`crate::cpu::buffers::pack_keep`] / `unpack_keep` follow this one definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepLayout {
+    /// Rows.
+    pub rows: u64,
+    /// Elements per row (`C`, or `P` for `avg_hw`), at least 1 unless the tensor is empty.
+    pub row_len: u64,
+    /// `ceil(row_len / 32)`.
+    pub words_per_row: u64,
+}
+
+impl KeepLayout {
+    /// The layout for a planned shape.
+    pub fn of(shape: &AiecShape) -> KeepLayout {
+        let (rows, row_len) = if is_hw(shape) {
+            (shape.batch * shape.channels, shape.positions)
+        } else {
+            (shape.batch * shape.positions, shape.channels)
+        };
+        KeepLayout { rows, row_len, words_per_row: row_len.div_ceil(32) }
+    }
+
+    /// The layout for a planned input.
+    pub fn of_dims(dims: &crate::config::InputDims) -> KeepLayout {
+        Self::of(&AiecShape::new(dims, 1, 0.0, false))
+    }
+
+    /// Words in all.
+    pub fn words(&self) -> usize {
+        (self.rows * self.words_per_row) as usize
+    }
+
+    /// The word and bit of the element at flat index `i` (`i < rows * row_len`).
+    pub fn bit(&self, i: u64) -> (usize, u32) {
+        let (r, j) = (i / self.row_len, i % self.row_len);
+        ((r * self.words_per_row + j / 32) as usize, (j % 32) as u32)
+    }
+}
+
+/// The keep bits of one activation tensor: `u32` words ([`KeepLayout`]).
 pub fn keep_words(shape: &AiecShape) -> usize {
-    elems(shape).div_ceil(32) as usize
+    KeepLayout::of(shape).words()
 }
 
 /// The device addresses of `aiec_fwd_x`'s arguments (0 = null where allowed).
@@ -305,9 +353,9 @@ pub fn aiec_fwd_logits(
 /// the targets status. One allocation, zeroed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardScratch {
-    /// `f32 [gate_grid]`.
+    /// `f32 [gate_blocks]`.
     pub gate_sum_sq: usize,
-    /// `u64 [gate_grid]`.
+    /// `u64 [gate_blocks]`.
     pub gate_count: usize,
     /// `u32 [logits_groups + 1]`: the logits groups' tickets, then the gate's.
     pub tickets: usize,
@@ -320,7 +368,7 @@ pub struct ForwardScratch {
 impl ForwardScratch {
     /// The layout for `shape`.
     pub fn of(shape: &AiecShape) -> ForwardScratch {
-        let g = gate_grid(shape) as usize;
+        let g = gate_blocks(shape);
         let up8 = |n: usize| n.div_ceil(8) * 8;
         let gate_count = up8(4 * g);
         let tickets = gate_count + 8 * g;
@@ -329,9 +377,24 @@ impl ForwardScratch {
     }
 }
 
+/// Channels per `aiec_fwd_gate` block (grid.x).
+pub const GATE_CHANNELS: u64 = 64;
+/// Classes per `aiec_fwd_gate` class group (grid.y).
+pub const GATE_CLASSES: u64 = 256;
+
+/// Grid of `aiec_fwd_gate`: channel chunks x class groups.
+pub fn gate_grid(shape: &AiecShape) -> [u32; 3] {
+    [
+        shape.channels.div_ceil(GATE_CHANNELS).clamp(1, (1 << 31) - 1) as u32,
+        shape.classes.div_ceil(GATE_CLASSES).clamp(1, 65_535) as u32,
+        1,
+    ]
+}
+
 /// Blocks of `aiec_fwd_gate` (its scratch arrays have one entry per block).
-pub fn gate_grid(shape: &AiecShape) -> u32 {
-    (shape.batch * shape.channels).div_ceil(AIEC_BLOCK as u64).clamp(1, 1024) as u32
+pub fn gate_blocks(shape: &AiecShape) -> usize {
+    let [x, y, _] = gate_grid(shape);
+    x as usize * y as usize
 }
 
 /// Launch 3: `aiec_fwd_gate(v, w, targets, act, inh, mask, block_sum_sq, block_count, done, stats, shape)`.
@@ -340,7 +403,7 @@ pub fn aiec_fwd_gate(shape: &AiecShape, inputs: [u64; 5], outputs: [u64; 5]) -> 
     (shape.batch * shape.channels > 0).then(|| LaunchPlan {
         module: Module::all("aiec_fwd_gate.cu"),
         kernel: "aiec_fwd_gate".into(),
-        grid: [gate_grid(shape), 1, 1],
+        grid: gate_grid(shape),
         block: [AIEC_BLOCK, 1, 1],
         shared_bytes: 0,
         args: args.collect(),
@@ -498,8 +561,9 @@ mod tests {
         let huge = aiec_fwd_logits(&shape(Pool::None, 1, 1, 1, 1 << 30), [0; 5], [0; 3], [0; 3], 0).unwrap();
         assert_eq!(huge.grid, [1, 65_535, 1], "class tiles beyond the grid limit loop in the kernel");
         let g = aiec_fwd_gate(&s, [1, 2, 3, 4, 5], [6, 7, 8, 9, 10]).unwrap();
-        assert_eq!((g.grid, g.args.len()), ([1024, 1, 1], 11));
-        assert_eq!(gate_grid(&shape(Pool::None, 3, 1, 5, 2)), 1);
+        assert_eq!((g.grid, g.args.len()), ([48, 4, 1], 11), "64 channels x 256 classes per block");
+        assert_eq!(gate_grid(&shape(Pool::None, 3, 1, 5, 2)), [1, 1, 1]);
+        assert_eq!(gate_blocks(&shape(Pool::None, 4096, 1, 4096, 1000)), 64 * 4);
         // Empty batches launch nothing in the forward.
         let e = shape(Pool::Token, 0, 5, 8, 4);
         assert!(aiec_fwd_x(DType::F32, &e, xa()).is_none());
@@ -532,14 +596,32 @@ mod tests {
             shape(Pool::None, 9, 1, 1, 1),
         ] {
             let l = ForwardScratch::of(&s);
-            let (g, groups) = (gate_grid(&s) as usize, logits_groups(&s));
+            let (g, groups) = (gate_blocks(&s), logits_groups(&s));
             assert!(l.gate_count % 8 == 0 && l.status % 8 == 0);
             assert!(l.gate_sum_sq + 4 * g <= l.gate_count);
             assert!(l.gate_count + 8 * g <= l.tickets);
             assert!(l.tickets + 4 * (groups + 1) <= l.status);
             assert_eq!(l.bytes, l.status + 32);
         }
-        assert_eq!(keep_words(&shape(Pool::Token, 3, 5, 7, 2)), (3 * 5 * 7usize).div_ceil(32));
+    }
+
+    #[test]
+    fn keep_bits_are_row_padded() {
+        // tokens: 15 rows of 7 channels, one word each; avg_hw: rows of P = 49 positions, two words each.
+        assert_eq!(keep_words(&shape(Pool::Token, 3, 5, 7, 2)), 15);
+        let h = KeepLayout::of(&shape(Pool::AvgHw, 2, 49, 3, 2));
+        assert_eq!((h.rows, h.row_len, h.words_per_row, h.words()), (6, 49, 2, 12));
+        assert_eq!(h.bit(0), (0, 0));
+        assert_eq!(h.bit(31), (0, 31));
+        assert_eq!(h.bit(32), (1, 0));
+        assert_eq!(h.bit(48), (1, 16));
+        assert_eq!(h.bit(49), (2, 0), "row 1 starts at a word");
+        assert_eq!(h.bit(5 * 49 + 48), (11, 16));
+        // Rows of a multiple of 32 pack densely: ceil(n / 32) words.
+        let s = shape(Pool::Token, 256, 197, 3072, 1000);
+        assert_eq!(keep_words(&s), (256 * 197 * 3072usize) / 32);
+        assert_eq!(keep_words(&shape(Pool::None, 4, 1, 33, 2)), 8);
+        assert_eq!(keep_words(&shape(Pool::None, 0, 1, 33, 2)), 0);
     }
 
     #[test]

@@ -282,7 +282,13 @@ fn saved_state_is_one_bit_per_element_plus_o_of_bc_plus_bk() {
             let mut counters = GpuCounters::new(&dev, k, c).unwrap();
             let rec = gpu::forward(&cfg, &x, &w, Some(&vec![0; b]), &mut counters, false).unwrap();
             let aux = rec.aux.as_ref().unwrap();
-            assert_eq!(rec.keep.byte_len(), n.div_ceil(32) * 4, "one bit per activation element");
+            // One bit per element, row by row, each row from a word: rows of C channels, or of
+            // H*W positions for avg_hw (7x7 = 49: two words per row, 15 padding bits).
+            let (rows, len) = if pool == Pool::AvgHw { (b * c, 49) } else { (n / c, c) };
+            assert_eq!(rec.keep.byte_len(), rows * len.div_ceil(32) * 4, "one bit per element, rows padded");
+            assert!(rec.keep.len() * 32 - n <= 31 * rows, "at most 31 padding bits per row");
+            let want = aiec::launch::keep_words(&aiec::params::AiecShape::new(&rec.dims, k, 0.0, false));
+            assert_eq!(rec.keep.len(), want, "launch::keep_words");
             assert!(aux.v.len() == b * c);
             let rest = rec.saved_bytes() - rec.keep.byte_len();
             // v (4) + mask (1) per B*C; logits and g (4 + 4) per B*K; targets and ce per B; stats.
@@ -446,6 +452,8 @@ fn activation_passes_are_correct_for_any_grid() {
             (Pool::None, vec![77, 40]),
             (Pool::AvgToken, vec![3, 19, 33]),
             (Pool::AvgHw, vec![3, 33, 5, 7]),
+            (Pool::AvgHw, vec![2, 9, 14, 14]),
+            (Pool::Token, vec![3, 9, 35]),
         ] {
             let c = if pool == Pool::AvgHw { dims[1] } else { *dims.last().unwrap() };
             let cfg = AiecConfig::new(c, 3, 0.1, pool).unwrap();
@@ -460,7 +468,7 @@ fn activation_passes_are_correct_for_any_grid() {
             let run = |shrink: bool| {
                 let y = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
                 let dx = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
-                let keep: Buffer<u32> = Buffer::zeros(&dev, n.div_ceil(32)).unwrap();
+                let keep: Buffer<u32> = Buffer::zeros(&dev, aiec::launch::keep_words(&shape)).unwrap();
                 let v: Buffer<f32> = Buffer::zeros(&dev, plan.batch * c).unwrap();
                 let args = XPassArgs {
                     x: xt.address(),

@@ -76,6 +76,13 @@ struct Case {
 };
 static bool hw(const Case& k) { return k.pool == 2; }
 static u64 idx(const Case& k, u64 b, u64 c, u64 p) { return hw(k) ? (b * k.C + c) * k.P + p : (b * k.P + p) * k.C + c; }
+// The keep-bit layout (aiec_params.cuh "Keep bits"): rows of L = C (tokens) or P (hw) elements, each from a word.
+static u64 row_len(const Case& k) { return hw(k) ? k.P : k.C; }
+static u64 keep_nwords(const Case& k) { return k.B * k.P * k.C / row_len(k) * cdiv(row_len(k), 32); }
+static u64 keep_bit(const Case& k, u64 i) {  // flat element i -> bit index (word * 32 + bit)
+  const u64 L = row_len(k);
+  return i / L * cdiv(L, 32) * 32 + i % L;
+}
 
 struct Bytes {  // a buffer with a 64-byte guard of 0xCD before and after, data at `off` elements
   std::vector<unsigned char> raw; size_t pad = 64, bytes;
@@ -132,7 +139,7 @@ static void fill(const Case& k, unsigned char* p, u64 n, std::mt19937_64& rng) {
 }
 
 static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool verify) {
-  const u64 B = k.B, P = k.P, C = k.C, K = k.K, n = B * P * C, nw = cdiv(n, 32);
+  const u64 B = k.B, P = k.P, C = k.C, K = k.K, n = B * P * C, nw = keep_nwords(k);
   const Dt dt = k.dt;
   const size_t es = dt_size(dt), V = 16 / es;
   std::mt19937_64 rng(data_seed);
@@ -187,9 +194,12 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
       const bool kp = !(widen(dt, x.p + i * es) <= k.tau);
       static const unsigned char zero[4] = {0, 0, 0, 0};
       ck.exact(memcmp(y.p + i * es, kp ? x.p + i * es : zero, es) == 0, "y", i);
-      ck.exact(((kw[i / 32] >> (i % 32)) & 1) == (u32)kp, "keep", i);
+      const u64 kb = keep_bit(k, i);
+      ck.exact(((kw[kb / 32] >> (kb % 32)) & 1) == (u32)kp, "keep", i);
     }
-    for (u64 j = n; j < nw * 32; ++j) ck.exact(((kw[j / 32] >> (j % 32)) & 1) == 0, "keep-tail", j);
+    std::vector<bool> used(nw * 32, false);  // every bit that is no element's is 0 (row padding)
+    for (u64 i = 0; i < n; ++i) used[keep_bit(k, i)] = true;
+    for (u64 j = 0; j < nw * 32; ++j) ck.exact(used[j] || ((kw[j / 32] >> (j % 32)) & 1) == 0, "keep-padding", j);
     for (u64 b = 0; b < B; ++b)
       for (u64 c = 0; c < C; ++c) {
         const bool avg = k.pool == 1 || k.pool == 2;
@@ -243,12 +253,14 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
   }
 
   // 3. gate mask and statistics (twice: `done` must be left at 0)
-  const unsigned gg = (unsigned)std::min<u64>(cdiv(B * C, 256), k.cap ? k.cap : 1024);
+  // grid: 64-channel chunks x 256-class groups (capped: the block rows loop over the groups)
+  const unsigned gx = (unsigned)cdiv(C, 64), gy = (unsigned)std::min<u64>(cdiv(K, 256), k.cap ? k.cap : 65535);
+  const unsigned gg = gx * gy;
   Bytes bss(gg, 4), bcnt(gg, 8), done(1, 4), stats(1, 16);
   memset(done.p, 0, 4);
   for (int rep = 0; rep < 2; ++rep) {
     memset(stats.p, 0xEE, 16);
-    err += launch("aiec_fwd_gate", gg, 1, 256,
+    err += launch("aiec_fwd_gate", gx, gy, 256,
                   {(void*)&Vk, &W, &T, &act.p, &inh.p, &mask.p, &bss.p, &bcnt.p, &done.p, &stats.p, &s});
   }
   const AiecGateStats st = *stats.as<AiecGateStats>();
@@ -329,7 +341,7 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
           const u64 i = idx(k, b, c, p);
           unsigned char e[4] = {0, 0, 0, 0};
           bool nan = false;
-          if ((kw[i / 32] >> (i % 32)) & 1) {
+          if ((kw[keep_bit(k, i) / 32] >> (keep_bit(k, i) % 32)) & 1) {
             if (k.pool == 0 && p != 0) memcpy(e, dy.p + i * es, es);
             else {
               const float u = k.pool == 0 || k.pool == 3 ? DV[b * C + c] : DV[b * C + c] / (float)P;
@@ -412,6 +424,11 @@ int main() {
   add("avg_hw", 2, 3, 49, 4, 2, true, 0, false, 1, true, 0.0f);  // one block, grid-stride over rows
   add("avg_hw", 2, 2, 600, 3, 2, false, 1, false, 0, true, 0.0f);
   add("avg_hw", 2, 1, 1, 1, 1, false, 0, false, 0, true, 0.0f);
+  add("avg_hw", 2, 2, 196, 3, 2, false, 0, false, 0, true, 0.0f);  // 14x14: 8-byte vectors for 16-bit types
+  add("avg_hw", 2, 2, 196, 2, 2, true, 2, false, 0, true, 0.0f);   // 14x14, 2 elements off: narrower vectors
+  add("avg_hw", 2, 1, 784, 2, 2, false, 0, false, 0, true, 0.0f);  // 28x28
+  add("avg_hw", 2, 1, 3136, 1, 2, false, 0, false, 0, true, 0.0f);  // 56x56
+  add("token", 0, 3, 7, 33, 3, false, 0, false, 0, true, 0.0f);    // odd C: one element per access
   add("none", 3, 1, 1, 1, 1, false, 0, false, 0, true, 0.0f);     // B = C = K = P = 1
   add("none", 3, 5, 1, 1, 1, false, 0, false, 0, true, 0.0f);
   add("none", 3, 3, 1, 35, 1000, false, 0, false, 0, true, 0.0f, true);  // K = 1000, B = 3
@@ -421,6 +438,7 @@ int main() {
   add("none", 3, 9, 1, 300, 2, false, 0, false, 2, true, 0.0f);    // gate over 2 capped blocks
   add("none", 3, 20, 1, 70, 300, false, 0, false, 2, true, 0.0f, true);  // 5 class tiles on 2 blocks per group
   add("none", 3, 6, 1, 600, 3, false, 0, false, 0, false, 0.0f);   // no counter update, C > 512 (2 tiles)
+  add("none", 3, 12, 1, 70, 600, false, 0, false, 1, true, 0.0f, true);  // 3 gate class groups on 1 block row
   add("none", 3, 4, 1, 33, 2, true, 0, false, 0, true, 0.0f);      // NaN / inf in v and logits
   const uint64_t seeds[] = {0, 1, 2};
   const unsigned workers[] = {1, 4};

@@ -10,6 +10,7 @@ use crate::cpu::op::check_targets;
 use crate::cpu::parts::{self, RowScale};
 use crate::error::{AiecError, Result};
 use crate::gpu::fused::Sizes;
+use crate::launch::KeepLayout;
 
 fn expect_len(what: &'static str, got: usize, expected: usize) -> Result<()> {
     if got != expected {
@@ -18,17 +19,29 @@ fn expect_len(what: &'static str, got: usize, expected: usize) -> Result<()> {
     Ok(())
 }
 
-/// Packs `keep` into `u32` words, bit `i % 32` of word `i / 32`, as the kernels do.
-pub fn pack_keep(keep: &[bool], words: &mut [u32]) {
+/// Packs the keep bits of an input planned as `plan` (one per element, in the
+/// input's order) into `words` ([`Sizes::keep`] of them) in the kernels'
+/// layout, [`crate::launch::KeepLayout`]: row by row, every row from a word,
+/// padding bits 0.
+pub fn pack_keep(plan: &InputDims, keep: &[bool], words: &mut [u32]) {
+    let layout = KeepLayout::of_dims(plan);
     words.fill(0);
     for (i, &k) in keep.iter().enumerate() {
-        words[i / 32] |= (k as u32) << (i % 32);
+        let (w, b) = layout.bit(i as u64);
+        words[w] |= (k as u32) << b;
     }
 }
 
-/// The keep bits of `n` elements.
-pub fn unpack_keep(words: &[u32], n: usize) -> Vec<bool> {
-    (0..n).map(|i| (words[i / 32] >> (i % 32)) & 1 == 1).collect()
+/// The keep bits of every element of an input planned as `plan`, from words in
+/// the kernels' layout ([`pack_keep`]).
+pub fn unpack_keep(plan: &InputDims, words: &[u32]) -> Vec<bool> {
+    let layout = KeepLayout::of_dims(plan);
+    (0..plan.len() as u64)
+        .map(|i| {
+            let (w, b) = layout.bit(i);
+            (words[w] >> b) & 1 == 1
+        })
+        .collect()
 }
 
 /// The pass over `x`: `y`, the keep bits ([`Sizes::keep`] words) and, when
@@ -51,7 +64,7 @@ pub fn activation_forward<F: Float>(
     }
     let mut bits = vec![false; x.len()];
     parts::threshold(x, F::from_f64(cfg.tau()), y, &mut bits);
-    pack_keep(&bits, keep);
+    pack_keep(&plan, &bits, keep);
     if let Some(v) = v {
         parts::pool(&plan, y, v);
     }
@@ -77,7 +90,7 @@ pub fn activation_backward<F: Float>(
         expect_len("dv [B, C]", dv.len(), sizes.bc)?;
         parts::unpool_add(plan, dv, &mut total);
     }
-    parts::pass_gradient(&total, &unpack_keep(keep, plan.len()), dx);
+    parts::pass_gradient(&total, &unpack_keep(plan, keep), dx);
     Ok(())
 }
 
