@@ -288,7 +288,11 @@ fn a_layer_summing_its_counts_over_one_nccl_rank_is_the_plain_layer() {
             .map(|i| {
                 let (bi, ci) = (i / (tk * c), i % c);
                 let on = ci % k == t[bi] as usize;
-                bf16::from_f32(if on { 0.5 + rng.uniform(0.0, 1.0) as f32 } else { rng.uniform(-1.0, 0.3) as f32 })
+                bf16::from_f32(if on {
+                    0.5 + rng.uniform(0.0, 1.0) as f32
+                } else {
+                    rng.uniform(-1.0, 0.3) as f32
+                })
             })
             .collect();
         let xt = Tensor::from_slice(&dev, &x, &dims).unwrap();

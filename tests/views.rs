@@ -401,7 +401,7 @@ fn bad_views_are_typed_errors_and_change_nothing() {
     let (mut keep, mut v, mut logits, mut ce, mut mask) =
         (vec![0u32; sizes.keep], vec![0f32; 16], vec![0f32; 6], vec![0f32; 2], vec![0u8; 16]);
     let mut stats = vec![bytemuck::Zeroable::zeroed(); 1];
-    let mut scratch = vec![0u8; sizes.scratch_bytes];
+    let mut scratch = vec![0u64; sizes.scratch_bytes.div_ceil(8) + 1];
     let mut yy = vec![0.0f32; 48];
     let logits_addr = logits.as_mut_ptr() as u64;
     let mut aux = AuxMut {
@@ -412,7 +412,8 @@ fn bad_views_are_typed_errors_and_change_nothing() {
         g: unsafe { SliceMut::from_raw(&dev, logits_addr, 6) }.unwrap(),
         mask: SliceMut::host(&dev, &mut mask).unwrap(),
         stats: SliceMut::host(&dev, &mut stats).unwrap(),
-        scratch: SliceMut::host(&dev, &mut scratch).unwrap(),
+        scratch: SliceMut::host(&dev, &mut bytemuck::cast_slice_mut(&mut scratch)[..sizes.scratch_bytes])
+            .unwrap(),
     };
     let mut counters = CountersMut {
         act: SliceMut::host(&dev, &mut act).unwrap(),
@@ -432,6 +433,44 @@ fn bad_views_are_typed_errors_and_change_nothing() {
         &mut aux,
     );
     assert!(matches!(e, Err(AiecError::Overlap { what: "logits", other: "g", .. })), "{e:?}");
+    drop((aux, counters));
+    assert_eq!((act, inh, total), (vec![0; 24], vec![0; 24], vec![1; 3]), "counters untouched");
+    assert_eq!(dev.stats().launches, launches);
+
+    // The scratch must be 8-byte aligned (it holds u64 counts and the targets status).
+    let mut g = vec![0f32; 6];
+    let (mut act, mut inh, mut total) = (vec![0i64; 24], vec![0i64; 24], vec![1i64; 3]);
+    let mut aux = AuxMut {
+        v: SliceMut::host(&dev, &mut v).unwrap(),
+        logits: SliceMut::host(&dev, &mut logits).unwrap(),
+        ce: SliceMut::host(&dev, &mut ce).unwrap(),
+        g: SliceMut::host(&dev, &mut g).unwrap(),
+        mask: SliceMut::host(&dev, &mut mask).unwrap(),
+        stats: SliceMut::host(&dev, &mut stats).unwrap(),
+        scratch: SliceMut::host(&dev, &mut bytemuck::cast_slice_mut(&mut scratch)[1..=sizes.scratch_bytes])
+            .unwrap(),
+    };
+    let mut counters = CountersMut {
+        act: SliceMut::host(&dev, &mut act).unwrap(),
+        inh: SliceMut::host(&dev, &mut inh).unwrap(),
+        total: SliceMut::host(&dev, &mut total).unwrap(),
+    };
+    let e = fused::forward_train(
+        &cfg,
+        &xv,
+        &SliceRef::host(&dev, &w).unwrap(),
+        &SliceRef::host(&dev, &t).unwrap(),
+        TargetCheck::Host,
+        &mut counters,
+        fused::Update::Now(true),
+        &mut TensorMut::host(&dev, &mut yy, &dims).unwrap(),
+        &mut SliceMut::host(&dev, &mut keep).unwrap(),
+        &mut aux,
+    );
+    assert!(
+        matches!(e, Err(AiecError::Misaligned { what: "forward scratch", align: fused::SCRATCH_ALIGN, .. })),
+        "{e:?}"
+    );
     drop((aux, counters));
     assert_eq!((act, inh, total), (vec![0; 24], vec![0; 24], vec![1; 3]), "counters untouched");
     assert_eq!(dev.stats().launches, launches);
@@ -515,7 +554,7 @@ fn the_update_decision_can_be_made_on_the_device() {
     let sizes = Sizes::of(&plan, 2);
     let run = |update: &dyn for<'v, 'a> Fn(&'v SliceRef<'a, i64>) -> Update<'v, 'a>| -> Vec<i64> {
         let (mut act, mut inh, mut total) = (vec![0i64; 12], vec![0i64; 12], vec![1i64; 2]);
-        let mut scratch = vec![0u8; sizes.scratch_bytes];
+        let mut scratch = vec![0u64; sizes.scratch_bytes.div_ceil(8)];
         let mut totals = Vec::new();
         for s in 1..=6i64 {
             let step = [s];
@@ -537,7 +576,11 @@ fn the_update_decision_can_be_made_on_the_device() {
                 g: SliceMut::host(&dev, &mut g).unwrap(),
                 mask: SliceMut::host(&dev, &mut mask).unwrap(),
                 stats: SliceMut::host(&dev, &mut stats).unwrap(),
-                scratch: SliceMut::host(&dev, &mut scratch).unwrap(),
+                scratch: SliceMut::host(
+                    &dev,
+                    &mut bytemuck::cast_slice_mut(&mut scratch)[..sizes.scratch_bytes],
+                )
+                .unwrap(),
             };
             let mut counters = CountersMut {
                 act: SliceMut::host(&dev, &mut act).unwrap(),

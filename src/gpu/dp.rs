@@ -6,7 +6,7 @@
 //! The step then runs as: launches 1 and 2 count into zeroed increments
 //! (`act`, `inh`, `total` laid out in one `i64 [2KC + K]` workspace buffer); a
 //! [`CountSum`] sums them over the ranks in place, on the device's stream
-//! (NCCL with the `nccl` feature: [`crate::gpu::nccl`]); `aiec_counts_add` adds
+//! (NCCL with the `nccl` feature: `gpu::nccl::NcclCountSum`); `aiec_counts_add` adds
 //! them into the counters; launch 3, the gate, reads the counters. Steps that
 //! do not update the counters exchange nothing.
 

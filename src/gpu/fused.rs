@@ -50,8 +50,20 @@ pub struct AuxMut<'a> {
     pub mask: SliceMut<'a, u8>,
     /// `[1]`: `S`, `N` of this layer.
     pub stats: SliceMut<'a, AiecGateStats>,
-    /// [`Sizes::scratch_bytes`] bytes.
+    /// [`Sizes::scratch_bytes`] bytes, [`SCRATCH_ALIGN`]-byte aligned (it holds
+    /// 8-byte counts and the targets status; every device allocation is).
     pub scratch: SliceMut<'a, u8>,
+}
+
+/// The alignment, in bytes, the forward scratch needs.
+pub const SCRATCH_ALIGN: usize = 8;
+
+fn check_scratch(scratch: &SliceMut<u8>) -> Result<()> {
+    let address = scratch.address();
+    if address % SCRATCH_ALIGN as u64 != 0 {
+        return Err(AiecError::Misaligned { what: "forward scratch", address, align: SCRATCH_ALIGN });
+    }
+    Ok(())
 }
 
 /// The saved state a training backward reads.
@@ -194,6 +206,7 @@ fn check_train(
     aux.ce.expect("ce [B]", dev, sizes.batch)?;
     aux.g.expect("g [B, K]", dev, sizes.bk)?;
     aux.scratch.expect("forward scratch (bytes)", dev, sizes.scratch_bytes)?;
+    check_scratch(&aux.scratch)?;
     let mut written = vec![
         ("y", y.span()),
         ("keep bits", keep.span()),
@@ -368,6 +381,7 @@ pub fn forward_gate(
     mask.expect("mask [B, C]", &dev, sizes.bc)?;
     stats.expect("gate stats", &dev, 1)?;
     scratch.expect("forward scratch (bytes)", &dev, sizes.scratch_bytes)?;
+    check_scratch(scratch)?;
     let written = [("mask", mask.span()), ("gate stats", stats.span()), ("forward scratch", scratch.span())];
     check_disjoint(&written)?;
     for read in [

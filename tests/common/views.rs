@@ -65,7 +65,7 @@ pub fn run_views<T: Element>(dev: &Device, case: &GoldenCase, offset: usize) -> 
         g: Placed<f32>,
         mask: Placed<u8>,
         stats: Placed<AiecGateStats>,
-        scratch: Placed<u8>,
+        scratch: Placed<u64>,
         act: Placed<i64>,
         inh: Placed<i64>,
         total: Placed<i64>,
@@ -85,8 +85,13 @@ pub fn run_views<T: Element>(dev: &Device, case: &GoldenCase, offset: usize) -> 
             g: Placed::filled(sizes.bk, offset, f32::NAN),
             mask: Placed::filled(sizes.bc, offset, 0xAB),
             stats: Placed::filled(1, offset, bytemuck::Zeroable::zeroed()),
-            // Zero before its first use (the tickets); padding 0xCD.
-            scratch: Placed::new(&vec![0u8; sizes.scratch_bytes], offset, 0xCD),
+            // Zero before its first use (the tickets); padding 0xCD. In u64s:
+            // the scratch is 8-byte aligned (fused::SCRATCH_ALIGN) at any offset.
+            scratch: Placed::new(
+                &vec![0u64; sizes.scratch_bytes.div_ceil(8)],
+                offset,
+                u64::from_ne_bytes([0xCD; 8]),
+            ),
             act: Placed::new(&l.act_in, offset, -1),
             inh: Placed::new(&l.inh_in, offset, -1),
             total: Placed::new(&l.total_in, offset, -1),
@@ -111,7 +116,11 @@ pub fn run_views<T: Element>(dev: &Device, case: &GoldenCase, offset: usize) -> 
             g: SliceMut::host(dev, l.g.get_mut()).map_err(e)?,
             mask: SliceMut::host(dev, l.mask.get_mut()).map_err(e)?,
             stats: SliceMut::host(dev, l.stats.get_mut()).map_err(e)?,
-            scratch: SliceMut::host(dev, l.scratch.get_mut()).map_err(e)?,
+            scratch: SliceMut::host(
+                dev,
+                &mut bytemuck::cast_slice_mut(l.scratch.get_mut())[..sizes.scratch_bytes],
+            )
+            .map_err(e)?,
         };
         fused::forward_train(
             &cfg,
@@ -178,7 +187,7 @@ pub fn run_views<T: Element>(dev: &Device, case: &GoldenCase, offset: usize) -> 
         let pads_ok = l.y.padding().iter().all(|v| v.to_f32().is_nan())
             && l.keep.padding().iter().all(|&v| v == 0xDEAD_BEEF)
             && l.mask.padding().iter().all(|&v| v == 0xAB)
-            && l.scratch.padding().iter().all(|&v| v == 0xCD)
+            && l.scratch.padding().iter().all(|&v| v == u64::from_ne_bytes([0xCD; 8]))
             && l.act.padding().iter().chain(l.inh.padding()).chain(l.total.padding()).all(|&v| v == -1)
             && dx.padding().iter().all(|v| v.to_f32().is_nan())
             && dw.padding().iter().chain(dv.padding()).chain(l.v.padding()).all(|v| v.is_nan());
