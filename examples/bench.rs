@@ -163,7 +163,7 @@ struct KernelTimes {
 fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<KernelTimes> {
     use aiec::launch::{
         aiec_bwd_dv_dw, aiec_bwd_x, aiec_fwd_gate, aiec_fwd_logits, aiec_fwd_x, gate_blocks, logits_groups,
-        LaunchPlan, XPassArgs,
+        logits_tiles, LaunchPlan, XPassArgs, ROW_PART_BYTES,
     };
     use aiec::params::{AiecGateStats, AiecLosses, AiecShape};
     let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool)?;
@@ -186,6 +186,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         (Buffer::<i64>::zeros(dev, k * c)?, Buffer::<i64>::zeros(dev, k * c)?, Buffer::<i64>::zeros(dev, k)?);
     let groups = logits_groups(&shape);
     let done = Buffer::<u32>::zeros(dev, groups + 1)?;
+    let parts = Buffer::<u8>::zeros(dev, b * logits_tiles(&shape) * ROW_PART_BYTES)?;
     let mask = Buffer::<u8>::zeros(dev, b * c)?;
     let gg = gate_blocks(&shape);
     let (bss, bcnt) = (f32s(gg)?, Buffer::<u64>::zeros(dev, gg)?);
@@ -209,7 +210,8 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         [v.address(), w.address(), targets.address(), 0, 0],
         [logits.address(), ce.address(), g.address()],
         [act.address(), inh.address(), total.address()],
-        done.address(),
+        [done.address(), parts.address()],
+        dev.limits(),
     );
     let gate_plan = aiec_fwd_gate(
         &shape,
@@ -220,6 +222,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         &shape,
         [v.address(), w.address(), g.address(), mask.address(), losses.address(), 0],
         [dv.address(), dw.address()],
+        dev.limits(),
     );
     // dy = xs[i], dx = ys[i] (separate buffers; the in-place form moves the same bytes).
     let bwd_x = pair(&|i| {

@@ -1,8 +1,12 @@
 /* aiec_fwd_logits.cu - decision-making and activation-counting units of an AIEC training forward (docs/SPEC.md
- * "Forward" 4 and 5, and the per-row half of the auxiliary loss): logits = v W^T, then per row the cross-entropy,
- * the unscaled softmax gradient and the argmax; on an update step the counters of correctly predicted samples.
+ * "Forward" 4 and 5, and the per-row half of the auxiliary loss): logits = v W^T as a register-tiled GEMM
+ * (kernels/aiec_gemm.cuh), then per row the cross-entropy, the unscaled softmax gradient and the argmax; on an
+ * update step the counters of correctly predicted samples.
  *
- *   aiec_fwd_logits(v, w, targets, status, step, logits, ce, g, act, inh, total, done, s)   (f32; this name)
+ *   aiec_fwd_logits(v, w, targets, status, step, logits, ce, g, act, inh, total, done, part, s)         f32 SIMT
+ *   aiec_fwd_logits_tf32x3(v, w, targets, status, step, logits, ce, g, act, inh, total, done, part, s)  3xTF32
+ *   aiec_fwd_logits_tf32(v, w, targets, status, step, logits, ce, g, act, inh, total, done, part, s)    TF32 (opt-in)
+ * The two tensor-core entry points exist where AIEC_MMA_TF32 is 1 (sm_80 and later, the simulator), not on sm_75.
  *
  * v: f32 [B, C]; w: f32 [K, C]; targets: i64 [B] (an out-of-range one gets ce = NaN, no one-hot term, no count,
  * and is never used as an index); status: the AiecTargetStatus aiec_fwd_x wrote for these targets (or null): when
@@ -10,58 +14,48 @@
  * step: null, or the layer's step counter (i64 [1], already incremented for this forward) when the update
  * decision is made on the device: then the counters update when *step % s.update == 0 (s.update holds the
  * update interval, >= 1), else when s.update != 0. logits, g: f32 [B, K]; ce: f32 [B];
- * act, inh: i64 [K, C]; total: i64 [K]; done: u32 [ceil(B / 8)], all 0 before the launch (zero them once at
- * allocation); the kernel leaves them 0 again.
- * ce[b] = (m + logf(sum_k expf(z_k - m))) - z_t with m = max_k z_k (NaN if any z is NaN), as the CPU reference;
- * g[b,k] = expf(z_k - m) / sum - [k == t]. pred = argmax: lowest index among equal maxima, NaN above any number.
- * If s.update, for each sample with pred == t: act[t,c] += 1 where v > 0, inh[t,c] += 1 where v == 0 (NaN: neither),
- * total[t] += 1, as 64-bit integer atomics pre-aggregated per block: one atomicAdd per (class present among the
- * block's correct samples, channel) with a nonzero increment, one per class for total.
- * Never writes v or w. Logits, ce and g are deterministic (fixed summation order, no float atomics).
- * Geometry: block = 512 threads (16 warps); grid = (ceil(B / 8), min(ceil(K / 64), 65535)) (do not launch for
- * B == 0; any grid.y >= 1 is correct: a block loops over class tiles j, j + gridDim.y, ...); no
- * dynamic shared memory (16 KiB static). Block (i, j) computes the logits of samples [8i, 8i + 8) and classes
- * [64j, 64j + 64): the v rows are staged in shared memory 512 channels at a time; warp w computes the 8 dot products
- * of each of the classes k = 64j + w, + 16, + 32, + 48 together (lanes over channels, W rows read coalesced, each
- * staged value used for 4 classes, an 8-row transposed butterfly reduces each class's sums; the channel tiles are added into logits in tile order, so every logit has the same summation order
- * whatever the grid). The block then writes its logits, __threadfence(), and takes a ticket from done[i]; the block
- * that draws the last ticket of sample group i (last-block-done, as in aiec_fwd_gate) reads all K logits of its
- * rows (volatile: other blocks wrote them), warp r < 8 finishes row 8i + r, and the block does the counting. Tiling
- * the classes fills the GPU (ViT-B: 32 x 16 blocks, not 32) without a fourth launch.
+ * act, inh: i64 [K, C]; total: i64 [K]; done: u32 [ceil(B / 64)], all 0 before the launch (zero them once at
+ * allocation); the kernel leaves them 0 again. part: AiecRowPart [B * ceil(K / 64)] scratch (any content).
+ * ce[b] = (m + logf(se)) - z_t with m = max_k z_k and se = sum_k expf(z_k - m) (NaN if any z is NaN), as the CPU
+ * reference; g[b,k] = expf(z_k - m) / se - [k == t]. pred = argmax: lowest index among equal maxima, NaN above any
+ * number. If the step updates, for each sample with pred == t: act[t,c] += 1 where v > 0, inh[t,c] += 1 where
+ * v == 0 (NaN: neither), total[t] += 1, as 64-bit integer atomics pre-aggregated per sample group: one atomicAdd per
+ * (class present among the group's correct samples, channel) with a nonzero increment, one per class for total.
+ * Never writes v or w. Logits, ce and g are deterministic (fixed summation orders, no float atomics).
+ *
+ * Geometry: block = 128 threads (MUST be); grid = (ceil(K / 64), min(ceil(B / 64), 65535)) (do not launch for
+ * B == 0; any grid is correct: a block takes the class tiles j = blockIdx.x, + gridDim.x, ... of the sample groups
+ * i = blockIdx.y, + gridDim.y, ...); no dynamic shared memory (static: 18 KiB SIMT and TF32, 36 KiB 3xTF32).
+ * Class tiles run fastest, so a sample group's tiles are neighbours in the launch order and its epilogue overlaps
+ * the later groups' products. Tile (i, j) is the 64 x 64 GEMM tile of samples [64i, 64i + 64) and classes
+ * [64j, 64j + 64) with the whole sum over C (aiec_gemm.cuh: each logit one thread's sum in a fixed order, whatever
+ * the grid); the block writes it to logits, and per row the tile's partial softmax statistics to part: the first
+ * maximum of the tile's logits (value, index, by the argmax rule) and se_t = sum over the tile of expf(z - max_t)
+ * (0 when max_t = -inf). It then __threadfence()s and takes a ticket from done[i]; the block that draws the last
+ * ticket of group i (last-block-done, as in aiec_fwd_gate) finishes the group's rows: m and the argmax from the
+ * partials (exact: the rule is a total order), se = sum over tiles j in order of se_t * expf(max_t - m) (a
+ * different rounding than one sum over k, well inside the f32 tolerance), ce; then g for the whole rows (logits
+ * read through L2: other blocks wrote them), and the counting. Without a fourth launch, a group's epilogue reads
+ * O(K) per row once and its partials O(K / 64).
  */
 #include "common.cuh"
 #include "aiec_params.cuh"
+#include "aiec_gemm.cuh"
+
+// One row's softmax statistics over one 64-class tile (the scratch part[b * ceil(K / 64) + j]).
+struct AiecRowPart {  // size 16
+  float max;          // the tile's first maximum (NaN above any number)        offset 0
+  float se;           // sum over the tile of expf(z - max); 0 if max = -inf    offset 4
+  aiec::u64 index;    // its class                                              offset 8
+};
+static_assert(sizeof(AiecRowPart) == 16, "AiecRowPart layout");
 
 namespace aiec_lg {
 using aiec::u32;
 using aiec::u64;
 using aiec_k::min64;
-constexpr int S = 8, THREADS = 512, WARPS = THREADS / 32, CT = 512, KT = 64, Q = KT / WARPS;
+constexpr int ROWS = aiec_gemm::BM, COLS = aiec_gemm::BN, ZT = COLS + 1, WARPS = aiec_gemm::THREADS / 32;
 constexpr u64 NONE = ~(u64)0;
-
-// Sums a[r] (r < 8) over the warp; returns on every lane the total of row lane >> 2 (bits 4, 3, 2 of the lane
-// select the row by halving exchanges, bits 1, 0 finish by a butterfly). Fixed order on every schedule.
-__device__ __forceinline__ float warp_sum8(float* a, int lane) {
-  const unsigned full = 0xffffffffu;
-  bool up = (lane & 16) != 0;
-  AIEC_UNROLL
-  for (int r = 0; r < 4; ++r) {
-    const float send = up ? a[r] : a[r + 4], keep = up ? a[r + 4] : a[r];
-    a[r] = keep + __shfl_xor_sync(full, send, 16);
-  }
-  up = (lane & 8) != 0;
-  AIEC_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    const float send = up ? a[r] : a[r + 2], keep = up ? a[r + 2] : a[r];
-    a[r] = keep + __shfl_xor_sync(full, send, 8);
-  }
-  up = (lane & 4) != 0;
-  const float send = up ? a[0] : a[1], keep = up ? a[1] : a[0];
-  float t = keep + __shfl_xor_sync(full, send, 4);
-  t += __shfl_xor_sync(full, t, 2);
-  t += __shfl_xor_sync(full, t, 1);
-  return t;
-}
 
 // Whether (a, ia) ranks above (b, ib) for the argmax: NaN above numbers, then larger, then lower index.
 __device__ __forceinline__ bool beats(float a, u64 ia, float b, u64 ib) {
@@ -72,8 +66,47 @@ __device__ __forceinline__ bool beats(float a, u64 ia, float b, u64 ib) {
   if (!an && a != b) return a > b;
   return ia < ib;
 }
+
+// The argmax of the warp's (a, ia): an xor butterfly; every lane gets the winner.
+__device__ __forceinline__ void warp_argmax(float& a, u64& ia) {
+  AIEC_UNROLL
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, a, o);
+    const u64 oi = __shfl_xor_sync(0xffffffffu, ia, o);
+    if (beats(ov, oi, a, ia)) {
+      a = ov;
+      ia = oi;
+    }
+  }
+}
+
+// Loads that bypass L1 (data other blocks of this launch wrote; their fences order it before the ticket).
+__device__ __forceinline__ float ld_cg(const float* p) {
+#ifdef AIEC_CUDA
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+#else
+  return *reinterpret_cast<const volatile float*>(p);
+#endif
+}
+__device__ __forceinline__ u64 ld_cg(const u64* p) {
+#ifdef AIEC_CUDA
+  u64 v;
+  asm volatile("ld.global.cg.u64 %0, [%1];" : "=l"(v) : "l"(p));
+  return v;
+#else
+  return *reinterpret_cast<const volatile u64*>(p);
+#endif
+}
+
+// The softmax term of a tile's partial for the row maximum m.
+__device__ __forceinline__ float term(float max_t, float se_t, float m) {
+  return se_t == 0.0f ? 0.0f : se_t * expf(max_t - m);
+}
 }  // namespace aiec_lg
 
+template <int PATH>
 __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v,            // [B, C]
                                                      const float* __restrict__ w,            // [K, C]
                                                      const long long* __restrict__ targets,  // [B]
@@ -85,156 +118,209 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
                                                      long long* act,                         // [K, C]
                                                      long long* inh,                         // [K, C]
                                                      long long* total,                       // [K]
-                                                     aiec::u32* done,                        // [ceil(B / 8)]
+                                                     aiec::u32* done,                        // [ceil(B / 64)]
+                                                     AiecRowPart* part,                      // [B, ceil(K / 64)]
                                                      AiecShape s) {
   using namespace aiec_lg;
-  __shared__ float sv[S * CT];
-  __shared__ int sok[S];
-  __shared__ long long st[S];
-  __shared__ bool last;
-  const u64 B = s.batch, C = s.channels, K = s.classes, b0 = (u64)blockIdx.x * S;
-  if (b0 >= B) return;  // block-uniform; never taken with the documented grid
+  using namespace aiec_gemm;
+  constexpr int SMEM = Smem<PATH>::FLOATS > ROWS * ZT ? Smem<PATH>::FLOATS : ROWS * ZT;
+  __shared__ __align__(16) float smem[SMEM];  // the GEMM's stages, then the tile's logits [64][65]
+  __shared__ float row_m[ROWS], row_se[ROWS];
+  __shared__ long long row_t[ROWS];
+  __shared__ int row_ok[ROWS], leader[ROWS], next[ROWS];
+  __shared__ int last;
+  const u64 B = s.batch, C = s.channels, K = s.classes;
+  const u64 tiles = (K + COLS - 1) / COLS, groups = (B + ROWS - 1) / ROWS;
   const bool update = step ? s.update != 0 && *step % (long long)s.update == 0 : s.update != 0;
-  const int ns = (int)min64(S, B - b0);
   const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const Operand A = operand(v, C, B, C, false), Wt = operand(w, C, K, C, false);  // (b, c) and (class, c): MK
+  float* zt = smem;
 
-  // 1. the block's logits: its class tiles (one unless K > 65535 * 64), each channel tile by channel tile
-  for (u64 k0 = (u64)blockIdx.y * KT; k0 < K; k0 += (u64)gridDim.y * KT) {  // block-uniform
-    const u64 k1 = min64(K, k0 + KT);
-    for (u64 c0 = 0; c0 < C; c0 += CT) {
-      const int ct = (int)min64(CT, C - c0);
-      __syncthreads();  // the previous tile is consumed
-      for (int idx = tid; idx < S * CT; idx += THREADS) {
-        const int r = idx / CT, cc = idx % CT;
-        sv[idx] = (r < ns && cc < ct) ? v[(b0 + r) * C + c0 + cc] : 0.0f;
+  for (u64 gi = blockIdx.y; gi < groups; gi += gridDim.y) {  // block-uniform
+    const u64 b0 = gi * ROWS;
+    const int ns = (int)min64(ROWS, B - b0);
+    for (u64 j = blockIdx.x; j < tiles; j += gridDim.x) {  // block-uniform
+      const u64 k0 = j * COLS;
+      const int nk = (int)min64(COLS, K - k0);
+
+      // 1. the tile's logits, to global memory and to zt
+      __syncthreads();  // zt and the stages are free again
+      Acc acc;
+      tile<PATH>(A, Wt, b0, k0, smem, acc);
+      const bool pair = K % 2 == 0 && (aiec::addr(logits) & 7) == 0;
+      for_each<PATH>(acc, [&](int m, int n, float a0, float a1) {
+        zt[m * ZT + n] = a0;
+        zt[m * ZT + n + 1] = a1;
+        if (m >= ns || n >= nk) return;
+        float* row = logits + (b0 + (u64)m) * K + k0;
+        if (pair && n + 1 < nk) {
+#ifdef AIEC_CUDA
+          *reinterpret_cast<float2*>(row + n) = float2{a0, a1};
+#else
+          row[n] = a0;
+          row[n + 1] = a1;
+#endif
+        } else {
+          row[n] = a0;
+          if (n + 1 < nk) row[n + 1] = a1;
+        }
+      });
+      __syncthreads();
+
+      // 2. per row, the tile's partial statistics (warp w: rows w, w + 4, ...)
+      for (int r = warp; r < ns; r += WARPS) {  // warp-uniform
+        float bv = 0.0f;
+        u64 bi = NONE;
+        AIEC_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          const int n = lane + 32 * h;
+          const float z = zt[r * ZT + n];
+          if (n < nk && beats(z, k0 + (u64)n, bv, bi)) {
+            bv = z;
+            bi = k0 + (u64)n;
+          }
+        }
+        warp_argmax(bv, bi);
+        float se = 0.0f;
+        if (bv != -__int_as_float(0x7f800000)) {
+          AIEC_UNROLL
+          for (int h = 0; h < 2; ++h) {
+            const int n = lane + 32 * h;
+            if (n < nk) se += expf(zt[r * ZT + n] - bv);
+          }
+        }
+        se = aiec_k::warp_sum(se);
+        if (lane == 0) {
+          AiecRowPart* p = part + (b0 + (u64)r) * tiles + j;
+          p->max = bv;
+          p->se = se;
+          p->index = bi;
+        }
+      }
+
+      // 3. the last block of the group to finish goes on; its reads of the other blocks' logits and partials are
+      // ordered after their writes by the fences around the ticket.
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) {
+        last = atomicAdd(done + gi, 1u) == (u32)(tiles - 1);
+        if (last) done[gi] = 0;  // every tile of the group has taken its ticket: ready for the next launch
       }
       __syncthreads();
-      // Warp w owns the tile's classes k0 + w + 16 q, q < Q, all at once: each staged v value feeds Q FMAs (one
-      // class at a time made shared-memory loads, not FMAs, the limit). Every logit is still summed alone, in the
-      // same order: lane-strided over the channels, then the butterfly.
-      const u64 kw = k0 + (u64)warp;
-      if (kw < k1) {  // warp-uniform
-        float acc[Q][S];
-        const float* wk[Q];
-        bool ok[Q];
-        AIEC_UNROLL
-        for (int q = 0; q < Q; ++q) {
-          ok[q] = kw + (u64)(q * WARPS) < k1;  // warp-uniform
-          wk[q] = w + (ok[q] ? kw + (u64)(q * WARPS) : kw) * C + c0;
-          AIEC_UNROLL
-          for (int r = 0; r < S; ++r) acc[q][r] = 0.0f;
+      if (!last) continue;  // block-uniform
+      __threadfence();
+
+      // 4. per row: the argmax, m and se from the partials in tile order, ce
+      for (int r = warp; r < ROWS; r += WARPS) {  // warp-uniform
+        if (r >= ns) {
+          if (lane == 0) {
+            row_ok[r] = 0;
+            row_t[r] = -1;
+          }
+          continue;
         }
-        for (int cc = lane; cc < ct; cc += 32) {
-          float wv[Q];
-          AIEC_UNROLL
-          for (int q = 0; q < Q; ++q) wv[q] = ok[q] ? wk[q][cc] : 0.0f;
-          AIEC_UNROLL
-          for (int r = 0; r < S; ++r) {
-            const float x = sv[r * CT + cc];
-            AIEC_UNROLL
-            for (int q = 0; q < Q; ++q) acc[q][r] += x * wv[q];
+        const u64 b = b0 + (u64)r;
+        const AiecRowPart* p = part + b * tiles;
+        float bv = 0.0f;
+        u64 bi = NONE;
+        for (u64 jj = (u64)lane; jj < tiles; jj += 32) {
+          const float pm = ld_cg(&p[jj].max);
+          const u64 pi = ld_cg(&p[jj].index);
+          if (beats(pm, pi, bv, bi)) {
+            bv = pm;
+            bi = pi;
           }
         }
-        AIEC_UNROLL
-        for (int q = 0; q < Q; ++q) {
-          if (!ok[q]) continue;  // warp-uniform
-          const float t = warp_sum8(acc[q], lane);
-          const int r = lane >> 2;
-          if ((lane & 3) == 0 && r < ns) {
-            float* z = logits + (b0 + r) * K + kw + (u64)(q * WARPS);
-            *z = c0 ? *z + t : t;
+        warp_argmax(bv, bi);
+        const float m = bv;
+        float se = 0.0f;
+        for (u64 jj = (u64)lane; jj < tiles; jj += 32) se += term(ld_cg(&p[jj].max), ld_cg(&p[jj].se), m);
+        se = aiec_k::warp_sum(se);
+        const long long t = targets[b];
+        const bool tok = t >= 0 && (u64)t < K;
+        if (lane == 0) {
+          ce[b] = tok ? (m + logf(se)) - ld_cg(logits + b * K + (u64)t) : __int_as_float(0x7fc00000);
+          row_m[r] = m;
+          row_se[r] = se;
+          row_t[r] = t;
+          row_ok[r] = update && tok && bi == (u64)t;
+        }
+      }
+      __syncthreads();
+
+      // 5. g for the group's rows, 4 rows at a time (the logits of other blocks, through L2)
+      for (int r0 = 0; r0 < ns; r0 += 4) {
+        for (u64 k = (u64)tid; k < K; k += THREADS) {
+          float z[4];
+          AIEC_UNROLL
+          for (int rr = 0; rr < 4; ++rr) z[rr] = r0 + rr < ns ? ld_cg(logits + (b0 + (u64)(r0 + rr)) * K + k) : 0.0f;
+          AIEC_UNROLL
+          for (int rr = 0; rr < 4; ++rr) {
+            const int r = r0 + rr;
+            if (r >= ns) continue;
+            const long long t = row_t[r];
+            const bool onehot = t >= 0 && (u64)t < K && k == (u64)t;
+            g[(b0 + (u64)r) * K + k] = expf(z[rr] - row_m[r]) / row_se[r] - (onehot ? 1.0f : 0.0f);
           }
         }
       }
-    }
-  }
-  // The last block of the sample group to finish goes on; its reads of the other blocks' logits are ordered after
-  // their writes by the fences around the ticket.
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    last = atomicAdd(done + blockIdx.x, 1u) == gridDim.y - 1;
-    if (last) done[blockIdx.x] = 0;  // every block of the group has taken its ticket: ready for the next launch
-  }
-  __syncthreads();
-  if (!last) return;  // block-uniform
-  __threadfence();
+      if (!update || (status && status->index >= 0)) continue;  // uniform: no update, or a bad target in the batch
 
-  // 2. per row: argmax, cross-entropy, softmax gradient
-  if (warp < ns) {
-    const u64 b = b0 + warp;
-    const volatile float* z = logits + b * K;  // volatile: bypass a stale L1 line
-    const long long t = targets[b];
-    const bool tok = t >= 0 && (u64)t < K;
-    float bv = 0.0f;
-    u64 bi = NONE;
-    for (u64 k = (u64)lane; k < K; k += 32) {
-      const float zk = z[k];
-      if (beats(zk, k, bv, bi)) { bv = zk; bi = k; }
-    }
-    AIEC_UNROLL
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const u64 oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (beats(ov, oi, bv, bi)) { bv = ov; bi = oi; }
-    }
-    const float m = bv;
-    float se = 0.0f;
-    for (u64 k = (u64)lane; k < K; k += 32) se += expf(z[k] - m);
-    se = aiec_k::warp_sum(se);
-    for (u64 k = (u64)lane; k < K; k += 32)
-      g[b * K + k] = expf(z[k] - m) / se - ((tok && k == (u64)t) ? 1.0f : 0.0f);
-    if (lane == 0) {
-      ce[b] = tok ? (m + logf(se)) - z[t] : __int_as_float(0x7fc00000);
-      sok[warp] = update && tok && bi == (u64)t;
-      st[warp] = t;
-    }
-  } else if (warp < S && lane == 0) {
-    sok[warp] = 0;
-    st[warp] = -1;
-  }
-  if (!update || (status && status->index >= 0)) return;  // uniform: no update, or a bad target in the batch
-  __syncthreads();
-
-  // 3. counters: the block's correct samples grouped by class, one atomic per (class, channel) and per class
-  for (u64 c = (u64)tid; c < C; c += THREADS) {
-    AIEC_UNROLL
-    for (int r = 0; r < S; ++r) {
-      if (!sok[r]) continue;
-      bool first = true;
-      for (int q = 0; q < r; ++q) first = first && !(sok[q] && st[q] == st[r]);
-      if (!first) continue;
-      unsigned long long a = 0, i = 0;
-      for (int q = r; q < S; ++q) {
-        if (!sok[q] || st[q] != st[r]) continue;
-        const float val = v[(b0 + q) * C + c];
-        a += val > 0.0f;
-        i += val == 0.0f;
+      // 6. counters: the group's correct samples grouped by class (leader: the first such row of the class; next:
+      // the next row of the same class), one atomic per (class, channel) and per class
+      if (tid < ROWS) {
+        int l = -1;
+        if (row_ok[tid])
+          for (int q = 0; q <= tid && l < 0; ++q)
+            if (row_ok[q] && row_t[q] == row_t[tid]) l = q;
+        leader[tid] = l;
       }
-      const u64 kc = (u64)st[r] * C + c;
-      if (a) atomicAdd(reinterpret_cast<unsigned long long*>(act) + kc, a);
-      if (i) atomicAdd(reinterpret_cast<unsigned long long*>(inh) + kc, i);
-    }
-  }
-  if (tid == 0) {
-    AIEC_UNROLL
-    for (int r = 0; r < S; ++r) {
-      if (!sok[r]) continue;
-      bool first = true;
-      unsigned long long n = 0;
-      for (int q = 0; q < S; ++q)
-        if (sok[q] && st[q] == st[r]) {
-          if (q < r) first = false;
-          ++n;
+      __syncthreads();
+      if (tid < ROWS) {
+        int nx = -1;
+        if (leader[tid] >= 0)
+          for (int q = tid + 1; q < ROWS && nx < 0; ++q)
+            if (leader[q] == leader[tid]) nx = q;
+        next[tid] = nx;
+      }
+      __syncthreads();
+      for (u64 c = (u64)tid; c < C; c += THREADS) {
+        for (int r = 0; r < ROWS; ++r) {
+          if (leader[r] != r) continue;  // uniform over the block
+          unsigned long long a = 0, i = 0;
+          for (int q = r; q >= 0; q = next[q]) {
+            const float val = v[(b0 + (u64)q) * C + c];
+            a += val > 0.0f;
+            i += val == 0.0f;
+          }
+          const u64 kc = (u64)row_t[r] * C + c;
+          if (a) atomicAdd(reinterpret_cast<unsigned long long*>(act) + kc, a);
+          if (i) atomicAdd(reinterpret_cast<unsigned long long*>(inh) + kc, i);
         }
-      if (first) atomicAdd(reinterpret_cast<unsigned long long*>(total) + st[r], n);
+      }
+      if (tid == 0) {
+        for (int r = 0; r < ROWS; ++r) {
+          if (leader[r] != r) continue;
+          unsigned long long n = 0;
+          for (int q = r; q >= 0; q = next[q]) ++n;
+          atomicAdd(reinterpret_cast<unsigned long long*>(total) + row_t[r], n);
+        }
+      }
     }
   }
 }
 
-AIEC_EXPORT_NAMED(aiec_fwd_logits, __launch_bounds__(512), aiec_fwd_logits_body,
-                  (const float* __restrict__ v, const float* __restrict__ w, const long long* __restrict__ targets,
-                   const AiecTargetStatus* status, const long long* step, float* logits, float* __restrict__ ce,
-                   float* __restrict__ g, long long* act, long long* inh, long long* total, aiec::u32* done,
-                   AiecShape s),
-                  (v, w, targets, status, step, logits, ce, g, act, inh, total, done, s))
+#define AIEC_FWD_LOGITS_PARAMS                                                                                  \
+  (const float* __restrict__ v, const float* __restrict__ w, const long long* __restrict__ targets,              \
+   const AiecTargetStatus* status, const long long* step, float* logits, float* __restrict__ ce,                 \
+   float* __restrict__ g, long long* act, long long* inh, long long* total, aiec::u32* done, AiecRowPart* part,  \
+   AiecShape s)
+#define AIEC_FWD_LOGITS_ARGS (v, w, targets, status, step, logits, ce, g, act, inh, total, done, part, s)
+AIEC_EXPORT_NAMED(aiec_fwd_logits, __launch_bounds__(AIEC_LB_GEMM), aiec_fwd_logits_body<aiec_gemm::SIMT>,
+                  AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
+#if AIEC_MMA_TF32
+AIEC_EXPORT_NAMED(aiec_fwd_logits_tf32x3, __launch_bounds__(AIEC_LB_GEMM), aiec_fwd_logits_body<aiec_gemm::TF32X3>,
+                  AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
+AIEC_EXPORT_NAMED(aiec_fwd_logits_tf32, __launch_bounds__(AIEC_LB_GEMM), aiec_fwd_logits_body<aiec_gemm::TF32>,
+                  AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
+#endif

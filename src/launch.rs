@@ -7,7 +7,7 @@
 
 use crate::config::Pool;
 use crate::dtype::DType;
-use crate::nvrtc::Module;
+use crate::nvrtc::{Arch, Module};
 use crate::params::{pool_code, AiecLossParams, AiecShape};
 
 /// One kernel argument, by value.
@@ -62,11 +62,84 @@ pub struct LaunchPlan {
     pub args: Vec<KernelArg>,
 }
 
+/// Which units compute the decision projection's three products (the logits
+/// `v W^T`, `dv = dlogits W` and `dW = dlogits^T v`, in `aiec_fwd_logits` and
+/// `aiec_bwd_dv_dw`; `kernels/aiec_gemm.cuh`). All three are deterministic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Projection {
+    /// f32 FMAs on the SIMT units: every architecture (the only one on sm_75),
+    /// and the reference the others are tested against.
+    F32 = 0,
+    /// The tensor cores in 3xTF32 (sm_80 and later): each operand split into a
+    /// TF32 big and small part, three `mma.sync` products, f32 accumulation;
+    /// about f32 accuracy (BENCHMARKS.md). The default where available.
+    Tf32x3 = 1,
+    /// Plain TF32 on the tensor cores (sm_80 and later), opt-in only, like
+    /// PyTorch's `torch.backends.cuda.matmul.allow_tf32`: operands rounded to
+    /// 10 mantissa bits, about 1e-3 relative error; for speed, never the default.
+    Tf32 = 2,
+}
+
+impl Projection {
+    /// The kernels' entry point suffix (`aiec_fwd_logits{suffix}`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Projection::F32 => "",
+            Projection::Tf32x3 => "_tf32x3",
+            Projection::Tf32 => "_tf32",
+        }
+    }
+
+    /// Whether this path needs `mma.sync` with TF32 operands (sm_80 and later).
+    pub fn needs_tensor_cores(self) -> bool {
+        self != Projection::F32
+    }
+
+    /// The default for a device of `arch`: 3xTF32 from sm_80 on, else f32.
+    pub fn default_for(arch: Arch) -> Projection {
+        if tensor_cores(arch) {
+            Projection::Tf32x3
+        } else {
+            Projection::F32
+        }
+    }
+}
+
+/// Whether `arch` has TF32 `mma.sync` (sm_80 and later; `AIEC_MMA_TF32` in the kernels).
+pub fn tensor_cores(arch: Arch) -> bool {
+    arch >= Arch { major: 8, minor: 0 }
+}
+
 /// What a plan needs to know about the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceLimits {
     /// Streaming multiprocessors (the simulator reports a small number).
     pub sm_count: u32,
+    /// The compute capability (the simulator reports sm_80: it runs the
+    /// tensor-core kernels, `mma.sync` emulated).
+    pub arch: Arch,
+    /// The projection path the device asks for ([`Projection::default_for`]
+    /// its arch, or what `Device::set_projection` chose). Plans use
+    /// [`DeviceLimits::projection`], which never hands a tensor-core path to a
+    /// device without them.
+    pub projection: Projection,
+}
+
+impl DeviceLimits {
+    /// The limits of a device with `sm_count` SMs of `arch`, with its default projection.
+    pub fn new(sm_count: u32, arch: Arch) -> DeviceLimits {
+        DeviceLimits { sm_count, arch, projection: Projection::default_for(arch) }
+    }
+
+    /// The projection path the plans launch: the requested one, or
+    /// [`Projection::F32`] where the arch has no TF32 tensor cores (sm_75).
+    pub fn projection(&self) -> Projection {
+        if tensor_cores(self.arch) {
+            self.projection
+        } else {
+            Projection::F32
+        }
+    }
 }
 
 /// Threads per block of the elementwise kernels.
@@ -156,16 +229,25 @@ fn convert(op: &str, dtype: DType, n: u64, x: u64, y: u64, limits: DeviceLimits)
 
 /// Threads per block of the fused kernels (the kernels require exactly these).
 pub const AIEC_BLOCK: u32 = 256;
-/// Threads per block of `aiec_fwd_logits`.
-pub const LOGITS_BLOCK: u32 = 512;
-/// Samples per `aiec_fwd_logits` block (a sample group: grid.x).
-pub const LOGITS_SAMPLES: u64 = 8;
-/// Classes per `aiec_fwd_logits` block (a class tile: grid.y).
-pub const LOGITS_CLASSES: u64 = 64;
+/// Threads per block of the projection GEMMs (`aiec_fwd_logits*`, `aiec_bwd_dv_dw*`).
+pub const GEMM_BLOCK: u32 = 128;
+/// The projection GEMMs' block tile: `GEMM_TILE x GEMM_TILE` outputs (`kernels/aiec_gemm.cuh`).
+pub const GEMM_TILE: u64 = 64;
+/// Samples per `aiec_fwd_logits` sample group (grid.y).
+pub const LOGITS_SAMPLES: u64 = GEMM_TILE;
+/// Classes per `aiec_fwd_logits` class tile (grid.x).
+pub const LOGITS_CLASSES: u64 = GEMM_TILE;
+/// Bytes of one row's softmax statistics over one class tile (`AiecRowPart`).
+pub const ROW_PART_BYTES: usize = 16;
 
 /// Sample groups of `aiec_fwd_logits`: its `done` tickets have one entry each.
 pub fn logits_groups(shape: &AiecShape) -> usize {
     shape.batch.div_ceil(LOGITS_SAMPLES) as usize
+}
+
+/// Class tiles of `aiec_fwd_logits`: each row has one `AiecRowPart` per tile.
+pub fn logits_tiles(shape: &AiecShape) -> usize {
+    shape.classes.div_ceil(LOGITS_CLASSES).max(1) as usize
 }
 
 fn is_hw(shape: &AiecShape) -> bool {
@@ -215,12 +297,13 @@ pub fn training_modules(dtype: DType) -> [Module; 6] {
     ]
 }
 
-/// Threads per block the plans launch `kernel` with: [`LOGITS_BLOCK`] for
-/// `aiec_fwd_logits`, [`ELEMENTWISE_BLOCK`] for `threshold_*` and `convert_*`,
-/// [`AIEC_BLOCK`] for the other fused kernels.
+/// Threads per block the plans launch `kernel` with: [`GEMM_BLOCK`] for the
+/// projection GEMMs (`aiec_fwd_logits*`, `aiec_bwd_dv_dw*`),
+/// [`ELEMENTWISE_BLOCK`] for `threshold_*` and `convert_*`, [`AIEC_BLOCK`] for
+/// the other fused kernels.
 pub fn block_threads(kernel: &str) -> u32 {
-    if kernel == "aiec_fwd_logits" {
-        LOGITS_BLOCK
+    if kernel.starts_with("aiec_fwd_logits") || kernel.starts_with("aiec_bwd_dv_dw") {
+        GEMM_BLOCK
     } else if kernel.starts_with("threshold") || kernel.starts_with("convert") {
         ELEMENTWISE_BLOCK
     } else {
@@ -317,31 +400,36 @@ pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, a: XPassArgs) -> Option<Launc
     })
 }
 
-/// Launch 2: `aiec_fwd_logits(v, w, targets, status, step, logits, ce, g, act, inh, total, done, shape)`;
-/// `done` has [`logits_groups`] `u32`s, all zero; `status` and `step` may be 0.
+/// Launch 2: `aiec_fwd_logits{suffix}(v, w, targets, status, step, logits, ce, g, act, inh, total,
+/// done, part, shape)`, the entry point of the device's [`Projection`];
+/// `scratch` = `[done, part]`: `done` has [`logits_groups`] `u32`s, all zero;
+/// `part` has `B * `[`logits_tiles`] `AiecRowPart`s ([`ROW_PART_BYTES`] each,
+/// 8-byte aligned). `status` and `step` may be 0.
 pub fn aiec_fwd_logits(
     shape: &AiecShape,
     inputs: [u64; 5],
     outputs: [u64; 3],
     counters: [u64; 3],
-    done: u64,
+    scratch: [u64; 2],
+    limits: DeviceLimits,
 ) -> Option<LaunchPlan> {
     let args = inputs
         .into_iter()
         .chain(outputs)
         .chain(counters)
-        .chain([done])
+        .chain(scratch)
         .map(KernelArg::Ptr)
         .chain([KernelArg::structure(shape)]);
     (shape.batch > 0).then(|| LaunchPlan {
         module: Module::all("aiec_fwd_logits.cu"),
-        kernel: "aiec_fwd_logits".into(),
+        kernel: format!("aiec_fwd_logits{}", limits.projection().suffix()),
+        // Class tiles fastest: a sample group's tiles are neighbours in the launch order.
         grid: [
-            logits_groups(shape) as u32,
-            shape.classes.div_ceil(LOGITS_CLASSES).clamp(1, 65_535) as u32,
+            logits_tiles(shape).min((1 << 31) - 1) as u32,
+            logits_groups(shape).clamp(1, 65_535) as u32,
             1,
         ],
-        block: [LOGITS_BLOCK, 1, 1],
+        block: [GEMM_BLOCK, 1, 1],
         shared_bytes: 0,
         args: args.collect(),
     })
@@ -349,8 +437,9 @@ pub fn aiec_fwd_logits(
 
 /// Where the parts of a training forward's scratch memory lie (bytes from its
 /// start): the gate's per-block partial sums and counts, the two kernels'
-/// tickets (zero before the first launch; every launch leaves them zero), and
-/// the targets status. One allocation, zeroed once.
+/// tickets (zero before the first launch; every launch leaves them zero), the
+/// targets status and the logits' per-row, per-class-tile softmax statistics.
+/// One allocation, zeroed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardScratch {
     /// `f32 [gate_blocks]`.
@@ -361,6 +450,8 @@ pub struct ForwardScratch {
     pub tickets: usize,
     /// One `AiecTargetStatus`.
     pub status: usize,
+    /// `AiecRowPart [B * logits_tiles]` ([`ROW_PART_BYTES`] each).
+    pub row_parts: usize,
     /// Total bytes.
     pub bytes: usize,
 }
@@ -369,11 +460,13 @@ impl ForwardScratch {
     /// The layout for `shape`.
     pub fn of(shape: &AiecShape) -> ForwardScratch {
         let g = gate_blocks(shape);
-        let up8 = |n: usize| n.div_ceil(8) * 8;
-        let gate_count = up8(4 * g);
+        let up16 = |n: usize| n.div_ceil(16) * 16;
+        let gate_count = up16(4 * g);
         let tickets = gate_count + 8 * g;
-        let status = up8(tickets + 4 * (logits_groups(shape) + 1));
-        ForwardScratch { gate_sum_sq: 0, gate_count, tickets, status, bytes: status + 32 }
+        let status = up16(tickets + 4 * (logits_groups(shape) + 1));
+        let row_parts = status + 32;
+        let parts = shape.batch as usize * logits_tiles(shape) * ROW_PART_BYTES;
+        ForwardScratch { gate_sum_sq: 0, gate_count, tickets, status, row_parts, bytes: row_parts + parts }
     }
 }
 
@@ -422,18 +515,25 @@ pub fn aiec_loss(params: &AiecLossParams) -> LaunchPlan {
     }
 }
 
-/// Backward launch 1: `aiec_bwd_dv_dw(v, w, g, mask, losses, row_scale, dv, dw, shape)`
-/// (`row_scale` may be 0: the uniform `aux_scale` of `losses`); runs for `B = 0`
-/// too (it writes, or with [`crate::params::FLAG_ACCUMULATE_DW`] keeps, `dW`).
-pub fn aiec_bwd_dv_dw(shape: &AiecShape, inputs: [u64; 6], outputs: [u64; 2]) -> Option<LaunchPlan> {
-    let cb = shape.channels.div_ceil(AIEC_BLOCK as u64);
-    let grid = (shape.batch.div_ceil(16) + shape.classes.div_ceil(16)) * cb;
+/// Backward launch 1: `aiec_bwd_dv_dw{suffix}(v, w, g, mask, losses, row_scale, dv, dw, shape)`,
+/// the entry point of the device's [`Projection`] (`row_scale` may be 0: the
+/// uniform `aux_scale` of `losses`); runs for `B = 0` too (it writes, or with
+/// [`crate::params::FLAG_ACCUMULATE_DW`] keeps, `dW`). One 64 x 64 tile of `dv`
+/// or `dW` per block.
+pub fn aiec_bwd_dv_dw(
+    shape: &AiecShape,
+    inputs: [u64; 6],
+    outputs: [u64; 2],
+    limits: DeviceLimits,
+) -> Option<LaunchPlan> {
+    let ct = shape.channels.div_ceil(GEMM_TILE);
+    let grid = (shape.batch.div_ceil(GEMM_TILE) + shape.classes.div_ceil(GEMM_TILE)) * ct;
     let args = inputs.into_iter().chain(outputs).map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
     (grid > 0).then(|| LaunchPlan {
         module: Module::all("aiec_bwd_dv_dw.cu"),
-        kernel: "aiec_bwd_dv_dw".into(),
-        grid: [grid as u32, 1, 1],
-        block: [AIEC_BLOCK, 1, 1],
+        kernel: format!("aiec_bwd_dv_dw{}", limits.projection().suffix()),
+        grid: [grid.min((1 << 31) - 1) as u32, 1, 1],
+        block: [GEMM_BLOCK, 1, 1],
         shared_bytes: 0,
         args: args.collect(),
     })
@@ -469,7 +569,10 @@ pub fn aiec_bwd_x(
 mod tests {
     use super::*;
 
-    const H200: DeviceLimits = DeviceLimits { sm_count: 132 };
+    const H200: DeviceLimits =
+        DeviceLimits { sm_count: 132, arch: Arch { major: 9, minor: 0 }, projection: Projection::Tf32x3 };
+    const T4: DeviceLimits =
+        DeviceLimits { sm_count: 40, arch: Arch { major: 7, minor: 5 }, projection: Projection::F32 };
 
     #[test]
     fn elementwise_grid_covers_small_inputs_and_caps_large_ones() {
@@ -482,7 +585,7 @@ mod tests {
         assert_eq!(elementwise_grid(2049, DType::F16, H200), 2);
         // ViT-B activation: capped at 8 blocks per SM, grid-stride beyond.
         assert_eq!(elementwise_grid(256 * 197 * 3072, DType::BF16, H200), 132 * 8);
-        assert_eq!(elementwise_grid(u64::MAX, DType::F32, DeviceLimits { sm_count: 0 }), 8);
+        assert_eq!(elementwise_grid(u64::MAX, DType::F32, DeviceLimits { sm_count: 0, ..H200 }), 8);
     }
 
     #[test]
@@ -546,20 +649,41 @@ mod tests {
         let h = shape(Pool::AvgHw, 128, 3136, 256, 1000);
         let p = aiec_fwd_x(DType::F16, &h, xa()).unwrap();
         assert_eq!((p.kernel.as_str(), p.grid), ("aiec_fwd_x_hw_f16", [128 * 256 / 8, 1, 1]));
-        // 32 sample groups x 16 class tiles.
-        let l = aiec_fwd_logits(&s, [1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11], 12).unwrap();
-        assert_eq!((l.grid, l.block, l.args.len()), ([32, 16, 1], [512, 1, 1], 13));
+        // 16 class tiles x 4 sample groups of 64, 128 threads, the tensor-core path by default.
+        let l = aiec_fwd_logits(&s, [1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13], H200).unwrap();
+        assert_eq!((l.grid, l.block, l.args.len()), ([16, 4, 1], [128, 1, 1], 14));
+        assert_eq!(l.kernel, "aiec_fwd_logits_tf32x3");
         assert_eq!(
             (&l.args[3], &l.args[4]),
             (&KernelArg::Ptr(4), &KernelArg::Ptr(5)),
             "status, step after targets"
         );
-        assert_eq!(l.args[11], KernelArg::Ptr(12), "done is the last pointer");
-        assert_eq!(logits_groups(&s), 32);
-        let few = aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), [0; 5], [0; 3], [0; 3], 0).unwrap();
-        assert_eq!(few.grid, [2, 1, 1]);
-        let huge = aiec_fwd_logits(&shape(Pool::None, 1, 1, 1, 1 << 30), [0; 5], [0; 3], [0; 3], 0).unwrap();
-        assert_eq!(huge.grid, [1, 65_535, 1], "class tiles beyond the grid limit loop in the kernel");
+        assert_eq!((&l.args[11], &l.args[12]), (&KernelArg::Ptr(12), &KernelArg::Ptr(13)), "done, part");
+        assert_eq!((logits_groups(&s), logits_tiles(&s)), (4, 16));
+        let few =
+            aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), [0; 5], [0; 3], [0; 3], [0; 2], H200).unwrap();
+        assert_eq!(few.grid, [1, 1, 1]);
+        let tall = shape(Pool::None, 1 << 30, 1, 1, 1);
+        let huge = aiec_fwd_logits(&tall, [0; 5], [0; 3], [0; 3], [0; 2], H200).unwrap();
+        assert_eq!(huge.grid, [1, 65_535, 1], "sample groups beyond the grid limit loop in the kernel");
+        // sm_75 is never handed the tensor-core path, whatever is asked for; f32 is there everywhere.
+        let t4 = DeviceLimits { projection: Projection::Tf32x3, ..T4 };
+        assert_eq!(
+            aiec_fwd_logits(&s, [0; 5], [0; 3], [0; 3], [0; 2], t4).unwrap().kernel,
+            "aiec_fwd_logits"
+        );
+        let f32 = DeviceLimits { projection: Projection::F32, ..H200 };
+        assert_eq!(
+            aiec_fwd_logits(&s, [0; 5], [0; 3], [0; 3], [0; 2], f32).unwrap().kernel,
+            "aiec_fwd_logits"
+        );
+        let tf32 = DeviceLimits { projection: Projection::Tf32, ..H200 };
+        assert_eq!(
+            aiec_fwd_logits(&s, [0; 5], [0; 3], [0; 3], [0; 2], tf32).unwrap().kernel,
+            "aiec_fwd_logits_tf32"
+        );
+        assert_eq!(DeviceLimits::new(40, T4.arch).projection, Projection::F32);
+        assert_eq!(DeviceLimits::new(132, H200.arch).projection, Projection::Tf32x3);
         let g = aiec_fwd_gate(&s, [1, 2, 3, 4, 5], [6, 7, 8, 9, 10]).unwrap();
         assert_eq!((g.grid, g.args.len()), ([48, 4, 1], 11), "64 channels x 256 classes per block");
         assert_eq!(gate_grid(&shape(Pool::None, 3, 1, 5, 2)), [1, 1, 1]);
@@ -567,15 +691,17 @@ mod tests {
         // Empty batches launch nothing in the forward.
         let e = shape(Pool::Token, 0, 5, 8, 4);
         assert!(aiec_fwd_x(DType::F32, &e, xa()).is_none());
-        assert!(aiec_fwd_logits(&e, [0; 5], [0; 3], [0; 3], 0).is_none());
+        assert!(aiec_fwd_logits(&e, [0; 5], [0; 3], [0; 3], [0; 2], H200).is_none());
         assert!(aiec_fwd_gate(&e, [0; 5], [0; 5]).is_none());
     }
 
     #[test]
     fn fused_backward_plans_follow_the_kernel_geometry() {
         let s = shape(Pool::AvgToken, 256, 197, 3072, 1000);
-        let p = aiec_bwd_dv_dw(&s, [1, 2, 3, 4, 5, 6], [7, 8]).unwrap();
-        assert_eq!(p.grid, [(16 + 63) * 12, 1, 1]);
+        let p = aiec_bwd_dv_dw(&s, [1, 2, 3, 4, 5, 6], [7, 8], H200).unwrap();
+        assert_eq!(p.grid, [(4 + 16) * 48, 1, 1], "64 x 64 tiles of dv [256, 3072] and dW [1000, 3072]");
+        assert_eq!((p.kernel.as_str(), p.block), ("aiec_bwd_dv_dw_tf32x3", [128, 1, 1]));
+        assert_eq!(aiec_bwd_dv_dw(&s, [0; 6], [0; 2], T4).unwrap().kernel, "aiec_bwd_dv_dw");
         assert_eq!(p.args.len(), 9);
         assert_eq!(p.args[5], KernelArg::Ptr(6), "row_scale after losses");
         let x = aiec_bwd_x(DType::BF16, &s, 1, 2, 3, 1).unwrap();
@@ -583,7 +709,7 @@ mod tests {
         assert_eq!(x.args[3], KernelArg::Ptr(1), "dx may be dy");
         // B = 0 still clears dW; the dy pass has nothing to do.
         let e = shape(Pool::None, 0, 1, 8, 4);
-        assert_eq!(aiec_bwd_dv_dw(&e, [0; 6], [0; 2]).unwrap().grid, [1, 1, 1]);
+        assert_eq!(aiec_bwd_dv_dw(&e, [0; 6], [0; 2], H200).unwrap().grid, [1, 1, 1]);
         assert!(aiec_bwd_x(DType::F32, &e, 1, 2, 3, 4).is_none());
         assert_eq!(aiec_loss(&bytemuck::Zeroable::zeroed()).grid, [1, 1, 1]);
     }
@@ -597,11 +723,12 @@ mod tests {
         ] {
             let l = ForwardScratch::of(&s);
             let (g, groups) = (gate_blocks(&s), logits_groups(&s));
-            assert!(l.gate_count % 8 == 0 && l.status % 8 == 0);
+            assert!(l.gate_count % 16 == 0 && l.status % 16 == 0 && l.row_parts % 16 == 0);
             assert!(l.gate_sum_sq + 4 * g <= l.gate_count);
             assert!(l.gate_count + 8 * g <= l.tickets);
             assert!(l.tickets + 4 * (groups + 1) <= l.status);
-            assert_eq!(l.bytes, l.status + 32);
+            assert!(l.status + 32 <= l.row_parts);
+            assert_eq!(l.bytes, l.row_parts + s.batch as usize * logits_tiles(&s) * ROW_PART_BYTES);
         }
     }
 
@@ -631,10 +758,10 @@ mod tests {
                 let s = shape(pool, 4, 9, 64, 10);
                 let plans = [
                     aiec_fwd_x(dtype, &s, xa()).unwrap(),
-                    aiec_fwd_logits(&s, [1; 5], [1; 3], [1; 3], 1).unwrap(),
+                    aiec_fwd_logits(&s, [1; 5], [1; 3], [1; 3], [1; 2], H200).unwrap(),
                     aiec_fwd_gate(&s, [1; 5], [1; 5]).unwrap(),
                     aiec_loss(&bytemuck::Zeroable::zeroed()),
-                    aiec_bwd_dv_dw(&s, [1; 6], [1; 2]).unwrap(),
+                    aiec_bwd_dv_dw(&s, [1; 6], [1; 2], H200).unwrap(),
                     aiec_bwd_x(dtype, &s, 1, 2, 3, 4).unwrap(),
                 ];
                 let used: Vec<Module> = plans.iter().map(|p| p.module).collect();

@@ -9,15 +9,37 @@ use aiec::cpu::gradcheck::{random_case, CaseShape};
 use aiec::cpu::LossCoefs;
 use aiec::gpu::{self, GpuCounters, GpuLayer};
 use aiec::init::SplitMix64;
+use aiec::launch::Projection;
 use aiec::{AiecConfig, AiecError, Buffer, Counters, DType, Device, DeviceStats, Element, Pool, Tensor};
 use common::compare::tolerance;
 use common::devices::devices;
 use common::golden::{dirs, inputs_only, load_dir, GoldenCase};
-use common::runner::{judge_against, rounded_case, run_cpu, run_golden, run_gpu};
+use common::runner::{expected, judge_against, rounded_case, run_cpu, run_gpu, Errors};
 use half::{bf16, f16};
 
 /// Margin below which two top logits count as a near tie in reduced precision.
 const TIE_MARGIN: f64 = 1e-4;
+/// Margin below which two top logits count as a near tie for f32 results (the
+/// f32 tolerance): their argmax may flip with the summation order (golden README).
+const TIE_MARGIN_F32: f64 = 1e-5;
+
+/// The projection paths `dev` runs (f32 everywhere, 3xTF32 with tensor cores:
+/// the simulator, sm_80 and later), each set on the device in turn.
+fn paths(dev: &Device) -> Vec<Projection> {
+    let mut v = vec![Projection::F32];
+    if aiec::launch::tensor_cores(dev.limits().arch) {
+        v.push(Projection::Tf32x3);
+    }
+    v
+}
+
+fn path_name(p: Projection) -> &'static str {
+    match p {
+        Projection::F32 => "f32-simt",
+        Projection::Tf32x3 => "3xtf32",
+        Projection::Tf32 => "tf32",
+    }
+}
 
 /// Judges `T` results on `dev` against the CPU reference in f32 run on the
 /// same rounded inputs (the golden README's rule for f16/bf16).
@@ -42,10 +64,40 @@ fn golden_cases_on_every_device_and_precision() {
         };
         for (dir, label) in dirs() {
             let cases = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
-            let s = run_golden(backend, "f32", &label, &cases, |c| run_gpu::<f32>(&dev, c));
-            if s.passed != s.total {
-                failed.push(format!("{backend}-f32 {label}"));
+            // f32 on every projection path, against the float64 expected values at 1e-5,
+            // counters and masks exact except for near-tied samples (golden README).
+            for path in paths(&dev) {
+                dev.set_projection(path).unwrap();
+                let (mut passed, mut skipped, mut err) = (0, 0, Errors::default());
+                for case in &cases {
+                    let r = run_gpu::<f32>(&dev, case).and_then(|got| {
+                        judge_against(case, &got, &expected(case), tolerance("f32"), TIE_MARGIN_F32)
+                    });
+                    match r {
+                        Ok((e, s)) => {
+                            passed += 1;
+                            skipped += s;
+                            err.merge(&e);
+                        }
+                        Err(msg) => println!("  FAILED {} ({}): {msg}", case.name, path_name(path)),
+                    }
+                }
+                println!(
+                    "golden {backend}-f32 [{}]: {passed}/{} cases passed ({label}; {skipped} near-tied samples skipped; \
+                     max relative error vs float64: logits {:.1e}, dx {:.1e}, dW {:.1e}, v {:.1e}, losses {:.1e})",
+                    path_name(path),
+                    cases.len(),
+                    err.logits,
+                    err.dx,
+                    err.dw,
+                    err.v,
+                    err.losses
+                );
+                if passed != cases.len() {
+                    failed.push(format!("{backend}-f32 {} {label}", path_name(path)));
+                }
             }
+            dev.set_projection(Projection::default_for(dev.limits().arch)).unwrap();
             for (precision, run) in [
                 ("f16", run_reduced::<f16> as fn(&Device, &GoldenCase, f64) -> _),
                 ("bf16", run_reduced::<bf16>),
@@ -129,32 +181,164 @@ fn random_suite() -> Vec<GoldenCase> {
 fn random_shapes_match_the_cpu_reference() {
     let suite = random_suite();
     for dev in devices() {
-        let (mut passed, mut skipped) = (0, 0);
-        let mut failures = Vec::new();
-        for (i, c) in suite.iter().enumerate() {
-            // Cycle the activation type; f32 is judged at 1e-5 against the CPU in f32.
-            let r = match i % 3 {
-                0 => run_reduced::<f32>(&dev, c, tolerance("f32")),
-                1 => run_reduced::<f16>(&dev, c, tolerance("f16")),
-                _ => run_reduced::<bf16>(&dev, c, tolerance("bf16")),
-            };
-            match r {
-                Ok((_, s)) => {
-                    passed += 1;
-                    skipped += s;
+        for path in paths(&dev) {
+            dev.set_projection(path).unwrap();
+            let (mut passed, mut skipped) = (0, 0);
+            let mut failures = Vec::new();
+            for (i, c) in suite.iter().enumerate() {
+                // Cycle the activation type; f32 is judged at 1e-5 against the CPU in f32.
+                let r = match i % 3 {
+                    0 => run_reduced::<f32>(&dev, c, tolerance("f32")),
+                    1 => run_reduced::<f16>(&dev, c, tolerance("f16")),
+                    _ => run_reduced::<bf16>(&dev, c, tolerance("bf16")),
+                };
+                match r {
+                    Ok((_, s)) => {
+                        passed += 1;
+                        skipped += s;
+                    }
+                    Err(msg) => {
+                        failures.push(format!("{} ({}): {msg}", c.name, ["f32", "f16", "bf16"][i % 3]))
+                    }
                 }
-                Err(msg) => failures.push(format!("{} ({}): {msg}", c.name, ["f32", "f16", "bf16"][i % 3])),
             }
+            println!(
+                "random {} [{}]: {passed}/{} cases passed ({skipped} near-tied samples skipped)",
+                dev.label(),
+                path_name(path),
+                suite.len()
+            );
+            for f in failures.iter().take(5) {
+                println!("  FAILED {f}");
+            }
+            assert!(failures.is_empty() && suite.len() >= 200, "{} random failures", failures.len());
         }
-        println!(
-            "random {}: {passed}/{} cases passed ({skipped} near-tied samples skipped)",
-            dev.label(),
-            suite.len()
-        );
-        for f in failures.iter().take(5) {
-            println!("  FAILED {f}");
+    }
+}
+
+/// The shapes where the activation passes used to leave their fast path: ResNet
+/// stages (`avg_hw` at 7x7, 14x14, 28x28, 56x56: rows of P = 49, 196, 784, 3136
+/// positions) and channel counts that are not multiples of 32 or of the vector
+/// width, in every activation type and on every projection path, against the
+/// CPU reference on the same rounded inputs.
+#[test]
+fn resnet_stages_and_odd_channel_counts_match_the_cpu_reference() {
+    let mut shapes: Vec<GoldenCase> = Vec::new();
+    for (i, hw) in [7usize, 14, 28, 56].into_iter().enumerate() {
+        let (b, c) = if hw == 56 { (1, 2) } else { (2, 3) };
+        shapes.push(case(300 + i as u64, Pool::AvgHw, 0.0, b, c, 5, hw * hw, 1, true));
+    }
+    for (i, (pool, c, p)) in [
+        (Pool::Token, 35, 5),
+        (Pool::AvgToken, 33, 4),
+        (Pool::None, 67, 1),
+        (Pool::Token, 2, 3),
+        (Pool::AvgToken, 6, 7),
+        (Pool::None, 12, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        shapes.push(case(310 + i as u64, pool, 0.2, 5, c, 7, p, 1, true));
+    }
+    for dev in devices() {
+        for path in paths(&dev) {
+            dev.set_projection(path).unwrap();
+            let mut failures = Vec::new();
+            let mut skipped = 0;
+            for c in &shapes {
+                for (precision, r) in [
+                    ("f32", run_reduced::<f32>(&dev, c, tolerance("f32"))),
+                    ("f16", run_reduced::<f16>(&dev, c, tolerance("f16"))),
+                    ("bf16", run_reduced::<bf16>(&dev, c, tolerance("bf16"))),
+                ] {
+                    match r {
+                        Ok((_, s)) => skipped += s,
+                        Err(msg) => failures.push(format!("{} {precision}: {msg}", c.name)),
+                    }
+                }
+            }
+            println!(
+                "shapes {} [{}]: {}/{} runs passed ({skipped} near-tied samples skipped)",
+                dev.label(),
+                path_name(path),
+                3 * shapes.len() - failures.len(),
+                3 * shapes.len()
+            );
+            for f in failures.iter().take(5) {
+                println!("  FAILED {f}");
+            }
+            assert!(failures.is_empty(), "{} failures", failures.len());
         }
-        assert!(failures.is_empty() && suite.len() >= 200, "{} random failures", failures.len());
+    }
+}
+
+/// Infinite activations: the logits, CE, softmax gradient, dv and dW are f32
+/// arithmetic's inf or NaN on every projection path (3xTF32's correction
+/// products must not turn `0 * inf` into a NaN where f32 gives inf).
+#[test]
+fn infinite_activations_give_f32_results_on_every_path() {
+    let mut c = case(500, Pool::None, 0.0, 6, 40, 5, 1, 1, true);
+    let x = &mut c.layers[0].x;
+    x[40 + 3] = f64::INFINITY; // row 1: one +inf channel: its logits are +-inf
+    x[2 * 40 + 5] = f64::INFINITY; // row 2: two: +inf and -inf terms, NaN where the weights' signs differ
+    x[2 * 40 + 9] = f64::INFINITY;
+    x[3 * 40 + 1] = f64::NEG_INFINITY; // row 3: -inf is thresholded to 0
+    let want = run_cpu::<f32>(&c).unwrap();
+    let l = &want.layers[0];
+    assert!(
+        l.logits[5..10].iter().all(|z| z.is_infinite()),
+        "the case must produce inf logits: {:?}",
+        &l.logits[5..10]
+    );
+    for dev in devices() {
+        for path in paths(&dev) {
+            dev.set_projection(path).unwrap();
+            let got = run_gpu::<f32>(&dev, &c).unwrap();
+            judge_against(&c, &got, &want, tolerance("f32"), TIE_MARGIN_F32)
+                .unwrap_or_else(|m| panic!("{} [{}]: {m}", dev.label(), path_name(path)));
+        }
+        dev.set_projection(Projection::default_for(dev.limits().arch)).unwrap();
+    }
+}
+
+/// How close each projection path comes to a float64 reference at a longer
+/// reduction than the golden cases have (C = 1536, K = 200, B = 70): the
+/// f32 CPU reference, the f32 SIMT path and 3xTF32 within 1e-5, plain TF32
+/// (opt-in) around 1e-3, judged at its own, looser tolerance.
+#[test]
+fn projection_paths_against_a_float64_reference() {
+    let c = case(400, Pool::None, 0.0, 70, 1536, 200, 1, 1, true);
+    let want = run_cpu::<f64>(&c).unwrap();
+    let cpu = run_cpu::<f32>(&c).unwrap();
+    let (e, _) = judge_against(&c, &cpu, &want, tolerance("f32"), TIE_MARGIN_F32).unwrap();
+    println!(
+        "accuracy vs f64, {}: cpu-f32 logits {:.1e}, dx {:.1e}, dW {:.1e}",
+        c.name, e.logits, e.dx, e.dw
+    );
+    for dev in devices() {
+        let mut all = paths(&dev);
+        if all.contains(&Projection::Tf32x3) {
+            all.push(Projection::Tf32);
+        }
+        for path in all {
+            dev.set_projection(path).unwrap();
+            let got = run_gpu::<f32>(&dev, &c).unwrap();
+            // Plain TF32 keeps 10 mantissa bits of each operand: judged at 5e-3, near ties at 5e-2.
+            let (rtol, margin) = if path == Projection::Tf32 { (5e-3, 5e-2) } else { (1e-5, TIE_MARGIN_F32) };
+            let (e, skipped) = judge_against(&c, &got, &want, rtol, margin)
+                .unwrap_or_else(|m| panic!("{}: {m}", path_name(path)));
+            println!(
+                "accuracy vs f64, {} [{}]: logits {:.1e}, dx {:.1e}, dW {:.1e}, losses {:.1e} ({skipped} near-tied skipped)",
+                dev.label(),
+                path_name(path),
+                e.logits,
+                e.dx,
+                e.dw,
+                e.losses
+            );
+        }
+        dev.set_projection(Projection::default_for(dev.limits().arch)).unwrap();
     }
 }
 
@@ -177,20 +361,28 @@ fn step_bytes(dev: &Device, c: &GoldenCase) -> Vec<Vec<u8>> {
 #[cfg(feature = "sim")]
 #[test]
 fn results_are_bitwise_identical_across_schedules() {
-    for (i, c) in [
-        case(11, Pool::AvgToken, 0.0, 13, 72, 10, 17, 2, true),
-        case(12, Pool::AvgHw, 0.3, 6, 20, 7, 33, 1, true),
-        case(13, Pool::Token, 0.0, 9, 64, 1000, 5, 1, true),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let base = step_bytes(&Device::sim_with(0, 1), c);
-        for (seed, workers) in [(1, 1), (2, 4), (3, 2)] {
-            assert!(
-                base == step_bytes(&Device::sim_with(seed, workers), c),
-                "case {i}: seed {seed}, workers {workers} differ"
-            );
+    let on = |seed, workers, path| {
+        let d = Device::sim_with(seed, workers);
+        d.set_projection(path).unwrap();
+        d
+    };
+    for path in [Projection::Tf32x3, Projection::F32] {
+        for (i, c) in [
+            case(11, Pool::AvgToken, 0.0, 13, 72, 10, 17, 2, true),
+            case(12, Pool::AvgHw, 0.3, 6, 20, 7, 49, 1, true),
+            case(13, Pool::Token, 0.0, 9, 64, 1000, 5, 1, true),
+            case(15, Pool::None, 0.0, 70, 35, 130, 1, 1, true),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let base = step_bytes(&on(0, 1, path), c);
+            for (seed, workers) in [(1, 1), (2, 4), (3, 2)] {
+                assert!(
+                    base == step_bytes(&on(seed, workers, path), c),
+                    "{path:?} case {i}: seed {seed}, workers {workers} differ"
+                );
+            }
         }
     }
 }

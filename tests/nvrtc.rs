@@ -298,6 +298,29 @@ fn no_kernel_spills_and_each_fits_its_block() {
     }
 }
 
+/// The projection GEMMs' tensor-core entry points (3xTF32, plain TF32) exist
+/// from sm_80 on and not for sm_75, which the plans never hand them
+/// (`launch::DeviceLimits::projection`): there only the f32 path is compiled.
+#[test]
+fn the_tensor_core_paths_exist_from_sm_80_on() {
+    if nvrtc_or_skip().is_none() {
+        return;
+    }
+    for (file, kernel) in [("aiec_fwd_logits.cu", "aiec_fwd_logits"), ("aiec_bwd_dv_dw.cu", "aiec_bwd_dv_dw")]
+    {
+        for arch in Arch::TESTED {
+            let Image::Cubin(cubin) = nvrtc::compile(Module::all(file), Target::Cubin(arch)).unwrap() else {
+                panic!("not a cubin")
+            };
+            let mut want = vec![kernel.to_string()];
+            if aiec::launch::tensor_cores(arch) {
+                want.extend([format!("{kernel}_tf32"), format!("{kernel}_tf32x3")]);
+            }
+            assert_eq!(cubin_entries(&cubin), want, "{file} {arch}");
+        }
+    }
+}
+
 #[test]
 fn a_broken_kernel_is_an_error_with_the_log() {
     if nvrtc_or_skip().is_none() {

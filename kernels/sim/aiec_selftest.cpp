@@ -73,7 +73,10 @@ struct Case {
   bool update;
   float tau;
   bool fit;           // most targets = the argmax of exact logits (so that many rows count)
+  int path;           // the projection GEMMs (aiec_gemm.cuh): 0 f32 SIMT, 1 3xTF32, 2 plain TF32
 };
+static const char* path_suffix[] = {"", "_tf32x3", "_tf32"};
+static const char* path_name[] = {"f32", "3xtf32", "tf32"};
 static bool hw(const Case& k) { return k.pool == 2; }
 static u64 idx(const Case& k, u64 b, u64 c, u64 p) { return hw(k) ? (b * k.C + c) * k.P + p : (b * k.P + p) * k.C + c; }
 // The keep-bit layout (aiec_params.cuh "Keep bits"): rows of L = C (tokens) or P (hw) elements, each from a word.
@@ -211,15 +214,18 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
       }
   }
 
-  // 2. logits, CE, softmax gradient, counters
-  Bytes ldone(cdiv(B, 8), 4);  // the tickets: zero before, and left zero (checked below)
+  // 2. logits, CE, softmax gradient, counters: grid (class tiles of 64, sample groups of 64), 128 threads
+  const double gemm_rel = k.path == 2 ? 3e-3 : 1e-5;  // plain TF32 rounds the operands to 10 mantissa bits
+  const u64 groups = cdiv(B, 64), tiles = cdiv(K, 64);
+  Bytes ldone(groups, 4), part(B * tiles, 16);  // the tickets: zero before, and left zero (checked below)
   const void* no_status = nullptr;  // targets are all valid here; no device-side step (s.update decides)
-  memset(ldone.p, 0, cdiv(B, 8) * 4);
-  const unsigned ly = (unsigned)std::min<u64>(cdiv(K, 64), k.cap ? k.cap : 65535);  // class tiles (loop when capped)
-  err += launch("aiec_fwd_logits", (unsigned)cdiv(B, 8), ly, 512,
+  memset(ldone.p, 0, groups * 4);
+  const unsigned lx = (unsigned)std::min<u64>(tiles, k.cap ? k.cap : 1u << 30);  // capped: the blocks loop
+  const unsigned ly = (unsigned)std::min<u64>(groups, k.cap ? k.cap : 65535);
+  err += launch((std::string("aiec_fwd_logits") + path_suffix[k.path]).c_str(), lx, ly, 128,
                 {(void*)&Vk, &W, &T, &no_status, &no_status, &logits.p, &ce.p, &g.p, &act.p, &inh.p, &total.p, &ldone.p,
-                 &s});
-  for (u64 i = 0; i < cdiv(B, 8); ++i) ck.exact(ldone.as<unsigned>()[i] == 0, "logits done", i);
+                 &part.p, &s});
+  for (u64 i = 0; i < groups; ++i) ck.exact(ldone.as<unsigned>()[i] == 0, "logits done", i);
   const float *Z = logits.as<float>(), *CE = ce.as<float>(), *G = g.as<float>();
   if (verify) {
     for (u64 b = 0; b < B; ++b) {
@@ -228,7 +234,7 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
       for (u64 kk = 0; kk < K && !huge; ++kk) {
         double r = 0, mag = 0;
         for (u64 c = 0; c < C; ++c) { r += (double)Vk[b * C + c] * W[kk * C + c]; mag += std::fabs((double)Vk[b * C + c] * W[kk * C + c]); }
-        ck.close(Z[b * K + kk], r, mag, "logits", b * K + kk);
+        ck.close(Z[b * K + kk], r, mag, "logits", b * K + kk, gemm_rel);
       }
       const float* z = Z + b * K;
       u64 pred = 0;  // argmax on the kernel's logits: lowest index among equal maxima, first NaN wins
@@ -302,7 +308,9 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
   Bytes dv(B * C, 4), dw(K * C, 4);
   const void* no_scale = nullptr;  // uniform aux_scale
   memset(dw.p, 0xFF, K * C * 4);
-  err += launch("aiec_bwd_dv_dw", (unsigned)((cdiv(B, 16) + cdiv(K, 16)) * cdiv(C, 256)), 1, 256,
+  const u64 dvdw_tiles = (cdiv(B, 64) + cdiv(K, 64)) * cdiv(C, 64);  // capped: the blocks loop over the tiles
+  err += launch((std::string("aiec_bwd_dv_dw") + path_suffix[k.path]).c_str(),
+                (unsigned)std::min<u64>(dvdw_tiles, k.cap ? k.cap : 1u << 30), 1, 128,
                 {(void*)&Vk, &W, &g.p, &mask.p, &losses.p, &no_scale, &dv.p, &dw.p, &s});
   const float *DV = dv.as<float>(), *DW = dw.as<float>();
   if (verify) {
@@ -311,13 +319,13 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
         double r = 0, mag = 0;
         for (u64 kk = 0; kk < K; ++kk) { const double e = (double)(L.aux_scale * G[b * K + kk]) * W[kk * C + c]; r += e; mag += std::fabs(e); }
         if (mask.p[b * C + c]) { const double e = (double)L.gate_scale * Vk[b * C + c]; r += e; mag += std::fabs(e); }
-        ck.close(DV[b * C + c], r, mag, "dv", b * C + c);
+        ck.close(DV[b * C + c], r, mag, "dv", b * C + c, gemm_rel);
       }
     for (u64 kk = 0; kk < K; ++kk)
       for (u64 c = 0; c < C; ++c) {
         double r = 0, mag = 0;
         for (u64 b = 0; b < B; ++b) { const double e = (double)(L.aux_scale * G[b * K + kk]) * Vk[b * C + c]; r += e; mag += std::fabs(e); }
-        if (!(mag > 1e37)) ck.close(DW[kk * C + c], r, mag, "dw", kk * C + c);
+        if (!(mag > 1e37)) ck.close(DW[kk * C + c], r, mag, "dw", kk * C + c, gemm_rel);
       }
   }
 
@@ -355,7 +363,7 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
             ck.exact(ok, q == &dx ? "dx" : "dx(in place)", i);
           }
         }
-    for (const Bytes* q : {&x, &y, &keep, &v, &logits, &ce, &g, &act, &inh, &total, &ldone, &mask, &dv, &dw, &dx, &dyi, &losses, &stats})
+    for (const Bytes* q : {&x, &y, &keep, &v, &logits, &ce, &g, &act, &inh, &total, &ldone, &part, &mask, &dv, &dw, &dx, &dyi, &losses, &stats})
       ck.exact(q->guards(), "guard bytes", 0);
   }
   o.y = snap(y.p, n * es); o.keep = snap(keep.p, nw * 4); o.v = snap(v.p, B * C * 4);
@@ -385,13 +393,16 @@ static void test_empty() {
                        L.pad0 == 0 && L.count == 0;
   void *pv = dummy.data(), *pw = w.data(), *pg = dummy.data(), *pm = mask.data(), *pl = &L, *pdv = dummy.data(),
        *pdw = dw.data(), *prs = nullptr;
-  err += launch("aiec_bwd_dv_dw", (unsigned)((0 + cdiv(K, 16)) * cdiv(C, 256)), 1, 256,
-                {&pv, &pw, &pg, &pm, &pl, &prs, &pdv, &pdw, &s});
   int nonzero = 0;
-  for (float f : dw) nonzero += fbits(f) != 0;
+  for (int path = 0; path < 3; ++path) {  // every projection path
+    std::fill(dw.begin(), dw.end(), NAN);
+    err += launch((std::string("aiec_bwd_dv_dw") + path_suffix[path]).c_str(), (unsigned)(cdiv(K, 64) * cdiv(C, 64)),
+                  1, 128, {&pv, &pw, &pg, &pm, &pl, &prs, &pdv, &pdw, &s});
+    for (float f : dw) nonzero += fbits(f) != 0;
+  }
   check(err.empty() && loss_ok && nonzero == 0 && std::isnan(dummy[0]),
-        "B == 0: aiec_loss writes all zeros, aiec_bwd_dv_dw writes dW = +0 (" + std::to_string(nonzero) +
-            " nonzero) and reads no row " + err);
+        "B == 0: aiec_loss writes all zeros, aiec_bwd_dv_dw (f32, 3xTF32, TF32) writes dW = +0 (" +
+            std::to_string(nonzero) + " nonzero) and reads no row " + err);
 }
 
 static bool same(const Out& a, const Out& b, std::string* which) {
@@ -408,7 +419,9 @@ int main() {
   std::vector<Case> cases;
   auto add = [&](const char* pn, u32 pool, u64 B, u64 P, u64 C, u64 K, bool special, int mis, bool one, unsigned cap,
                  bool update, float tau, bool fit = false) {
-    for (Dt d : {F32, F16, BF16}) cases.push_back({pn, pool, B, P, C, K, d, special, mis, one, cap, update, tau, fit});
+    // the activation types cycle over the projection paths: each shape runs the GEMMs on both f32 and 3xTF32
+    for (Dt d : {F32, F16, BF16})
+      cases.push_back({pn, pool, B, P, C, K, d, special, mis, one, cap, update, tau, fit, d == F16 ? 0 : 1});
   };
   add("token", 0, 2, 5, 64, 3, false, 0, false, 0, true, 0.0f);
   add("token", 0, 3, 3, 40, 5, false, 0, false, 0, true, 0.25f);  // C % V == 0 (f32/16-bit) but C % 32 != 0
@@ -440,6 +453,11 @@ int main() {
   add("none", 3, 6, 1, 600, 3, false, 0, false, 0, false, 0.0f);   // no counter update, C > 512 (2 tiles)
   add("none", 3, 12, 1, 70, 600, false, 0, false, 1, true, 0.0f, true);  // 3 gate class groups on 1 block row
   add("none", 3, 4, 1, 33, 2, true, 0, false, 0, true, 0.0f);      // NaN / inf in v and logits
+  add("none", 3, 130, 1, 67, 70, false, 0, false, 0, true, 0.0f, true);  // GEMM edges: 3 x 2 tiles, odd C (4-byte loads)
+  add("none", 3, 65, 1, 96, 129, false, 0, false, 3, true, 0.0f, true);  // C % 16 == 0 (float4), K = 2 * 64 + 1, capped
+  // plain TF32 (opt-in): judged at 3e-3
+  cases.push_back({"none", 3, 70, 1, 40, 9, F32, false, 0, false, 0, true, 0.0f, true, 2});
+  cases.push_back({"avg_token", 1, 5, 3, 130, 65, BF16, false, 0, false, 0, true, 0.0f, true, 2});
   const uint64_t seeds[] = {0, 1, 2};
   const unsigned workers[] = {1, 4};
   int idx = 0;
@@ -460,9 +478,9 @@ int main() {
         else if (err.empty()) err = "seed " + std::to_string(sd) + " workers " + std::to_string(wk) + ": " + why + " differs from seed 0 workers 1";
       }
     char what[320];
-    snprintf(what, sizeof what, "aiec %-9s %-4s B=%llu P=%llu C=%llu K=%llu%s%s%s%s%s: "
+    snprintf(what, sizeof what, "aiec %-9s %-4s %-6s B=%llu P=%llu C=%llu K=%llu%s%s%s%s%s: "
              "6 schedules correct (%d/%llu rows predicted right), %d/5 bitwise identical to the first", k.pool_name,
-             dt_name[k.dt], k.B, k.P, k.C, k.K, k.special ? " special" : "", k.misalign ? " misaligned" : "",
+             dt_name[k.dt], path_name[k.path], k.B, k.P, k.C, k.K, k.special ? " special" : "", k.misalign ? " misaligned" : "",
              k.one_class ? " one-class" : "", k.cap ? " capped-grid" : "", k.update ? "" : " no-update", first.correct,
              k.B, identical);
     check(err.empty(), std::string(what) + (err.empty() ? "" : "\n     " + err));

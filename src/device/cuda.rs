@@ -368,7 +368,7 @@ impl CudaBackend {
         tell_nvrtc_the_driver_version();
         let shared = ContextShared::of(stream.context())?;
         let label = format!("cuda:{} ({}, {})", stream.context().ordinal(), shared.name, shared.arch);
-        let limits = DeviceLimits { sm_count: shared.sm_count };
+        let limits = DeviceLimits::new(shared.sm_count, shared.arch);
         Ok((CudaBackend { shared, stream }, label, limits))
     }
 

@@ -24,7 +24,7 @@ use cudarc::driver::{sys, CudaStream};
 
 use crate::dtype::DType;
 use crate::error::{AiecError, Result};
-use crate::launch::{DeviceLimits, LaunchPlan};
+use crate::launch::{DeviceLimits, LaunchPlan, Projection};
 use crate::params::AiecTargetStatus;
 
 /// Which kind of device.
@@ -91,6 +91,8 @@ struct Inner {
     id: u64,
     label: String,
     limits: DeviceLimits,
+    /// The projection path the plans use ([`Device::set_projection`]): a [`Projection`] as u8.
+    projection: std::sync::atomic::AtomicU8,
     backend: Backend,
     counts: Counts,
     target_errors: TargetErrors,
@@ -223,13 +225,14 @@ impl Device {
     pub fn sim_with(seed: u64, workers: u32) -> Device {
         let backend = sim::SimBackend::new(seed, workers);
         let label = format!("sim (seed {seed}, workers {workers})");
-        Self::wrap(Backend::Sim(backend), label, DeviceLimits { sm_count: sim::SIM_SM_COUNT })
+        Self::wrap(Backend::Sim(backend), label, DeviceLimits::new(sim::SIM_SM_COUNT, sim::SIM_ARCH))
     }
 
     fn wrap(backend: Backend, label: String, limits: DeviceLimits) -> Device {
         Device(Arc::new(Inner {
             id: next_id(),
             label,
+            projection: std::sync::atomic::AtomicU8::new(limits.projection as u8),
             limits,
             backend,
             counts: Counts::default(),
@@ -251,9 +254,37 @@ impl Device {
         &self.0.label
     }
 
-    /// What launch plans need to know about this device.
+    /// What launch plans need to know about this device, with the projection
+    /// path [`Device::set_projection`] chose.
     pub fn limits(&self) -> DeviceLimits {
-        self.0.limits
+        DeviceLimits { projection: self.projection(), ..self.0.limits }
+    }
+
+    /// The path of the decision projection's products (logits, `dv`, `dW`):
+    /// [`Projection::Tf32x3`] by default from sm_80 on (and on the simulator,
+    /// which reports sm_80), [`Projection::F32`] before.
+    pub fn projection(&self) -> Projection {
+        match self.0.projection.load(Ordering::Relaxed) {
+            1 => Projection::Tf32x3,
+            2 => Projection::Tf32,
+            _ => Projection::F32,
+        }
+    }
+
+    /// Chooses the path of the decision projection for every later launch on
+    /// this device (and its clones): [`Projection::F32`] anywhere, the tensor-core
+    /// paths from sm_80 on ([`Projection::Tf32`] is opt-in: about 1e-3 relative
+    /// error, as `torch.backends.cuda.matmul.allow_tf32`). A tensor-core path on
+    /// a device without TF32 tensor cores (sm_75) is [`AiecError::Unsupported`]
+    /// and changes nothing.
+    pub fn set_projection(&self, projection: Projection) -> Result<()> {
+        if projection.needs_tensor_cores() && !crate::launch::tensor_cores(self.0.limits.arch) {
+            return Err(AiecError::Unsupported {
+                what: format!("the {projection:?} projection on {} (it needs sm_80 or later)", self.0.label),
+            });
+        }
+        self.0.projection.store(projection as u8, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The cudarc stream this device launches on (CUDA only).

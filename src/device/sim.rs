@@ -13,6 +13,12 @@ use crate::launch::LaunchPlan;
 /// simulation fast while still exercising grid-stride loops over many blocks.
 pub(crate) const SIM_SM_COUNT: u32 = 2;
 
+/// The compute capability the simulator reports: sm_80, so that the launch
+/// plans take the tensor-core paths by default (the simulator executes
+/// `mma.sync` exactly as `kernels/mma.cuh` documents); tests also run the f32
+/// path through `Device::set_projection`.
+pub(crate) const SIM_ARCH: crate::nvrtc::Arch = crate::nvrtc::Arch { major: 8, minor: 0 };
+
 extern "C" {
     fn aiec_sim_launch(
         kernel_name: *const c_char,

@@ -337,7 +337,8 @@ pub fn forward_count(
             [aux.v.address(), w.address(), targets.address(), status, step],
             [aux.logits.address(), aux.ce.address(), aux.g.address()],
             [counters.act.address(), counters.inh.address(), counters.total.address()],
-            base + sc.tickets as u64,
+            [base + sc.tickets as u64, base + sc.row_parts as u64],
+            dev.limits(),
         ),
     ];
     for p in plans.iter().flatten() {
@@ -590,6 +591,7 @@ fn backward_impl(
                 row_scale,
             ],
             [dv.address(), dw.address()],
+            dev.limits(),
         ) {
             // SAFETY: all views are live on this device and sized for `shape`;
             // dv and dw are disjoint from each other and from every input.

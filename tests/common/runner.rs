@@ -328,3 +328,29 @@ pub fn judge_against(
     }
     Ok((e, skipped))
 }
+
+/// The expected values of a golden case (float64, from the independent
+/// reference) as [`Outputs`], to judge a backend with [`judge_against`].
+pub fn expected(case: &GoldenCase) -> Outputs {
+    Outputs {
+        layers: case
+            .layers
+            .iter()
+            .map(|l| LayerOutputs {
+                y: l.y.clone(),
+                v: l.v.clone(),
+                logits: l.logits.clone(),
+                mask: l.mask.clone(),
+                act: l.act.clone(),
+                inh: l.inh.clone(),
+                total: l.total.clone(),
+                gate_sum_sq: l.gate_sum_sq,
+                dx: l.dx.clone(),
+                dw: l.dw.clone(),
+            })
+            .collect(),
+        aux_loss: case.aux_loss,
+        gate_loss: case.gate_loss,
+        gate_count: case.gate_count,
+    }
+}
