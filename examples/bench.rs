@@ -146,13 +146,16 @@ fn bench_device<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Resu
     })
 }
 
-/// Seconds per launch of each kernel of a training step, alone.
+/// Seconds per launch of each kernel of a training step, alone; the
+/// projection kernels on the device's default path and on the f32 path.
 struct KernelTimes {
     fwd_x: f64,
     logits: f64,
     gate: f64,
     dv_dw: f64,
     bwd_x: f64,
+    logits_f32: f64,
+    dv_dw_f32: f64,
 }
 
 /// Each kernel of a training step alone (`aiec_loss`, one block, aside),
@@ -224,6 +227,16 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         [dv.address(), dw.address()],
         dev.limits(),
     );
+    // The same two products on the f32 SIMT path (on any device).
+    let f32_path = aiec::launch::DeviceLimits { projection: aiec::launch::Projection::F32, ..dev.limits() };
+    let logits_f32 = logits_plan.clone().map(|mut p| {
+        p.kernel = format!("aiec_fwd_logits{}", f32_path.projection().suffix());
+        p
+    });
+    let dv_dw_f32 = dv_dw_plan.clone().map(|mut p| {
+        p.kernel = format!("aiec_bwd_dv_dw{}", f32_path.projection().suffix());
+        p
+    });
     // dy = xs[i], dx = ys[i] (separate buffers; the in-place form moves the same bytes).
     let bwd_x = pair(&|i| {
         aiec_bwd_x(T::DTYPE, &shape, xs[i].address(), keep.address(), dv.address(), ys[i].address())
@@ -252,7 +265,341 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         gate: time([&gate_plan, &gate_plan])?,
         dv_dw: time([&dv_dw_plan, &dv_dw_plan])?,
         bwd_x: time([&bwd_x[0], &bwd_x[1]])?,
+        logits_f32: time([&logits_f32, &logits_f32])?,
+        dv_dw_f32: time([&dv_dw_f32, &dv_dw_f32])?,
     })
+}
+
+// ------------------------------------------------------------------ cost model
+
+/// The ceilings the cost model divides by: bytes per second (read + written,
+/// as the copy bandwidth is measured) and FLOP rates, with where they come from.
+#[derive(Clone)]
+struct Ceilings {
+    copy_gbps: f64,
+    f32_tflops: f64,
+    tf32_tflops: f64,
+    source: String,
+}
+
+impl Ceilings {
+    /// NVIDIA's published H200 SXM figures (not measured here): 4.8 TB/s of
+    /// HBM3e, 67 TFLOP/s f32 on the SIMT units, 494.7 TFLOP/s dense TF32 on the
+    /// tensor cores (warpgroup MMA; mma.sync, which the kernels use, reaches less).
+    fn h200_published() -> Ceilings {
+        Ceilings {
+            copy_gbps: 4800.0,
+            f32_tflops: 67.0,
+            tf32_tflops: 494.7,
+            source:
+                "H200 SXM published peaks (NOT measured): 4800 GB/s, 67 TFLOP/s f32, 494.7 TFLOP/s TF32 dense"
+                    .into(),
+        }
+    }
+}
+
+/// The least work of one kernel at a preset: the bytes it must read and write
+/// (each once) and the FLOPs it must do; `gemm` marks the projection products.
+struct Cost {
+    kernel: &'static str,
+    bytes: f64,
+    flops: f64,
+    gemm: bool,
+}
+
+/// The kernels of a training step at preset `p` with activations of `size` bytes.
+fn costs(p: Preset, size: usize) -> Vec<Cost> {
+    let (b, c, k, n, s) =
+        (p.batch as f64, p.channels as f64, p.classes as f64, p.elements() as f64, size as f64);
+    let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool).expect("preset");
+    let keep = 4.0
+        * aiec::launch::keep_words(&aiec::params::AiecShape::new(
+            &cfg.plan_input(&p.dims()).expect("preset"),
+            p.classes,
+            0.0,
+            false,
+        )) as f64;
+    vec![
+        // x read, y written, keep bits, v
+        Cost { kernel: "aiec_fwd_x", bytes: 2.0 * n * s + keep + 4.0 * b * c, flops: n, gemm: false },
+        // v, W read; logits, g written (ce, the row partials and a counting step's extra read of v aside)
+        Cost {
+            kernel: "aiec_fwd_logits",
+            bytes: 4.0 * (b * c + k * c + 2.0 * b * k),
+            flops: 2.0 * b * k * c,
+            gemm: true,
+        },
+        // v read, act/inh/W of the classes present (at most min(B, K) rows), mask written
+        Cost {
+            kernel: "aiec_fwd_gate",
+            bytes: 4.0 * b * c + 20.0 * c * b.min(k) + b * c,
+            flops: 2.0 * b * c,
+            gemm: false,
+        },
+        // g, W, v, mask read; dv, dW written
+        Cost {
+            kernel: "aiec_bwd_dv_dw",
+            bytes: 4.0 * (b * k + k * c + b * c) + b * c + 4.0 * (b * c + k * c),
+            flops: 4.0 * b * k * c,
+            gemm: true,
+        },
+        // dy, keep bits, dv read; dx written
+        Cost { kernel: "aiec_bwd_x", bytes: 2.0 * n * s + keep + 4.0 * b * c, flops: n, gemm: false },
+    ]
+}
+
+/// Prints the cost model (a model, not a measurement) at every preset, with
+/// the measured µs beside it where `measured` has them; returns JSON rows.
+fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)]) -> Vec<String> {
+    println!(
+        "\nCOST MODEL (a model, not a measurement): per kernel the least bytes and FLOPs, the time they imply"
+    );
+    println!(
+        "at the ceilings, and the bound of the default path (3xTF32 for the projection: 3 TF32 products)."
+    );
+    println!("ceilings: {}", ceil.source);
+    println!(
+        "{:<13} {:<5} {:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>10} {:>11}",
+        "preset",
+        "dtype",
+        "kernel",
+        "MB",
+        "GFLOP",
+        "mem µs",
+        "f32 µs",
+        "3xtf32 µs",
+        "tf32 µs",
+        "bound",
+        "model µs",
+        "measured µs"
+    );
+    let mut json = Vec::new();
+    for p in PRESETS {
+        for (dt, size) in [("bf16", 2usize), ("f32", 4)] {
+            let mut step = 0.0;
+            for cst in costs(p, size) {
+                {
+                    let mem = cst.bytes / (ceil.copy_gbps * 1e9);
+                    let (f32t, x3, tf) = (
+                        cst.flops / (ceil.f32_tflops * 1e12),
+                        3.0 * cst.flops / (ceil.tf32_tflops * 1e12),
+                        cst.flops / (ceil.tf32_tflops * 1e12),
+                    );
+                    let compute = if cst.gemm { x3 } else { f32t };
+                    let (model, bound) = if compute > mem { (compute, "compute") } else { (mem, "memory") };
+                    step += model;
+                    let got = measured.iter().find(|m| m.0 == p.name && m.1 == dt).map(|(_, _, t)| match cst
+                        .kernel
+                    {
+                        "aiec_fwd_x" => t.fwd_x,
+                        "aiec_fwd_logits" => t.logits,
+                        "aiec_fwd_gate" => t.gate,
+                        "aiec_bwd_dv_dw" => t.dv_dw,
+                        _ => t.bwd_x,
+                    });
+                    let us = |s: f64| format!("{:.1}", s * 1e6);
+                    println!(
+                        "{:<13} {:<5} {:<16} {:>9.1} {:>9.2} {:>9} {:>9} {:>10} {:>9} {:>8} {:>10} {:>11}",
+                        p.name,
+                        dt,
+                        cst.kernel,
+                        cst.bytes / 1e6,
+                        cst.flops / 1e9,
+                        us(mem),
+                        us(f32t),
+                        if cst.gemm { us(x3) } else { "-".into() },
+                        if cst.gemm { us(tf) } else { "-".into() },
+                        bound,
+                        us(model),
+                        got.map_or("-".into(), us)
+                    );
+                    json.push(format!(
+                        "  {{\"impl\": \"model\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"kernel\": \"{}\", \"bytes\": {:.0}, \"flops\": {:.0}, \"mem_us\": {:.2}, \"f32_us\": {:.2}, \"tf32x3_us\": {:.2}, \"tf32_us\": {:.2}, \"bound\": \"{bound}\", \"model_us\": {:.2}, \"ceilings\": \"{}\"}}",
+                        p.name,
+                        cst.kernel,
+                        cst.bytes,
+                        cst.flops,
+                        mem * 1e6,
+                        f32t * 1e6,
+                        x3 * 1e6,
+                        tf * 1e6,
+                        model * 1e6,
+                        ceil.source
+                    ));
+                }
+            }
+            println!("{:<13} {:<5} {:<16} {:>82}", p.name, dt, "step (model)", format!("{:.1}", step * 1e6));
+        }
+    }
+    json
+}
+
+// ------------------------------------------------------------------ cuBLAS, the GPU check's yardstick
+
+/// µs of cuBLAS SGEMM (f32 SIMT, the default math mode) and of cuBLASLt in
+/// TF32 (`CUBLAS_COMPUTE_32F_FAST_TF32`) for the projection's three products at
+/// preset `p` on `dev`'s stream: logits `v W^T`, `dv = dlogits W`, `dW =
+/// dlogits^T v`, row-major as the kernels hold them. cuBLAS is loaded at run time
+/// (cudarc's dynamic loading, a dev-dependency of the bench only): where it is
+/// absent this is an error saying so, never a panic.
+fn cublas_times(dev: &Device, p: Preset, reps: usize) -> Result<([f64; 3], [f64; 3]), String> {
+    use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
+    use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+    use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
+    let stream = dev.cuda_stream().ok_or("not a CUDA device")?.clone();
+    // SAFETY: only probes whether the libraries can be loaded.
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Err("cuBLAS not available (no libcublas on the loader path)".into());
+    }
+    // SAFETY: as above.
+    if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
+        return Err("cuBLASLt not available (no libcublasLt on the loader path)".into());
+    }
+    let (b, c, k) = (p.batch, p.channels, p.classes);
+    let alloc = |n: usize| stream.alloc_zeros::<f32>(n).map_err(|e| format!("alloc: {e:?}"));
+    let (v, w, dl) = (alloc(b * c)?, alloc(k * c)?, alloc(b * k)?);
+    let (mut logits, mut dv, mut dw) = (alloc(b * k)?, alloc(b * c)?, alloc(k * c)?);
+    let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS: {e:?}"))?;
+    let lt = CudaBlasLT::new(stream.clone()).map_err(|e| format!("cuBLASLt: {e:?}"))?;
+    let (bi, ci, ki) = (b as i32, c as i32, k as i32);
+    // Column-major views of the row-major matrices: logits^T [K, B] = W [C, K]^T v^T [C, B];
+    // dv^T [C, B] = W^T-as-[C, K] dl^T [K, B]; dW^T [C, K] = v^T [C, B] (dl^T [K, B])^T.
+    let cfg = |ta, tb, m, n, kk, lda, ldb, ldc| GemmConfig {
+        transa: ta,
+        transb: tb,
+        m,
+        n,
+        k: kk,
+        alpha: 1.0f32,
+        lda,
+        ldb,
+        beta: 0.0,
+        ldc,
+    };
+    let timed = |f: &mut dyn FnMut() -> Result<(), String>| -> Result<f64, String> {
+        f()?;
+        dev.synchronize().map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        for _ in 0..reps {
+            f()?;
+        }
+        dev.synchronize().map_err(|e| e.to_string())?;
+        Ok(t.elapsed().as_secs_f64() / reps as f64)
+    };
+    let e = |x: cudarc::cublas::result::CublasError| format!("{x:?}");
+    let el = |x: cudarc::cublaslt::result::CublasError| format!("{x:?}");
+    // SAFETY (every call below): the buffers are live allocations of this stream with the
+    // element counts the configurations read and write.
+    let sgemm = [
+        timed(&mut || {
+            unsafe { blas.gemm(cfg(T, N, ki, bi, ci, ci, ci, ki), &w, &v, &mut logits) }.map_err(e)
+        })?,
+        timed(&mut || unsafe { blas.gemm(cfg(N, N, ci, bi, ki, ci, ki, ci), &w, &dl, &mut dv) }.map_err(e))?,
+        timed(&mut || unsafe { blas.gemm(cfg(N, T, ci, ki, bi, ci, ki, ci), &v, &dl, &mut dw) }.map_err(e))?,
+    ];
+    let lcfg = |ta, tb, m: usize, n: usize, kk: usize, lda: usize, ldb: usize, ldc: usize| MatmulConfig {
+        transa: ta,
+        transb: tb,
+        transc: false,
+        m: m as u64,
+        n: n as u64,
+        k: kk as u64,
+        alpha: 1.0,
+        lda: lda as i64,
+        ldb: ldb as i64,
+        beta: 0.0,
+        ldc: ldc as i64,
+        stride_a: None,
+        stride_b: None,
+        stride_c: None,
+        stride_bias: None,
+        batch_size: None,
+    };
+    let tf32 = [
+        timed(&mut || {
+            unsafe { lt.matmul(lcfg(true, false, k, b, c, c, c, k), &w, &v, &mut logits, None, None) }
+                .map_err(el)
+        })?,
+        timed(&mut || {
+            unsafe { lt.matmul(lcfg(false, false, c, b, k, c, k, c), &w, &dl, &mut dv, None, None) }
+                .map_err(el)
+        })?,
+        timed(&mut || {
+            unsafe { lt.matmul(lcfg(false, true, c, k, b, c, k, c), &v, &dl, &mut dw, None, None) }
+                .map_err(el)
+        })?,
+    ];
+    Ok((sgemm, tf32))
+}
+
+/// The GPU check's comparison: each preset's three products in cuBLAS SGEMM and
+/// cuBLASLt TF32 beside the kernels' times; returns the ceilings for the cost
+/// model (the measured copy bandwidth; the FLOP rates cuBLAS reaches at `mlp`,
+/// else the published ones).
+fn cublas_section(dev: &Device, measured: &[(&str, &str, KernelTimes)], copy: f64, reps: usize) -> Ceilings {
+    let published = Ceilings::h200_published();
+    let mut ceil = Ceilings {
+        copy_gbps: copy,
+        source: format!(
+            "copy bandwidth measured in this run ({copy:.0} GB/s); FLOP rates published (NOT measured: no cuBLAS): \
+             {} TFLOP/s f32, {} TFLOP/s TF32",
+            published.f32_tflops, published.tf32_tflops
+        ),
+        ..published
+    };
+    println!("\ncuBLAS beside the projection kernels, µs per call ({reps} back to back; the kernels' own on the device's");
+    println!(
+        "path and on f32; cuBLAS SGEMM = f32 SIMT, cuBLASLt = TF32 tensor cores, i.e. 1xTF32 accuracy):"
+    );
+    println!(
+        "{:<13} {:>9} {:>10} {:>10} {:>10} {:>9} {:>10} {:>13} {:>13}",
+        "preset",
+        "logits",
+        "logits f32",
+        "sgemm",
+        "lt tf32",
+        "dv_dw",
+        "dv_dw f32",
+        "sgemm dv+dW",
+        "lt tf32 dv+dW"
+    );
+    for p in PRESETS {
+        let Some((_, _, t)) = measured.iter().find(|m| m.0 == p.name && m.1 == "bf16") else { continue };
+        match cublas_times(dev, p, reps) {
+            Ok((sg, tf)) => {
+                let us = |s: f64| format!("{:.1}", s * 1e6);
+                println!(
+                    "{:<13} {:>9} {:>10} {:>10} {:>10} {:>9} {:>10} {:>13} {:>13}",
+                    p.name,
+                    us(t.logits),
+                    us(t.logits_f32),
+                    us(sg[0]),
+                    us(tf[0]),
+                    us(t.dv_dw),
+                    us(t.dv_dw_f32),
+                    us(sg[1] + sg[2]),
+                    us(tf[1] + tf[2])
+                );
+                if p.name == "mlp" {
+                    // The rates cuBLAS reaches on the largest products: the FLOP ceilings of the model.
+                    let flops = 2.0 * (p.batch * p.classes * p.channels) as f64;
+                    let best = |v: [f64; 3]| v.iter().fold(f64::MAX, |a, &b| a.min(b));
+                    ceil.f32_tflops = flops / best(sg) / 1e12;
+                    ceil.tf32_tflops = flops / best(tf) / 1e12;
+                    ceil.source = format!(
+                        "measured in this run: copy {copy:.0} GB/s; f32 {:.1} TFLOP/s (cuBLAS SGEMM at mlp), TF32 {:.1} TFLOP/s \
+                         (cuBLASLt at mlp)",
+                        ceil.f32_tflops, ceil.tf32_tflops
+                    );
+                }
+            }
+            Err(e) => {
+                println!("cublas: {e}");
+                break;
+            }
+        }
+    }
+    ceil
 }
 
 /// Device-to-device copy bandwidth (bytes read + written per second).
@@ -427,10 +774,12 @@ fn main() -> aiec::Result<()> {
     let json_path = std::env::args().skip_while(|a| a != "--json").nth(1);
     let mut json: Vec<String> = Vec::new();
     let (devices, why) = aiec::available_devices();
-    if let Some(e) = why {
+    if let Some(e) = &why {
         println!("cuda: not measured here: {e}");
     }
+    let mut modelled = false;
     for dev in &devices {
+        let mut measured: Vec<(&str, &str, KernelTimes)> = Vec::new();
         let (presets, copy_bytes): (Vec<Preset>, usize) = match dev.kind() {
             DeviceKind::Cuda => (PRESETS.to_vec(), 1 << 30),
             DeviceKind::Sim => (vec![TINY], 16 << 20),
@@ -447,16 +796,20 @@ fn main() -> aiec::Result<()> {
         json.extend(rows.iter().map(|r| r.json(copy)));
         let reps = if quick { 10 } else { 50 };
         println!("\neach kernel of a step alone, µs per launch ({reps} back-to-back launches; activation passes in GB/s):");
+        let path = format!("{:?}", dev.projection());
+        println!("(logits and dv_dw on the device's projection path, {path}, and on the f32 SIMT path)");
         println!(
-            "{:<13} {:<5} {:>9} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+            "{:<13} {:<5} {:>9} {:>9} {:>7} {:>9} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
             "preset",
             "dtype",
             "fwd_x µs",
             "GB/s",
             "% copy",
             "logits",
+            "logits f32",
             "gate",
             "dv_dw",
+            "dv_dw f32",
             "bwd_x µs",
             "GB/s",
             "% copy"
@@ -472,31 +825,51 @@ fn main() -> aiec::Result<()> {
                 let (f, b) = (bytes / t.fwd_x / 1e9, bytes / t.bwd_x / 1e9);
                 let us = |s: f64| format!("{:.1}", s * 1e6);
                 println!(
-                    "{:<13} {:<5} {:>9} {:>9} {:>6.1}% {:>9} {:>9} {:>9} {:>9} {:>9} {:>6.1}%",
+                    "{:<13} {:<5} {:>9} {:>9} {:>6.1}% {:>9} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>6.1}%",
                     p.name,
                     dt,
                     us(t.fwd_x),
                     gbps(f),
                     100.0 * f / copy,
                     us(t.logits),
+                    us(t.logits_f32),
                     us(t.gate),
                     us(t.dv_dw),
+                    us(t.dv_dw_f32),
                     us(t.bwd_x),
                     gbps(b),
                     100.0 * b / copy
                 );
                 json.push(format!(
-                    "  {{\"impl\": \"aiec-pass\", \"backend\": \"{}\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"fwd_x_GBps\": {f:.1}, \"bwd_x_GBps\": {b:.1}, \"copy_GBps\": {copy:.1}, \"fwd_x_us\": {:.2}, \"logits_us\": {:.2}, \"gate_us\": {:.2}, \"dv_dw_us\": {:.2}, \"bwd_x_us\": {:.2}}}",
+                    "  {{\"impl\": \"aiec-pass\", \"backend\": \"{}\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"fwd_x_GBps\": {f:.1}, \"bwd_x_GBps\": {b:.1}, \"copy_GBps\": {copy:.1}, \"fwd_x_us\": {:.2}, \"logits_us\": {:.2}, \"gate_us\": {:.2}, \"dv_dw_us\": {:.2}, \"bwd_x_us\": {:.2}, \"projection\": \"{path}\", \"logits_f32_us\": {:.2}, \"dv_dw_f32_us\": {:.2}}}",
                     dev.label(),
                     p.name,
                     t.fwd_x * 1e6,
                     t.logits * 1e6,
                     t.gate * 1e6,
                     t.dv_dw * 1e6,
-                    t.bwd_x * 1e6
+                    t.bwd_x * 1e6,
+                    t.logits_f32 * 1e6,
+                    t.dv_dw_f32 * 1e6
                 ));
+                measured.push((p.name, dt, t));
             }
         }
+        if dev.kind() == DeviceKind::Cuda {
+            let ceilings = cublas_section(dev, &measured, copy, reps);
+            json.extend(print_cost_model(&ceilings, &measured));
+            modelled = true;
+        }
+    }
+    if !modelled {
+        // SAFETY: only probes whether the library can be loaded.
+        let lib = if unsafe { cudarc::cublas::sys::is_culib_present() } {
+            "cuBLAS is loadable"
+        } else {
+            "cuBLAS not available (no libcublas on the loader path)"
+        };
+        println!("\ncublas: not measured here: no CUDA device; {lib}");
+        json.extend(print_cost_model(&Ceilings::h200_published(), &[]));
     }
 
     println!("\ncpu reference (plain loops, one thread; a floor, not a target):");

@@ -146,6 +146,11 @@ run() {
   echo; echo "=== bench ==="
   timeout 180 "$out/examples/bench" --json "$res/aiec_bench.json" 2>&1 | tee "$logs/bench.log" || status=1
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  # The projection kernels (3xTF32 and f32) against cuBLAS SGEMM and cuBLASLt TF32 of the same shapes
+  # (ViT-B and mlp among the presets), and the cost model beside the measured times, from the bench's log.
+  echo; echo "=== the projection against cuBLAS (bench) ==="
+  sed -n '/^cuBLAS beside the projection kernels/,/^$/p' "$logs/bench.log"
+  grep -E '^cublas' "$logs/bench.log" || true
   pack
   # The Python package: install the wheel beside the machine's PyTorch, run its tests
   # (on CUDA: AIEC_EXPECT_CUDA makes them required), then the side-by-side bench.
