@@ -1,5 +1,5 @@
 //! Data-parallel counting on a device (`aiec::gpu::dp`): with a `CountSum`,
-//! an update step counts into increments, sums them over the ranks, adds them
+//! an update step counts into increments, sums them (as i32) over the ranks, adds them
 //! into the counters and only then builds the gate. On the simulator a test
 //! sum stands for `W` ranks that saw the same samples, so every rank must hold
 //! what one process holds with the batch repeated `W` times. The `nccl`
@@ -21,14 +21,14 @@ use aiec::{AiecConfig, DType, Device, DeviceKind, Pool, SliceMut, Tensor};
 struct Identical(usize);
 
 impl CountSum for Identical {
-    fn sum_in_place(&self, counts: &mut SliceMut<i64>) -> aiec::Result<()> {
+    fn sum_in_place(&self, counts: &mut SliceMut<i32>) -> aiec::Result<()> {
         assert_eq!(counts.device().kind(), DeviceKind::Sim, "a test sum for host memory");
         counts.device().synchronize()?;
         // SAFETY: on the simulator a device address is a host address; `counts`
         // is borrowed mutably and no kernel runs (launches are synchronous).
-        let s = unsafe { std::slice::from_raw_parts_mut(counts.address() as *mut i64, counts.len()) };
+        let s = unsafe { std::slice::from_raw_parts_mut(counts.address() as *mut i32, counts.len()) };
         for v in s {
-            *v *= self.0 as i64;
+            *v *= self.0 as i32;
         }
         Ok(())
     }
@@ -82,8 +82,8 @@ fn every_rank_holds_the_counters_of_the_whole_batch() {
             let update = (step + 1) % 2 == 0;
             assert_eq!(
                 launches,
-                if update { 4 } else { 3 },
-                "step {step}: the sum adds one launch on update steps"
+                if update { 5 } else { 3 },
+                "step {step}: narrowing and adding the sums are two launches more on update steps"
             );
             assert_eq!(rank.counters().unwrap(), whole.counters().unwrap(), "world {world} step {step}");
             let (rm, wm) = (r.aux.unwrap().mask.to_vec().unwrap(), w.aux.unwrap().mask.to_vec().unwrap());
@@ -92,6 +92,27 @@ fn every_rank_holds_the_counters_of_the_whole_batch() {
         }
         assert!(counted > 0, "nothing was counted: the comparison proves little");
     }
+}
+
+/// More samples than the i32 exchange can count is a typed error before
+/// anything runs: counters, step and launches unchanged.
+#[test]
+fn a_sum_too_large_for_i32_is_refused() {
+    let dev = Device::sim();
+    let (c, k, b) = (8, 2, 3);
+    let cfg = AiecConfig::with_interval(c, k, 0.0, 1, Pool::None).unwrap();
+    let mut layer = GpuLayer::with_weights(&dev, cfg, &weights(c, k)).unwrap();
+    layer.set_count_sum(Some(Arc::new(Identical(1 << 30))));
+    let (x, t) = batch(3, b, c, k);
+    let xt = Tensor::from_slice(&dev, &x, &[b, c]).unwrap();
+    let (before, step, s0) = (layer.counters().unwrap(), layer.step(), dev.stats());
+    let e = layer.forward(&xt, Some(&t)).expect_err("3 * 2^30 samples do not fit an i32");
+    assert!(
+        matches!(e, aiec::AiecError::Unsupported { .. }) && e.to_string().contains("1073741824 ranks"),
+        "{e}"
+    );
+    assert_eq!((dev.stats() - s0).launches, 0);
+    assert_eq!((layer.counters().unwrap(), layer.step()), (before, step));
 }
 
 /// Without a sum, a training step on device targets and the caller's `y` stays three launches.

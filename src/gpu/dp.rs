@@ -4,15 +4,19 @@
 //! batch.
 //!
 //! The step then runs as: launches 1 and 2 count into zeroed increments
-//! (`act`, `inh`, `total` laid out in one `i64 [2KC + K]` workspace buffer); a
-//! [`CountSum`] sums them over the ranks in place, on the device's stream
-//! (NCCL with the `nccl` feature: `gpu::nccl::NcclCountSum`); `aiec_counts_add` adds
-//! them into the counters; launch 3, the gate, reads the counters. Steps that
-//! do not update the counters exchange nothing.
+//! (`act`, `inh`, `total` laid out in one `i64 [2KC + K]` workspace buffer);
+//! `aiec_counts_narrow` copies them into an `i32 [2KC + K]` buffer (exact: an
+//! increment is at most one count per sample of every rank, and
+//! `world * batch <= i32::MAX` is checked before anything runs), which a
+//! [`CountSum`] sums over the ranks in place, on the device's stream (NCCL
+//! with the `nccl` feature: `gpu::nccl::NcclCountSum`); `aiec_counts_add`
+//! adds the sums into the counters; launch 3, the gate, reads the counters.
+//! An update step makes 5 launches and one all-reduce of `4 (2KC + K)` bytes;
+//! steps that do not update the counters exchange nothing.
 
 use crate::config::{AiecConfig, InputDims};
 use crate::device::{Device, Init};
-use crate::error::Result;
+use crate::error::{AiecError, Result};
 use crate::gpu::fused::{self, AuxMut, CountersMut, TargetCheck, Update};
 use crate::gpu::op::GpuCounters;
 use crate::gpu::workspace::Workspace;
@@ -23,13 +27,31 @@ use crate::view::{SliceMut, SliceRef, TensorMut, TensorRef};
 /// Sums a buffer of counts over every rank of a data-parallel job, in place,
 /// ordered on the buffer's device stream (an all-reduce).
 pub trait CountSum: Send + Sync {
-    /// Sums `counts` over the ranks, in place.
-    fn sum_in_place(&self, counts: &mut SliceMut<i64>) -> Result<()>;
+    /// Sums `counts` over the ranks, in place (every rank calls it with the
+    /// same length: the same layer shape).
+    fn sum_in_place(&self, counts: &mut SliceMut<i32>) -> Result<()>;
     /// The number of ranks.
     fn world_size(&self) -> usize;
 }
 
-/// `aiec_counts_add(act, inh, total, inc, kc, k)`: `counters += inc`.
+fn elementwise_grid(n: u64) -> [u32; 3] {
+    [n.div_ceil(launch::ELEMENTWISE_BLOCK as u64).clamp(1, 65_535) as u32, 1, 1]
+}
+
+/// `aiec_counts_narrow(inc, out, n)`: `out = inc as i32` (`n = 2KC + K`).
+pub fn counts_narrow_plan(classes: usize, channels: usize, inc: u64, out: u64) -> LaunchPlan {
+    let n = (2 * classes * channels + classes) as u64;
+    LaunchPlan {
+        module: Module::all("aiec_counts.cu"),
+        kernel: "aiec_counts_narrow".into(),
+        grid: elementwise_grid(n),
+        block: [launch::ELEMENTWISE_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: vec![KernelArg::Ptr(inc), KernelArg::Ptr(out), KernelArg::U64(n)],
+    }
+}
+
+/// `aiec_counts_add(act, inh, total, inc, kc, k)`: `counters += inc` (`inc` i32).
 pub fn counts_add_plan(
     classes: usize,
     channels: usize,
@@ -43,7 +65,7 @@ pub fn counts_add_plan(
     LaunchPlan {
         module: Module::all("aiec_counts.cu"),
         kernel: "aiec_counts_add".into(),
-        grid: [n.div_ceil(launch::ELEMENTWISE_BLOCK as u64).clamp(1, 65_535) as u32, 1, 1],
+        grid: elementwise_grid(n),
         block: [launch::ELEMENTWISE_BLOCK, 1, 1],
         shared_bytes: 0,
         args: vec![
@@ -77,7 +99,18 @@ pub(crate) fn forward_summed(
     let dev: Device = x.device().clone();
     let (k, c) = (cfg.classes(), cfg.channels());
     let kc = k * c;
-    let mut inc = ws.buffer::<i64>("increments", 2 * kc + k, Init::Zero)?;
+    let world = sum.world_size();
+    let rows = cfg.plan_input(x.shape())?.batch;
+    if (world as u128) * (rows as u128) > i32::MAX as u128 {
+        return Err(AiecError::Unsupported {
+            what: format!(
+                "summing counts over {world} ranks of {rows} samples each: the i32 exchange holds at most {} samples",
+                i32::MAX
+            ),
+        });
+    }
+    let inc = ws.buffer::<i64>("increments", 2 * kc + k, Init::Zero)?;
+    let mut narrow = ws.buffer::<i32>("increments (i32)", 2 * kc + k, Init::Zero)?;
     // SAFETY: `inc` is a live buffer of this device, used by nothing else (the
     // workspace hands it out once at a time).
     unsafe { dev.memset(inc.address(), 0, inc.byte_len()) }?;
@@ -93,11 +126,20 @@ pub(crate) fn forward_summed(
         };
         fused::forward_count(cfg, x, w, targets, check, &mut parts, Update::Now(true), y, keep, aux)?
     };
-    sum.sum_in_place(&mut inc.view_mut())?;
-    let plan =
-        counts_add_plan(k, c, counters.act.address(), counters.inh.address(), counters.total.address(), base);
-    // SAFETY: the counters ([K, C], [K]) and `inc` ([2KC + K]) are live buffers
-    // of this device, disjoint; the launch runs after the sum on the stream.
+    // SAFETY: `inc` (i64) and `narrow` (i32), both [2KC + K], are live,
+    // disjoint buffers of this device; the launch follows the counting on the stream.
+    unsafe { dev.launch(&counts_narrow_plan(k, c, base, narrow.address())) }?;
+    sum.sum_in_place(&mut narrow.view_mut())?;
+    let plan = counts_add_plan(
+        k,
+        c,
+        counters.act.address(),
+        counters.inh.address(),
+        counters.total.address(),
+        narrow.address(),
+    );
+    // SAFETY: the counters ([K, C], [K]) and `narrow` ([2KC + K]) are live
+    // buffers of this device, disjoint; the launch runs after the sum on the stream.
     unsafe { dev.launch(&plan) }?;
     let (act, inh) = (counters.act.view(), counters.inh.view());
     let v = aux.v.as_ref();

@@ -104,7 +104,7 @@ impl NcclCountSum {
 }
 
 impl CountSum for NcclCountSum {
-    fn sum_in_place(&self, counts: &mut SliceMut<i64>) -> Result<()> {
+    fn sum_in_place(&self, counts: &mut SliceMut<i32>) -> Result<()> {
         let Some(stream) = counts.device().cuda_stream() else {
             return Err(unavailable(format!("{} is not a CUDA device", counts.device().label())));
         };
@@ -116,10 +116,10 @@ impl CountSum for NcclCountSum {
             });
         }
         let comm = self.comm.lock().unwrap_or_else(|p| p.into_inner());
-        // SAFETY: `counts` addresses `len` live i64 of this stream's context,
+        // SAFETY: `counts` addresses `len` live i32 of this stream's context,
         // borrowed mutably for this call; the temporary slice is leaked (never
         // freed by cudarc): the memory stays the caller's.
-        let mut slice = unsafe { stream.upgrade_device_ptr::<i64>(counts.address(), counts.len()) };
+        let mut slice = unsafe { stream.upgrade_device_ptr::<i32>(counts.address(), counts.len()) };
         let done = comm.all_reduce_in_place(&mut slice, &ReduceOp::Sum).map(|_| ());
         slice.leak();
         done.map_err(nccl_err("ncclAllReduce"))
