@@ -158,13 +158,17 @@ run() {
   if "$py" -c 'import torch' 2>/dev/null; then
     rm -rf "$out/py" && "$py" -m pip install -q --no-deps --target "$out/py" "$out"/wheel/*.whl
     echo; echo "=== aiec.torch tests ==="
-    (cd "$out" && PYTHONPATH="$PWD/py" PYTHONUNBUFFERED=1 timeout 240 "$py" -m pytest "$AIEC_PROJECT_DIR/python/tests" -q \
+    # A fresh TorchInductor cache (one from an older build holds the ops' old output sizes).
+    local tic="$PWD/$out/torchinductor-cache"
+    rm -rf "$tic"
+    (cd "$out" && TORCHINDUCTOR_CACHE_DIR="$tic" PYTHONPATH="$PWD/py" PYTHONUNBUFFERED=1 \
+      timeout 240 "$py" -m pytest "$AIEC_PROJECT_DIR/python/tests" -q \
       -p no:cacheprovider -x 2>&1 | tail -25) | tee "$logs/pytest.log"
     grep -qE '[0-9]+ passed' "$logs/pytest.log" && ! grep -qE '[0-9]+ (failed|error)' "$logs/pytest.log" || status=1
     echo; echo "=== aiec.torch side by side (eager, torch.compile, drop-in, fused) ==="
     local bench_args=()
     "$py" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null || bench_args=(--device cpu --tiny --no-compile --iters 3)
-    PYTHONPATH="$out/py" PYTHONUNBUFFERED=1 timeout 240 "$py" scripts/bench_torch.py "${bench_args[@]}" \
+    TORCHINDUCTOR_CACHE_DIR="$tic" PYTHONPATH="$out/py" PYTHONUNBUFFERED=1 timeout 240 "$py" scripts/bench_torch.py "${bench_args[@]}" \
       --json "$res/torch_side_by_side.json" 2>&1 | grep -v "^W[0-9]" | tee "$logs/bench_torch.log" || status=1
     pack
   else
