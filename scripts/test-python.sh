@@ -25,9 +25,9 @@ fi
 "$py" -m ruff check --config python/pyproject.toml python
 "$py" -m ruff format --check --config python/pyproject.toml python
 "$py" -m ruff check --config python/pyproject.toml --select E,F,W,B scripts kernels/sim/nvrtc_check.py
-# A fresh TorchInductor cache for every run: a cache left by an older build of
-# the package holds graphs with the old ops' output sizes (inductor's key does
-# not cover a custom op's fake implementation), and its size asserts then fail.
+# A fresh TorchInductor cache for every run, so that no run depends on what an
+# earlier one compiled. (Graphs of another build of the package are kept apart
+# by the ops' namespace, a digest of the fakes' file: test_pt_compile_cache.py.)
 export TORCHINDUCTOR_CACHE_DIR="$PWD/target/torchinductor-cache"
 rm -rf "$TORCHINDUCTOR_CACHE_DIR"
 # From target/: the source folder python/aiec (without the built extension) must

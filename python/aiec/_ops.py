@@ -9,7 +9,8 @@ crate's simulator (float32, float16, bfloat16). Every op has a fake (meta)
 implementation and the differentiable ones an autograd formula, so
 ``torch.compile(fullgraph=True)`` traces through them.
 
-Ops (all in the ``aiec`` namespace):
+Ops (all in the namespace ``NAMESPACE``, ``aiec_`` and a digest of this file
+and the package version; see there):
 
 * ``threshold(x, tau, pool, channels) -> (y, keep)``: the threshold and its
   keep bits (one bit per element), for forwards without targets;
@@ -30,6 +31,7 @@ What is saved for backward: the keep bits and ``O(B*C + B*K)`` (``v``, ``g``,
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Optional
 
@@ -37,6 +39,27 @@ import torch
 from torch import Tensor
 
 from . import _aiec
+
+
+def _namespace() -> str:
+    """The ops' namespace: ``aiec_`` and 12 hex digits of SHA-256 over the
+    package version and this file, which holds every fake implementation.
+
+    TorchInductor keys its on-disk cache on a graph's code, which names each
+    custom op but not the output sizes its fake gives (PyTorch issue 160472): a
+    graph compiled with an older build's fakes would be reused with that build's
+    sizes, and its size asserts then fail. With the digest in the op names, a
+    build whose fakes may differ compiles anew; the same build still hits."""
+    h = hashlib.sha256(_aiec.__version__.encode())
+    try:
+        with open(__file__, "rb") as f:
+            h.update(f.read())
+    except OSError:  # no source beside the bytecode: the version alone
+        pass
+    return "aiec_" + h.hexdigest()[:12]
+
+
+NAMESPACE = _namespace()
 
 POOLS = ("token", "avg_token", "avg_hw", "none")
 
@@ -141,7 +164,7 @@ def _zeros_if_none(t: Optional[Tensor], shape, dtype, device) -> Tensor:
 # ------------------------------------------------------------------ threshold and activation pass
 
 
-@torch.library.custom_op("aiec::threshold", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::threshold", mutates_args=())
 def threshold(x: Tensor, tau: float, pool: str, channels: int) -> tuple[Tensor, Tensor]:
     x = x.contiguous()
     cfg = config(channels, 1, tau, pool, 1)
@@ -160,7 +183,7 @@ def _(x, tau, pool, channels):
     )
 
 
-@torch.library.custom_op("aiec::activation", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::activation", mutates_args=())
 def activation(x: Tensor, tau: float, pool: str, channels: int) -> tuple[Tensor, Tensor, Tensor]:
     x = x.contiguous()
     cfg = config(channels, 1, tau, pool, 1)
@@ -182,7 +205,7 @@ def _(x, tau, pool, channels):
     )
 
 
-@torch.library.custom_op("aiec::activation_backward", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::activation_backward", mutates_args=())
 def activation_backward(dy: Tensor, keep: Tensor, dv: Optional[Tensor], tau: float, pool: str, channels: int) -> Tensor:
     dy = dy.contiguous()
     cfg = config(channels, 1, tau, pool, 1)
@@ -230,7 +253,7 @@ activation.register_autograd(_activation_backward, setup_context=_save_keep)
 # ------------------------------------------------------------------ the fused training forward
 
 
-@torch.library.custom_op("aiec::fused_count", mutates_args=("act", "inh", "total"))
+@torch.library.custom_op(f"{NAMESPACE}::fused_count", mutates_args=("act", "inh", "total"))
 def fused_count(
     x: Tensor,
     w: Tensor,
@@ -297,7 +320,7 @@ def _(x, w, targets, act, inh, total, step, interval, count, tau, pool):
     )
 
 
-@torch.library.custom_op("aiec::fused_gate", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::fused_gate", mutates_args=())
 def fused_gate(
     v: Tensor, w: Tensor, targets: Tensor, act: Tensor, inh: Tensor, shape: list[int], tau: float, pool: str
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -335,7 +358,7 @@ def _(v, w, targets, act, inh, shape, tau, pool):
     )
 
 
-@torch.library.custom_op("aiec::fused_backward", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::fused_backward", mutates_args=())
 def fused_backward(
     dy: Tensor,
     keep: Tensor,
