@@ -37,28 +37,34 @@ struct AiecGateStats {  // size 16: one layer's gate statistics
   aiec::u32 pad0;       //                                               offset 4
   aiec::u64 count;      // N = sum mask                                  offset 8
 };
-struct AiecLosses {  // size 32: the combined losses of L layers, written by aiec_loss
+struct AiecLosses {  // size 32: the combined losses of L layers, written by aiec_loss (N, W: see AiecLossParams)
   float aux;         // mean CE over L*B rows (0 if no rows)             offset 0
-  float gate;        // sum S / sum N, 0 if sum N == 0                   offset 4
-  float sum_sq;      // sum_l S_l                                        offset 8
+  float gate;        // W * sum S / N, 0 if N == 0                       offset 4
+  float sum_sq;      // sum_l S_l (this process's)                       offset 8
   float aux_scale;   // aux_coef / (L*B), 0 if L*B == 0                  offset 12
-  float gate_scale;  // 2 * gate_coef / sum N, 0 if sum N == 0           offset 16
+  float gate_scale;  // 2 * gate_coef * W / N, 0 if N == 0               offset 16
   aiec::u32 pad0;    //                                                  offset 20
-  aiec::u64 count;   // sum_l N_l                                        offset 24
+  aiec::u64 count;   // N                                                offset 24
 };
 #define AIEC_MAX_LAYERS 32
-struct AiecLossParams {              // passed by value; size 544
+// N, the masked count the gate is normalised by, is sum_l N_l of this process when count_all == 0 (W = 1); in
+// data-parallel training count_all holds it summed over the W = world ranks, as two ints (hi, lo) = (n >> 20,
+// n & 0xFFFFF) of each rank's n = sum_l N_l (aiec_loss_count writes them; the ranks' all-reduce sums them), and
+// N = (sum hi << 20) + sum lo: exact for world < 2048 and any n below 2^40. The gate is then W * sum S / N, so
+// that the mean of the ranks' gradients (as DDP averages them) is the gradient of the whole batch's gate.
+struct AiecLossParams {              // passed by value; size 552
   aiec::u64 ce[AIEC_MAX_LAYERS];     // device addresses of each layer's float ce[B]        offset 0
   aiec::u64 stats[AIEC_MAX_LAYERS];  // device addresses of each layer's AiecGateStats      offset 256
   aiec::u64 out;                     // device address of the AiecLosses to write           offset 512
   aiec::u32 layers;                  // L (1..=32; larger values are clamped to 32)         offset 520
-  aiec::u32 pad0;                    //                                                     offset 524
+  aiec::u32 world;                   // W, the ranks count_all sums over (read only then)   offset 524
   aiec::u64 batch;                   // B                                                   offset 528
   float aux_coef, gate_coef;         //                                              offsets 536, 540
+  aiec::u64 count_all;               // device address of int[2] (hi, lo), or 0             offset 544
 };
 
 static_assert(sizeof(AiecShape) == 48 && alignof(AiecShape) == 8, "AiecShape layout");
-static_assert(sizeof(AiecGateStats) == 16 && sizeof(AiecLosses) == 32 && sizeof(AiecLossParams) == 544, "sizes");
+static_assert(sizeof(AiecGateStats) == 16 && sizeof(AiecLosses) == 32 && sizeof(AiecLossParams) == 552, "sizes");
 static_assert(sizeof(AiecTargetStatus) == 32, "AiecTargetStatus layout");
 #ifndef AIEC_CUDA  // NVRTC has no offsetof / __builtin_offsetof; the host compiler checks the same (LP64) layout
 static_assert(__builtin_offsetof(AiecShape, classes) == 24 && __builtin_offsetof(AiecShape, pool) == 32 &&
@@ -69,11 +75,12 @@ static_assert(sizeof(AiecGateStats) == 16 && __builtin_offsetof(AiecGateStats, c
 static_assert(sizeof(AiecLosses) == 32 && __builtin_offsetof(AiecLosses, aux_scale) == 12 &&
                   __builtin_offsetof(AiecLosses, gate_scale) == 16 && __builtin_offsetof(AiecLosses, count) == 24,
               "AiecLosses layout");
-static_assert(sizeof(AiecLossParams) == 544 && __builtin_offsetof(AiecLossParams, stats) == 256 &&
+static_assert(sizeof(AiecLossParams) == 552 && __builtin_offsetof(AiecLossParams, stats) == 256 &&
                   __builtin_offsetof(AiecLossParams, out) == 512 && __builtin_offsetof(AiecLossParams, layers) == 520 &&
-                  __builtin_offsetof(AiecLossParams, batch) == 528 &&
+                  __builtin_offsetof(AiecLossParams, world) == 524 && __builtin_offsetof(AiecLossParams, batch) == 528 &&
                   __builtin_offsetof(AiecLossParams, aux_coef) == 536 &&
-                  __builtin_offsetof(AiecLossParams, gate_coef) == 540,
+                  __builtin_offsetof(AiecLossParams, gate_coef) == 540 &&
+                  __builtin_offsetof(AiecLossParams, count_all) == 544,
               "AiecLossParams layout");
 #endif
 

@@ -505,9 +505,19 @@ pub fn aiec_fwd_gate(shape: &AiecShape, inputs: [u64; 5], outputs: [u64; 5]) -> 
 
 /// The loss level: `aiec_loss(params)`, one block.
 pub fn aiec_loss(params: &AiecLossParams) -> LaunchPlan {
+    loss_plan("aiec_loss", params)
+}
+
+/// Data-parallel training, before the ranks sum it: `aiec_loss_count(params)`
+/// writes this process's masked count into `params.count_all`; one block.
+pub fn aiec_loss_count(params: &AiecLossParams) -> LaunchPlan {
+    loss_plan("aiec_loss_count", params)
+}
+
+fn loss_plan(kernel: &str, params: &AiecLossParams) -> LaunchPlan {
     LaunchPlan {
         module: Module::all("aiec_loss.cu"),
-        kernel: "aiec_loss".into(),
+        kernel: kernel.into(),
         grid: [1, 1, 1],
         block: [AIEC_BLOCK, 1, 1],
         shared_bytes: 0,
@@ -712,6 +722,12 @@ mod tests {
         assert_eq!(aiec_bwd_dv_dw(&e, [0; 6], [0; 2], H200).unwrap().grid, [1, 1, 1]);
         assert!(aiec_bwd_x(DType::F32, &e, 1, 2, 3, 4).is_none());
         assert_eq!(aiec_loss(&bytemuck::Zeroable::zeroed()).grid, [1, 1, 1]);
+        let c = aiec_loss_count(&bytemuck::Zeroable::zeroed());
+        assert_eq!(
+            (c.module, c.kernel.as_str(), c.grid),
+            (Module::all("aiec_loss.cu"), "aiec_loss_count", [1, 1, 1])
+        );
+        assert_eq!(c.block, [block_threads(&c.kernel), 1, 1]);
     }
 
     #[test]

@@ -128,14 +128,18 @@ pub struct AiecLossParams {
     pub out: u64,
     /// `L`.
     pub layers: u32,
-    /// Padding.
-    pub pad0: u32,
+    /// `W`, the ranks `count_all` sums over (read only with `count_all`).
+    pub world: u32,
     /// `B`.
     pub batch: u64,
     /// Coefficient of the aux loss.
     pub aux_coef: f32,
     /// Coefficient of the gate loss.
     pub gate_coef: f32,
+    /// Device address of the ranks' summed masked count as two `i32`
+    /// (`n >> 20`, `n & 0xFFFFF` of each rank's `n`, summed), or 0 for this
+    /// process's count alone (`kernels/aiec_params.cuh`).
+    pub count_all: u64,
 }
 
 #[cfg(test)]
@@ -165,7 +169,9 @@ mod tests {
         assert_eq!(offset_of!(AiecLossParams, layers), 16 * MAX_LAYERS + 8);
         assert_eq!(offset_of!(AiecLossParams, batch), 16 * MAX_LAYERS + 16);
         assert_eq!(offset_of!(AiecLossParams, aux_coef), 16 * MAX_LAYERS + 24);
-        assert_eq!(size_of::<AiecLossParams>(), 16 * MAX_LAYERS + 32);
+        assert_eq!(offset_of!(AiecLossParams, world), 16 * MAX_LAYERS + 12);
+        assert_eq!(offset_of!(AiecLossParams, count_all), 16 * MAX_LAYERS + 32);
+        assert_eq!(size_of::<AiecLossParams>(), 16 * MAX_LAYERS + 40);
     }
 
     #[test]

@@ -302,6 +302,25 @@ fn a_layer_summing_its_counts_over_one_nccl_rank_is_the_plain_layer() {
         assert_eq!(aa.mask.to_vec().unwrap(), ba.mask.to_vec().unwrap(), "step {step} mask");
         assert_eq!(aa.logits.to_vec().unwrap(), ba.logits.to_vec().unwrap(), "step {step} logits");
         assert_eq!(plain.counters().unwrap(), summed.counters().unwrap(), "step {step} counters");
+        // The gate normalised over the ranks (the count all-reduced through NCCL, W = 1).
+        let (la, lb) =
+            (gpu::combine(&[&a], LossCoefs::PAPER).unwrap(), gpu::combine(&[&b], LossCoefs::PAPER).unwrap());
+        let (ra, rb) = (la.read().unwrap(), lb.read().unwrap());
+        let bits = |l: &aiec::cpu::Losses<f32>| {
+            (
+                l.aux.to_bits(),
+                l.gate.to_bits(),
+                l.gate_count,
+                l.scales.aux_scale.to_bits(),
+                l.scales.gate_scale.to_bits(),
+            )
+        };
+        assert_eq!(bits(&ra), bits(&rb), "step {step} losses");
+        assert!(ra.gate_count > 0, "step {step}: the gate masked nothing");
+        let dy = Tensor::from_slice(&dev, &vec![bf16::from_f32(0.25); dims.iter().product()], &dims).unwrap();
+        let (ga, gb) = (plain.backward(&a, &dy, &la).unwrap(), summed.backward(&b, &dy, &lb).unwrap());
+        assert_eq!(ga.dx.to_vec::<bf16>().unwrap(), gb.dx.to_vec::<bf16>().unwrap(), "step {step} dx");
+        assert_eq!(ga.dw.to_vec().unwrap(), gb.dw.to_vec().unwrap(), "step {step} dW");
     }
     assert!(plain.counters().unwrap().total.iter().any(|&t| t > 1), "nothing was counted");
 }

@@ -13,16 +13,30 @@
 //! adds the sums into the counters; launch 3, the gate, reads the counters.
 //! An update step makes 5 launches and one all-reduce of `4 (2KC + K)` bytes;
 //! steps that do not update the counters exchange nothing.
+//!
+//! The gate loss is normalised by the masked count of every rank: one
+//! process with the whole batch takes `gate = S / N` over all its samples, so
+//! rank `r` takes `W S_r / N` with `N` summed over the `W` ranks, and the mean
+//! of the ranks' gradients (as data-parallel training averages them) is the
+//! whole batch's. [`combine_over_ranks`] does this for the views level; the
+//! records of a [`crate::gpu::GpuLayer`] with a sum carry it, and
+//! [`crate::gpu::combine`] then does it for them: each training step makes one
+//! launch and one all-reduce of 8 bytes more (every step, not only update
+//! steps), whichever layers share the targets. The aux loss needs nothing: its
+//! mean over the local batch already averages to the whole batch's when every
+//! rank has the same batch size.
 
 use crate::config::{AiecConfig, InputDims};
+use crate::cpu::LossCoefs;
 use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
-use crate::gpu::fused::{self, AuxMut, CountersMut, TargetCheck, Update};
+use crate::gpu::fused::{self, AuxMut, CountersMut, LayerLoss, TargetCheck, Update};
 use crate::gpu::op::GpuCounters;
 use crate::gpu::workspace::Workspace;
 use crate::launch::{self, KernelArg, LaunchPlan};
 use crate::nvrtc::Module;
-use crate::view::{SliceMut, SliceRef, TensorMut, TensorRef};
+use crate::params::AiecLosses;
+use crate::view::{check_disjoint, SliceMut, SliceRef, TensorMut, TensorRef};
 
 /// Sums a buffer of counts over every rank of a data-parallel job, in place,
 /// ordered on the buffer's device stream (an all-reduce).
@@ -156,4 +170,55 @@ pub(crate) fn forward_summed(
         &mut aux.scratch,
     )?;
     Ok(dims)
+}
+
+/// Most ranks [`combine_over_ranks`] sums the masked count over: each rank
+/// sends its count `n` as two `i32`, `n >> 20` and `n & 0xFFFFF`, whose sums
+/// over fewer than 2048 ranks are exact for any `n < 2^40` (`n` is at most the
+/// elements of the layers' `v [B, C]`: 4 TiB of them in f32).
+pub const MAX_GATE_RANKS: usize = 2047;
+
+/// [`fused::combine`] in data-parallel training: the gate normalised by the
+/// masked count summed over the ranks of `sum` (see the module documentation),
+/// so `out` holds this rank's share `gate = W S_r / N`, `gate_scale = 2
+/// gate_coef W / N` and `count = N`; `aux` as [`fused::combine`] gives it.
+/// `count` is two `i32` of device scratch (any content), in which the count is
+/// summed. Two launches and one [`CountSum::sum_in_place`] of `count`; every
+/// rank must call it at the same step. Checked before anything runs: as
+/// [`fused::combine`], `count`'s length, device and overlaps, and `1 <= W <=`
+/// [`MAX_GATE_RANKS`].
+pub fn combine_over_ranks(
+    layers: &[LayerLoss],
+    batch: usize,
+    coefs: LossCoefs,
+    sum: &dyn CountSum,
+    count: &mut SliceMut<i32>,
+    out: &mut SliceMut<AiecLosses>,
+) -> Result<()> {
+    let (dev, mut p) = fused::loss_params(layers, batch, coefs, out)?;
+    let world = sum.world_size();
+    if world == 0 || world > MAX_GATE_RANKS {
+        return Err(AiecError::Unsupported {
+            what: format!(
+                "normalising the gate over {world} ranks: 1 to {MAX_GATE_RANKS} are supported (an exact i32 exchange)"
+            ),
+        });
+    }
+    count.expect("gate count of the ranks", &dev, 2)?;
+    check_disjoint(&[("losses", out.span()), ("gate count of the ranks", count.span())])?;
+    for layer in layers {
+        check_disjoint(&[("gate count of the ranks", count.span()), ("layer ce", layer.ce.span())])?;
+        check_disjoint(&[
+            ("gate count of the ranks", count.span()),
+            ("layer gate stats", layer.stats.span()),
+        ])?;
+    }
+    p.count_all = count.address();
+    p.world = world as u32;
+    // SAFETY: as fused::combine; `count` (2 i32) is a live view of `dev`,
+    // disjoint from every other address.
+    unsafe { dev.launch(&launch::aiec_loss_count(&p)) }?;
+    sum.sum_in_place(count)?;
+    // SAFETY: as above; the launch follows the sum on the stream.
+    unsafe { dev.launch(&launch::aiec_loss(&p)) }
 }

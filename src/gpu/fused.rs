@@ -432,13 +432,28 @@ pub struct LayerLoss<'a> {
 }
 
 /// The losses of the `L` layers (1 to 32) that share one target vector of
-/// `batch` samples, into `out` (one [`AiecLosses`]); one launch.
+/// `batch` samples, into `out` (one [`AiecLosses`]); one launch. (In
+/// data-parallel training, [`crate::gpu::dp::combine_over_ranks`] normalises
+/// the gate by the masked count of every rank.)
 pub fn combine(
     layers: &[LayerLoss],
     batch: usize,
     coefs: LossCoefs,
     out: &mut SliceMut<AiecLosses>,
 ) -> Result<()> {
+    let (dev, p) = loss_params(layers, batch, coefs, out)?;
+    // SAFETY: every address is a live view of `dev` with B floats of CE and
+    // one AiecGateStats per layer; `out` is disjoint from them.
+    unsafe { dev.launch(&launch::aiec_loss(&p)) }
+}
+
+/// [`combine`]'s checks, and its arguments (`count_all` 0: this process alone).
+pub(crate) fn loss_params(
+    layers: &[LayerLoss],
+    batch: usize,
+    coefs: LossCoefs,
+    out: &SliceMut<AiecLosses>,
+) -> Result<(Device, AiecLossParams)> {
     let coefs = LossCoefs::new(coefs.aux_coef, coefs.gate_coef)?;
     if layers.is_empty() || layers.len() > MAX_LAYERS {
         return Err(AiecError::LayerMismatch {
@@ -453,10 +468,11 @@ pub fn combine(
         stats: [0; MAX_LAYERS],
         out: out.address(),
         layers: layers.len() as u32,
-        pad0: 0,
+        world: 1,
         batch: batch as u64,
         aux_coef: coefs.aux_coef as f32,
         gate_coef: coefs.gate_coef as f32,
+        count_all: 0,
     };
     for (l, layer) in layers.iter().enumerate() {
         layer.ce.expect("layer ce [B]", &dev, batch).map_err(|e| match e {
@@ -472,9 +488,7 @@ pub fn combine(
         p.ce[l] = layer.ce.address();
         p.stats[l] = layer.stats.address();
     }
-    // SAFETY: every address is a live view of `dev` with B floats of CE and
-    // one AiecGateStats per layer; `out` is disjoint from them.
-    unsafe { dev.launch(&launch::aiec_loss(&p)) }
+    Ok((dev, p))
 }
 
 /// How a backward delivers `dW`.

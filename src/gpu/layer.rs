@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::gpu::dp::CountSum;
 use crate::gpu::fused::DwMode;
 use crate::gpu::loss::GpuLosses;
-use crate::gpu::op::{self, GpuCounters, GpuGradients, GpuRecord, Targets};
+use crate::gpu::op::{self, GpuCounters, GpuGradients, GpuRecord, RankSum, Targets};
 use crate::gpu::workspace::Workspace;
 use crate::init::xavier_uniform;
 use crate::policy::LayerPolicy;
@@ -93,8 +93,10 @@ impl GpuLayer {
         self.counters.copy_from_host(counters)
     }
     /// Data-parallel training: on every update step, sum the counts over the
-    /// ranks with `sum` before the gate reads the counters (see
-    /// [`crate::gpu::dp`]); `None` counts this process's samples alone.
+    /// ranks with `sum` before the gate reads the counters, and normalise the
+    /// gate loss of the records by the masked count of all ranks (see
+    /// [`crate::gpu::dp`]); `None` counts and normalises this process's
+    /// samples alone.
     pub fn set_count_sum(&mut self, sum: Option<Arc<dyn CountSum>>) {
         self.count_sum = sum;
     }
@@ -136,7 +138,7 @@ impl GpuLayer {
         let plan = self.policy.plan(targets.is_some());
         let targets = targets.map(Targets::Host);
         let sum = self.count_sum.as_deref();
-        let rec = op::forward_owned(
+        let mut rec = op::forward_owned(
             &self.cfg,
             x,
             &self.w.view(),
@@ -146,6 +148,7 @@ impl GpuLayer {
             &self.ws,
             sum,
         )?;
+        rec.ranks = self.count_sum.clone().map(RankSum);
         self.policy.commit(plan);
         Ok(rec)
     }
@@ -163,7 +166,7 @@ impl GpuLayer {
     ) -> Result<GpuRecord> {
         let plan = self.policy.plan(targets.is_some());
         let sum = self.count_sum.as_deref();
-        let rec = op::forward_with_sum(
+        let mut rec = op::forward_with_sum(
             &self.cfg,
             x,
             &self.w.view(),
@@ -174,6 +177,7 @@ impl GpuLayer {
             y,
             sum,
         )?;
+        rec.ranks = self.count_sum.clone().map(RankSum);
         self.policy.commit(plan);
         Ok(rec)
     }

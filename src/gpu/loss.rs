@@ -7,6 +7,7 @@ use crate::buffer::Buffer;
 use crate::cpu::loss::{LossCoefs, LossScales, Losses};
 use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
+use crate::gpu::dp;
 use crate::gpu::fused::{self, LayerLoss};
 use crate::gpu::op::GpuRecord;
 use crate::gpu::workspace::Workspace;
@@ -65,7 +66,10 @@ fn no_layers() -> AiecError {
 }
 
 /// [`combine`] with the result's buffer from `ws` (reused at every step once
-/// the previous step's losses are dropped).
+/// the previous step's losses are dropped). Records of layers that sum their
+/// counts over ranks ([`crate::gpu::GpuLayer::set_count_sum`]) are combined
+/// with the gate normalised over all ranks ([`crate::gpu::dp::combine_over_ranks`]);
+/// the records must then all come from such layers, of one world size.
 pub fn combine_in(records: &[&GpuRecord], coefs: LossCoefs, ws: &Workspace) -> Result<GpuLosses> {
     let coefs = LossCoefs::new(coefs.aux_coef, coefs.gate_coef)?;
     let Some(first) = records.first() else { return Err(no_layers()) };
@@ -83,6 +87,17 @@ pub fn combine_in(records: &[&GpuRecord], coefs: LossCoefs, ws: &Workspace) -> R
             return Err(AiecError::LayerMismatch {
                 layer,
                 reason: format!("batch B = {} differs from layer 0's {batch}", rec.dims.batch),
+            });
+        }
+        let world = |r: &GpuRecord| r.ranks.as_ref().map(|s| s.0.world_size());
+        if world(rec) != world(first) {
+            let says = |w: Option<usize>| match w {
+                Some(w) => format!("sums its counts over {w} ranks"),
+                None => "counts alone".to_string(),
+            };
+            return Err(AiecError::LayerMismatch {
+                layer,
+                reason: format!("its layer {}, layer 0's {}", says(world(rec)), says(world(first))),
             });
         }
         if rec.keep.device() != &device {
@@ -103,6 +118,14 @@ pub fn combine_in(records: &[&GpuRecord], coefs: LossCoefs, ws: &Workspace) -> R
     }
     // Written in full by aiec_loss.
     let mut buf: Buffer<AiecLosses> = ws.buffer("losses", 1, Init::Unwritten)?;
-    fused::combine(&layers, batch, coefs, &mut buf.view_mut())?;
+    match &first.ranks {
+        None => fused::combine(&layers, batch, coefs, &mut buf.view_mut())?,
+        Some(ranks) => {
+            // Written in full by aiec_loss_count.
+            let mut count: Buffer<i32> = ws.buffer("gate count of the ranks", 2, Init::Unwritten)?;
+            let sum = ranks.0.as_ref();
+            dp::combine_over_ranks(&layers, batch, coefs, sum, &mut count.view_mut(), &mut buf.view_mut())?;
+        }
+    }
     Ok(GpuLosses { buf, coefs, rows: records.len() * batch })
 }

@@ -10,6 +10,8 @@
 //! first kernel (a bad one changes no counter and is reported at the device's
 //! next synchronisation or read).
 
+use std::sync::Arc;
+
 use crate::buffer::Buffer;
 use crate::config::{AiecConfig, InputDims};
 use crate::counters::Counters;
@@ -118,6 +120,19 @@ pub struct GpuRecord {
     pub keep: Buffer<u32>,
     /// The AIEC part, present on a forward with targets.
     pub aux: Option<GpuAux>,
+    /// The ranks the layer summed its counts over, whose masked count the
+    /// gate is then normalised by ([`crate::gpu::combine`]).
+    pub(crate) ranks: Option<RankSum>,
+}
+
+/// A layer's [`CountSum`], carried by its records to the loss level.
+#[derive(Clone)]
+pub(crate) struct RankSum(pub(crate) Arc<dyn CountSum>);
+
+impl std::fmt::Debug for RankSum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RankSum({} ranks)", self.0.world_size())
+    }
 }
 
 /// The device buffers of a training forward.
@@ -248,7 +263,7 @@ pub(crate) fn forward_with_sum(
     let mut keep: Buffer<u32> = ws.buffer("keep", sizes.keep, Init::Unwritten)?;
     let Some(targets) = targets else {
         fused::forward_infer(cfg, x, y, &mut keep.view_mut())?;
-        return Ok(GpuRecord { dims, y: None, keep, aux: None });
+        return Ok(GpuRecord { dims, y: None, keep, aux: None, ranks: None });
     };
     // Every buffer is written in full by the kernels, but the scratch (whose
     // tickets must start at zero).
@@ -316,7 +331,7 @@ pub(crate) fn forward_with_sum(
         }
     }
     let aux = GpuAux { v, logits, ce, g, mask, stats, classes: cfg.classes(), updated: update };
-    Ok(GpuRecord { dims, y: None, keep, aux: Some(aux) })
+    Ok(GpuRecord { dims, y: None, keep, aux: Some(aux), ranks: None })
 }
 
 /// One layer's forward, allocating `y` and its own buffers; see [`forward_with`].
