@@ -22,9 +22,15 @@ typedef uint32_t u32;
 struct AiecShape { u64 batch, positions, channels, classes; u32 pool, update; float tau; u32 flags; };
 struct AiecGateStats { float sum_sq; u32 pad0; u64 count; };
 struct AiecLosses { float aux, gate, sum_sq, aux_scale, gate_scale; u32 pad0; u64 count; };
-struct AiecLossParams { u64 ce[32], stats[32], out; u32 layers, pad0; u64 batch; float aux_coef, gate_coef; };
+struct AiecLossParams {
+  u64 ce[32], stats[32], out;
+  u32 layers, world;
+  u64 batch;
+  float aux_coef, gate_coef;
+  u64 count_all;
+};
 static_assert(sizeof(AiecShape) == 48 && sizeof(AiecGateStats) == 16 && sizeof(AiecLosses) == 32 &&
-              sizeof(AiecLossParams) == 544, "mirror of kernels/aiec_params.cuh");
+              sizeof(AiecLossParams) == 552, "mirror of kernels/aiec_params.cuh");
 
 static int g_pass = 0, g_fail = 0;
 static void check(bool ok, const std::string& what) {
@@ -302,6 +308,26 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
     ck.close(L.aux_scale, rows ? 1.0 / rows : 0, rows ? 1.0 / rows : 0, "loss.aux_scale", 0);
     ck.close(L.gate_scale, N2 ? 400.0 / N2 : 0, N2 ? 400.0 / N2 : 0, "loss.gate_scale", 0);
     ck.exact(L.count == N2 && L.pad0 == 0, "loss.count", L.count);
+  }
+  // 4b. the gate over W = 3 ranks (gpu::dp): aiec_loss_count writes this process's n as (n >> 20, n & 0xFFFFF);
+  //     summed as if three ranks held it, aiec_loss reads N = 3n and scales by W (bit for bit the kernel's formula)
+  {
+    u32 all[2] = {0xEEEEEEEEu, 0xEEEEEEEEu};
+    Bytes losses3(1, 32);
+    AiecLossParams lq = lp;
+    lq.count_all = (u64)(uintptr_t)all; lq.world = 3; lq.out = (u64)(uintptr_t)losses3.p;
+    err += launch("aiec_loss_count", 1, 1, 256, {&lq});
+    const u64 n = 2 * st.count;
+    ck.exact(all[0] == (u32)(n >> 20) && all[1] == (u32)(n & 0xFFFFF), "loss_count parts", n);
+    all[0] *= 3; all[1] *= 3;
+    err += launch("aiec_loss", 1, 1, 256, {&lq});
+    const AiecLosses L3 = *losses3.as<AiecLosses>();
+    const float f3 = (float)(3 * n);
+    ck.exact(L3.count == 3 * n, "loss.count over 3 ranks", L3.count);
+    auto same = [](float a, float b) { return memcmp(&a, &b, sizeof a) == 0; };  // bits: NaN in the special cases
+    ck.exact(same(L3.gate, n ? 3.0f * L.sum_sq / f3 : 0.0f) && same(L3.gate_scale, n ? 400.0f * 3.0f / f3 : 0.0f) &&
+                 same(L3.aux, L.aux) && same(L3.aux_scale, L.aux_scale) && same(L3.sum_sq, L.sum_sq),
+             "loss.gate over 3 ranks", L3.count);
   }
 
   // 5. dv, dW
