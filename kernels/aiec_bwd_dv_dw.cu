@@ -26,24 +26,6 @@
 #include "aiec_params.cuh"
 #include "aiec_gemm.cuh"
 
-namespace aiec_bd {
-using aiec::u64;
-// Stores (v0, v1) at row[n], row[n + 1] (n even), those below N; as one 8-byte store where pair is set.
-__device__ __forceinline__ void put2(float* row, u64 n, u64 N, bool pair, float v0, float v1) {
-  if (pair && n + 1 < N) {
-#ifdef AIEC_CUDA
-    *reinterpret_cast<float2*>(row + n) = float2{v0, v1};
-#else
-    row[n] = v0;
-    row[n + 1] = v1;
-#endif
-  } else {
-    if (n < N) row[n] = v0;
-    if (n + 1 < N) row[n + 1] = v1;
-  }
-}
-}  // namespace aiec_bd
-
 template <int PATH>
 __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,            // [B, C]
                                                     const float* __restrict__ w,            // [K, C]
@@ -83,7 +65,7 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
         const u64 i = b * C + c;
         if (c < C && mask[i]) a0 += gate_scale * v[i];
         if (c + 1 < C && mask[i + 1]) a1 += gate_scale * v[i + 1];
-        aiec_bd::put2(dv + b * C, c, C, pair, a0, a1);
+        aiec_gemm::put2(dv + b * C, c, C, pair, a0, a1);
       });
     } else {
       const bool accumulate = (s.flags & AIEC_FLAG_ACCUMULATE_DW) != 0;
@@ -95,7 +77,7 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
           if (c < C) a0 = row[c] + a0;
           if (c + 1 < C) a1 = row[c + 1] + a1;
         }
-        aiec_bd::put2(row, c, C, pair, a0, a1);
+        aiec_gemm::put2(row, c, C, pair, a0, a1);
       });
     }
   }

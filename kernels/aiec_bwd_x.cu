@@ -236,13 +236,6 @@ __device__ __noinline__ void hw_body(const T* dy, const u32* __restrict__ keep, 
     q0 = nq;
   }
 }
-
-template <class T> __device__ __forceinline__ int width(u64 len, u64 addr_bits) {
-  constexpr int V = Pack16<T>::N;
-  int w = V;
-  while (w > 1 && !(len % w == 0 && addr_bits % (w * sizeof(T)) == 0)) w >>= 1;
-  return w;
-}
 }  // namespace aiec_bx
 
 template <class T>
@@ -251,7 +244,7 @@ __device__ __forceinline__ void aiec_bwd_x_tokens(const T* dy,                  
                                                   const float* __restrict__ dv,        // [B, C] or null
                                                   T* dx,                               // [B, P, C]
                                                   AiecShape s) {
-  switch (aiec_bx::width<T>(s.channels, aiec::addr(dy) | aiec::addr(dx))) {
+  switch (aiec::vec_width<T>(s.channels, aiec::addr(dy) | aiec::addr(dx))) {
     case 8: aiec_bx::tokens_body<aiec::Pack16<T>::N>(dy, keep, dv, dx, s); break;  // 16-bit types only
     case 4: aiec_bx::tokens_body<4>(dy, keep, dv, dx, s); break;
     case 2: aiec_bx::tokens_body<2>(dy, keep, dv, dx, s); break;
@@ -265,7 +258,7 @@ __device__ __forceinline__ void aiec_bwd_x_hw(const T* dy,                      
                                               const float* __restrict__ dv,        // [B, C] or null
                                               T* dx,                               // [B, C, P]
                                               AiecShape s) {
-  switch (aiec_bx::width<T>(s.positions, aiec::addr(dy) | aiec::addr(dx))) {
+  switch (aiec::vec_width<T>(s.positions, aiec::addr(dy) | aiec::addr(dx))) {
     case 8: aiec_bx::hw_body<aiec::Pack16<T>::N>(dy, keep, dv, dx, s); break;  // 16-bit types only
     case 4: aiec_bx::hw_body<4>(dy, keep, dv, dx, s); break;
     case 2: aiec_bx::hw_body<2>(dy, keep, dv, dx, s); break;

@@ -152,18 +152,7 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
         zt[m * ZT + n] = a0;
         zt[m * ZT + n + 1] = a1;
         if (m >= ns || n >= nk) return;
-        float* row = logits + (b0 + (u64)m) * K + k0;
-        if (pair && n + 1 < nk) {
-#ifdef AIEC_CUDA
-          *reinterpret_cast<float2*>(row + n) = float2{a0, a1};
-#else
-          row[n] = a0;
-          row[n + 1] = a1;
-#endif
-        } else {
-          row[n] = a0;
-          if (n + 1 < nk) row[n + 1] = a1;
-        }
+        aiec_gemm::put2(logits + (b0 + (u64)m) * K + k0, (u64)n, (u64)nk, pair, a0, a1);
       });
       __syncthreads();
 

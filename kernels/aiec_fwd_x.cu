@@ -292,14 +292,6 @@ __device__ __noinline__ void hw_body(const T* __restrict__ x, T* __restrict__ y,
     q0 = nq;
   }
 }
-
-// The widest access width W (V, V/2, ..., 1) for rows of len elements at these addresses.
-template <class T> __device__ __forceinline__ int width(u64 len, u64 addr_bits) {
-  constexpr int V = Pack16<T>::N;
-  int w = V;
-  while (w > 1 && !(len % w == 0 && addr_bits % (w * sizeof(T)) == 0)) w >>= 1;
-  return w;
-}
 }  // namespace aiec_fx
 
 // The targets check, by block (0, 0) only (block-uniform: its barriers are safe), before the pass.
@@ -321,7 +313,7 @@ __device__ __forceinline__ void aiec_fwd_x_tokens(const T* __restrict__ x,      
                                                   AiecShape s) {
   __shared__ float red[aiec_fx::WARPS * 32 * 8];  // [warp][32V] partial sums of avg_token (sized for V = 8)
   aiec_fwd_x_check(targets, status, device_error, s);
-  switch (aiec_fx::width<T>(s.channels, aiec::addr(x) | aiec::addr(y))) {
+  switch (aiec::vec_width<T>(s.channels, aiec::addr(x) | aiec::addr(y))) {
     case 8: aiec_fx::tokens_body<aiec::Pack16<T>::N>(x, y, keep, v, s, red); break;  // 16-bit types only
     case 4: aiec_fx::tokens_body<4>(x, y, keep, v, s, red); break;
     case 2: aiec_fx::tokens_body<2>(x, y, keep, v, s, red); break;
@@ -339,7 +331,7 @@ __device__ __forceinline__ void aiec_fwd_x_hw(const T* __restrict__ x,          
                                               AiecTargetStatus* device_error,           // [1] or null
                                               AiecShape s) {
   aiec_fwd_x_check(targets, status, device_error, s);
-  switch (aiec_fx::width<T>(s.positions, aiec::addr(x) | aiec::addr(y))) {
+  switch (aiec::vec_width<T>(s.positions, aiec::addr(x) | aiec::addr(y))) {
     case 8: aiec_fx::hw_body<aiec::Pack16<T>::N>(x, y, keep, v, s); break;  // 16-bit types only
     case 4: aiec_fx::hw_body<4>(x, y, keep, v, s); break;
     case 2: aiec_fx::hw_body<2>(x, y, keep, v, s); break;

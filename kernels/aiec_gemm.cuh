@@ -59,6 +59,22 @@ using aiec::u64;
 constexpr int BM = 64, BN = 64, BK = 16, THREADS = 128, LD = BM + 8, TILE = BK * LD;
 enum Path { SIMT = 0, TF32X3 = 1, TF32 = 2 };
 
+// An epilogue's store of a thread's column pair: (v0, v1) at row[n], row[n + 1] (n even), those below N; as one
+// 8-byte store where pair is set (the row's start and the row length even: every even n is 8-byte aligned).
+__device__ __forceinline__ void put2(float* row, u64 n, u64 N, bool pair, float v0, float v1) {
+  if (pair && n + 1 < N) {
+#ifdef AIEC_CUDA
+    *reinterpret_cast<float2*>(row + n) = float2{v0, v1};
+#else
+    row[n] = v0;
+    row[n + 1] = v1;
+#endif
+  } else {
+    if (n < N) row[n] = v0;
+    if (n + 1 < N) row[n + 1] = v1;
+  }
+}
+
 // Shared memory of one block: two stages of A and B tiles (big; and small for TF32X3), as floats.
 template <int PATH> struct Smem {
   static constexpr int ARRAYS = PATH == TF32X3 ? 4 : 2;  // A big, B big (, A small, B small)

@@ -8,7 +8,7 @@
 //
 // Provides: aiec::u8/u16/u32/i32/u64/i64; the storage types aiec_f16 and aiec_bf16 (one `unsigned short bits`,
 // 2-byte aligned, mirrored by half::f16/half::bf16 in Rust); aiec::to_float / aiec::from_float<T>;
-// aiec::Pack16<T> with aiec::ld16/st16 (16-byte vector memory access); AIEC_DYN_SHARED; AIEC_EXPORT.
+// aiec::Pack16<T> with aiec::ld16/st16 (16-byte vector memory access), aiec::vec_width; AIEC_DYN_SHARED; AIEC_EXPORT.
 //
 // Conversions. For every non-NaN input, f16/bf16 <-> f32 are bit-exact and identical on the GPU, in the simulator
 // and in the Rust `half` crate: f32 -> f16/bf16 rounds to nearest, ties to even, with subnormals, overflow to
@@ -140,6 +140,13 @@ template <class T> union Pack16 {  // 16 bytes seen as N elements of T
   T v[16 / sizeof(T)];
 };
 __device__ __forceinline__ u64 addr(const void* p) { return reinterpret_cast<u64>(p); }
+// The widest access width W (Pack16<T>::N, N/2, ..., 1 elements) for rows of len elements at addresses whose
+// low bits are addr_bits (the OR of every base address): len % W == 0 and every base W * sizeof(T) aligned.
+template <class T> __device__ __forceinline__ int vec_width(u64 len, u64 addr_bits) {
+  int w = Pack16<T>::N;
+  while (w > 1 && !(len % w == 0 && addr_bits % (w * sizeof(T)) == 0)) w >>= 1;
+  return w;
+}
 }  // namespace aiec
 
 // ---------------------------------------------------------------- dynamic shared memory
