@@ -187,6 +187,42 @@ pub const MAX_GATE_RANKS: usize = 2047;
 /// rank must call it at the same step. Checked before anything runs: as
 /// [`fused::combine`], `count`'s length, device and overlaps, and `1 <= W <=`
 /// [`MAX_GATE_RANKS`].
+///
+/// ```
+/// # fn main() -> aiec::Result<()> {
+/// use aiec::cpu::LossCoefs;
+/// use aiec::gpu::dp::{combine_over_ranks, CountSum};
+/// use aiec::gpu::fused::LayerLoss;
+/// use aiec::params::{AiecGateStats, AiecLosses};
+/// use aiec::{Device, SliceMut, SliceRef};
+///
+/// /// Two ranks whose other one saw the same samples (a stand-in for NCCL).
+/// struct Twice;
+/// impl CountSum for Twice {
+///     fn sum_in_place(&self, counts: &mut SliceMut<i32>) -> aiec::Result<()> {
+///         counts.device().synchronize()?;
+///         // SAFETY: on the simulator a device address is a host address.
+///         let s = unsafe { std::slice::from_raw_parts_mut(counts.address() as *mut i32, counts.len()) };
+///         s.iter_mut().for_each(|v| *v *= 2);
+///         Ok(())
+///     }
+///     fn world_size(&self) -> usize {
+///         2
+///     }
+/// }
+///
+/// let dev = Device::sim();
+/// // One layer's results of a training forward of B = 2 samples: the rows' CE, S and N.
+/// let (ce, stats) = ([0.5f32, 1.5], [AiecGateStats { sum_sq: 6.0, pad0: 0, count: 3 }]);
+/// let layers = [LayerLoss { ce: SliceRef::host(&dev, &ce)?, stats: SliceRef::host(&dev, &stats)? }];
+/// let (mut count, mut out) = ([0i32; 2], [<AiecLosses as bytemuck::Zeroable>::zeroed()]);
+/// let (mut count_view, mut out_view) = (SliceMut::host(&dev, &mut count)?, SliceMut::host(&dev, &mut out)?);
+/// combine_over_ranks(&layers, 2, LossCoefs::PAPER, &Twice, &mut count_view, &mut out_view)?;
+/// drop((count_view, out_view));
+/// // N = 6 over both ranks; this rank's gate is W S / N = 2 * 6 / 6.
+/// assert_eq!((out[0].aux, out[0].gate, out[0].count), (1.0, 2.0, 6));
+/// # Ok(()) }
+/// ```
 pub fn combine_over_ranks(
     layers: &[LayerLoss],
     batch: usize,
