@@ -1,15 +1,20 @@
 """Type stubs of the Rust extension ``aiec._aiec`` (python/src/lib.rs).
 
-Every buffer is ``(data_ptr, numel)`` of a contiguous tensor; shapes are lists
-of ints; element types are PyTorch's names (``"float32"``, ``"float16"``,
-``"bfloat16"``, ``"float64"``). Errors: ``TypeError`` for a wrong element type,
-``RuntimeError`` for a missing GPU, driver or compiler, ``ValueError`` for any
-other bad input, each with the crate's message.
+Every buffer is a ``torch.Tensor``, passed itself (never its address): the
+extension reads its element type, device, contiguity, alignment and size and
+checks them against the buffer's role before anything runs, and the call holds
+it while it runs. The activation type (float32, float16, bfloat16; float64 on the
+CPU reference) is that of ``x`` (``dy`` in the backwards); ``v``, the logits,
+``W`` and the scales are float32 (float64 with float64 activations); keep bits
+int32; counters, targets and the step int64; the mask and scratch uint8.
+Errors: ``TypeError`` for a wrong element type or a non-tensor, ``RuntimeError``
+for a missing GPU, driver or compiler, ``ValueError`` for any other bad input
+(device, contiguity, length, overlap), each naming the tensor.
 """
 
 from typing import Optional, Tuple
 
-Buf = Tuple[int, int]
+from torch import Tensor
 
 __version__: str
 HAS_SIM: bool
@@ -18,7 +23,7 @@ class Config:
     def __init__(self, channels: int, classes: int, tau: float, pool: str, update_interval: int) -> None: ...
     def plan(self, shape: list[int]) -> Tuple[int, int, int, int, int]:
         """``(B, C, P, keep_words, scratch_bytes)`` of an input of ``shape``."""
-    def check_targets(self, targets: Buf, batch: int) -> None: ...
+    def check_targets(self, targets: Tensor, batch: int) -> None: ...
 
 class Backend:
     @staticmethod
@@ -34,52 +39,47 @@ class Backend:
     def synchronize(self) -> None: ...
 
 def activation_forward(
-    backend: Backend, config: Config, dtype: str, shape: list[int], x: Buf, y: Buf, keep: Buf, v: Optional[Buf]
+    backend: Backend, config: Config, x: Tensor, y: Tensor, keep: Tensor, v: Optional[Tensor] = None
 ) -> None: ...
 def activation_backward(
-    backend: Backend, config: Config, dtype: str, shape: list[int], keep: Buf, dv: Optional[Buf], dy: Buf, dx: Buf
+    backend: Backend, config: Config, keep: Tensor, dv: Optional[Tensor], dy: Tensor, dx: Tensor
 ) -> None: ...
 def fused_count(
     backend: Backend,
     config: Config,
-    dtype: str,
-    shape: list[int],
-    x: Buf,
-    w: Buf,
-    targets: Buf,
+    x: Tensor,
+    w: Tensor,
+    targets: Tensor,
     device_targets: bool,
-    counters: Tuple[Buf, Buf, Buf],
+    counters: Tuple[Tensor, Tensor, Tensor],
     update: bool,
-    step: Optional[Buf],
-    outputs: Tuple[Buf, Buf, Buf, Buf, Buf, Buf],
-    scratch: Buf,
+    step: Optional[Tensor],
+    outputs: Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor],
+    scratch: Tensor,
 ) -> None: ...
 def fused_gate(
     backend: Backend,
     config: Config,
-    dtype: str,
     shape: list[int],
-    v: Buf,
-    w: Buf,
-    targets: Buf,
-    act: Buf,
-    inh: Buf,
-    mask: Buf,
-    stats: Buf,
-    scratch: Buf,
+    v: Tensor,
+    w: Tensor,
+    targets: Tensor,
+    act: Tensor,
+    inh: Tensor,
+    mask: Tensor,
+    stats: Tensor,
+    scratch: Tensor,
 ) -> None: ...
 def fused_backward(
     backend: Backend,
     config: Config,
-    dtype: str,
-    shape: list[int],
-    saved: Tuple[Buf, Buf, Buf, Buf],
-    w: Buf,
-    row_scale: Optional[Buf],
-    scales: Buf,
-    dy: Buf,
-    dx: Buf,
-    dw: Buf,
-    dv_scratch: Buf,
+    saved: Tuple[Tensor, Tensor, Tensor, Tensor],
+    w: Tensor,
+    row_scale: Optional[Tensor],
+    scales: Tensor,
+    dy: Tensor,
+    dx: Tensor,
+    dw: Tensor,
+    dv_scratch: Tensor,
     accumulate: bool,
 ) -> None: ...

@@ -1,11 +1,14 @@
 """The crate's kernels as PyTorch custom operators (``torch.library``).
 
 Each op allocates its outputs with PyTorch (on CUDA from its caching allocator),
-passes ``(data_ptr, numel)`` of contiguous tensors to the Rust extension
-``aiec._aiec``, and launches on ``torch.cuda.current_stream()``: zero copy, no
-synchronisation. On CPU tensors the same ops run the crate's CPU reference
-(float32, float64), or with ``AIEC_TORCH_BACKEND=sim`` the CUDA kernels in the
-crate's simulator (float32, float16, bfloat16). Every op has a fake (meta)
+passes the tensors themselves to the Rust extension ``aiec._aiec`` (which checks
+each one's element type, device, contiguity, alignment and length before
+anything runs, and holds it for the call), and launches on
+``torch.cuda.current_stream()``: zero copy, no synchronisation. On CPU tensors
+the same ops run the crate's CPU reference (float32, float64; float16 and
+bfloat16 are computed in float32 and returned in their own type, as the kernels
+do), or with ``AIEC_TORCH_BACKEND=sim`` the CUDA kernels in the crate's
+simulator (float32, float16, bfloat16). Every op has a fake (meta)
 implementation and the differentiable ones an autograd formula, so
 ``torch.compile(fullgraph=True)`` traces through them.
 
@@ -17,7 +20,7 @@ and the package version; see there):
 * ``activation(x, tau, pool, channels) -> (y, keep, v)``: the same pass over
   ``x`` also pools ``v [B, C]``; backward: ``activation_backward``, one pass over
   ``dy`` that adds the pooled gradient;
-* ``fused_count(x, w, targets, act!, inh!, total!, step, ...)`` and
+* ``fused_count(x, w, targets, act!, inh!, total!, step!, ...)`` and
   ``fused_gate(v, w, targets, act, inh, ...)``: the training forward of
   the fused kernels (threshold, pooling, logits, per-row cross-entropy, counting;
   then the gate), the first mutating the counters; :class:`Fused` ties them into
@@ -127,8 +130,32 @@ def backend(t: Tensor) -> _aiec.Backend:
     raise TypeError(f"aiec: tensors on {t.device} are not supported (CPU or CUDA)")
 
 
-def _buf(t: Tensor) -> tuple:
-    return (t.data_ptr(), t.numel())
+def _compute(x: Tensor) -> Tensor:
+    """``x`` in the type the backend computes it in: float16 and bfloat16 CPU
+    tensors in float32 on the CPU reference (the kernels read them as they
+    are and compute in float32 too); contiguous."""
+    if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu" and backend(x).kind == "reference":
+        x = x.float()
+    return x.contiguous()
+
+
+def targets_int64(targets: Tensor) -> Tensor:
+    """Targets of any integer type as contiguous int64 (the published module
+    indexes with any); floats and booleans are a ``TypeError``."""
+    if targets.dtype == torch.bool or targets.is_floating_point() or targets.is_complex():
+        raise TypeError(f"aiec: targets must be class indices of an integer type, got {targets.dtype}")
+    return targets.to(torch.int64).contiguous()
+
+
+def check_shape(shape, pool: str, channels: int, classes: int = 1, tau: float = 0.0) -> None:
+    """The crate's check of an input shape against the pooling mode and ``C``,
+    also where shapes may be symbolic (fakes, ``torch.compile``): a symbolic
+    size is taken as ``C`` in the channel position and 1 elsewhere, so the rank
+    and a static ``C`` are still checked."""
+    dims = list(shape)
+    ci = 1 if pool == "avg_hw" else len(dims) - 1
+    concrete = [d if isinstance(d, int) else (channels if i == ci else 1) for i, d in enumerate(dims)]
+    config(channels, classes, tau, pool, 1).plan(concrete)
 
 
 def channels_of(shape, pool: str) -> int:
@@ -166,17 +193,19 @@ def _zeros_if_none(t: Optional[Tensor], shape, dtype, device) -> Tensor:
 
 @torch.library.custom_op(f"{NAMESPACE}::threshold", mutates_args=())
 def threshold(x: Tensor, tau: float, pool: str, channels: int) -> tuple[Tensor, Tensor]:
-    x = x.contiguous()
+    dtype = x.dtype
+    x = _compute(x)
     cfg = config(channels, 1, tau, pool, 1)
     _, _, _, kw, _ = cfg.plan(list(x.shape))
     y = torch.empty_like(x)
     keep = torch.empty(kw, dtype=torch.int32, device=x.device)
-    _aiec.activation_forward(backend(x), cfg, dtype_name(x.dtype), list(x.shape), _buf(x), _buf(y), _buf(keep), None)
-    return y, keep
+    _aiec.activation_forward(backend(x), cfg, x, y, keep, None)
+    return y.to(dtype), keep
 
 
 @threshold.register_fake
 def _(x, tau, pool, channels):
+    check_shape(x.shape, pool, channels, tau=tau)
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
         x.new_empty((keep_words(x.shape, pool),), dtype=torch.int32),
@@ -185,18 +214,20 @@ def _(x, tau, pool, channels):
 
 @torch.library.custom_op(f"{NAMESPACE}::activation", mutates_args=())
 def activation(x: Tensor, tau: float, pool: str, channels: int) -> tuple[Tensor, Tensor, Tensor]:
-    x = x.contiguous()
+    dtype = x.dtype
+    x = _compute(x)
     cfg = config(channels, 1, tau, pool, 1)
     b, c, _, kw, _ = cfg.plan(list(x.shape))
     y = torch.empty_like(x)
     keep = torch.empty(kw, dtype=torch.int32, device=x.device)
     v = torch.empty((b, c), dtype=stat_dtype(x.dtype), device=x.device)
-    _aiec.activation_forward(backend(x), cfg, dtype_name(x.dtype), list(x.shape), _buf(x), _buf(y), _buf(keep), _buf(v))
-    return y, keep, v
+    _aiec.activation_forward(backend(x), cfg, x, y, keep, v)
+    return y.to(dtype), keep, v
 
 
 @activation.register_fake
 def _(x, tau, pool, channels):
+    check_shape(x.shape, pool, channels, tau=tau)
     b, c = batch_of(x.shape), channels_of(x.shape, pool)
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
@@ -207,17 +238,14 @@ def _(x, tau, pool, channels):
 
 @torch.library.custom_op(f"{NAMESPACE}::activation_backward", mutates_args=())
 def activation_backward(dy: Tensor, keep: Tensor, dv: Optional[Tensor], tau: float, pool: str, channels: int) -> Tensor:
-    dy = dy.contiguous()
+    dtype = dy.dtype
+    dy = _compute(dy)
     cfg = config(channels, 1, tau, pool, 1)
     dx = torch.empty_like(dy)
-    dvb = None
     if dv is not None:
         dv = dv.to(stat_dtype(dy.dtype)).contiguous()
-        dvb = _buf(dv)
-    _aiec.activation_backward(
-        backend(dy), cfg, dtype_name(dy.dtype), list(dy.shape), _buf(keep), dvb, _buf(dy), _buf(dx)
-    )
-    return dx
+    _aiec.activation_backward(backend(dy), cfg, keep.contiguous(), dv, dy, dx)
+    return dx.to(dtype)
 
 
 @activation_backward.register_fake
@@ -253,7 +281,7 @@ activation.register_autograd(_activation_backward, setup_context=_save_keep)
 # ------------------------------------------------------------------ the fused training forward
 
 
-@torch.library.custom_op(f"{NAMESPACE}::fused_count", mutates_args=("act", "inh", "total"))
+@torch.library.custom_op(f"{NAMESPACE}::fused_count", mutates_args=("act", "inh", "total", "step"))
 def fused_count(
     x: Tensor,
     w: Tensor,
@@ -264,13 +292,18 @@ def fused_count(
     step: Tensor,
     interval: int,
     count: bool,
+    advance: bool,
     tau: float,
     pool: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Launches 1 and 2 of the fused forward: (y, keep, v, logits, ce, g), and
-    when ``count`` the counting into the counters on the steps where
-    ``step % interval == 0`` (decided where ``step`` lives)."""
-    x = x.contiguous()
+    """Launches 1 and 2 of the fused forward: (y, keep, v, logits, ce, g).
+    With ``advance`` (a training forward) the step counter ``step`` moves on
+    by one, inside the op and only once it has succeeded (so that a rejected
+    call leaves it, under ``torch.compile`` too, where a mutation outside the
+    op could be ordered before it); with ``count`` the counters count on the
+    steps where the new ``step % interval == 0`` (decided where ``step`` lives)."""
+    dtype = x.dtype
+    x = _compute(x)
     k, c = w.shape
     cfg = config(c, k, tau, pool, interval)
     b, _, _, kw, scratch_bytes = cfg.plan(list(x.shape))
@@ -283,31 +316,33 @@ def fused_count(
     logits = torch.empty((b, k), dtype=sd, device=dev)
     ce = torch.empty((b,), dtype=sd, device=dev)
     g = torch.empty((b, k), dtype=sd, device=dev)
-    targets = targets.contiguous()
+    targets = targets_int64(targets)
     on_device = dev.type == "cuda"
     if not on_device:
-        cfg.check_targets(_buf(targets), b)
+        cfg.check_targets(targets, b)
+    nxt = step + 1 if advance else step
     _aiec.fused_count(
         backend(x),
         cfg,
-        dtype_name(x.dtype),
-        list(x.shape),
-        _buf(x),
-        _buf(w.contiguous()),
-        _buf(targets),
+        x,
+        w.to(sd).contiguous(),
+        targets,
         on_device,
-        (_buf(act), _buf(inh), _buf(total)),
+        (act, inh, total),
         False,
-        _buf(step) if count else None,
-        (_buf(y), _buf(keep), _buf(v), _buf(logits), _buf(ce), _buf(g)),
-        _buf(scratch),
+        nxt if count else None,
+        (y, keep, v, logits, ce, g),
+        scratch,
     )
-    return y, keep, v, logits, ce, g
+    if advance:
+        step.copy_(nxt)
+    return y.to(dtype), keep, v, logits, ce, g
 
 
 @fused_count.register_fake
-def _(x, w, targets, act, inh, total, step, interval, count, tau, pool):
+def _(x, w, targets, act, inh, total, step, interval, count, advance, tau, pool):
     k, c = w.shape
+    check_shape(x.shape, pool, c, k, tau)
     b = batch_of(x.shape)
     sd = stat_dtype(x.dtype)
     return (
@@ -335,16 +370,15 @@ def fused_gate(
     _aiec.fused_gate(
         backend(v),
         cfg,
-        "float64" if v.dtype == torch.float64 else "float32",
         list(shape),
-        _buf(v),
-        _buf(w.contiguous()),
-        _buf(targets.contiguous()),
-        _buf(act),
-        _buf(inh),
-        _buf(mask),
-        _buf(stats),
-        _buf(scratch),
+        v,
+        w.to(v.dtype).contiguous(),
+        targets_int64(targets),
+        act,
+        inh,
+        mask,
+        stats,
+        scratch,
     )
     return mask, stats.view(v.dtype)[0].clone(), stats[1].clone()
 
@@ -373,14 +407,15 @@ def fused_backward(
 ) -> tuple[Tensor, Tensor]:
     """(dx, dW) of the fused forward, given the gradients of the loss with
     respect to ``y`` (``dy``), each row's CE (``dce``) and ``S`` (``ds``)."""
-    dy = dy.contiguous()
+    dtype = dy.dtype
+    dy = _compute(dy)
     k, c = w.shape
     cfg = config(c, k, tau, pool, 1)
     b = v.shape[0]
     sd = stat_dtype(dy.dtype)
     dev = dy.device
     dx = torch.empty_like(dy)
-    dw = torch.empty((k, c), dtype=w.dtype, device=dev)
+    dw = torch.empty((k, c), dtype=sd, device=dev)
     row_scale = dce.to(sd).contiguous()
     zeros = torch.zeros(4, dtype=sd, device=dev)
     scales = torch.cat([zeros, (2 * ds.to(sd)).reshape(1), zeros[:3]])
@@ -388,19 +423,17 @@ def fused_backward(
     _aiec.fused_backward(
         backend(dy),
         cfg,
-        dtype_name(dy.dtype),
-        list(dy.shape),
-        (_buf(keep), _buf(v), _buf(g), _buf(mask)),
-        _buf(w.contiguous()),
-        _buf(row_scale),
-        _buf(scales),
-        _buf(dy),
-        _buf(dx),
-        _buf(dw),
-        _buf(dv_scratch),
+        (keep, v, g, mask),
+        w.to(sd).contiguous(),
+        row_scale,
+        scales,
+        dy,
+        dx,
+        dw,
+        dv_scratch,
         False,
     )
-    return dx, dw
+    return dx.to(dtype), dw.to(w.dtype)
 
 
 @fused_backward.register_fake
@@ -415,13 +448,16 @@ class Fused(torch.autograd.Function):
     global increments, added before the gate), then ``fused_gate``. A mutating
     custom op cannot carry an autograd formula of its own; an
     ``autograd.Function`` around the ops is traced by ``torch.compile`` as well.
+    ``step`` (the layer's counter) moves on by one when ``training``.
     Outputs ``(y, keep, v, logits, ce, g, mask, S, N)``; differentiable: ``y``,
     ``ce`` and ``S``."""
 
     @staticmethod
     def forward(ctx, x, w, targets, act, inh, total, step, interval, training, tau, pool, exchange=None):
         count_here = training and exchange is None
-        y, keep, v, logits, ce, g = fused_count(x, w, targets, act, inh, total, step, interval, count_here, tau, pool)
+        y, keep, v, logits, ce, g = fused_count(
+            x, w, targets, act, inh, total, step, interval, count_here, training, tau, pool
+        )
         if training and exchange is not None:
             d_act, d_inh, d_total = exchange(v, logits, targets)
             act.add_(d_act)

@@ -1,52 +1,40 @@
-//! The translation from Python's `(data_ptr, numel)` buffers to the crate:
-//! slices for the CPU reference ([`aiec::cpu::buffers`]), views for the
-//! simulator and CUDA ([`aiec::gpu::fused`]). Every length, type, device and
-//! overlap check is the crate's.
+//! The translation from checked tensor arguments ([`crate::tensor::Arg`]) to
+//! the crate: slices for the CPU reference ([`aiec::cpu::buffers`]), views
+//! for the simulator and CUDA ([`aiec::gpu::fused`]). Each buffer's element
+//! type and device are checked here against its role ([`Roles`]), and every
+//! buffer a call writes against every other for shared memory, on every
+//! backend (the reference's `&mut` slices require it; the kernels' views are
+//! also checked by the crate, which allows an in-place backward that Python
+//! never asks for); lengths against the shapes are the crate's checks.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
-use pyo3::{PyErr, PyResult};
+use pyo3::PyResult;
 
 use aiec::cpu::buffers::{self as reference, AuxSlices, CountersSlices, SavedSlices};
 use aiec::cpu::parts::RowScale;
 use aiec::cpu::Float;
-use aiec::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, TargetCheck, Update};
+use aiec::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, Sizes, TargetCheck, Update};
 use aiec::params::{AiecGateStats, AiecLosses};
 use aiec::{AiecConfig, DType, Device, SliceMut, SliceRef, TensorMut, TensorRef};
 
+use crate::tensor::{Arg, Elem, Place};
 use crate::to_py;
-
-/// A contiguous buffer as Python hands it over: `(data_ptr, numel)`.
-pub(crate) type Buf = (u64, usize);
 
 /// Where the op runs.
 pub(crate) enum Kind {
     /// The CPU reference, on host memory.
     Reference,
-    /// The simulator (host memory) or a CUDA device (device memory).
-    Device(Device),
+    /// The simulator (host memory) or a CUDA device (its memory).
+    Device(Device, Place),
 }
 
-/// A tensor's element type, by PyTorch's name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dt {
-    F32,
-    F64,
-    F16,
-    BF16,
-}
-
-pub(crate) fn dtype(name: &str) -> PyResult<Dt> {
-    Ok(match name {
-        "float32" => Dt::F32,
-        "float64" => Dt::F64,
-        "float16" => Dt::F16,
-        "bfloat16" => Dt::BF16,
-        other => {
-            return Err(PyTypeError::new_err(format!(
-                "aiec: activations of type {other} are not supported (float32, float16, bfloat16; float64 on the CPU reference)"
-            )))
+impl Kind {
+    fn place(&self) -> Place {
+        match self {
+            Kind::Reference => Place::Cpu,
+            Kind::Device(_, p) => *p,
         }
-    })
+    }
 }
 
 /// The simulator, when the extension was built with it.
@@ -63,119 +51,187 @@ pub(crate) fn sim_device() -> PyResult<Device> {
     }
 }
 
-/// The element type on a device (the kernels' types).
-fn device_dtype(dt: Dt) -> PyResult<DType> {
-    match dt {
-        Dt::F32 => Ok(DType::F32),
-        Dt::F16 => Ok(DType::F16),
-        Dt::BF16 => Ok(DType::BF16),
-        Dt::F64 => Err(PyTypeError::new_err(
-            "aiec: float64 runs on the CPU reference only (CPU tensors without AIEC_TORCH_BACKEND=sim)",
-        )),
+/// The element types and the device every buffer of one call must have:
+/// the activation type (`x`, `y`, `dy`, `dx`) is the first tensor's, the
+/// statistics type (`v`, logits, `W`, scales) float64 for float64 activations
+/// (the reference only) and float32 otherwise.
+#[derive(Clone, Copy)]
+pub(crate) struct Roles {
+    pub act: Elem,
+    pub stat: Elem,
+    pub place: Place,
+}
+
+impl Roles {
+    /// The roles of a call whose activations are `x`'s, on `kind`.
+    pub(crate) fn of(kind: &Kind, x: Arg) -> PyResult<Self> {
+        let place = kind.place();
+        x.on(place)?;
+        let ok = match kind {
+            Kind::Reference => matches!(x.elem, Elem::F32 | Elem::F64),
+            Kind::Device(..) => matches!(x.elem, Elem::F32 | Elem::F16 | Elem::BF16),
+        };
+        if !ok {
+            let supported = match kind {
+                Kind::Reference => "float32 or float64 on the CPU reference",
+                Kind::Device(..) => {
+                    "float32, float16 or bfloat16 on the kernels (float64 on the CPU reference only)"
+                }
+            };
+            return Err(PyTypeError::new_err(format!(
+                "aiec: {} has element type {}; {supported}",
+                x.name,
+                x.elem.name()
+            )));
+        }
+        let stat = if x.elem == Elem::F64 { Elem::F64 } else { Elem::F32 };
+        Ok(Roles { act: x.elem, stat, place })
+    }
+
+    /// Of the activation type, on the call's device.
+    pub(crate) fn act(&self, a: Arg<'_>) -> PyResult<()> {
+        a.of(self.act)?.on(self.place).map(|_| ())
+    }
+    /// Of the statistics type, on the call's device.
+    pub(crate) fn stat(&self, a: Arg<'_>) -> PyResult<()> {
+        a.of(self.stat)?.on(self.place).map(|_| ())
+    }
+    /// Of `elem`, on the call's device.
+    pub(crate) fn int(&self, a: Arg<'_>, elem: Elem) -> PyResult<()> {
+        a.of(elem)?.on(self.place).map(|_| ())
+    }
+
+    fn device_dtype(&self) -> DType {
+        match self.act {
+            Elem::F16 => DType::F16,
+            Elem::BF16 => DType::BF16,
+            _ => DType::F32,
+        }
     }
 }
 
-fn reference_only(dt: Dt) -> PyErr {
-    PyTypeError::new_err(format!(
-        "aiec: the CPU reference runs float32 and float64, not {dt:?}; for float16 or bfloat16 CPU tensors set \
-         AIEC_TORCH_BACKEND=sim (the kernels in the simulator)"
-    ))
-}
-
-/// The host memory of a buffer.
-///
-/// # Safety
-/// `b.0` must address `b.1` values of `T` of host memory, live and not
-/// written elsewhere for the returned lifetime.
-pub(crate) unsafe fn host_slice<'a, T>(b: Buf) -> PyResult<&'a [T]> {
-    if b.1 == 0 {
-        return Ok(&[]);
+/// The written buffers must share no byte with any other buffer of the call
+/// (the reference turns them into `&mut` slices).
+fn check_disjoint(written: &[Arg], read: &[Arg]) -> PyResult<()> {
+    let span = |a: &Arg| (a.ptr, a.ptr + (a.numel * a.elem_size()) as u64);
+    for (i, w) in written.iter().enumerate() {
+        let (ws, we) = span(w);
+        for o in written[i + 1..].iter().chain(read) {
+            let (os, oe) = span(o);
+            if ws < oe && os < we && w.numel > 0 && o.numel > 0 {
+                return Err(PyValueError::new_err(format!(
+                    "aiec: {} and {} share memory; {} is written by the op",
+                    w.name, o.name, w.name
+                )));
+            }
+        }
     }
-    check_host(b, std::mem::align_of::<T>())?;
-    // SAFETY: forwarded from the caller; non-null and aligned (checked).
-    Ok(unsafe { std::slice::from_raw_parts(b.0 as *const T, b.1) })
+    Ok(())
 }
 
-/// # Safety
-/// As [`host_slice`], and nothing else reads or writes it meanwhile.
-unsafe fn host_slice_mut<'a, T>(b: Buf) -> PyResult<&'a mut [T]> {
-    if b.1 == 0 {
-        return Ok(&mut []);
-    }
-    check_host(b, std::mem::align_of::<T>())?;
-    // SAFETY: forwarded from the caller; non-null and aligned (checked).
-    Ok(unsafe { std::slice::from_raw_parts_mut(b.0 as *mut T, b.1) })
-}
-
-fn check_host(b: Buf, align: usize) -> PyResult<()> {
-    if b.0 == 0 || b.0 % align as u64 != 0 {
+/// A scratch buffer the reference does not use must still have the size the
+/// kernels' would (`expected`): one contract for every backend.
+fn unused_scratch(a: Arg, expected: usize) -> PyResult<()> {
+    if a.numel != expected {
         return Err(PyValueError::new_err(format!(
-            "aiec: a buffer of {} values at {:#x} is null or not aligned to {align} bytes",
-            b.1, b.0
+            "aiec: {} takes {expected} values on the CPU reference, got {}",
+            a.name, a.numel
         )));
     }
     Ok(())
 }
 
-/// # Safety (of every view constructor below)
-/// The Python caller passes the `data_ptr()` and `numel()` of contiguous
-/// tensors of the named type on the backend's device, which it keeps alive
-/// until the call returns; the kernels it queues run on the device's stream,
-/// which orders them with PyTorch's later work on the same stream.
-unsafe fn tref<'a>(dev: &Device, b: Buf, dt: DType, shape: &[usize]) -> PyResult<TensorRef<'a>> {
-    // SAFETY: see above.
-    unsafe { TensorRef::from_raw(dev, b.0, b.1, dt, shape) }.map_err(to_py)
-}
-unsafe fn tmut<'a>(dev: &Device, b: Buf, dt: DType, shape: &[usize]) -> PyResult<TensorMut<'a>> {
-    // SAFETY: see `tref`.
-    unsafe { TensorMut::from_raw(dev, b.0, b.1, dt, shape) }.map_err(to_py)
-}
-unsafe fn sref<'a, T: bytemuck::Pod>(dev: &Device, b: Buf) -> PyResult<SliceRef<'a, T>> {
-    // SAFETY: see `tref`.
-    unsafe { SliceRef::from_raw(dev, b.0, b.1) }.map_err(to_py)
-}
-unsafe fn smut<'a, T: bytemuck::Pod>(dev: &Device, b: Buf) -> PyResult<SliceMut<'a, T>> {
-    // SAFETY: see `tref`.
-    unsafe { SliceMut::from_raw(dev, b.0, b.1) }.map_err(to_py)
+/// The host memory of a checked CPU argument.
+///
+/// # Safety
+/// `a` was read from a live CPU tensor of `a.numel` values of `T` that the
+/// call holds, not written elsewhere for the returned lifetime.
+unsafe fn host<'a, T>(a: Arg<'_>) -> &'a [T] {
+    if a.numel == 0 {
+        return &[];
+    }
+    // SAFETY: forwarded from the caller; `tensor::read` checked non-null and aligned.
+    unsafe { std::slice::from_raw_parts(a.ptr as *const T, a.numel) }
 }
 
+/// # Safety
+/// As [`host`], and nothing else reads or writes it meanwhile ([`check_disjoint`]).
+unsafe fn host_mut<'a, T>(a: Arg<'_>) -> &'a mut [T] {
+    if a.numel == 0 {
+        return &mut [];
+    }
+    // SAFETY: forwarded from the caller; non-null and aligned (checked).
+    unsafe { std::slice::from_raw_parts_mut(a.ptr as *mut T, a.numel) }
+}
+
+/// # Safety (of every view constructor below)
+/// `a` was read from a live contiguous tensor on the backend's device, of
+/// the element type the view takes (checked by [`Roles`]), which the call
+/// holds until it returns; the kernels it queues run on the device's stream,
+/// which orders them with PyTorch's later work on the same stream.
+unsafe fn tref<'a>(dev: &Device, a: Arg, dt: DType, shape: &[usize]) -> PyResult<TensorRef<'a>> {
+    // SAFETY: see above.
+    unsafe { TensorRef::from_raw(dev, a.ptr, a.numel, dt, shape) }.map_err(to_py)
+}
+unsafe fn tmut<'a>(dev: &Device, a: Arg, dt: DType, shape: &[usize]) -> PyResult<TensorMut<'a>> {
+    // SAFETY: see `tref`.
+    unsafe { TensorMut::from_raw(dev, a.ptr, a.numel, dt, shape) }.map_err(to_py)
+}
+unsafe fn sref<'a, T: bytemuck::Pod>(dev: &Device, a: Arg) -> PyResult<SliceRef<'a, T>> {
+    // SAFETY: see `tref`.
+    unsafe { SliceRef::from_raw(dev, a.ptr, a.numel) }.map_err(to_py)
+}
+unsafe fn smut<'a, T: bytemuck::Pod>(dev: &Device, a: Arg) -> PyResult<SliceMut<'a, T>> {
+    // SAFETY: see `tref`.
+    unsafe { SliceMut::from_raw(dev, a.ptr, a.numel) }.map_err(to_py)
+}
+
+/// Runs `$body` with `$F` the reference's float type of the call.
 macro_rules! on_reference_float {
-    ($dt:expr, $F:ident => $body:expr) => {
-        match $dt {
-            Dt::F32 => {
-                type $F = f32;
-                $body
-            }
-            Dt::F64 => {
+    ($roles:expr, $F:ident => $body:expr) => {
+        match $roles.act {
+            Elem::F64 => {
                 type $F = f64;
                 $body
             }
-            other => Err(reference_only(other)),
+            _ => {
+                type $F = f32;
+                $body
+            }
         }
     };
 }
 
-#[allow(clippy::too_many_arguments)] // one buffer per argument
+/// The pass over `x`: `y`, the keep bits and, when given, the pooled `v`.
 pub(crate) fn activation_forward(
     kind: &Kind,
     cfg: &AiecConfig,
-    dt: Dt,
     shape: &[usize],
-    x: Buf,
-    y: Buf,
-    keep: Buf,
-    v: Option<Buf>,
+    x: Arg,
+    y: Arg,
+    keep: Arg,
+    v: Option<Arg>,
 ) -> PyResult<()> {
+    let r = Roles::of(kind, x)?;
+    r.act(y)?;
+    r.int(keep, Elem::I32)?;
+    if let Some(v) = v {
+        r.stat(v)?;
+    }
+    let written: Vec<Arg> = [Some(y), Some(keep), v].into_iter().flatten().collect();
+    check_disjoint(&written, &[x])?;
     match kind {
-        Kind::Reference => on_reference_float!(dt, F => {
-            // SAFETY: contiguous host tensors of the named type (the Python side's contract).
-            let (xs, ys, ks) = unsafe { (host_slice::<F>(x)?, host_slice_mut::<F>(y)?, host_slice_mut::<u32>(keep)?) };
-            // SAFETY: as above.
-            let vs = match v { Some(v) => Some(unsafe { host_slice_mut::<F>(v) }?), None => None };
-            reference::activation_forward(cfg, shape, xs, ys, ks, vs).map(|_| ()).map_err(to_py)
+        Kind::Reference => on_reference_float!(r, F => {
+            // SAFETY: checked CPU tensors of these types, held by the call, disjoint.
+            unsafe {
+                let vs = v.map(|v| host_mut::<F>(v));
+                reference::activation_forward(cfg, shape, host::<F>(x), host_mut::<F>(y), host_mut::<u32>(keep), vs)
+            }
+            .map(|_| ())
+            .map_err(to_py)
         }),
-        Kind::Device(dev) => {
-            let d = device_dtype(dt)?;
+        Kind::Device(dev, _) => {
+            let d = r.device_dtype();
             // SAFETY: see `tref`.
             unsafe {
                 let xv = tref(dev, x, d, shape)?;
@@ -194,28 +250,37 @@ pub(crate) fn activation_forward(
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one buffer per argument
+/// The pass over `dy`: `dx = keep ? dy + unpool(dv) : 0`.
+#[allow(clippy::too_many_arguments)] // one tensor per argument
 pub(crate) fn activation_backward(
     kind: &Kind,
     cfg: &AiecConfig,
-    dt: Dt,
     shape: &[usize],
-    keep: Buf,
-    dv: Option<Buf>,
-    dy: Buf,
-    dx: Buf,
+    keep: Arg,
+    dv: Option<Arg>,
+    dy: Arg,
+    dx: Arg,
 ) -> PyResult<()> {
+    let r = Roles::of(kind, dy)?;
+    r.act(dx)?;
+    r.int(keep, Elem::I32)?;
+    if let Some(dv) = dv {
+        r.stat(dv)?;
+    }
     let plan = cfg.plan_input(shape).map_err(to_py)?;
+    let read: Vec<Arg> = [Some(keep), Some(dy), dv].into_iter().flatten().collect();
+    check_disjoint(&[dx], &read)?;
     match kind {
-        Kind::Reference => on_reference_float!(dt, F => {
-            // SAFETY: contiguous host tensors of the named type.
-            let (ks, dys, dxs) = unsafe { (host_slice::<u32>(keep)?, host_slice::<F>(dy)?, host_slice_mut::<F>(dx)?) };
-            // SAFETY: as above.
-            let dvs = match dv { Some(dv) => Some(unsafe { host_slice::<F>(dv) }?), None => None };
-            reference::activation_backward(cfg, &plan, ks, dvs, dys, dxs).map_err(to_py)
+        Kind::Reference => on_reference_float!(r, F => {
+            // SAFETY: checked CPU tensors of these types, held by the call, disjoint.
+            unsafe {
+                let dvs = dv.map(|dv| host::<F>(dv));
+                reference::activation_backward(cfg, &plan, host::<u32>(keep), dvs, host::<F>(dy), host_mut::<F>(dx))
+            }
+            .map_err(to_py)
         }),
-        Kind::Device(dev) => {
-            let d = device_dtype(dt)?;
+        Kind::Device(dev, _) => {
+            let d = r.device_dtype();
             // SAFETY: see `tref`.
             unsafe {
                 let kv = sref::<u32>(dev, keep)?;
@@ -233,70 +298,88 @@ pub(crate) fn activation_backward(
     }
 }
 
-/// The buffers of launches 1 and 2.
-pub(crate) struct CountArgs {
-    pub x: Buf,
-    pub w: Buf,
-    pub targets: Buf,
-    pub device_targets: bool,
-    /// `act`, `inh`, `total`.
-    pub counters: (Buf, Buf, Buf),
-    pub update: bool,
-    /// The step counter (`int64 [1]`), when the update is decided where it lives.
-    pub step: Option<Buf>,
-    /// `y`, `keep`, `v`, `logits`, `ce`, `g`.
-    pub outputs: (Buf, Buf, Buf, Buf, Buf, Buf),
-    pub scratch: Buf,
+/// Checks targets (`int64 [B]`, CPU) against `K`.
+pub(crate) fn check_targets(cfg: &AiecConfig, targets: Arg, batch: usize) -> PyResult<()> {
+    targets.of(Elem::I64)?.on(Place::Cpu)?;
+    // SAFETY: a checked int64 CPU tensor, held by the call, only read.
+    let t = unsafe { host::<i64>(targets) };
+    aiec::cpu::op::check_targets(t, batch, cfg.classes()).map(|_| ()).map_err(to_py)
 }
 
-pub(crate) fn fused_count(
-    kind: &Kind,
-    cfg: &AiecConfig,
-    dt: Dt,
-    shape: &[usize],
-    a: CountArgs,
-) -> PyResult<()> {
-    let (y, keep, v, logits, ce, g) = a.outputs;
+/// The buffers of launches 1 and 2.
+pub(crate) struct CountArgs<'a> {
+    pub x: Arg<'a>,
+    pub w: Arg<'a>,
+    pub targets: Arg<'a>,
+    pub device_targets: bool,
+    /// `act`, `inh`, `total`.
+    pub counters: [Arg<'a>; 3],
+    pub update: bool,
+    /// The step counter (`int64 [1]`), when the update is decided where it lives.
+    pub step: Option<Arg<'a>>,
+    /// `y`, `keep`, `v`, `logits`, `ce`, `g`.
+    pub outputs: [Arg<'a>; 6],
+    pub scratch: Arg<'a>,
+}
+
+pub(crate) fn fused_count(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: CountArgs) -> PyResult<()> {
+    let r = Roles::of(kind, a.x)?;
+    let [act, inh, total] = a.counters;
+    let [y, keep, v, logits, ce, g] = a.outputs;
+    r.stat(a.w)?;
+    r.int(a.targets, Elem::I64)?;
+    for c in a.counters {
+        r.int(c, Elem::I64)?;
+    }
+    if let Some(s) = a.step {
+        r.int(s, Elem::I64)?;
+        if s.numel != 1 {
+            return Err(PyValueError::new_err(format!("aiec: step takes 1 int64, got {}", s.numel)));
+        }
+    }
+    r.act(y)?;
+    r.int(keep, Elem::I32)?;
+    for o in [v, logits, ce, g] {
+        r.stat(o)?;
+    }
+    r.int(a.scratch, Elem::U8)?;
+    let mut read = vec![a.x, a.w, a.targets];
+    read.extend(a.step);
+    check_disjoint(&[act, inh, total, y, keep, v, logits, ce, g, a.scratch], &read)?;
     match kind {
-        Kind::Reference => on_reference_float!(dt, F => {
-            // SAFETY: contiguous host tensors of the named types, distinct (the Python side allocates each).
+        Kind::Reference => on_reference_float!(r, F => {
+            let plan = cfg.plan_input(shape).map_err(to_py)?;
+            unused_scratch(a.scratch, Sizes::of(&plan, cfg.classes()).scratch_bytes)?;
+            // SAFETY: checked CPU tensors of these types, held by the call, disjoint.
             unsafe {
                 let update = match a.step {
                     Some(s) => {
-                        let step = host_slice::<i64>(s)?.first().copied().unwrap_or(0);
-                        step % cfg.update_interval() as i64 == 0
+                        let step = host::<i64>(s).first().copied().unwrap_or(0);
+                        step.rem_euclid(cfg.update_interval() as i64) == 0
                     }
                     None => a.update,
                 };
-                let mut counters = CountersSlices {
-                    act: host_slice_mut(a.counters.0)?,
-                    inh: host_slice_mut(a.counters.1)?,
-                    total: host_slice_mut(a.counters.2)?,
-                };
-                let mut aux = AuxSlices::<F> {
-                    v: host_slice_mut(v)?,
-                    logits: host_slice_mut(logits)?,
-                    ce: host_slice_mut(ce)?,
-                    g: host_slice_mut(g)?,
-                };
+                let mut counters = CountersSlices { act: host_mut(act), inh: host_mut(inh), total: host_mut(total) };
+                let mut aux =
+                    AuxSlices::<F> { v: host_mut(v), logits: host_mut(logits), ce: host_mut(ce), g: host_mut(g) };
                 reference::forward_count(
                     cfg,
                     shape,
-                    host_slice::<F>(a.x)?,
-                    host_slice::<F>(a.w)?,
-                    host_slice::<i64>(a.targets)?,
+                    host::<F>(a.x),
+                    host::<F>(a.w),
+                    host::<i64>(a.targets),
                     &mut counters,
                     update,
-                    host_slice_mut::<F>(y)?,
-                    host_slice_mut::<u32>(keep)?,
+                    host_mut::<F>(y),
+                    host_mut::<u32>(keep),
                     &mut aux,
                 )
             }
             .map(|_| ())
             .map_err(to_py)
         }),
-        Kind::Device(dev) => {
-            let d = device_dtype(dt)?;
+        Kind::Device(dev, _) => {
+            let d = r.device_dtype();
             // SAFETY: see `tref`.
             unsafe {
                 let step = match a.step {
@@ -307,11 +390,8 @@ pub(crate) fn fused_count(
                     Some(s) => Update::OnStep { step: s, interval: cfg.update_interval() },
                     None => Update::Now(a.update),
                 };
-                let mut counters = CountersMut {
-                    act: smut(dev, a.counters.0)?,
-                    inh: smut(dev, a.counters.1)?,
-                    total: smut(dev, a.counters.2)?,
-                };
+                let mut counters =
+                    CountersMut { act: smut(dev, act)?, inh: smut(dev, inh)?, total: smut(dev, total)? };
                 // The gate's buffers are not used by launches 1 and 2: empty views.
                 let mut aux = AuxMut {
                     v: smut(dev, v)?,
@@ -343,55 +423,67 @@ pub(crate) fn fused_count(
 }
 
 /// The buffers of launch 3.
-pub(crate) struct GateArgs {
-    pub v: Buf,
-    pub w: Buf,
-    pub targets: Buf,
-    pub act: Buf,
-    pub inh: Buf,
-    pub mask: Buf,
-    /// 16 bytes: `S` at byte 0 (the step's float type), `N` (int64) at byte 8.
-    pub stats: Buf,
-    pub scratch: Buf,
+pub(crate) struct GateArgs<'a> {
+    pub v: Arg<'a>,
+    pub w: Arg<'a>,
+    pub targets: Arg<'a>,
+    pub act: Arg<'a>,
+    pub inh: Arg<'a>,
+    pub mask: Arg<'a>,
+    /// `int64 [2]`: `S` at byte 0 (the step's float type), `N` at byte 8.
+    pub stats: Arg<'a>,
+    pub scratch: Arg<'a>,
 }
 
-pub(crate) fn fused_gate(
-    kind: &Kind,
-    cfg: &AiecConfig,
-    dt: Dt,
-    shape: &[usize],
-    a: GateArgs,
-) -> PyResult<()> {
+pub(crate) fn fused_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: GateArgs) -> PyResult<()> {
+    // `v` carries the statistics type; the activations' own type is not needed.
+    let r = Roles::of(kind, a.v).map_err(|_| {
+        PyTypeError::new_err(format!(
+            "aiec: v must be float32 (float64 on the CPU reference) on {}, got {} on {}",
+            kind.place(),
+            a.v.elem.name(),
+            a.v.place
+        ))
+    })?;
+    if r.act == Elem::F16 || r.act == Elem::BF16 {
+        return Err(PyTypeError::new_err(format!("aiec: v must be float32, got {}", r.act.name())));
+    }
+    r.stat(a.w)?;
+    r.int(a.targets, Elem::I64)?;
+    r.int(a.act, Elem::I64)?;
+    r.int(a.inh, Elem::I64)?;
+    r.int(a.mask, Elem::U8)?;
+    r.int(a.stats, Elem::I64)?;
+    r.int(a.scratch, Elem::U8)?;
+    if a.stats.numel != 2 {
+        return Err(PyValueError::new_err(format!("aiec: gate stats take 2 int64, got {}", a.stats.numel)));
+    }
     let plan = cfg.plan_input(shape).map_err(to_py)?;
+    check_disjoint(&[a.mask, a.stats, a.scratch], &[a.v, a.w, a.targets, a.act, a.inh])?;
     match kind {
-        Kind::Reference => on_reference_float!(dt, F => {
-            // SAFETY: contiguous host tensors of the named types; `stats` is 16 bytes (2 int64).
+        Kind::Reference => on_reference_float!(r, F => {
+            unused_scratch(a.scratch, Sizes::of(&plan, cfg.classes()).scratch_bytes)?;
+            // SAFETY: checked CPU tensors of these types, held by the call, disjoint.
             unsafe {
                 let (s, n) = reference::forward_gate::<F>(
                     cfg,
                     &plan,
-                    host_slice(a.v)?,
-                    host_slice(a.w)?,
-                    host_slice(a.targets)?,
-                    host_slice(a.act)?,
-                    host_slice(a.inh)?,
-                    host_slice_mut(a.mask)?,
+                    host(a.v),
+                    host(a.w),
+                    host(a.targets),
+                    host(a.act),
+                    host(a.inh),
+                    host_mut(a.mask),
                 )
                 .map_err(to_py)?;
-                write_stats::<F>(a.stats, s, n)
+                write_stats::<F>(host_mut::<u64>(a.stats), s, n);
+                Ok(())
             }
         }),
-        Kind::Device(dev) => {
-            device_dtype(dt)?;
-            // SAFETY: see `tref`; `stats` is 16 bytes, one AiecGateStats.
+        Kind::Device(dev, _) => {
+            // SAFETY: see `tref`; `stats` is 16 bytes (checked), one AiecGateStats.
             unsafe {
-                let stats_bytes = a.stats.1 * 8;
-                if stats_bytes != std::mem::size_of::<AiecGateStats>() {
-                    return Err(PyValueError::new_err(format!(
-                        "aiec: gate stats take 2 int64, got {}",
-                        a.stats.1
-                    )));
-                }
+                debug_assert_eq!(std::mem::size_of::<AiecGateStats>(), 16);
                 fused::forward_gate(
                     cfg,
                     &plan,
@@ -401,7 +493,7 @@ pub(crate) fn fused_gate(
                     &sref(dev, a.act)?,
                     &sref(dev, a.inh)?,
                     &mut smut(dev, a.mask)?,
-                    &mut SliceMut::from_raw(dev, a.stats.0, 1).map_err(to_py)?,
+                    &mut SliceMut::from_raw(dev, a.stats.ptr, 1).map_err(to_py)?,
                     &mut smut(dev, a.scratch)?,
                 )
             }
@@ -410,101 +502,101 @@ pub(crate) fn fused_gate(
     }
 }
 
-/// `S` (type `F`) at byte 0 and `N` at byte 8 of a 16-byte buffer, as the
+/// `S` (type `F`) at byte 0 and `N` at byte 8 of the 2 words, as the
 /// kernels' `AiecGateStats` lays them out (an f32 `S` is followed by 4 zero bytes).
-///
-/// # Safety
-/// `stats` must be 2 int64 of host memory, not used elsewhere meanwhile.
-unsafe fn write_stats<F: Float>(stats: Buf, s: F, n: u64) -> PyResult<()> {
-    // SAFETY: forwarded from the caller.
-    let words = unsafe { host_slice_mut::<u64>(stats) }?;
-    if words.len() != 2 {
-        return Err(PyValueError::new_err(format!("aiec: gate stats take 2 int64, got {}", words.len())));
-    }
+fn write_stats<F: Float>(words: &mut [u64], s: F, n: u64) {
     words[0] = if std::mem::size_of::<F>() == 4 {
         (s.to_f64() as f32).to_bits() as u64
     } else {
         s.to_f64().to_bits()
     };
     words[1] = n;
-    Ok(())
 }
 
 /// The buffers of a training backward.
-pub(crate) struct BackwardArgs {
+pub(crate) struct BackwardArgs<'a> {
     /// `keep`, `v`, `g`, `mask`.
-    pub saved: (Buf, Buf, Buf, Buf),
-    pub w: Buf,
+    pub saved: [Arg<'a>; 4],
+    pub w: Arg<'a>,
     /// `[B]`, or the uniform `aux_scale` (element 3 of `scales`).
-    pub row_scale: Option<Buf>,
-    /// 8 values of the step's float type; element 4 is the gate scale.
-    pub scales: Buf,
-    pub dy: Buf,
-    pub dx: Buf,
-    pub dw: Buf,
-    /// `f32 [B, C]` (the kernels' scratch; unused by the reference).
-    pub dv_scratch: Buf,
+    pub row_scale: Option<Arg<'a>>,
+    /// 8 values of the statistics type; element 4 is the gate scale.
+    pub scales: Arg<'a>,
+    pub dy: Arg<'a>,
+    pub dx: Arg<'a>,
+    pub dw: Arg<'a>,
+    /// `f32 [B, C]` (the kernels' scratch; empty on the reference).
+    pub dv_scratch: Arg<'a>,
     pub accumulate: bool,
 }
 
 pub(crate) fn fused_backward(
     kind: &Kind,
     cfg: &AiecConfig,
-    dt: Dt,
     shape: &[usize],
     a: BackwardArgs,
 ) -> PyResult<()> {
+    let r = Roles::of(kind, a.dy)?;
+    let [keep, v, g, mask] = a.saved;
+    r.act(a.dx)?;
+    r.int(keep, Elem::I32)?;
+    r.stat(v)?;
+    r.stat(g)?;
+    r.int(mask, Elem::U8)?;
+    r.stat(a.w)?;
+    if let Some(rs) = a.row_scale {
+        r.stat(rs)?;
+    }
+    r.stat(a.scales)?;
+    r.stat(a.dw)?;
+    r.int(a.dv_scratch, Elem::F32)?;
+    if a.scales.numel != 8 {
+        return Err(PyValueError::new_err(format!(
+            "aiec: the loss scales take 8 values, got {}",
+            a.scales.numel
+        )));
+    }
     let plan = cfg.plan_input(shape).map_err(to_py)?;
-    let (keep, v, g, mask) = a.saved;
+    let mut read = vec![keep, v, g, mask, a.w, a.scales, a.dy];
+    read.extend(a.row_scale);
+    check_disjoint(&[a.dx, a.dw, a.dv_scratch], &read)?;
     match kind {
-        Kind::Reference => on_reference_float!(dt, F => {
-            // SAFETY: contiguous host tensors of the named types.
+        Kind::Reference => on_reference_float!(r, F => {
+            unused_scratch(a.dv_scratch, 0)?;
+            // SAFETY: checked CPU tensors of these types, held by the call, disjoint.
             unsafe {
-                let scales = host_slice::<F>(a.scales)?;
-                if scales.len() != 8 {
-                    return Err(PyValueError::new_err(format!("aiec: the loss scales take 8 values, got {}", scales.len())));
-                }
+                let scales = host::<F>(a.scales);
                 let rows = match a.row_scale {
-                    Some(r) => RowScale::PerRow(host_slice::<F>(r)?),
+                    Some(rs) => RowScale::PerRow(host::<F>(rs)),
                     None => RowScale::Uniform(scales[3]),
                 };
-                let saved = SavedSlices::<F> {
-                    keep: host_slice(keep)?,
-                    v: host_slice(v)?,
-                    g: host_slice(g)?,
-                    mask: host_slice(mask)?,
-                };
+                let saved = SavedSlices::<F> { keep: host(keep), v: host(v), g: host(g), mask: host(mask) };
                 reference::backward_train(
                     cfg,
                     &plan,
                     &saved,
-                    host_slice(a.w)?,
+                    host(a.w),
                     rows,
                     scales[4],
-                    host_slice(a.dy)?,
-                    host_slice_mut(a.dx)?,
-                    host_slice_mut(a.dw)?,
+                    host(a.dy),
+                    host_mut(a.dx),
+                    host_mut(a.dw),
                     a.accumulate,
                 )
             }
             .map_err(to_py)
         }),
-        Kind::Device(dev) => {
-            let d = device_dtype(dt)?;
-            // SAFETY: see `tref`; `scales` is 8 floats, one AiecLosses.
+        Kind::Device(dev, _) => {
+            let d = r.device_dtype();
+            // SAFETY: see `tref`; `scales` is 8 float32 (checked), one AiecLosses.
             unsafe {
-                if a.scales.1 != 8 {
-                    return Err(PyValueError::new_err(format!(
-                        "aiec: the loss scales take 8 values, got {}",
-                        a.scales.1
-                    )));
-                }
+                debug_assert_eq!(std::mem::size_of::<AiecLosses>(), 32);
                 let row_scale = match a.row_scale {
-                    Some(r) => Some(sref::<f32>(dev, r)?),
+                    Some(rs) => Some(sref::<f32>(dev, rs)?),
                     None => None,
                 };
                 let scales = Scales {
-                    losses: SliceRef::<AiecLosses>::from_raw(dev, a.scales.0, 1).map_err(to_py)?,
+                    losses: SliceRef::<AiecLosses>::from_raw(dev, a.scales.ptr, 1).map_err(to_py)?,
                     row_scale,
                 };
                 let saved = SavedRef { v: sref(dev, v)?, g: sref(dev, g)?, mask: sref(dev, mask)? };

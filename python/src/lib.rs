@@ -1,20 +1,23 @@
 //! `aiec._aiec`: the Python bindings of the crate, for `aiec.torch`.
 //!
-//! Thin by design: the extension links no libtorch. Python passes every
-//! tensor as `(data_ptr, numel)` of contiguous memory it allocated (PyTorch's
-//! caching allocator on CUDA), the element type by name, and the shape; this
-//! module turns them into the crate's views (CUDA, the simulator) or slices
+//! Thin by design: the extension links no libtorch. Python passes the torch
+//! tensors themselves (never bare addresses, so what is read lives for the
+//! call); [`tensor`] reads and checks each one's element type, device,
+//! contiguity and alignment, [`backend`] checks them against the buffer's
+//! role and turns them into the crate's views (CUDA, the simulator) or slices
 //! (the CPU reference), calls the crate, and turns its typed errors into
 //! Python exceptions with the same message. No AIEC rule is written here.
 
 mod backend;
+mod tensor;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use aiec::{AiecConfig, AiecError, Pool};
 
-use backend::{Buf, Kind};
+use backend::Kind;
+use tensor::{read, read_opt, Place};
 
 /// The crate's error as a Python exception: a wrong element type is a
 /// `TypeError`, a missing GPU, driver or compiler and device failures are a
@@ -60,11 +63,9 @@ impl Config {
         Ok((dims.batch, dims.channels, dims.positions, s.keep, s.scratch_bytes))
     }
 
-    /// Checks targets held in host memory (`int64 [B]`) against `K`.
-    fn check_targets(&self, targets: (u64, usize), batch: usize) -> PyResult<()> {
-        // SAFETY: the caller passes a contiguous int64 CPU tensor of `targets.1` values.
-        let t = unsafe { backend::host_slice::<i64>(targets) }?;
-        aiec::cpu::op::check_targets(t, batch, self.cfg.classes()).map(|_| ()).map_err(to_py)
+    /// Checks targets (a contiguous `int64 [B]` CPU tensor) against `K`.
+    fn check_targets(&self, targets: &Bound<'_, PyAny>, batch: usize) -> PyResult<()> {
+        backend::check_targets(&self.cfg, read(targets, "targets")?, batch)
     }
 }
 
@@ -87,7 +88,7 @@ impl Backend {
     /// float16, bfloat16).
     #[staticmethod]
     fn sim() -> PyResult<Self> {
-        backend::sim_device().map(|d| Backend { kind: Kind::Device(d) })
+        backend::sim_device().map(|d| Backend { kind: Kind::Device(d, Place::Cpu) })
     }
 
     /// GPU `ordinal` on the raw `CUstream` `stream` (PyTorch's
@@ -98,7 +99,7 @@ impl Backend {
         // SAFETY: PyTorch's streams live for the process (its stream pool is
         // never freed), and PyTorch uses the primary context of each device.
         let dev = unsafe { aiec::Device::from_raw_stream(ordinal, stream as _) }.map_err(to_py)?;
-        Ok(Backend { kind: Kind::Device(dev) })
+        Ok(Backend { kind: Kind::Device(dev, Place::Cuda(ordinal)) })
     }
 
     /// `reference`, `sim` or `cuda`.
@@ -106,8 +107,8 @@ impl Backend {
     fn kind(&self) -> &'static str {
         match &self.kind {
             Kind::Reference => "reference",
-            Kind::Device(d) if d.kind() == aiec::DeviceKind::Sim => "sim",
-            Kind::Device(_) => "cuda",
+            Kind::Device(d, _) if d.kind() == aiec::DeviceKind::Sim => "sim",
+            Kind::Device(..) => "cuda",
         }
     }
 
@@ -116,7 +117,7 @@ impl Backend {
     fn label(&self) -> String {
         match &self.kind {
             Kind::Reference => "cpu reference".into(),
-            Kind::Device(d) => d.label().to_string(),
+            Kind::Device(d, _) => d.label().to_string(),
         }
     }
 
@@ -125,48 +126,47 @@ impl Backend {
     fn synchronize(&self, py: Python<'_>) -> PyResult<()> {
         match &self.kind {
             Kind::Reference => Ok(()),
-            Kind::Device(d) => py.detach(|| d.synchronize()).map_err(to_py),
+            Kind::Device(d, _) => py.detach(|| d.synchronize()).map_err(to_py),
         }
     }
 }
 
+type Obj<'py> = Bound<'py, PyAny>;
+
 /// The pass over `x`: `y`, the keep bits and, when `v` is given, the
 /// pooled `v [B, C]`.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)] // one tensor per argument, as the Python side has them
+#[pyo3(signature = (backend, config, x, y, keep, v=None))]
 fn activation_forward(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
-    dtype: &str,
-    shape: Vec<usize>,
-    x: Buf,
-    y: Buf,
-    keep: Buf,
-    v: Option<Buf>,
+    x: &Obj<'_>,
+    y: &Obj<'_>,
+    keep: &Obj<'_>,
+    v: Option<&Obj<'_>>,
 ) -> PyResult<()> {
     let cfg = config.cfg;
-    let dt = backend::dtype(dtype)?;
-    py.detach(|| backend::activation_forward(&backend.kind, &cfg, dt, &shape, x, y, keep, v))
+    let shape = tensor::shape(x, "x")?;
+    let (x, y, keep, v) = (read(x, "x")?, read(y, "y")?, read(keep, "keep")?, read_opt(v, "v")?);
+    py.detach(|| backend::activation_forward(&backend.kind, &cfg, &shape, x, y, keep, v))
 }
 
 /// The pass over `dy`: `dx = keep ? dy + unpool(dv) : 0` (`dv` may be `None`: `dx = keep ? dy : 0`).
 #[pyfunction]
-#[allow(clippy::too_many_arguments)] // one tensor per argument
 fn activation_backward(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
-    dtype: &str,
-    shape: Vec<usize>,
-    keep: Buf,
-    dv: Option<Buf>,
-    dy: Buf,
-    dx: Buf,
+    keep: &Obj<'_>,
+    dv: Option<&Obj<'_>>,
+    dy: &Obj<'_>,
+    dx: &Obj<'_>,
 ) -> PyResult<()> {
     let cfg = config.cfg;
-    let dt = backend::dtype(dtype)?;
-    py.detach(|| backend::activation_backward(&backend.kind, &cfg, dt, &shape, keep, dv, dy, dx))
+    let shape = tensor::shape(dy, "dy")?;
+    let (keep, dv, dy, dx) = (read(keep, "keep")?, read_opt(dv, "dv")?, read(dy, "dy")?, read(dx, "dx")?);
+    py.detach(|| backend::activation_backward(&backend.kind, &cfg, &shape, keep, dv, dy, dx))
 }
 
 /// Launches 1 and 2 of a training forward (pass over `x`, logits, CE, `g`,
@@ -179,52 +179,80 @@ fn fused_count(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
-    dtype: &str,
-    shape: Vec<usize>,
-    x: Buf,
-    w: Buf,
-    targets: Buf,
+    x: &Obj<'_>,
+    w: &Obj<'_>,
+    targets: &Obj<'_>,
     device_targets: bool,
-    counters: (Buf, Buf, Buf),
+    counters: (Obj<'_>, Obj<'_>, Obj<'_>),
     update: bool,
-    step: Option<Buf>,
-    outputs: (Buf, Buf, Buf, Buf, Buf, Buf),
-    scratch: Buf,
+    step: Option<&Obj<'_>>,
+    outputs: (Obj<'_>, Obj<'_>, Obj<'_>, Obj<'_>, Obj<'_>, Obj<'_>),
+    scratch: &Obj<'_>,
 ) -> PyResult<()> {
     let cfg = config.cfg;
-    let dt = backend::dtype(dtype)?;
-    let args = backend::CountArgs { x, w, targets, device_targets, counters, update, step, outputs, scratch };
-    py.detach(|| backend::fused_count(&backend.kind, &cfg, dt, &shape, args))
+    let shape = tensor::shape(x, "x")?;
+    let (act, inh, total) = &counters;
+    let (y, keep, v, logits, ce, g) = &outputs;
+    let args = backend::CountArgs {
+        x: read(x, "x")?,
+        w: read(w, "W")?,
+        targets: read(targets, "targets")?,
+        device_targets,
+        counters: [
+            read(act, "activation_counts")?,
+            read(inh, "inhibition_counts")?,
+            read(total, "total_counts")?,
+        ],
+        update,
+        step: read_opt(step, "step")?,
+        outputs: [
+            read(y, "y")?,
+            read(keep, "keep")?,
+            read(v, "v")?,
+            read(logits, "logits")?,
+            read(ce, "ce")?,
+            read(g, "g")?,
+        ],
+        scratch: read(scratch, "scratch")?,
+    };
+    py.detach(|| backend::fused_count(&backend.kind, &cfg, &shape, args))
 }
 
-/// Launch 3: the gate (`mask`, the stats `(S, N)` as 16 bytes: `S` in the
-/// float type of the step at byte 0, `N` as int64 at byte 8).
+/// Launch 3: the gate (`mask`, the stats `(S, N)` as 2 int64: `S` in the
+/// float type of `v` at byte 0, `N` at byte 8). `shape` is the input's.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)] // one tensor per argument
 fn fused_gate(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
-    dtype: &str,
     shape: Vec<usize>,
-    v: Buf,
-    w: Buf,
-    targets: Buf,
-    act: Buf,
-    inh: Buf,
-    mask: Buf,
-    stats: Buf,
-    scratch: Buf,
+    v: &Obj<'_>,
+    w: &Obj<'_>,
+    targets: &Obj<'_>,
+    act: &Obj<'_>,
+    inh: &Obj<'_>,
+    mask: &Obj<'_>,
+    stats: &Obj<'_>,
+    scratch: &Obj<'_>,
 ) -> PyResult<()> {
     let cfg = config.cfg;
-    let dt = backend::dtype(dtype)?;
-    let args = backend::GateArgs { v, w, targets, act, inh, mask, stats, scratch };
-    py.detach(|| backend::fused_gate(&backend.kind, &cfg, dt, &shape, args))
+    let args = backend::GateArgs {
+        v: read(v, "v")?,
+        w: read(w, "W")?,
+        targets: read(targets, "targets")?,
+        act: read(act, "activation_counts")?,
+        inh: read(inh, "inhibition_counts")?,
+        mask: read(mask, "mask")?,
+        stats: read(stats, "stats")?,
+        scratch: read(scratch, "scratch")?,
+    };
+    py.detach(|| backend::fused_gate(&backend.kind, &cfg, &shape, args))
 }
 
 /// A training backward: `dx` and `dW` (written, or added with `accumulate`);
 /// `row_scale [B]` is the gradient of the loss with respect to each row's CE,
-/// `scales` 8 values of the step's float type whose element 4 is the gate
+/// `scales` 8 values of the statistics type whose element 4 is the gate
 /// scale (`2 * dLoss/dS`), as `AiecLosses` holds it.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)] // one tensor per argument
@@ -232,22 +260,31 @@ fn fused_backward(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
-    dtype: &str,
-    shape: Vec<usize>,
-    saved: (Buf, Buf, Buf, Buf),
-    w: Buf,
-    row_scale: Option<Buf>,
-    scales: Buf,
-    dy: Buf,
-    dx: Buf,
-    dw: Buf,
-    dv_scratch: Buf,
+    saved: (Obj<'_>, Obj<'_>, Obj<'_>, Obj<'_>),
+    w: &Obj<'_>,
+    row_scale: Option<&Obj<'_>>,
+    scales: &Obj<'_>,
+    dy: &Obj<'_>,
+    dx: &Obj<'_>,
+    dw: &Obj<'_>,
+    dv_scratch: &Obj<'_>,
     accumulate: bool,
 ) -> PyResult<()> {
     let cfg = config.cfg;
-    let dt = backend::dtype(dtype)?;
-    let args = backend::BackwardArgs { saved, w, row_scale, scales, dy, dx, dw, dv_scratch, accumulate };
-    py.detach(|| backend::fused_backward(&backend.kind, &cfg, dt, &shape, args))
+    let shape = tensor::shape(dy, "dy")?;
+    let (keep, v, g, mask) = &saved;
+    let args = backend::BackwardArgs {
+        saved: [read(keep, "keep")?, read(v, "v")?, read(g, "g")?, read(mask, "mask")?],
+        w: read(w, "W")?,
+        row_scale: read_opt(row_scale, "row_scale")?,
+        scales: read(scales, "scales")?,
+        dy: read(dy, "dy")?,
+        dx: read(dx, "dx")?,
+        dw: read(dw, "dW")?,
+        dv_scratch: read(dv_scratch, "dv_scratch")?,
+        accumulate,
+    };
+    py.detach(|| backend::fused_backward(&backend.kind, &cfg, &shape, args))
 }
 
 #[pymodule]

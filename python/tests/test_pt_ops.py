@@ -119,7 +119,7 @@ def test_the_extension_raises_typed_errors():
         cfg.plan([2, 5])
     t = torch.tensor([0, 3])
     with pytest.raises(ValueError, match="target 1 is 3, outside 0..3"):
-        cfg.check_targets((t.data_ptr(), t.numel()), 2)
+        cfg.check_targets(t, 2)
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         if torch.cuda.is_available():
             raise RuntimeError("CUDA is not available (skipped: this machine has a GPU)")

@@ -740,6 +740,7 @@ pub fn activation_backward(
     dx.expect_device("dx", &dev)?;
     dv.expect("dv [B, C]", &dev, dims.batch * dims.channels)?;
     check_disjoint(&[("dx", dx.span()), ("dv", dv.span())])?;
+    check_disjoint(&[("dx", dx.span()), ("keep bits", keep.span())])?;
     let (addr, span, dtype, shape) = (dx.address(), dx.span(), dx.dtype(), dx.shape().to_vec());
     if dtype != dy.dtype() {
         return Err(AiecError::DTypeMismatch { what: "dx", expected: dy.dtype(), got: dtype });
