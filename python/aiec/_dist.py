@@ -7,11 +7,13 @@ The published module under ``DistributedDataParallel`` (default
 rank 0's buffers are copied over everyone's. Modes (``AIEC(distributed=...)``):
 
 * ``"sum"`` (default): on every update step, the ranks' counts are summed before
-  the mask is built, in one collective per layer; and the gate loss is
-  normalised by the masked count of all ranks (one scalar all-reduce per layer
-  and step), so that the ranks' gradients, which DDP averages, are those of the
-  whole batch. Under DDP the buffer broadcast then changes nothing: every rank
-  holds the same counters.
+  the mask is built, in one collective per layer. The masked values a layer
+  returns are the published values of the rank's own samples; the gate loss is
+  made exact across ranks by ``aiec.torch.gate_loss`` (the drop-in) or
+  ``aiec.torch.losses`` (the fused path), which normalise by the masked count of
+  all ranks and layers, so that the ranks' gradients, which DDP averages, are
+  those of the whole batch. Under DDP the buffer broadcast then changes nothing:
+  every rank holds the same counters.
 * ``"local"``: each rank counts and normalises alone.
 * ``"rank0"``: the published behaviour, reproduced with or without DDP: at every
   forward rank 0's counters are copied over the others'.
@@ -49,9 +51,9 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"aiec: distributed={mode!r}; expected one of {', '.join(MODES)}")
 
 
-def active() -> bool:
+def active(group=None) -> bool:
     d = torch.distributed
-    return d.is_available() and d.is_initialized() and d.get_world_size() > 1
+    return d.is_available() and d.is_initialized() and d.get_world_size(group) > 1
 
 
 def bytes_per_rank(scheme: str, world: int, batch: int, channels: int, classes: int) -> int:
@@ -131,14 +133,15 @@ def global_increments(v, targets, counted, classes: int, scheme: str = "auto", g
 
 
 def exchanges_now(module) -> bool:
-    """Whether this training forward exchanges counts: on update steps, which
-    the host knows from its own copy of the step counter (under torch.compile
-    every training step exchanges: the increments of other steps are zero)."""
+    """Whether this training forward, which will be step ``_host_steps + 1``,
+    exchanges counts: on update steps, which the host knows from its own copy
+    of the step counter (under torch.compile every training step exchanges:
+    the increments of other steps are zero)."""
     from .torch import _is_compiling
 
     if _is_compiling():
         return True
-    return module._host_steps % module.update_interval == 0
+    return (module._host_steps + 1) % module.update_interval == 0
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from aiec.torch import AIEC, AIECFused, losses
+from aiec.torch import AIEC, AIECFused, gate_loss, losses
 
 C, K, STEPS, INTERVAL, BATCH = 10, 4, 4, 2, 6
 
@@ -59,25 +59,30 @@ def counting(cls, rank, world, mode, scheme):
 
 
 class Net(torch.nn.Module):
-    """A published-style block: fc1 -> AIEC (token) -> fc2 -> head."""
+    """A published-style model with two AIEC layers of different pools:
+    fc1 -> AIEC (token) -> fc2 -> AIEC (avg_token) -> head, and the published
+    loss with its gate term as ``aiec.torch.gate_loss`` (the one-line change that
+    makes it exact across ranks)."""
 
     def __init__(self, mode):
         super().__init__()
         torch.manual_seed(6)
         self.fc1 = torch.nn.Linear(8, C)
         self.act = AIEC(C, K, update_interval=1, global_pool="token", distributed=mode)
-        self.fc2 = torch.nn.Linear(C, 8)
-        self.head = torch.nn.Linear(8, K)
+        self.fc2 = torch.nn.Linear(C, C)
+        self.act2 = AIEC(C, K, update_interval=1, global_pool="avg_token", distributed=mode)
+        self.head = torch.nn.Linear(C, K)
 
-    def forward(self, x, t):
+    def forward(self, x, t, seen=None):
         inter_logits, inter_irrel = [], []
         y = self.act(self.fc1(x), t, inter_logits, inter_irrel)
-        logits = self.head(self.fc2(y[:, 0]))
+        y = self.act2(self.fc2(y), t, inter_logits, inter_irrel)
+        logits = self.head(y[:, 0])
         stacked = torch.stack(inter_logits)
         aux = torch.nn.functional.cross_entropy(stacked.view(-1, K), t.repeat(stacked.shape[0]))
-        values = torch.cat(inter_irrel)
-        gate = (values**2).mean() if values.numel() else torch.zeros((), dtype=x.dtype)
-        return torch.nn.functional.cross_entropy(logits, t) + aux + 200.0 * gate
+        if seen is not None:
+            seen.append([v.detach().clone() for v in inter_irrel])
+        return torch.nn.functional.cross_entropy(logits, t) + aux + 200.0 * gate_loss(inter_irrel)
 
 
 def training_batch(step):
@@ -93,20 +98,25 @@ def training_batch(step):
 
 
 def training(rank, world, mode, ddp):
-    """Weights and counters after STEPS SGD steps of a published-style model."""
+    """Weights, both layers' counters after every step, and the masked values
+    each layer returned at every step, over STEPS SGD steps of a
+    published-style model."""
     net = Net(mode).double()
     model = torch.nn.parallel.DistributedDataParallel(net) if ddp else net
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    values, counters = [], []
     for step in range(STEPS):
         x, t = my_slice(rank, world, *training_batch(step))
         opt.zero_grad()
-        model(x, t).backward()
+        model(x, t, values).backward()
         opt.step()
-    c = net.act.counters
+        counters.append(
+            [(m.counters.activation_counts.clone(), m.counters.total_counts.clone()) for m in (net.act, net.act2)]
+        )
     return {
         "params": {k: v.detach().clone() for k, v in net.named_parameters()},
-        "act": c.activation_counts.clone(),
-        "total": c.total_counts.clone(),
+        "counters": counters,
+        "values": values,
     }
 
 

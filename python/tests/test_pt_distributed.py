@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 import dist_worker as w
 from aiec import _dist
-from aiec.torch import AIEC, AIECFused
+from aiec.torch import AIEC, AIECFused, gate_loss
 from conftest import assert_close, assert_equal
 
 
@@ -83,16 +83,43 @@ def test_the_published_behaviour_counts_rank_0s_samples_only(ranks):
 
 
 def test_a_ddp_model_trains_like_one_process_at_the_global_batch(ranks):
+    """Two AIEC layers of different pools, the published loss with
+    ``gate_loss``: weights and both layers' counters equal one process with the
+    whole batch at every step, and each rank's masked values are the published
+    values of its own samples (their concatenation over the ranks is the whole
+    batch's). (Before, each layer scaled its values by its own count: the gate
+    term of a two-layer model was off from the first step.)"""
     world, results = ranks
     one = w.training(0, 1, "sum", ddp=False)
     for rank, res in enumerate(results):
         for name, p in one["params"].items():
             assert_close(f"rank {rank} {name}", res["ddp"]["params"][name], p, 1e-9)
-        assert_equal(f"rank {rank} act", res["ddp"]["act"], one["act"])
-        assert_equal(f"rank {rank} total", res["ddp"]["total"], one["total"])
-    assert int(one["total"].sum()) > w.K, "nothing was counted"
+        for step, (got, want) in enumerate(zip(res["ddp"]["counters"], one["counters"])):
+            for layer, ((ga, gt), (wa, wt)) in enumerate(zip(got, want)):
+                assert_equal(f"rank {rank} step {step} layer {layer} act", ga, wa)
+                assert_equal(f"rank {rank} step {step} layer {layer} total", gt, wt)
+    for step in range(w.STEPS):
+        for layer in range(2):
+            joined = torch.cat([res["ddp"]["values"][step][layer] for res in results])
+            assert_close(f"step {step} layer {layer} masked values", joined, one["values"][step][layer], 1e-9)
+    assert all(int(t.sum()) > w.K for _, t in one["counters"][-1]), "nothing was counted"
+    assert all(v.numel() > 0 for v in one["values"][-1]), "nothing was masked: the gate term is not tested"
     # Under the published behaviour the counters lose the other ranks' samples.
-    assert not torch.equal(results[0]["ddp_published"]["total"], one["total"])
+    assert not torch.equal(results[0]["ddp_published"]["counters"][-1][0][1], one["counters"][-1][0][1])
+
+
+def test_gate_loss_on_one_process_is_the_published_expression():
+    g = torch.Generator().manual_seed(4)
+    values = [
+        torch.randn(7, generator=g, dtype=torch.float64),
+        torch.randn(0, dtype=torch.float64),
+        torch.randn(3, generator=g, dtype=torch.float64),
+    ]
+    assert torch.equal(gate_loss(values), torch.cat(values).pow(2).mean())
+    empty = gate_loss([torch.zeros(0, requires_grad=True)])
+    assert empty.item() == 0.0 and empty.requires_grad
+    with pytest.raises(ValueError, match="at least one layer"):
+        gate_loss([])
 
 
 def test_the_fused_paths_gradients_average_to_the_global_ones(ranks):
