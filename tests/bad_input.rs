@@ -2,16 +2,22 @@
 //! and leaves `W`, the counters and the step exactly as they were.
 //!
 //! "Tensors on different devices" has no CPU counterpart (the reference has one
-//! device); the GPU layer's tests cover it.
+//! device); the GPU layer's tests cover it. The tests after the spec's list
+//! cover misuse of the Rust API that once panicked, aborted or was accepted:
+//! each runs on the CPU reference and on every device present.
+
+mod common;
 
 use aiec::cpu::{backward, combine, forward, AiecLayer, LossCoefs};
-use aiec::{AiecConfig, AiecError, Counters, Pool};
+use aiec::gpu::GpuLayer;
+use aiec::{AiecConfig, AiecError, Counters, Pool, Tensor};
+use common::devices::devices;
 
 /// A layer that has taken one update already (interval 1), so that a bad call
 /// that slipped through would visibly move the counters or the step.
 fn layer(pool: Pool) -> AiecLayer<f64> {
     let cfg = AiecConfig::with_interval(3, 4, 0.0, 1, pool).unwrap();
-    let mut l = AiecLayer::new(cfg, 9);
+    let mut l = AiecLayer::new(cfg, 9).unwrap();
     let dims = aiec::cpu::gradcheck::dims_for(pool, 2, 3, 2);
     let n: usize = dims.iter().product();
     let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
@@ -144,4 +150,98 @@ fn bad_backward_and_loss_inputs() {
         assert!(matches!(LossCoefs::new(a, g), Err(AiecError::InvalidCoefficient { .. })));
     }
     assert!(before.2 < after_other.2, "the valid forwards did count steps");
+}
+
+/// Counters whose public vectors were edited to the wrong lengths: each one
+/// breaks a different vector of a layer with `K = 4`, `C = 3`.
+fn broken_counters() -> Vec<(Counters, &'static str)> {
+    let mut out = Vec::new();
+    type Edit = (&'static str, fn(&mut Counters));
+    let edits: [Edit; 3] = [
+        ("counters act [K, C]", |c| c.act.truncate(5)),
+        ("counters inh [K, C]", |c| c.inh.push(0)),
+        ("counters total [K]", |c| c.total.clear()),
+    ];
+    for (what, edit) in edits {
+        let mut c = Counters::new(4, 3);
+        edit(&mut c);
+        out.push((c, what));
+    }
+    out
+}
+
+#[test]
+fn counters_with_vectors_of_the_wrong_length_are_refused() {
+    for (bad, what) in broken_counters() {
+        // The layer, and the op the layer calls.
+        let mut l = layer(Pool::None);
+        let before = snapshot(&l);
+        let e = l.set_counters(bad.clone()).unwrap_err();
+        assert!(matches!(e, AiecError::LengthMismatch { what: w, .. } if w == what), "{e}");
+        assert_eq!(snapshot(&l), before);
+        let mut c = bad.clone();
+        let e =
+            forward(l.config(), &[1.0; 6], &[2, 3], l.weights(), Some(&[0, 1]), &mut c, true).unwrap_err();
+        assert!(matches!(e, AiecError::LengthMismatch { what: w, .. } if w == what), "{e}");
+        assert_eq!(c, bad, "the op changed the counters it refused");
+        l.forward(&[1.0; 6], &[2, 3], Some(&[0, 1])).unwrap();
+        // Every device's layer.
+        for dev in devices() {
+            let mut g = GpuLayer::new(&dev, *l.config(), 9).unwrap();
+            let before = (g.weights().unwrap(), g.counters().unwrap(), g.step());
+            let e = g.set_counters(&bad).unwrap_err();
+            assert!(
+                matches!(e, AiecError::LengthMismatch { what: w, .. } if w == what),
+                "{}: {e}",
+                dev.label()
+            );
+            assert_eq!((g.weights().unwrap(), g.counters().unwrap(), g.step()), before);
+        }
+    }
+}
+
+#[test]
+fn a_layer_no_allocation_can_hold_is_an_error() {
+    // K * C * 8 bytes past isize::MAX: refused by the configuration, where it is first known.
+    for (k, c) in [(1usize << 31, 1usize << 31), (usize::MAX, 2), (1 << 62, 1)] {
+        let e = AiecConfig::new(c, k, 0.0, Pool::None).unwrap_err();
+        assert_eq!(e, AiecError::ShapeOverflow { dims: vec![k, c] });
+    }
+    // 2^48 elements: a valid configuration, but more memory than a process can address.
+    let cfg = AiecConfig::new(1 << 24, 1 << 24, 0.0, Pool::None).unwrap();
+    let e = AiecLayer::<f32>::new(cfg, 1).unwrap_err();
+    assert!(matches!(e, AiecError::OutOfMemory { bytes, .. } if bytes == 4 << 48), "{e}");
+    for dev in devices() {
+        let e = GpuLayer::new(&dev, cfg, 1).err().expect("accepted");
+        assert!(
+            matches!(e, AiecError::OutOfMemory { .. } | AiecError::Driver { .. }),
+            "{}: {e}",
+            dev.label()
+        );
+    }
+}
+
+#[cfg(feature = "sim")]
+#[test]
+fn a_simulator_tensor_the_host_cannot_hold_is_an_error() {
+    let dev = aiec::Device::sim();
+    let e = Tensor::zeros(&dev, aiec::DType::F32, &[1 << 30, 1 << 29]).unwrap_err();
+    assert!(matches!(e, AiecError::OutOfMemory { bytes, .. } if bytes == 1 << 61), "{e}");
+    assert!(e.to_string().contains(dev.label()), "{e}");
+    let e = Tensor::zeros(&dev, aiec::DType::F16, &[1 << 62, 2]).unwrap_err();
+    assert_eq!(e, AiecError::ShapeOverflow { dims: vec![1 << 62, 2] });
+    assert_eq!(Tensor::zeros(&dev, aiec::DType::F32, &[3, 5]).unwrap().to_vec::<f32>().unwrap(), [0.0; 15]);
+}
+
+#[test]
+fn tau_infinite_as_the_kernels_f32_is_refused() {
+    for tau in [1e39, 3.5e38, f64::MAX] {
+        let e = AiecConfig::new(3, 4, tau, Pool::None).unwrap_err();
+        assert_eq!(e, AiecError::InvalidTau { tau });
+        assert!(e.to_string().contains("infinite as the kernels' f32"), "{e}");
+    }
+    // The largest f32 is finite, and so is a value that rounds down to it.
+    for tau in [f32::MAX as f64, 3.4028235e38] {
+        assert!(AiecConfig::new(3, 4, tau, Pool::None).is_ok(), "{tau}");
+    }
 }

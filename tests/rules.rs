@@ -195,7 +195,7 @@ fn gate_loss_and_gradient_vanish_when_nothing_is_masked() {
 #[test]
 fn empty_batch_is_a_no_op_with_shaped_outputs() {
     let cfg = AiecConfig::with_interval(4, 3, 0.0, 1, Pool::Token).unwrap();
-    let mut layer = AiecLayer::<f32>::new(cfg, 1);
+    let mut layer = AiecLayer::<f32>::new(cfg, 1).unwrap();
     let rec = layer.forward(&[], &[0, 5, 4], Some(&[])).unwrap();
     let aux = rec.aux.as_ref().unwrap();
     assert!(rec.y.is_empty() && aux.v.is_empty() && aux.logits.is_empty() && aux.mask.is_empty());

@@ -451,10 +451,16 @@ impl Device {
                 Mem::Cuda(m)
             }
             #[cfg(feature = "sim")]
-            Backend::Sim(_) => Mem::Host(match init {
-                Init::Zero => sim::HostBuf::zeros(bytes),
-                Init::Unwritten => sim::HostBuf::filled(bytes, UNWRITTEN),
-            }),
+            Backend::Sim(_) => Mem::Host(
+                match init {
+                    Init::Zero => sim::HostBuf::zeros(bytes),
+                    Init::Unwritten => sim::HostBuf::filled(bytes, UNWRITTEN),
+                }
+                .ok_or_else(|| AiecError::OutOfMemory {
+                    what: format!("memory of {}", self.label()),
+                    bytes,
+                })?,
+            ),
         };
         Ok(Storage(Arc::new(mem)))
     }

@@ -42,7 +42,7 @@ pub struct GpuCounters {
 impl GpuCounters {
     /// Fresh counters (`act = inh = 0`, `total = 1`) on `device`.
     pub fn new(device: &Device, classes: usize, channels: usize) -> Result<Self> {
-        Self::from_host(device, &Counters::new(classes, channels))
+        Self::from_host(device, &Counters::try_new(classes, channels)?)
     }
 
     /// Uploads host counters.
@@ -77,7 +77,7 @@ impl GpuCounters {
 
     /// Resets to `act = inh = 0`, `total = 1`, in place.
     pub fn reset(&mut self) -> Result<()> {
-        self.copy_from_host(&Counters::new(self.classes, self.channels))
+        self.copy_from_host(&Counters::try_new(self.classes, self.channels)?)
     }
 
     /// The counters as writable views.
