@@ -245,3 +245,17 @@ fn tau_infinite_as_the_kernels_f32_is_refused() {
         assert!(AiecConfig::new(3, 4, tau, Pool::None).is_ok(), "{tau}");
     }
 }
+
+#[cfg(feature = "sim")]
+#[test]
+fn two_simulators_have_two_labels() {
+    let (a, b) = (aiec::Device::sim(), aiec::Device::sim());
+    assert_ne!(a.label(), b.label());
+    let cfg = AiecConfig::new(3, 4, 0.0, Pool::None).unwrap();
+    let mut l = GpuLayer::new(&a, cfg, 1).unwrap();
+    let x = Tensor::from_slice(&b, &[1.0f32; 6], &[2, 3]).unwrap();
+    let e = l.forward(&x, Some(&[0, 1])).unwrap_err();
+    let AiecError::DeviceMismatch { expected, got, .. } = &e else { panic!("{e}") };
+    assert_ne!(expected, got, "{e}");
+    assert!(e.to_string().contains(a.label()) && e.to_string().contains(b.label()), "{e}");
+}
