@@ -35,6 +35,10 @@ pub enum AiecError {
     ShapeMismatch { what: &'static str, expected: Vec<usize>, got: Vec<usize> },
     /// Layers combined in one loss disagree (batch sizes, or records without targets).
     LayerMismatch { layer: usize, reason: String },
+    /// A backward was handed loss scales combined from other records (another
+    /// batch, or layers this record was not among): their factors do not
+    /// belong to this record.
+    ForeignScales { record: u64, batch: usize, scales_batch: usize, scales_records: Vec<u64> },
     /// A shape whose element count does not fit in `usize`, or whose size in
     /// bytes no allocation can hold (more than `isize::MAX`).
     ShapeOverflow { dims: Vec<usize> },
@@ -107,6 +111,12 @@ impl fmt::Display for AiecError {
                 write!(f, "{what} has shape {got:?}, expected {expected:?}")
             }
             LayerMismatch { layer, reason } => write!(f, "layer {layer}: {reason}"),
+            ForeignScales { record, batch, scales_batch, scales_records } => write!(
+                f,
+                "the loss scales were combined from records {scales_records:?} of B = {scales_batch}, \
+                 not from this backward's record {record} of B = {batch}: pass the scales of the \
+                 combine this record took part in"
+            ),
             ShapeOverflow { dims } => {
                 write!(f, "shape {dims:?} is larger than any allocation can hold (elements or bytes)")
             }

@@ -43,6 +43,7 @@ pub mod init;
 pub mod launch;
 pub mod nvrtc;
 pub mod ops;
+pub mod origin;
 pub mod params;
 pub mod policy;
 pub mod resources;

@@ -8,8 +8,8 @@
 
 mod common;
 
-use aiec::cpu::{backward, combine, forward, AiecLayer, LossCoefs};
-use aiec::gpu::GpuLayer;
+use aiec::cpu::{backward, combine, forward, AiecLayer, LossCoefs, LossScales};
+use aiec::gpu::{self, GpuLayer};
 use aiec::{AiecConfig, AiecError, Counters, Pool, Tensor};
 use common::devices::devices;
 
@@ -279,5 +279,84 @@ fn a_backward_error_names_the_tensor_it_checked() {
             activation_backward(&cfg, &dims, &keep.view(), &dv.view(), &dy_ok.view(), &mut dx_bad.view_mut())
                 .unwrap_err();
         assert_eq!(e, AiecError::ShapeMismatch { what: "dx", expected: vec![2, 3], got: vec![6] });
+    }
+}
+
+/// The error every backend gives for layers of different batch sizes.
+fn assert_batch_mismatch(e: AiecError, got: usize, batch: usize) {
+    let want = format!("batch B = {got} differs from layer 0's {batch}");
+    assert!(matches!(&e, AiecError::LayerMismatch { layer: 1, reason } if *reason == want), "{e}");
+}
+
+#[test]
+fn layers_of_different_batch_sizes_do_not_combine() {
+    let mut l = layer(Pool::None);
+    let r2 = l.forward(&[1.0; 6], &[2, 3], Some(&[0, 1])).unwrap();
+    let r3 = l.forward(&[1.0; 9], &[3, 3], Some(&[0, 1, 2])).unwrap();
+    assert_batch_mismatch(combine(&[&r2, &r3], LossCoefs::PAPER).unwrap_err(), 3, 2);
+    for dev in devices() {
+        let mut g = GpuLayer::new(&dev, *l.config(), 9).unwrap();
+        let x2 = Tensor::from_slice(&dev, &[1.0f32; 6], &[2, 3]).unwrap();
+        let x3 = Tensor::from_slice(&dev, &[1.0f32; 9], &[3, 3]).unwrap();
+        let g2 = g.forward(&x2, Some(&[0, 1])).unwrap();
+        let g3 = g.forward(&x3, Some(&[0, 1, 2])).unwrap();
+        assert_batch_mismatch(gpu::combine(&[&g2, &g3], LossCoefs::PAPER).unwrap_err(), 3, 2);
+    }
+}
+
+#[test]
+fn no_layers_do_not_combine_on_any_backend() {
+    let e = combine::<f64>(&[], LossCoefs::PAPER).unwrap_err();
+    assert!(matches!(e, AiecError::LayerMismatch { layer: 0, .. }), "{e}");
+    let e = gpu::combine(&[], LossCoefs::PAPER).unwrap_err();
+    assert!(matches!(e, AiecError::LayerMismatch { layer: 0, .. }), "{e}");
+}
+
+/// What a backward handed another combine's scales must say: its record and
+/// batch, and the records and batch the scales were made for.
+fn assert_foreign(e: AiecError, record: u64, batch: usize, scales_batch: usize, scales_records: &[u64]) {
+    let want =
+        AiecError::ForeignScales { record, batch, scales_batch, scales_records: scales_records.to_vec() };
+    assert_eq!(e, want, "{e}");
+}
+
+#[test]
+fn a_backward_refuses_the_scales_of_another_combine() {
+    let (mut a, mut b) = (layer(Pool::None), layer(Pool::None));
+    let a2 = a.forward(&[1.0; 6], &[2, 3], Some(&[0, 1])).unwrap();
+    let a3 = a.forward(&[1.0; 9], &[3, 3], Some(&[0, 1, 2])).unwrap();
+    let b2 = b.forward(&[0.5; 6], &[2, 3], Some(&[0, 1])).unwrap();
+    let id = |r: &aiec::cpu::ForwardRecord<f64>| r.aux.as_ref().unwrap().id.get();
+    let of_a2 = combine(&[&a2], LossCoefs::PAPER).unwrap();
+    let of_b2 = combine(&[&b2], LossCoefs::PAPER).unwrap();
+    // Another batch of the same layer; the same batch of another layer.
+    assert_foreign(a.backward(&a3, &[0.0; 9], &of_a2.scales).unwrap_err(), id(&a3), 3, 2, &[id(&a2)]);
+    assert_foreign(a.backward(&a2, &[0.0; 6], &of_b2.scales).unwrap_err(), id(&a2), 2, 2, &[id(&b2)]);
+    // Scales of a combine the record was in, and unbound ones, are accepted.
+    let both = combine(&[&a2, &b2], LossCoefs::PAPER).unwrap();
+    a.backward(&a2, &[0.0; 6], &both.scales).unwrap();
+    b.backward(&b2, &[0.0; 6], &both.scales).unwrap();
+    a.backward(&a3, &[0.0; 9], &LossScales::zero()).unwrap();
+    for dev in devices() {
+        let cfg = *a.config();
+        let (ga, gb) = (GpuLayer::new(&dev, cfg, 1).unwrap(), GpuLayer::new(&dev, cfg, 2).unwrap());
+        let (mut ga, mut gb) = (ga, gb);
+        let x2 = Tensor::from_slice(&dev, &[1.0f32; 6], &[2, 3]).unwrap();
+        let x3 = Tensor::from_slice(&dev, &[1.0f32; 9], &[3, 3]).unwrap();
+        let a2 = ga.forward(&x2, Some(&[0, 1])).unwrap();
+        let a3 = ga.forward(&x3, Some(&[0, 1, 2])).unwrap();
+        let b2 = gb.forward(&x2, Some(&[0, 1])).unwrap();
+        let of_a2 = gpu::combine(&[&a2], LossCoefs::PAPER).unwrap();
+        let of_b2 = gpu::combine(&[&b2], LossCoefs::PAPER).unwrap();
+        let launches = dev.stats().launches;
+        let e = ga.backward(&a3, &x3, &of_a2).unwrap_err();
+        assert_foreign(e, a3.id().get(), 3, 2, &[a2.id().get()]);
+        let e = ga.backward(&a2, &x2, &of_b2).unwrap_err();
+        assert_foreign(e, a2.id().get(), 2, 2, &[b2.id().get()]);
+        assert_eq!(dev.stats().launches, launches, "{}: a refused backward launched", dev.label());
+        let both = gpu::combine(&[&a2, &b2], LossCoefs::PAPER).unwrap();
+        ga.backward(&a2, &x2, &both).unwrap();
+        gb.backward(&b2, &x2, &both).unwrap();
+        assert_eq!(both.read().unwrap().scales.origin().unwrap().records(), [a2.id(), b2.id()]);
     }
 }

@@ -112,7 +112,7 @@ fn pooling_modes_by_hand() {
     // K = 1 the aux gradient is 0 (softmax = onehot); W <= 0 and fresh counters
     // mask every channel, so dv = gate_scale * v.
     let w_neg = [-1.0, -1.0];
-    let scales = LossScales { aux_scale: 1.0, gate_scale: 1.0 };
+    let scales = LossScales::unbound(1.0, 1.0);
     let dx = |pool: Pool, c: &mut Counters| {
         let cfg = AiecConfig::new(2, 1, 0.0, pool).unwrap();
         let rec = forward(&cfg, &tok, &[1, 2, 2], &w_neg, Some(&[0]), c, false).unwrap();
