@@ -172,7 +172,7 @@ fn run() -> aiec::Result<bool> {
     };
 
     // The CPU reference of the same step.
-    let mut cl = [AiecLayer::<f32>::new(cfg, 1), AiecLayer::<f32>::new(cfg, 2)];
+    let mut cl = [AiecLayer::<f32>::new(cfg, 1)?, AiecLayer::<f32>::new(cfg, 2)?];
     let c0 = cl[0].forward(&x, &dims, Some(&targets))?;
     let c1 = cl[1].forward(&c0.y, &dims, Some(&targets))?;
     let cpu_losses = cpu::combine(&[&c0, &c1], LossCoefs::PAPER)?;

@@ -90,7 +90,8 @@ impl AiecConfig {
         update_interval: u64,
         pool: Pool,
     ) -> Result<Self> {
-        if !tau.is_finite() || tau < 0.0 {
+        // The kernels hold tau in f32: a tau finite in f64 may be infinite there (1e39).
+        if !tau.is_finite() || tau < 0.0 || !(tau as f32).is_finite() {
             return Err(AiecError::InvalidTau { tau });
         }
         if update_interval == 0 {
@@ -102,7 +103,8 @@ impl AiecConfig {
         if classes == 0 {
             return Err(AiecError::EmptyDimension { what: "classes K", dims: vec![classes, channels] });
         }
-        checked_len(&[classes, channels])?;
+        // W, the counters and dW are [K, C]; refuse here a size no allocation can hold.
+        checked_bytes(&[classes, channels], std::mem::size_of::<i64>())?;
         Ok(AiecConfig { channels, classes, tau, update_interval, pool })
     }
 
@@ -114,7 +116,7 @@ impl AiecConfig {
     pub fn classes(&self) -> usize {
         self.classes
     }
-    /// The threshold (kernels compare in `f32`: `tau as f32`).
+    /// The threshold, finite also as `f32` (kernels compare in `f32`: `tau as f32`).
     pub fn tau(&self) -> f64 {
         self.tau
     }
@@ -225,6 +227,16 @@ pub fn checked_len(dims: &[usize]) -> Result<usize> {
         .ok_or_else(|| AiecError::ShapeOverflow { dims: dims.to_vec() })
 }
 
+/// Bytes of a buffer of shape `dims` with elements of `elem_size` bytes, or
+/// [`AiecError::ShapeOverflow`] when no allocation can hold it (more than
+/// `isize::MAX` bytes, the most Rust and the drivers can address in one buffer).
+pub fn checked_bytes(dims: &[usize], elem_size: usize) -> Result<usize> {
+    checked_len(dims)?
+        .checked_mul(elem_size)
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| AiecError::ShapeOverflow { dims: dims.to_vec() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +261,15 @@ mod tests {
             AiecConfig::new(4, 0, 0.0, Pool::None),
             Err(AiecError::EmptyDimension { what: "classes K", .. })
         ));
+    }
+
+    #[test]
+    fn checked_bytes_refuses_what_no_allocation_holds() {
+        assert_eq!(checked_bytes(&[3, 5], 8), Ok(120));
+        assert_eq!(checked_bytes(&[0, usize::MAX], 8), Ok(0));
+        let half = isize::MAX as usize / 4 + 1;
+        assert_eq!(checked_bytes(&[half], 4), Err(AiecError::ShapeOverflow { dims: vec![half] }));
+        assert!(checked_bytes(&[1 << 40, 1 << 40], 1).is_err());
     }
 
     #[test]

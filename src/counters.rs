@@ -1,5 +1,7 @@
 //! The activation-counting unit's state: `act`, `inh` (`[K, C]`) and `total` (`[K]`).
 
+use crate::alloc;
+use crate::config::checked_len;
 use crate::error::{AiecError, Result};
 
 /// Per-class counters of one layer. `total` starts at 1, so that
@@ -18,6 +20,10 @@ pub struct Counters {
 
 impl Counters {
     /// Fresh counters: `act = inh = 0`, `total = 1`.
+    ///
+    /// # Panics
+    /// When `K * C` overflows or the memory is not there; a layer sized by its
+    /// caller uses [`Counters::try_new`].
     pub fn new(classes: usize, channels: usize) -> Self {
         Counters {
             classes,
@@ -26,6 +32,19 @@ impl Counters {
             inh: vec![0; classes * channels],
             total: vec![1; classes],
         }
+    }
+
+    /// [`Counters::new`], with a size that overflows or memory that is not
+    /// there as an error ([`AiecError::ShapeOverflow`], [`AiecError::OutOfMemory`]).
+    pub fn try_new(classes: usize, channels: usize) -> Result<Self> {
+        let kc = checked_len(&[classes, channels])?;
+        Ok(Counters {
+            classes,
+            channels,
+            act: alloc::filled("counters act [K, C]", kc, 0)?,
+            inh: alloc::filled("counters inh [K, C]", kc, 0)?,
+            total: alloc::filled("counters total [K]", classes, 1)?,
+        })
     }
 
     /// Counters from existing values (e.g. a checkpoint or a golden case), with
@@ -37,15 +56,9 @@ impl Counters {
         inh: Vec<i64>,
         total: Vec<i64>,
     ) -> Result<Self> {
-        let kc = classes * channels;
-        for (what, got, expected) in
-            [("act", act.len(), kc), ("inh", inh.len(), kc), ("total", total.len(), classes)]
-        {
-            if got != expected {
-                return Err(AiecError::LengthMismatch { what, expected, got });
-            }
-        }
-        Ok(Counters { classes, channels, act, inh, total })
+        let counters = Counters { classes, channels, act, inh, total };
+        counters.check_lengths()?;
+        Ok(counters)
     }
 
     /// `K`.
@@ -65,7 +78,24 @@ impl Counters {
         self.total.fill(1);
     }
 
-    /// Checks that these counters belong to a layer with `K = classes`, `C = channels`.
+    /// Checks that the public vectors still have the lengths `K` and `C` imply
+    /// (`act`, `inh`: `K * C`; `total`: `K`): they can be edited in place.
+    fn check_lengths(&self) -> Result<()> {
+        let kc = checked_len(&[self.classes, self.channels])?;
+        for (what, got, expected) in [
+            ("counters act [K, C]", self.act.len(), kc),
+            ("counters inh [K, C]", self.inh.len(), kc),
+            ("counters total [K]", self.total.len(), self.classes),
+        ] {
+            if got != expected {
+                return Err(AiecError::LengthMismatch { what, expected, got });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that these counters belong to a layer with `K = classes`, `C = channels`,
+    /// vectors included (their lengths).
     pub fn check(&self, classes: usize, channels: usize) -> Result<()> {
         if self.classes != classes {
             return Err(AiecError::LengthMismatch {
@@ -81,7 +111,7 @@ impl Counters {
                 got: self.channels,
             });
         }
-        Ok(())
+        self.check_lengths()
     }
 
     /// `activity[k, c] <= 0`, i.e. `act <= inh` (exact because `total >= 1`).

@@ -12,7 +12,8 @@ use crate::dtype::DType;
 #[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AiecError {
-    /// `tau` is negative, NaN or infinite.
+    /// `tau` is negative, NaN or infinite (in `f64`, or once rounded to the
+    /// kernels' `f32`, e.g. `1e39`).
     InvalidTau { tau: f64 },
     /// `update_interval` must be at least 1.
     ZeroUpdateInterval,
@@ -34,8 +35,16 @@ pub enum AiecError {
     ShapeMismatch { what: &'static str, expected: Vec<usize>, got: Vec<usize> },
     /// Layers combined in one loss disagree (batch sizes, or records without targets).
     LayerMismatch { layer: usize, reason: String },
-    /// A shape whose element count does not fit in `usize`.
+    /// A backward was handed loss scales combined from other records (another
+    /// batch, or layers this record was not among): their factors do not
+    /// belong to this record.
+    ForeignScales { record: u64, batch: usize, scales_batch: usize, scales_records: Vec<u64> },
+    /// A shape whose element count does not fit in `usize`, or whose size in
+    /// bytes no allocation can hold (more than `isize::MAX`).
     ShapeOverflow { dims: Vec<usize> },
+    /// Memory for `what` could not be allocated (host memory, or the simulator's
+    /// device memory; a CUDA allocation that fails is [`AiecError::Driver`]).
+    OutOfMemory { what: String, bytes: usize },
     /// A tensor has another element type than the operation needs.
     DTypeMismatch { what: &'static str, expected: DType, got: DType },
     /// Tensors of one operation live on different devices.
@@ -64,7 +73,13 @@ impl fmt::Display for AiecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use AiecError::*;
         match self {
-            InvalidTau { tau } => write!(f, "tau must be finite and >= 0, got {tau}"),
+            InvalidTau { tau } => {
+                write!(f, "tau must be finite and >= 0, got {tau}")?;
+                if tau.is_finite() && !(*tau as f32).is_finite() {
+                    write!(f, ", which is infinite as the kernels' f32")?;
+                }
+                Ok(())
+            }
             ZeroUpdateInterval => write!(f, "update_interval must be >= 1, got 0"),
             InvalidCoefficient { name, value } => {
                 write!(f, "{name} must be finite and >= 0, got {value}")
@@ -96,7 +111,16 @@ impl fmt::Display for AiecError {
                 write!(f, "{what} has shape {got:?}, expected {expected:?}")
             }
             LayerMismatch { layer, reason } => write!(f, "layer {layer}: {reason}"),
-            ShapeOverflow { dims } => write!(f, "shape {dims:?} has more elements than fit in usize"),
+            ForeignScales { record, batch, scales_batch, scales_records } => write!(
+                f,
+                "the loss scales were combined from records {scales_records:?} of B = {scales_batch}, \
+                 not from this backward's record {record} of B = {batch}: pass the scales of the \
+                 combine this record took part in"
+            ),
+            ShapeOverflow { dims } => {
+                write!(f, "shape {dims:?} is larger than any allocation can hold (elements or bytes)")
+            }
+            OutOfMemory { what, bytes } => write!(f, "could not allocate {bytes} bytes for {what}"),
             DTypeMismatch { what, expected, got } => write!(f, "{what} is {got}, expected {expected}"),
             DeviceMismatch { what, expected, got } => write!(f, "{what} is on {got}, expected {expected}"),
             Misaligned { what, address, align } => {

@@ -32,10 +32,18 @@ impl SplitMix64 {
 }
 
 /// Xavier-uniform weights `[K, C]`: `U(-a, a)` with `a = sqrt(6 / (K + C))`.
+/// Allocates `K * C` values: for a size from the caller, [`xavier_values`]
+/// into memory allocated fallibly.
 pub fn xavier_uniform(classes: usize, channels: usize, seed: u64) -> Vec<f64> {
-    let a = (6.0 / (classes + channels) as f64).sqrt();
+    xavier_values(classes, channels, seed).take(classes * channels).collect()
+}
+
+/// The values of [`xavier_uniform`] in order, without allocating (an endless
+/// stream: take `K * C`).
+pub fn xavier_values(classes: usize, channels: usize, seed: u64) -> impl Iterator<Item = f64> {
+    let a = (6.0 / (classes as f64 + channels as f64)).sqrt();
     let mut rng = SplitMix64::new(seed);
-    (0..classes * channels).map(|_| rng.uniform(-a, a)).collect()
+    std::iter::repeat_with(move || rng.uniform(-a, a))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 //!
 //! // C = 4 channels, K = 3 classes, tau = 0, a [B, C] input.
 //! let cfg = AiecConfig::new(4, 3, 0.0, Pool::None)?;
-//! let mut layer = AiecLayer::<f32>::new(cfg, 42);
+//! let mut layer = AiecLayer::<f32>::new(cfg, 42)?;
 //! let x = [0.5, -1.0, 2.0, 0.0, 1.0, 1.0, -0.5, 3.0];
 //! let rec = layer.forward(&x, &[2, 4], Some(&[0, 2]))?;
 //! assert_eq!(rec.y, [0.5, 0.0, 2.0, 0.0, 1.0, 1.0, 0.0, 3.0]);
@@ -28,6 +28,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod alloc;
 pub mod buffer;
 #[cfg(feature = "candle")]
 pub mod candle;
@@ -42,6 +43,7 @@ pub mod init;
 pub mod launch;
 pub mod nvrtc;
 pub mod ops;
+pub mod origin;
 pub mod params;
 pub mod policy;
 pub mod resources;

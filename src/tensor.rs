@@ -3,7 +3,7 @@
 //! download check lengths and types. Memory the caller owns is used through
 //! views instead ([`crate::view`]).
 
-use crate::config::checked_len;
+use crate::config::{checked_bytes, checked_len};
 use crate::device::{Device, Init, Storage};
 use crate::dtype::{DType, Element};
 use crate::error::{AiecError, Result};
@@ -33,7 +33,9 @@ impl Tensor {
         Ok(Tensor { device: device.clone(), storage, shape: shape.to_vec(), dtype: T::DTYPE })
     }
 
-    /// A zero-filled tensor.
+    /// A zero-filled tensor. A shape whose bytes exceed `isize::MAX` is
+    /// [`AiecError::ShapeOverflow`]; memory the device does not have is a typed
+    /// error too ([`AiecError::OutOfMemory`] on the simulator, [`AiecError::Driver`] on CUDA).
     pub fn zeros(device: &Device, dtype: DType, shape: &[usize]) -> Result<Tensor> {
         Self::alloc(device, dtype, shape, Init::Zero)
     }
@@ -45,9 +47,9 @@ impl Tensor {
     }
 
     fn alloc(device: &Device, dtype: DType, shape: &[usize], init: Init) -> Result<Tensor> {
-        let n = checked_len(shape)?;
-        let bytes =
-            n.checked_mul(dtype.size()).ok_or_else(|| AiecError::ShapeOverflow { dims: shape.to_vec() })?;
+        // A size no allocation can hold is refused here; one the device has
+        // no room for is the device's typed error.
+        let bytes = checked_bytes(shape, dtype.size())?;
         let storage = device.alloc(bytes, init)?;
         Ok(Tensor { device: device.clone(), storage, shape: shape.to_vec(), dtype })
     }

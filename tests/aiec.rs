@@ -542,7 +542,7 @@ fn gpu_layer_follows_the_cpu_layer() {
     for dev in devices() {
         let cfg = AiecConfig::with_interval(16, 3, 0.2, 2, Pool::AvgHw).unwrap();
         let mut g = GpuLayer::new(&dev, cfg, 7).unwrap();
-        let mut c = aiec::cpu::AiecLayer::<f32>::new(cfg, 7);
+        let mut c = aiec::cpu::AiecLayer::<f32>::new(cfg, 7).unwrap();
         assert_eq!(g.weights().unwrap(), c.weights());
         let mut rng = SplitMix64::new(5);
         let mut updated = false;
@@ -583,7 +583,7 @@ fn a_layer_restored_from_its_state_continues_as_the_original() {
     let checkpoint_after = 4; // interval 3: the original updates on steps 6 and 9, a restart would on 7
     for dev in devices() {
         let mut gpu = GpuLayer::new(&dev, cfg, 4).unwrap();
-        let mut cpu = aiec::cpu::AiecLayer::<f32>::new(cfg, 4);
+        let mut cpu = aiec::cpu::AiecLayer::<f32>::new(cfg, 4).unwrap();
         let mut gpu_restored: Option<GpuLayer> = None;
         let mut cpu_restored: Option<aiec::cpu::AiecLayer<f32>> = None;
         for (i, (x, t)) in steps.iter().enumerate() {

@@ -115,8 +115,8 @@ fn stacked_layers_chain_through_candles_graph() {
     let l = losses(&[&a1, &a2]).unwrap();
     let grads = (task + l.paper_objective().unwrap()).unwrap().backward().unwrap();
 
-    let mut c1 = AiecLayer::<f32>::new(cfg, 1);
-    let mut c2 = AiecLayer::<f32>::new(cfg, 2);
+    let mut c1 = AiecLayer::<f32>::new(cfg, 1).unwrap();
+    let mut c2 = AiecLayer::<f32>::new(cfg, 2).unwrap();
     let r1 = c1.forward(&x, &dims, Some(&targets)).unwrap();
     let r2 = c2.forward(&r1.y, &dims, Some(&targets)).unwrap();
     let cl = cpu::combine(&[&r1, &r2], LossCoefs::PAPER).unwrap();
@@ -144,7 +144,7 @@ fn adamw_trains_w_through_its_var() {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let layer = Aiec::new_seeded(cfg, vb.pp("act"), 42).unwrap();
-    let mut reference = AiecLayer::<f32>::new(cfg, 42);
+    let mut reference = AiecLayer::<f32>::new(cfg, 42).unwrap();
     let w0 = values(layer.weight()).unwrap();
     exact("W from the seed", &w0, &reference.weights().iter().map(|&v| v as f64).collect::<Vec<_>>())
         .unwrap();
@@ -196,7 +196,7 @@ fn evaluation_resets_the_counters_and_follows_the_layer_policy() {
     let cfg = AiecConfig::with_interval(6, 3, 0.0, 2, Pool::Token).unwrap();
     let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev);
     let layer = Aiec::new_seeded(cfg, vb, 3).unwrap();
-    let mut reference = AiecLayer::<f32>::new(cfg, 3);
+    let mut reference = AiecLayer::<f32>::new(cfg, 3).unwrap();
     let dims = [4usize, 5, 6];
     let n: usize = dims.iter().product();
     let mut rng = aiec::init::SplitMix64::new(9);
@@ -371,7 +371,7 @@ fn several_forwards_of_one_layer_combine_through_their_terms() {
     let cfg = AiecConfig::with_interval(5, 2, 0.0, 1, Pool::None).unwrap();
     let varmap = VarMap::new();
     let layer = Aiec::new_seeded(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev), 8).unwrap();
-    let mut reference = AiecLayer::<f32>::new(cfg, 8);
+    let mut reference = AiecLayer::<f32>::new(cfg, 8).unwrap();
     let xs = [
         vec![0.5f32, -1.0, 2.0, 0.0, 1.0, 1.0, 1.0, -0.5, 3.0, 0.25],
         vec![1.0f32, 2.0, -3.0, 0.5, -1.0, 0.0, 2.0, 1.0, 1.0, 1.0],

@@ -112,7 +112,7 @@ fn pooling_modes_by_hand() {
     // K = 1 the aux gradient is 0 (softmax = onehot); W <= 0 and fresh counters
     // mask every channel, so dv = gate_scale * v.
     let w_neg = [-1.0, -1.0];
-    let scales = LossScales { aux_scale: 1.0, gate_scale: 1.0 };
+    let scales = LossScales::unbound(1.0, 1.0);
     let dx = |pool: Pool, c: &mut Counters| {
         let cfg = AiecConfig::new(2, 1, 0.0, pool).unwrap();
         let rec = forward(&cfg, &tok, &[1, 2, 2], &w_neg, Some(&[0]), c, false).unwrap();
@@ -195,7 +195,7 @@ fn gate_loss_and_gradient_vanish_when_nothing_is_masked() {
 #[test]
 fn empty_batch_is_a_no_op_with_shaped_outputs() {
     let cfg = AiecConfig::with_interval(4, 3, 0.0, 1, Pool::Token).unwrap();
-    let mut layer = AiecLayer::<f32>::new(cfg, 1);
+    let mut layer = AiecLayer::<f32>::new(cfg, 1).unwrap();
     let rec = layer.forward(&[], &[0, 5, 4], Some(&[])).unwrap();
     let aux = rec.aux.as_ref().unwrap();
     assert!(rec.y.is_empty() && aux.v.is_empty() && aux.logits.is_empty() && aux.mask.is_empty());

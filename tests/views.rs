@@ -259,7 +259,7 @@ fn dw_accumulates_over_micro_batches_with_both_records_alive() {
     for dev in devices() {
         let cfg = AiecConfig::new(20, 6, 0.0, Pool::Token).unwrap();
         let mut layer = GpuLayer::new(&dev, cfg, 5).unwrap();
-        let mut cpu = aiec::cpu::AiecLayer::<f32>::new(cfg, 5);
+        let mut cpu = aiec::cpu::AiecLayer::<f32>::new(cfg, 5).unwrap();
         let mut rng = SplitMix64::new(8);
         let dims = [4, 3, 20];
         let mut want = vec![0.0f64; 6 * 20];

@@ -165,7 +165,7 @@ impl Aiec {
             DType::F32,
         )?;
         let policy = LayerPolicy::new(cfg.update_interval()).candle()?;
-        let state = State { counters: Counters::new(k, c), policy, terms: None };
+        let state = State { counters: Counters::try_new(k, c).candle()?, policy, terms: None };
         Ok(Aiec { cfg, w, backend: Backend::Reference, state: Arc::new(Mutex::new(state)) })
     }
 

@@ -2,13 +2,14 @@
 //! the shared layer policy ([`crate::policy::LayerPolicy`]: step counter,
 //! update interval, train/eval) on top of the stateless op.
 
+use crate::alloc;
 use crate::config::AiecConfig;
 use crate::counters::Counters;
 use crate::cpu::float::Float;
 use crate::cpu::loss::LossScales;
 use crate::cpu::op::{self, ForwardRecord, Gradients};
 use crate::error::{AiecError, Result};
-use crate::init::xavier_uniform;
+use crate::init::xavier_values;
 use crate::policy::LayerPolicy;
 
 /// One AIEC layer on the CPU. Starts in training mode, like a fresh PyTorch module.
@@ -22,8 +23,13 @@ pub struct AiecLayer<F> {
 
 impl<F: Float> AiecLayer<F> {
     /// A layer with Xavier-uniform weights from `seed` (`U(-a, a)`, `a = sqrt(6 / (K + C))`).
-    pub fn new(cfg: AiecConfig, seed: u64) -> Self {
-        let w = xavier_uniform(cfg.classes(), cfg.channels(), seed).into_iter().map(F::from_f64).collect();
+    /// A `K * C` the host cannot hold is [`AiecError::OutOfMemory`], not an abort.
+    pub fn new(cfg: AiecConfig, seed: u64) -> Result<Self> {
+        let (k, c) = (cfg.classes(), cfg.channels());
+        let mut w = alloc::filled("W [K, C]", k * c, F::ZERO)?;
+        for (o, v) in w.iter_mut().zip(xavier_values(k, c, seed)) {
+            *o = F::from_f64(v);
+        }
         Self::from_parts(cfg, w)
     }
 
@@ -33,13 +39,13 @@ impl<F: Float> AiecLayer<F> {
         if w.len() != kc {
             return Err(AiecError::LengthMismatch { what: "W [K, C]", expected: kc, got: w.len() });
         }
-        Ok(Self::from_parts(cfg, w))
+        Self::from_parts(cfg, w)
     }
 
-    fn from_parts(cfg: AiecConfig, w: Vec<F>) -> Self {
-        let counters = Counters::new(cfg.classes(), cfg.channels());
-        let policy = LayerPolicy::new(cfg.update_interval()).expect("AiecConfig checks update_interval >= 1");
-        AiecLayer { cfg, w, counters, policy }
+    fn from_parts(cfg: AiecConfig, w: Vec<F>) -> Result<Self> {
+        let counters = Counters::try_new(cfg.classes(), cfg.channels())?;
+        let policy = LayerPolicy::new(cfg.update_interval())?;
+        Ok(AiecLayer { cfg, w, counters, policy })
     }
 
     /// The configuration.

@@ -2,8 +2,9 @@
 //! share one target vector, and the scales each layer's backward needs.
 
 use crate::cpu::float::Float;
-use crate::cpu::op::{cross_entropy, ForwardRecord};
+use crate::cpu::op::{cross_entropy, AuxRecord, ForwardRecord};
 use crate::error::{AiecError, Result};
+use crate::origin::{RecordId, ScalesOrigin};
 
 /// The two loss coefficients (`aux_coef * aux + gate_coef * gate` is added to the
 /// task loss). The paper uses `aux_coef = 1`, `gate_coef = 200`.
@@ -30,24 +31,48 @@ impl LossCoefs {
     }
 }
 
-/// What each layer's backward needs from the combined losses.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What each layer's backward needs from the combined losses, and, when a
+/// combine made them, which records they belong to (a backward refuses them
+/// for any other record: [`AiecError::ForeignScales`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct LossScales<F> {
     /// `aux_coef / (L * B)` (0 when `L * B == 0`): `dlogits = aux_scale * (softmax - onehot)`.
     pub aux_scale: F,
     /// `2 * gate_coef / sum_l N_l` (0 when that sum is 0): `dv += gate_scale * v * mask`.
     pub gate_scale: F,
+    origin: Option<ScalesOrigin>,
 }
 
 impl<F: Float> LossScales<F> {
     /// Scales that add nothing: the backward of the threshold plus whatever `dy` carries.
     pub fn zero() -> Self {
-        LossScales { aux_scale: F::ZERO, gate_scale: F::ZERO }
+        Self::unbound(F::ZERO, F::ZERO)
+    }
+
+    /// Scales a caller computed itself (e.g. handed back by an autograd
+    /// engine), accepted by the backward of any record.
+    pub fn unbound(aux_scale: F, gate_scale: F) -> Self {
+        LossScales { aux_scale, gate_scale, origin: None }
+    }
+
+    pub(crate) fn combined(aux_scale: F, gate_scale: F, origin: ScalesOrigin) -> Self {
+        LossScales { aux_scale, gate_scale, origin: Some(origin) }
+    }
+
+    /// The records these scales were combined from (`None`: unbound).
+    pub fn origin(&self) -> Option<&ScalesOrigin> {
+        self.origin.as_ref()
+    }
+
+    /// Errors unless these scales may scale the backward of the record `id`
+    /// of `batch` samples: unbound, or combined from it.
+    pub fn check_record(&self, id: RecordId, batch: usize) -> Result<()> {
+        self.origin.as_ref().map_or(Ok(()), |o| o.check(id, batch))
     }
 }
 
 /// The combined losses of `L` layers.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Losses<F> {
     /// Mean over all `L * B` rows of `CE(logits_l[b], t[b])` (0 when there are no rows).
     pub aux: F,
@@ -72,39 +97,21 @@ impl<F: Float> Losses<F> {
     }
 }
 
-/// Combines the forward records of the `L` layers that share one target vector.
-/// Every record must come from a forward with targets, and all must share them.
+/// Combines the forward records of the `L >= 1` layers that share one target
+/// vector. Every record must come from a forward with targets, all of one
+/// batch size `B`, with the same targets; the scales remember the records.
 pub fn combine<F: Float>(records: &[&ForwardRecord<F>], coefs: LossCoefs) -> Result<Losses<F>> {
     let coefs = LossCoefs::new(coefs.aux_coef, coefs.gate_coef)?;
-    let mut first: Option<&[usize]> = None;
+    let auxes = check_layers(records)?;
+    let batch = auxes[0].targets.len();
     let (mut ce_sum, mut rows) = (F::ZERO, 0usize);
     let (mut gate_sum_sq, mut gate_count) = (F::ZERO, 0u64);
-    for (layer, rec) in records.iter().enumerate() {
-        let Some(aux) = &rec.aux else {
-            return Err(AiecError::LayerMismatch {
-                layer,
-                reason: "its forward had no targets, so it has no aux loss".into(),
-            });
-        };
-        match first {
-            None => first = Some(&aux.targets),
-            Some(t) if t != aux.targets.as_slice() => {
-                return Err(AiecError::LayerMismatch {
-                    layer,
-                    reason: format!(
-                        "targets differ from layer 0's (B = {} vs {})",
-                        aux.targets.len(),
-                        t.len()
-                    ),
-                })
-            }
-            Some(_) => {}
-        }
+    for aux in &auxes {
         let k = aux.classes;
         for (b, &t) in aux.targets.iter().enumerate() {
             ce_sum += cross_entropy(&aux.logits[b * k..(b + 1) * k], t);
         }
-        rows += aux.targets.len();
+        rows += batch;
         gate_sum_sq += aux.gate_sum_sq;
         gate_count += aux.gate_count;
     }
@@ -116,6 +123,7 @@ pub fn combine<F: Float>(records: &[&ForwardRecord<F>], coefs: LossCoefs) -> Res
         let n = F::from_f64(gate_count as f64);
         (gate_sum_sq / n, F::from_f64(2.0 * coefs.gate_coef) / n)
     };
+    let origin = ScalesOrigin::new(batch, auxes.iter().map(|a| a.id).collect());
     Ok(Losses {
         aux,
         gate,
@@ -123,6 +131,45 @@ pub fn combine<F: Float>(records: &[&ForwardRecord<F>], coefs: LossCoefs) -> Res
         gate_count,
         rows,
         coefs,
-        scales: LossScales { aux_scale, gate_scale },
+        scales: LossScales::combined(aux_scale, gate_scale, origin),
     })
+}
+
+/// The aux parts of `records`, checked: at least one, each from a forward
+/// with targets and whole (its lengths and targets fit), all of layer 0's `B`
+/// and targets (as [`crate::gpu::combine`] checks).
+fn check_layers<'a, F>(records: &[&'a ForwardRecord<F>]) -> Result<Vec<&'a AuxRecord<F>>> {
+    if records.is_empty() {
+        return Err(AiecError::LayerMismatch {
+            layer: 0,
+            reason: "0 layers given, at least 1 is needed".into(),
+        });
+    }
+    let mut auxes: Vec<&AuxRecord<F>> = Vec::with_capacity(records.len());
+    for (layer, rec) in records.iter().enumerate() {
+        let Some(aux) = &rec.aux else {
+            return Err(AiecError::LayerMismatch {
+                layer,
+                reason: "its forward had no targets, so it has no aux loss".into(),
+            });
+        };
+        aux.check(rec.dims.batch, rec.dims.channels)?;
+        if let Some(first) = auxes.first() {
+            let batch = first.targets.len();
+            if aux.targets.len() != batch {
+                return Err(AiecError::LayerMismatch {
+                    layer,
+                    reason: format!("batch B = {} differs from layer 0's {batch}", aux.targets.len()),
+                });
+            }
+            if aux.targets != first.targets {
+                return Err(AiecError::LayerMismatch {
+                    layer,
+                    reason: "targets differ from layer 0's".into(),
+                });
+            }
+        }
+        auxes.push(aux);
+    }
+    Ok(auxes)
 }

@@ -1,12 +1,14 @@
 //! Op level of the CPU reference: one layer's forward and backward, stateless.
 //! Written for clarity, not speed; every other backend is judged against it.
 
-use crate::config::{AiecConfig, InputDims};
+use crate::alloc;
+use crate::config::{checked_len, AiecConfig, InputDims};
 use crate::counters::Counters;
 use crate::cpu::float::Float;
 use crate::cpu::loss::LossScales;
 use crate::cpu::parts;
 use crate::error::{AiecError, Result};
+use crate::origin::RecordId;
 
 /// What one forward produces and its backward needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +26,9 @@ pub struct ForwardRecord<F> {
 /// The decision, counting and gating units' part of a forward record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuxRecord<F> {
+    /// Which forward this is: loss scales remember the records they were
+    /// combined from, and a backward refuses another record's.
+    pub id: RecordId,
     /// `[B]`, each in `0..K`.
     pub targets: Vec<usize>,
     /// `K`.
@@ -40,6 +45,33 @@ pub struct AuxRecord<F> {
     pub gate_count: u64,
     /// Whether this forward updated the counters.
     pub updated: bool,
+}
+
+impl<F> AuxRecord<F> {
+    /// Checks that this part is whole for `batch` samples of `channels`
+    /// (its fields are public): the targets, `v`, `logits` and `mask` lengths,
+    /// and every target in `0..K`, so that nothing reading it can index out of bounds.
+    pub fn check(&self, batch: usize, channels: usize) -> Result<()> {
+        if self.targets.len() != batch {
+            return Err(AiecError::TargetCountMismatch { batch, got: self.targets.len() });
+        }
+        if let Some((index, &t)) = self.targets.iter().enumerate().find(|(_, &t)| t >= self.classes) {
+            let value = i64::try_from(t).unwrap_or(i64::MAX);
+            return Err(AiecError::TargetOutOfRange { index, value, classes: self.classes });
+        }
+        let bc = checked_len(&[batch, channels])?;
+        let bk = checked_len(&[batch, self.classes])?;
+        for (what, got, expected) in [
+            ("record v [B, C]", self.v.len(), bc),
+            ("record mask [B, C]", self.mask.len(), bc),
+            ("record logits [B, K]", self.logits.len(), bk),
+        ] {
+            if got != expected {
+                return Err(AiecError::LengthMismatch { what, expected, got });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Gradients of one layer.
@@ -154,7 +186,7 @@ pub fn forward<F: Float>(
     // 3. Pooling; 4. decision-making unit.
     let mut v = vec![F::ZERO; b_n * c_n];
     parts::pool(&plan, &y, &mut v);
-    let mut logits = vec![F::ZERO; b_n * k_n];
+    let mut logits = alloc::filled("logits [B, K]", checked_len(&[b_n, k_n])?, F::ZERO)?;
     parts::logits(&v, w, b_n, c_n, k_n, &mut logits);
 
     // 5. Activation-counting unit, on update steps, for correct samples only.
@@ -168,8 +200,40 @@ pub fn forward<F: Float>(
     let (gate_sum_sq, gate_count) =
         parts::gate(&v, w, &targets, c_n, &counters.act, &counters.inh, &mut mask);
 
-    let aux = AuxRecord { targets, classes: k_n, v, logits, mask, gate_sum_sq, gate_count, updated: update };
+    let id = RecordId::next();
+    let aux =
+        AuxRecord { id, targets, classes: k_n, v, logits, mask, gate_sum_sq, gate_count, updated: update };
     Ok(ForwardRecord { dims: plan, y, keep, aux: Some(aux) })
+}
+
+/// Checks that `record` is whole and of this layer (its fields are public):
+/// its shape planned as `cfg` plans it, its keep mask of that length, and its
+/// aux part of `K` classes and whole ([`AuxRecord::check`]).
+pub fn check_record<F>(cfg: &AiecConfig, record: &ForwardRecord<F>) -> Result<()> {
+    let plan = cfg.plan_input(&record.dims.dims)?;
+    if plan != record.dims {
+        return Err(AiecError::ShapeMismatch {
+            what: "record dims (B, C, P)",
+            expected: vec![plan.batch, plan.channels, plan.positions],
+            got: vec![record.dims.batch, record.dims.channels, record.dims.positions],
+        });
+    }
+    if record.keep.len() != plan.len() {
+        return Err(AiecError::LengthMismatch {
+            what: "record keep",
+            expected: plan.len(),
+            got: record.keep.len(),
+        });
+    }
+    let Some(aux) = &record.aux else { return Ok(()) };
+    if aux.classes != cfg.classes() {
+        return Err(AiecError::LengthMismatch {
+            what: "record classes K",
+            expected: cfg.classes(),
+            got: aux.classes,
+        });
+    }
+    aux.check(plan.batch, plan.channels)
 }
 
 /// One layer's backward: `dx` and `dW` from the record of its forward, the same
@@ -183,6 +247,7 @@ pub fn backward<F: Float>(
     dy: &[F],
     scales: &LossScales<F>,
 ) -> Result<Gradients<F>> {
+    check_record(cfg, record)?;
     let plan = &record.dims;
     if dy.len() != plan.len() {
         return Err(AiecError::LengthMismatch { what: "dy", expected: plan.len(), got: dy.len() });
@@ -191,27 +256,16 @@ pub fn backward<F: Float>(
     if w.len() != kc {
         return Err(AiecError::LengthMismatch { what: "W [K, C]", expected: kc, got: w.len() });
     }
-    if plan.channels != cfg.channels() {
-        return Err(AiecError::LengthMismatch {
-            what: "record channels C",
-            expected: cfg.channels(),
-            got: plan.channels,
-        });
+    if let Some(aux) = &record.aux {
+        scales.check_record(aux.id, plan.batch)?;
     }
     let mut dw = vec![F::ZERO; kc];
     let mut dy_total = dy.to_vec();
 
     if let Some(aux) = &record.aux {
         let (b_n, c_n, k_n) = (plan.batch, plan.channels, cfg.classes());
-        if aux.classes != k_n {
-            return Err(AiecError::LengthMismatch {
-                what: "record classes K",
-                expected: k_n,
-                got: aux.classes,
-            });
-        }
         // g = softmax - onehot; dlogits = aux_scale * g; dv, dW.
-        let (mut ce, mut g) = (vec![F::ZERO; b_n], vec![F::ZERO; b_n * k_n]);
+        let (mut ce, mut g) = (vec![F::ZERO; b_n], alloc::filled("g [B, K]", b_n * k_n, F::ZERO)?);
         parts::row_losses(&aux.logits, &aux.targets, k_n, &mut ce, &mut g);
         let mut dv = vec![F::ZERO; b_n * c_n];
         let rows = parts::RowScale::Uniform(scales.aux_scale);

@@ -115,6 +115,14 @@ impl PartialEq for Device {
     }
 }
 
+/// `n` of the `n`-th simulator device made in this process (from 0): each
+/// simulator is its own device, so an error about mixing two names two labels.
+#[cfg(feature = "sim")]
+fn next_sim_index() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 fn next_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -224,7 +232,7 @@ impl Device {
     #[cfg(feature = "sim")]
     pub fn sim_with(seed: u64, workers: u32) -> Device {
         let backend = sim::SimBackend::new(seed, workers);
-        let label = format!("sim (seed {seed}, workers {workers})");
+        let label = format!("sim:{} (seed {seed}, workers {workers})", next_sim_index());
         Self::wrap(Backend::Sim(backend), label, DeviceLimits::new(sim::SIM_SM_COUNT, sim::SIM_ARCH))
     }
 
@@ -249,7 +257,8 @@ impl Device {
         }
     }
 
-    /// A human-readable name, e.g. `cuda:0 (NVIDIA H200, sm_90)`.
+    /// A human-readable name, e.g. `cuda:0 (NVIDIA H200, sm_90)` or
+    /// `sim:1 (seed 0, workers 1)` (each simulator device has its own number).
     pub fn label(&self) -> &str {
         &self.0.label
     }
@@ -451,10 +460,16 @@ impl Device {
                 Mem::Cuda(m)
             }
             #[cfg(feature = "sim")]
-            Backend::Sim(_) => Mem::Host(match init {
-                Init::Zero => sim::HostBuf::zeros(bytes),
-                Init::Unwritten => sim::HostBuf::filled(bytes, UNWRITTEN),
-            }),
+            Backend::Sim(_) => Mem::Host(
+                match init {
+                    Init::Zero => sim::HostBuf::zeros(bytes),
+                    Init::Unwritten => sim::HostBuf::filled(bytes, UNWRITTEN),
+                }
+                .ok_or_else(|| AiecError::OutOfMemory {
+                    what: format!("memory of {}", self.label()),
+                    bytes,
+                })?,
+            ),
         };
         Ok(Storage(Arc::new(mem)))
     }

@@ -119,25 +119,26 @@ unsafe impl Sync for HostBuf {}
 const HOST_ALIGN: usize = 256;
 
 impl HostBuf {
-    fn layout(len: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(len.max(1), HOST_ALIGN).expect("allocation size fits isize")
+    /// `None` for a size no layout can describe (over `isize::MAX` once aligned).
+    fn layout(len: usize) -> Option<std::alloc::Layout> {
+        std::alloc::Layout::from_size_align(len.max(1), HOST_ALIGN).ok()
     }
 
-    pub(crate) fn zeros(len: usize) -> Self {
+    /// `len` zero bytes, or `None` when the host cannot hold them (like a
+    /// failed device allocation: an error for the caller, not an abort).
+    pub(crate) fn zeros(len: usize) -> Option<Self> {
+        let layout = Self::layout(len)?;
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(Self::layout(len));
-        }
-        HostBuf { ptr, len }
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        (!ptr.is_null()).then_some(HostBuf { ptr, len })
     }
 
-    /// `len` bytes of `byte`.
-    pub(crate) fn filled(len: usize, byte: u8) -> Self {
-        let b = Self::zeros(len);
+    /// `len` bytes of `byte`, or `None` as [`HostBuf::zeros`].
+    pub(crate) fn filled(len: usize, byte: u8) -> Option<Self> {
+        let b = Self::zeros(len)?;
         // SAFETY: `b` owns `len` writable bytes.
         unsafe { std::ptr::write_bytes(b.ptr, byte, len) };
-        b
+        Some(b)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -151,7 +152,9 @@ impl HostBuf {
 
 impl Drop for HostBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `zeros` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.ptr, Self::layout(self.len)) };
+        if let Some(layout) = Self::layout(self.len) {
+            // SAFETY: allocated in `zeros` with this layout (which existed then), freed once.
+            unsafe { std::alloc::dealloc(self.ptr, layout) };
+        }
     }
 }

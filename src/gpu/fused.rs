@@ -745,8 +745,16 @@ pub fn activation_backward(
     if dtype != dy.dtype() {
         return Err(AiecError::DTypeMismatch { what: "dx", expected: dy.dtype(), got: dtype });
     }
-    if shape != dy.shape() || dy.shape() != dims.dims.as_slice() {
-        return Err(AiecError::ShapeMismatch { what: "dy, dx", expected: dims.dims.clone(), got: shape });
+    // Each tensor named with its own shape: dy against the forward's, dx against dy.
+    if dy.shape() != dims.dims.as_slice() {
+        return Err(AiecError::ShapeMismatch {
+            what: "dy",
+            expected: dims.dims.clone(),
+            got: dy.shape().to_vec(),
+        });
+    }
+    if shape != dy.shape() {
+        return Err(AiecError::ShapeMismatch { what: "dx", expected: dy.shape().to_vec(), got: shape });
     }
     if span.addr != dy.address() || span.bytes != dy.byte_len() {
         check_disjoint(&[("dx", span), ("dy", dy.span())])?;

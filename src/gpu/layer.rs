@@ -3,6 +3,7 @@
 //! buffers, and applies the shared layer policy ([`LayerPolicy`]: step
 //! counter, update interval, train/eval).
 
+use crate::alloc;
 use crate::buffer::Buffer;
 use crate::config::AiecConfig;
 use crate::counters::Counters;
@@ -15,7 +16,7 @@ use crate::gpu::fused::DwMode;
 use crate::gpu::loss::GpuLosses;
 use crate::gpu::op::{self, GpuCounters, GpuGradients, GpuRecord, RankSum, Targets};
 use crate::gpu::workspace::Workspace;
-use crate::init::xavier_uniform;
+use crate::init::xavier_values;
 use crate::policy::LayerPolicy;
 use crate::tensor::Tensor;
 use crate::view::{SliceMut, TensorMut, TensorRef};
@@ -34,8 +35,11 @@ impl GpuLayer {
     /// Xavier-uniform weights from `seed`, the same values as
     /// [`crate::cpu::AiecLayer::new`] with that seed (rounded to `f32`).
     pub fn new(device: &Device, cfg: AiecConfig, seed: u64) -> Result<Self> {
-        let w: Vec<f32> =
-            xavier_uniform(cfg.classes(), cfg.channels(), seed).into_iter().map(|v| v as f32).collect();
+        let (k, c) = (cfg.classes(), cfg.channels());
+        let mut w = alloc::filled("W [K, C] (host copy)", k * c, 0f32)?;
+        for (o, v) in w.iter_mut().zip(xavier_values(k, c, seed)) {
+            *o = v as f32;
+        }
         Self::with_weights(device, cfg, &w)
     }
 

@@ -11,6 +11,7 @@ use crate::gpu::dp;
 use crate::gpu::fused::{self, LayerLoss};
 use crate::gpu::op::GpuRecord;
 use crate::gpu::workspace::Workspace;
+use crate::origin::ScalesOrigin;
 use crate::params::AiecLosses;
 
 /// The combined losses, in device memory.
@@ -19,6 +20,7 @@ pub struct GpuLosses {
     pub(crate) buf: Buffer<AiecLosses>,
     coefs: LossCoefs,
     rows: usize,
+    origin: ScalesOrigin,
 }
 
 impl GpuLosses {
@@ -32,13 +34,25 @@ impl GpuLosses {
             gate_count: l.count,
             rows: self.rows,
             coefs: self.coefs,
-            scales: LossScales { aux_scale: l.aux_scale, gate_scale: l.gate_scale },
+            scales: LossScales::combined(l.aux_scale, l.gate_scale, self.origin.clone()),
         })
     }
 
     /// The device address of the `AiecLosses` struct.
     pub fn address(&self) -> u64 {
         self.buf.address()
+    }
+
+    /// The records these losses were combined from, and their `B`.
+    pub fn origin(&self) -> &ScalesOrigin {
+        &self.origin
+    }
+
+    /// Errors unless `record` was one of the combined records
+    /// ([`AiecError::ForeignScales`]): another batch's or layer's losses
+    /// would scale its gradients by the wrong factors.
+    pub(crate) fn check_record(&self, record: &GpuRecord) -> Result<()> {
+        self.origin.check(record.id, record.dims.batch)
     }
 
     pub(crate) fn check_device(&self, device: &Device) -> Result<()> {
@@ -127,5 +141,6 @@ pub fn combine_in(records: &[&GpuRecord], coefs: LossCoefs, ws: &Workspace) -> R
             dp::combine_over_ranks(&layers, batch, coefs, sum, &mut count.view_mut(), &mut buf.view_mut())?;
         }
     }
-    Ok(GpuLosses { buf, coefs, rows: records.len() * batch })
+    let origin = ScalesOrigin::new(batch, records.iter().map(|r| r.id).collect());
+    Ok(GpuLosses { buf, coefs, rows: records.len() * batch, origin })
 }

@@ -22,6 +22,7 @@ use crate::gpu::dp::{self, CountSum};
 use crate::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, Sizes, TargetCheck};
 use crate::gpu::loss::GpuLosses;
 use crate::gpu::workspace::Workspace;
+use crate::origin::RecordId;
 use crate::params::AiecGateStats;
 use crate::tensor::Tensor;
 use crate::view::{SliceMut, SliceRef, TensorMut, TensorRef};
@@ -42,7 +43,7 @@ pub struct GpuCounters {
 impl GpuCounters {
     /// Fresh counters (`act = inh = 0`, `total = 1`) on `device`.
     pub fn new(device: &Device, classes: usize, channels: usize) -> Result<Self> {
-        Self::from_host(device, &Counters::new(classes, channels))
+        Self::from_host(device, &Counters::try_new(classes, channels)?)
     }
 
     /// Uploads host counters.
@@ -77,7 +78,7 @@ impl GpuCounters {
 
     /// Resets to `act = inh = 0`, `total = 1`, in place.
     pub fn reset(&mut self) -> Result<()> {
-        self.copy_from_host(&Counters::new(self.classes, self.channels))
+        self.copy_from_host(&Counters::try_new(self.classes, self.channels)?)
     }
 
     /// The counters as writable views.
@@ -123,6 +124,9 @@ pub struct GpuRecord {
     /// The ranks the layer summed its counts over, whose masked count the
     /// gate is then normalised by ([`crate::gpu::combine`]).
     pub(crate) ranks: Option<RankSum>,
+    /// Which forward this is: the losses remember the records they were
+    /// combined from, and a backward refuses another record's.
+    pub(crate) id: RecordId,
 }
 
 /// A layer's [`CountSum`], carried by its records to the loss level.
@@ -157,6 +161,11 @@ pub struct GpuAux {
 }
 
 impl GpuRecord {
+    /// Which forward this record is from (unique in the process).
+    pub fn id(&self) -> RecordId {
+        self.id
+    }
+
     /// `y`, when the forward allocated it.
     pub fn y(&self) -> Result<&Tensor> {
         self.y.as_ref().ok_or_else(|| AiecError::Unsupported {
@@ -263,7 +272,7 @@ pub(crate) fn forward_with_sum(
     let mut keep: Buffer<u32> = ws.buffer("keep", sizes.keep, Init::Unwritten)?;
     let Some(targets) = targets else {
         fused::forward_infer(cfg, x, y, &mut keep.view_mut())?;
-        return Ok(GpuRecord { dims, y: None, keep, aux: None, ranks: None });
+        return Ok(GpuRecord { dims, y: None, keep, aux: None, ranks: None, id: RecordId::next() });
     };
     // Every buffer is written in full by the kernels, but the scratch (whose
     // tickets must start at zero).
@@ -331,7 +340,7 @@ pub(crate) fn forward_with_sum(
         }
     }
     let aux = GpuAux { v, logits, ce, g, mask, stats, classes: cfg.classes(), updated: update };
-    Ok(GpuRecord { dims, y: None, keep, aux: Some(aux), ranks: None })
+    Ok(GpuRecord { dims, y: None, keep, aux: Some(aux), ranks: None, id: RecordId::next() })
 }
 
 /// One layer's forward, allocating `y` and its own buffers; see [`forward_with`].
@@ -377,7 +386,8 @@ fn saved(aux: &GpuAux) -> SavedRef<'_> {
 /// a training record, one for a record without targets (which leaves `dW`
 /// zero, or unchanged when accumulating); no host synchronisation. `losses`
 /// must come from [`crate::gpu::combine`] over the records of every layer
-/// sharing the targets.
+/// sharing the targets, this one among them ([`AiecError::ForeignScales`]
+/// otherwise).
 #[allow(clippy::too_many_arguments)] // the op's inputs and outputs
 pub fn backward_with(
     cfg: &AiecConfig,
@@ -394,6 +404,7 @@ pub fn backward_with(
         fused::backward_infer(cfg, &record.dims, &record.keep.view(), dy, dx)?;
         return clear_dw(cfg, dy.device(), dw, mode);
     };
+    losses.check_record(record)?;
     losses.check_device(dy.device())?;
     let mut dv: Buffer<f32> = ws.buffer("dv", record.dims.batch * record.dims.channels, Init::Unwritten)?;
     let scales = Scales { losses: losses.buf.view(), row_scale: None };
@@ -430,6 +441,7 @@ pub fn backward_inplace_with(
         let dev = dy.device().clone();
         return clear_dw(cfg, &dev, dw, mode);
     };
+    losses.check_record(record)?;
     losses.check_device(dy.device())?;
     let mut dv: Buffer<f32> = ws.buffer("dv", record.dims.batch * record.dims.channels, Init::Unwritten)?;
     let scales = Scales { losses: losses.buf.view(), row_scale: None };
