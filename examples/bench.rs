@@ -449,11 +449,11 @@ fn cublas_times(dev: &Device, p: Preset, reps: usize) -> Result<([f64; 3], [f64;
     let stream = dev.cuda_stream().ok_or("not a CUDA device")?.clone();
     // SAFETY: only probes whether the libraries can be loaded.
     if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-        return Err("cuBLAS not available (no libcublas on the loader path)".into());
+        return Err(not_loadable("cublas"));
     }
     // SAFETY: as above.
     if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
-        return Err("cuBLASLt not available (no libcublasLt on the loader path)".into());
+        return Err(not_loadable("cublasLt"));
     }
     let (b, c, k) = (p.batch, p.channels, p.classes);
     let alloc = |n: usize| stream.alloc_zeros::<f32>(n).map_err(|e| format!("alloc: {e:?}"));
@@ -530,6 +530,22 @@ fn cublas_times(dev: &Device, p: Preset, reps: usize) -> Result<([f64; 3], [f64;
         })?,
     ];
     Ok((sgemm, tf32))
+}
+
+/// Why `lib<name>` cannot be loaded: cudarc, pinned to CUDA 12.4's API, opens `lib<name>.so`
+/// or a soname of CUDA 12 or older, and CUDA 13's wheels ship `lib<name>.so.13` alone.
+fn not_loadable(name: &str) -> String {
+    let plain = format!("lib{name}.so");
+    let mut tried: Vec<String> = cudarc::get_lib_name_candidates(name)
+        .into_iter()
+        .filter(|n| *n == plain || n.starts_with(&format!("{plain}.")))
+        .collect();
+    tried.dedup();
+    format!(
+        "lib{name} not available: none of {} on the loader path (for CUDA 13's lib{name}.so.13, put a link \
+         named lib{name}.so on LD_LIBRARY_PATH, as scripts/device-check.sh does)",
+        tried.join(", ")
+    )
 }
 
 /// The GPU check's comparison: each preset's three products in cuBLAS SGEMM and
@@ -864,9 +880,9 @@ fn main() -> aiec::Result<()> {
     if !modelled {
         // SAFETY: only probes whether the library can be loaded.
         let lib = if unsafe { cudarc::cublas::sys::is_culib_present() } {
-            "cuBLAS is loadable"
+            "cuBLAS is loadable".to_string()
         } else {
-            "cuBLAS not available (no libcublas on the loader path)"
+            not_loadable("cublas")
         };
         println!("\ncublas: not measured here: no CUDA device; {lib}");
         json.extend(print_cost_model(&Ceilings::h200_published(), &[]));

@@ -25,8 +25,11 @@
 #      environment under target/ when missing, `pip install ./python`, ruff,
 #      and the pytest suite on the CPU reference and the simulator.
 #   8. The GPU check script (scripts/device-check.sh) builds its binaries and
-#      the wheel, and runs them here without a GPU (dry-run), so that it has not
-#      rotted when a session is lent one.
+#      the wheel; with a crashing, a failing and a hanging binary planted among
+#      them and a 40 s deadline, its dry run names all three, lists what it
+#      skipped and ends in time with a non-zero status
+#      (scripts/test-device-check.sh); then the dry run proper runs every phase
+#      here without a GPU, so that it has not rotted when a session is lent one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -84,6 +87,7 @@ EOF
 echo "== 7. the Python package: pip install ./python, ruff, pytest =="
 bash scripts/test-python.sh
 
-echo "== 8. the GPU check script, dry run (no GPU: CPU and simulator backends) =="
+echo "== 8. the GPU check script: build, planted faults, dry run (no GPU: the CPU reference) =="
 bash scripts/device-check.sh build
+AIEC_PYTHON="$PWD/target/torch-venv/bin/python" bash scripts/test-device-check.sh
 AIEC_PYTHON="$PWD/target/torch-venv/bin/python" bash scripts/device-check.sh dry-run
