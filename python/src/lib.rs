@@ -11,7 +11,7 @@
 mod backend;
 mod tensor;
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use aiec::{AiecConfig, AiecError, Pool};
@@ -20,12 +20,14 @@ use backend::Kind;
 use tensor::{read, read_opt, Place};
 
 /// The crate's error as a Python exception: a wrong element type is a
-/// `TypeError`, a missing GPU, driver or compiler and device failures are a
-/// `RuntimeError`, every other bad input a `ValueError`.
+/// `TypeError`, a failed host allocation a `MemoryError`, a missing GPU,
+/// driver or compiler and device failures are a `RuntimeError`, every other
+/// bad input a `ValueError`.
 pub(crate) fn to_py(e: AiecError) -> PyErr {
     let msg = format!("aiec: {e}");
     match e {
         AiecError::DTypeMismatch { .. } => PyTypeError::new_err(msg),
+        AiecError::OutOfMemory { .. } => PyMemoryError::new_err(msg),
         AiecError::CudaUnavailable { .. }
         | AiecError::NvrtcUnavailable { .. }
         | AiecError::NvrtcCompile { .. }
