@@ -8,7 +8,11 @@
 #   3. ruff over the package, its tests and the scripts;
 #   4. pytest (python/tests): the drop-in and the fused path on the CPU
 #      reference (float64, float32), through the simulator (the kernels), and
-#      on CUDA when torch sees a GPU.
+#      on CUDA when torch sees a GPU;
+#   5. the extension's boundary again (test_pt_boundary, test_pt_ops,
+#      test_pt_state) with the simulator built with AddressSanitizer and UBSan
+#      (a second build of the extension under target/asan-py, imported from
+#      target/asan-pkg with the sanitizers' runtimes preloaded).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/torch-venv
@@ -33,3 +37,15 @@ rm -rf "$TORCHINDUCTOR_CACHE_DIR"
 # From target/: the source folder python/aiec (without the built extension) must
 # not shadow the installed package.
 (cd target && "../$py" -m pytest ../python/tests -q -p no:cacheprovider "$@")
+
+echo "test-python: the boundary tests with the simulator under AddressSanitizer + UBSan"
+AIEC_SIM_SANITIZE=address CARGO_TARGET_DIR="$PWD/target/asan-py" \
+  "$py" -m pip install -q --no-deps --force-reinstall --target target/asan-pkg ./python
+asan_preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
+(
+  cd target
+  export PYTHONPATH="$PWD/asan-pkg" LD_PRELOAD="$asan_preload" ASAN_OPTIONS=detect_leaks=0
+  "../$py" -c 'import aiec, sys; sys.exit(0 if "asan-pkg" in aiec.__file__ else "the ASan build is not the one imported")'
+  "../$py" -m pytest ../python/tests/test_pt_boundary.py ../python/tests/test_pt_ops.py \
+    ../python/tests/test_pt_state.py -q -p no:cacheprovider
+)
