@@ -2,7 +2,8 @@
 # The Python package's tests (README: part of "Run every test"):
 #   1. a virtual environment under target/torch-venv, created when missing, with
 #      torch (from the package registry: about 60 s and 5.4 GB, CPU is enough),
-#      pytest, numpy, safetensors and ruff;
+#      pytest, numpy, safetensors, ruff, and onnx, onnxscript and onnxruntime
+#      for the export tests;
 #   2. `pip install ./python`: maturin builds the extension (abi3) from the
 #      workspace and installs the package `aiec`;
 #   3. ruff over the package, its tests and the scripts;
@@ -20,9 +21,10 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 py="$venv/bin/python"
-if ! "$py" -c 'import torch, pytest, numpy, safetensors, ruff' 2>/dev/null; then
+if ! "$py" -c 'import torch, pytest, numpy, safetensors, ruff, onnx, onnxscript, onnxruntime' 2>/dev/null; then
   "$py" -m pip install -q --upgrade pip
-  "$py" -m pip install -q torch pytest numpy safetensors ruff
+  # onnx, onnxscript and onnxruntime: the ONNX export round trip (test_pt_export.py).
+  "$py" -m pip install -q torch pytest numpy safetensors ruff onnx onnxscript onnxruntime
 fi
 "$py" -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'
 "$py" -m pip install -q --force-reinstall --no-deps ./python

@@ -12,8 +12,8 @@ simulator (float32, float16, bfloat16). Every op has a fake (meta)
 implementation and the differentiable ones an autograd formula, so
 ``torch.compile(fullgraph=True)`` traces through them.
 
-Ops (all in the namespace ``NAMESPACE``, ``aiec_`` and a digest of this file
-and the package version; see there):
+Ops (all in the namespace ``aiec``, ``NAMESPACE``; a name changes only when its
+schema does, so a program exported with ``torch.export`` loads with later builds):
 
 * ``threshold(x, tau, pool, channels) -> (y, keep)``: the threshold and its
   keep bits (one bit per element), for forwards without targets;
@@ -26,7 +26,14 @@ and the package version; see there):
   then the gate), the first mutating the counters; :class:`Fused` ties them into
   one autograd node (with, for data-parallel training, the exchange of the
   counts between them); backward: ``fused_backward`` (``dx`` and ``dW``; ``dv``
-  never leaves the device).
+  never leaves the device);
+* ``masked_gather(values, masks) -> values[masks]``: the published module's
+  boolean gather, whose fake has a data-dependent size, so ``torch.compile``
+  traces it without a graph break.
+
+An evaluation forward without targets needs none of them: it is the threshold
+as ATen ops (:func:`threshold_aten`), which exporters translate and
+TorchInductor fuses with its neighbours.
 
 What is saved for backward: the keep bits and ``O(B*C + B*K)`` (``v``, ``g``,
 ``mask``), never ``x``.
@@ -43,26 +50,44 @@ from torch import Tensor
 
 from . import _aiec
 
+NAMESPACE = "aiec"
 
-def _namespace() -> str:
-    """The ops' namespace: ``aiec_`` and 12 hex digits of SHA-256 over the
-    package version and this file, which holds every fake implementation.
 
-    TorchInductor keys its on-disk cache on a graph's code, which names each
-    custom op but not the output sizes its fake gives (PyTorch issue 160472): a
-    graph compiled with an older build's fakes would be reused with that build's
-    sizes, and its size asserts then fail. With the digest in the op names, a
-    build whose fakes may differ compiles anew; the same build still hits."""
+def build_digest() -> str:
+    """12 hex digits of SHA-256 over the package version and this file, which
+    holds every fake implementation."""
     h = hashlib.sha256(_aiec.__version__.encode())
     try:
         with open(__file__, "rb") as f:
             h.update(f.read())
     except OSError:  # no source beside the bytecode: the version alone
         pass
-    return "aiec_" + h.hexdigest()[:12]
+    return h.hexdigest()[:12]
 
 
-NAMESPACE = _namespace()
+BUILD = build_digest()
+
+
+def _tag_compile_caches() -> None:
+    """Adds ``aiec-<BUILD>`` to ``torch.compiler.config.cache_key_tag``, which
+    every on-disk cache of ``torch.compile`` (TorchInductor's FX graphs,
+    AOTAutograd's) puts in its keys. Those keys name each custom op but not the
+    output sizes its fake gives (PyTorch issue 160472): a graph compiled with
+    an older build's fakes would be reused with that build's sizes, and its size
+    asserts then fail. With the tag, another build compiles anew and the same
+    build hits. A tag the user set is kept (ours is appended). The price: the
+    graphs of a process that imports aiec, its ops or not, are cached apart from
+    those of another aiec build."""
+    config = getattr(torch.compiler, "config", None)
+    if config is None or not hasattr(config, "cache_key_tag"):
+        return  # torch < 2.6: no tag (and no protection)
+    tag = f"aiec-{BUILD}"
+    current = config.cache_key_tag
+    if tag not in current.split(","):
+        config.cache_key_tag = f"{current},{tag}" if current else tag
+
+
+_tag_compile_caches()
 
 POOLS = ("token", "avg_token", "avg_hw", "none")
 
@@ -128,6 +153,15 @@ def backend(t: Tensor) -> _aiec.Backend:
             _BACKENDS[kind] = b
         return b
     raise TypeError(f"aiec: tensors on {t.device} are not supported (CPU or CUDA)")
+
+
+def threshold_aten(x: Tensor, tau: float) -> Tensor:
+    """The threshold as ATen ops, ``y = x`` where ``x > tau`` (a NaN passes),
+    else 0, compared in float32 for float16 and bfloat16 as the kernels compare:
+    the same values as the ``threshold`` op, and the same gradient through
+    autograd, with nothing custom in the graph (for export and inference)."""
+    xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return torch.where(xc <= tau, torch.zeros((), dtype=x.dtype, device=x.device), x)
 
 
 def _compute(x: Tensor) -> Tensor:
@@ -276,6 +310,36 @@ def _activation_backward(ctx, dy, _dkeep, dv):
 
 threshold.register_autograd(_threshold_backward, setup_context=_save_keep)
 activation.register_autograd(_activation_backward, setup_context=_save_keep)
+
+
+# ------------------------------------------------------------------ the masked gather
+
+
+@torch.library.custom_op(f"{NAMESPACE}::masked_gather", mutates_args=())
+def masked_gather(values: Tensor, masks: Tensor) -> Tensor:
+    """``values[masks]``: the masked values in row-major order."""
+    return values[masks]
+
+
+@masked_gather.register_fake
+def _(values, masks):
+    n = torch.library.get_ctx().new_dynamic_size()
+    return values.new_empty((n,))
+
+
+def _save_masks(ctx, inputs, output):
+    values, masks = inputs
+    ctx.save_for_backward(masks)
+    ctx.shape_dtype = (values.shape, values.dtype)
+
+
+def _masked_gather_backward(ctx, grad):
+    (masks,) = ctx.saved_tensors
+    shape, dtype = ctx.shape_dtype
+    return torch.zeros(shape, dtype=dtype, device=masks.device).masked_scatter(masks, grad), None
+
+
+masked_gather.register_autograd(_masked_gather_backward, setup_context=_save_masks)
 
 
 # ------------------------------------------------------------------ the fused training forward

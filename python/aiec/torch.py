@@ -122,6 +122,8 @@ class TAU(nn.Module):
         return self._tau
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return _ops.threshold_aten(x, self.value())
         flat = x.reshape(-1, 1) if x.numel() else x.reshape(0, 1)
         y, _ = _ops.threshold(flat, self.value(), "none", 1)
         return y.reshape(x.shape)
@@ -345,6 +347,9 @@ class AIEC(_Base):
         pool, c, tau = self.global_pool, self.num_features, self.tau.value()
         train_step = self.training and not _recomputing()
         if targets is None:
+            if not self.training:  # inference: ATen ops only (export, fusion)
+                self.targets = None
+                return _ops.threshold_aten(x, tau)
             y, _ = _ops.threshold(x, tau, pool, c)
             if train_step:
                 self._commit(self._next_step())
@@ -374,7 +379,9 @@ class AIEC(_Base):
         counts = self.counters
         meta_masks = (counts.activation_counts <= counts.inhibition_counts) & (w.detach() <= 0)
         masks = meta_masks[safe]
-        if x.device.type == "cuda" and not _is_compiling():
+        if _is_compiling():
+            irrel = _ops.masked_gather(values, masks)  # a data-dependent size, no graph break
+        elif x.device.type == "cuda":
             irrel = _gather_checking_targets(self, values, masks, targets, valid)
         else:
             irrel = values[masks]
@@ -446,11 +453,13 @@ class AIECFused(_Base):
         recompute = _recomputing()
         train_step = self.training and not recompute
         if targets is None:
+            if not recompute:
+                self.last = None
+            if not self.training:  # inference: ATen ops only (export, fusion)
+                return _ops.threshold_aten(x, tau)
             y, _ = _ops.threshold(x, tau, pool, c)
             if train_step:
                 self._commit(self._next_step())
-            if not recompute:
-                self.last = None
             return y
         if train_step:
             self._begin_training_forward()

@@ -4,11 +4,11 @@ Inductor keys a compiled graph on the graph's code, which names each custom op
 but not the output sizes its fake implementation gives (PyTorch issue 160472):
 a cache written by an older build would be reused with that build's sizes, and
 the compiled code's size asserts then fail (the keep bits went from contiguous
-to row-padded words that way). ``aiec._ops`` therefore registers its ops in a
-namespace derived from the file that holds the fakes (``_ops.NAMESPACE``), so a
-changed file gives other op names, another graph and another key. Checked here
-in fresh processes sharing one cache directory: the same build hits, a build
-whose ``_ops.py`` differs misses."""
+to row-padded words that way). ``aiec._ops`` therefore adds a digest of the
+file that holds the fakes (``_ops.BUILD``) to ``torch.compiler.config.
+cache_key_tag``, which every compile cache puts in its keys, and the op names
+stay stable (``aiec::...``). Checked here in fresh processes sharing one cache
+directory: the same build hits, a build whose ``_ops.py`` differs misses."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ y = torch.compile(model, fullgraph=True)(torch.randn(2, 4, 6))
 y.sum().backward()
 print(json.dumps({
     "package": aiec.__file__,
+    "build": aiec._ops.BUILD,
     "namespace": aiec._ops.NAMESPACE,
     "counters": {k: dict(counters[k]) for k in ("inductor", "aot_autograd")},
 }))
@@ -59,7 +60,7 @@ def test_a_changed_build_misses_the_inductor_cache_the_same_build_hits(tmp_path)
     first = run_child(cache)
     assert hits(first) == 0 and first["counters"]["inductor"].get("fxgraph_cache_miss", 0) > 0, first
     again = run_child(cache)
-    assert again["namespace"] == first["namespace"]
+    assert again["build"] == first["build"]
     assert hits(again) > 0, f"the same build should reuse the cache: {again}"
 
     # Another build: the installed package with one line more in _ops.py.
@@ -69,5 +70,5 @@ def test_a_changed_build_misses_the_inductor_cache_the_same_build_hits(tmp_path)
         f.write("# another build\n")
     other = run_child(cache, changed)
     assert other["package"].startswith(str(changed)), other
-    assert other["namespace"] != first["namespace"]
+    assert other["build"] != first["build"] and other["namespace"] == first["namespace"] == "aiec"
     assert hits(other) == 0, f"a changed build must not reuse the cache: {other}"
