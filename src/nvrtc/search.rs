@@ -1,6 +1,7 @@
-//! Where the NVRTC library is found: the search order (README.md, section
-//! "Diagnostics", is the one description of it for the crate and the Python
-//! package), its hooks, and the loading itself.
+//! Where the NVRTC library is found: the search order, its hooks and the
+//! candidates it yields. One order serves the crate and the Python package;
+//! README.md, section "Diagnostics", documents it for users, and this list
+//! must say the same:
 //!
 //! 1. `AIEC_NVRTC_LIB`, used as given (a path, or a name for the loader);
 //! 2. a `libnvrtc.so.*` already loaded in the process (PyTorch loads its own),
