@@ -7,9 +7,11 @@
 #   2. `pip install ./python`: maturin builds the extension (abi3) from the
 #      workspace and installs the package `aiec`;
 #   3. ruff over the package, its tests and the scripts;
-#   4. pytest (python/tests): the drop-in and the fused path on the CPU
+#   4. `python -m aiec` (the diagnostics report, without AIEC_NVRTC_LIB), then
+#      pytest (python/tests): the drop-in and the fused path on the CPU
 #      reference (float64, float32), through the simulator (the kernels), and
-#      on CUDA when torch sees a GPU;
+#      on CUDA when torch sees a GPU; `python -m aiec` and `prepare` in fresh
+#      processes finding the venv's NVRTC wheel (test_pt_diagnostics.py);
 #   5. the extension's boundary again (test_pt_boundary, test_pt_ops,
 #      test_pt_state) with the simulator built with AddressSanitizer and UBSan
 #      (a second build of the extension under target/asan-py, imported from
@@ -28,6 +30,9 @@ if ! "$py" -c 'import torch, pytest, numpy, safetensors, ruff, onnx, onnxscript,
 fi
 "$py" -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'
 "$py" -m pip install -q --force-reinstall --no-deps ./python
+# The report a user pastes into a bug report, as a user without AIEC_NVRTC_LIB gets it
+# (test_pt_diagnostics.py checks it and `prepare`): NVRTC from the venv's nvidia wheels.
+(cd target && env -u AIEC_NVRTC_LIB -u LD_LIBRARY_PATH "../$py" -m aiec)
 "$py" -m ruff check --config python/pyproject.toml python
 "$py" -m ruff format --check --config python/pyproject.toml python
 "$py" -m ruff check --config python/pyproject.toml --select E,F,W,B scripts kernels/sim/nvrtc_check.py

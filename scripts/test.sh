@@ -7,7 +7,8 @@
 #   2. All tests with the simulator (schedule seed 0): CPU reference, golden,
 #      gradient check, launch plans, kernels in the simulator, NVRTC builds of
 #      every kernel for sm_75, sm_80 and sm_90; then those NVRTC builds again
-#      with NVRTC 13 (its wheel fetched into target/ too).
+#      with NVRTC 13 (its wheel fetched into target/ too), and the NVRTC search
+#      (tests/nvrtc_search.rs) with each.
 #   3. The simulator tests again under schedule seeds 1 and 2 (seed 2 with 4
 #      parallel workers).
 #   4. The simulator tests in an AddressSanitizer + UBSan build of the simulator.
@@ -48,6 +49,8 @@ cargo test --release --features sim,nccl --test dp --test cuda
 echo "== 2b. every kernel compiles with NVRTC 13 too (CUDA 13 machines' compiler) =="
 nvrtc13="$(aiec_nvrtc_wheel 13)"
 AIEC_NVRTC_LIB="$nvrtc13" cargo test --release --features sim --test nvrtc
+# NVRTC 13 has no run path: found through a search directory, its builtins must load beside it.
+AIEC_NVRTC_LIB="$nvrtc13" cargo test --release --features sim --test nvrtc_search
 
 echo "== 3. simulator tests under more schedules =="
 CUDA_SIM_SEED=1 CUDA_SIM_WORKERS=1 cargo test --release --features sim "${SIM_TESTS[@]}"

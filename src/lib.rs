@@ -50,10 +50,13 @@ pub mod resources;
 pub mod tensor;
 pub mod view;
 
+/// This crate's version (`Cargo.toml`), for diagnostics.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub use buffer::Buffer;
 pub use config::{AiecConfig, InputDims, Pool};
 pub use counters::Counters;
-pub use device::{available_devices, Device, DeviceKind, DeviceStats};
+pub use device::{available_devices, cuda_driver, CudaDriver, Device, DeviceKind, DeviceStats};
 pub use dtype::{DType, Element};
 pub use error::{AiecError, Result};
 pub use tensor::Tensor;

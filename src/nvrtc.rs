@@ -6,10 +6,13 @@
 //! falls back to PTX when this NVRTC cannot target that architecture. Results
 //! are cached on disk, keyed by source hash, NVRTC version, target and options.
 //!
-//! The library is found by `AIEC_NVRTC_LIB` (a path to `libnvrtc.so.*`, e.g.
-//! from the `nvidia-cuda-nvrtc-cu12` wheel) or by the system's loader path
-//! (`libnvrtc.so`, `.so.13`, `.so.12`, `.so.11.2`...). It is loaded by this module
-//! directly, so any NVRTC major version works with any driver binding.
+//! The library is found in one search order, shared with the Python package
+//! and described in README.md, section "Diagnostics": `AIEC_NVRTC_LIB`; a
+//! libnvrtc already loaded in the process; the directories given to
+//! [`add_search_dirs`] and their pip `nvidia/*/lib` folders; the CUDA toolkit;
+//! the loader path (see [`search`]). [`found`] says which library was chosen
+//! and at which step, or why none was. It is loaded by this module directly,
+//! so any NVRTC major version works with any driver binding.
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::{Path, PathBuf};
@@ -18,14 +21,17 @@ use std::sync::OnceLock;
 use crate::dtype::DType;
 use crate::error::{AiecError, Result};
 
+pub mod search;
+pub use search::{add_search_dirs, search_dirs, Origin};
+
 /// The kernel sources embedded at build time.
 pub mod sources {
     include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));
 }
 
-const HINT: &str = "Install the CUDA toolkit's NVRTC, or `pip install nvidia-cuda-nvrtc-cu12` and set \
-                    AIEC_NVRTC_LIB to its nvidia/cuda_nvrtc/lib/libnvrtc.so.12 (for CUDA 13: \
-                    `nvidia-cuda-nvrtc`, nvidia/cu13/lib/libnvrtc.so.13)";
+const HINT: &str = "Install PyTorch's NVRTC package (`pip install nvidia-cuda-nvrtc-cu12`, or \
+                    `nvidia-cuda-nvrtc` for CUDA 13) into this Python environment, or the CUDA toolkit, \
+                    or set AIEC_NVRTC_LIB to a libnvrtc.so.* (README.md, section Diagnostics)";
 
 /// A GPU architecture, `sm_<major><minor>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +46,23 @@ impl Arch {
     /// `sm_75`, `sm_80`, `sm_90`: what the tests compile for.
     pub const TESTED: [Arch; 3] =
         [Arch { major: 7, minor: 5 }, Arch { major: 8, minor: 0 }, Arch { major: 9, minor: 0 }];
+}
+
+impl Arch {
+    /// `sm_90`, `sm_86`, `compute_80`, `90` or `9.0`; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Arch> {
+        let s = s.trim();
+        let digits = s.strip_prefix("sm_").or_else(|| s.strip_prefix("compute_")).unwrap_or(s);
+        let (major, minor) = match digits.split_once('.') {
+            Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+            None if digits.len() >= 2 && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                let (a, b) = digits.split_at(digits.len() - 1);
+                (a.parse().ok()?, b.parse().ok()?)
+            }
+            None => return None,
+        };
+        (major >= 1 && minor <= 9).then_some(Arch { major, minor })
+    }
 }
 
 impl std::fmt::Display for Arch {
@@ -93,14 +116,10 @@ struct Api {
     major: i32,
     minor: i32,
     path: String,
+    origin: Origin,
 }
 
 type Program = *mut c_void;
-
-/// Library names tried when `AIEC_NVRTC_LIB` is not set and the driver's
-/// version is not known, newest first.
-const CANDIDATES: [&str; 5] =
-    ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2", "libnvrtc.so.11.1"];
 
 /// The CUDA driver's version (`cuDriverGetVersion`, e.g. 12080), 0 when unknown.
 static DRIVER_VERSION: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -108,28 +127,12 @@ static DRIVER_VERSION: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI
 /// Tells the loader which CUDA driver will load its output (`cuDriverGetVersion`,
 /// e.g. `12080` for 12.8). A CUDA 12 driver cannot load what NVRTC 13 emits
 /// (CUBIN or PTX), so once this is known, and before NVRTC is first loaded,
-/// the loader tries the sonames of the driver's major version and older ones
-/// first, and takes an unversioned `libnvrtc.so` only if its major version is
-/// not newer than the driver's. `AIEC_NVRTC_LIB` is used as given. A CUDA
-/// device calls this when it opens.
+/// every step of the search but `AIEC_NVRTC_LIB` passes over a library of a
+/// newer major version, and the loader path tries the sonames of the
+/// driver's major version and older ones first. A CUDA device calls this
+/// when it opens, as does [`crate::device::cuda_driver`].
 pub fn set_driver_version(version: i32) {
     DRIVER_VERSION.store(version, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The sonames to try for a driver of major version `major`, newest first,
-/// each with the largest NVRTC major it may have (`None`: any).
-fn candidates_for_driver(major: i32) -> Vec<(String, Option<i32>)> {
-    let mut v: Vec<(String, Option<i32>)> = (12..=major.max(12))
-        .rev()
-        .filter(|&m| m <= major)
-        .map(|m| (format!("libnvrtc.so.{m}"), None))
-        .collect();
-    if major >= 11 {
-        v.push(("libnvrtc.so.11.2".into(), None));
-        v.push(("libnvrtc.so.11.1".into(), None));
-    }
-    v.push(("libnvrtc.so".into(), Some(major)));
-    v
 }
 
 fn api() -> Result<&'static Api> {
@@ -140,63 +143,78 @@ fn api() -> Result<&'static Api> {
 }
 
 fn load() -> std::result::Result<Api, String> {
-    let explicit = std::env::var_os("AIEC_NVRTC_LIB").filter(|v| !v.is_empty());
     let driver = DRIVER_VERSION.load(std::sync::atomic::Ordering::Relaxed);
-    let tries: Vec<(std::ffi::OsString, Option<i32>)> = match &explicit {
-        Some(p) => vec![(p.clone(), None)],
-        None if driver > 0 => {
-            candidates_for_driver(driver / 1000).into_iter().map(|(n, m)| (n.into(), m)).collect()
-        }
-        None => CANDIDATES.iter().map(|c| (c.into(), None)).collect(),
-    };
+    let mut notes = Vec::new();
+    let tries = search::candidates_here((driver > 0).then_some(driver / 1000), &mut notes);
     let mut errors = Vec::new();
-    for (name, max_major) in &tries {
+    for c in &tries {
+        let shown = PathBuf::from(&c.name).display().to_string();
         // SAFETY: loading NVRTC runs its initialisers, which have no
         // preconditions.
-        match unsafe { libloading::Library::new(name) } {
+        match unsafe { libloading::Library::new(&c.name) } {
             Ok(lib) => {
                 // The library stays loaded for the life of the process: the
                 // function pointers below point into it.
                 let lib: &'static libloading::Library = Box::leak(Box::new(lib));
-                let api = resolve(lib, &PathBuf::from(name).display().to_string())?;
-                if let Some(m) = max_major {
-                    if api.major > *m {
+                let mut api = match resolve(lib, &shown) {
+                    Ok(api) => api,
+                    Err(e) if c.origin == Origin::Env => return Err(format!("AIEC_NVRTC_LIB={shown}: {e}")),
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
+                if let Some(m) = c.max_major {
+                    if api.major > m {
                         errors.push(format!(
-                            "{}: NVRTC {}.{} is newer than the CUDA {m} driver can load",
-                            PathBuf::from(name).display(),
-                            api.major,
-                            api.minor
+                            "{shown}: NVRTC {}.{} is newer than the CUDA {m} driver can load",
+                            api.major, api.minor
                         ));
                         continue;
                     }
                 }
-                if explicit.is_some() {
-                    preload_builtins(Path::new(name), &api);
-                }
+                let path = search::real_path(Path::new(&c.name), api.major);
+                preload_builtins(&path, &api);
+                api.path = path.display().to_string();
+                api.origin = c.origin;
                 return Ok(api);
             }
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(describe(&e, &shown)),
         }
     }
-    Err(match explicit {
-        Some(p) => format!("AIEC_NVRTC_LIB={}: {}", PathBuf::from(p).display(), errors.join("; ")),
-        None => {
-            let names: Vec<String> =
-                tries.iter().map(|(n, _)| PathBuf::from(n).display().to_string()).collect();
-            format!("none of {names:?} could be loaded and AIEC_NVRTC_LIB is not set ({})", errors.join("; "))
+    Err(match tries.first() {
+        Some(c) if c.origin == Origin::Env => {
+            format!("AIEC_NVRTC_LIB={}: {}", PathBuf::from(&c.name).display(), errors.join("; "))
         }
+        _ => format!("{}; and nothing could be loaded ({})", notes.join("; "), errors.join("; ")),
     })
+}
+
+/// A failed load with the loader's own reason (`dlerror`), which libloading
+/// keeps as the error's source, and the name when that reason lacks it.
+fn describe(e: &libloading::Error, name: &str) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg = s.to_string();
+        src = s.source();
+    }
+    if msg.contains(name) {
+        msg
+    } else {
+        format!("{name}: {msg}")
+    }
 }
 
 /// NVRTC opens `libnvrtc-builtins.so.<major>.<minor>` by name when it
 /// compiles. CUDA 12's library finds it beside itself (its run path is
-/// `$ORIGIN`); CUDA 13's has no run path, so an `AIEC_NVRTC_LIB` outside the
-/// loader's search path (a pip wheel's folder) would fail every compile. Loading
-/// the builtins from the same folder first makes NVRTC's later open find the
-/// already-loaded library by its soname. Missing or unloadable builtins are left
-/// for the compile to report, with NVRTC's own message.
+/// `$ORIGIN`); CUDA 13's has no run path, so a library outside the loader's
+/// search path (a pip wheel's folder) would fail every compile. Loading the
+/// builtins from the same folder first makes NVRTC's later open find the
+/// already-loaded library by its soname. Missing or unloadable builtins are
+/// left for the compile to report, with NVRTC's own message.
 fn preload_builtins(lib: &Path, api: &Api) {
-    let Some(dir) = lib.parent() else { return };
+    let Some(dir) = lib.parent().filter(|d| !d.as_os_str().is_empty()) else { return };
     let builtins = dir.join(format!("libnvrtc-builtins.so.{}.{}", api.major, api.minor));
     if builtins.is_file() {
         // SAFETY: as for NVRTC itself: its initialisers have no preconditions.
@@ -229,6 +247,7 @@ fn resolve(lib: &'static libloading::Library, path: &str) -> std::result::Result
         major: 0,
         minor: 0,
         path: path.to_string(),
+        origin: Origin::Env,
     };
     let (mut major, mut minor) = (0, 0);
     // SAFETY: valid out-pointers.
@@ -240,16 +259,33 @@ fn resolve(lib: &'static libloading::Library, path: &str) -> std::result::Result
     Ok(api)
 }
 
-/// Loads the NVRTC library once (`AIEC_NVRTC_LIB`, else the loader's search
-/// path) and returns its version, or a typed error saying what is missing;
-/// never panics.
+/// Loads the NVRTC library once (in the search order of [`search`]) and
+/// returns its version, or a typed error saying what is missing; never panics.
 pub fn version() -> Result<(i32, i32)> {
     api().map(|a| (a.major, a.minor))
 }
 
-/// The path or name the NVRTC library was loaded from.
+/// The path the NVRTC library was loaded from (a bare soname when the loader
+/// found it and its file could not be told).
 pub fn library() -> Result<&'static str> {
     api().map(|a| a.path.as_str())
+}
+
+/// The NVRTC library in use, and where the search found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Its path (see [`library`]).
+    pub path: &'static str,
+    /// Its version, `(major, minor)`.
+    pub version: (i32, i32),
+    /// The step of the search order it was found at.
+    pub origin: Origin,
+}
+
+/// Loads NVRTC if not yet loaded and says which library is in use and why it
+/// was chosen; [`AiecError::NvrtcUnavailable`] says where the search looked.
+pub fn found() -> Result<Found> {
+    api().map(|a| Found { path: a.path.as_str(), version: (a.major, a.minor), origin: a.origin })
 }
 
 /// A kernel file by name (`threshold.cu`), from the embedded sources.
@@ -545,11 +581,52 @@ pub fn compile_for_device_in(dir: &Path, module: Module, arch: Arch) -> Result<(
     match compile_cached_in(dir, module, Target::Cubin(arch)) {
         Ok(r) => Ok(r),
         Err(cubin_err @ AiecError::NvrtcCompile { .. }) => {
-            let fallback = Arch::TESTED.iter().rev().copied().find(|a| *a <= arch).unwrap_or(Arch::TESTED[0]);
-            compile_cached_in(dir, module, Target::Ptx(fallback)).map_err(|_| cubin_err)
+            compile_cached_in(dir, module, Target::Ptx(ptx_fallback(arch))).map_err(|_| cubin_err)
         }
         Err(e) => Err(e),
     }
+}
+
+/// The PTX target of [`compile_for_device`] when this NVRTC cannot make a
+/// CUBIN for `arch`: the newest tested architecture not newer than `arch`.
+fn ptx_fallback(arch: Arch) -> Arch {
+    Arch::TESTED.iter().rev().copied().find(|a| *a <= arch).unwrap_or(Arch::TESTED[0])
+}
+
+/// The kernel files whose entry points are per element type (compiled with
+/// [`Module::only`] for a device).
+pub const PER_TYPE_FILES: [&str; 4] = ["aiec_bwd_x.cu", "aiec_fwd_x.cu", "convert.cu", "threshold.cu"];
+
+/// Every module a device may load for activations of `dtype`: each embedded
+/// kernel file, the per-type ones ([`PER_TYPE_FILES`]) for `dtype` alone.
+pub fn modules(dtype: DType) -> Vec<Module> {
+    sources::SOURCES
+        .iter()
+        .map(|(f, _)| if PER_TYPE_FILES.contains(f) { Module::only(f, dtype) } else { Module::all(f) })
+        .collect()
+}
+
+/// What [`prepare_in`] left in the cache for one module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The cache file.
+    pub path: PathBuf,
+    /// What it holds: a CUBIN for the architecture asked for, or the PTX fallback.
+    pub target: Target,
+    /// Whether it was compiled now or already there.
+    pub outcome: CacheOutcome,
+}
+
+/// [`compile_for_device_in`], saying which cache file the image is in: what a
+/// job on a device of architecture `arch` will read instead of compiling
+/// (with the same NVRTC version, which is part of the file's key).
+pub fn prepare_in(dir: &Path, module: Module, arch: Arch) -> Result<Prepared> {
+    let (image, outcome) = compile_for_device_in(dir, module, arch)?;
+    let target = match image {
+        Image::Cubin(_) => Target::Cubin(arch),
+        Image::Ptx(_) => Target::Ptx(ptx_fallback(arch)),
+    };
+    Ok(Prepared { path: cache_path(dir, module, target)?, target, outcome })
 }
 
 /// [`compile_for_device_in`] for several modules at once, one thread each:
@@ -573,17 +650,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_driver_gets_an_nvrtc_of_its_major_version_or_older() {
-        let names = candidates_for_driver;
-        let c12 = names(12);
-        assert_eq!(c12[0], ("libnvrtc.so.12".to_string(), None), "CUDA 12 driver: never .so.13 by soname");
-        assert!(c12.iter().all(|(n, _)| n != "libnvrtc.so.13"));
-        assert_eq!(c12.last().unwrap(), &("libnvrtc.so".to_string(), Some(12)), "unversioned: only if <= 12");
-        let c13 = names(13);
-        assert_eq!((c13[0].0.as_str(), c13[1].0.as_str()), ("libnvrtc.so.13", "libnvrtc.so.12"));
-    }
-
-    #[test]
     fn cache_key_is_stable_and_length_prefixed() {
         // Pinned value: a change here would silently invalidate every cache.
         assert_eq!(cache_key(&[b"abc"]), cache_key(&[b"abc"]));
@@ -605,6 +671,21 @@ mod tests {
     }
 
     #[test]
+    fn per_type_files_are_those_with_per_type_entry_points() {
+        for (file, src) in sources::SOURCES {
+            let per_type = src.contains("AIEC_EXPORT(") || src.contains("AIEC_EXPORT_LB(");
+            assert_eq!(PER_TYPE_FILES.contains(file), per_type, "{file}");
+        }
+        let m = modules(DType::BF16);
+        assert_eq!(m.len(), sources::SOURCES.len());
+        assert!(m.contains(&Module::only("threshold.cu", DType::BF16)));
+        assert!(m.contains(&Module::all("aiec_loss.cu")));
+        for t in crate::launch::training_modules(DType::BF16) {
+            assert!(m.contains(&t), "{t} is not prepared");
+        }
+    }
+
+    #[test]
     fn options_name_the_target() {
         let a = Arch { major: 9, minor: 0 };
         let all = Module::all("threshold.cu");
@@ -615,5 +696,12 @@ mod tests {
         assert_eq!(options(bf16, Target::Cubin(a)).last().unwrap(), "-DAIEC_ONLY_BF16");
         assert_eq!(bf16.to_string(), "threshold.cu [bf16 only]");
         assert_eq!(a.to_string(), "sm_90");
+        for s in ["sm_90", "compute_90", "90", "9.0"] {
+            assert_eq!(Arch::parse(s), Some(a), "{s}");
+        }
+        assert_eq!(Arch::parse("sm_100"), Some(Arch { major: 10, minor: 0 }));
+        for bad in ["", "sm_", "sm_9", "gfx90a", "9.x"] {
+            assert_eq!(Arch::parse(bad), None, "{bad}");
+        }
     }
 }

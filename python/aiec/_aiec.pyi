@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 from torch import Tensor
 
 __version__: str
+CRATE_VERSION: str
 HAS_SIM: bool
 
 class Config:
@@ -83,3 +84,32 @@ def fused_backward(
     dv_scratch: Tensor,
     accumulate: bool,
 ) -> None: ...
+
+# Diagnostics (``python -m aiec``; README, section Diagnostics).
+
+def nvrtc() -> Tuple[str, int, int, str]:
+    """``(path, major, minor, origin)`` of the NVRTC library in use, loading it
+    if not yet loaded; ``RuntimeError`` saying where the search looked."""
+
+def nvrtc_search_dirs() -> list[str]:
+    """The directories searched after ``AIEC_NVRTC_LIB`` and the libraries
+    already loaded (``sys.path`` and site-packages at import, each with its
+    ``nvidia/*/lib``)."""
+
+def cuda_driver() -> Tuple[int, list[Tuple[str, str]]]:
+    """``(version, [(gpu name, "sm_90")])`` without opening a context;
+    ``RuntimeError`` saying why there is no driver or GPU."""
+
+def cache_dir() -> str:
+    """Where compiled kernels are cached."""
+
+def kernel_modules(dtypes: list[str]) -> list[Tuple[str, Optional[str]]]:
+    """``(file, dtype or None)`` of every module a job may load for ``dtypes``
+    (``f32``, ``f16``, ``bf16``), once each."""
+
+def parse_arch(s: str) -> str:
+    """``sm_90``, ``90`` or ``9.0`` as ``sm_90``; ``ValueError`` otherwise."""
+
+def prepare_module(file: str, only: Optional[str], arch: str) -> Tuple[str, str, bool]:
+    """Compiles one module for ``arch`` (``sm_90``) into ``cache_dir()``:
+    ``(path, target, already cached)``."""

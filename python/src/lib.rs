@@ -289,8 +289,122 @@ fn fused_backward(
     py.detach(|| backend::fused_backward(&backend.kind, &cfg, &shape, args))
 }
 
+/// The NVRTC library in use: `(path, major, minor, origin)`, loading it if
+/// not yet loaded; a `RuntimeError` saying where the search looked when none
+/// loads. The search order: README.md, section Diagnostics.
+#[pyfunction]
+fn nvrtc(py: Python<'_>) -> PyResult<(String, i32, i32, String)> {
+    let f = py.detach(aiec::nvrtc::found).map_err(to_py)?;
+    Ok((f.path.to_string(), f.version.0, f.version.1, f.origin.to_string()))
+}
+
+/// The directories searched for NVRTC after `AIEC_NVRTC_LIB` and the
+/// libraries already loaded (each one and its `nvidia/*/lib`).
+#[pyfunction]
+fn nvrtc_search_dirs() -> Vec<String> {
+    aiec::nvrtc::search_dirs().iter().map(|d| d.display().to_string()).collect()
+}
+
+/// The CUDA driver, without opening a context: `(version, [(name, arch)])`,
+/// e.g. `(12080, [("NVIDIA H200", "sm_90")])`; a `RuntimeError` saying why
+/// there is none.
+#[pyfunction]
+fn cuda_driver(py: Python<'_>) -> PyResult<(i32, Vec<(String, String)>)> {
+    let d = py.detach(aiec::cuda_driver).map_err(to_py)?;
+    Ok((d.version, d.gpus.into_iter().map(|(n, a)| (n, a.to_string())).collect()))
+}
+
+/// Where compiled kernels are cached (`AIEC_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/aiec`, else `~/.cache/aiec`).
+#[pyfunction]
+fn cache_dir() -> String {
+    aiec::nvrtc::cache_dir().display().to_string()
+}
+
+fn dtype(name: &str) -> PyResult<aiec::DType> {
+    aiec::DType::ALL.into_iter().find(|d| d.name() == name).ok_or_else(|| {
+        PyValueError::new_err(format!("aiec: unknown dtype {name:?}; expected f32, f16 or bf16"))
+    })
+}
+
+/// Every module a device may load for activations of each of `dtypes`
+/// (`f32`, `f16`, `bf16`), once each: `(file, dtype or None)`.
+#[pyfunction]
+fn kernel_modules(dtypes: Vec<String>) -> PyResult<Vec<(String, Option<String>)>> {
+    let mut out: Vec<aiec::nvrtc::Module> = Vec::new();
+    for d in dtypes {
+        for m in aiec::nvrtc::modules(dtype(&d)?) {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    Ok(out.into_iter().map(|m| (m.file.to_string(), m.only.map(|d| d.name().to_string()))).collect())
+}
+
+fn arch(s: &str) -> PyResult<aiec::nvrtc::Arch> {
+    aiec::nvrtc::Arch::parse(s).ok_or_else(|| {
+        PyValueError::new_err(format!("aiec: unknown architecture {s:?}; expected e.g. sm_90"))
+    })
+}
+
+/// `s` (`sm_90`, `90`, `9.0`) as `sm_90`; a `ValueError` for anything else.
+#[pyfunction]
+fn parse_arch(s: &str) -> PyResult<String> {
+    arch(s).map(|a| a.to_string())
+}
+
+/// Compiles one module of [`kernel_modules`] for `arch` (`sm_90`) into the
+/// cache (`cache_dir()`): `(path, what it holds, whether it was there)`.
+#[pyfunction]
+#[pyo3(signature = (file, only, arch))]
+fn prepare_module(
+    py: Python<'_>,
+    file: &str,
+    only: Option<&str>,
+    arch: &str,
+) -> PyResult<(String, String, bool)> {
+    use aiec::nvrtc::{self, CacheOutcome, Module};
+    let a = self::arch(arch)?;
+    let (file, _) = nvrtc::sources::SOURCES
+        .iter()
+        .find(|(f, _)| *f == file)
+        .ok_or_else(|| PyValueError::new_err(format!("aiec: no kernel file {file:?}")))?;
+    let module = match only {
+        None => Module::all(file),
+        Some(d) => Module::only(file, dtype(d)?),
+    };
+    let p = py.detach(|| nvrtc::prepare_in(&nvrtc::cache_dir(), module, a)).map_err(to_py)?;
+    Ok((p.path.display().to_string(), p.target.to_string(), p.outcome == CacheOutcome::Hit))
+}
+
+/// Gives NVRTC's search the interpreter's package folders (`sys.path` and
+/// `sysconfig`'s purelib and platlib), where PyTorch's wheels put NVIDIA's
+/// pip packages (`nvidia/cu13/lib`, `nvidia/cuda_nvrtc/lib`). Nothing is read
+/// from disk until NVRTC is first needed.
+fn add_python_search_dirs(py: Python<'_>) -> PyResult<()> {
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    for entry in py.import("sys")?.getattr("path")?.try_iter()? {
+        if let Ok(s) = entry?.extract::<String>() {
+            if !s.is_empty() {
+                dirs.push(s.into());
+            }
+        }
+    }
+    let paths = py.import("sysconfig")?.call_method0("get_paths")?;
+    for key in ["purelib", "platlib"] {
+        if let Ok(s) = paths.get_item(key).and_then(|v| v.extract::<String>()) {
+            dirs.push(s.into());
+        }
+    }
+    aiec::nvrtc::add_search_dirs(dirs);
+    Ok(())
+}
+
 #[pymodule]
 fn _aiec(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Best effort: a failure here leaves the other steps of the search.
+    let _ = add_python_search_dirs(m.py());
     m.add_class::<Config>()?;
     m.add_class::<Backend>()?;
     m.add_function(wrap_pyfunction!(activation_forward, m)?)?;
@@ -298,7 +412,15 @@ fn _aiec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fused_count, m)?)?;
     m.add_function(wrap_pyfunction!(fused_gate, m)?)?;
     m.add_function(wrap_pyfunction!(fused_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(nvrtc, m)?)?;
+    m.add_function(wrap_pyfunction!(nvrtc_search_dirs, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_driver, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_modules, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_arch, m)?)?;
+    m.add_function(wrap_pyfunction!(prepare_module, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("CRATE_VERSION", aiec::VERSION)?;
     m.add("HAS_SIM", cfg!(feature = "sim"))?;
     Ok(())
 }

@@ -352,6 +352,56 @@ pub(crate) fn primary_context(ordinal: usize) -> Result<Arc<CudaContext>> {
     }
 }
 
+/// The driver's version (`cuDriverGetVersion`) and each GPU's name and
+/// architecture, without opening a context; tells NVRTC's loader the
+/// driver's version. Every failure is [`AiecError::CudaUnavailable`].
+pub(crate) fn driver_info() -> Result<(i32, Vec<(String, Arch)>)> {
+    if !driver_library_present() {
+        return Err(AiecError::CudaUnavailable {
+            reason: "the NVIDIA driver library (libcuda.so) was not found".into(),
+            hint: DRIVER_HINT,
+        });
+    }
+    // cudarc panics if the driver lacks a symbol of its bindings.
+    let read = std::panic::catch_unwind(|| -> std::result::Result<_, result::DriverError> {
+        result::init()?;
+        let mut version = 0;
+        // SAFETY: the driver is initialised; valid out-pointer.
+        unsafe { sys::cuDriverGetVersion(&mut version) }.result()?;
+        let mut gpus = Vec::new();
+        for ordinal in 0..result::device::get_count()? {
+            let dev = result::device::get(ordinal)?;
+            let attr = |a| {
+                // SAFETY: `dev` is a valid device handle of the initialised driver.
+                unsafe { result::device::get_attribute(dev, a) }
+            };
+            use sys::CUdevice_attribute::*;
+            let major = attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+            let minor = attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+            gpus.push((result::device::get_name(dev)?, Arch { major: major as u32, minor: minor as u32 }));
+        }
+        Ok((version, gpus))
+    });
+    match read {
+        Err(_) => Err(AiecError::CudaUnavailable {
+            reason: "the NVIDIA driver library is too old for this build (missing entry point)".into(),
+            hint: DRIVER_HINT,
+        }),
+        Ok(Err(e)) => Err(AiecError::CudaUnavailable {
+            reason: if e.0 == sys::CUresult::CUDA_ERROR_NO_DEVICE {
+                "the driver found no CUDA GPU".to_string()
+            } else {
+                format!("the driver failed to initialise: {e:?}")
+            },
+            hint: DRIVER_HINT,
+        }),
+        Ok(Ok((version, gpus))) => {
+            nvrtc::set_driver_version(version);
+            Ok((version, gpus))
+        }
+    }
+}
+
 /// NVRTC output must be loadable by this driver: the loader prefers an NVRTC
 /// whose major version the driver supports (see [`nvrtc::set_driver_version`]).
 fn tell_nvrtc_the_driver_version() {

@@ -578,6 +578,24 @@ impl Device {
     }
 }
 
+/// The CUDA driver and its GPUs, as [`cuda_driver`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaDriver {
+    /// `cuDriverGetVersion`, e.g. `12080` for CUDA 12.8.
+    pub version: i32,
+    /// Each GPU's name and architecture, by ordinal.
+    pub gpus: Vec<(String, crate::nvrtc::Arch)>,
+}
+
+/// Reads the CUDA driver's version and its GPUs without opening a context
+/// (for diagnostics, and before compiling for a GPU: it also tells NVRTC's
+/// loader the driver's version, see [`crate::nvrtc::set_driver_version`]).
+/// No driver, or a driver without GPUs, is [`AiecError::CudaUnavailable`]
+/// saying which; never panics.
+pub fn cuda_driver() -> Result<CudaDriver> {
+    cuda::driver_info().map(|(version, gpus)| CudaDriver { version, gpus })
+}
+
 /// The devices present, for tests that run one body on every backend: the
 /// simulator (when built with `sim`) and CUDA GPU 0 when it can be opened. The
 /// second value says why CUDA is absent.
