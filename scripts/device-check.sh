@@ -351,6 +351,11 @@ side_by_side() {
 python_tests() {
   phase "the Python tests on CUDA" 60
   if [ -n "$torch_missing" ]; then unavailable "python tests (cuda)" "$torch_missing"; return; fi
+  # The report a user would paste: which NVRTC a pip user gets, the driver and the GPU.
+  local report="$work/logs/python-m-aiec.log"
+  step "python -m aiec" 15 3 "$report" env -u AIEC_NVRTC_LIB -C "$work" PYTHONPATH="$PWD/$work/py" \
+    "$py" -m aiec
+  [ "$ran" = no ] || cat "$report"
   local log="$work/logs/pytest.log"
   step "python tests (cuda)" 60 15 "$log" env -u AIEC_NVRTC_LIB -C "$work" PYTHONPATH="$PWD/$work/py" \
     PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR="$PWD/$work/inductor" "$py" -m pytest "$PWD/python/tests" \
