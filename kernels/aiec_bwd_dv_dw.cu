@@ -13,14 +13,17 @@
  *   dv[b,c] = sum_k (a_b * g[b,k]) * w[k,c], then + gate_scale * v[b,c] where mask[b,c] != 0;
  *   dw[k,c] = sum_b (a_b * g[b,k]) * v[b,c]   (all zeros when B == 0: still launch then);
  *   with s.flags & AIEC_FLAG_ACCUMULATE_DW, dw[k,c] += that sum instead (the buffer's old value plus the sum).
- * Every sum runs over k (resp. b) in increasing order in one thread, each product an fmaf (SIMT) or an mma.sync
- * accumulation (aiec_gemm.cuh): deterministic, no atomics. Writes only dv and dw.
- * Geometry: block = 128 threads (MUST be), no dynamic shared memory (18 KiB static for SIMT and TF32, 36 KiB for
- * 3xTF32); CT = ceil(C / 64); grid = (ceil(B / 64) + ceil(K / 64)) * CT (any grid is correct: block i takes the
- * tiles i, i + gridDim.x, ...). Tile i < ceil(B/64)*CT is the dv tile [64 (i / CT), +64) x [64 (i % CT), +64)
- * (A = dlogits [B, K], MK; B = w as (c, k), KM); tile i' = i - ceil(B/64)*CT the dW tile [64 (i' / CT), +64) x
- * [64 (i' % CT), +64) (A = dlogits^T as (class, b), KM; B = v as (c, b), KM). Every staging store and fragment load
- * is free of shared-memory bank conflicts (aiec_gemm.cuh).
+ * Sums in a fixed order (aiec_gemm.cuh: the SIMT path over k (resp. b) in increasing order with fmaf; the
+ * tensor-core paths per 16 k, two halves of each 32 k added at the end): deterministic, no atomics. On the
+ * tensor-core paths the scale of a row of dv is applied to its sum (a_b times the sum of g w) and a uniform scale
+ * of dW likewise, while per-sample scales of dW (row_scale) multiply the dlogits as they are read (one more
+ * rounding or one less than the SIMT path, which scales every dlogit). Writes only dv and dw.
+ * Geometry: block = 128 threads (MUST be), no dynamic shared memory (18 KiB static for SIMT, 36 KiB for the
+ * tensor-core paths); CT = ceil(C / 64); grid = (ceil(B / 64) + ceil(K / 64)) * CT (any grid is correct: block i
+ * takes the tiles i, i + gridDim.x, ...). Tile i < ceil(B/64)*CT is the dv tile [64 (i / CT), +64) x
+ * [64 (i % CT), +64) (A = dlogits [B, K], MK; B = w as (c, k), KM); tile i' = i - ceil(B/64)*CT the dW tile
+ * [64 (i' / CT), +64) x [64 (i' % CT), +64) (A = dlogits^T as (class, b), KM; B = v as (c, b), KM). The
+ * tensor-core paths write each tile row by row from shared memory (a warp's store covers 256 contiguous bytes).
  */
 #include "common.cuh"
 #include "aiec_params.cuh"
@@ -40,45 +43,84 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
   using aiec::u64;
   __shared__ __align__(16) float smem[Smem<PATH>::FLOATS];
   const u64 B = s.batch, C = s.channels, K = s.classes;
-  const u64 CT = (C + BN - 1) / BN, nbv = (B + BM - 1) / BM * CT, nbw = (K + BM - 1) / BM * CT;
-  for (u64 bt = blockIdx.x; bt < nbv + nbw; bt += gridDim.x) {  // block-uniform (one tile per block as planned)
-    const bool is_dv = bt < nbv;
-    const u64 tile_i = is_dv ? bt : bt - nbv;
-    const u64 m0 = tile_i / CT * BM, n0 = tile_i % CT * BN;
+  // The tile counts (CT column tiles; nbv dv tiles, then nbw dW tiles) live in shared memory, read where used:
+  // registers held across the products would spill (the tensor-core paths use all 255).
+  __shared__ u64 geo[3];
+  if (threadIdx.x == 0) {
+    geo[0] = (C + BN - 1) / BN;
+    geo[1] = (B + BM - 1) / BM * geo[0];
+    geo[2] = geo[1] + (K + BM - 1) / BM * geo[0];
+  }
+  __syncthreads();
+  const float gate_scale = losses->gate_scale;
+  const bool accumulate = (s.flags & AIEC_FLAG_ACCUMULATE_DW) != 0;
+  const bool pair = C % 2 == 0 && (aiec::addr(dv) & 7) == 0 && (aiec::addr(dw) & 7) == 0;
+  // dv[b, c], dv[b, c + 1] = (a0, a1) (each where inside) plus the gate term where the mask is set.
+  auto dv_store = [&](u64 b, u64 c, float a0, float a1) {
+    if (b >= B || c >= C) return;
+    const u64 i = b * C + c;
+    if (mask[i]) a0 += gate_scale * v[i];
+    if (c + 1 < C && mask[i + 1]) a1 += gate_scale * v[i + 1];
+    aiec_gemm::put2(dv + b * C, c, C, pair, a0, a1);
+  };
+  // dw[k, c], dw[k, c + 1] = (a0, a1), or += with AIEC_FLAG_ACCUMULATE_DW.
+  auto dw_store = [&](u64 k, u64 c, float a0, float a1) {
+    if (k >= K || c >= C) return;
+    float* row = dw + k * C;
+    if (accumulate) {
+      a0 = row[c] + a0;
+      if (c + 1 < C) a1 = row[c + 1] + a1;
+    }
+    aiec_gemm::put2(row, c, C, pair, a0, a1);
+  };
+  for (u64 bt = blockIdx.x; bt < geo[2]; bt += gridDim.x) {  // block-uniform (one tile per block as planned)
+    const bool is_dv = bt < geo[1];
+    const u64 tile_i = is_dv ? bt : bt - geo[1];
+    const u64 m0 = tile_i / geo[0] * BM, n0 = tile_i % geo[0] * BN;
     // dv = dlogits W: A (b, class) = g[b * K + class] (MK), scaled by row b; B (c, class) = w[class * C + c] (KM).
     // dW = dlogits^T v: A (class, b) = g[b * K + class] (KM), scaled by column b; B (c, b) = v[b * C + c] (KM).
     Operand A = is_dv ? operand(g, K, B, K, false) : operand(g, K, K, B, true);
     const Operand Bop = is_dv ? operand(w, C, C, K, true) : operand(v, C, C, B, true);
-    A.scale_by = is_dv ? 1 : 2;
-    A.scale = row_scale;
-    A.scale_all = losses->aux_scale;
     Acc acc;
-    __syncthreads();  // the previous tile's stages are consumed
-    tile<PATH>(A, Bop, m0, n0, smem, acc);
-    float* out = is_dv ? dv : dw;
-    const bool pair = C % 2 == 0 && (aiec::addr(out) & 7) == 0;
-    if (is_dv) {
-      const float gate_scale = losses->gate_scale;
+    __syncthreads();  // the previous tile's stages (and output staging) are consumed
+    if constexpr (PATH == SIMT) {
+      A.scale_by = is_dv ? 1 : 2;
+      A.scale = row_scale;
+      A.scale_all = losses->aux_scale;
+      tile_simt(A, Bop, m0, n0, smem, acc);  // the SIMT path reads the layouts at run time
       for_each<PATH>(acc, [&](int m, int n, float a0, float a1) {
-        const u64 b = m0 + (u64)m, c = n0 + (u64)n;
-        if (b >= B) return;
-        const u64 i = b * C + c;
-        if (c < C && mask[i]) a0 += gate_scale * v[i];
-        if (c + 1 < C && mask[i + 1]) a1 += gate_scale * v[i + 1];
-        aiec_gemm::put2(dv + b * C, c, C, pair, a0, a1);
+        if (is_dv)
+          dv_store(m0 + (u64)m, n0 + (u64)n, a0, a1);
+        else
+          dw_store(m0 + (u64)m, n0 + (u64)n, a0, a1);
       });
     } else {
-      const bool accumulate = (s.flags & AIEC_FLAG_ACCUMULATE_DW) != 0;
-      for_each<PATH>(acc, [&](int m, int n, float a0, float a1) {
-        const u64 k = m0 + (u64)m, c = n0 + (u64)n;
-        if (k >= K) return;
-        float* row = dw + k * C;
-        if (accumulate) {
-          if (c < C) a0 = row[c] + a0;
-          if (c + 1 < C) a1 = row[c + 1] + a1;
+#if AIEC_MMA_TF32
+      // The scale of a row of dv is the output row's: applied in the epilogue (a_b times the sum of g w). dW's
+      // per-sample scales vary along the sum: applied to the fragments; a uniform one in the epilogue.
+      constexpr int OT = BN + 4;  // row stride of the output tile
+      float* ot = smem;           // the output tile [BM][OT], once the stages are consumed
+      if (is_dv) {
+        tc::tile<PATH, false, true, false, OT>(A, Bop, m0, n0, smem, ot);
+      } else if (row_scale) {
+        A.scale = row_scale;
+        tc::tile<PATH, true, true, true, OT>(A, Bop, m0, n0, smem, ot);
+      } else {
+        tc::tile<PATH, true, true, false, OT>(A, Bop, m0, n0, smem, ot);
+      }
+      // Row by row from the staged tile (tc::tile ends with a barrier): each warp writes 2 rows of 64 floats per step (coalesced).
+      for (int q = (int)threadIdx.x; q < BM * BN / 2; q += THREADS) {
+        const int m = q / (BN / 2), n = 2 * (q % (BN / 2));
+        if (is_dv) {
+          const u64 b = m0 + (u64)m;
+          const float a_b = row_scale ? (b < B ? row_scale[b] : 0.0f) : losses->aux_scale;
+          dv_store(b, n0 + (u64)n, a_b * ot[m * OT + n], a_b * ot[m * OT + n + 1]);
+        } else {
+          const float sc = row_scale ? 1.0f : losses->aux_scale;  // per-sample scales were applied to the products
+          dw_store(m0 + (u64)m, n0 + (u64)n, sc * ot[m * OT + n], sc * ot[m * OT + n + 1]);
         }
-        aiec_gemm::put2(row, c, C, pair, a0, a1);
-      });
+      }
+#endif
     }
   }
 }
@@ -91,8 +133,8 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
 AIEC_EXPORT_NAMED(aiec_bwd_dv_dw, __launch_bounds__(AIEC_LB_GEMM), aiec_bwd_dv_dw_body<aiec_gemm::SIMT>,
                   AIEC_BWD_DV_DW_PARAMS, AIEC_BWD_DV_DW_ARGS)
 #if AIEC_MMA_TF32
-AIEC_EXPORT_NAMED(aiec_bwd_dv_dw_tf32x3, __launch_bounds__(AIEC_LB_GEMM), aiec_bwd_dv_dw_body<aiec_gemm::TF32X3>,
+AIEC_EXPORT_NAMED(aiec_bwd_dv_dw_tf32x3, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_bwd_dv_dw_body<aiec_gemm::TF32X3>,
                   AIEC_BWD_DV_DW_PARAMS, AIEC_BWD_DV_DW_ARGS)
-AIEC_EXPORT_NAMED(aiec_bwd_dv_dw_tf32, __launch_bounds__(AIEC_LB_GEMM), aiec_bwd_dv_dw_body<aiec_gemm::TF32>,
+AIEC_EXPORT_NAMED(aiec_bwd_dv_dw_tf32, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_bwd_dv_dw_body<aiec_gemm::TF32>,
                   AIEC_BWD_DV_DW_PARAMS, AIEC_BWD_DV_DW_ARGS)
 #endif

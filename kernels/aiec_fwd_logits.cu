@@ -25,10 +25,10 @@
  *
  * Geometry: block = 128 threads (MUST be); grid = (ceil(K / 64), min(ceil(B / 64), 65535)) (do not launch for
  * B == 0; any grid is correct: a block takes the class tiles j = blockIdx.x, + gridDim.x, ... of the sample groups
- * i = blockIdx.y, + gridDim.y, ...); no dynamic shared memory (static: 18 KiB SIMT and TF32, 36 KiB 3xTF32).
+ * i = blockIdx.y, + gridDim.y, ...); no dynamic shared memory (static: 20 KiB SIMT, 38 KiB the tensor-core paths).
  * Class tiles run fastest, so a sample group's tiles are neighbours in the launch order and its epilogue overlaps
  * the later groups' products. Tile (i, j) is the 64 x 64 GEMM tile of samples [64i, 64i + 64) and classes
- * [64j, 64j + 64) with the whole sum over C (aiec_gemm.cuh: each logit one thread's sum in a fixed order, whatever
+ * [64j, 64j + 64) with the whole sum over C (aiec_gemm.cuh: each logit a sum in a fixed order, whatever
  * the grid); the block writes it to logits, and per row the tile's partial softmax statistics to part: the first
  * maximum of the tile's logits (value, index, by the argmax rule) and se_t = sum over the tile of expf(z - max_t)
  * (0 when max_t = -inf). It then __threadfence()s and takes a ticket from done[i]; the block that draws the last
@@ -145,16 +145,27 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
 
       // 1. the tile's logits, to global memory and to zt
       __syncthreads();  // zt and the stages are free again
-      Acc acc;
-      tile<PATH>(A, Wt, b0, k0, smem, acc);
       const bool pair = K % 2 == 0 && (aiec::addr(logits) & 7) == 0;
-      for_each<PATH>(acc, [&](int m, int n, float a0, float a1) {
-        zt[m * ZT + n] = a0;
-        zt[m * ZT + n + 1] = a1;
-        if (m >= ns || n >= nk) return;
-        aiec_gemm::put2(logits + (b0 + (u64)m) * K + k0, (u64)n, (u64)nk, pair, a0, a1);
-      });
-      __syncthreads();
+      if constexpr (PATH == SIMT) {
+        Acc acc;
+        tile_simt(A, Wt, b0, k0, smem, acc);
+        for_each<PATH>(acc, [&](int m, int n, float a0, float a1) {
+          zt[m * ZT + n] = a0;
+          zt[m * ZT + n + 1] = a1;
+          if (m >= ns || n >= nk) return;
+          aiec_gemm::put2(logits + (b0 + (u64)m) * K + k0, (u64)n, (u64)nk, pair, a0, a1);
+        });
+        __syncthreads();
+      } else {
+#if AIEC_MMA_TF32
+        tc::tile<PATH, false, false, false, ZT>(A, Wt, b0, k0, smem, zt);  // ends with a barrier
+        for (int q = tid; q < ROWS * COLS / 2; q += THREADS) {  // a warp writes a row's 64 logits
+          const int m = q / (COLS / 2), n = 2 * (q % (COLS / 2));
+          if (m < ns && n < nk)
+            aiec_gemm::put2(logits + (b0 + (u64)m) * K + k0, (u64)n, (u64)nk, pair, zt[m * ZT + n], zt[m * ZT + n + 1]);
+        }
+#endif
+      }
 
       // 2. per row, the tile's partial statistics (warp w: rows w, w + 4, ...)
       for (int r = warp; r < ns; r += WARPS) {  // warp-uniform
@@ -308,8 +319,8 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
 AIEC_EXPORT_NAMED(aiec_fwd_logits, __launch_bounds__(AIEC_LB_GEMM), aiec_fwd_logits_body<aiec_gemm::SIMT>,
                   AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
 #if AIEC_MMA_TF32
-AIEC_EXPORT_NAMED(aiec_fwd_logits_tf32x3, __launch_bounds__(AIEC_LB_GEMM), aiec_fwd_logits_body<aiec_gemm::TF32X3>,
+AIEC_EXPORT_NAMED(aiec_fwd_logits_tf32x3, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_fwd_logits_body<aiec_gemm::TF32X3>,
                   AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
-AIEC_EXPORT_NAMED(aiec_fwd_logits_tf32, __launch_bounds__(AIEC_LB_GEMM), aiec_fwd_logits_body<aiec_gemm::TF32>,
+AIEC_EXPORT_NAMED(aiec_fwd_logits_tf32, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_fwd_logits_body<aiec_gemm::TF32>,
                   AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
 #endif

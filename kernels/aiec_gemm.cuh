@@ -1,47 +1,58 @@
-// kernels/aiec_gemm.cuh - the register-tiled GEMM core of the decision projection (aiec_fwd_logits.cu, the logits
-// v W^T; aiec_bwd_dv_dw.cu, dv = dlogits W and dW = dlogits^T v), on the tensor cores (3xTF32, or plain TF32 when
-// asked for) or on the f32 SIMT units. Include it after common.cuh and aiec_params.cuh; NVRTC gets it in memory by
-// this name, like every kernels/*.cuh.
+// kernels/aiec_gemm.cuh - the GEMM core of the decision projection (aiec_fwd_logits.cu, the logits v W^T;
+// aiec_bwd_dv_dw.cu, dv = dlogits W and dW = dlogits^T v), on the tensor cores (3xTF32, or plain TF32 when asked
+// for; namespace aiec_gemm::tc) or on the f32 SIMT units (tile_simt). Include it after common.cuh and
+// aiec_params.cuh; NVRTC gets it in memory by this name, like every kernels/*.cuh.
 //
-// One block computes one BM x BN = 64 x 64 tile of C = A B (C[m][n] = sum over k of A[m][k] B[k][n]) with the whole
-// reduction, in BK = 16 steps of k, with 128 threads (4 warps). Nothing is atomic and nothing is split over blocks:
-// every output element is one thread's sum in a fixed order, whatever the grid (deterministic).
+// One block of 128 threads (4 warps) computes one 64 x 64 tile of C = A B (C[m][n] = sum over k of A[m][k] B[k][n])
+// with the whole reduction. Nothing is atomic and nothing is split over blocks: every output element is a sum in
+// a fixed order, whatever the grid (deterministic).
 //
 // Operands in global memory (Operand): element (i, k) of a matrix with `extent` rows i (m for A, n for B) and kdim
 // columns k, either "MK" (k contiguous: p[i * ld + k]) or "KM" (i contiguous: p[k * ld + i]); elements past either
-// bound read as 0. Optionally each element is multiplied by a scale of its row i or its column k (the dlogits: a_b g).
-// float4 loads where the matrix allows them (Operand::vec: p 16-byte aligned, ld % 4 == 0), else 4-byte loads.
+// bound read as 0. Operand::vec: p 16-byte aligned, ld and the contiguous extent multiples of 4 (16-byte copies).
 //
-// Shared memory: both operands as [BK][BM + 8] tiles, k-major ([k][i], row stride LD = 72 floats, LD = 8 mod 32), two
-// stages (the next k step is stored while this one is consumed: one barrier per step, the global loads of the next
-// step in flight during the products of this one). Staging, bank by bank (32 banks of 4 bytes):
-// * KM operands: thread t loads the float4 at (k, i) = (t / 16 + 8 h, 4 (t % 16)) (16 lanes read 256 contiguous
-//   bytes) and stores it as one float4: 8 lanes of a quarter warp cover 128 contiguous bytes of one row: no conflict;
-// * MK operands: thread t loads the float4 at (i, k) = (t % 64, 4 (t / 64 + 2 h)) (32 rows per warp instruction) and
-//   stores its 4 values transposed, T[k + j][i]: for each j the warp's 32 lanes write 32 consecutive i of one row k:
-//   banks (8 (k + j) + i) mod 32, all different: no conflict.
-// Products:
-// * TF32X3 (sm_80+, AIEC_MMA_TF32): warp w owns the 32 x 32 sub-tile at (32 (w % 2), 32 (w / 2)): 2 x 4 tiles of
-//   mma.m16n8k8 per 8-wide k step (kernels/mma.cuh). Every operand is split when staged, x = big + small with big =
-//   to_tf32(x) and small = to_tf32(x - big), into two smem arrays; per 16x8 tile and 8-wide k step, t = A_small
-//   B_big + A_big B_small (two mma.sync into a zeroed t), then d = d + A_big B_big (one mma.sync), then d += t:
-//   the running sum is rounded as often as the f32 path's plus once per k step (one accumulator for all three
-//   products would round it three times as often, which measurably costs accuracy where sums cancel);
-//   A_small B_small, about 2^-22 of the product, is dropped: about f32 accuracy (BENCHMARKS.md measures it against
-//   f64). Fragment loads are conflict free: A element (g, t) of lane 4g + t at T[k0 + t][i0 + g], bank 8 t + g
-//   (and B likewise).
-//   Non-finite values: big keeps an inf or NaN and small is 0; a finite x whose big would round to inf keeps the
-//   truncated big instead. A k step whose tiles hold an inf or NaN (one __syncthreads_or) uses 0 for such bigs in
-//   the two correction products, so that 0 * inf in a correction term does not turn an inf result into NaN:
-//   the result is then A_big B_big's, inf or NaN as f32 arithmetic would give (up to weights below 2^-136 in
-//   magnitude, which TF32 rounding may take to 0).
+// ---- The tensor-core paths (sm_80+, AIEC_MMA_TF32; tc::tile)
+// Stages: KT = 32 k per stage, two stages in shared memory (36 KiB), filled by cp.async (no register round trip):
+// while a stage is consumed the next one's copies are in flight (cp.async.wait_group 1, one barrier each side).
+// Thread t copies 4 chunks of 4 elements per operand and stage (a warp's 32 chunks are 512 contiguous bytes of
+// shared memory: no bank conflict); chunks outside the matrix are zero-filled (the copy's ignore-src predicate);
+// operands that are not vec take 4-byte copies (a second instance of the tile loop).
+// Layouts in shared memory, chosen so that every fragment load is one conflict-free 16-byte LDS:
+// * MK: [64 rows][32 k], the 16-byte chunk c of row r at chunk c ^ (4 (r & 1)) (so that the two rows a quarter
+//   warp reads fall in different banks);
+// * KM: [32 k][64 + 8 i] (row stride 72 = 8 mod 32), k row p of each 16-wide half stored at row
+//   4 (p % 4) + p / 4 of that half.
+// A permuted k order within each 16 k, the same for both operands (so the sum is unchanged): the mma k slots
+// (k step kk, column tq or tq + 4 of lane 4 g + tq) take the matrix's k = 4 tq + j, j = 2 kk + (slot >= 4): one
+// LDS.128 of an MK row gives a lane both k steps' values; a KM operand's rows (A) or columns (B) are permuted within
+// each 32 instead (row_of / col_of), so that one LDS.128 of a k row gives 4 fragments' values.
+// Warps: warp w computes all 64 rows and columns 32 (w % 2) + 0..31 (4 x 4 fragments of mma.m16n8k8, 64 f32
+// accumulators per lane) over the k half w / 2 of every stage ("sliced k"); at the end the upper half's sums are
+// stored to shared memory and the lower half adds its own (lower + upper, deterministic), and the tile leaves
+// through shared memory (the caller's epilogue reads it from there). Per warp and 16 k: 12 LDS.128 for 32
+// fragments, 48 operand values split, 96 mma.sync (3xTF32) or 32 (TF32): 0.5 (resp. 1.5) shared-memory wavefronts
+// per mma (BENCHMARKS.md "SASS report" has the measured mix).
+// * TF32X3: every operand value x is split in registers, big = x rounded to TF32 (ties away, integer arithmetic),
+//   small = x - big (exact; the mma reads its upper 19 bits). Per fragment and 16 k, t = A_small B_big + A_big
+//   B_small + A_big B_big (six mma.sync into a fresh t, small products first), then acc += t, one rounded f32
+//   addition: the running sum never passes through the tensor core's accumulator (whose rounding is not IEEE:
+//   NVIDIA documents no rounding mode for it), and it is rounded once per 16 k instead of once per product.
+//   A_small B_small (about 2^-22 of the product) is dropped. BENCHMARKS.md measures the accuracy against float64:
+//   better than the f32 paths on long reductions (the blocked sum), within 3e-6 on the golden cases.
+//   Non-finite values: a non-finite x (or one whose big rounds to inf) makes its small NaN, so every result whose
+//   sum met one is NaN; each NaN result is recomputed at the end in f32 from global memory, exactly as the SIMT
+//   path sums it: inf, -inf and NaN results are those of f32 arithmetic.
 // * TF32 (opt-in, like torch.backends.cuda.matmul.allow_tf32): A_big B_big alone, operands rounded to TF32 (10
-//   mantissa bits): about 1e-3 relative, for speed only. Never the default.
-// * SIMT (every arch, the reference path): thread t owns rows 4 (t / 8) + 0..3 and columns 4 (t % 8) + 0..3 and
-//   32 + 4 (t % 8) + 0..3 (two float4 reads of B and one of A per k from shared memory, 32 fmaf).
-// Every sum runs over k in increasing order (in TF32X3 per 8-wide k step as above, each product an mma.sync), with
-// fmaf, so the SIMT path gives the same bits on the GPU and in the simulator; the mma.sync path may
-// differ from the simulator's documented emulation in the last bits (mma.cuh).
+//   mantissa bits, cvt.rna) and accumulated in the tensor core: about 1e-3 relative, for speed only. Never the
+//   default.
+// The mma.sync path may differ from the simulator's documented emulation in the last bits (mma.cuh).
+//
+// ---- The SIMT path (every arch, the reference path; tile_simt)
+// 64 x 64 tile, BK = 16 steps of k, both operands as [BK][64 + 8] k-major tiles in two register-staged stages
+// (float4 global loads where Operand::vec; MK operands stored transposed, conflict-free). Thread t owns rows
+// 4 (t / 8) + 0..3 and columns 4 (t % 8) + 0..3 and 32 + 4 (t % 8) + 0..3 (two float4 reads of B and one of A per
+// k from shared memory, 32 fmaf). Every sum runs over k in increasing order with fmaf, so the SIMT path gives the
+// same bits on the GPU and in the simulator. A scale of A's row or column (Operand::scale_by) is applied as staged.
 #pragma once
 
 #ifndef AIEC_EXPORT
@@ -52,6 +63,9 @@
 // __launch_bounds__ of the GEMM kernels: 128 threads, at least 3 blocks (12 warps) per SM, so at most 170
 // registers (the 3xTF32 path needs about 150; without a minimum, ptxas aimed at 128 and spilled).
 #define AIEC_LB_GEMM 128, 3
+// The tensor-core paths: at least 2 blocks per SM, so at most 255 registers (a warp's 64 x 32 accumulators and the
+// fragments of 16 k, split, take about 200).
+#define AIEC_LB_GEMM_TC 128, 2
 
 namespace aiec_gemm {
 using aiec::u32;
@@ -76,9 +90,17 @@ __device__ __forceinline__ void put2(float* row, u64 n, u64 N, bool pair, float 
 }
 
 // Shared memory of one block: two stages of A and B tiles (big; and small for TF32X3), as floats.
+// Shared memory of one block, in floats: SIMT two stages of the A and B tiles; the tensor-core paths aiec_gemm::tc.
+namespace tc {
+constexpr int KT = 32;                          // k per stage
+constexpr int STAGES = 2;                       // stages in shared memory (one in flight while one is consumed)
+constexpr int KM_LD = BM + 8;                   // floats per k row of a KM tile (72 = 8 mod 32)
+constexpr int SLOT = KT * KM_LD;                // floats per operand and stage (a KM tile; an MK tile is BM * KT)
+constexpr int FLOATS = STAGES * 2 * SLOT;       // 36 KiB
+static_assert(BM == BN && BM * KT <= SLOT, "tile sizes");
+}  // namespace tc
 template <int PATH> struct Smem {
-  static constexpr int ARRAYS = PATH == TF32X3 ? 4 : 2;  // A big, B big (, A small, B small)
-  static constexpr int FLOATS = 2 * ARRAYS * TILE;
+  static constexpr int FLOATS = PATH == SIMT ? 2 * 2 * TILE : tc::FLOATS;
 };
 
 struct Operand {
@@ -100,7 +122,7 @@ __device__ __forceinline__ Operand operand(const float* p, u64 ld, u64 extent, u
   o.extent = extent;
   o.kdim = kdim;
   o.km = km;
-  o.vec = ld % 4 == 0 && (aiec::addr(p) & 15) == 0;
+  o.vec = ld % 4 == 0 && (aiec::addr(p) & 15) == 0 && (km ? extent : kdim) % 4 == 0;
   o.scale_by = 0;
   o.scale = nullptr;
   o.scale_all = 1.0f;
@@ -172,114 +194,25 @@ __device__ __forceinline__ void sts4(float* p, float x, float y, float z, float 
 #endif
 }
 
-__device__ __forceinline__ bool finite_bits(u32 u) { return (u & 0x7F800000u) != 0x7F800000u; }
-
-// x = big + small for the 3xTF32 products (see the file comment for non-finite values).
-__device__ __forceinline__ void split(float x, float& big, float& small) {
-  const u32 u = __float_as_uint(x);
-  if (!finite_bits(u)) {
-    big = x;
-    small = 0.0f;
-    return;
-  }
-  big = aiec_mma::to_tf32(x);
-  if (!finite_bits(__float_as_uint(big))) big = __uint_as_float(u & 0xFFFFE000u);  // would round to inf
-  small = aiec_mma::to_tf32(x - big);
-}
-
-// Stores the staged values r of operand o into the stage's tiles (big, small), splitting or rounding per PATH;
-// returns whether any value is not finite.
-template <int PATH>
-__device__ __forceinline__ bool store_tile(const Operand& o, const float r[2][4], float* big, float* small) {
+// Stores the staged values r of operand o into the stage's k-major tile (SIMT path).
+__device__ __forceinline__ void store_tile(const Operand& o, const float r[2][4], float* tile) {
   const int t = (int)threadIdx.x;
-  bool nonfinite = false;
   AIEC_UNROLL
   for (int h = 0; h < 2; ++h) {
-    float b[4], s[4];
-    AIEC_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      nonfinite |= !finite_bits(__float_as_uint(r[h][j]));
-      if constexpr (PATH == TF32X3) {
-        split(r[h][j], b[j], s[j]);
-      } else if constexpr (PATH == TF32) {
-        b[j] = aiec_mma::to_tf32(r[h][j]);
-        s[j] = 0.0f;
-      } else {
-        b[j] = r[h][j];
-        s[j] = 0.0f;
-      }
-    }
     if (o.km) {
-      const int off = (t / 16 + 8 * h) * LD + 4 * (t % 16);
-      sts4(big + off, b[0], b[1], b[2], b[3]);
-      if constexpr (PATH == TF32X3) sts4(small + off, s[0], s[1], s[2], s[3]);
+      sts4(tile + (t / 16 + 8 * h) * LD + 4 * (t % 16), r[h][0], r[h][1], r[h][2], r[h][3]);
     } else {
       const int i = t % 64, k = 4 * (t / 64 + 2 * h);
       AIEC_UNROLL
-      for (int j = 0; j < 4; ++j) {
-        big[(k + j) * LD + i] = b[j];
-        if constexpr (PATH == TF32X3) small[(k + j) * LD + i] = s[j];
-      }
+      for (int j = 0; j < 4; ++j) tile[(k + j) * LD + i] = r[h][j];
     }
   }
-  return nonfinite;
 }
 
 // The accumulators of one thread: 32 floats, whose tile coordinates for_each() gives.
 struct Acc {
   float v[32];
 };
-
-#if AIEC_MMA_TF32
-// One 8-wide k step of the mma paths on the stage's tiles (k rows kk .. kk + 7). NF: the step holds an inf or NaN.
-template <int PATH, bool NF>
-__device__ __forceinline__ void mma_step(Acc& acc, const float* Ab, const float* As, const float* Bb, const float* Bs,
-                                         int kk) {
-  using namespace aiec_mma;
-  const int lane = (int)(threadIdx.x & 31), warp = (int)(threadIdx.x >> 5);
-  const int wm = 32 * (warp % 2), wn = 32 * (warp / 2);
-  u32 ab[2][4], as[2][4] = {};
-  AIEC_UNROLL
-  for (int mi = 0; mi < 2; ++mi)
-    AIEC_UNROLL
-    for (int q = 0; q < 4; ++q) {
-      const int off = (kk + a_col(lane, q)) * LD + wm + 16 * mi + a_row(lane, q);
-      ab[mi][q] = __float_as_uint(Ab[off]);
-      if constexpr (PATH == TF32X3) as[mi][q] = __float_as_uint(As[off]);
-    }
-  AIEC_UNROLL
-  for (int nj = 0; nj < 4; ++nj) {  // B's fragments one n8 tile at a time (registers)
-    u32 bb[2], bs[2] = {};
-    AIEC_UNROLL
-    for (int q = 0; q < 2; ++q) {
-      const int off = (kk + b_row(lane, q)) * LD + wn + 8 * nj + b_col(lane, q);
-      bb[q] = __float_as_uint(Bb[off]);
-      if constexpr (PATH == TF32X3) bs[q] = __float_as_uint(Bs[off]);
-    }
-    AIEC_UNROLL
-    for (int mi = 0; mi < 2; ++mi) {
-      float* d = acc.v + 4 * (4 * mi + nj);
-      if constexpr (PATH == TF32X3) {
-        u32 bc[2], ac[4];  // the bigs of the correction products: non-finite ones as 0 (NF only)
-        AIEC_UNROLL
-        for (int q = 0; q < 2; ++q) bc[q] = NF && !finite_bits(bb[q]) ? 0u : bb[q];
-        AIEC_UNROLL
-        for (int q = 0; q < 4; ++q) ac[q] = NF && !finite_bits(ab[mi][q]) ? 0u : ab[mi][q];
-        // The two correction products into a fresh accumulator t, then t added once: the running sum d takes 8
-        // roundings per 8 k (those of A_big B_big, as the f32 path) and one more, not 24.
-        float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        mma_m16n8k8_tf32(t, as[mi], bc, t);
-        mma_m16n8k8_tf32(t, ac, bs, t);
-        mma_m16n8k8_tf32(d, ab[mi], bb, d);
-        AIEC_UNROLL
-        for (int q = 0; q < 4; ++q) d[q] += t[q];
-      } else {
-        mma_m16n8k8_tf32(d, ab[mi], bb, d);
-      }
-    }
-  }
-}
-#endif
 
 // One BK step of the SIMT path on the stage's tiles.
 __device__ __forceinline__ void simt_step(Acc& acc, const float* A, const float* B) {
@@ -295,24 +228,21 @@ __device__ __forceinline__ void simt_step(Acc& acc, const float* A, const float*
   }
 }
 
-// acc = the tile at (m0, n0) of A B, A: operand a (extent M, kdim K), B: operand b (extent N, kdim K).
-// All 128 threads of the block call it (barriers); smem: Smem<PATH>::FLOATS floats, 16-byte aligned.
-template <int PATH>
-__device__ __forceinline__ void tile(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, Acc& acc) {
+// acc = the tile at (m0, n0) of A B with the SIMT path, A: operand a (extent M, kdim K), B: operand b (extent N,
+// kdim K). All 128 threads of the block call it (barriers); smem: Smem<SIMT>::FLOATS floats, 16-byte aligned.
+__device__ __forceinline__ void tile_simt(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, Acc& acc) {
   AIEC_UNROLL
   for (int i = 0; i < 32; ++i) acc.v[i] = 0.0f;
-  constexpr int ARR = Smem<PATH>::ARRAYS;
-  // stage s: A big, B big at smem + (s * ARR + 0 / 1) * TILE; A small, B small at + 2 / 3 (TF32X3)
-  auto arr = [&](int stage, int which) { return smem + (stage * ARR + which) * TILE; };
+  // stage s: A at smem + (2 s) * TILE, B at smem + (2 s + 1) * TILE
+  auto arr = [&](int stage, int which) { return smem + (stage * 2 + which) * TILE; };
   const u64 K = a.kdim, steps = (K + BK - 1) / BK;
   float ra[2][4], rb[2][4];
-  bool nf = false;
   if (steps) {
     load_tile(a, m0, 0, ra);
     load_tile(b, n0, 0, rb);
-    bool f = store_tile<PATH>(a, ra, arr(0, 0), PATH == TF32X3 ? arr(0, 2) : nullptr);
-    f |= store_tile<PATH>(b, rb, arr(0, 1), PATH == TF32X3 ? arr(0, 3) : nullptr);
-    nf = __syncthreads_or(f);
+    store_tile(a, ra, arr(0, 0));
+    store_tile(b, rb, arr(0, 1));
+    __syncthreads();
   }
   for (u64 s = 0; s < steps; ++s) {  // block-uniform
     const int cur = (int)(s & 1);
@@ -321,28 +251,321 @@ __device__ __forceinline__ void tile(const Operand& a, const Operand& b, u64 m0,
       load_tile(a, m0, (s + 1) * BK, ra);
       load_tile(b, n0, (s + 1) * BK, rb);
     }
-    if constexpr (PATH == SIMT) {
-      simt_step(acc, arr(cur, 0), arr(cur, 1));
-    } else {
-#if AIEC_MMA_TF32
-      AIEC_UNROLL_BY(1)  // one 8-wide k step's fragments live at a time (registers)
-      for (int kk = 0; kk < BK; kk += 8) {
-        if (PATH == TF32X3 && nf)
-          mma_step<PATH, true>(acc, arr(cur, 0), arr(cur, 2), arr(cur, 1), arr(cur, 3), kk);
-        else
-          mma_step<PATH, false>(acc, arr(cur, 0), PATH == TF32X3 ? arr(cur, 2) : nullptr, arr(cur, 1),
-                                PATH == TF32X3 ? arr(cur, 3) : nullptr, kk);
-      }
-#endif
-    }
-    bool f = false;
+    simt_step(acc, arr(cur, 0), arr(cur, 1));
     if (more) {
-      f = store_tile<PATH>(a, ra, arr(cur ^ 1, 0), PATH == TF32X3 ? arr(cur ^ 1, 2) : nullptr);
-      f |= store_tile<PATH>(b, rb, arr(cur ^ 1, 1), PATH == TF32X3 ? arr(cur ^ 1, 3) : nullptr);
+      store_tile(a, ra, arr(cur ^ 1, 0));
+      store_tile(b, rb, arr(cur ^ 1, 1));
     }
-    nf = __syncthreads_or(f);  // the next stage is stored; this one is consumed (it is written two steps on)
+    __syncthreads();  // the next stage is stored; this one is consumed (it is written two steps on)
   }
 }
+
+#if AIEC_MMA_TF32
+// ---------------------------------------------------------------- the tensor-core paths (TF32X3, TF32)
+namespace tc {
+// Asynchronous copies global -> shared (PTX cp.async, sm_80+; the simulator's cuda_sim::cp_async models their
+// latency: a copy lands only when its thread waits): 16 or 4 bytes from src to dst, or zeros where !in (src is
+// then not read). Destinations are Saddr: the shared-window address on the GPU (32 bits), a pointer in the
+// simulator; saddr(p) converts a pointer into shared memory, sadd(a, n) is a + n floats.
+#ifdef AIEC_CUDA
+using Saddr = u32;
+__device__ __forceinline__ Saddr saddr(const float* p) {
+  u64 d;
+  asm("cvta.to.shared.u64 %0, %1;" : "=l"(d) : "l"(p));
+  return (u32)d;
+}
+__device__ __forceinline__ Saddr sadd(Saddr a, int n) { return a + 4u * (u32)n; }
+#else
+using Saddr = float*;
+__device__ __forceinline__ Saddr saddr(float* p) { return p; }
+__device__ __forceinline__ Saddr sadd(Saddr a, int n) { return a + n; }
+#endif
+__device__ __forceinline__ void cp16(Saddr dst, const float* src, bool in) {
+#ifdef AIEC_CUDA
+  asm volatile(
+      "{\n .reg .pred z;\n setp.eq.u32 z, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, z;\n}" ::"r"(dst),
+      "l"(src), "r"((u32)in)
+      : "memory");
+#else
+  ::cuda_sim::cp_async(dst, src, 16, in ? 16 : 0);
+#endif
+}
+__device__ __forceinline__ void cp4(Saddr dst, const float* src, bool in) {
+#ifdef AIEC_CUDA
+  asm volatile(
+      "{\n .reg .pred z;\n setp.eq.u32 z, %2, 0;\n cp.async.ca.shared.global [%0], [%1], 4, z;\n}" ::"r"(dst),
+      "l"(src), "r"((u32)in)
+      : "memory");
+#else
+  ::cuda_sim::cp_async(dst, src, 4, in ? 4 : 0);
+#endif
+}
+__device__ __forceinline__ void cp_commit() {
+#ifdef AIEC_CUDA
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#else
+  ::cuda_sim::cp_async_commit();
+#endif
+}
+template <int N> __device__ __forceinline__ void cp_wait() {
+#ifdef AIEC_CUDA
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#else
+  ::cuda_sim::cp_async_wait(N);
+#endif
+}
+
+// Issues the copies of operand o's stage at (i0, k0) into dst (see the file comment for both layouts): 512
+// chunks of 4 consecutive elements, 4 per thread; a warp's 32 chunks fill 512 contiguous bytes of shared memory
+// (MK: 4 rows; KM: two half rows of 256 bytes), so the stores are free of bank conflicts.
+template <bool KM, bool VEC> __device__ __forceinline__ void issue(const Operand& o, u64 i0, u64 k0, float* dst) {
+  const int t = (int)threadIdx.x;
+  // MK: chunk h of thread t is row t / 8 + 16 h, k chunk t % 8; KM: k row t / 16 + 8 h, i chunk t % 16. The
+  // chunk's element count n (inside the matrix: 0 to 4) is the same for every h but for the row test (MK: row
+  // i; KM: row k); source and destination move by constant strides with h. A chunk outside the matrix copies
+  // nothing (zeros): its source address is formed but never read. VEC: every chunk is whole or outside (n is 4
+  // or 0; Operand::vec).
+  const int c = KM ? t % 16 : t % 8, r0 = KM ? t / 16 : t / 8;
+  const u64 i = KM ? i0 + (u64)(4 * c) : i0 + (u64)r0, k = KM ? k0 + (u64)r0 : k0 + (u64)(4 * c);
+  // elements left along the chunk, and rows left from chunk 0's row, clamped to what matters (32-bit from here)
+  const u64 along = KM ? o.extent - aiec_k::min64(i, o.extent) : o.kdim - aiec_k::min64(k, o.kdim);
+  const u64 rows = KM ? o.kdim - aiec_k::min64(k, o.kdim) : o.extent - aiec_k::min64(i, o.extent);
+  const u32 n = along < 4 ? (u32)along : 4u;
+  const int left = rows < 64 ? (int)rows : 64;
+  const float* src = KM ? o.p + k * o.ld + i : o.p + i * o.ld + k;
+  const u64 step = (KM ? 8 : 16) * o.ld;  // elements from chunk h to h + 1
+  const int s0 = KM ? (4 * (r0 % 4) + r0 / 4) * KM_LD + 4 * c : r0 * KT + 4 * (c ^ (4 * (r0 & 1)));
+  const Saddr d0 = saddr(dst + s0);
+  AIEC_UNROLL
+  for (int h = 0; h < 4; ++h) {
+    const int so = KM ? (16 * (h / 2) + 2 * (h % 2)) * KM_LD : 16 * h * KT;  // from chunk 0's
+    const bool in = left > (KM ? 8 : 16) * h && n != 0;
+    const float* p = src + (u64)h * step;
+    if constexpr (VEC) {
+      cp16(sadd(d0, so), p, in);
+    } else {
+      AIEC_UNROLL
+      for (int j = 0; j < 4; ++j) cp4(sadd(d0, so + j), p + j, in && (u32)j < n);
+    }
+  }
+}
+
+// x = big + small, big = x rounded to TF32 (ties away, as cvt.rna) by integer arithmetic, small = x - big exact;
+// small goes to the mma as it is, whose operand read keeps its upper 19 bits (truncation). A non-finite x (or one
+// whose big rounds to inf) makes small NaN: the tile's NaN results are then recomputed (tile).
+__device__ __forceinline__ u32 big_bits(float x) { return (__float_as_uint(x) + 0x1000u) & 0xFFFFE000u; }
+// x rounded to TF32 for the plain TF32 path: cvt.rna on the GPU, whose 13 low result bits the mma ignores.
+__device__ __forceinline__ u32 rna_bits(float x) {
+#ifdef AIEC_CUDA
+  u32 r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+#else
+  return __float_as_uint(aiec_mma::to_tf32(x));
+#endif
+}
+
+// Warp w computes rows 0..63 of the tile (4 fragments mi of 16 rows) and columns 32 (w % 2) + 0..31 (4 fragments
+// nj of 8) over the k half w / 2 of every stage (sliced k: two warps share each output, and their sums meet at
+// the end). Accumulator element r of fragment (mi, nj) is acc[4 (4 mi + nj) + r], at row row_of and column col_of
+// of the tile; the KM layouts permute rows (A) and columns (B) within each 32 (file comment).
+constexpr int ACC = 64;
+template <bool AKM> __device__ __forceinline__ int row_of(int lane, int mi, int r) {
+  const int g = lane >> 2, e = r >> 1;
+  return AKM ? 32 * (mi >> 1) + 4 * g + 2 * (mi & 1) + e : 16 * mi + g + 8 * e;
+}
+template <bool BKM> __device__ __forceinline__ int col_of(int lane, int warp, int nj, int r) {
+  const int c = 2 * (lane & 3) + (r & 1), wn = 32 * (warp & 1);
+  return BKM ? wn + 4 * c + nj : wn + 8 * nj + c;
+}
+
+// The warp's products over one 16-wide half s of a stage (A at As, B at Bs; the half's first k is k0 of the
+// matrix): fragments by 16-byte loads, split in registers, 3 (TF32X3) or 1 (TF32) mma.sync per 16 x 8 fragment
+// and 8 k. TF32X3 sums each fragment's 16 k into a fresh t (small products first) that is added to acc with one
+// rounded f32 addition per element: the running sum never passes through the tensor core's accumulator.
+// SK: A's value at k is multiplied by o.scale[k] first.
+template <int PATH, bool AKM, bool BKM, bool SK>
+__device__ __forceinline__ void half_step(float* acc, const float* As, const float* Bs, int s, const Operand& o,
+                                          u64 k0) {
+  using namespace aiec_mma;
+  const int lane = (int)(threadIdx.x & 31), warp = (int)(threadIdx.x >> 5);
+  const int g = lane >> 2, tq = lane & 3, wn = 32 * (warp & 1);
+  // B's fragments of both 8-wide k steps, split: [kk][nj][register]
+  u32 bb[2][4][2], bs[2][4][2];
+  auto put_b = [&](int kk, int nj, int q, float x) {
+    if constexpr (PATH == TF32X3) {
+      bb[kk][nj][q] = big_bits(x);
+      bs[kk][nj][q] = __float_as_uint(x - __uint_as_float(bb[kk][nj][q]));
+    } else {
+      bb[kk][nj][q] = rna_bits(x);
+    }
+  };
+  if constexpr (BKM) {
+    AIEC_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const float4 q = lds4(Bs + (16 * s + 4 * j + tq) * KM_LD + wn + 4 * g);
+      const int kk = j >> 1, h = j & 1;
+      put_b(kk, 0, h, q.x);
+      put_b(kk, 1, h, q.y);
+      put_b(kk, 2, h, q.z);
+      put_b(kk, 3, h, q.w);
+    }
+  } else {
+    AIEC_UNROLL
+    for (int nj = 0; nj < 4; ++nj) {
+      const int row = wn + 8 * nj + g;
+      const float4 q = lds4(Bs + row * KT + 4 * ((4 * s + tq) ^ (4 * (row & 1))));
+      put_b(0, nj, 0, q.x);
+      put_b(0, nj, 1, q.y);
+      put_b(1, nj, 0, q.z);
+      put_b(1, nj, 1, q.w);
+    }
+  }
+  // A one load group at a time (KM: 2 fragments mi, MK: 1), so that only its fragments are live beside B's.
+  constexpr int MG = AKM ? 2 : 1;
+  float sc[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+  if constexpr (SK) {  // the scales of k rows 4 tq + j; past kdim A is 0 (zero-filled): any in-bounds scale will do
+    AIEC_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const u64 k = k0 + (u64)(4 * tq + j);
+      sc[j] = o.scale[k < o.kdim ? k : o.kdim - 1];
+    }
+  }
+  AIEC_UNROLL
+  for (int m0i = 0; m0i < 4; m0i += MG) {
+    u32 ab[2][MG][4], as[2][MG][4];  // [kk][mi - m0i][register]
+    auto put_a = [&](int kk, int mm, int q, float x) {
+      if constexpr (PATH == TF32X3) {
+        ab[kk][mm][q] = big_bits(x);
+        as[kk][mm][q] = __float_as_uint(x - __uint_as_float(ab[kk][mm][q]));
+      } else {
+        ab[kk][mm][q] = rna_bits(x);
+      }
+    };
+    if constexpr (AKM) {
+      AIEC_UNROLL
+      for (int j = 0; j < 4; ++j) {  // k row 4 tq + j of the half: k step j / 2, fragment column tq + 4 (j % 2)
+        const float4 q = lds4(As + (16 * s + 4 * j + tq) * KM_LD + 16 * m0i + 4 * g);
+        const int kk = j >> 1, h = 2 * (j & 1);
+        put_a(kk, 0, h, SK ? q.x * sc[j] : q.x);
+        put_a(kk, 0, h + 1, SK ? q.y * sc[j] : q.y);
+        put_a(kk, 1 % MG, h, SK ? q.z * sc[j] : q.z);
+        put_a(kk, 1 % MG, h + 1, SK ? q.w * sc[j] : q.w);
+      }
+    } else {
+      static_assert(!SK, "per-k scales apply to a KM operand A");
+      AIEC_UNROLL
+      for (int e = 0; e < 2; ++e) {
+        const int row = 16 * m0i + g + 8 * e;
+        const float4 q = lds4(As + row * KT + 4 * ((4 * s + tq) ^ (4 * (row & 1))));
+        put_a(0, 0, e, q.x);
+        put_a(0, 0, e + 2, q.y);
+        put_a(1, 0, e, q.z);
+        put_a(1, 0, e + 2, q.w);
+      }
+    }
+    AIEC_UNROLL
+    for (int mm = 0; mm < MG; ++mm)
+      AIEC_UNROLL
+      for (int nj = 0; nj < 4; ++nj) {
+        float* d = acc + 4 * (4 * (m0i + mm) + nj);
+        if constexpr (PATH == TF32X3) {
+          float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          AIEC_UNROLL
+          for (int kk = 0; kk < 2; ++kk) {
+            mma_m16n8k8_tf32(t, as[kk][mm], bb[kk][nj], t);
+            mma_m16n8k8_tf32(t, ab[kk][mm], bs[kk][nj], t);
+            mma_m16n8k8_tf32(t, ab[kk][mm], bb[kk][nj], t);
+          }
+          AIEC_UNROLL
+          for (int r = 0; r < 4; ++r) d[r] += t[r];
+        } else {
+          AIEC_UNROLL
+          for (int kk = 0; kk < 2; ++kk) mma_m16n8k8_tf32(d, ab[kk][mm], bb[kk][nj], d);
+        }
+      }
+  }
+}
+
+// Element (i, k) of operand o as the SIMT path reads it (0 outside the matrix).
+__device__ __forceinline__ float at(const Operand& o, u64 i, u64 k) {
+  if (i >= o.extent || k >= o.kdim) return 0.0f;
+  return o.km ? o.p[k * o.ld + i] : o.p[i * o.ld + k];
+}
+
+template <int PATH, bool AKM, bool BKM, bool SK, bool VEC, int LDO>
+__device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out) {
+  const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5, kh = warp >> 1;
+  float acc[ACC];
+  AIEC_UNROLL
+  for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;
+  const u64 K = a.kdim, steps = (K + KT - 1) / KT;
+  auto stage = [&](u64 st) { return smem + (int)(st % STAGES) * 2 * SLOT; };  // A, then B at + SLOT
+  if (steps) {
+    issue<AKM, VEC>(a, m0, 0, stage(0));
+    issue<BKM, VEC>(b, n0, 0, stage(0) + SLOT);
+    cp_commit();
+  }
+  AIEC_UNROLL_BY(2)  // the stages' buffers at constant offsets
+  for (u64 st = 0; st < steps; ++st) {  // block-uniform
+    if (st + 1 < steps) {               // the next stage's copies, in flight during this stage's products
+      issue<AKM, VEC>(a, m0, (st + 1) * KT, stage(st + 1));
+      issue<BKM, VEC>(b, n0, (st + 1) * KT, stage(st + 1) + SLOT);
+      cp_commit();
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    __syncthreads();  // every thread's copies of this stage have landed
+    const float* A = stage(st);
+    half_step<PATH, AKM, BKM, SK>(acc, A, A + SLOT, kh, a, st * KT + (u64)(16 * kh));
+    __syncthreads();  // this stage is consumed: the copies of stage st + 2 may overwrite it
+  }
+  // The two k halves meet in out: the upper half's sums are stored, the lower half adds its own (deterministic).
+  if (kh == 1) {
+    AIEC_UNROLL
+    for (int f = 0; f < ACC / 4; ++f)
+      AIEC_UNROLL
+      for (int r = 0; r < 4; ++r) out[row_of<AKM>(lane, f / 4, r) * LDO + col_of<BKM>(lane, warp, f % 4, r)] = acc[4 * f + r];
+  }
+  __syncthreads();
+  if (kh == 0) {
+    AIEC_UNROLL
+    for (int f = 0; f < ACC / 4; ++f)
+      AIEC_UNROLL
+      for (int r = 0; r < 4; ++r) out[row_of<AKM>(lane, f / 4, r) * LDO + col_of<BKM>(lane, warp, f % 4, r)] += acc[4 * f + r];
+    if constexpr (PATH == TF32X3) {
+      AIEC_UNROLL_BY(1)
+      for (int f = 0; f < ACC; ++f) {  // an inf or NaN operand (or a spurious NaN of the split): the f32 sum
+        const int m = row_of<AKM>(lane, f / 16, f % 4), n = col_of<BKM>(lane, warp, (f / 4) % 4, f % 4);
+        float& x = out[m * LDO + n];
+        if (x == x) continue;
+        const u64 i = m0 + (u64)m, j = n0 + (u64)n;
+        float sum = 0.0f;
+        if (i < a.extent && j < b.extent)
+          for (u64 k = 0; k < K; ++k) sum = fmaf(SK ? at(a, i, k) * a.scale[k] : at(a, i, k), at(b, j, k), sum);
+        x = sum;
+      }
+    }
+  }
+  __syncthreads();  // the tile is in out
+}
+
+// out[m * LDO + n] = element (m0 + m, n0 + n) of A B for m, n < 64 (0 past the matrix) on the tensor cores; A: a
+// (a.km == AKM), B: b (b.km == BKM). SK: every A(i, k) is multiplied by a.scale[k] (no other scale is applied).
+// All 128 threads call it (barriers); smem: FLOATS floats, 16-byte aligned; out: 64 rows of LDO floats (may be
+// smem itself: the stages are consumed when it is written). TF32X3: a result that is NaN is recomputed in f32
+// from global memory (the SIMT path's sum), so non-finite operands give the f32 results.
+template <int PATH, bool AKM, bool BKM, bool SK, int LDO>
+__device__ __forceinline__ void tile(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out) {
+  static_assert(64 * LDO <= FLOATS, "the output tile fits in shared memory");
+  if (a.vec && b.vec)
+    tile_v<PATH, AKM, BKM, SK, true, LDO>(a, b, m0, n0, smem, out);
+  else  // a matrix whose rows are not 16-byte multiples: 4-byte copies
+    tile_v<PATH, AKM, BKM, SK, false, LDO>(a, b, m0, n0, smem, out);
+}
+}  // namespace tc
+#endif
 
 // Calls f(m, n, v0, v1) for the thread's accumulators in pairs (m, n), (m, n + 1) of the tile (n even).
 template <int PATH, class F> __device__ __forceinline__ void for_each(const Acc& acc, F&& f) {

@@ -22,6 +22,8 @@
 // * ASan: fiber switches are announced to ASan (x86_64 asm switch; ucontext elsewhere);
 // * a watchdog aborts the process after CUDA_SIM_WATCHDOG_S seconds (default 60, 0 = off) without any thread
 //   switch: a spin-wait on plain memory never yields and would hang forever;
+// * cp.async (cuda_sim::cp_async): a copy lands in shared memory only when its thread waits for its group, so
+//   a read that a missing wait or barrier would race on the GPU reads stale bytes here too;
 // * kernels register by name (register_kernel) so that sim_abi.cpp can launch them with void** arguments.
 // What it does NOT simulate: the GPU memory model (host memory is coherent; fences only yield), lockstep warps
 // or interleavings other than at the switch points above, timing, occupancy, per-SM limits, bounds of static
@@ -172,6 +174,11 @@ enum : uint8_t { OP_SHFL, OP_BALLOT, OP_ANY, OP_ALL, OP_SYNC, OP_COLL };
 static const char* const op_names[] = {"__shfl*_sync", "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp",
                                        "a warp collective"};
 
+// One cp.async copy in flight: `bytes` bytes to dst, the first src_bytes from src, the rest zeros; group 0 until
+// committed, then the number of its commit group (1, 2, ...).
+struct AsyncCopy {
+  unsigned char* dst; const unsigned char* src; unsigned bytes, src_bytes, group;
+};
 struct Fiber {
   Ctx ctx;
   uint3 tid;
@@ -180,6 +187,8 @@ struct Fiber {
   int line; const char* file;  // where it waits
   unsigned char* stack;
   void* fake = nullptr;        // ASan fake stack
+  std::vector<AsyncCopy> async;      // cp.async copies issued and not yet waited for (cp_async below)
+  unsigned async_groups = 0;            // groups committed so far
 };
 struct WarpSlot {
   unsigned exist, arrived, mask[32]; uint8_t op[32]; int8_t src[32]; uint64_t val[32], res[32];
@@ -501,6 +510,7 @@ inline void run_block(Launch& L, Worker& w, unsigned lin) {
     Fiber& f = w.fibers[i];
     f.idx = i; f.tid = uint3{i % bx, (i / bx) % by, i / (bx * by)};
     f.lane = i % 32; f.warp = i / 32; f.line = 0; f.file = "";
+    f.async.clear(); f.async_groups = 0;
     ctx_init(f.ctx, f.stack, w.stack_bytes, fiber_main, &f);
     make_ready(b, f);
   }
@@ -656,6 +666,42 @@ inline void __syncwarp(unsigned mask = 0xffffffffu, int line = __builtin_LINE(),
 }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); cuda_sim::detail::yield_point(); }
 inline void __threadfence_block() { __threadfence(); }
+
+// ---------------------------------------------------------------- cp.async (sm_80 asynchronous copies)
+// PTX cp.async.{ca,cg}.shared.global [dst], [src], bytes, src_bytes: copies src_bytes from global memory and fills
+// the rest of the bytes with zeros, *later*: the simulator performs a copy only when its thread waits for it
+// (cp_async_wait), so shared memory read before the wait and the barrier that follows it still holds the old
+// bytes, as a racing read may on the GPU. commit closes the thread's open copies into a group; wait(n) completes
+// every committed group but the newest n (PTX cp.async.wait_group n). Copies never waited for are dropped.
+namespace cuda_sim {
+inline void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
+  if (bytes != 4 && bytes != 8 && bytes != 16) throw Error(detail::fmt("cp.async of %u bytes (4, 8 or 16)", bytes));
+  if (src_bytes > bytes) throw Error(detail::fmt("cp.async: src-size %u above cp-size %u", src_bytes, bytes));
+  if ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) % bytes)
+    throw Error(detail::fmt("misaligned %u-byte cp.async (the GPU faults)", bytes));
+  detail::tls_fiber->async.push_back({static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), bytes,
+                                      src_bytes, 0});
+}
+inline void cp_async_commit() {
+  detail::Fiber& f = *detail::tls_fiber;
+  ++f.async_groups;
+  for (auto& c : f.async)
+    if (c.group == 0) c.group = f.async_groups;
+}
+inline void cp_async_wait(unsigned n) {
+  detail::Fiber& f = *detail::tls_fiber;
+  std::vector<detail::AsyncCopy> left;
+  for (auto& c : f.async) {
+    if (c.group != 0 && c.group + n <= f.async_groups) {
+      if (c.src_bytes) memcpy(c.dst, c.src, c.src_bytes);
+      memset(c.dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+    } else {
+      left.push_back(c);
+    }
+  }
+  f.async.swap(left);
+}
+}  // namespace cuda_sim
 
 // ---------------------------------------------------------------- warp ops
 namespace cuda_sim { namespace detail {
