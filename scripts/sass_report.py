@@ -41,8 +41,9 @@ recorded ceilings (registers, shared bytes, spills, stack, local bytes,
 instructions and wavefronts per unit of work in the hot loop) and floors (the
 narrowest global load and store in the hot loop, in bits). ``--record`` keeps
 every hand-written field (``elements_per_iteration``, ``elements_source``,
-``note``, ``goal``) and sets the ceilings from today's values with the slack
-described in that file.
+``note``, ``goal``), sets the ceilings from today's values with the slack
+described in that file, and keeps today's hot-loop rates without slack under
+``today`` (not checked: the cost model of ``examples/bench.rs`` reads them).
 """
 
 from __future__ import annotations
@@ -492,6 +493,8 @@ def record(rows: list[dict], budgets: dict) -> dict:
         m = measured(row)
         b = {key: slack(key, m[key]) for key in CEILINGS if key in m}
         b.update({key: m[key] for key in FLOORS if key in m})
+        # Today's rates without slack: what examples/bench.rs's cost model reads (not checked).
+        b["today"] = {key: m[key] for key in ("instructions_per_unit", "wavefronts_per_unit") if key in m}
         entry[row["arch"]] = b
     new["kernels"] = dict(sorted(kernels.items()))
     return new
