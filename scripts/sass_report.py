@@ -182,9 +182,9 @@ def _resolve(body: list[Instr], labels: dict[str, int]) -> list[Instr]:
 
 def loops(body: list[Instr]) -> list[tuple[int, int]]:
     """Index ranges [first, last] closed by a backward branch. Ranges that hold
-    an unpredicated ``EXIT`` are not loops (the jumps back from the divergent
-    fallbacks nvdisasm places after the kernel's end), nor is the final
-    ``BRA`` to itself."""
+    an unpredicated ``EXIT`` or ``RET`` are not loops (the jumps back from the
+    divergent fallbacks ptxas places after a kernel's or a ``__noinline__``
+    function's end), nor is the final ``BRA`` to itself."""
     index = {ins.addr: i for i, ins in enumerate(body)}
     out = set()
     for i, ins in enumerate(body):
@@ -194,7 +194,7 @@ def loops(body: list[Instr]) -> list[tuple[int, int]]:
         first = index[t]
         if first == i:
             continue
-        if any(b.base == "EXIT" and not b.pred for b in body[first:i]):
+        if any(b.base in ("EXIT", "RET") and not b.pred for b in body[first:i]):
             continue
         out.add((first, i))
     return sorted(out)
@@ -593,6 +593,13 @@ SYNTHETIC = """
         /*00c0*/                   EXIT ;
 .L_x_2:
         /*00d0*/                   BRA `(.L_x_2) ;
+//--------------------- .text.f       --------------------------
+.text.f:
+        /*0000*/                   LDG.E R0, desc[UR4][R2.64] ;
+.L_x_9:
+        /*0010*/                   STG.E desc[UR4][R2.64], R0 ;
+        /*0020*/                   RET.REL.NODEC R20 `(f) ;
+        /*0030*/                   BRA `(.L_x_9) ;
 """
 
 
@@ -602,6 +609,8 @@ def self_test(rows: list[dict] | None, budgets: dict) -> None:
     funcs = parse_sass(SYNTHETIC)
     body = funcs["k"]
     assert loops(body) == [(1, 8), (9, 11)], loops(body)
+    # A jump back across a return (a divergent fallback after a function's end) is no loop.
+    assert loops(funcs["f"]) == [] and hot_loop("f", funcs["f"]) is None
     hot = hot_loop("k", body)
     assert hot is not None and hot["hmma"] == 2 and hot["instructions"] == 7, hot
     # LDS.128 4 + LDSM .4 4 = 8 read; LDGSTS.128 4 + STS.64 2 = 6 written.
