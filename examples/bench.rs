@@ -1,6 +1,6 @@
 //! Microbenchmarks of a whole AIEC training step on every backend present.
 //!
-//! `cargo run --release --example bench [-- --quick] [--json FILE]`
+//! `cargo run --release --example bench [-- --quick] [--json FILE] [--model-only]`
 //!
 //! For each shape preset and activation type: median time of the forward, the
 //! backward and the whole step (forward, loss, backward), with the device
@@ -298,6 +298,57 @@ impl Ceilings {
     }
 }
 
+/// The H200's issue and shared-memory rates (published: 132 SMs at a 1.98 GHz
+/// boost clock, 4 schedulers per SM issuing one warp instruction a clock each,
+/// shared memory serving one 128-byte wavefront per SM a clock; not measured).
+/// With the instructions and wavefronts the SASS report counts per unit of
+/// work in each kernel's hot loop, they bound what the peak rates miss.
+const SMS: f64 = 132.0;
+const CLOCK_HZ: f64 = 1.98e9;
+const ISSUE_PER_S: f64 = SMS * 4.0 * CLOCK_HZ;
+const WAVEFRONTS_PER_S: f64 = SMS * CLOCK_HZ;
+/// FLOPs of one `mma.sync.m16n8k8` (TF32): 16 x 8 x 8 multiply-adds.
+const MMA_FLOPS: f64 = 2.0 * 16.0 * 8.0 * 8.0;
+
+/// What `scripts/sass_report.py` measured at sm_90 for the hot loop of
+/// `kernel`: warp instructions and shared-memory wavefronts per unit of work
+/// (per `mma`, or per trip of a pass's loop) and the elements a thread handles
+/// per trip (1 where the budgets record none), from the committed
+/// `scripts/sass_budgets.json` (`today`, refreshed by `--record`).
+fn sass_rates(kernel: &str) -> Option<(f64, f64, f64)> {
+    const BUDGETS: &str = include_str!("../scripts/sass_budgets.json");
+    let v: serde_json::Value = serde_json::from_str(BUDGETS).ok()?;
+    let k = &v["kernels"][kernel];
+    let today = &k["sm_90"]["today"];
+    Some((
+        today["instructions_per_unit"].as_f64()?,
+        today["wavefronts_per_unit"].as_f64()?,
+        k["elements_per_iteration"].as_f64().unwrap_or(1.0),
+    ))
+}
+
+/// Seconds the SM's issue slots and shared memory need for `cst` at preset `p`
+/// with activations of `dt` (`f32`, `bf16`), from the SASS report's rates: the
+/// default 3xTF32 path for the projection (three `mma` per TF32 product),
+/// the full-width path of the activation passes. None for the kernels the
+/// report gives no unit of work for (the gate).
+fn sass_bounds(cst: &Cost, p: Preset, dt: &str) -> Option<(f64, f64)> {
+    let (kernel, units) = match cst.kernel {
+        "aiec_fwd_logits" | "aiec_bwd_dv_dw" => {
+            (format!("{}_tf32x3", cst.kernel), 3.0 * cst.flops / MMA_FLOPS)
+        }
+        "aiec_fwd_x" | "aiec_bwd_x" => {
+            let layout = if p.pool == Pool::AvgHw { "hw" } else { "tokens" };
+            (format!("{}_{layout}_{dt}", cst.kernel), p.elements() as f64)
+        }
+        _ => return None,
+    };
+    let (instr, wavefronts, elements) = sass_rates(&kernel)?;
+    // A pass's unit is a trip of its loop: `elements` per thread, 32 threads per warp instruction.
+    let trips = if cst.gemm { units } else { units / (32.0 * elements) };
+    Some((trips * instr / ISSUE_PER_S, trips * wavefronts / WAVEFRONTS_PER_S))
+}
+
 /// The least work of one kernel at a preset: the bytes it must read and write
 /// (each once) and the FLOPs it must do; `gemm` marks the projection products.
 struct Cost {
@@ -359,7 +410,12 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)]) -> 
     );
     println!("ceilings: {}", ceil.source);
     println!(
-        "{:<13} {:<5} {:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>10} {:>11}",
+        "issue and smem: the warp instructions and shared-memory wavefronts of each kernel's hot loop at sm_90, \
+         measured by scripts/sass_report.py (scripts/sass_budgets.json), at the H200's published 132 SMs x 4 \
+         schedulers x 1 instruction and 132 x 1 wavefront per clock, 1.98 GHz"
+    );
+    println!(
+        "{:<13} {:<5} {:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>11}",
         "preset",
         "dtype",
         "kernel",
@@ -369,6 +425,8 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)]) -> 
         "f32 µs",
         "3xtf32 µs",
         "tf32 µs",
+        "issue µs",
+        "smem µs",
         "bound",
         "model µs",
         "measured µs"
@@ -386,7 +444,12 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)]) -> 
                         cst.flops / (ceil.tf32_tflops * 1e12),
                     );
                     let compute = if cst.gemm { x3 } else { f32t };
-                    let (model, bound) = if compute > mem { (compute, "compute") } else { (mem, "memory") };
+                    let sass = sass_bounds(&cst, p, dt);
+                    let (issue, smem) = sass.unwrap_or((0.0, 0.0));
+                    let (model, bound) =
+                        [(mem, "memory"), (compute, "compute"), (issue, "issue"), (smem, "smem")]
+                            .into_iter()
+                            .fold((0.0, "memory"), |a, b| if b.0 > a.0 { b } else { a });
                     step += model;
                     let got = measured.iter().find(|m| m.0 == p.name && m.1 == dt).map(|(_, _, t)| match cst
                         .kernel
@@ -399,7 +462,7 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)]) -> 
                     });
                     let us = |s: f64| format!("{:.1}", s * 1e6);
                     println!(
-                        "{:<13} {:<5} {:<16} {:>9.1} {:>9.2} {:>9} {:>9} {:>10} {:>9} {:>8} {:>10} {:>11}",
+                        "{:<13} {:<5} {:<16} {:>9.1} {:>9.2} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>11}",
                         p.name,
                         dt,
                         cst.kernel,
@@ -409,12 +472,14 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)]) -> 
                         us(f32t),
                         if cst.gemm { us(x3) } else { "-".into() },
                         if cst.gemm { us(tf) } else { "-".into() },
+                        sass.map_or("-".into(), |_| us(issue)),
+                        sass.map_or("-".into(), |_| us(smem)),
                         bound,
                         us(model),
                         got.map_or("-".into(), us)
                     );
                     json.push(format!(
-                        "  {{\"impl\": \"model\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"kernel\": \"{}\", \"bytes\": {:.0}, \"flops\": {:.0}, \"mem_us\": {:.2}, \"f32_us\": {:.2}, \"tf32x3_us\": {:.2}, \"tf32_us\": {:.2}, \"bound\": \"{bound}\", \"model_us\": {:.2}, \"ceilings\": \"{}\"}}",
+                        "  {{\"impl\": \"model\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"kernel\": \"{}\", \"bytes\": {:.0}, \"flops\": {:.0}, \"mem_us\": {:.2}, \"f32_us\": {:.2}, \"tf32x3_us\": {:.2}, \"tf32_us\": {:.2}, \"issue_us\": {:.2}, \"smem_us\": {:.2}, \"bound\": \"{bound}\", \"model_us\": {:.2}, \"ceilings\": \"{}\"}}",
                         p.name,
                         cst.kernel,
                         cst.bytes,
@@ -423,12 +488,14 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)]) -> 
                         f32t * 1e6,
                         x3 * 1e6,
                         tf * 1e6,
+                        issue * 1e6,
+                        smem * 1e6,
                         model * 1e6,
                         ceil.source
                     ));
                 }
             }
-            println!("{:<13} {:<5} {:<16} {:>82}", p.name, dt, "step (model)", format!("{:.1}", step * 1e6));
+            println!("{:<13} {:<5} {:<16} {:>102}", p.name, dt, "step (model)", format!("{:.1}", step * 1e6));
         }
     }
     json
@@ -781,6 +848,11 @@ fn nvrtc_times() {
 }
 
 fn main() -> aiec::Result<()> {
+    if std::env::args().any(|a| a == "--model-only") {
+        // The cost model alone, at the published ceilings: no timing, no device.
+        print_cost_model(&Ceilings::h200_published(), &[]);
+        return Ok(());
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let iters = if quick { 5 } else { 20 };
     println!("aiec bench: median of {iters} iterations after 2 warm-ups; inputs rotated over 3 buffers");

@@ -9,6 +9,14 @@
 #      every kernel for sm_75, sm_80 and sm_90; then those NVRTC builds again
 #      with NVRTC 13 (its wheel fetched into target/ too), and the NVRTC search
 #      (tests/nvrtc_search.rs) with each.
+#   2c. The SASS report (scripts/sass_report.py, BENCHMARKS.md "SASS report"):
+#      every kernel module compiled for sm_80 and sm_90 as a device compiles
+#      it (examples/cubins, NVRTC 12.9 from its wheel), disassembled with
+#      cuobjdump and nvdisasm (their wheels fetched into target/ too);
+#      registers, shared memory, spills, stack, local memory and each hot
+#      loop's instructions and shared-memory wavefronts per unit of work must
+#      stay within scripts/sass_budgets.json. Its self-test plants excesses
+#      (in process, and one through the command line) that must fail.
 #   3. The simulator tests again under schedule seeds 1 and 2 (seed 2 with 4
 #      parallel workers).
 #   4. The simulator tests in an AddressSanitizer + UBSan build of the simulator.
@@ -51,6 +59,26 @@ nvrtc13="$(aiec_nvrtc_wheel 13)"
 AIEC_NVRTC_LIB="$nvrtc13" cargo test --release --features sim --test nvrtc
 # NVRTC 13 has no run path: found through a search directory, its builtins must load beside it.
 AIEC_NVRTC_LIB="$nvrtc13" cargo test --release --features sim --test nvrtc_search
+
+echo "== 2c. SASS report: every kernel within its budgets (scripts/sass_budgets.json) =="
+AIEC_NVRTC_LIB="$(aiec_nvrtc_wheel 12)" python3 scripts/sass_report.py --check --self-test
+# The command itself must fail on an exceeded budget, naming kernel, metric, value and budget: the first
+# kernel budgeted per unit of its hot loop at sm_90, held to 0.01 instructions per unit.
+low="$(python3 - <<'EOF'
+import json
+b = json.load(open("scripts/sass_budgets.json"))
+name = next(k for k, v in b["kernels"].items() if "instructions_per_unit" in v.get("sm_90", {}))
+b["kernels"][name]["sm_90"]["instructions_per_unit"] = 0.01
+json.dump(b, open("target/sass/budgets-too-low.json", "w"))
+print(name)
+EOF
+)"
+if python3 scripts/sass_report.py --cubins target/sass/cubins --budgets target/sass/budgets-too-low.json --check \
+  2>target/sass/too-low.log; then
+  echo "sass_report.py --check passed a budget below the real value ($low)" >&2
+  exit 1
+fi
+grep -E "^sass budget: $low sm_90: instructions_per_unit [0-9.]+ exceeds its budget 0.01\$" target/sass/too-low.log
 
 echo "== 3. simulator tests under more schedules =="
 CUDA_SIM_SEED=1 CUDA_SIM_WORKERS=1 cargo test --release --features sim "${SIM_TESTS[@]}"
