@@ -10,7 +10,8 @@ No GPU needed. For every kernel entry point at sm_80 and sm_90:
 * the hot loop's instruction mix, from ``nvdisasm``: loops are the ranges
   closed by backward branches; the hot loop is, for a GEMM (a kernel with
   ``HMMA``), the innermost loop holding the most ``HMMA`` (per ``mma``: the
-  instructions and the shared-memory wavefronts), for the f32 SIMT GEMMs the
+  instructions and the shared-memory wavefronts; among equal loops, the
+  costliest of those with the widest ``cp.async`` copies), for the f32 SIMT GEMMs the
   innermost loop holding the most ``FFMA`` (per ``FFMA``), and for every other
   kernel the innermost loop with the most global loads and stores (per
   iteration, and per element where ``sass_budgets.json`` records how many
@@ -218,7 +219,11 @@ def width_bits(op: str) -> int:
 
 
 def wavefronts(ins: Instr) -> int:
-    """Static shared-memory wavefronts of one warp instruction (conflict-free)."""
+    """Static shared-memory wavefronts of one warp instruction (conflict-free).
+    ``@!PT`` (never true) instructions access nothing: ptxas pads LDGSTS with
+    such LDS; they take an issue slot and count as instructions only."""
+    if ins.pred == "@!PT":
+        return 0
     b = ins.base
     if b in ("LDS", "STS", "LDGSTS"):
         return max(1, width_bits(ins.op) // 32)
@@ -292,11 +297,18 @@ def hot_loop(name: str, body: list[Instr]) -> dict | None:
 
     if gemm:
         # The innermost loops that hold an HMMA (an FFMA for the SIMT GEMMs):
-        # the one with the most of them.
+        # the one with the most of them; among equals (one tile loop per operand
+        # layout and scaling), those staging with the widest copies (the common
+        # path, not the 4-byte one for rows that are not 16-byte multiples), and
+        # of those the costliest, so that the budget holds for every variant.
         cands = [(r, mix(body, *r)) for r in innermost_holding(lambda b: b.base in ("HMMA", "HGMMA", "FFMA"))]
         cands = [c for c in cands if c[1][unit] > 0]
         if has_hmma:
-            best = max(cands, key=lambda c: (c[1][unit], -c[1]["instructions"]), default=None)
+            best = max(
+                cands,
+                key=lambda c: (c[1][unit], max(c[1]["ldgsts_bits"] or [0]), c[1]["instructions"]),
+                default=None,
+            )
         else:  # the densest FFMA loop: the k loop, not an epilogue that also multiplies
             best = max(cands, key=lambda c: c[1][unit] / c[1]["instructions"], default=None)
     else:
