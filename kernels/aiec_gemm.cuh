@@ -16,7 +16,7 @@
 // while a stage is consumed the next one's copies are in flight (cp.async.wait_group 1, one barrier each side).
 // Thread t copies 4 chunks of 4 elements per operand and stage (a warp's 32 chunks are 512 contiguous bytes of
 // shared memory: no bank conflict); chunks outside the matrix are zero-filled (the copy's ignore-src predicate);
-// operands that are not vec take 4-byte copies (a second instance of the tile loop).
+// operands that are not vec take 4-byte copies (a branch per stage).
 // Layouts in shared memory, chosen so that every fragment load is one conflict-free 16-byte LDS:
 // * MK: [64 rows][32 k], the 16-byte chunk c of row r at chunk c ^ (4 (r & 1)) (so that the two rows a quarter
 //   warp reads fall in different banks);
@@ -26,12 +26,13 @@
 // (k step kk, column tq or tq + 4 of lane 4 g + tq) take the matrix's k = 4 tq + j, j = 2 kk + (slot >= 4): one
 // LDS.128 of an MK row gives a lane both k steps' values; a KM operand's rows (A) or columns (B) are permuted within
 // each 32 instead (row_of / col_of), so that one LDS.128 of a k row gives 4 fragments' values.
-// Warps: warp w computes all 64 rows and columns 32 (w % 2) + 0..31 (4 x 4 fragments of mma.m16n8k8, 64 f32
-// accumulators per lane) over the k half w / 2 of every stage ("sliced k"); at the end the upper half's sums are
-// stored to shared memory and the lower half adds its own (lower + upper, deterministic), and the tile leaves
-// through shared memory (the caller's epilogue reads it from there). Per warp and 16 k: 12 LDS.128 for 32
-// fragments, 48 operand values split, 96 mma.sync (3xTF32) or 32 (TF32): 0.5 (resp. 1.5) shared-memory wavefronts
-// per mma (BENCHMARKS.md "SASS report" has the measured mix).
+// Warps: warp w computes rows 32 (w % 2) + 0..31 and columns 32 (w / 2) + 0..31 (2 x 4 fragments of
+// mma.m16n8k8, 32 f32 accumulators per lane) over both 16-wide halves of every stage, and the tile leaves through
+// shared memory (the caller's epilogue reads it from there). Per warp and 16 k: 8 LDS.128 for 24 fragments, 32
+// operand values split, 48 mma.sync (3xTF32) or 16 (TF32): 0.67 (resp. 2) shared-memory wavefronts per mma for the
+// fragments (BENCHMARKS.md "SASS report" has the measured mix). A warp tile of 64 x 32 (64 accumulators, two warps
+// per output summing half the k each) issues a fifth fewer instructions per mma, but NVVM then emits one of
+// several PTX texts for the same source, run to run, and tests/nvrtc.rs requires one (BENCHMARKS.md).
 // * TF32X3: every operand value x is split in registers, big = x rounded to TF32 (ties away, integer arithmetic),
 //   small = x - big (exact; the mma reads its upper 19 bits). Per fragment and 16 k, t = A_small B_big + A_big
 //   B_small + A_big B_big (six mma.sync into a fresh t, small products first), then acc += t, one rounded f32
@@ -63,8 +64,8 @@
 // __launch_bounds__ of the GEMM kernels: 128 threads, at least 3 blocks (12 warps) per SM, so at most 170
 // registers (the 3xTF32 path needs about 150; without a minimum, ptxas aimed at 128 and spilled).
 #define AIEC_LB_GEMM 128, 3
-// The tensor-core paths: at least 2 blocks per SM, so at most 255 registers (a warp's 64 x 32 accumulators and the
-// fragments of 16 k, split, take about 200).
+// The tensor-core paths: at least 2 blocks per SM, so at most 255 registers (with 3, the plain TF32 logits kernel
+// spills at sm_90; about 170 are used).
 #define AIEC_LB_GEMM_TC 128, 2
 
 namespace aiec_gemm {
@@ -318,13 +319,13 @@ template <int N> __device__ __forceinline__ void cp_wait() {
 // Issues the copies of operand o's stage at (i0, k0) into dst (see the file comment for both layouts): 512
 // chunks of 4 consecutive elements, 4 per thread; a warp's 32 chunks fill 512 contiguous bytes of shared memory
 // (MK: 4 rows; KM: two half rows of 256 bytes), so the stores are free of bank conflicts.
-template <bool KM, bool VEC> __device__ __forceinline__ void issue(const Operand& o, u64 i0, u64 k0, float* dst) {
+template <bool KM> __device__ __forceinline__ void issue(const Operand& o, u64 i0, u64 k0, float* dst) {
   const int t = (int)threadIdx.x;
   // MK: chunk h of thread t is row t / 8 + 16 h, k chunk t % 8; KM: k row t / 16 + 8 h, i chunk t % 16. The
   // chunk's element count n (inside the matrix: 0 to 4) is the same for every h but for the row test (MK: row
   // i; KM: row k); source and destination move by constant strides with h. A chunk outside the matrix copies
-  // nothing (zeros): its source address is formed but never read. VEC: every chunk is whole or outside (n is 4
-  // or 0; Operand::vec).
+  // nothing (zeros): its source address is formed but never read. Operand::vec: every chunk is whole or outside
+  // (n is 4 or 0) and takes one 16-byte copy; else 4 of 4 bytes.
   const int c = KM ? t % 16 : t % 8, r0 = KM ? t / 16 : t / 8;
   const u64 i = KM ? i0 + (u64)(4 * c) : i0 + (u64)r0, k = KM ? k0 + (u64)r0 : k0 + (u64)(4 * c);
   // elements left along the chunk, and rows left from chunk 0's row, clamped to what matters (32-bit from here)
@@ -341,7 +342,7 @@ template <bool KM, bool VEC> __device__ __forceinline__ void issue(const Operand
     const int so = KM ? (16 * (h / 2) + 2 * (h % 2)) * KM_LD : 16 * h * KT;  // from chunk 0's
     const bool in = left > (KM ? 8 : 16) * h && n != 0;
     const float* p = src + (u64)h * step;
-    if constexpr (VEC) {
+    if (o.vec) {
       cp16(sadd(d0, so), p, in);
     } else {
       AIEC_UNROLL
@@ -365,17 +366,16 @@ __device__ __forceinline__ u32 rna_bits(float x) {
 #endif
 }
 
-// Warp w computes rows 0..63 of the tile (4 fragments mi of 16 rows) and columns 32 (w % 2) + 0..31 (4 fragments
-// nj of 8) over the k half w / 2 of every stage (sliced k: two warps share each output, and their sums meet at
-// the end). Accumulator element r of fragment (mi, nj) is acc[4 (4 mi + nj) + r], at row row_of and column col_of
-// of the tile; the KM layouts permute rows (A) and columns (B) within each 32 (file comment).
-constexpr int ACC = 64;
-template <bool AKM> __device__ __forceinline__ int row_of(int lane, int mi, int r) {
-  const int g = lane >> 2, e = r >> 1;
-  return AKM ? 32 * (mi >> 1) + 4 * g + 2 * (mi & 1) + e : 16 * mi + g + 8 * e;
+// Warp w computes rows 32 (w % 2) + 0..31 of the tile (2 fragments mi of 16 rows) and columns 32 (w / 2) + 0..31
+// (4 fragments nj of 8). Accumulator element r of fragment (mi, nj) is acc[4 (4 mi + nj) + r], at row row_of and
+// column col_of of the tile; the KM layouts permute rows (A) and columns (B) within each 32 (file comment).
+constexpr int ACC = 32;
+template <bool AKM> __device__ __forceinline__ int row_of(int lane, int warp, int mi, int r) {
+  const int g = lane >> 2, e = r >> 1, wm = 32 * (warp & 1);
+  return AKM ? wm + 4 * g + 2 * mi + e : wm + 16 * mi + g + 8 * e;
 }
 template <bool BKM> __device__ __forceinline__ int col_of(int lane, int warp, int nj, int r) {
-  const int c = 2 * (lane & 3) + (r & 1), wn = 32 * (warp & 1);
+  const int c = 2 * (lane & 3) + (r & 1), wn = 32 * (warp >> 1);
   return BKM ? wn + 4 * c + nj : wn + 8 * nj + c;
 }
 
@@ -389,39 +389,47 @@ __device__ __forceinline__ void half_step(float* acc, const float* As, const flo
                                           u64 k0) {
   using namespace aiec_mma;
   const int lane = (int)(threadIdx.x & 31), warp = (int)(threadIdx.x >> 5);
-  const int g = lane >> 2, tq = lane & 3, wn = 32 * (warp & 1);
-  // B's fragments of both 8-wide k steps, split: [kk][nj][register]
-  u32 bb[2][4][2], bs[2][4][2];
-  auto put_b = [&](int kk, int nj, int q, float x) {
-    if constexpr (PATH == TF32X3) {
-      bb[kk][nj][q] = big_bits(x);
-      bs[kk][nj][q] = __float_as_uint(x - __uint_as_float(bb[kk][nj][q]));
-    } else {
-      bb[kk][nj][q] = rna_bits(x);
-    }
-  };
+  const int g = lane >> 2, tq = lane & 3, wm = 32 * (warp & 1), wn = 32 * (warp >> 1);
+  // B's fragments of both 8-wide k steps, as loaded, then split: [kk][nj][register]
+  float br[2][4][2];
   if constexpr (BKM) {
     AIEC_UNROLL
     for (int j = 0; j < 4; ++j) {
       const float4 q = lds4(Bs + (16 * s + 4 * j + tq) * KM_LD + wn + 4 * g);
       const int kk = j >> 1, h = j & 1;
-      put_b(kk, 0, h, q.x);
-      put_b(kk, 1, h, q.y);
-      put_b(kk, 2, h, q.z);
-      put_b(kk, 3, h, q.w);
+      br[kk][0][h] = q.x;
+      br[kk][1][h] = q.y;
+      br[kk][2][h] = q.z;
+      br[kk][3][h] = q.w;
     }
   } else {
     AIEC_UNROLL
     for (int nj = 0; nj < 4; ++nj) {
       const int row = wn + 8 * nj + g;
       const float4 q = lds4(Bs + row * KT + 4 * ((4 * s + tq) ^ (4 * (row & 1))));
-      put_b(0, nj, 0, q.x);
-      put_b(0, nj, 1, q.y);
-      put_b(1, nj, 0, q.z);
-      put_b(1, nj, 1, q.w);
+      br[0][nj][0] = q.x;
+      br[0][nj][1] = q.y;
+      br[1][nj][0] = q.z;
+      br[1][nj][1] = q.w;
     }
   }
-  // A one load group at a time (KM: 2 fragments mi, MK: 1), so that only its fragments are live beside B's.
+  u32 bb[2][4][2], bs[2][4][2];
+  AIEC_UNROLL
+  for (int kk = 0; kk < 2; ++kk)
+    AIEC_UNROLL
+    for (int nj = 0; nj < 4; ++nj)
+      AIEC_UNROLL
+      for (int q = 0; q < 2; ++q) {
+        const float x = br[kk][nj][q];
+        if constexpr (PATH == TF32X3) {
+          bb[kk][nj][q] = big_bits(x);
+          bs[kk][nj][q] = __float_as_uint(x - __uint_as_float(bb[kk][nj][q]));
+        } else {
+          bb[kk][nj][q] = rna_bits(x);
+        }
+      }
+  // A one load group at a time (KM: both fragments mi, MK: one), split fragment by fragment, so that few of its
+  // values are live beside B's.
   constexpr int MG = AKM ? 2 : 1;
   float sc[4] = {1.0f, 1.0f, 1.0f, 1.0f};
   if constexpr (SK) {  // the scales of k rows 4 tq + j; past kdim A is 0 (zero-filled): any in-bounds scale will do
@@ -432,40 +440,45 @@ __device__ __forceinline__ void half_step(float* acc, const float* As, const flo
     }
   }
   AIEC_UNROLL
-  for (int m0i = 0; m0i < 4; m0i += MG) {
-    u32 ab[2][MG][4], as[2][MG][4];  // [kk][mi - m0i][register]
-    auto put_a = [&](int kk, int mm, int q, float x) {
-      if constexpr (PATH == TF32X3) {
-        ab[kk][mm][q] = big_bits(x);
-        as[kk][mm][q] = __float_as_uint(x - __uint_as_float(ab[kk][mm][q]));
-      } else {
-        ab[kk][mm][q] = rna_bits(x);
-      }
-    };
+  for (int m0i = 0; m0i < 2; m0i += MG) {
+    float ar[2][MG][4];  // [kk][mi - m0i][register], as loaded (scaled: SK)
     if constexpr (AKM) {
       AIEC_UNROLL
       for (int j = 0; j < 4; ++j) {  // k row 4 tq + j of the half: k step j / 2, fragment column tq + 4 (j % 2)
-        const float4 q = lds4(As + (16 * s + 4 * j + tq) * KM_LD + 16 * m0i + 4 * g);
+        const float4 q = lds4(As + (16 * s + 4 * j + tq) * KM_LD + wm + 4 * g);
         const int kk = j >> 1, h = 2 * (j & 1);
-        put_a(kk, 0, h, SK ? q.x * sc[j] : q.x);
-        put_a(kk, 0, h + 1, SK ? q.y * sc[j] : q.y);
-        put_a(kk, 1 % MG, h, SK ? q.z * sc[j] : q.z);
-        put_a(kk, 1 % MG, h + 1, SK ? q.w * sc[j] : q.w);
+        ar[kk][0][h] = SK ? q.x * sc[j] : q.x;
+        ar[kk][0][h + 1] = SK ? q.y * sc[j] : q.y;
+        ar[kk][MG - 1][h] = SK ? q.z * sc[j] : q.z;
+        ar[kk][MG - 1][h + 1] = SK ? q.w * sc[j] : q.w;
       }
     } else {
       static_assert(!SK, "per-k scales apply to a KM operand A");
       AIEC_UNROLL
       for (int e = 0; e < 2; ++e) {
-        const int row = 16 * m0i + g + 8 * e;
+        const int row = wm + 16 * m0i + g + 8 * e;
         const float4 q = lds4(As + row * KT + 4 * ((4 * s + tq) ^ (4 * (row & 1))));
-        put_a(0, 0, e, q.x);
-        put_a(0, 0, e + 2, q.y);
-        put_a(1, 0, e, q.z);
-        put_a(1, 0, e + 2, q.w);
+        ar[0][0][e] = q.x;
+        ar[0][0][e + 2] = q.y;
+        ar[1][0][e] = q.z;
+        ar[1][0][e + 2] = q.w;
       }
     }
     AIEC_UNROLL
-    for (int mm = 0; mm < MG; ++mm)
+    for (int mm = 0; mm < MG; ++mm) {
+      u32 ab[2][4], as[2][4];  // this fragment's big and small (TF32X3) parts
+      AIEC_UNROLL
+      for (int kk = 0; kk < 2; ++kk)
+        AIEC_UNROLL
+        for (int q = 0; q < 4; ++q) {
+          const float x = ar[kk][mm][q];
+          if constexpr (PATH == TF32X3) {
+            ab[kk][q] = big_bits(x);
+            as[kk][q] = __float_as_uint(x - __uint_as_float(ab[kk][q]));
+          } else {
+            ab[kk][q] = rna_bits(x);
+          }
+        }
       AIEC_UNROLL
       for (int nj = 0; nj < 4; ++nj) {
         float* d = acc + 4 * (4 * (m0i + mm) + nj);
@@ -473,17 +486,18 @@ __device__ __forceinline__ void half_step(float* acc, const float* As, const flo
           float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
           AIEC_UNROLL
           for (int kk = 0; kk < 2; ++kk) {
-            mma_m16n8k8_tf32(t, as[kk][mm], bb[kk][nj], t);
-            mma_m16n8k8_tf32(t, ab[kk][mm], bs[kk][nj], t);
-            mma_m16n8k8_tf32(t, ab[kk][mm], bb[kk][nj], t);
+            mma_m16n8k8_tf32(t, as[kk], bb[kk][nj], t);
+            mma_m16n8k8_tf32(t, ab[kk], bs[kk][nj], t);
+            mma_m16n8k8_tf32(t, ab[kk], bb[kk][nj], t);
           }
           AIEC_UNROLL
           for (int r = 0; r < 4; ++r) d[r] += t[r];
         } else {
           AIEC_UNROLL
-          for (int kk = 0; kk < 2; ++kk) mma_m16n8k8_tf32(d, ab[kk][mm], bb[kk][nj], d);
+          for (int kk = 0; kk < 2; ++kk) mma_m16n8k8_tf32(d, ab[kk], bb[kk][nj], d);
         }
       }
+    }
   }
 }
 
@@ -493,24 +507,23 @@ __device__ __forceinline__ float at(const Operand& o, u64 i, u64 k) {
   return o.km ? o.p[k * o.ld + i] : o.p[i * o.ld + k];
 }
 
-template <int PATH, bool AKM, bool BKM, bool SK, bool VEC, int LDO>
+template <int PATH, bool AKM, bool BKM, bool SK, int LDO>
 __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out) {
-  const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5, kh = warp >> 1;
+  const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
   float acc[ACC];
   AIEC_UNROLL
   for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;
   const u64 K = a.kdim, steps = (K + KT - 1) / KT;
   auto stage = [&](u64 st) { return smem + (int)(st % STAGES) * 2 * SLOT; };  // A, then B at + SLOT
   if (steps) {
-    issue<AKM, VEC>(a, m0, 0, stage(0));
-    issue<BKM, VEC>(b, n0, 0, stage(0) + SLOT);
+    issue<AKM>(a, m0, 0, stage(0));
+    issue<BKM>(b, n0, 0, stage(0) + SLOT);
     cp_commit();
   }
-  AIEC_UNROLL_BY(2)  // the stages' buffers at constant offsets
   for (u64 st = 0; st < steps; ++st) {  // block-uniform
     if (st + 1 < steps) {               // the next stage's copies, in flight during this stage's products
-      issue<AKM, VEC>(a, m0, (st + 1) * KT, stage(st + 1));
-      issue<BKM, VEC>(b, n0, (st + 1) * KT, stage(st + 1) + SLOT);
+      issue<AKM>(a, m0, (st + 1) * KT, stage(st + 1));
+      issue<BKM>(b, n0, (st + 1) * KT, stage(st + 1) + SLOT);
       cp_commit();
       cp_wait<1>();
     } else {
@@ -518,34 +531,26 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
     }
     __syncthreads();  // every thread's copies of this stage have landed
     const float* A = stage(st);
-    half_step<PATH, AKM, BKM, SK>(acc, A, A + SLOT, kh, a, st * KT + (u64)(16 * kh));
+    AIEC_UNROLL_BY(1)
+    for (int s = 0; s < 2; ++s) half_step<PATH, AKM, BKM, SK>(acc, A, A + SLOT, s, a, st * KT + (u64)(16 * s));
     __syncthreads();  // this stage is consumed: the copies of stage st + 2 may overwrite it
   }
-  // The two k halves meet in out: the upper half's sums are stored, the lower half adds its own (deterministic).
-  if (kh == 1) {
+  AIEC_UNROLL
+  for (int f = 0; f < ACC / 4; ++f)
     AIEC_UNROLL
-    for (int f = 0; f < ACC / 4; ++f)
-      AIEC_UNROLL
-      for (int r = 0; r < 4; ++r) out[row_of<AKM>(lane, f / 4, r) * LDO + col_of<BKM>(lane, warp, f % 4, r)] = acc[4 * f + r];
-  }
-  __syncthreads();
-  if (kh == 0) {
-    AIEC_UNROLL
-    for (int f = 0; f < ACC / 4; ++f)
-      AIEC_UNROLL
-      for (int r = 0; r < 4; ++r) out[row_of<AKM>(lane, f / 4, r) * LDO + col_of<BKM>(lane, warp, f % 4, r)] += acc[4 * f + r];
-    if constexpr (PATH == TF32X3) {
-      AIEC_UNROLL_BY(1)
-      for (int f = 0; f < ACC; ++f) {  // an inf or NaN operand (or a spurious NaN of the split): the f32 sum
-        const int m = row_of<AKM>(lane, f / 16, f % 4), n = col_of<BKM>(lane, warp, (f / 4) % 4, f % 4);
-        float& x = out[m * LDO + n];
-        if (x == x) continue;
-        const u64 i = m0 + (u64)m, j = n0 + (u64)n;
-        float sum = 0.0f;
-        if (i < a.extent && j < b.extent)
-          for (u64 k = 0; k < K; ++k) sum = fmaf(SK ? at(a, i, k) * a.scale[k] : at(a, i, k), at(b, j, k), sum);
-        x = sum;
-      }
+    for (int r = 0; r < 4; ++r)
+      out[row_of<AKM>(lane, warp, f / 4, r) * LDO + col_of<BKM>(lane, warp, f % 4, r)] = acc[4 * f + r];
+  if constexpr (PATH == TF32X3) {
+    AIEC_UNROLL_BY(1)
+    for (int f = 0; f < ACC; ++f) {  // an inf or NaN operand (or a spurious NaN of the split): the f32 sum
+      const int m = row_of<AKM>(lane, warp, f / 16, f % 4), n = col_of<BKM>(lane, warp, (f / 4) % 4, f % 4);
+      float& x = out[m * LDO + n];
+      if (x == x) continue;
+      const u64 i = m0 + (u64)m, j = n0 + (u64)n;
+      float sum = 0.0f;
+      if (i < a.extent && j < b.extent)
+        for (u64 k = 0; k < K; ++k) sum = fmaf(SK ? at(a, i, k) * a.scale[k] : at(a, i, k), at(b, j, k), sum);
+      x = sum;
     }
   }
   __syncthreads();  // the tile is in out
@@ -554,15 +559,13 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
 // out[m * LDO + n] = element (m0 + m, n0 + n) of A B for m, n < 64 (0 past the matrix) on the tensor cores; A: a
 // (a.km == AKM), B: b (b.km == BKM). SK: every A(i, k) is multiplied by a.scale[k] (no other scale is applied).
 // All 128 threads call it (barriers); smem: FLOATS floats, 16-byte aligned; out: 64 rows of LDO floats (may be
-// smem itself: the stages are consumed when it is written). TF32X3: a result that is NaN is recomputed in f32
+// smem itself: the stages are consumed when it is written). The copies take 16 bytes where a.vec and b.vec,
+// else 4 (one loop: a branch per stage). TF32X3: a result that is NaN is recomputed in f32
 // from global memory (the SIMT path's sum), so non-finite operands give the f32 results.
 template <int PATH, bool AKM, bool BKM, bool SK, int LDO>
 __device__ __forceinline__ void tile(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out) {
   static_assert(64 * LDO <= FLOATS, "the output tile fits in shared memory");
-  if (a.vec && b.vec)
-    tile_v<PATH, AKM, BKM, SK, true, LDO>(a, b, m0, n0, smem, out);
-  else  // a matrix whose rows are not 16-byte multiples: 4-byte copies
-    tile_v<PATH, AKM, BKM, SK, false, LDO>(a, b, m0, n0, smem, out);
+  tile_v<PATH, AKM, BKM, SK, LDO>(a, b, m0, n0, smem, out);
 }
 }  // namespace tc
 #endif
