@@ -177,7 +177,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     let x: Vec<T> = (0..n).map(|_| T::from_f32(rng.uniform(-1.0, 1.5) as f32)).collect();
     let xs = [Tensor::from_slice(dev, &x, &p.dims())?, Tensor::from_slice(dev, &x, &p.dims())?];
     let ys = [Tensor::zeros(dev, T::DTYPE, &p.dims())?, Tensor::zeros(dev, T::DTYPE, &p.dims())?];
-    let keep: Buffer<u32> = Buffer::zeros(dev, aiec::launch::keep_words(&shape))?;
+    let keep: Buffer<u32> = Buffer::zeros(dev, aiec::layout::keep_words(&shape))?;
     let v: Buffer<f32> = Buffer::zeros(dev, b * c)?;
     let w: Vec<f32> = aiec::init::xavier_uniform(k, c, 1).into_iter().map(|v| v as f32).collect();
     let w = Buffer::from_slice(dev, &w)?;
@@ -313,7 +313,7 @@ fn costs(p: Preset, size: usize) -> Vec<Cost> {
         (p.batch as f64, p.channels as f64, p.classes as f64, p.elements() as f64, size as f64);
     let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool).expect("preset");
     let keep = 4.0
-        * aiec::launch::keep_words(&aiec::params::AiecShape::new(
+        * aiec::layout::keep_words(&aiec::params::AiecShape::new(
             &cfg.plan_input(&p.dims()).expect("preset"),
             p.classes,
             0.0,

@@ -237,6 +237,49 @@ pub fn checked_bytes(dims: &[usize], elem_size: usize) -> Result<usize> {
         .ok_or_else(|| AiecError::ShapeOverflow { dims: dims.to_vec() })
 }
 
+/// Checks the targets against `B` and `K`; returns them as indices.
+pub fn check_targets(targets: &[i64], batch: usize, classes: usize) -> Result<Vec<usize>> {
+    if targets.len() != batch {
+        return Err(AiecError::TargetCountMismatch { batch, got: targets.len() });
+    }
+    targets
+        .iter()
+        .enumerate()
+        .map(|(index, &value)| {
+            if value >= 0 && (value as u64) < classes as u64 {
+                Ok(value as usize)
+            } else {
+                Err(AiecError::TargetOutOfRange { index, value, classes })
+            }
+        })
+        .collect()
+}
+
+/// The two loss coefficients (`aux_coef * aux + gate_coef * gate` is added to the
+/// task loss). The paper uses `aux_coef = 1`, `gate_coef = 200`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossCoefs {
+    /// Weight of the auxiliary cross-entropy.
+    pub aux_coef: f64,
+    /// Weight of the gate loss.
+    pub gate_coef: f64,
+}
+
+impl LossCoefs {
+    /// The paper's settings.
+    pub const PAPER: LossCoefs = LossCoefs { aux_coef: 1.0, gate_coef: 200.0 };
+
+    /// Checked coefficients: both finite and `>= 0`.
+    pub fn new(aux_coef: f64, gate_coef: f64) -> Result<Self> {
+        for (name, value) in [("aux_coef", aux_coef), ("gate_coef", gate_coef)] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(AiecError::InvalidCoefficient { name, value });
+            }
+        }
+        Ok(LossCoefs { aux_coef, gate_coef })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -311,59 +311,6 @@ pub fn block_threads(kernel: &str) -> u32 {
     }
 }
 
-/// How the keep bits of one activation tensor are laid out: one bit per
-/// element, row by row, every row starting at a `u32` word (so that the
-/// activation passes build and read whole words for any row length, at most 31
-/// padding bits per row, all 0). A row is what the passes walk along: the
-/// `B*P` rows of `C` channels in the tokens layouts (`token`, `avg_token`,
-/// `none`), the `B*C` rows of `P = H*W` positions in `avg_hw`. Element `j` of
-/// row `r` (flat index `r * row_len + j`) is bit `j % 32` of word
-/// `r * words_per_row + j / 32`, least significant bit first. The kernels
-/// (`kernels/aiec_fwd_x.cu`, `kernels/aiec_bwd_x.cu`), [`keep_words`] and
-/// [`crate::cpu::buffers::pack_keep`] / `unpack_keep` follow this one definition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeepLayout {
-    /// Rows.
-    pub rows: u64,
-    /// Elements per row (`C`, or `P` for `avg_hw`), at least 1 unless the tensor is empty.
-    pub row_len: u64,
-    /// `ceil(row_len / 32)`.
-    pub words_per_row: u64,
-}
-
-impl KeepLayout {
-    /// The layout for a planned shape.
-    pub fn of(shape: &AiecShape) -> KeepLayout {
-        let (rows, row_len) = if is_hw(shape) {
-            (shape.batch * shape.channels, shape.positions)
-        } else {
-            (shape.batch * shape.positions, shape.channels)
-        };
-        KeepLayout { rows, row_len, words_per_row: row_len.div_ceil(32) }
-    }
-
-    /// The layout for a planned input.
-    pub fn of_dims(dims: &crate::config::InputDims) -> KeepLayout {
-        Self::of(&AiecShape::new(dims, 1, 0.0, false))
-    }
-
-    /// Words in all.
-    pub fn words(&self) -> usize {
-        (self.rows * self.words_per_row) as usize
-    }
-
-    /// The word and bit of the element at flat index `i` (`i < rows * row_len`).
-    pub fn bit(&self, i: u64) -> (usize, u32) {
-        let (r, j) = (i / self.row_len, i % self.row_len);
-        ((r * self.words_per_row + j / 32) as usize, (j % 32) as u32)
-    }
-}
-
-/// The keep bits of one activation tensor: `u32` words ([`KeepLayout`]).
-pub fn keep_words(shape: &AiecShape) -> usize {
-    KeepLayout::of(shape).words()
-}
-
 /// The device addresses of `aiec_fwd_x`'s arguments (0 = null where allowed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct XPassArgs {
@@ -371,7 +318,7 @@ pub struct XPassArgs {
     pub x: u64,
     /// The output, shape of `x` (never `x` itself).
     pub y: u64,
-    /// [`keep_words`] words.
+    /// [`crate::layout::keep_words`] words.
     pub keep: u64,
     /// `[B, C]` pooled values, or 0 (a forward without targets).
     pub v: u64,
@@ -433,41 +380,6 @@ pub fn aiec_fwd_logits(
         shared_bytes: 0,
         args: args.collect(),
     })
-}
-
-/// Where the parts of a training forward's scratch memory lie (bytes from its
-/// start): the gate's per-block partial sums and counts, the two kernels'
-/// tickets (zero before the first launch; every launch leaves them zero), the
-/// targets status and the logits' per-row, per-class-tile softmax statistics.
-/// One allocation, zeroed once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ForwardScratch {
-    /// `f32 [gate_blocks]`.
-    pub gate_sum_sq: usize,
-    /// `u64 [gate_blocks]`.
-    pub gate_count: usize,
-    /// `u32 [logits_groups + 1]`: the logits groups' tickets, then the gate's.
-    pub tickets: usize,
-    /// One `AiecTargetStatus`.
-    pub status: usize,
-    /// `AiecRowPart [B * logits_tiles]` ([`ROW_PART_BYTES`] each).
-    pub row_parts: usize,
-    /// Total bytes.
-    pub bytes: usize,
-}
-
-impl ForwardScratch {
-    /// The layout for `shape`.
-    pub fn of(shape: &AiecShape) -> ForwardScratch {
-        let g = gate_blocks(shape);
-        let up16 = |n: usize| n.div_ceil(16) * 16;
-        let gate_count = up16(4 * g);
-        let tickets = gate_count + 8 * g;
-        let status = up16(tickets + 4 * (logits_groups(shape) + 1));
-        let row_parts = status + 32;
-        let parts = shape.batch as usize * logits_tiles(shape) * ROW_PART_BYTES;
-        ForwardScratch { gate_sum_sq: 0, gate_count, tickets, status, row_parts, bytes: row_parts + parts }
-    }
 }
 
 /// Channels per `aiec_fwd_gate` block (grid.x).
@@ -728,43 +640,6 @@ mod tests {
             (Module::all("aiec_loss.cu"), "aiec_loss_count", [1, 1, 1])
         );
         assert_eq!(c.block, [block_threads(&c.kernel), 1, 1]);
-    }
-
-    #[test]
-    fn forward_scratch_parts_are_aligned_and_disjoint() {
-        for s in [
-            shape(Pool::Token, 256, 197, 3072, 1000),
-            shape(Pool::None, 3, 1, 5, 2),
-            shape(Pool::None, 9, 1, 1, 1),
-        ] {
-            let l = ForwardScratch::of(&s);
-            let (g, groups) = (gate_blocks(&s), logits_groups(&s));
-            assert!(l.gate_count % 16 == 0 && l.status % 16 == 0 && l.row_parts % 16 == 0);
-            assert!(l.gate_sum_sq + 4 * g <= l.gate_count);
-            assert!(l.gate_count + 8 * g <= l.tickets);
-            assert!(l.tickets + 4 * (groups + 1) <= l.status);
-            assert!(l.status + 32 <= l.row_parts);
-            assert_eq!(l.bytes, l.row_parts + s.batch as usize * logits_tiles(&s) * ROW_PART_BYTES);
-        }
-    }
-
-    #[test]
-    fn keep_bits_are_row_padded() {
-        // tokens: 15 rows of 7 channels, one word each; avg_hw: rows of P = 49 positions, two words each.
-        assert_eq!(keep_words(&shape(Pool::Token, 3, 5, 7, 2)), 15);
-        let h = KeepLayout::of(&shape(Pool::AvgHw, 2, 49, 3, 2));
-        assert_eq!((h.rows, h.row_len, h.words_per_row, h.words()), (6, 49, 2, 12));
-        assert_eq!(h.bit(0), (0, 0));
-        assert_eq!(h.bit(31), (0, 31));
-        assert_eq!(h.bit(32), (1, 0));
-        assert_eq!(h.bit(48), (1, 16));
-        assert_eq!(h.bit(49), (2, 0), "row 1 starts at a word");
-        assert_eq!(h.bit(5 * 49 + 48), (11, 16));
-        // Rows of a multiple of 32 pack densely: ceil(n / 32) words.
-        let s = shape(Pool::Token, 256, 197, 3072, 1000);
-        assert_eq!(keep_words(&s), (256 * 197 * 3072usize) / 32);
-        assert_eq!(keep_words(&shape(Pool::None, 4, 1, 33, 2)), 8);
-        assert_eq!(keep_words(&shape(Pool::None, 0, 1, 33, 2)), 0);
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod error;
 pub mod gpu;
 pub mod init;
 pub mod launch;
+pub mod layout;
 pub mod nvrtc;
 pub mod ops;
 pub mod origin;
@@ -54,7 +55,7 @@ pub mod view;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub use buffer::Buffer;
-pub use config::{AiecConfig, InputDims, Pool};
+pub use config::{AiecConfig, InputDims, LossCoefs, Pool};
 pub use counters::Counters;
 pub use device::{available_devices, cuda_driver, CudaDriver, Device, DeviceKind, DeviceStats};
 pub use dtype::{DType, Element};

@@ -479,8 +479,8 @@ fn saved_state_is_one_bit_per_element_plus_o_of_bc_plus_bk() {
             let (rows, len) = if pool == Pool::AvgHw { (b * c, 49) } else { (n / c, c) };
             assert_eq!(rec.keep.byte_len(), rows * len.div_ceil(32) * 4, "one bit per element, rows padded");
             assert!(rec.keep.len() * 32 - n <= 31 * rows, "at most 31 padding bits per row");
-            let want = aiec::launch::keep_words(&aiec::params::AiecShape::new(&rec.dims, k, 0.0, false));
-            assert_eq!(rec.keep.len(), want, "launch::keep_words");
+            let want = aiec::layout::keep_words(&aiec::params::AiecShape::new(&rec.dims, k, 0.0, false));
+            assert_eq!(rec.keep.len(), want, "layout::keep_words");
             assert!(aux.v.len() == b * c);
             let rest = rec.saved_bytes() - rec.keep.byte_len();
             // v (4) + mask (1) per B*C; logits and g (4 + 4) per B*K; targets and ce per B; stats.
@@ -660,7 +660,7 @@ fn activation_passes_are_correct_for_any_grid() {
             let run = |shrink: bool| {
                 let y = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
                 let dx = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
-                let keep: Buffer<u32> = Buffer::zeros(&dev, aiec::launch::keep_words(&shape)).unwrap();
+                let keep: Buffer<u32> = Buffer::zeros(&dev, aiec::layout::keep_words(&shape)).unwrap();
                 let v: Buffer<f32> = Buffer::zeros(&dev, plan.batch * c).unwrap();
                 let args = XPassArgs {
                     x: xt.address(),

@@ -13,7 +13,8 @@ use pyo3::PyResult;
 use aiec::cpu::buffers::{self as reference, AuxSlices, CountersSlices, SavedSlices};
 use aiec::cpu::parts::RowScale;
 use aiec::cpu::Float;
-use aiec::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, Sizes, TargetCheck, Update};
+use aiec::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, TargetCheck, Update};
+use aiec::layout::Sizes;
 use aiec::params::{AiecGateStats, AiecLosses};
 use aiec::{AiecConfig, DType, Device, SliceMut, SliceRef, TensorMut, TensorRef};
 
@@ -303,7 +304,7 @@ pub(crate) fn check_targets(cfg: &AiecConfig, targets: Arg, batch: usize) -> PyR
     targets.of(Elem::I64)?.on(Place::Cpu)?;
     // SAFETY: a checked int64 CPU tensor, held by the call, only read.
     let t = unsafe { host::<i64>(targets) };
-    aiec::cpu::op::check_targets(t, batch, cfg.classes()).map(|_| ()).map_err(to_py)
+    aiec::config::check_targets(t, batch, cfg.classes()).map(|_| ()).map_err(to_py)
 }
 
 /// The buffers of launches 1 and 2.

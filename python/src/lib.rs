@@ -61,7 +61,7 @@ impl Config {
     /// sizes of the buffers of a step on it: `(B, C, P, keep_words, scratch_bytes)`.
     fn plan(&self, shape: Vec<usize>) -> PyResult<(usize, usize, usize, usize, usize)> {
         let dims = self.cfg.plan_input(&shape).map_err(to_py)?;
-        let s = aiec::gpu::fused::Sizes::of(&dims, self.cfg.classes());
+        let s = aiec::layout::Sizes::of(&dims, self.cfg.classes());
         Ok((dims.batch, dims.channels, dims.positions, s.keep, s.scratch_bytes))
     }
 

@@ -26,12 +26,11 @@
 //! mean over the local batch already averages to the whole batch's when every
 //! rank has the same batch size.
 
-use crate::config::{AiecConfig, InputDims};
-use crate::cpu::LossCoefs;
+use crate::config::{AiecConfig, InputDims, LossCoefs};
 use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
+use crate::gpu::counters::GpuCounters;
 use crate::gpu::fused::{self, AuxMut, CountersMut, LayerLoss, TargetCheck, Update};
-use crate::gpu::op::GpuCounters;
 use crate::gpu::workspace::Workspace;
 use crate::launch::{self, KernelArg, LaunchPlan};
 use crate::nvrtc::Module;
@@ -190,7 +189,7 @@ pub const MAX_GATE_RANKS: usize = 2047;
 ///
 /// ```
 /// # fn main() -> aiec::Result<()> {
-/// use aiec::cpu::LossCoefs;
+/// use aiec::LossCoefs;
 /// use aiec::gpu::dp::{combine_over_ranks, CountSum};
 /// use aiec::gpu::fused::LayerLoss;
 /// use aiec::params::{AiecGateStats, AiecLosses};
