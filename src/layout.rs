@@ -18,9 +18,13 @@ use crate::params::{pool_code, AiecShape};
 /// `B*P` rows of `C` channels in the tokens layouts (`token`, `avg_token`,
 /// `none`), the `B*C` rows of `P = H*W` positions in `avg_hw`. Element `j` of
 /// row `r` (flat index `r * row_len + j`) is bit `j % 32` of word
-/// `r * words_per_row + j / 32`, least significant bit first. The kernels
-/// (`kernels/aiec_fwd_x.cu`, `kernels/aiec_bwd_x.cu`), [`keep_words`] and
-/// [`crate::cpu::buffers::pack_keep`] / `unpack_keep` follow this one definition.
+/// `r * words_per_row + j / 32`, least significant bit first. This is the
+/// Rust definition ([`keep_words`] and [`crate::cpu::buffers::pack_keep`] /
+/// `unpack_keep` use it); the C++ one is `aiec_k::keep_*` in
+/// `kernels/aiec_params.cuh` (the kernels and the self-test use it), the
+/// Python word count `aiec._ops.keep_words` (for symbolic shapes). Tests pin
+/// them equal: `tests/aiec.rs` (`the_kernels_keep_bits_are_the_layouts`) and
+/// `python/tests/test_pt_ops.py`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeepLayout {
     /// Rows.

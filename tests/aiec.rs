@@ -460,6 +460,39 @@ fn a_step_costs_three_plus_one_plus_two_launches_and_no_host_sync() {
     }
 }
 
+/// The keep bits have one layout in each language (`aiec::layout::KeepLayout`,
+/// `aiec_k::keep_*` in kernels/aiec_params.cuh, `aiec._ops.keep_words` for the
+/// word count, pinned by python/tests/test_pt_ops.py): the kernels' words equal
+/// the CPU reference's, packed through `KeepLayout`, bit for bit, padding
+/// included, on odd rows in every pooling mode.
+#[test]
+fn the_kernels_keep_bits_are_the_layouts() {
+    for dev in devices() {
+        for (pool, dims) in [
+            (Pool::Token, vec![3, 5, 37]),
+            (Pool::AvgToken, vec![2, 3, 40]),
+            (Pool::AvgHw, vec![2, 3, 7, 5]),
+            (Pool::None, vec![5, 33]),
+            (Pool::None, vec![4, 64]),
+        ] {
+            let c = if pool == Pool::AvgHw { dims[1] } else { dims[dims.len() - 1] };
+            let cfg = AiecConfig::new(c, 3, 0.25, pool).unwrap();
+            let n: usize = dims.iter().product();
+            let x = common::devices::activations(n as u64, n, 0.25);
+            let (mut y, mut want) = (
+                vec![0f32; n],
+                vec![0u32; aiec::layout::KeepLayout::of_dims(&cfg.plan_input(&dims).unwrap()).words()],
+            );
+            aiec::cpu::buffers::activation_forward(&cfg, &dims, &x, &mut y, &mut want, None).unwrap();
+            let xt = Tensor::from_slice(&dev, &x, &dims).unwrap();
+            let w = Buffer::from_slice(&dev, &vec![0f32; 3 * c]).unwrap();
+            let mut counters = GpuCounters::new(&dev, 3, c).unwrap();
+            let rec = gpu::forward(&cfg, &xt, &w, None, &mut counters, false).unwrap();
+            assert_eq!(rec.keep.to_vec().unwrap(), want, "{pool} {dims:?} on {}", dev.label());
+        }
+    }
+}
+
 #[test]
 fn saved_state_is_one_bit_per_element_plus_o_of_bc_plus_bk() {
     for dev in devices() {
