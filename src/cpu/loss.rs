@@ -16,7 +16,9 @@ use crate::origin::ScalesOrigin;
 pub struct Losses<F> {
     /// Mean over all `L * B` rows of `CE(logits_l[b], t[b])` (0 when there are no rows).
     pub aux: F,
-    /// `sum_l S_l / sum_l N_l`, 0 when `sum_l N_l == 0`.
+    /// `sum_l S_l / sum_l N_l`, 0 when `sum_l N_l == 0`. Read from a device
+    /// in data-parallel training, this rank's share `W S / N` instead (`N` and
+    /// `gate_count` over all `W` ranks; [`crate::params::AiecLosses`]).
     pub gate: F,
     /// `sum_l S_l`.
     pub gate_sum_sq: F,
