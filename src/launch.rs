@@ -487,6 +487,58 @@ pub fn aiec_bwd_x(
     })
 }
 
+// ------------------------------------------------------------------ data-parallel counts
+
+/// Grid of the two counts kernels over `n` values: `ceil(n / 256)` blocks of
+/// [`ELEMENTWISE_BLOCK`], at most 65535 (grid-stride loops; they run once per
+/// update step, so unlike [`elementwise_grid`] they need no device limits).
+fn counts_grid(n: u64) -> [u32; 3] {
+    [n.div_ceil(ELEMENTWISE_BLOCK as u64).clamp(1, 65_535) as u32, 1, 1]
+}
+
+/// Data-parallel training (`crate::gpu::dp`): `aiec_counts_narrow(inc, out, n)`,
+/// `out = inc as i32` (`n = 2KC + K`).
+pub fn aiec_counts_narrow(classes: usize, channels: usize, inc: u64, out: u64) -> LaunchPlan {
+    let n = (2 * classes * channels + classes) as u64;
+    LaunchPlan {
+        module: Module::all("aiec_counts.cu"),
+        kernel: "aiec_counts_narrow".into(),
+        grid: counts_grid(n),
+        block: [ELEMENTWISE_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: vec![KernelArg::Ptr(inc), KernelArg::Ptr(out), KernelArg::U64(n)],
+    }
+}
+
+/// Data-parallel training: `aiec_counts_add(act, inh, total, inc, kc, k)`,
+/// `counters += inc` (`inc` i32, the ranks' sum).
+pub fn aiec_counts_add(
+    classes: usize,
+    channels: usize,
+    act: u64,
+    inh: u64,
+    total: u64,
+    inc: u64,
+) -> LaunchPlan {
+    let (kc, k) = ((classes * channels) as u64, classes as u64);
+    let n = 2 * kc + k;
+    LaunchPlan {
+        module: Module::all("aiec_counts.cu"),
+        kernel: "aiec_counts_add".into(),
+        grid: counts_grid(n),
+        block: [ELEMENTWISE_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(act),
+            KernelArg::Ptr(inh),
+            KernelArg::Ptr(total),
+            KernelArg::Ptr(inc),
+            KernelArg::U64(kc),
+            KernelArg::U64(k),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,6 +692,18 @@ mod tests {
             (Module::all("aiec_loss.cu"), "aiec_loss_count", [1, 1, 1])
         );
         assert_eq!(c.block, [block_threads(&c.kernel), 1, 1]);
+    }
+
+    #[test]
+    fn counts_plans_cover_their_values() {
+        // K = 3, C = 100: n = 2 * 300 + 3 = 603 values, 3 blocks of 256.
+        let n = aiec_counts_narrow(3, 100, 1, 2);
+        assert_eq!((n.kernel.as_str(), n.grid, n.block), ("aiec_counts_narrow", [3, 1, 1], [256, 1, 1]));
+        assert_eq!(n.args, [KernelArg::Ptr(1), KernelArg::Ptr(2), KernelArg::U64(603)]);
+        let a = aiec_counts_add(3, 100, 1, 2, 3, 4);
+        assert_eq!((a.kernel.as_str(), a.grid), ("aiec_counts_add", [3, 1, 1]));
+        assert_eq!(a.args[4..], [KernelArg::U64(300), KernelArg::U64(3)]);
+        assert_eq!(aiec_counts_add(100_000, 1000, 0, 0, 0, 0).grid, [65_535, 1, 1], "capped");
     }
 
     #[test]
