@@ -150,12 +150,12 @@ fn bench_device<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Resu
 /// projection kernels on the device's default path and on the f32 path.
 struct KernelTimes {
     fwd_x: f64,
-    logits: f64,
-    gate: f64,
-    dv_dw: f64,
+    fwd_logits: f64,
+    fwd_gate: f64,
+    bwd_dv_dw: f64,
     bwd_x: f64,
-    logits_f32: f64,
-    dv_dw_f32: f64,
+    fwd_logits_f32: f64,
+    bwd_dv_dw_f32: f64,
 }
 
 /// Each kernel of a training step alone (`aiec_loss`, one block, aside),
@@ -261,12 +261,12 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     };
     Ok(KernelTimes {
         fwd_x: time([&fwd_x[0], &fwd_x[1]])?,
-        logits: time([&logits_plan, &logits_plan])?,
-        gate: time([&gate_plan, &gate_plan])?,
-        dv_dw: time([&dv_dw_plan, &dv_dw_plan])?,
+        fwd_logits: time([&logits_plan, &logits_plan])?,
+        fwd_gate: time([&gate_plan, &gate_plan])?,
+        bwd_dv_dw: time([&dv_dw_plan, &dv_dw_plan])?,
         bwd_x: time([&bwd_x[0], &bwd_x[1]])?,
-        logits_f32: time([&logits_f32, &logits_f32])?,
-        dv_dw_f32: time([&dv_dw_f32, &dv_dw_f32])?,
+        fwd_logits_f32: time([&logits_f32, &logits_f32])?,
+        bwd_dv_dw_f32: time([&dv_dw_f32, &dv_dw_f32])?,
     })
 }
 
@@ -392,9 +392,9 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)]) -> 
                         .kernel
                     {
                         "aiec_fwd_x" => t.fwd_x,
-                        "aiec_fwd_logits" => t.logits,
-                        "aiec_fwd_gate" => t.gate,
-                        "aiec_bwd_dv_dw" => t.dv_dw,
+                        "aiec_fwd_logits" => t.fwd_logits,
+                        "aiec_fwd_gate" => t.fwd_gate,
+                        "aiec_bwd_dv_dw" => t.bwd_dv_dw,
                         _ => t.bwd_x,
                     });
                     let us = |s: f64| format!("{:.1}", s * 1e6);
@@ -587,12 +587,12 @@ fn cublas_section(dev: &Device, measured: &[(&str, &str, KernelTimes)], copy: f6
                 println!(
                     "{:<13} {:>9} {:>10} {:>10} {:>10} {:>9} {:>10} {:>13} {:>13}",
                     p.name,
-                    us(t.logits),
-                    us(t.logits_f32),
+                    us(t.fwd_logits),
+                    us(t.fwd_logits_f32),
                     us(sg[0]),
                     us(tf[0]),
-                    us(t.dv_dw),
-                    us(t.dv_dw_f32),
+                    us(t.bwd_dv_dw),
+                    us(t.bwd_dv_dw_f32),
                     us(sg[1] + sg[2]),
                     us(tf[1] + tf[2])
                 );
@@ -847,11 +847,11 @@ fn main() -> aiec::Result<()> {
                     us(t.fwd_x),
                     gbps(f),
                     100.0 * f / copy,
-                    us(t.logits),
-                    us(t.logits_f32),
-                    us(t.gate),
-                    us(t.dv_dw),
-                    us(t.dv_dw_f32),
+                    us(t.fwd_logits),
+                    us(t.fwd_logits_f32),
+                    us(t.fwd_gate),
+                    us(t.bwd_dv_dw),
+                    us(t.bwd_dv_dw_f32),
                     us(t.bwd_x),
                     gbps(b),
                     100.0 * b / copy
@@ -861,12 +861,12 @@ fn main() -> aiec::Result<()> {
                     dev.label(),
                     p.name,
                     t.fwd_x * 1e6,
-                    t.logits * 1e6,
-                    t.gate * 1e6,
-                    t.dv_dw * 1e6,
+                    t.fwd_logits * 1e6,
+                    t.fwd_gate * 1e6,
+                    t.bwd_dv_dw * 1e6,
                     t.bwd_x * 1e6,
-                    t.logits_f32 * 1e6,
-                    t.dv_dw_f32 * 1e6
+                    t.fwd_logits_f32 * 1e6,
+                    t.bwd_dv_dw_f32 * 1e6
                 ));
                 measured.push((p.name, dt, t));
             }
