@@ -47,6 +47,7 @@ pub mod ops;
 pub mod origin;
 pub mod params;
 pub mod policy;
+mod pool;
 pub mod resources;
 pub mod tensor;
 pub mod view;
