@@ -166,7 +166,7 @@ struct KernelTimes {
 fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<KernelTimes> {
     use aiec::launch::{
         aiec_bwd_dv_dw, aiec_bwd_x, aiec_fwd_gate, aiec_fwd_logits, aiec_fwd_x, gate_blocks, logits_groups,
-        logits_tiles, LaunchPlan, XPassArgs, ROW_PART_BYTES,
+        logits_tiles, BwdXArgs, GateArgs, LaunchPlan, XPassArgs, ROW_PART_BYTES,
     };
     use aiec::params::{AiecGateStats, AiecLosses, AiecShape};
     let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool)?;
@@ -218,8 +218,18 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     );
     let gate_plan = aiec_fwd_gate(
         &shape,
-        [v.address(), w.address(), targets.address(), act.address(), inh.address()],
-        [mask.address(), bss.address(), bcnt.address(), done.address() + 4 * groups as u64, stats.address()],
+        GateArgs {
+            v: v.address(),
+            w: w.address(),
+            targets: targets.address(),
+            act: act.address(),
+            inh: inh.address(),
+            mask: mask.address(),
+            block_sum_sq: bss.address(),
+            block_count: bcnt.address(),
+            done: done.address() + 4 * groups as u64,
+            stats: stats.address(),
+        },
     );
     let dv_dw_plan = aiec_bwd_dv_dw(
         &shape,
@@ -239,7 +249,11 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     });
     // dy = xs[i], dx = ys[i] (separate buffers; the in-place form moves the same bytes).
     let bwd_x = pair(&|i| {
-        aiec_bwd_x(T::DTYPE, &shape, xs[i].address(), keep.address(), dv.address(), ys[i].address())
+        aiec_bwd_x(
+            T::DTYPE,
+            &shape,
+            BwdXArgs { dy: xs[i].address(), keep: keep.address(), dv: dv.address(), dx: ys[i].address() },
+        )
     });
     let time = |plans: [&Option<LaunchPlan>; 2]| -> aiec::Result<f64> {
         for plan in plans.iter().copied().flatten() {

@@ -402,9 +402,38 @@ pub fn gate_blocks(shape: &AiecShape) -> usize {
     x as usize * y as usize
 }
 
+/// The device addresses of `aiec_fwd_gate`'s arguments, named so that a swap
+/// does not compile silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GateArgs {
+    /// `f32 [B, C]` pooled values.
+    pub v: u64,
+    /// `f32 [K, C]`.
+    pub w: u64,
+    /// `i64 [B]` targets.
+    pub targets: u64,
+    /// `i64 [K, C]`, after this step's update.
+    pub act: u64,
+    /// `i64 [K, C]`, after this step's update.
+    pub inh: u64,
+    /// `u8 [B, C]`, written.
+    pub mask: u64,
+    /// `f32 [`[`gate_blocks`]`]` scratch ([`crate::layout::ForwardScratch`]).
+    pub block_sum_sq: u64,
+    /// `u64 [`[`gate_blocks`]`]` scratch.
+    pub block_count: u64,
+    /// One `u32` ticket, zero before the launch (left zero).
+    pub done: u64,
+    /// One `AiecGateStats`, written.
+    pub stats: u64,
+}
+
 /// Launch 3: `aiec_fwd_gate(v, w, targets, act, inh, mask, block_sum_sq, block_count, done, stats, shape)`.
-pub fn aiec_fwd_gate(shape: &AiecShape, inputs: [u64; 5], outputs: [u64; 5]) -> Option<LaunchPlan> {
-    let args = inputs.into_iter().chain(outputs).map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
+pub fn aiec_fwd_gate(shape: &AiecShape, a: GateArgs) -> Option<LaunchPlan> {
+    let args = [a.v, a.w, a.targets, a.act, a.inh, a.mask, a.block_sum_sq, a.block_count, a.done, a.stats]
+        .into_iter()
+        .map(KernelArg::Ptr)
+        .chain([KernelArg::structure(shape)]);
     (shape.batch * shape.channels > 0).then(|| LaunchPlan {
         module: Module::all("aiec_fwd_gate.cu"),
         kernel: "aiec_fwd_gate".into(),
@@ -461,16 +490,22 @@ pub fn aiec_bwd_dv_dw(
     })
 }
 
-/// Backward launch 2: `aiec_bwd_x_<layout>_<dtype>(dy, keep, dv, dx, shape)`;
-/// `dx` may equal `dy`; `dv` may be 0 (a forward without targets: `dx = keep ? dy : 0`).
-pub fn aiec_bwd_x(
-    dtype: DType,
-    shape: &AiecShape,
-    dy: u64,
-    keep: u64,
-    dv: u64,
-    dx: u64,
-) -> Option<LaunchPlan> {
+/// The device addresses of `aiec_bwd_x`'s arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BwdXArgs {
+    /// The gradient with respect to `y`, shape of the layout.
+    pub dy: u64,
+    /// [`crate::layout::keep_words`] words.
+    pub keep: u64,
+    /// `f32 [B, C]`, or 0 (a forward without targets: `dx = keep ? dy : 0`).
+    pub dv: u64,
+    /// The gradient with respect to `x`: `dy` itself, or disjoint from every input.
+    pub dx: u64,
+}
+
+/// Backward launch 2: `aiec_bwd_x_<layout>_<dtype>(dy, keep, dv, dx, shape)`.
+pub fn aiec_bwd_x(dtype: DType, shape: &AiecShape, a: BwdXArgs) -> Option<LaunchPlan> {
+    let BwdXArgs { dy, keep, dv, dx } = a;
     (elems(shape) > 0).then(|| LaunchPlan {
         module: Module::only("aiec_bwd_x.cu", dtype),
         kernel: format!("aiec_bwd_x_{}_{dtype}", layout_name(shape)),
@@ -592,6 +627,25 @@ mod tests {
         }
     }
 
+    fn ga() -> GateArgs {
+        GateArgs {
+            v: 1,
+            w: 2,
+            targets: 3,
+            act: 4,
+            inh: 5,
+            mask: 6,
+            block_sum_sq: 7,
+            block_count: 8,
+            done: 9,
+            stats: 10,
+        }
+    }
+
+    fn bxa() -> BwdXArgs {
+        BwdXArgs { dy: 1, keep: 2, dv: 3, dx: 4 }
+    }
+
     fn xa() -> XPassArgs {
         XPassArgs { x: 1, y: 2, keep: 3, v: 4, targets: 5, status: 6, device_error: 7 }
     }
@@ -658,15 +712,16 @@ mod tests {
         );
         assert_eq!(DeviceLimits::new(40, T4.arch).projection, Projection::F32);
         assert_eq!(DeviceLimits::new(132, H200.arch).projection, Projection::Tf32x3);
-        let g = aiec_fwd_gate(&s, [1, 2, 3, 4, 5], [6, 7, 8, 9, 10]).unwrap();
+        let g = aiec_fwd_gate(&s, ga()).unwrap();
         assert_eq!((g.grid, g.args.len()), ([48, 4, 1], 11), "64 channels x 256 classes per block");
+        assert_eq!(g.args[..10], (1..=10).map(KernelArg::Ptr).collect::<Vec<_>>(), "in the kernel's order");
         assert_eq!(gate_grid(&shape(Pool::None, 3, 1, 5, 2)), [1, 1, 1]);
         assert_eq!(gate_blocks(&shape(Pool::None, 4096, 1, 4096, 1000)), 64 * 4);
         // Empty batches launch nothing in the forward.
         let e = shape(Pool::Token, 0, 5, 8, 4);
         assert!(aiec_fwd_x(DType::F32, &e, xa()).is_none());
         assert!(aiec_fwd_logits(&e, [0; 5], [0; 3], [0; 3], [0; 2], H200).is_none());
-        assert!(aiec_fwd_gate(&e, [0; 5], [0; 5]).is_none());
+        assert!(aiec_fwd_gate(&e, GateArgs::default()).is_none());
     }
 
     #[test]
@@ -678,13 +733,14 @@ mod tests {
         assert_eq!(aiec_bwd_dv_dw(&s, [0; 6], [0; 2], T4).unwrap().kernel, "aiec_bwd_dv_dw");
         assert_eq!(p.args.len(), 9);
         assert_eq!(p.args[5], KernelArg::Ptr(6), "row_scale after losses");
-        let x = aiec_bwd_x(DType::BF16, &s, 1, 2, 3, 1).unwrap();
+        let x = aiec_bwd_x(DType::BF16, &s, BwdXArgs { dy: 1, keep: 2, dv: 3, dx: 1 }).unwrap();
         assert_eq!((x.kernel.as_str(), x.grid), ("aiec_bwd_x_tokens_bf16", [12, 256, 1]));
+        assert_eq!(x.args[..3], [KernelArg::Ptr(1), KernelArg::Ptr(2), KernelArg::Ptr(3)]);
         assert_eq!(x.args[3], KernelArg::Ptr(1), "dx may be dy");
         // B = 0 still clears dW; the dy pass has nothing to do.
         let e = shape(Pool::None, 0, 1, 8, 4);
         assert_eq!(aiec_bwd_dv_dw(&e, [0; 6], [0; 2], H200).unwrap().grid, [1, 1, 1]);
-        assert!(aiec_bwd_x(DType::F32, &e, 1, 2, 3, 4).is_none());
+        assert!(aiec_bwd_x(DType::F32, &e, bxa()).is_none());
         assert_eq!(aiec_loss(&bytemuck::Zeroable::zeroed()).grid, [1, 1, 1]);
         let c = aiec_loss_count(&bytemuck::Zeroable::zeroed());
         assert_eq!(
@@ -714,10 +770,10 @@ mod tests {
                 let plans = [
                     aiec_fwd_x(dtype, &s, xa()).unwrap(),
                     aiec_fwd_logits(&s, [1; 5], [1; 3], [1; 3], [1; 2], H200).unwrap(),
-                    aiec_fwd_gate(&s, [1; 5], [1; 5]).unwrap(),
+                    aiec_fwd_gate(&s, ga()).unwrap(),
                     aiec_loss(&bytemuck::Zeroable::zeroed()),
                     aiec_bwd_dv_dw(&s, [1; 6], [1; 2], H200).unwrap(),
-                    aiec_bwd_x(dtype, &s, 1, 2, 3, 4).unwrap(),
+                    aiec_bwd_x(dtype, &s, bxa()).unwrap(),
                 ];
                 let used: Vec<Module> = plans.iter().map(|p| p.module).collect();
                 assert_eq!(used, training_modules(dtype), "{dtype} {pool:?}");

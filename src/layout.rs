@@ -102,6 +102,7 @@ impl ForwardScratch {
         ForwardScratch { gate_sum_sq: 0, gate_count, tickets, status, row_parts, bytes: row_parts + parts }
     }
 }
+
 /// The alignment, in bytes, the forward scratch needs.
 pub const SCRATCH_ALIGN: usize = 8;
 

@@ -669,7 +669,7 @@ fn empty_batch_is_a_no_op_on_the_device() {
 /// bitwise the same y, keep bits, v and dx as the planned one.
 #[test]
 fn activation_passes_are_correct_for_any_grid() {
-    use aiec::launch::{aiec_bwd_x, aiec_fwd_x, XPassArgs};
+    use aiec::launch::{aiec_bwd_x, aiec_fwd_x, BwdXArgs, XPassArgs};
     use aiec::params::AiecShape;
     for dev in devices() {
         for (pool, dims) in [
@@ -703,15 +703,9 @@ fn activation_passes_are_correct_for_any_grid() {
                     ..Default::default()
                 };
                 let mut f = aiec_fwd_x(DType::BF16, &shape, args).unwrap();
-                let mut b = aiec_bwd_x(
-                    DType::BF16,
-                    &shape,
-                    xt.address(),
-                    keep.address(),
-                    dvb.address(),
-                    dx.address(),
-                )
-                .unwrap();
+                let bargs =
+                    BwdXArgs { dy: xt.address(), keep: keep.address(), dv: dvb.address(), dx: dx.address() };
+                let mut b = aiec_bwd_x(DType::BF16, &shape, bargs).unwrap();
                 if shrink {
                     for p in [&mut f, &mut b] {
                         // tokens: every channel tile, one block row; hw: two blocks.

@@ -17,7 +17,7 @@
 use crate::config::{AiecConfig, InputDims, LossCoefs};
 use crate::dtype::DType;
 use crate::error::{AiecError, Result};
-use crate::launch::{self, XPassArgs};
+use crate::launch::{self, BwdXArgs, GateArgs, XPassArgs};
 use crate::layout::ForwardScratch;
 /// Re-exported from [`crate::layout`], where they are defined.
 pub use crate::layout::{Sizes, SCRATCH_ALIGN};
@@ -376,17 +376,19 @@ pub fn forward_gate(
     }
     let sc = ForwardScratch::of(&shape);
     let base = scratch.address();
-    if let Some(p) = launch::aiec_fwd_gate(
-        &shape,
-        [v.address(), w.address(), targets.address(), act.address(), inh.address()],
-        [
-            mask.address(),
-            base + sc.gate_sum_sq as u64,
-            base + sc.gate_count as u64,
-            base + (sc.tickets + 4 * launch::logits_groups(&shape)) as u64,
-            stats.address(),
-        ],
-    ) {
+    let args = GateArgs {
+        v: v.address(),
+        w: w.address(),
+        targets: targets.address(),
+        act: act.address(),
+        inh: inh.address(),
+        mask: mask.address(),
+        block_sum_sq: base + sc.gate_sum_sq as u64,
+        block_count: base + sc.gate_count as u64,
+        done: base + (sc.tickets + 4 * launch::logits_groups(&shape)) as u64,
+        stats: stats.address(),
+    };
+    if let Some(p) = launch::aiec_fwd_gate(&shape, args) {
         // SAFETY: live views of this device sized for `shape`; the written ones
         // disjoint from each other and from the inputs.
         unsafe { dev.launch(&p) }?;
@@ -584,7 +586,11 @@ fn backward_impl(
         }
         dv_addr = dv.address();
     }
-    if let Some(p) = launch::aiec_bwd_x(dy.dtype(), &shape, dy.address(), keep.address(), dv_addr, dx_addr) {
+    if let Some(p) = launch::aiec_bwd_x(
+        dy.dtype(),
+        &shape,
+        BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv_addr, dx: dx_addr },
+    ) {
         // SAFETY: dy, keep, dv (or null) and dx are live views of this device
         // sized for `shape`; dx is dy itself or disjoint from every input.
         unsafe { dev.launch(&p) }?;
@@ -732,7 +738,11 @@ pub fn activation_backward(
     }
     keep.expect("keep bits", &dev, Sizes::of(dims, cfg.classes()).keep)?;
     let s = AiecShape::new(dims, cfg.classes(), cfg.tau() as f32, false);
-    if let Some(p) = launch::aiec_bwd_x(dy.dtype(), &s, dy.address(), keep.address(), dv.address(), addr) {
+    if let Some(p) = launch::aiec_bwd_x(
+        dy.dtype(),
+        &s,
+        BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv.address(), dx: addr },
+    ) {
         // SAFETY: live views of this device sized for `s`; dx is dy or disjoint.
         unsafe { dev.launch(&p) }?;
     }
