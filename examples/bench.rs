@@ -175,12 +175,12 @@ fn bench_device<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Resu
 /// projection kernels on the device's default path and on the f32 path.
 struct KernelTimes {
     fwd_x: f64,
-    logits: f64,
-    gate: f64,
-    dv_dw: f64,
+    fwd_logits: f64,
+    fwd_gate: f64,
+    bwd_dv_dw: f64,
     bwd_x: f64,
-    logits_f32: f64,
-    dv_dw_f32: f64,
+    fwd_logits_f32: f64,
+    bwd_dv_dw_f32: f64,
 }
 
 /// Each kernel of a training step alone (`aiec_loss`, one block, aside),
@@ -191,7 +191,7 @@ struct KernelTimes {
 fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<KernelTimes> {
     use aiec::launch::{
         aiec_bwd_dv_dw, aiec_bwd_x, aiec_fwd_gate, aiec_fwd_logits, aiec_fwd_x, gate_blocks, logits_groups,
-        logits_tiles, LaunchPlan, XPassArgs, ROW_PART_BYTES,
+        logits_tiles, BwdXArgs, GateArgs, LaunchPlan, XPassArgs, ROW_PART_BYTES,
     };
     use aiec::params::{AiecGateStats, AiecLosses, AiecShape};
     let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool)?;
@@ -202,7 +202,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     let x: Vec<T> = (0..n).map(|_| T::from_f32(rng.uniform(-1.0, 1.5) as f32)).collect();
     let xs = [Tensor::from_slice(dev, &x, &p.dims())?, Tensor::from_slice(dev, &x, &p.dims())?];
     let ys = [Tensor::zeros(dev, T::DTYPE, &p.dims())?, Tensor::zeros(dev, T::DTYPE, &p.dims())?];
-    let keep: Buffer<u32> = Buffer::zeros(dev, aiec::launch::keep_words(&shape))?;
+    let keep: Buffer<u32> = Buffer::zeros(dev, aiec::layout::keep_words(&shape))?;
     let v: Buffer<f32> = Buffer::zeros(dev, b * c)?;
     let w: Vec<f32> = aiec::init::xavier_uniform(k, c, 1).into_iter().map(|v| v as f32).collect();
     let w = Buffer::from_slice(dev, &w)?;
@@ -243,8 +243,18 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     );
     let gate_plan = aiec_fwd_gate(
         &shape,
-        [v.address(), w.address(), targets.address(), act.address(), inh.address()],
-        [mask.address(), bss.address(), bcnt.address(), done.address() + 4 * groups as u64, stats.address()],
+        GateArgs {
+            v: v.address(),
+            w: w.address(),
+            targets: targets.address(),
+            act: act.address(),
+            inh: inh.address(),
+            mask: mask.address(),
+            block_sum_sq: bss.address(),
+            block_count: bcnt.address(),
+            done: done.address() + 4 * groups as u64,
+            stats: stats.address(),
+        },
     );
     let dv_dw_plan = aiec_bwd_dv_dw(
         &shape,
@@ -264,7 +274,11 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     });
     // dy = xs[i], dx = ys[i] (separate buffers; the in-place form moves the same bytes).
     let bwd_x = pair(&|i| {
-        aiec_bwd_x(T::DTYPE, &shape, xs[i].address(), keep.address(), dv.address(), ys[i].address())
+        aiec_bwd_x(
+            T::DTYPE,
+            &shape,
+            BwdXArgs { dy: xs[i].address(), keep: keep.address(), dv: dv.address(), dx: ys[i].address() },
+        )
     });
     let time = |plans: [&Option<LaunchPlan>; 2]| -> aiec::Result<f64> {
         for plan in plans.iter().copied().flatten() {
@@ -286,12 +300,12 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     };
     Ok(KernelTimes {
         fwd_x: time([&fwd_x[0], &fwd_x[1]])?,
-        logits: time([&logits_plan, &logits_plan])?,
-        gate: time([&gate_plan, &gate_plan])?,
-        dv_dw: time([&dv_dw_plan, &dv_dw_plan])?,
+        fwd_logits: time([&logits_plan, &logits_plan])?,
+        fwd_gate: time([&gate_plan, &gate_plan])?,
+        bwd_dv_dw: time([&dv_dw_plan, &dv_dw_plan])?,
         bwd_x: time([&bwd_x[0], &bwd_x[1]])?,
-        logits_f32: time([&logits_f32, &logits_f32])?,
-        dv_dw_f32: time([&dv_dw_f32, &dv_dw_f32])?,
+        fwd_logits_f32: time([&logits_f32, &logits_f32])?,
+        bwd_dv_dw_f32: time([&dv_dw_f32, &dv_dw_f32])?,
     })
 }
 
@@ -389,7 +403,7 @@ fn costs(p: Preset, size: usize) -> Vec<Cost> {
         (p.batch as f64, p.channels as f64, p.classes as f64, p.elements() as f64, size as f64);
     let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool).expect("preset");
     let keep = 4.0
-        * aiec::launch::keep_words(&aiec::params::AiecShape::new(
+        * aiec::layout::keep_words(&aiec::params::AiecShape::new(
             &cfg.plan_input(&p.dims()).expect("preset"),
             p.classes,
             0.0,
@@ -480,9 +494,9 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)]) -> 
                         .kernel
                     {
                         "aiec_fwd_x" => t.fwd_x,
-                        "aiec_fwd_logits" => t.logits,
-                        "aiec_fwd_gate" => t.gate,
-                        "aiec_bwd_dv_dw" => t.dv_dw,
+                        "aiec_fwd_logits" => t.fwd_logits,
+                        "aiec_fwd_gate" => t.fwd_gate,
+                        "aiec_bwd_dv_dw" => t.bwd_dv_dw,
                         _ => t.bwd_x,
                     });
                     let us = |s: f64| format!("{:.1}", s * 1e6);
@@ -679,12 +693,12 @@ fn cublas_section(dev: &Device, measured: &[(&str, &str, KernelTimes)], copy: f6
                 println!(
                     "{:<13} {:>9} {:>10} {:>10} {:>10} {:>9} {:>10} {:>13} {:>13}",
                     p.name,
-                    us(t.logits),
-                    us(t.logits_f32),
+                    us(t.fwd_logits),
+                    us(t.fwd_logits_f32),
                     us(sg[0]),
                     us(tf[0]),
-                    us(t.dv_dw),
-                    us(t.dv_dw_f32),
+                    us(t.bwd_dv_dw),
+                    us(t.bwd_dv_dw_f32),
                     us(sg[1] + sg[2]),
                     us(tf[1] + tf[2])
                 );
@@ -944,11 +958,11 @@ fn main() -> aiec::Result<()> {
                     us(t.fwd_x),
                     gbps(f),
                     100.0 * f / copy,
-                    us(t.logits),
-                    us(t.logits_f32),
-                    us(t.gate),
-                    us(t.dv_dw),
-                    us(t.dv_dw_f32),
+                    us(t.fwd_logits),
+                    us(t.fwd_logits_f32),
+                    us(t.fwd_gate),
+                    us(t.bwd_dv_dw),
+                    us(t.bwd_dv_dw_f32),
                     us(t.bwd_x),
                     gbps(b),
                     100.0 * b / copy
@@ -958,12 +972,12 @@ fn main() -> aiec::Result<()> {
                     dev.label(),
                     p.name,
                     t.fwd_x * 1e6,
-                    t.logits * 1e6,
-                    t.gate * 1e6,
-                    t.dv_dw * 1e6,
+                    t.fwd_logits * 1e6,
+                    t.fwd_gate * 1e6,
+                    t.bwd_dv_dw * 1e6,
                     t.bwd_x * 1e6,
-                    t.logits_f32 * 1e6,
-                    t.dv_dw_f32 * 1e6
+                    t.fwd_logits_f32 * 1e6,
+                    t.bwd_dv_dw_f32 * 1e6
                 ));
                 measured.push((p.name, dt, t));
             }

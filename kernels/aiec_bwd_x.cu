@@ -92,7 +92,7 @@ __device__ __noinline__ void tokens_rows(const T* dy, const u32* __restrict__ ke
                                          T* dx, AiecShape s) {
   constexpr int V = Pack16<T>::N, NJ = V / W;
   constexpr int U = W * 8 <= V ? 1 : W * 4 <= V ? 2 : UNROLL;  // narrower accesses, fewer rows per step
-  const u64 B = s.batch, P = s.positions, C = s.channels, wpr = (C + 31) >> 5;
+  const u64 B = s.batch, P = s.positions, C = s.channels, wpr = aiec_k::keep_words_per_row(C);
   const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
   const u64 base = (u64)blockIdx.x * 32 * V;
   if (base + sub_off<W>(0, lane) >= C) return;  // no channel for this lane (no barriers, no warp ops below)
@@ -142,7 +142,7 @@ __device__ __noinline__ void tokens_avg(const T* dy, const u32* __restrict__ kee
                                          T* dx, AiecShape s) {
   constexpr int V = Pack16<T>::N, NJ = V / W;
   constexpr int U = W * 8 <= V ? 1 : W * 4 <= V ? 2 : UNROLL;  // narrower accesses, fewer rows per step
-  const u64 B = s.batch, P = s.positions, C = s.channels, wpr = (C + 31) >> 5;
+  const u64 B = s.batch, P = s.positions, C = s.channels, wpr = aiec_k::keep_words_per_row(C);
   const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
   const u64 base = (u64)blockIdx.x * 32 * V;
   if (base + sub_off<W>(0, lane) >= C) return;  // no channel for this lane (no barriers, no warp ops below)
@@ -202,7 +202,7 @@ __device__ __noinline__ void hw_body(const T* dy, const u32* __restrict__ keep, 
                                      AiecShape s) {
   constexpr int V = Pack16<T>::N, CHUNK = 32 * V;
   constexpr int U = W * 8 <= V ? 1 : W * 4 <= V ? 2 : UNROLL;  // narrower accesses, fewer rows per step
-  const u64 P = s.positions, rows = s.batch * s.channels, wpr = (P + 31) >> 5;
+  const u64 P = s.positions, rows = s.batch * s.channels, wpr = aiec_k::keep_words_per_row(P);
   const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
   const u64 rstep = (u64)gridDim.x * WARPS;
   Pack16<T> cur[U];  // a rotating buffer: chunk u of this step, then of the next

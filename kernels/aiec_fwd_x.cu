@@ -133,7 +133,7 @@ __device__ __noinline__ void tokens_rows(const T* __restrict__ x, T* __restrict_
                                          float* __restrict__ v, AiecShape s) {
   constexpr int V = Pack16<T>::N, NJ = V / W;
   constexpr int U = W * 8 <= V ? 1 : W * 4 <= V ? 2 : UNROLL;  // narrower accesses, fewer rows per step
-  const u64 B = s.batch, P = s.positions, C = s.channels, wpr = (C + 31) >> 5;
+  const u64 B = s.batch, P = s.positions, C = s.channels, wpr = aiec_k::keep_words_per_row(C);
   const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
   const u64 base = (u64)blockIdx.x * 32 * V;  // the block's first channel
   Pack16<T> cur[U];  // a rotating buffer: row u of this step, then (loaded in its place) of the next
@@ -179,7 +179,7 @@ __device__ __noinline__ void tokens_avg(const T* __restrict__ x, T* __restrict__
                                          float* __restrict__ v, AiecShape s, float* red) {
   constexpr int V = Pack16<T>::N, NJ = V / W;
   constexpr int U = W * 4 <= V ? 1 : UNROLL;  // narrower accesses, fewer rows per step
-  const u64 B = s.batch, P = s.positions, C = s.channels, wpr = (C + 31) >> 5;
+  const u64 B = s.batch, P = s.positions, C = s.channels, wpr = aiec_k::keep_words_per_row(C);
   const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
   const u64 base = (u64)blockIdx.x * 32 * V;  // the block's first channel
   Pack16<T> cur[U];  // a rotating buffer: row u of this step, then (loaded in its place) of the next
@@ -251,7 +251,7 @@ __device__ __noinline__ void hw_body(const T* __restrict__ x, T* __restrict__ y,
                                      float* __restrict__ v, AiecShape s) {
   constexpr int V = Pack16<T>::N, CHUNK = 32 * V;
   constexpr int U = W * 8 <= V ? 1 : W * 4 <= V ? 2 : UNROLL;  // narrower accesses, fewer rows per step
-  const u64 P = s.positions, rows = s.batch * s.channels, wpr = (P + 31) >> 5;
+  const u64 P = s.positions, rows = s.batch * s.channels, wpr = aiec_k::keep_words_per_row(P);
   const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
   const u64 rstep = (u64)gridDim.x * WARPS;
   Pack16<T> cur[U];  // a rotating buffer: chunk u of this step, then (loaded in its place) of the next

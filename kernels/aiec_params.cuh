@@ -2,7 +2,7 @@
 // #[repr(C)] (sizes and offsets pinned there and by the static_asserts below), and the helpers those files share.
 // Included after common.cuh; NVRTC gets it in memory by this file name, like common.cuh.
 //
-// Keep bits (written by aiec_fwd_x, read by aiec_bwd_x; launch::KeepLayout in Rust is the same definition): one bit
+// Keep bits (written by aiec_fwd_x, read by aiec_bwd_x; aiec_k::keep_* below in code; layout::KeepLayout in Rust): one bit
 // per element of the activation (NOT x <= tau), row by row, every row starting at a 32-bit word. The rows are what
 // the passes walk along: in the tokens layouts ([B, P, C]) the B*P rows of C channels, in the hw layout ([B, C, P])
 // the B*C rows of P positions. Element j of row r is bit j % 32 of word r * ceil(L / 32) + j / 32 (L the row
@@ -113,6 +113,20 @@ namespace aiec_k {  // helpers shared by the aiec_*.cu files (inline: identical 
 using aiec::u32;
 using aiec::u64;
 __device__ __forceinline__ u64 min64(u64 a, u64 b) { return a < b ? a : b; }
+// The keep-bit layout (top of this file) in code, its one C++ definition: the words of a row of `row_len` elements,
+// and where element `i` (flat, row-major in rows of row_len) lies. The activation passes and the self-test use these.
+__host__ __device__ __forceinline__ u64 keep_words_per_row(u64 row_len) { return (row_len + 31) >> 5; }
+__host__ __device__ __forceinline__ u64 keep_row_len(u64 channels, u64 positions, u32 pool) {
+  return pool == AIEC_POOL_AVG_HW ? positions : channels;
+}
+__host__ __device__ __forceinline__ u64 keep_words(u64 batch, u64 positions, u64 channels, u32 pool) {
+  const u64 len = keep_row_len(channels, positions, pool);
+  return len == 0 ? 0 : batch * positions * channels / len * keep_words_per_row(len);
+}
+// (word, bit) of flat element i as word * 32 + bit.
+__host__ __device__ __forceinline__ u64 keep_bit_index(u64 i, u64 row_len) {
+  return i / row_len * keep_words_per_row(row_len) * 32 + i % row_len;
+}
 __device__ __forceinline__ bool is_nan(float f) { return f != f; }
 // The threshold unit's rule: keep where NOT x <= tau (a NaN is kept).
 template <class T> __device__ __forceinline__ bool keeps(T x, float tau) { return !(aiec::to_float(x) <= tau); }

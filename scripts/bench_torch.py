@@ -5,7 +5,7 @@ For each preset (the bench's layer shapes, and a published-style ViT-B MLP block
 fc1, AIEC, fc2) and each variant, one training step (forward with targets on an
 update step, the AIEC losses, backward):
 
-* ``eager``: the project's eager PyTorch model of the spec (scripts/torch_aiec.py);
+* ``eager``: the project's eager PyTorch model of the spec (python/tests/reference.py);
 * ``compiled``: ``torch.compile`` of that same step;
 * ``dropin``: ``aiec.torch.AIEC`` with the published loss code (CE over the stacked
   logits, mean of the squared masked values: one boolean gather);
@@ -23,7 +23,6 @@ tensors). ``--json OUT`` writes every number.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -36,15 +35,9 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def load_eager():
-    spec = importlib.util.spec_from_file_location("torch_aiec", os.path.join(HERE, "torch_aiec.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["torch_aiec"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-eager = load_eager()
+# The eager oracle lives with the Python tests, which import it as `reference`.
+sys.path.insert(0, os.path.join(HERE, "..", "python", "tests"))
+import reference  # noqa: E402
 
 # name: (pool, shape of the AIEC input, K, block) ; block: run fc1 -> AIEC -> fc2 around it.
 PRESETS = {
@@ -69,7 +62,7 @@ class Layer(torch.nn.Module):
         super().__init__()
         self.variant, self.pool, self.block = variant, pool, block
         if variant in ("eager", "compiled"):
-            self.act = eager.AIEC(c, k, pool=pool, tau=0.0, update_interval=1)
+            self.act = reference.AIEC(c, k, pool=pool, tau=0.0, update_interval=1)
         elif variant == "dropin":
             from aiec.torch import AIEC
 
@@ -86,7 +79,7 @@ class Layer(torch.nn.Module):
         h = self.fc1(x) if self.block else x
         if self.variant in ("eager", "compiled"):
             y = self.act(h, t)
-            obj, _, _, _ = eager.aiec_objective([self.act], t, 1.0, 200.0)
+            obj, _, _, _ = reference.aiec_objective([self.act], t, 1.0, 200.0)
         elif self.variant == "dropin":
             inter_logits, inter_irrel = [], []
             y = self.act(h, t, inter_logits, inter_irrel)

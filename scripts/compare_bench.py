@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Side-by-side table of one GPU run: aiec (examples/bench.rs --json), PyTorch
-eager and torch.compile (scripts/torch_aiec.py bench --json), and the memory
+eager and torch.compile (python/benchmarks/bench_eager.py --json), and the memory
 floor (the two activation passes' minimal bytes / the copy bandwidth measured
 in the aiec run).
 

@@ -6,7 +6,8 @@
 #      for the export tests;
 #   2. `pip install ./python`: maturin builds the extension (abi3) from the
 #      workspace and installs the package `aiec`;
-#   3. ruff over the package, its tests and the scripts;
+#   3. ruff over the package, its tests (with the oracle, python/tests/reference.py),
+#      python/benchmarks and the scripts;
 #   4. `python -m aiec` (the diagnostics report, without AIEC_NVRTC_LIB), then
 #      pytest (python/tests): the drop-in and the fused path on the CPU
 #      reference (float64, float32), through the simulator (the kernels), and

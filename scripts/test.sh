@@ -3,6 +3,7 @@
 # Python 3 with pip (README: "Run every test"). No GPU needed; on a machine
 # with one, the same tests also run on CUDA.
 #
+#   0. No import circles between modules (scripts/check_module_cycles.py).
 #   1. NVRTC: a loadable libnvrtc (system, or the pip wheel fetched into target/).
 #   2. All tests with the simulator (schedule seed 0): CPU reference, golden,
 #      gradient check, launch plans, kernels in the simulator, NVRTC builds of
@@ -41,6 +42,9 @@
 #      here without a GPU, so that it has not rotted when a session is lent one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== 0. module dependencies point one way (no import circles) =="
+python3 scripts/check_module_cycles.py
 
 echo "== 1. NVRTC =="
 . scripts/ensure-nvrtc.sh

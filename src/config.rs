@@ -1,66 +1,8 @@
 //! Layer configuration and input-shape planning (pure: no buffers, no device).
 
-use std::fmt;
-
 use crate::error::{AiecError, Result};
-
-/// How the activation is pooled into one `[C]` vector per sample, with the input
-/// layout each mode takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Pool {
-    /// `[B, T, C]`: `v[b, c] = y[b, 0, c]` (the class token).
-    Token,
-    /// `[B, T, C]`: `v[b, c] = mean over t of y[b, t, c]`.
-    AvgToken,
-    /// `[B, C, H, W]`: `v[b, c] = mean over h, w of y[b, c, h, w]`.
-    AvgHw,
-    /// `[B, C]`: `v = y`.
-    None,
-}
-
-impl Pool {
-    /// Every mode, in a fixed order (for tests and tables).
-    pub const ALL: [Pool; 4] = [Pool::Token, Pool::AvgToken, Pool::AvgHw, Pool::None];
-
-    /// The spec's name of the mode (`token`, `avg_token`, `avg_hw`, `none`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Pool::Token => "token",
-            Pool::AvgToken => "avg_token",
-            Pool::AvgHw => "avg_hw",
-            Pool::None => "none",
-        }
-    }
-
-    /// Parses a spec name back into a mode.
-    pub fn from_name(name: &str) -> Option<Pool> {
-        Pool::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    /// The input layout this mode takes, as text.
-    pub fn layout(self) -> &'static str {
-        match self {
-            Pool::Token | Pool::AvgToken => "[B, T, C]",
-            Pool::AvgHw => "[B, C, H, W]",
-            Pool::None => "[B, C]",
-        }
-    }
-
-    /// Number of input dimensions.
-    pub fn rank(self) -> usize {
-        match self {
-            Pool::Token | Pool::AvgToken => 3,
-            Pool::AvgHw => 4,
-            Pool::None => 2,
-        }
-    }
-}
-
-impl fmt::Display for Pool {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// Defined in its own module (the error type names it too); this is its public path.
+pub use crate::pool::Pool;
 
 /// The configuration of one AIEC layer, validated on construction.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -235,6 +177,49 @@ pub fn checked_bytes(dims: &[usize], elem_size: usize) -> Result<usize> {
         .checked_mul(elem_size)
         .filter(|&b| b <= isize::MAX as usize)
         .ok_or_else(|| AiecError::ShapeOverflow { dims: dims.to_vec() })
+}
+
+/// Checks the targets against `B` and `K`; returns them as indices.
+pub fn check_targets(targets: &[i64], batch: usize, classes: usize) -> Result<Vec<usize>> {
+    if targets.len() != batch {
+        return Err(AiecError::TargetCountMismatch { batch, got: targets.len() });
+    }
+    targets
+        .iter()
+        .enumerate()
+        .map(|(index, &value)| {
+            if value >= 0 && (value as u64) < classes as u64 {
+                Ok(value as usize)
+            } else {
+                Err(AiecError::TargetOutOfRange { index, value, classes })
+            }
+        })
+        .collect()
+}
+
+/// The two loss coefficients (`aux_coef * aux + gate_coef * gate` is added to the
+/// task loss). The paper uses `aux_coef = 1`, `gate_coef = 200`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossCoefs {
+    /// Weight of the auxiliary cross-entropy.
+    pub aux_coef: f64,
+    /// Weight of the gate loss.
+    pub gate_coef: f64,
+}
+
+impl LossCoefs {
+    /// The paper's settings.
+    pub const PAPER: LossCoefs = LossCoefs { aux_coef: 1.0, gate_coef: 200.0 };
+
+    /// Checked coefficients: both finite and `>= 0`.
+    pub fn new(aux_coef: f64, gate_coef: f64) -> Result<Self> {
+        for (name, value) in [("aux_coef", aux_coef), ("gate_coef", gate_coef)] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(AiecError::InvalidCoefficient { name, value });
+            }
+        }
+        Ok(LossCoefs { aux_coef, gate_coef })
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use crate::config::Pool;
 use crate::dtype::DType;
+use crate::pool::Pool;
 
 /// Everything that can go wrong in `aiec`, from a bad shape to a missing driver.
 // The fields are the offending values, named for what they hold; each variant's

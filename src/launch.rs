@@ -311,59 +311,6 @@ pub fn block_threads(kernel: &str) -> u32 {
     }
 }
 
-/// How the keep bits of one activation tensor are laid out: one bit per
-/// element, row by row, every row starting at a `u32` word (so that the
-/// activation passes build and read whole words for any row length, at most 31
-/// padding bits per row, all 0). A row is what the passes walk along: the
-/// `B*P` rows of `C` channels in the tokens layouts (`token`, `avg_token`,
-/// `none`), the `B*C` rows of `P = H*W` positions in `avg_hw`. Element `j` of
-/// row `r` (flat index `r * row_len + j`) is bit `j % 32` of word
-/// `r * words_per_row + j / 32`, least significant bit first. The kernels
-/// (`kernels/aiec_fwd_x.cu`, `kernels/aiec_bwd_x.cu`), [`keep_words`] and
-/// [`crate::cpu::buffers::pack_keep`] / `unpack_keep` follow this one definition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeepLayout {
-    /// Rows.
-    pub rows: u64,
-    /// Elements per row (`C`, or `P` for `avg_hw`), at least 1 unless the tensor is empty.
-    pub row_len: u64,
-    /// `ceil(row_len / 32)`.
-    pub words_per_row: u64,
-}
-
-impl KeepLayout {
-    /// The layout for a planned shape.
-    pub fn of(shape: &AiecShape) -> KeepLayout {
-        let (rows, row_len) = if is_hw(shape) {
-            (shape.batch * shape.channels, shape.positions)
-        } else {
-            (shape.batch * shape.positions, shape.channels)
-        };
-        KeepLayout { rows, row_len, words_per_row: row_len.div_ceil(32) }
-    }
-
-    /// The layout for a planned input.
-    pub fn of_dims(dims: &crate::config::InputDims) -> KeepLayout {
-        Self::of(&AiecShape::new(dims, 1, 0.0, false))
-    }
-
-    /// Words in all.
-    pub fn words(&self) -> usize {
-        (self.rows * self.words_per_row) as usize
-    }
-
-    /// The word and bit of the element at flat index `i` (`i < rows * row_len`).
-    pub fn bit(&self, i: u64) -> (usize, u32) {
-        let (r, j) = (i / self.row_len, i % self.row_len);
-        ((r * self.words_per_row + j / 32) as usize, (j % 32) as u32)
-    }
-}
-
-/// The keep bits of one activation tensor: `u32` words ([`KeepLayout`]).
-pub fn keep_words(shape: &AiecShape) -> usize {
-    KeepLayout::of(shape).words()
-}
-
 /// The device addresses of `aiec_fwd_x`'s arguments (0 = null where allowed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct XPassArgs {
@@ -371,7 +318,7 @@ pub struct XPassArgs {
     pub x: u64,
     /// The output, shape of `x` (never `x` itself).
     pub y: u64,
-    /// [`keep_words`] words.
+    /// [`crate::layout::keep_words`] words.
     pub keep: u64,
     /// `[B, C]` pooled values, or 0 (a forward without targets).
     pub v: u64,
@@ -435,41 +382,6 @@ pub fn aiec_fwd_logits(
     })
 }
 
-/// Where the parts of a training forward's scratch memory lie (bytes from its
-/// start): the gate's per-block partial sums and counts, the two kernels'
-/// tickets (zero before the first launch; every launch leaves them zero), the
-/// targets status and the logits' per-row, per-class-tile softmax statistics.
-/// One allocation, zeroed once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ForwardScratch {
-    /// `f32 [gate_blocks]`.
-    pub gate_sum_sq: usize,
-    /// `u64 [gate_blocks]`.
-    pub gate_count: usize,
-    /// `u32 [logits_groups + 1]`: the logits groups' tickets, then the gate's.
-    pub tickets: usize,
-    /// One `AiecTargetStatus`.
-    pub status: usize,
-    /// `AiecRowPart [B * logits_tiles]` ([`ROW_PART_BYTES`] each).
-    pub row_parts: usize,
-    /// Total bytes.
-    pub bytes: usize,
-}
-
-impl ForwardScratch {
-    /// The layout for `shape`.
-    pub fn of(shape: &AiecShape) -> ForwardScratch {
-        let g = gate_blocks(shape);
-        let up16 = |n: usize| n.div_ceil(16) * 16;
-        let gate_count = up16(4 * g);
-        let tickets = gate_count + 8 * g;
-        let status = up16(tickets + 4 * (logits_groups(shape) + 1));
-        let row_parts = status + 32;
-        let parts = shape.batch as usize * logits_tiles(shape) * ROW_PART_BYTES;
-        ForwardScratch { gate_sum_sq: 0, gate_count, tickets, status, row_parts, bytes: row_parts + parts }
-    }
-}
-
 /// Channels per `aiec_fwd_gate` block (grid.x).
 pub const GATE_CHANNELS: u64 = 64;
 /// Classes per `aiec_fwd_gate` class group (grid.y).
@@ -490,9 +402,38 @@ pub fn gate_blocks(shape: &AiecShape) -> usize {
     x as usize * y as usize
 }
 
+/// The device addresses of `aiec_fwd_gate`'s arguments, named so that a swap
+/// does not compile silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GateArgs {
+    /// `f32 [B, C]` pooled values.
+    pub v: u64,
+    /// `f32 [K, C]`.
+    pub w: u64,
+    /// `i64 [B]` targets.
+    pub targets: u64,
+    /// `i64 [K, C]`, after this step's update.
+    pub act: u64,
+    /// `i64 [K, C]`, after this step's update.
+    pub inh: u64,
+    /// `u8 [B, C]`, written.
+    pub mask: u64,
+    /// `f32 [`[`gate_blocks`]`]` scratch ([`crate::layout::ForwardScratch`]).
+    pub block_sum_sq: u64,
+    /// `u64 [`[`gate_blocks`]`]` scratch.
+    pub block_count: u64,
+    /// One `u32` ticket, zero before the launch (left zero).
+    pub done: u64,
+    /// One `AiecGateStats`, written.
+    pub stats: u64,
+}
+
 /// Launch 3: `aiec_fwd_gate(v, w, targets, act, inh, mask, block_sum_sq, block_count, done, stats, shape)`.
-pub fn aiec_fwd_gate(shape: &AiecShape, inputs: [u64; 5], outputs: [u64; 5]) -> Option<LaunchPlan> {
-    let args = inputs.into_iter().chain(outputs).map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
+pub fn aiec_fwd_gate(shape: &AiecShape, a: GateArgs) -> Option<LaunchPlan> {
+    let args = [a.v, a.w, a.targets, a.act, a.inh, a.mask, a.block_sum_sq, a.block_count, a.done, a.stats]
+        .into_iter()
+        .map(KernelArg::Ptr)
+        .chain([KernelArg::structure(shape)]);
     (shape.batch * shape.channels > 0).then(|| LaunchPlan {
         module: Module::all("aiec_fwd_gate.cu"),
         kernel: "aiec_fwd_gate".into(),
@@ -549,16 +490,22 @@ pub fn aiec_bwd_dv_dw(
     })
 }
 
-/// Backward launch 2: `aiec_bwd_x_<layout>_<dtype>(dy, keep, dv, dx, shape)`;
-/// `dx` may equal `dy`; `dv` may be 0 (a forward without targets: `dx = keep ? dy : 0`).
-pub fn aiec_bwd_x(
-    dtype: DType,
-    shape: &AiecShape,
-    dy: u64,
-    keep: u64,
-    dv: u64,
-    dx: u64,
-) -> Option<LaunchPlan> {
+/// The device addresses of `aiec_bwd_x`'s arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BwdXArgs {
+    /// The gradient with respect to `y`, shape of the layout.
+    pub dy: u64,
+    /// [`crate::layout::keep_words`] words.
+    pub keep: u64,
+    /// `f32 [B, C]`, or 0 (a forward without targets: `dx = keep ? dy : 0`).
+    pub dv: u64,
+    /// The gradient with respect to `x`: `dy` itself, or disjoint from every input.
+    pub dx: u64,
+}
+
+/// Backward launch 2: `aiec_bwd_x_<layout>_<dtype>(dy, keep, dv, dx, shape)`.
+pub fn aiec_bwd_x(dtype: DType, shape: &AiecShape, a: BwdXArgs) -> Option<LaunchPlan> {
+    let BwdXArgs { dy, keep, dv, dx } = a;
     (elems(shape) > 0).then(|| LaunchPlan {
         module: Module::only("aiec_bwd_x.cu", dtype),
         kernel: format!("aiec_bwd_x_{}_{dtype}", layout_name(shape)),
@@ -573,6 +520,58 @@ pub fn aiec_bwd_x(
             KernelArg::structure(shape),
         ],
     })
+}
+
+// ------------------------------------------------------------------ data-parallel counts
+
+/// Grid of the two counts kernels over `n` values: `ceil(n / 256)` blocks of
+/// [`ELEMENTWISE_BLOCK`], at most 65535 (grid-stride loops; they run once per
+/// update step, so unlike [`elementwise_grid`] they need no device limits).
+fn counts_grid(n: u64) -> [u32; 3] {
+    [n.div_ceil(ELEMENTWISE_BLOCK as u64).clamp(1, 65_535) as u32, 1, 1]
+}
+
+/// Data-parallel training (`crate::gpu::dp`): `aiec_counts_narrow(inc, out, n)`,
+/// `out = inc as i32` (`n = 2KC + K`).
+pub fn aiec_counts_narrow(classes: usize, channels: usize, inc: u64, out: u64) -> LaunchPlan {
+    let n = (2 * classes * channels + classes) as u64;
+    LaunchPlan {
+        module: Module::all("aiec_counts.cu"),
+        kernel: "aiec_counts_narrow".into(),
+        grid: counts_grid(n),
+        block: [ELEMENTWISE_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: vec![KernelArg::Ptr(inc), KernelArg::Ptr(out), KernelArg::U64(n)],
+    }
+}
+
+/// Data-parallel training: `aiec_counts_add(act, inh, total, inc, kc, k)`,
+/// `counters += inc` (`inc` i32, the ranks' sum).
+pub fn aiec_counts_add(
+    classes: usize,
+    channels: usize,
+    act: u64,
+    inh: u64,
+    total: u64,
+    inc: u64,
+) -> LaunchPlan {
+    let (kc, k) = ((classes * channels) as u64, classes as u64);
+    let n = 2 * kc + k;
+    LaunchPlan {
+        module: Module::all("aiec_counts.cu"),
+        kernel: "aiec_counts_add".into(),
+        grid: counts_grid(n),
+        block: [ELEMENTWISE_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(act),
+            KernelArg::Ptr(inh),
+            KernelArg::Ptr(total),
+            KernelArg::Ptr(inc),
+            KernelArg::U64(kc),
+            KernelArg::U64(k),
+        ],
+    }
 }
 
 #[cfg(test)]
@@ -626,6 +625,25 @@ mod tests {
             tau: 0.0,
             flags: 0,
         }
+    }
+
+    fn ga() -> GateArgs {
+        GateArgs {
+            v: 1,
+            w: 2,
+            targets: 3,
+            act: 4,
+            inh: 5,
+            mask: 6,
+            block_sum_sq: 7,
+            block_count: 8,
+            done: 9,
+            stats: 10,
+        }
+    }
+
+    fn bxa() -> BwdXArgs {
+        BwdXArgs { dy: 1, keep: 2, dv: 3, dx: 4 }
     }
 
     fn xa() -> XPassArgs {
@@ -694,15 +712,16 @@ mod tests {
         );
         assert_eq!(DeviceLimits::new(40, T4.arch).projection, Projection::F32);
         assert_eq!(DeviceLimits::new(132, H200.arch).projection, Projection::Tf32x3);
-        let g = aiec_fwd_gate(&s, [1, 2, 3, 4, 5], [6, 7, 8, 9, 10]).unwrap();
+        let g = aiec_fwd_gate(&s, ga()).unwrap();
         assert_eq!((g.grid, g.args.len()), ([48, 4, 1], 11), "64 channels x 256 classes per block");
+        assert_eq!(g.args[..10], (1..=10).map(KernelArg::Ptr).collect::<Vec<_>>(), "in the kernel's order");
         assert_eq!(gate_grid(&shape(Pool::None, 3, 1, 5, 2)), [1, 1, 1]);
         assert_eq!(gate_blocks(&shape(Pool::None, 4096, 1, 4096, 1000)), 64 * 4);
         // Empty batches launch nothing in the forward.
         let e = shape(Pool::Token, 0, 5, 8, 4);
         assert!(aiec_fwd_x(DType::F32, &e, xa()).is_none());
         assert!(aiec_fwd_logits(&e, [0; 5], [0; 3], [0; 3], [0; 2], H200).is_none());
-        assert!(aiec_fwd_gate(&e, [0; 5], [0; 5]).is_none());
+        assert!(aiec_fwd_gate(&e, GateArgs::default()).is_none());
     }
 
     #[test]
@@ -714,13 +733,14 @@ mod tests {
         assert_eq!(aiec_bwd_dv_dw(&s, [0; 6], [0; 2], T4).unwrap().kernel, "aiec_bwd_dv_dw");
         assert_eq!(p.args.len(), 9);
         assert_eq!(p.args[5], KernelArg::Ptr(6), "row_scale after losses");
-        let x = aiec_bwd_x(DType::BF16, &s, 1, 2, 3, 1).unwrap();
+        let x = aiec_bwd_x(DType::BF16, &s, BwdXArgs { dy: 1, keep: 2, dv: 3, dx: 1 }).unwrap();
         assert_eq!((x.kernel.as_str(), x.grid), ("aiec_bwd_x_tokens_bf16", [12, 256, 1]));
+        assert_eq!(x.args[..3], [KernelArg::Ptr(1), KernelArg::Ptr(2), KernelArg::Ptr(3)]);
         assert_eq!(x.args[3], KernelArg::Ptr(1), "dx may be dy");
         // B = 0 still clears dW; the dy pass has nothing to do.
         let e = shape(Pool::None, 0, 1, 8, 4);
         assert_eq!(aiec_bwd_dv_dw(&e, [0; 6], [0; 2], H200).unwrap().grid, [1, 1, 1]);
-        assert!(aiec_bwd_x(DType::F32, &e, 1, 2, 3, 4).is_none());
+        assert!(aiec_bwd_x(DType::F32, &e, bxa()).is_none());
         assert_eq!(aiec_loss(&bytemuck::Zeroable::zeroed()).grid, [1, 1, 1]);
         let c = aiec_loss_count(&bytemuck::Zeroable::zeroed());
         assert_eq!(
@@ -731,40 +751,15 @@ mod tests {
     }
 
     #[test]
-    fn forward_scratch_parts_are_aligned_and_disjoint() {
-        for s in [
-            shape(Pool::Token, 256, 197, 3072, 1000),
-            shape(Pool::None, 3, 1, 5, 2),
-            shape(Pool::None, 9, 1, 1, 1),
-        ] {
-            let l = ForwardScratch::of(&s);
-            let (g, groups) = (gate_blocks(&s), logits_groups(&s));
-            assert!(l.gate_count % 16 == 0 && l.status % 16 == 0 && l.row_parts % 16 == 0);
-            assert!(l.gate_sum_sq + 4 * g <= l.gate_count);
-            assert!(l.gate_count + 8 * g <= l.tickets);
-            assert!(l.tickets + 4 * (groups + 1) <= l.status);
-            assert!(l.status + 32 <= l.row_parts);
-            assert_eq!(l.bytes, l.row_parts + s.batch as usize * logits_tiles(&s) * ROW_PART_BYTES);
-        }
-    }
-
-    #[test]
-    fn keep_bits_are_row_padded() {
-        // tokens: 15 rows of 7 channels, one word each; avg_hw: rows of P = 49 positions, two words each.
-        assert_eq!(keep_words(&shape(Pool::Token, 3, 5, 7, 2)), 15);
-        let h = KeepLayout::of(&shape(Pool::AvgHw, 2, 49, 3, 2));
-        assert_eq!((h.rows, h.row_len, h.words_per_row, h.words()), (6, 49, 2, 12));
-        assert_eq!(h.bit(0), (0, 0));
-        assert_eq!(h.bit(31), (0, 31));
-        assert_eq!(h.bit(32), (1, 0));
-        assert_eq!(h.bit(48), (1, 16));
-        assert_eq!(h.bit(49), (2, 0), "row 1 starts at a word");
-        assert_eq!(h.bit(5 * 49 + 48), (11, 16));
-        // Rows of a multiple of 32 pack densely: ceil(n / 32) words.
-        let s = shape(Pool::Token, 256, 197, 3072, 1000);
-        assert_eq!(keep_words(&s), (256 * 197 * 3072usize) / 32);
-        assert_eq!(keep_words(&shape(Pool::None, 4, 1, 33, 2)), 8);
-        assert_eq!(keep_words(&shape(Pool::None, 0, 1, 33, 2)), 0);
+    fn counts_plans_cover_their_values() {
+        // K = 3, C = 100: n = 2 * 300 + 3 = 603 values, 3 blocks of 256.
+        let n = aiec_counts_narrow(3, 100, 1, 2);
+        assert_eq!((n.kernel.as_str(), n.grid, n.block), ("aiec_counts_narrow", [3, 1, 1], [256, 1, 1]));
+        assert_eq!(n.args, [KernelArg::Ptr(1), KernelArg::Ptr(2), KernelArg::U64(603)]);
+        let a = aiec_counts_add(3, 100, 1, 2, 3, 4);
+        assert_eq!((a.kernel.as_str(), a.grid), ("aiec_counts_add", [3, 1, 1]));
+        assert_eq!(a.args[4..], [KernelArg::U64(300), KernelArg::U64(3)]);
+        assert_eq!(aiec_counts_add(100_000, 1000, 0, 0, 0, 0).grid, [65_535, 1, 1], "capped");
     }
 
     #[test]
@@ -775,10 +770,10 @@ mod tests {
                 let plans = [
                     aiec_fwd_x(dtype, &s, xa()).unwrap(),
                     aiec_fwd_logits(&s, [1; 5], [1; 3], [1; 3], [1; 2], H200).unwrap(),
-                    aiec_fwd_gate(&s, [1; 5], [1; 5]).unwrap(),
+                    aiec_fwd_gate(&s, ga()).unwrap(),
                     aiec_loss(&bytemuck::Zeroable::zeroed()),
                     aiec_bwd_dv_dw(&s, [1; 6], [1; 2], H200).unwrap(),
-                    aiec_bwd_x(dtype, &s, 1, 2, 3, 4).unwrap(),
+                    aiec_bwd_x(dtype, &s, bxa()).unwrap(),
                 ];
                 let used: Vec<Module> = plans.iter().map(|p| p.module).collect();
                 assert_eq!(used, training_modules(dtype), "{dtype} {pool:?}");

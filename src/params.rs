@@ -93,23 +93,30 @@ pub struct AiecGateStats {
     pub count: u64,
 }
 
-/// The combined losses of `L` layers (`AiecLosses`), written on the device.
+/// The combined losses of `L` layers (`AiecLosses`), written on the device by
+/// `aiec_loss` (`kernels/aiec_loss.cu`). `S = sum_l S_l` is this process's;
+/// `N` is the masked count the gate is normalised by: this process's
+/// `sum_l N_l`, or in data-parallel training ([`AiecLossParams::count_all`])
+/// the sum over the `W` ranks of theirs; `W` is the world size then, else 1.
+/// So `gate = W S / N`: the ranks' gradients, which data parallelism
+/// averages, are those of the whole batch's gate `sum_ranks S / N`
+/// (docs/SPEC.md, "Losses").
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct AiecLosses {
-    /// Mean cross-entropy over the `L * B` rows.
+    /// Mean cross-entropy over the `L * B` rows (0 when `L * B == 0`).
     pub aux: f32,
-    /// `sum S / sum N`, 0 when `sum N == 0`.
+    /// `W S / N`, 0 when `N == 0` (`S / sum_l N_l` on one process).
     pub gate: f32,
-    /// `sum S`.
+    /// `S = sum_l S_l`, this process's.
     pub sum_sq: f32,
-    /// `aux_coef / (L * B)`.
+    /// `aux_coef / (L * B)`, 0 when `L * B == 0`.
     pub aux_scale: f32,
-    /// `2 * gate_coef / sum N`.
+    /// `2 * gate_coef * W / N`, 0 when `N == 0`.
     pub gate_scale: f32,
     /// Padding.
     pub pad0: u32,
-    /// `sum N`.
+    /// `N`.
     pub count: u64,
 }
 

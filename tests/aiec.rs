@@ -460,6 +460,39 @@ fn a_step_costs_three_plus_one_plus_two_launches_and_no_host_sync() {
     }
 }
 
+/// The keep bits have one layout in each language (`aiec::layout::KeepLayout`,
+/// `aiec_k::keep_*` in kernels/aiec_params.cuh, `aiec._ops.keep_words` for the
+/// word count, pinned by python/tests/test_pt_ops.py): the kernels' words equal
+/// the CPU reference's, packed through `KeepLayout`, bit for bit, padding
+/// included, on odd rows in every pooling mode.
+#[test]
+fn the_kernels_keep_bits_are_the_layouts() {
+    for dev in devices() {
+        for (pool, dims) in [
+            (Pool::Token, vec![3, 5, 37]),
+            (Pool::AvgToken, vec![2, 3, 40]),
+            (Pool::AvgHw, vec![2, 3, 7, 5]),
+            (Pool::None, vec![5, 33]),
+            (Pool::None, vec![4, 64]),
+        ] {
+            let c = if pool == Pool::AvgHw { dims[1] } else { dims[dims.len() - 1] };
+            let cfg = AiecConfig::new(c, 3, 0.25, pool).unwrap();
+            let n: usize = dims.iter().product();
+            let x = common::devices::activations(n as u64, n, 0.25);
+            let (mut y, mut want) = (
+                vec![0f32; n],
+                vec![0u32; aiec::layout::KeepLayout::of_dims(&cfg.plan_input(&dims).unwrap()).words()],
+            );
+            aiec::cpu::buffers::activation_forward(&cfg, &dims, &x, &mut y, &mut want, None).unwrap();
+            let xt = Tensor::from_slice(&dev, &x, &dims).unwrap();
+            let w = Buffer::from_slice(&dev, &vec![0f32; 3 * c]).unwrap();
+            let mut counters = GpuCounters::new(&dev, 3, c).unwrap();
+            let rec = gpu::forward(&cfg, &xt, &w, None, &mut counters, false).unwrap();
+            assert_eq!(rec.keep.to_vec().unwrap(), want, "{pool} {dims:?} on {}", dev.label());
+        }
+    }
+}
+
 #[test]
 fn saved_state_is_one_bit_per_element_plus_o_of_bc_plus_bk() {
     for dev in devices() {
@@ -479,8 +512,8 @@ fn saved_state_is_one_bit_per_element_plus_o_of_bc_plus_bk() {
             let (rows, len) = if pool == Pool::AvgHw { (b * c, 49) } else { (n / c, c) };
             assert_eq!(rec.keep.byte_len(), rows * len.div_ceil(32) * 4, "one bit per element, rows padded");
             assert!(rec.keep.len() * 32 - n <= 31 * rows, "at most 31 padding bits per row");
-            let want = aiec::launch::keep_words(&aiec::params::AiecShape::new(&rec.dims, k, 0.0, false));
-            assert_eq!(rec.keep.len(), want, "launch::keep_words");
+            let want = aiec::layout::keep_words(&aiec::params::AiecShape::new(&rec.dims, k, 0.0, false));
+            assert_eq!(rec.keep.len(), want, "layout::keep_words");
             assert!(aux.v.len() == b * c);
             let rest = rec.saved_bytes() - rec.keep.byte_len();
             // v (4) + mask (1) per B*C; logits and g (4 + 4) per B*K; targets and ce per B; stats.
@@ -636,7 +669,7 @@ fn empty_batch_is_a_no_op_on_the_device() {
 /// bitwise the same y, keep bits, v and dx as the planned one.
 #[test]
 fn activation_passes_are_correct_for_any_grid() {
-    use aiec::launch::{aiec_bwd_x, aiec_fwd_x, XPassArgs};
+    use aiec::launch::{aiec_bwd_x, aiec_fwd_x, BwdXArgs, XPassArgs};
     use aiec::params::AiecShape;
     for dev in devices() {
         for (pool, dims) in [
@@ -660,7 +693,7 @@ fn activation_passes_are_correct_for_any_grid() {
             let run = |shrink: bool| {
                 let y = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
                 let dx = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
-                let keep: Buffer<u32> = Buffer::zeros(&dev, aiec::launch::keep_words(&shape)).unwrap();
+                let keep: Buffer<u32> = Buffer::zeros(&dev, aiec::layout::keep_words(&shape)).unwrap();
                 let v: Buffer<f32> = Buffer::zeros(&dev, plan.batch * c).unwrap();
                 let args = XPassArgs {
                     x: xt.address(),
@@ -670,15 +703,9 @@ fn activation_passes_are_correct_for_any_grid() {
                     ..Default::default()
                 };
                 let mut f = aiec_fwd_x(DType::BF16, &shape, args).unwrap();
-                let mut b = aiec_bwd_x(
-                    DType::BF16,
-                    &shape,
-                    xt.address(),
-                    keep.address(),
-                    dvb.address(),
-                    dx.address(),
-                )
-                .unwrap();
+                let bargs =
+                    BwdXArgs { dy: xt.address(), keep: keep.address(), dv: dvb.address(), dx: dx.address() };
+                let mut b = aiec_bwd_x(DType::BF16, &shape, bargs).unwrap();
                 if shrink {
                     for p in [&mut f, &mut b] {
                         // tokens: every channel tile, one block row; hw: two blocks.

@@ -262,7 +262,8 @@ fn two_simulators_have_two_labels() {
 
 #[test]
 fn a_backward_error_names_the_tensor_it_checked() {
-    use aiec::gpu::fused::{activation_backward, Sizes};
+    use aiec::gpu::fused::activation_backward;
+    use aiec::layout::Sizes;
     for dev in devices() {
         let cfg = AiecConfig::new(3, 4, 0.0, Pool::None).unwrap();
         let dims = cfg.plan_input(&[2, 3]).unwrap();

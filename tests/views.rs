@@ -304,7 +304,8 @@ fn dw_accumulates_over_micro_batches_with_both_records_alive() {
 #[cfg(feature = "sim")]
 #[test]
 fn bad_views_are_typed_errors_and_change_nothing() {
-    use aiec::gpu::fused::{self, AuxMut, CountersMut, Sizes, TargetCheck};
+    use aiec::gpu::fused::{self, AuxMut, CountersMut, TargetCheck};
+    use aiec::layout::Sizes;
     use aiec::{SliceMut, SliceRef, TensorMut, TensorRef};
     let dev = Device::sim();
     let other = Device::sim();
@@ -468,7 +469,10 @@ fn bad_views_are_typed_errors_and_change_nothing() {
         &mut aux,
     );
     assert!(
-        matches!(e, Err(AiecError::Misaligned { what: "forward scratch", align: fused::SCRATCH_ALIGN, .. })),
+        matches!(
+            e,
+            Err(AiecError::Misaligned { what: "forward scratch", align: aiec::layout::SCRATCH_ALIGN, .. })
+        ),
         "{e:?}"
     );
     drop((aux, counters));
@@ -542,7 +546,8 @@ fn devices_share_memory_by_context() {
 #[cfg(feature = "sim")]
 #[test]
 fn the_update_decision_can_be_made_on_the_device() {
-    use aiec::gpu::fused::{self, AuxMut, CountersMut, Sizes, TargetCheck, Update};
+    use aiec::gpu::fused::{self, AuxMut, CountersMut, TargetCheck, Update};
+    use aiec::layout::Sizes;
     use aiec::{SliceMut, SliceRef, TensorMut, TensorRef};
     let dev = Device::sim();
     let cfg = AiecConfig::new(6, 2, 0.0, Pool::None).unwrap();

@@ -16,21 +16,12 @@
 #include <string>
 #include <vector>
 
-typedef unsigned long long u64;
-typedef uint32_t u32;
+// The parameter structs (AiecShape, AiecGateStats, AiecLosses, AiecLossParams) and AIEC_POOL_* are the kernels'
+// own (one definition, kernels/aiec_params.cuh); including it brings in the simulator header through common.cuh.
+#include "../aiec_params.cuh"
 
-struct AiecShape { u64 batch, positions, channels, classes; u32 pool, update; float tau; u32 flags; };
-struct AiecGateStats { float sum_sq; u32 pad0; u64 count; };
-struct AiecLosses { float aux, gate, sum_sq, aux_scale, gate_scale; u32 pad0; u64 count; };
-struct AiecLossParams {
-  u64 ce[32], stats[32], out;
-  u32 layers, world;
-  u64 batch;
-  float aux_coef, gate_coef;
-  u64 count_all;
-};
-static_assert(sizeof(AiecShape) == 48 && sizeof(AiecGateStats) == 16 && sizeof(AiecLosses) == 32 &&
-              sizeof(AiecLossParams) == 552, "mirror of kernels/aiec_params.cuh");
+typedef aiec::u64 u64;
+typedef aiec::u32 u32;
 
 static int g_pass = 0, g_fail = 0;
 static void check(bool ok, const std::string& what) {
@@ -83,14 +74,12 @@ struct Case {
 };
 static const char* path_suffix[] = {"", "_tf32x3", "_tf32"};
 static const char* path_name[] = {"f32", "3xtf32", "tf32"};
-static bool hw(const Case& k) { return k.pool == 2; }
+static bool hw(const Case& k) { return k.pool == AIEC_POOL_AVG_HW; }
 static u64 idx(const Case& k, u64 b, u64 c, u64 p) { return hw(k) ? (b * k.C + c) * k.P + p : (b * k.P + p) * k.C + c; }
 // The keep-bit layout (aiec_params.cuh "Keep bits"): rows of L = C (tokens) or P (hw) elements, each from a word.
-static u64 row_len(const Case& k) { return hw(k) ? k.P : k.C; }
-static u64 keep_nwords(const Case& k) { return k.B * k.P * k.C / row_len(k) * cdiv(row_len(k), 32); }
+static u64 keep_nwords(const Case& k) { return aiec_k::keep_words(k.B, k.P, k.C, k.pool); }
 static u64 keep_bit(const Case& k, u64 i) {  // flat element i -> bit index (word * 32 + bit)
-  const u64 L = row_len(k);
-  return i / L * cdiv(L, 32) * 32 + i % L;
+  return aiec_k::keep_bit_index(i, aiec_k::keep_row_len(k.C, k.P, k.pool));
 }
 
 struct Bytes {  // a buffer with a 64-byte guard of 0xCD before and after, data at `off` elements

@@ -19,6 +19,15 @@ from torch import Tensor
 __version__: str
 CRATE_VERSION: str
 HAS_SIM: bool
+LOSSES_FIELDS: dict[str, int]
+"""Byte offset of each field of the kernels' ``AiecLosses``: ``aux``, ``gate``,
+``sum_sq``, ``aux_scale``, ``gate_scale`` (float32) and ``count`` (uint64)."""
+LOSSES_SIZE: int
+"""Bytes of ``AiecLosses``."""
+GATE_STATS_FIELDS: dict[str, int]
+"""Byte offset of each field of ``AiecGateStats``: ``sum_sq`` and ``count``."""
+GATE_STATS_SIZE: int
+"""Bytes of ``AiecGateStats``."""
 
 class Config:
     def __init__(self, channels: int, classes: int, tau: float, pool: str, update_interval: int) -> None: ...

@@ -42,6 +42,8 @@ import math
 
 import torch
 
+from ._counting import increments, is_compiling
+
 MODES = ("sum", "local", "rank0")
 SCHEMES = ("auto", "increments", "bits")
 
@@ -89,18 +91,6 @@ def _unpack_bits(b: torch.Tensor, c: int) -> torch.Tensor:
     return ((b.to(torch.int32).unsqueeze(-1) >> shifts) & 1).bool().view(b.shape[0], -1)[:, :c]
 
 
-def _count(targets, pos, zero, counted, classes: int):
-    """``(act, inh, total)`` of samples with these targets: ``pos``, ``zero``
-    ``[N, C]`` (already false for samples not counted), ``counted [N]``."""
-    act = torch.zeros((classes, pos.shape[1]), dtype=torch.int64, device=pos.device)
-    inh = torch.zeros_like(act)
-    total = torch.zeros((classes,), dtype=torch.int64, device=pos.device)
-    act.index_add_(0, targets, pos.to(torch.int64))
-    inh.index_add_(0, targets, zero.to(torch.int64))
-    total.index_add_(0, targets, counted.to(torch.int64))
-    return act, inh, total
-
-
 @torch.no_grad()
 def global_increments(v, targets, counted, classes: int, scheme: str = "auto", group=None):
     """This update step's increments over all ranks: ``(act, inh, total)``
@@ -122,8 +112,8 @@ def global_increments(v, targets, counted, classes: int, scheme: str = "auto", g
         cb = (c + 7) // 8
         gpos = _unpack_bits(every[:, 4 : 4 + cb], c) & ok[:, None]
         gzero = _unpack_bits(every[:, 4 + cb :], c) & ok[:, None]
-        return _count(tg.clamp_min(0), gpos, gzero, ok, classes)
-    act, inh, total = _count(targets, pos, zero, counted, classes)
+        return increments(tg.clamp_min(0), gpos, gzero, ok, classes)
+    act, inh, total = increments(targets, pos, zero, counted, classes)
     small = torch.uint8 if world * b <= 255 else torch.int32
     flat = torch.cat([act.view(-1), inh.view(-1), total]).to(small)
     d.all_reduce(flat, group=group)
@@ -137,9 +127,7 @@ def exchanges_now(module) -> bool:
     exchanges counts: on update steps, which the host knows from its own copy
     of the step counter (under torch.compile every training step exchanges:
     the increments of other steps are zero)."""
-    from .torch import _is_compiling
-
-    if _is_compiling():
+    if is_compiling():
         return True
     return (module._host_steps + 1) % module.update_interval == 0
 

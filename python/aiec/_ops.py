@@ -202,7 +202,7 @@ def batch_of(shape) -> int:
 
 def keep_words(shape, pool: str):
     """Words of keep bits for an input of ``shape`` (mirrors the crate's
-    ``launch::keep_words``, which ``_aiec.Config.plan`` returns; used by the fake
+    ``layout::keep_words``, which ``_aiec.Config.plan`` returns; used by the fake
     implementations, where shapes may be symbolic; a test holds the two equal).
     The bits go row by row, every row from a 32-bit word: ``avg_hw`` ``[B, C, H, W]``
     has ``B*C`` rows of ``H*W`` positions, the other modes the rows of ``C``
@@ -430,7 +430,7 @@ def fused_gate(
     dev = v.device
     scratch = torch.zeros(cfg.plan(list(shape))[4], dtype=torch.uint8, device=dev)
     mask = torch.empty((b, c), dtype=torch.uint8, device=dev)
-    stats = torch.zeros(2, dtype=torch.int64, device=dev)
+    stats = torch.zeros(_aiec.GATE_STATS_SIZE // 8, dtype=torch.int64, device=dev)
     _aiec.fused_gate(
         backend(v),
         cfg,
@@ -444,7 +444,8 @@ def fused_gate(
         stats,
         scratch,
     )
-    return mask, stats.view(v.dtype)[0].clone(), stats[1].clone()
+    s = stats.view(v.dtype)[_aiec.GATE_STATS_FIELDS["sum_sq"] // v.element_size()]
+    return mask, s.clone(), stats[_aiec.GATE_STATS_FIELDS["count"] // 8].clone()
 
 
 @fused_gate.register_fake
@@ -454,6 +455,17 @@ def _(v, w, targets, act, inh, shape, tau, pool):
         v.new_empty((), dtype=v.dtype),
         v.new_empty((), dtype=torch.int64),
     )
+
+
+def _gate_only_losses(gate_scale: Tensor) -> Tensor:
+    """An ``AiecLosses`` whose one nonzero field is ``gate_scale`` (a 0-dim
+    tensor): one value of its dtype per 4-byte word of the struct, each field
+    at its byte offset / 4 (``_aiec.LOSSES_FIELDS``, from the crate's one
+    definition); ``aux_scale`` stays 0, as ``row_scale`` replaces it."""
+    words = _aiec.LOSSES_SIZE // 4
+    at = _aiec.LOSSES_FIELDS["gate_scale"] // 4
+    zeros = torch.zeros(words - 1, dtype=gate_scale.dtype, device=gate_scale.device)
+    return torch.cat([zeros[:at], gate_scale.reshape(1), zeros[at:]])
 
 
 @torch.library.custom_op(f"{NAMESPACE}::fused_backward", mutates_args=())
@@ -481,8 +493,7 @@ def fused_backward(
     dx = torch.empty_like(dy)
     dw = torch.empty((k, c), dtype=sd, device=dev)
     row_scale = dce.to(sd).contiguous()
-    zeros = torch.zeros(4, dtype=sd, device=dev)
-    scales = torch.cat([zeros, (2 * ds.to(sd)).reshape(1), zeros[:3]])
+    scales = _gate_only_losses(2 * ds.to(sd))
     dv_scratch = torch.empty(b * c if backend(dy).kind != "reference" else 0, dtype=torch.float32, device=dev)
     _aiec.fused_backward(
         backend(dy),

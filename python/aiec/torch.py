@@ -40,17 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _dist, _ops
+from . import _counting, _dist, _ops
+from ._counting import is_compiling as _is_compiling
 from ._ops import POOLS
 
 __all__ = ["AIEC", "AIECFused", "Counters", "TAU", "gate_loss", "losses"]
-
-
-def _is_compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # torch < 2.3
-        return False
 
 
 def _recomputing() -> bool:
@@ -152,15 +146,8 @@ class Counters(nn.Module):
     @torch.no_grad()
     def increments(self, v: Tensor, targets: Tensor, count: Tensor):
         """This step's increments for the samples where ``count`` is true."""
-        k = self.num_classes
         c = count.unsqueeze(1)
-        act = torch.zeros((k, v.shape[1]), dtype=torch.int64, device=v.device)
-        inh = torch.zeros_like(act)
-        total = torch.zeros((k,), dtype=torch.int64, device=v.device)
-        act.index_add_(0, targets, ((v > 0) & c).to(torch.int64))
-        inh.index_add_(0, targets, ((v == 0) & c).to(torch.int64))
-        total.index_add_(0, targets, count.to(torch.int64))
-        return act, inh, total
+        return _counting.increments(targets, (v > 0) & c, (v == 0) & c, count, self.num_classes)
 
     @torch.no_grad()
     def increments_add(self, act: Tensor, inh: Tensor, total: Tensor) -> None:

@@ -13,9 +13,11 @@ use pyo3::PyResult;
 use aiec::cpu::buffers::{self as reference, AuxSlices, CountersSlices, SavedSlices};
 use aiec::cpu::parts::RowScale;
 use aiec::cpu::Float;
-use aiec::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, Sizes, TargetCheck, Update};
+use aiec::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, TargetCheck, Update};
+use aiec::layout::Sizes;
 use aiec::params::{AiecGateStats, AiecLosses};
 use aiec::{AiecConfig, DType, Device, SliceMut, SliceRef, TensorMut, TensorRef};
+use std::mem::{offset_of, size_of};
 
 use crate::tensor::{Arg, Elem, Place};
 use crate::to_py;
@@ -303,7 +305,7 @@ pub(crate) fn check_targets(cfg: &AiecConfig, targets: Arg, batch: usize) -> PyR
     targets.of(Elem::I64)?.on(Place::Cpu)?;
     // SAFETY: a checked int64 CPU tensor, held by the call, only read.
     let t = unsafe { host::<i64>(targets) };
-    aiec::cpu::op::check_targets(t, batch, cfg.classes()).map(|_| ()).map_err(to_py)
+    aiec::config::check_targets(t, batch, cfg.classes()).map(|_| ()).map_err(to_py)
 }
 
 /// The buffers of launches 1 and 2.
@@ -455,8 +457,11 @@ pub(crate) fn fused_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Gate
     r.int(a.mask, Elem::U8)?;
     r.int(a.stats, Elem::I64)?;
     r.int(a.scratch, Elem::U8)?;
-    if a.stats.numel != 2 {
-        return Err(PyValueError::new_err(format!("aiec: gate stats take 2 int64, got {}", a.stats.numel)));
+    if a.stats.numel != STATS_WORDS {
+        return Err(PyValueError::new_err(format!(
+            "aiec: gate stats take {STATS_WORDS} int64, got {}",
+            a.stats.numel
+        )));
     }
     let plan = cfg.plan_input(shape).map_err(to_py)?;
     check_disjoint(&[a.mask, a.stats, a.scratch], &[a.v, a.w, a.targets, a.act, a.inh])?;
@@ -502,15 +507,42 @@ pub(crate) fn fused_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Gate
     }
 }
 
-/// `S` (type `F`) at byte 0 and `N` at byte 8 of the 2 words, as the
-/// kernels' `AiecGateStats` lays them out (an f32 `S` is followed by 4 zero bytes).
+/// The byte offset of each field of `AiecLosses` (Python builds the backward's
+/// scales from these: `aiec._aiec.LOSSES_FIELDS`).
+pub(crate) const LOSSES_FIELDS: [(&str, usize); 6] = [
+    ("aux", offset_of!(AiecLosses, aux)),
+    ("gate", offset_of!(AiecLosses, gate)),
+    ("sum_sq", offset_of!(AiecLosses, sum_sq)),
+    ("aux_scale", offset_of!(AiecLosses, aux_scale)),
+    ("gate_scale", offset_of!(AiecLosses, gate_scale)),
+    ("count", offset_of!(AiecLosses, count)),
+];
+/// The byte offset of each field of `AiecGateStats` (Python reads the gate's
+/// stats through these: `aiec._aiec.GATE_STATS_FIELDS`).
+pub(crate) const GATE_STATS_FIELDS: [(&str, usize); 2] =
+    [("sum_sq", offset_of!(AiecGateStats, sum_sq)), ("count", offset_of!(AiecGateStats, count))];
+
+/// The CPU reference's scales: the `AiecLosses` words as elements of `F`, a
+/// field at element `offset / 4` (its own place for `F = f32`; float64 keeps
+/// the indices, each element widened).
+const LOSSES_WORDS: usize = size_of::<AiecLosses>() / 4;
+const AUX_SCALE: usize = offset_of!(AiecLosses, aux_scale) / 4;
+const GATE_SCALE: usize = offset_of!(AiecLosses, gate_scale) / 4;
+
+/// `AiecGateStats` as `u64` words.
+const STATS_WORDS: usize = size_of::<AiecGateStats>() / 8;
+
+/// `S` (type `F`) and `N` where the kernels' `AiecGateStats` holds them (an
+/// f32 `S` is followed by 4 zero bytes; a float64 `S` fills the word).
 fn write_stats<F: Float>(words: &mut [u64], s: F, n: u64) {
-    words[0] = if std::mem::size_of::<F>() == 4 {
+    const S: usize = offset_of!(AiecGateStats, sum_sq) / 8;
+    const N: usize = offset_of!(AiecGateStats, count) / 8;
+    words[S] = if std::mem::size_of::<F>() == 4 {
         (s.to_f64() as f32).to_bits() as u64
     } else {
         s.to_f64().to_bits()
     };
-    words[1] = n;
+    words[N] = n;
 }
 
 /// The buffers of a training backward.
@@ -518,9 +550,10 @@ pub(crate) struct BackwardArgs<'a> {
     /// `keep`, `v`, `g`, `mask`.
     pub saved: [Arg<'a>; 4],
     pub w: Arg<'a>,
-    /// `[B]`, or the uniform `aux_scale` (element 3 of `scales`).
+    /// `[B]`, or the uniform `aux_scale` of `scales`.
     pub row_scale: Option<Arg<'a>>,
-    /// 8 values of the statistics type; element 4 is the gate scale.
+    /// One `AiecLosses`, a value of the statistics type per 4-byte word
+    /// ([`LOSSES_FIELDS`]); the backward reads `aux_scale` and `gate_scale`.
     pub scales: Arg<'a>,
     pub dy: Arg<'a>,
     pub dx: Arg<'a>,
@@ -550,9 +583,9 @@ pub(crate) fn fused_backward(
     r.stat(a.scales)?;
     r.stat(a.dw)?;
     r.int(a.dv_scratch, Elem::F32)?;
-    if a.scales.numel != 8 {
+    if a.scales.numel != LOSSES_WORDS {
         return Err(PyValueError::new_err(format!(
-            "aiec: the loss scales take 8 values, got {}",
+            "aiec: the loss scales take {LOSSES_WORDS} values, got {}",
             a.scales.numel
         )));
     }
@@ -568,7 +601,7 @@ pub(crate) fn fused_backward(
                 let scales = host::<F>(a.scales);
                 let rows = match a.row_scale {
                     Some(rs) => RowScale::PerRow(host::<F>(rs)),
-                    None => RowScale::Uniform(scales[3]),
+                    None => RowScale::Uniform(scales[AUX_SCALE]),
                 };
                 let saved = SavedSlices::<F> { keep: host(keep), v: host(v), g: host(g), mask: host(mask) };
                 reference::backward_train(
@@ -577,7 +610,7 @@ pub(crate) fn fused_backward(
                     &saved,
                     host(a.w),
                     rows,
-                    scales[4],
+                    scales[GATE_SCALE],
                     host(a.dy),
                     host_mut(a.dx),
                     host_mut(a.dw),

@@ -13,6 +13,7 @@ mod tensor;
 
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::IntoPyDict;
 
 use aiec::{AiecConfig, AiecError, Pool};
 
@@ -61,7 +62,7 @@ impl Config {
     /// sizes of the buffers of a step on it: `(B, C, P, keep_words, scratch_bytes)`.
     fn plan(&self, shape: Vec<usize>) -> PyResult<(usize, usize, usize, usize, usize)> {
         let dims = self.cfg.plan_input(&shape).map_err(to_py)?;
-        let s = aiec::gpu::fused::Sizes::of(&dims, self.cfg.classes());
+        let s = aiec::layout::Sizes::of(&dims, self.cfg.classes());
         Ok((dims.batch, dims.channels, dims.positions, s.keep, s.scratch_bytes))
     }
 
@@ -254,8 +255,9 @@ fn fused_gate(
 
 /// A training backward: `dx` and `dW` (written, or added with `accumulate`);
 /// `row_scale [B]` is the gradient of the loss with respect to each row's CE,
-/// `scales` 8 values of the statistics type whose element 4 is the gate
-/// scale (`2 * dLoss/dS`), as `AiecLosses` holds it.
+/// `scales` one `AiecLosses` as values of the statistics type, one per 4-byte
+/// word (`LOSSES_FIELDS` / 4 gives each field's index), of which the backward
+/// reads `aux_scale` and the gate scale (`2 * dLoss/dS`).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)] // one tensor per argument
 fn fused_backward(
@@ -422,5 +424,11 @@ fn _aiec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("CRATE_VERSION", aiec::VERSION)?;
     m.add("HAS_SIM", cfg!(feature = "sim"))?;
+    // The two structs Python builds or reads, from their one definition (aiec::params, pinned to
+    // kernels/aiec_params.cuh): byte offset of each field, and the size.
+    m.add("LOSSES_FIELDS", backend::LOSSES_FIELDS.into_py_dict(m.py())?)?;
+    m.add("LOSSES_SIZE", std::mem::size_of::<aiec::params::AiecLosses>())?;
+    m.add("GATE_STATS_FIELDS", backend::GATE_STATS_FIELDS.into_py_dict(m.py())?)?;
+    m.add("GATE_STATS_SIZE", std::mem::size_of::<aiec::params::AiecGateStats>())?;
     Ok(())
 }

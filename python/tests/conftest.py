@@ -1,11 +1,10 @@
-"""Shared helpers of the aiec.torch tests: the backends, the project's eager
-model (scripts/torch_aiec.py), published-style models, and comparisons."""
+"""Shared helpers of the aiec.torch tests: the backends, published-style
+models, and comparisons. The project's eager model of the spec, the oracle, is
+reference.py beside this file (``import reference``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 import pytest
 import torch
@@ -15,18 +14,6 @@ import torch.nn.functional as F
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 GOLDEN = os.path.join(ROOT, "tests", "data", "golden")
 
-
-def load_eager():
-    """The project's eager PyTorch model of the spec (scripts/torch_aiec.py)."""
-    path = os.path.join(ROOT, "scripts", "torch_aiec.py")
-    spec = importlib.util.spec_from_file_location("torch_aiec", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["torch_aiec"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-eager = load_eager()
 
 HAS_CUDA = torch.cuda.is_available()
 CUDA = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU (the GPU check runs these)")

@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import reference
 from aiec.torch import AIEC, AIECFused, losses
-from conftest import BACKENDS, Block, assert_close, assert_equal, eager, inputs, published_loss
+from conftest import BACKENDS, Block, assert_close, assert_equal, inputs, published_loss
 
 POOL_MODES = ["token", "avg_hw", "none", "avg_token"]
 
@@ -22,7 +23,7 @@ def make_dropin(c, k, pool, interval):
 
 
 def make_eager(c, k, pool, interval):
-    return eager.AIEC(c, k, pool=pool, tau=0.0, update_interval=interval)
+    return reference.AIEC(c, k, pool=pool, tau=0.0, update_interval=interval)
 
 
 def twin_models(pool, dtype, seed=0):
@@ -47,7 +48,7 @@ def step_dropin(m, x, t):
 def step_eager(m, x, t):
     h = m.features(x)
     y = m.act(h, t)
-    obj, aux, gate, _ = eager.aiec_objective([m.act], t, 1.0, 200.0)
+    obj, aux, gate, _ = reference.aiec_objective([m.act], t, 1.0, 200.0)
     return F.cross_entropy(m.finish(y), t) + obj, aux, gate
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import reference
 from aiec.torch import AIECFused, losses
-from conftest import BACKENDS, assert_close, assert_equal, eager
+from conftest import BACKENDS, assert_close, assert_equal
 
 POOLS = ["token", "avg_token", "avg_hw", "none"]
 
@@ -17,7 +18,7 @@ POOLS = ["token", "avg_token", "avg_hw", "none"]
 def layer_pair(c, k, pool, interval, dtype, seed):
     torch.manual_seed(seed)
     f = AIECFused(c, k, tau=0.1, update_interval=interval, global_pool=pool).to(dtype)
-    e = eager.AIEC(c, k, pool=pool, tau=0.1, update_interval=interval, dtype=dtype)
+    e = reference.AIEC(c, k, pool=pool, tau=0.1, update_interval=interval, dtype=dtype)
     with torch.no_grad():
         e.weight.copy_(f.decision_weights)
     return f, e
@@ -45,7 +46,7 @@ def test_the_fused_path_gives_the_eager_models_losses_and_gradients(use_backend,
         yf = [f(x, t) for (f, _), x in zip(pairs, xf)]
         ye = [e(x, t) for (_, e), x in zip(pairs, xe)]
         objf, auxf, gatef = losses([f for f, _ in pairs])
-        obje, auxe, gatee, _ = eager.aiec_objective([e for _, e in pairs], t, 1.0, 200.0)
+        obje, auxe, gatee, _ = reference.aiec_objective([e for _, e in pairs], t, 1.0, 200.0)
         torch.autograd.backward([objf] + yf, [torch.ones_like(objf)] + dy)
         torch.autograd.backward([obje] + ye, [torch.ones_like(obje)] + dy)
         assert_close(f"step {step} aux", auxf, auxe, rtol)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import reference
 from aiec.torch import AIEC, AIECFused, losses
 from conftest import CUDA, GOLDEN, assert_close, assert_equal
 
@@ -120,3 +121,11 @@ def test_golden_cases_through_the_fused_path(use_backend, backend, dtype, rtol):
         assert count == int(t["gate_count"][0]), f"{path}: N"
         check(meta, t, mods, ys, xs, aux, gate, rtol, logits=[m.last[3] for m in mods])
     print(f"golden fused {backend}: {len(paths)}/{len(paths)} cases passed")
+
+
+@pytest.mark.parametrize("path", cases(), ids=os.path.basename)
+def test_the_reference_passes_every_golden_case(path):
+    """The eager oracle (reference.py) is the crate's op: every output, counter,
+    loss and gradient of every case in float64 (1e-9 relative, integers exact)."""
+    errors = reference.run_case(path, torch.device("cpu"))
+    assert not errors, "\n".join(errors)

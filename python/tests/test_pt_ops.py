@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import aiec
-from aiec import _ops
+from aiec import _aiec, _ops
 from aiec.torch import AIECFused, losses
 from conftest import HAS_CUDA, assert_close
 
@@ -131,3 +131,14 @@ def test_cuda_is_there_when_the_gpu_check_expects_it():
     if os.environ.get("AIEC_EXPECT_CUDA"):
         assert HAS_CUDA, "AIEC_EXPECT_CUDA is set but torch sees no CUDA GPU"
         assert aiec.Backend.cuda(0, torch.cuda.current_stream().cuda_stream).kind == "cuda"
+
+
+def test_the_structs_python_builds_are_the_extensions():
+    # The extension exports the layouts from the crate's one definition (src/params.rs, pinned to
+    # kernels/aiec_params.cuh); these numbers pin that export, and the builder places by it.
+    assert (_aiec.LOSSES_SIZE, _aiec.GATE_STATS_SIZE) == (32, 16)
+    assert _aiec.LOSSES_FIELDS == {"aux": 0, "gate": 4, "sum_sq": 8, "aux_scale": 12, "gate_scale": 16, "count": 24}
+    assert _aiec.GATE_STATS_FIELDS == {"sum_sq": 0, "count": 8}
+    for dtype in (torch.float32, torch.float64):
+        scales = _ops._gate_only_losses(torch.tensor(3.0, dtype=dtype))
+        assert scales.dtype == dtype and scales.tolist() == [0, 0, 0, 0, 3, 0, 0, 0]

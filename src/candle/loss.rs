@@ -16,11 +16,10 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
-use crate::cpu::LossCoefs;
+use crate::config::LossCoefs;
 use crate::error::AiecError;
 
 use super::error::{to_candle, IntoCandle};
-use super::ops::lock;
 use super::Aiec;
 
 /// One layer's contribution to the losses, from one forward with targets.
@@ -140,7 +139,7 @@ pub fn combine(terms: &[&Terms]) -> candle_core::Result<Losses> {
 pub fn losses(layers: &[&Aiec]) -> candle_core::Result<Losses> {
     let mut terms = Vec::with_capacity(layers.len());
     for (layer, l) in layers.iter().enumerate() {
-        match lock(&l.state).terms.clone() {
+        match l.terms() {
             Some(t) => terms.push(t),
             None => {
                 return Err(mismatch(layer, "its last forward had no targets, so it has no aux loss".into()))

@@ -21,11 +21,11 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithD
 use crate::config::AiecConfig;
 use crate::counters::Counters;
 use crate::cpu::parts::pass_gradient;
-use crate::cpu::{self, op::cross_entropy, Float, ForwardRecord, LossScales};
+use crate::cpu::{self, parts::cross_entropy, Float, ForwardRecord, LossScales};
 use crate::error::AiecError;
 use crate::policy::LayerPolicy;
 
-use super::error::{unsupported, IntoCandle};
+use super::error::{dtype_error, host_slice, unsupported, IntoCandle};
 use super::loss::Terms;
 use super::Backend;
 
@@ -62,28 +62,6 @@ enum Saved {
     /// The kernels on the simulator.
     #[cfg(feature = "sim")]
     Kernels(super::sim::KernelRecord),
-}
-
-/// The `x` data of a CPU storage, contiguous (`Aiec` makes it so).
-pub(crate) fn host_slice<'a, T: WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    let data = s.as_slice::<T>()?;
-    let Some((start, end)) = l.contiguous_offsets() else {
-        return Err(unsupported(format!("{what} of shape {:?} is not contiguous", l.dims())));
-    };
-    Ok(&data[start..end])
-}
-
-pub(crate) fn dtype_error(backend: &Backend, dtype: candle_core::DType) -> candle_core::Error {
-    let supported = match backend {
-        Backend::Reference => "the CPU reference backend takes f32 and f64",
-        #[cfg(feature = "sim")]
-        Backend::Kernels(_) => "the kernels backend takes f32, f16 and bf16",
-    };
-    unsupported(format!("x of dtype {dtype:?}: {supported}"))
 }
 
 /// The CPU reference's forward in `F`, `y` moved out of the record.

@@ -9,18 +9,17 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Tensor, WithDType};
 use half::{bf16, f16};
 
-use crate::config::{AiecConfig, InputDims};
+use crate::config::{check_targets, AiecConfig, InputDims};
 use crate::counters::Counters;
-use crate::cpu::op::check_targets;
 use crate::device::Device;
 use crate::dtype::Element;
 use crate::error::Result;
-use crate::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, Sizes, TargetCheck, Update};
+use crate::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, TargetCheck, Update};
+use crate::layout::Sizes;
 use crate::params::{AiecGateStats, AiecLosses};
 use crate::view::{SliceMut, SliceRef, TensorMut, TensorRef};
 
-use super::error::IntoCandle;
-use super::ops::{dtype_error, host_slice};
+use super::error::{dtype_error, host_slice, IntoCandle};
 use super::Backend;
 
 /// What a forward on the kernels keeps.

@@ -1,16 +1,14 @@
-//! The CPU reference on the caller's buffers, mirroring [`crate::gpu::fused`]
+//! The CPU reference on the caller's buffers, mirroring `gpu::fused`
 //! step for step: what a framework adapter calls on its CPU tensors (PyTorch's
 //! float32 and float64, candle's), with the same saved state as the kernels
 //! (the keep bits packed the same way, `v`, `g`, `mask`). Every rule comes
 //! from [`crate::cpu::parts`]; this module only checks lengths and packs bits.
 
-use crate::config::{AiecConfig, InputDims};
+use crate::config::{check_targets, AiecConfig, InputDims};
 use crate::cpu::float::Float;
-use crate::cpu::op::check_targets;
 use crate::cpu::parts::{self, RowScale};
 use crate::error::{AiecError, Result};
-use crate::gpu::fused::Sizes;
-use crate::launch::KeepLayout;
+use crate::layout::{KeepLayout, Sizes};
 
 fn expect_len(what: &'static str, got: usize, expected: usize) -> Result<()> {
     if got != expected {
@@ -21,7 +19,7 @@ fn expect_len(what: &'static str, got: usize, expected: usize) -> Result<()> {
 
 /// Packs the keep bits of an input planned as `plan` (one per element, in the
 /// input's order) into `words` ([`Sizes::keep`] of them) in the kernels'
-/// layout, [`crate::launch::KeepLayout`]: row by row, every row from a word,
+/// layout, [`KeepLayout`]: row by row, every row from a word,
 /// padding bits 0.
 pub fn pack_keep(plan: &InputDims, keep: &[bool], words: &mut [u32]) {
     let layout = KeepLayout::of_dims(plan);
@@ -116,7 +114,7 @@ pub struct AuxSlices<'a, F> {
     pub g: &'a mut [F],
 }
 
-/// The first half of a training forward (as [`crate::gpu::fused::forward_count`]):
+/// The first half of a training forward (as `gpu::fused::forward_count`):
 /// `y`, the keep bits, `v`, logits, `ce`, `g`, and the counting into
 /// `counters` when `update`. Targets are checked first: a bad one is an error
 /// and nothing is written.
@@ -157,7 +155,7 @@ pub fn forward_count<F: Float>(
     Ok(plan)
 }
 
-/// The second half (as [`crate::gpu::fused::forward_gate`]): `mask [B, C]` from
+/// The second half (as `gpu::fused::forward_gate`): `mask [B, C]` from
 /// the counters after this step's counting, and `(S, N)`.
 #[allow(clippy::too_many_arguments)] // the op's inputs and outputs
 pub fn forward_gate<F: Float>(
@@ -192,7 +190,7 @@ pub struct SavedSlices<'a, F> {
     pub mask: &'a [u8],
 }
 
-/// A training backward (as [`crate::gpu::fused::backward_train`]): `dx` and
+/// A training backward (as `gpu::fused::backward_train`): `dx` and
 /// `dW` (written, or added to `dw` with `accumulate`), with `dlogits = a_b * g`
 /// and the gate term `gate_scale * v * mask`.
 #[allow(clippy::too_many_arguments)] // the op's inputs and outputs

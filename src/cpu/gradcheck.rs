@@ -5,9 +5,10 @@
 //! `sum_l <y_l, dy_l> + aux_coef * aux + gate_coef * gate`, whose gradient with
 //! respect to `x_l` and `W_l` is exactly what `backward` returns.
 
+use crate::config::LossCoefs;
 use crate::config::{AiecConfig, Pool};
 use crate::counters::Counters;
-use crate::cpu::loss::{combine, LossCoefs};
+use crate::cpu::loss::combine;
 use crate::cpu::op::{backward, forward, Gradients};
 use crate::error::Result;
 use crate::init::SplitMix64;

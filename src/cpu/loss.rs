@@ -1,82 +1,24 @@
 //! Loss level of the CPU reference: the aux and gate losses over `L` layers that
 //! share one target vector, and the scales each layer's backward needs.
 
+/// Re-exported from [`crate::config`], where it is defined.
+pub use crate::config::LossCoefs;
 use crate::cpu::float::Float;
-use crate::cpu::op::{cross_entropy, AuxRecord, ForwardRecord};
+use crate::cpu::op::{AuxRecord, ForwardRecord};
+use crate::cpu::parts::cross_entropy;
+/// Re-exported from [`crate::cpu::scales`], where it is defined.
+pub use crate::cpu::scales::LossScales;
 use crate::error::{AiecError, Result};
-use crate::origin::{RecordId, ScalesOrigin};
-
-/// The two loss coefficients (`aux_coef * aux + gate_coef * gate` is added to the
-/// task loss). The paper uses `aux_coef = 1`, `gate_coef = 200`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LossCoefs {
-    /// Weight of the auxiliary cross-entropy.
-    pub aux_coef: f64,
-    /// Weight of the gate loss.
-    pub gate_coef: f64,
-}
-
-impl LossCoefs {
-    /// The paper's settings.
-    pub const PAPER: LossCoefs = LossCoefs { aux_coef: 1.0, gate_coef: 200.0 };
-
-    /// Checked coefficients: both finite and `>= 0`.
-    pub fn new(aux_coef: f64, gate_coef: f64) -> Result<Self> {
-        for (name, value) in [("aux_coef", aux_coef), ("gate_coef", gate_coef)] {
-            if !value.is_finite() || value < 0.0 {
-                return Err(AiecError::InvalidCoefficient { name, value });
-            }
-        }
-        Ok(LossCoefs { aux_coef, gate_coef })
-    }
-}
-
-/// What each layer's backward needs from the combined losses, and, when a
-/// combine made them, which records they belong to (a backward refuses them
-/// for any other record: [`AiecError::ForeignScales`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LossScales<F> {
-    /// `aux_coef / (L * B)` (0 when `L * B == 0`): `dlogits = aux_scale * (softmax - onehot)`.
-    pub aux_scale: F,
-    /// `2 * gate_coef / sum_l N_l` (0 when that sum is 0): `dv += gate_scale * v * mask`.
-    pub gate_scale: F,
-    origin: Option<ScalesOrigin>,
-}
-
-impl<F: Float> LossScales<F> {
-    /// Scales that add nothing: the backward of the threshold plus whatever `dy` carries.
-    pub fn zero() -> Self {
-        Self::unbound(F::ZERO, F::ZERO)
-    }
-
-    /// Scales a caller computed itself (e.g. handed back by an autograd
-    /// engine), accepted by the backward of any record.
-    pub fn unbound(aux_scale: F, gate_scale: F) -> Self {
-        LossScales { aux_scale, gate_scale, origin: None }
-    }
-
-    pub(crate) fn combined(aux_scale: F, gate_scale: F, origin: ScalesOrigin) -> Self {
-        LossScales { aux_scale, gate_scale, origin: Some(origin) }
-    }
-
-    /// The records these scales were combined from (`None`: unbound).
-    pub fn origin(&self) -> Option<&ScalesOrigin> {
-        self.origin.as_ref()
-    }
-
-    /// Errors unless these scales may scale the backward of the record `id`
-    /// of `batch` samples: unbound, or combined from it.
-    pub fn check_record(&self, id: RecordId, batch: usize) -> Result<()> {
-        self.origin.as_ref().map_or(Ok(()), |o| o.check(id, batch))
-    }
-}
+use crate::origin::ScalesOrigin;
 
 /// The combined losses of `L` layers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Losses<F> {
     /// Mean over all `L * B` rows of `CE(logits_l[b], t[b])` (0 when there are no rows).
     pub aux: F,
-    /// `sum_l S_l / sum_l N_l`, 0 when `sum_l N_l == 0`.
+    /// `sum_l S_l / sum_l N_l`, 0 when `sum_l N_l == 0`. Read from a device
+    /// in data-parallel training, this rank's share `W S / N` instead (`N` and
+    /// `gate_count` over all `W` ranks; [`crate::params::AiecLosses`]).
     pub gate: F,
     /// `sum_l S_l`.
     pub gate_sum_sq: F,
@@ -137,7 +79,7 @@ pub fn combine<F: Float>(records: &[&ForwardRecord<F>], coefs: LossCoefs) -> Res
 
 /// The aux parts of `records`, checked: at least one, each from a forward
 /// with targets and whole (its lengths and targets fit), all of layer 0's `B`
-/// and targets (as [`crate::gpu::combine`] checks).
+/// and targets (as `gpu::combine` checks).
 fn check_layers<'a, F>(records: &[&'a ForwardRecord<F>]) -> Result<Vec<&'a AuxRecord<F>>> {
     if records.is_empty() {
         return Err(AiecError::LayerMismatch {

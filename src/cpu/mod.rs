@@ -14,8 +14,10 @@ pub mod layer;
 pub mod loss;
 pub mod op;
 pub mod parts;
+pub mod scales;
 
 pub use float::Float;
 pub use layer::AiecLayer;
-pub use loss::{combine, LossCoefs, LossScales, Losses};
+pub use loss::{combine, LossCoefs, Losses};
 pub use op::{backward, forward, AuxRecord, ForwardRecord, Gradients};
+pub use scales::LossScales;

@@ -2,11 +2,15 @@
 //! Written for clarity, not speed; every other backend is judged against it.
 
 use crate::alloc;
+/// Re-exported from [`crate::config`], where it is defined.
+pub use crate::config::check_targets;
 use crate::config::{checked_len, AiecConfig, InputDims};
 use crate::counters::Counters;
 use crate::cpu::float::Float;
-use crate::cpu::loss::LossScales;
 use crate::cpu::parts;
+/// Re-exported from [`crate::cpu::parts`], where they are defined.
+pub use crate::cpu::parts::{argmax, cross_entropy, softmax};
+use crate::cpu::scales::LossScales;
 use crate::error::{AiecError, Result};
 use crate::origin::RecordId;
 
@@ -83,24 +87,6 @@ pub struct Gradients<F> {
     pub dw: Vec<F>,
 }
 
-/// Checks the targets against `B` and `K`; returns them as indices.
-pub fn check_targets(targets: &[i64], batch: usize, classes: usize) -> Result<Vec<usize>> {
-    if targets.len() != batch {
-        return Err(AiecError::TargetCountMismatch { batch, got: targets.len() });
-    }
-    targets
-        .iter()
-        .enumerate()
-        .map(|(index, &value)| {
-            if value >= 0 && (value as u64) < classes as u64 {
-                Ok(value as usize)
-            } else {
-                Err(AiecError::TargetOutOfRange { index, value, classes })
-            }
-        })
-        .collect()
-}
-
 /// Checks everything [`forward`] takes, before anything is computed or changed.
 pub fn check_forward<F>(
     cfg: &AiecConfig,
@@ -121,34 +107,6 @@ pub fn check_forward<F>(
     counters.check(cfg.classes(), cfg.channels())?;
     let targets = targets.map(|t| check_targets(t, plan.batch, cfg.classes())).transpose()?;
     Ok((plan, targets))
-}
-
-/// `argmax` with the spec's rules: the lowest index among equal maxima, and a
-/// NaN counts as larger than any number (so the first NaN wins).
-pub fn argmax<F: Float>(row: &[F]) -> usize {
-    let mut best = 0;
-    for k in 1..row.len() {
-        let (z, b) = (row[k], row[best]);
-        if (z.is_nan() && !b.is_nan()) || z > b {
-            best = k;
-        }
-    }
-    best
-}
-
-/// `logsumexp(z) - z[t]`, stable.
-pub fn cross_entropy<F: Float>(row: &[F], t: usize) -> F {
-    let m = row.iter().copied().fold(row[0], |a, z| if z > a || z.is_nan() { z } else { a });
-    let sum = row.iter().fold(F::ZERO, |s, &z| s + (z - m).exp());
-    m + sum.ln() - row[t]
-}
-
-/// `softmax(z)`, stable.
-pub fn softmax<F: Float>(row: &[F]) -> Vec<F> {
-    let m = row.iter().copied().fold(row[0], |a, z| if z > a || z.is_nan() { z } else { a });
-    let e: Vec<F> = row.iter().map(|&z| (z - m).exp()).collect();
-    let sum = e.iter().fold(F::ZERO, |s, &v| s + v);
-    e.into_iter().map(|v| v / sum).collect()
 }
 
 /// One layer's forward.

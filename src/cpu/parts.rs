@@ -7,7 +7,34 @@
 
 use crate::config::InputDims;
 use crate::cpu::float::Float;
-use crate::cpu::op::{argmax, cross_entropy, softmax};
+
+/// `argmax` with the spec's rules: the lowest index among equal maxima, and a
+/// NaN counts as larger than any number (so the first NaN wins).
+pub fn argmax<F: Float>(row: &[F]) -> usize {
+    let mut best = 0;
+    for k in 1..row.len() {
+        let (z, b) = (row[k], row[best]);
+        if (z.is_nan() && !b.is_nan()) || z > b {
+            best = k;
+        }
+    }
+    best
+}
+
+/// `logsumexp(z) - z[t]`, stable.
+pub fn cross_entropy<F: Float>(row: &[F], t: usize) -> F {
+    let m = row.iter().copied().fold(row[0], |a, z| if z > a || z.is_nan() { z } else { a });
+    let sum = row.iter().fold(F::ZERO, |s, &z| s + (z - m).exp());
+    m + sum.ln() - row[t]
+}
+
+/// `softmax(z)`, stable.
+pub fn softmax<F: Float>(row: &[F]) -> Vec<F> {
+    let m = row.iter().copied().fold(row[0], |a, z| if z > a || z.is_nan() { z } else { a });
+    let e: Vec<F> = row.iter().map(|&z| (z - m).exp()).collect();
+    let sum = e.iter().fold(F::ZERO, |s, &v| s + v);
+    e.into_iter().map(|v| v / sum).collect()
+}
 
 /// The threshold unit: `y = x` where NOT `x <= tau` (a NaN is kept), else 0;
 /// `keep` is that condition.

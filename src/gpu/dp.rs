@@ -26,15 +26,13 @@
 //! mean over the local batch already averages to the whole batch's when every
 //! rank has the same batch size.
 
-use crate::config::{AiecConfig, InputDims};
-use crate::cpu::LossCoefs;
+use crate::config::{AiecConfig, InputDims, LossCoefs};
 use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
+use crate::gpu::counters::GpuCounters;
 use crate::gpu::fused::{self, AuxMut, CountersMut, LayerLoss, TargetCheck, Update};
-use crate::gpu::op::GpuCounters;
 use crate::gpu::workspace::Workspace;
-use crate::launch::{self, KernelArg, LaunchPlan};
-use crate::nvrtc::Module;
+use crate::launch;
 use crate::params::AiecLosses;
 use crate::view::{check_disjoint, SliceMut, SliceRef, TensorMut, TensorRef};
 
@@ -48,50 +46,9 @@ pub trait CountSum: Send + Sync {
     fn world_size(&self) -> usize;
 }
 
-fn elementwise_grid(n: u64) -> [u32; 3] {
-    [n.div_ceil(launch::ELEMENTWISE_BLOCK as u64).clamp(1, 65_535) as u32, 1, 1]
-}
-
-/// `aiec_counts_narrow(inc, out, n)`: `out = inc as i32` (`n = 2KC + K`).
-pub fn counts_narrow_plan(classes: usize, channels: usize, inc: u64, out: u64) -> LaunchPlan {
-    let n = (2 * classes * channels + classes) as u64;
-    LaunchPlan {
-        module: Module::all("aiec_counts.cu"),
-        kernel: "aiec_counts_narrow".into(),
-        grid: elementwise_grid(n),
-        block: [launch::ELEMENTWISE_BLOCK, 1, 1],
-        shared_bytes: 0,
-        args: vec![KernelArg::Ptr(inc), KernelArg::Ptr(out), KernelArg::U64(n)],
-    }
-}
-
-/// `aiec_counts_add(act, inh, total, inc, kc, k)`: `counters += inc` (`inc` i32).
-pub fn counts_add_plan(
-    classes: usize,
-    channels: usize,
-    act: u64,
-    inh: u64,
-    total: u64,
-    inc: u64,
-) -> LaunchPlan {
-    let (kc, k) = ((classes * channels) as u64, classes as u64);
-    let n = 2 * kc + k;
-    LaunchPlan {
-        module: Module::all("aiec_counts.cu"),
-        kernel: "aiec_counts_add".into(),
-        grid: elementwise_grid(n),
-        block: [launch::ELEMENTWISE_BLOCK, 1, 1],
-        shared_bytes: 0,
-        args: vec![
-            KernelArg::Ptr(act),
-            KernelArg::Ptr(inh),
-            KernelArg::Ptr(total),
-            KernelArg::Ptr(inc),
-            KernelArg::U64(kc),
-            KernelArg::U64(k),
-        ],
-    }
-}
+/// Re-exported under their old names from [`crate::launch`], which plans
+/// every launch.
+pub use crate::launch::{aiec_counts_add as counts_add_plan, aiec_counts_narrow as counts_narrow_plan};
 
 /// A training forward on an update step with the counts summed over the
 /// ranks (see the module documentation); the other buffers as
@@ -142,9 +99,9 @@ pub(crate) fn forward_summed(
     };
     // SAFETY: `inc` (i64) and `narrow` (i32), both [2KC + K], are live,
     // disjoint buffers of this device; the launch follows the counting on the stream.
-    unsafe { dev.launch(&counts_narrow_plan(k, c, base, narrow.address())) }?;
+    unsafe { dev.launch(&launch::aiec_counts_narrow(k, c, base, narrow.address())) }?;
     sum.sum_in_place(&mut narrow.view_mut())?;
-    let plan = counts_add_plan(
+    let plan = launch::aiec_counts_add(
         k,
         c,
         counters.act.address(),
@@ -190,7 +147,7 @@ pub const MAX_GATE_RANKS: usize = 2047;
 ///
 /// ```
 /// # fn main() -> aiec::Result<()> {
-/// use aiec::cpu::LossCoefs;
+/// use aiec::LossCoefs;
 /// use aiec::gpu::dp::{combine_over_ranks, CountSum};
 /// use aiec::gpu::fused::LayerLoss;
 /// use aiec::params::{AiecGateStats, AiecLosses};

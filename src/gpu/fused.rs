@@ -14,13 +14,16 @@
 //! which makes the step count nothing and leaves the error for the device's
 //! next synchronisation or read ([`crate::Device::synchronize`]).
 
-use crate::config::{AiecConfig, InputDims};
+use crate::config::{AiecConfig, InputDims, LossCoefs};
 use crate::dtype::DType;
 use crate::error::{AiecError, Result};
-use crate::launch::{self, ForwardScratch, XPassArgs};
+use crate::launch::{self, BwdXArgs, GateArgs, XPassArgs};
+use crate::layout::ForwardScratch;
+/// Re-exported from [`crate::layout`], where they are defined.
+pub use crate::layout::{Sizes, SCRATCH_ALIGN};
 use crate::params::{AiecGateStats, AiecLossParams, AiecLosses, AiecShape, FLAG_ACCUMULATE_DW, MAX_LAYERS};
 use crate::view::{check_disjoint, SliceMut, SliceRef, Span, TensorMut, TensorRef};
-use crate::{cpu::LossCoefs, Device};
+use crate::Device;
 
 /// The counters of one layer as writable views: `act`, `inh` `[K, C]`, `total` `[K]`.
 pub struct CountersMut<'a> {
@@ -55,9 +58,6 @@ pub struct AuxMut<'a> {
     pub scratch: SliceMut<'a, u8>,
 }
 
-/// The alignment, in bytes, the forward scratch needs.
-pub const SCRATCH_ALIGN: usize = 8;
-
 fn check_scratch(scratch: &SliceMut<u8>) -> Result<()> {
     let address = scratch.address();
     if address % SCRATCH_ALIGN as u64 != 0 {
@@ -74,35 +74,6 @@ pub struct SavedRef<'a> {
     pub g: SliceRef<'a, f32>,
     /// `[B, C]`.
     pub mask: SliceRef<'a, u8>,
-}
-
-/// Element counts of every buffer of one layer's step (bytes for `scratch`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sizes {
-    /// `u32` keep words.
-    pub keep: usize,
-    /// `B * C` (`v`, `mask`, `dv`).
-    pub bc: usize,
-    /// `B * K` (`logits`, `g`).
-    pub bk: usize,
-    /// `B` (`ce`, targets).
-    pub batch: usize,
-    /// Bytes of the forward scratch.
-    pub scratch_bytes: usize,
-}
-
-impl Sizes {
-    /// The sizes for an input planned as `dims` with `classes` (`K`).
-    pub fn of(dims: &InputDims, classes: usize) -> Sizes {
-        let shape = AiecShape::new(dims, classes, 0.0, false);
-        Sizes {
-            keep: launch::keep_words(&shape),
-            bc: dims.batch * dims.channels,
-            bk: dims.batch * classes,
-            batch: dims.batch,
-            scratch_bytes: ForwardScratch::of(&shape).bytes,
-        }
-    }
 }
 
 fn mismatch(what: &'static str, expected: usize, got: usize) -> AiecError {
@@ -405,17 +376,19 @@ pub fn forward_gate(
     }
     let sc = ForwardScratch::of(&shape);
     let base = scratch.address();
-    if let Some(p) = launch::aiec_fwd_gate(
-        &shape,
-        [v.address(), w.address(), targets.address(), act.address(), inh.address()],
-        [
-            mask.address(),
-            base + sc.gate_sum_sq as u64,
-            base + sc.gate_count as u64,
-            base + (sc.tickets + 4 * launch::logits_groups(&shape)) as u64,
-            stats.address(),
-        ],
-    ) {
+    let args = GateArgs {
+        v: v.address(),
+        w: w.address(),
+        targets: targets.address(),
+        act: act.address(),
+        inh: inh.address(),
+        mask: mask.address(),
+        block_sum_sq: base + sc.gate_sum_sq as u64,
+        block_count: base + sc.gate_count as u64,
+        done: base + (sc.tickets + 4 * launch::logits_groups(&shape)) as u64,
+        stats: stats.address(),
+    };
+    if let Some(p) = launch::aiec_fwd_gate(&shape, args) {
         // SAFETY: live views of this device sized for `shape`; the written ones
         // disjoint from each other and from the inputs.
         unsafe { dev.launch(&p) }?;
@@ -613,7 +586,11 @@ fn backward_impl(
         }
         dv_addr = dv.address();
     }
-    if let Some(p) = launch::aiec_bwd_x(dy.dtype(), &shape, dy.address(), keep.address(), dv_addr, dx_addr) {
+    if let Some(p) = launch::aiec_bwd_x(
+        dy.dtype(),
+        &shape,
+        BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv_addr, dx: dx_addr },
+    ) {
         // SAFETY: dy, keep, dv (or null) and dx are live views of this device
         // sized for `shape`; dx is dy itself or disjoint from every input.
         unsafe { dev.launch(&p) }?;
@@ -761,7 +738,11 @@ pub fn activation_backward(
     }
     keep.expect("keep bits", &dev, Sizes::of(dims, cfg.classes()).keep)?;
     let s = AiecShape::new(dims, cfg.classes(), cfg.tau() as f32, false);
-    if let Some(p) = launch::aiec_bwd_x(dy.dtype(), &s, dy.address(), keep.address(), dv.address(), addr) {
+    if let Some(p) = launch::aiec_bwd_x(
+        dy.dtype(),
+        &s,
+        BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv.address(), dx: addr },
+    ) {
         // SAFETY: live views of this device sized for `s`; dx is dy or disjoint.
         unsafe { dev.launch(&p) }?;
     }

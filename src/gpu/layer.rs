@@ -11,10 +11,12 @@ use crate::device::Device;
 use crate::error::{AiecError, Result};
 use std::sync::Arc;
 
+use crate::gpu::counters::GpuCounters;
 use crate::gpu::dp::CountSum;
 use crate::gpu::fused::DwMode;
 use crate::gpu::loss::GpuLosses;
-use crate::gpu::op::{self, GpuCounters, GpuGradients, GpuRecord, RankSum, Targets};
+use crate::gpu::op::{self, GpuGradients, Targets};
+use crate::gpu::record::{GpuRecord, RankSum};
 use crate::gpu::workspace::Workspace;
 use crate::init::xavier_values;
 use crate::policy::LayerPolicy;

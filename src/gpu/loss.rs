@@ -4,12 +4,13 @@
 //! caller's explicit choice ([`GpuLosses::read`]).
 
 use crate::buffer::Buffer;
-use crate::cpu::loss::{LossCoefs, LossScales, Losses};
+use crate::config::LossCoefs;
+use crate::cpu::loss::{LossScales, Losses};
 use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
 use crate::gpu::dp;
 use crate::gpu::fused::{self, LayerLoss};
-use crate::gpu::op::GpuRecord;
+use crate::gpu::record::GpuRecord;
 use crate::gpu::workspace::Workspace;
 use crate::origin::ScalesOrigin;
 use crate::params::AiecLosses;

@@ -9,6 +9,7 @@
 //! * [`layer`]: `GpuLayer` owns `W`, the counters and a workspace, and
 //!   applies the shared layer policy.
 
+pub mod counters;
 pub mod dp;
 pub mod fused;
 pub mod layer;
@@ -16,13 +17,16 @@ pub mod loss;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod op;
+pub mod record;
 pub mod workspace;
 
+pub use counters::GpuCounters;
 pub use fused::DwMode;
 pub use layer::GpuLayer;
 pub use loss::{combine, combine_in, GpuLosses};
 pub use op::{
-    backward, backward_inplace, backward_inplace_with, backward_with, forward, forward_with, GpuAux,
-    GpuCounters, GpuGradients, GpuRecord, Targets,
+    backward, backward_inplace, backward_inplace_with, backward_with, forward, forward_with, GpuGradients,
+    Targets,
 };
+pub use record::{GpuAux, GpuRecord};
 pub use workspace::Workspace;

@@ -10,91 +10,24 @@
 //! first kernel (a bad one changes no counter and is reported at the device's
 //! next synchronisation or read).
 
-use std::sync::Arc;
-
 use crate::buffer::Buffer;
-use crate::config::{AiecConfig, InputDims};
-use crate::counters::Counters;
-use crate::cpu::op::check_targets;
+use crate::config::{check_targets, AiecConfig};
 use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
 use crate::gpu::dp::{self, CountSum};
-use crate::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, Sizes, TargetCheck};
+use crate::gpu::fused::{self, AuxMut, DwMode, SavedRef, Scales, TargetCheck};
 use crate::gpu::loss::GpuLosses;
 use crate::gpu::workspace::Workspace;
+/// Re-exported from [`crate::gpu::counters`] and [`crate::gpu::record`], where they are defined.
+pub use crate::gpu::{
+    counters::GpuCounters,
+    record::{GpuAux, GpuRecord},
+};
+use crate::layout::Sizes;
 use crate::origin::RecordId;
 use crate::params::AiecGateStats;
 use crate::tensor::Tensor;
 use crate::view::{SliceMut, SliceRef, TensorMut, TensorRef};
-
-/// The counters of one layer in device memory.
-#[derive(Debug)]
-pub struct GpuCounters {
-    classes: usize,
-    channels: usize,
-    /// `[K, C]`.
-    pub act: Buffer<i64>,
-    /// `[K, C]`.
-    pub inh: Buffer<i64>,
-    /// `[K]`.
-    pub total: Buffer<i64>,
-}
-
-impl GpuCounters {
-    /// Fresh counters (`act = inh = 0`, `total = 1`) on `device`.
-    pub fn new(device: &Device, classes: usize, channels: usize) -> Result<Self> {
-        Self::from_host(device, &Counters::try_new(classes, channels)?)
-    }
-
-    /// Uploads host counters.
-    pub fn from_host(device: &Device, c: &Counters) -> Result<Self> {
-        Ok(GpuCounters {
-            classes: c.classes(),
-            channels: c.channels(),
-            act: Buffer::from_slice(device, &c.act)?,
-            inh: Buffer::from_slice(device, &c.inh)?,
-            total: Buffer::from_slice(device, &c.total)?,
-        })
-    }
-
-    /// Downloads the counters (waits for the device).
-    pub fn to_host(&self) -> Result<Counters> {
-        Counters::from_parts(
-            self.classes,
-            self.channels,
-            self.act.to_vec()?,
-            self.inh.to_vec()?,
-            self.total.to_vec()?,
-        )
-    }
-
-    /// Overwrites the counters in place with host values (`K` and `C` must match).
-    pub fn copy_from_host(&mut self, c: &Counters) -> Result<()> {
-        c.check(self.classes, self.channels)?;
-        self.act.copy_from(&c.act)?;
-        self.inh.copy_from(&c.inh)?;
-        self.total.copy_from(&c.total)
-    }
-
-    /// Resets to `act = inh = 0`, `total = 1`, in place.
-    pub fn reset(&mut self) -> Result<()> {
-        self.copy_from_host(&Counters::try_new(self.classes, self.channels)?)
-    }
-
-    /// The counters as writable views.
-    pub fn views_mut(&mut self) -> CountersMut<'_> {
-        CountersMut { act: self.act.view_mut(), inh: self.inh.view_mut(), total: self.total.view_mut() }
-    }
-
-    /// `K`.
-    pub fn classes(&self) -> usize {
-        self.classes
-    }
-    /// `C`.
-    pub fn channels(&self) -> usize {
-        self.channels
-    }
-}
 
 /// The targets of a training forward.
 #[derive(Debug, Clone, Copy)]
@@ -107,85 +40,6 @@ pub enum Targets<'a> {
     /// [`AiecError::TargetOutOfRange`] at the device's next synchronisation or
     /// read).
     Device(&'a SliceRef<'a, i64>),
-}
-
-/// What one forward leaves on the device for its backward and its losses.
-#[derive(Debug)]
-pub struct GpuRecord {
-    /// The input shape, planned for the layer's pooling mode.
-    pub dims: InputDims,
-    /// `y` when the forward allocated it ([`forward`]); `None` when it wrote
-    /// into the caller's view ([`forward_with`]).
-    pub y: Option<Tensor>,
-    /// The keep bits (1 bit per element: NOT `x <= tau`): what the backward needs of `x`.
-    pub keep: Buffer<u32>,
-    /// The AIEC part, present on a forward with targets.
-    pub aux: Option<GpuAux>,
-    /// The ranks the layer summed its counts over, whose masked count the
-    /// gate is then normalised by ([`crate::gpu::combine`]).
-    pub(crate) ranks: Option<RankSum>,
-    /// Which forward this is: the losses remember the records they were
-    /// combined from, and a backward refuses another record's.
-    pub(crate) id: RecordId,
-}
-
-/// A layer's [`CountSum`], carried by its records to the loss level.
-#[derive(Clone)]
-pub(crate) struct RankSum(pub(crate) Arc<dyn CountSum>);
-
-impl std::fmt::Debug for RankSum {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RankSum({} ranks)", self.0.world_size())
-    }
-}
-
-/// The device buffers of a training forward.
-#[derive(Debug)]
-pub struct GpuAux {
-    /// `[B, C]` pooled activation.
-    pub v: Buffer<f32>,
-    /// `[B, K]`.
-    pub logits: Buffer<f32>,
-    /// `[B]` cross-entropy of each row.
-    pub ce: Buffer<f32>,
-    /// `[B, K]`: `softmax(logits) - onehot(t)`, unscaled.
-    pub g: Buffer<f32>,
-    /// `[B, C]` consensus mask (0/1).
-    pub mask: Buffer<u8>,
-    /// `S`, `N` of this layer.
-    pub stats: Buffer<AiecGateStats>,
-    /// `K`.
-    pub classes: usize,
-    /// Whether this forward updated the counters.
-    pub updated: bool,
-}
-
-impl GpuRecord {
-    /// Which forward this record is from (unique in the process).
-    pub fn id(&self) -> RecordId {
-        self.id
-    }
-
-    /// `y`, when the forward allocated it.
-    pub fn y(&self) -> Result<&Tensor> {
-        self.y.as_ref().ok_or_else(|| AiecError::Unsupported {
-            what: "this forward wrote y into the caller's view; the record does not hold it".into(),
-        })
-    }
-
-    /// Bytes kept on the device between forward and backward, `y` (the output)
-    /// excluded: the keep bits and the `O(B*C + B*K)` buffers.
-    pub fn saved_bytes(&self) -> usize {
-        self.keep.byte_len()
-            + self.aux.as_ref().map_or(0, |a| {
-                a.v.byte_len()
-                    + a.logits.byte_len()
-                    + a.ce.byte_len()
-                    + a.g.byte_len()
-                    + a.mask.byte_len()
-                    + a.stats.byte_len()
-            })
-    }
 }
 
 /// Gradients of one layer on the device.
@@ -211,11 +65,11 @@ fn check_state(cfg: &AiecConfig, dev: &Device, w: &SliceRef<f32>, counters: &Gpu
             });
         }
     }
-    if (counters.classes, counters.channels) != (cfg.classes(), cfg.channels()) {
+    if (counters.classes(), counters.channels()) != (cfg.classes(), cfg.channels()) {
         return Err(AiecError::LengthMismatch {
             what: "counters [K, C]",
             expected: kc,
-            got: counters.classes * counters.channels,
+            got: counters.classes() * counters.channels(),
         });
     }
     Ok(())

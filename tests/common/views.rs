@@ -6,7 +6,8 @@
 //! aligned, so the kernels take their narrower paths.
 
 use aiec::cpu::LossCoefs;
-use aiec::gpu::fused::{self, AuxMut, CountersMut, DwMode, LayerLoss, SavedRef, Scales, Sizes, TargetCheck};
+use aiec::gpu::fused::{self, AuxMut, CountersMut, DwMode, LayerLoss, SavedRef, Scales, TargetCheck};
+use aiec::layout::Sizes;
 use aiec::params::{AiecGateStats, AiecLosses};
 use aiec::{Device, Element, SliceMut, SliceRef, TensorMut, TensorRef};
 
@@ -86,7 +87,7 @@ pub fn run_views<T: Element>(dev: &Device, case: &GoldenCase, offset: usize) -> 
             mask: Placed::filled(sizes.bc, offset, 0xAB),
             stats: Placed::filled(1, offset, bytemuck::Zeroable::zeroed()),
             // Zero before its first use (the tickets); padding 0xCD. In u64s:
-            // the scratch is 8-byte aligned (fused::SCRATCH_ALIGN) at any offset.
+            // the scratch is 8-byte aligned (layout::SCRATCH_ALIGN) at any offset.
             scratch: Placed::new(
                 &vec![0u64; sizes.scratch_bytes.div_ceil(8)],
                 offset,
