@@ -577,6 +577,7 @@ pub fn aiec_counts_add(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::test_shape as shape;
 
     const H200: DeviceLimits =
         DeviceLimits { sm_count: 132, arch: Arch { major: 9, minor: 0 }, projection: Projection::Tf32x3 };
@@ -612,19 +613,6 @@ mod tests {
         assert_eq!(p.args.len(), 5);
         assert_eq!(p.args[2], KernelArg::Ptr(2), "dx after dy");
         assert!(threshold_fwd(DType::F16, 0, 1, 2, 0.0, H200).is_none());
-    }
-
-    fn shape(pool: Pool, b: u64, p: u64, c: u64, k: u64) -> AiecShape {
-        AiecShape {
-            batch: b,
-            positions: p,
-            channels: c,
-            classes: k,
-            pool: pool_code(pool),
-            update: 1,
-            tau: 0.0,
-            flags: 0,
-        }
     }
 
     fn ga() -> GateArgs {

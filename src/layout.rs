@@ -135,22 +135,25 @@ impl Sizes {
     }
 }
 
+/// A shape for the unit tests of the plans and layouts: update every step, `tau = 0`, no flags.
+#[cfg(test)]
+pub(crate) fn test_shape(pool: Pool, b: u64, p: u64, c: u64, k: u64) -> AiecShape {
+    AiecShape {
+        batch: b,
+        positions: p,
+        channels: c,
+        classes: k,
+        pool: crate::params::pool_code(pool),
+        update: 1,
+        tau: 0.0,
+        flags: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn shape(pool: Pool, b: u64, p: u64, c: u64, k: u64) -> AiecShape {
-        AiecShape {
-            batch: b,
-            positions: p,
-            channels: c,
-            classes: k,
-            pool: pool_code(pool),
-            update: 1,
-            tau: 0.0,
-            flags: 0,
-        }
-    }
+    use crate::layout::test_shape as shape;
 
     #[test]
     fn forward_scratch_parts_are_aligned_and_disjoint() {
