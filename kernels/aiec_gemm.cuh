@@ -12,11 +12,13 @@
 // bound read as 0. Operand::vec: p 16-byte aligned, ld and the contiguous extent multiples of 4 (16-byte copies).
 //
 // ---- The tensor-core paths (sm_80+, AIEC_MMA_TF32; tc::tile)
-// Stages: KT = 32 k per stage, two stages in shared memory (36 KiB), filled by cp.async (no register round trip):
-// while a stage is consumed the next one's copies are in flight (cp.async.wait_group 1, one barrier each side).
-// Thread t copies 4 chunks of 4 elements per operand and stage (a warp's 32 chunks are 512 contiguous bytes of
-// shared memory: no bank conflict); chunks outside the matrix are zero-filled (the copy's ignore-src predicate);
-// operands that are not vec take 4-byte copies (a branch per stage).
+// Stages: KT = 32 k per stage, two stages in shared memory (36 KiB, and 32 scales of A per stage where A's k are
+// scaled), filled by cp.async (no register round trip): while a stage is consumed the next one's copies are in
+// flight (cp.async.wait_group 1, one barrier each side). Thread t copies 4 chunks of 4 elements per operand and
+// stage (a warp's 32 chunks are 512 contiguous bytes of shared memory: no bank conflict) from 4 source pointers
+// that advance by a constant (tc::Copier); chunks outside the matrix are zero-filled (the copy's ignore-src
+// predicate); unless both operands are vec, both take 4-byte copies (a second instance of the stage loop, chosen
+// once per tile).
 // Layouts in shared memory, chosen so that every fragment load is one conflict-free 16-byte LDS:
 // * MK: [64 rows][32 k], the 16-byte chunk c of row r at chunk c ^ (4 (r & 1)) (so that the two rows a quarter
 //   warp reads fall in different banks);
@@ -30,22 +32,22 @@
 // mma.m16n8k8, 32 f32 accumulators per lane) over both 16-wide halves of every stage, and the tile leaves through
 // shared memory (the caller's epilogue reads it from there). Per warp and 16 k: 8 LDS.128 for 24 fragments, 32
 // operand values split, 48 mma.sync (3xTF32) or 16 (TF32): 0.67 (resp. 2) shared-memory wavefronts per mma for the
-// fragments (BENCHMARKS.md "SASS report" has the measured mix). A warp tile of 64 x 32 (64 accumulators, two warps
-// per output summing half the k each) issues a fifth fewer instructions per mma, but NVVM then emits one of
-// several PTX texts for the same source, run to run, and tests/nvrtc.rs requires one (BENCHMARKS.md).
-// * TF32X3: every operand value x is split in registers, big = x rounded to TF32 (ties away, integer arithmetic),
-//   small = x - big (exact; the mma reads its upper 19 bits). Per fragment and 16 k, t = A_small B_big + A_big
-//   B_small + A_big B_big (six mma.sync into a fresh t, small products first), then acc += t, one rounded f32
-//   addition: the running sum never passes through the tensor core's accumulator (whose rounding is not IEEE:
-//   NVIDIA documents no rounding mode for it), and it is rounded once per 16 k instead of once per product.
-//   A_small B_small (about 2^-22 of the product) is dropped. BENCHMARKS.md measures the accuracy against float64:
-//   better than the f32 paths on long reductions (the blocked sum), within 3e-6 on the golden cases.
+// fragments (BENCHMARKS.md "SASS report" has the measured mix). Fragment loads are asm (tc::ldsv): as plain C++
+// loads NVVM narrowed some of them on some runs only, and tests/nvrtc.rs requires one PTX per source.
+// * TF32X3: every operand value x is split in registers, big = x truncated to TF32 (its 13 low bits cleared),
+//   small = x - big (exact; the mma reads its upper 19 bits): two instructions per value. Per fragment and stage
+//   (32 k), t = A_small B_big + A_big B_small + A_big B_big (twelve mma.sync into a fresh t, small products
+//   first), then acc += t, one rounded f32 addition: the running sum never passes through the tensor core's
+//   accumulator (whose rounding is not IEEE: NVIDIA documents no rounding mode for it), and it is rounded once
+//   per 32 k instead of once per product. A_small B_small (below 2^-20 of the product) is dropped.
+//   BENCHMARKS.md measures the accuracy against float64: better than the f32 paths on long reductions (the
+//   blocked sum).
 //   Non-finite values: a non-finite x (or one whose big rounds to inf) makes its small NaN, so every result whose
 //   sum met one is NaN; each NaN result is recomputed at the end in f32 from global memory, exactly as the SIMT
 //   path sums it: inf, -inf and NaN results are those of f32 arithmetic.
 // * TF32 (opt-in, like torch.backends.cuda.matmul.allow_tf32): A_big B_big alone, operands rounded to TF32 (10
-//   mantissa bits, cvt.rna) and accumulated in the tensor core: about 1e-3 relative, for speed only. Never the
-//   default.
+//   mantissa bits; cvt.rn on sm_90, cvt.rna on sm_80 and in the simulator) and accumulated in the tensor core:
+//   about 1e-3 relative, for speed only. Never the default.
 // The mma.sync path may differ from the simulator's documented emulation in the last bits (mma.cuh).
 //
 // ---- The SIMT path (every arch, the reference path; tile_simt)
@@ -97,7 +99,7 @@ constexpr int KT = 32;                          // k per stage
 constexpr int STAGES = 2;                       // stages in shared memory (one in flight while one is consumed)
 constexpr int KM_LD = BM + 8;                   // floats per k row of a KM tile (72 = 8 mod 32)
 constexpr int SLOT = KT * KM_LD;                // floats per operand and stage (a KM tile; an MK tile is BM * KT)
-constexpr int FLOATS = STAGES * 2 * SLOT;       // 36 KiB
+constexpr int FLOATS = STAGES * (2 * SLOT + KT);  // 36 KiB and the per-k scales of A
 static_assert(BM == BN && BM * KT <= SLOT, "tile sizes");
 }  // namespace tc
 template <int PATH> struct Smem {
@@ -316,48 +318,87 @@ template <int N> __device__ __forceinline__ void cp_wait() {
 #endif
 }
 
-// Issues the copies of operand o's stage at (i0, k0) into dst (see the file comment for both layouts): 512
+// Thread t's copies of one operand, stage after stage (see the file comment for both layouts): per stage 512
 // chunks of 4 consecutive elements, 4 per thread; a warp's 32 chunks fill 512 contiguous bytes of shared memory
-// (MK: 4 rows; KM: two half rows of 256 bytes), so the stores are free of bank conflicts.
-template <bool KM> __device__ __forceinline__ void issue(const Operand& o, u64 i0, u64 k0, float* dst) {
-  const int t = (int)threadIdx.x;
-  // MK: chunk h of thread t is row t / 8 + 16 h, k chunk t % 8; KM: k row t / 16 + 8 h, i chunk t % 16. The
-  // chunk's element count n (inside the matrix: 0 to 4) is the same for every h but for the row test (MK: row
-  // i; KM: row k); source and destination move by constant strides with h. A chunk outside the matrix copies
-  // nothing (zeros): its source address is formed but never read. Operand::vec: every chunk is whole or outside
-  // (n is 4 or 0) and takes one 16-byte copy; else 4 of 4 bytes.
-  const int c = KM ? t % 16 : t % 8, r0 = KM ? t / 16 : t / 8;
-  const u64 i = KM ? i0 + (u64)(4 * c) : i0 + (u64)r0, k = KM ? k0 + (u64)r0 : k0 + (u64)(4 * c);
-  // elements left along the chunk, and rows left from chunk 0's row, clamped to what matters (32-bit from here)
-  const u64 along = KM ? o.extent - aiec_k::min64(i, o.extent) : o.kdim - aiec_k::min64(k, o.kdim);
-  const u64 rows = KM ? o.kdim - aiec_k::min64(k, o.kdim) : o.extent - aiec_k::min64(i, o.extent);
-  const u32 n = along < 4 ? (u32)along : 4u;
-  const int left = rows < 64 ? (int)rows : 64;
-  const float* src = KM ? o.p + k * o.ld + i : o.p + i * o.ld + k;
-  const u64 step = (KM ? 8 : 16) * o.ld;  // elements from chunk h to h + 1
-  const int s0 = KM ? (4 * (r0 % 4) + r0 / 4) * KM_LD + 4 * c : r0 * KT + 4 * (c ^ (4 * (r0 & 1)));
-  const Saddr d0 = saddr(dst + s0);
-  AIEC_UNROLL
-  for (int h = 0; h < 4; ++h) {
-    const int so = KM ? (16 * (h / 2) + 2 * (h % 2)) * KM_LD : 16 * h * KT;  // from chunk 0's
-    const bool in = left > (KM ? 8 : 16) * h && n != 0;
-    const float* p = src + (u64)h * step;
-    if (o.vec) {
-      cp16(sadd(d0, so), p, in);
-    } else {
-      AIEC_UNROLL
-      for (int j = 0; j < 4; ++j) cp4(sadd(d0, so + j), p + j, in && (u32)j < n);
-    }
+// (MK: 4 rows; KM: two half rows of 256 bytes), so the stores are free of bank conflicts. MK: chunk h of thread t
+// is row t / 8 + 16 h, k chunk t % 8; KM: k row t / 16 + 8 h, i chunk t % 16. Everything that does not change
+// from stage to stage is computed once: the 4 source pointers advance by a constant, and only the extent left
+// along k is counted down. A chunk outside the matrix copies nothing (zeros): its source is never read. VEC
+// (Operand::vec): every chunk is whole or outside and takes one 16-byte copy; else 4 of 4 bytes.
+template <bool KM, bool VEC> struct Copier {
+  const float* src[4];  // chunk h's source for the next stage
+  u64 adv;              // elements from one stage to the next
+  long long left;       // MK: elements of the chunk's row from its first k on; KM: k rows from chunk 0's on
+  int fixed;            // MK: rows from chunk 0's on (at most 64); KM: elements along i from the chunk's first
+  Saddr d0;             // chunk 0's destination in stage 0
+  __device__ __forceinline__ Copier(const Operand& o, u64 i0, float* smem) {
+    const int t = (int)threadIdx.x, c = KM ? t % 16 : t % 8, r0 = KM ? t / 16 : t / 8;
+    const u64 i = KM ? i0 + (u64)(4 * c) : i0 + (u64)r0, k = KM ? (u64)r0 : (u64)(4 * c);
+    const u64 fx = o.extent - aiec_k::min64(i, o.extent);
+    fixed = fx < 64 ? (int)fx : 64;
+    left = (long long)o.kdim - (long long)k;
+    const float* p = KM ? o.p + k * o.ld + i : o.p + i * o.ld + k;
+    const u64 step = (KM ? 8 : 16) * o.ld;  // elements from chunk h to h + 1
+    AIEC_UNROLL
+    for (int h = 0; h < 4; ++h) src[h] = p + (u64)h * step;
+    adv = KM ? (u64)KT * o.ld : (u64)KT;
+    d0 = saddr(smem + (KM ? (4 * (r0 % 4) + r0 / 4) * KM_LD + 4 * c : r0 * KT + 4 * (c ^ (4 * (r0 & 1)))));
   }
+  // Issues the next stage's copies into the slot at dst_floats floats from stage 0's.
+  __device__ __forceinline__ void issue(int dst_floats) {
+    const Saddr d = sadd(d0, dst_floats);
+    AIEC_UNROLL
+    for (int h = 0; h < 4; ++h) {
+      const int so = KM ? (16 * (h / 2) + 2 * (h % 2)) * KM_LD : 16 * h * KT;  // from chunk 0's
+      // elements of the chunk inside the matrix: 0 to 4 (VEC: 0 or 4)
+      const bool row_in = KM ? left > 8 * h : fixed > 16 * h;
+      const long long along = KM ? (long long)fixed : left;
+      if (VEC) {
+        cp16(sadd(d, so), src[h], row_in && along > 0);
+      } else {
+        AIEC_UNROLL
+        for (int j = 0; j < 4; ++j) cp4(sadd(d, so + j), src[h] + j, row_in && along > j);
+      }
+      src[h] += adv;
+    }
+    left -= KT;
+  }
+};
+
+// The 16 bytes at a + n floats of shared memory (16-byte aligned). An asm statement on the GPU: NVVM, free to
+// narrow a vector load whose lanes it finds partly used, did so for some of these on some runs and not on others
+// (a different PTX from the same source, which tests/nvrtc.rs rejects); it cannot narrow an asm.
+__device__ __forceinline__ float4 ldsv(Saddr a, int n) {
+  float4 q;
+#ifdef AIEC_CUDA
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(q.x), "=f"(q.y), "=f"(q.z), "=f"(q.w)
+               : "r"(sadd(a, n)));
+#else
+  memcpy(&q, sadd(a, n), 16);
+#endif
+  return q;
 }
 
-// x = big + small, big = x rounded to TF32 (ties away, as cvt.rna) by integer arithmetic, small = x - big exact;
-// small goes to the mma as it is, whose operand read keeps its upper 19 bits (truncation). A non-finite x (or one
-// whose big rounds to inf) makes small NaN: the tile's NaN results are then recomputed (tile).
-__device__ __forceinline__ u32 big_bits(float x) { return (__float_as_uint(x) + 0x1000u) & 0xFFFFE000u; }
-// x rounded to TF32 for the plain TF32 path: cvt.rna on the GPU, whose 13 low result bits the mma ignores.
+// x = big + small: big = x truncated to TF32 (its 13 low bits cleared), small = x - big (exact: the 13 low bits'
+// worth, of x's sign), which reaches the mma as it is, whose operand read keeps its upper 19 bits (truncation too).
+// Two instructions per value, as CUTLASS's round_toward_zero big; truncating both parts (instead of rounding big
+// to nearest, one instruction more) loses about 2^-21 of the operand instead of 2^-22 (BENCHMARKS.md measures the
+// results against float64). A non-finite x makes small NaN: the tile's NaN results are then recomputed (tile).
+// mask is 0xFFFFE000 made opaque to ptxas (tf32_mask): knowing that the mma reads only the upper 19 bits, ptxas
+// would pass x itself as big, and then move every A value into a register quad (one move per value).
+__device__ __forceinline__ u32 big_bits(float x, u32 mask) { return __float_as_uint(x) & mask; }
+// 0xFFFFE000, computed from kdim (< 2^63 always: an element count) so that ptxas cannot fold it (big_bits).
+__device__ __forceinline__ u32 tf32_mask(u64 kdim) { return 0xFFFFE000u | (u32)(kdim >> 63); }
+// x rounded to TF32 for the plain TF32 path, whose 13 low result bits the mma ignores: on sm_90 to nearest even
+// (cvt.rn.tf32.f32, one instruction), on sm_80 ties away (cvt.rna, three: sm_80 has no .rn), in the simulator
+// ties away (to_tf32). Inf and NaN stay inf and NaN.
 __device__ __forceinline__ u32 rna_bits(float x) {
-#ifdef AIEC_CUDA
+#if defined(AIEC_CUDA) && __CUDA_ARCH__ >= 900
+  u32 r;
+  asm("cvt.rn.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+#elif defined(AIEC_CUDA)
   u32 r;
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
   return r;
@@ -379,23 +420,30 @@ template <bool BKM> __device__ __forceinline__ int col_of(int lane, int warp, in
   return BKM ? wn + 4 * c + nj : wn + 8 * nj + c;
 }
 
-// The warp's products over one 16-wide half s of a stage (A at As, B at Bs; the half's first k is k0 of the
-// matrix): fragments by 16-byte loads, split in registers, 3 (TF32X3) or 1 (TF32) mma.sync per 16 x 8 fragment
-// and 8 k. TF32X3 sums each fragment's 16 k into a fresh t (small products first) that is added to acc with one
-// rounded f32 addition per element: the running sum never passes through the tensor core's accumulator.
-// SK: A's value at k is multiplied by o.scale[k] first.
-template <int PATH, bool AKM, bool BKM, bool SK>
-__device__ __forceinline__ void half_step(float* acc, const float* As, const float* Bs, int s, const Operand& o,
-                                          u64 k0) {
+// The offset in a stage's operand slot of a lane's first fragment load of half s, for a warp whose fragments
+// start at row (or column) w0: KM, k row 16 s + tq, at w0 + 4 g; MK, row w0 + g, the swizzled chunk of k 16 s +
+// 4 tq (w0 is even, so every row the lane reads has the parity of g).
+template <bool KM> __device__ __forceinline__ int frag_base(int lane, int w0, int s) {
+  const int g = lane >> 2, tq = lane & 3;
+  return KM ? (16 * s + tq) * KM_LD + w0 + 4 * g : (w0 + g) * KT + 4 * ((4 * s + tq) ^ (4 * (g & 1)));
+}
+
+// The warp's products over one 16-wide half s of a stage: fragments by 16-byte loads, split in registers, 3
+// (TF32X3) or 1 (TF32) mma.sync per 16 x 8 fragment and 8 k. TF32X3 sums each fragment's stage (both halves) into
+// a fresh t in tacc (small products first), zeroed by half 0 and added to acc by half 1 with one rounded f32
+// addition per element: the running sum never passes through the tensor core's accumulator. SK: A's value at k
+// is multiplied by its staged scale first.
+template <int PATH, bool AKM, bool BKM, bool SK, int s>
+__device__ __forceinline__ void half_step(float* acc, float* tacc, Saddr As, Saddr Bs, Saddr S, u32 mask) {
+  // As, Bs: the lane's first fragment load of the half (frag_base); every other is a constant away. S: the
+  // half's first scale of the lane's k rows.
   using namespace aiec_mma;
-  const int lane = (int)(threadIdx.x & 31), warp = (int)(threadIdx.x >> 5);
-  const int g = lane >> 2, tq = lane & 3, wm = 32 * (warp & 1), wn = 32 * (warp >> 1);
   // B's fragments of both 8-wide k steps, as loaded, then split: [kk][nj][register]
   float br[2][4][2];
   if constexpr (BKM) {
     AIEC_UNROLL
     for (int j = 0; j < 4; ++j) {
-      const float4 q = lds4(Bs + (16 * s + 4 * j + tq) * KM_LD + wn + 4 * g);
+      const float4 q = ldsv(Bs, 4 * j * KM_LD);
       const int kk = j >> 1, h = j & 1;
       br[kk][0][h] = q.x;
       br[kk][1][h] = q.y;
@@ -405,8 +453,7 @@ __device__ __forceinline__ void half_step(float* acc, const float* As, const flo
   } else {
     AIEC_UNROLL
     for (int nj = 0; nj < 4; ++nj) {
-      const int row = wn + 8 * nj + g;
-      const float4 q = lds4(Bs + row * KT + 4 * ((4 * s + tq) ^ (4 * (row & 1))));
+      const float4 q = ldsv(Bs, 8 * nj * KT);  // row wn + 8 nj + g; row & 1 = g & 1
       br[0][nj][0] = q.x;
       br[0][nj][1] = q.y;
       br[1][nj][0] = q.z;
@@ -422,7 +469,7 @@ __device__ __forceinline__ void half_step(float* acc, const float* As, const flo
       for (int q = 0; q < 2; ++q) {
         const float x = br[kk][nj][q];
         if constexpr (PATH == TF32X3) {
-          bb[kk][nj][q] = big_bits(x);
+          bb[kk][nj][q] = big_bits(x, mask);
           bs[kk][nj][q] = __float_as_uint(x - __uint_as_float(bb[kk][nj][q]));
         } else {
           bb[kk][nj][q] = rna_bits(x);
@@ -432,12 +479,12 @@ __device__ __forceinline__ void half_step(float* acc, const float* As, const flo
   // values are live beside B's.
   constexpr int MG = AKM ? 2 : 1;
   float sc[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-  if constexpr (SK) {  // the scales of k rows 4 tq + j; past kdim A is 0 (zero-filled): any in-bounds scale will do
-    AIEC_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      const u64 k = k0 + (u64)(4 * tq + j);
-      sc[j] = o.scale[k < o.kdim ? k : o.kdim - 1];
-    }
+  if constexpr (SK) {  // the scales of k rows 4 tq + j of the half (staged; 0 past kdim, where A is 0 too)
+    const float4 q = ldsv(S, 0);
+    sc[0] = q.x;
+    sc[1] = q.y;
+    sc[2] = q.z;
+    sc[3] = q.w;
   }
   AIEC_UNROLL
   for (int m0i = 0; m0i < 2; m0i += MG) {
@@ -445,7 +492,7 @@ __device__ __forceinline__ void half_step(float* acc, const float* As, const flo
     if constexpr (AKM) {
       AIEC_UNROLL
       for (int j = 0; j < 4; ++j) {  // k row 4 tq + j of the half: k step j / 2, fragment column tq + 4 (j % 2)
-        const float4 q = lds4(As + (16 * s + 4 * j + tq) * KM_LD + wm + 4 * g);
+        const float4 q = ldsv(As, 4 * j * KM_LD);
         const int kk = j >> 1, h = 2 * (j & 1);
         ar[kk][0][h] = SK ? q.x * sc[j] : q.x;
         ar[kk][0][h + 1] = SK ? q.y * sc[j] : q.y;
@@ -456,8 +503,7 @@ __device__ __forceinline__ void half_step(float* acc, const float* As, const flo
       static_assert(!SK, "per-k scales apply to a KM operand A");
       AIEC_UNROLL
       for (int e = 0; e < 2; ++e) {
-        const int row = wm + 16 * m0i + g + 8 * e;
-        const float4 q = lds4(As + row * KT + 4 * ((4 * s + tq) ^ (4 * (row & 1))));
+        const float4 q = ldsv(As, (16 * m0i + 8 * e) * KT);  // row wm + 16 m0i + 8 e + g
         ar[0][0][e] = q.x;
         ar[0][0][e + 2] = q.y;
         ar[1][0][e] = q.z;
@@ -473,7 +519,7 @@ __device__ __forceinline__ void half_step(float* acc, const float* As, const flo
         for (int q = 0; q < 4; ++q) {
           const float x = ar[kk][mm][q];
           if constexpr (PATH == TF32X3) {
-            ab[kk][q] = big_bits(x);
+            ab[kk][q] = big_bits(x, mask);
             as[kk][q] = __float_as_uint(x - __uint_as_float(ab[kk][q]));
           } else {
             ab[kk][q] = rna_bits(x);
@@ -483,15 +529,21 @@ __device__ __forceinline__ void half_step(float* acc, const float* As, const flo
       for (int nj = 0; nj < 4; ++nj) {
         float* d = acc + 4 * (4 * (m0i + mm) + nj);
         if constexpr (PATH == TF32X3) {
-          float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          float* t = tacc + 4 * (4 * (m0i + mm) + nj);
+          if constexpr (s == 0) {
+            AIEC_UNROLL
+            for (int r = 0; r < 4; ++r) t[r] = 0.0f;
+          }
           AIEC_UNROLL
           for (int kk = 0; kk < 2; ++kk) {
             mma_m16n8k8_tf32(t, as[kk], bb[kk][nj], t);
             mma_m16n8k8_tf32(t, ab[kk], bs[kk][nj], t);
             mma_m16n8k8_tf32(t, ab[kk], bb[kk][nj], t);
           }
-          AIEC_UNROLL
-          for (int r = 0; r < 4; ++r) d[r] += t[r];
+          if constexpr (s == 1) {
+            AIEC_UNROLL
+            for (int r = 0; r < 4; ++r) d[r] += t[r];
+          }
         } else {
           AIEC_UNROLL
           for (int kk = 0; kk < 2; ++kk) mma_m16n8k8_tf32(d, ab[kk], bb[kk][nj], d);
@@ -507,32 +559,45 @@ __device__ __forceinline__ float at(const Operand& o, u64 i, u64 k) {
   return o.km ? o.p[k * o.ld + i] : o.p[i * o.ld + k];
 }
 
-template <int PATH, bool AKM, bool BKM, bool SK, int LDO>
+template <int PATH, bool AKM, bool BKM, bool SK, int LDO, bool VEC>
 __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out) {
   const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  float acc[ACC];
+  float acc[ACC], tacc[PATH == TF32X3 ? ACC : 1];
   AIEC_UNROLL
   for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;
   const u64 K = a.kdim, steps = (K + KT - 1) / KT;
-  auto stage = [&](u64 st) { return smem + (int)(st % STAGES) * 2 * SLOT; };  // A, then B at + SLOT
-  if (steps) {
-    issue<AKM>(a, m0, 0, stage(0));
-    issue<BKM>(b, n0, 0, stage(0) + SLOT);
+  // stage s at smem + s * 2 SLOT: A, then B at + SLOT; SK: A's scales at smem + STAGES * 2 SLOT + s * KT
+  Copier<AKM, VEC> ca(a, m0, smem);
+  Copier<BKM, VEC> cb(b, n0, smem + SLOT);
+  float* const scales = smem + STAGES * 2 * SLOT;
+  const u32 mask = tf32_mask(K);
+  const Saddr sm = saddr(smem);
+  const int fa0 = frag_base<AKM>(lane, 32 * (warp & 1), 0), fa1 = frag_base<AKM>(lane, 32 * (warp & 1), 1);
+  const int fb0 = SLOT + frag_base<BKM>(lane, 32 * (warp >> 1), 0);
+  const int fb1 = SLOT + frag_base<BKM>(lane, 32 * (warp >> 1), 1);
+  auto issue = [&](u64 st) {
+    const int slot = (int)(st % STAGES);
+    ca.issue(slot * 2 * SLOT);
+    cb.issue(slot * 2 * SLOT);
+    if (SK && tid < KT) {
+      const u64 k = st * KT + (u64)tid;
+      cp4(saddr(scales + slot * KT + tid), a.scale + (k < K ? k : 0), k < K);
+    }
     cp_commit();
-  }
+  };
+  if (steps) issue(0);
   for (u64 st = 0; st < steps; ++st) {  // block-uniform
     if (st + 1 < steps) {               // the next stage's copies, in flight during this stage's products
-      issue<AKM>(a, m0, (st + 1) * KT, stage(st + 1));
-      issue<BKM>(b, n0, (st + 1) * KT, stage(st + 1) + SLOT);
-      cp_commit();
+      issue(st + 1);
       cp_wait<1>();
     } else {
       cp_wait<0>();
     }
     __syncthreads();  // every thread's copies of this stage have landed
-    const float* A = stage(st);
-    AIEC_UNROLL_BY(1)
-    for (int s = 0; s < 2; ++s) half_step<PATH, AKM, BKM, SK>(acc, A, A + SLOT, s, a, st * KT + (u64)(16 * s));
+    const Saddr A = sadd(sm, (int)(st % STAGES) * 2 * SLOT);
+    const Saddr S = sadd(sm, STAGES * 2 * SLOT + (int)(st % STAGES) * KT + 4 * (lane & 3));
+    half_step<PATH, AKM, BKM, SK, 0>(acc, tacc, sadd(A, fa0), sadd(A, fb0), S, mask);
+    half_step<PATH, AKM, BKM, SK, 1>(acc, tacc, sadd(A, fa1), sadd(A, fb1), sadd(S, 16), mask);
     __syncthreads();  // this stage is consumed: the copies of stage st + 2 may overwrite it
   }
   AIEC_UNROLL
@@ -565,7 +630,10 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
 template <int PATH, bool AKM, bool BKM, bool SK, int LDO>
 __device__ __forceinline__ void tile(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out) {
   static_assert(64 * LDO <= FLOATS, "the output tile fits in shared memory");
-  tile_v<PATH, AKM, BKM, SK, LDO>(a, b, m0, n0, smem, out);
+  if (a.vec && b.vec)
+    tile_v<PATH, AKM, BKM, SK, LDO, true>(a, b, m0, n0, smem, out);
+  else
+    tile_v<PATH, AKM, BKM, SK, LDO, false>(a, b, m0, n0, smem, out);
 }
 }  // namespace tc
 #endif
