@@ -28,18 +28,20 @@
 // (k step kk, column tq or tq + 4 of lane 4 g + tq) take the matrix's k = 4 tq + j, j = 2 kk + (slot >= 4): one
 // LDS.128 of an MK row gives a lane both k steps' values; a KM operand's rows (A) or columns (B) are permuted within
 // each 32 instead (row_of / col_of), so that one LDS.128 of a k row gives 4 fragments' values.
-// Warps: warp w computes rows 32 (w % 2) + 0..31 and columns 32 (w / 2) + 0..31 (2 x 4 fragments of
-// mma.m16n8k8, 32 f32 accumulators per lane) over both 16-wide halves of every stage, and the tile leaves through
-// shared memory (the caller's epilogue reads it from there). Per warp and 16 k: 8 LDS.128 for 24 fragments, 32
-// operand values split, 48 mma.sync (3xTF32) or 16 (TF32): 0.67 (resp. 2) shared-memory wavefronts per mma for the
-// fragments (BENCHMARKS.md "SASS report" has the measured mix). Fragment loads are asm (tc::ldsv): as plain C++
-// loads NVVM narrowed some of them on some runs only, and tests/nvrtc.rs requires one PTX per source.
+// Warps: warp w computes all 64 rows and columns 32 (w % 2) + 0..31 (4 x 4 fragments of mma.m16n8k8, 64 f32
+// accumulators per lane) over the k half w / 2 of every stage ("sliced k"); at the end of the tile the upper
+// half's sums are stored to shared memory and the lower half adds its own (lower + upper, deterministic), and the
+// tile leaves through shared memory (the caller's epilogue reads it from there). Per warp and stage (its 16 k):
+// 12 LDS.128 for 32 fragments, 48 operand values split, 96 mma.sync (3xTF32) or 32 (TF32): 0.5 (resp. 1.5)
+// shared-memory wavefronts per mma for the fragments (BENCHMARKS.md "SASS report" has the measured mix). Fragment
+// loads are asm (tc::ldsv): as plain C++ loads NVVM narrowed some of them on some runs only, and tests/nvrtc.rs
+// requires one PTX per source.
 // * TF32X3: every operand value x is split in registers, big = x truncated to TF32 (its 13 low bits cleared),
-//   small = x - big (exact; the mma reads its upper 19 bits): two instructions per value. Per fragment and stage
-//   (32 k), t = A_small B_big + A_big B_small + A_big B_big (twelve mma.sync into a fresh t, small products
-//   first), then acc += t, one rounded f32 addition: the running sum never passes through the tensor core's
-//   accumulator (whose rounding is not IEEE: NVIDIA documents no rounding mode for it), and it is rounded once
-//   per 32 k instead of once per product. A_small B_small (below 2^-20 of the product) is dropped.
+//   small = x - big (exact; the mma reads its upper 19 bits): two instructions per value. Per fragment and 16 k
+//   (a warp's share of a stage), t = A_small B_big + A_big B_small + A_big B_big (six mma.sync into a fresh t,
+//   small products first), then acc += t, one rounded f32 addition: the running sum never passes through the
+//   tensor core's accumulator (whose rounding is not IEEE: NVIDIA documents no rounding mode for it), and it is
+//   rounded once per 16 k instead of once per product. A_small B_small (below 2^-20 of the product) is dropped.
 //   BENCHMARKS.md measures the accuracy against float64: better than the f32 paths on long reductions (the
 //   blocked sum).
 //   Non-finite values: a non-finite x (or one whose big rounds to inf) makes its small NaN, so every result whose
@@ -66,8 +68,8 @@
 // __launch_bounds__ of the GEMM kernels: 128 threads, at least 3 blocks (12 warps) per SM, so at most 170
 // registers (the 3xTF32 path needs about 150; without a minimum, ptxas aimed at 128 and spilled).
 #define AIEC_LB_GEMM 128, 3
-// The tensor-core paths: at least 2 blocks per SM, so at most 255 registers (with 3, the plain TF32 logits kernel
-// spills at sm_90; about 170 are used).
+// The tensor-core paths: at least 2 blocks per SM, so at most 255 registers (a warp's 64 x 32 accumulators and the
+// split fragments of 16 k take 170 to 252; tests/nvrtc.rs fails on a spill).
 #define AIEC_LB_GEMM_TC 128, 2
 
 namespace aiec_gemm {
@@ -407,16 +409,17 @@ __device__ __forceinline__ u32 rna_bits(float x) {
 #endif
 }
 
-// Warp w computes rows 32 (w % 2) + 0..31 of the tile (2 fragments mi of 16 rows) and columns 32 (w / 2) + 0..31
-// (4 fragments nj of 8). Accumulator element r of fragment (mi, nj) is acc[4 (4 mi + nj) + r], at row row_of and
+// Warp w computes rows 0..63 of the tile (4 fragments mi of 16 rows) and columns 32 (w % 2) + 0..31 (4 fragments
+// nj of 8) over the k half w / 2 of every stage ("sliced k": two warps share each output, and their sums meet at
+// the end of the tile). Accumulator element r of fragment (mi, nj) is acc[4 (4 mi + nj) + r], at row row_of and
 // column col_of of the tile; the KM layouts permute rows (A) and columns (B) within each 32 (file comment).
-constexpr int ACC = 32;
-template <bool AKM> __device__ __forceinline__ int row_of(int lane, int warp, int mi, int r) {
-  const int g = lane >> 2, e = r >> 1, wm = 32 * (warp & 1);
-  return AKM ? wm + 4 * g + 2 * mi + e : wm + 16 * mi + g + 8 * e;
+constexpr int ACC = 64;
+template <bool AKM> __device__ __forceinline__ int row_of(int lane, int mi, int r) {
+  const int g = lane >> 2, e = r >> 1;
+  return AKM ? 32 * (mi >> 1) + 4 * g + 2 * (mi & 1) + e : 16 * mi + g + 8 * e;
 }
 template <bool BKM> __device__ __forceinline__ int col_of(int lane, int warp, int nj, int r) {
-  const int c = 2 * (lane & 3) + (r & 1), wn = 32 * (warp >> 1);
+  const int c = 2 * (lane & 3) + (r & 1), wn = 32 * (warp & 1);
   return BKM ? wn + 4 * c + nj : wn + 8 * nj + c;
 }
 
@@ -428,56 +431,44 @@ template <bool KM> __device__ __forceinline__ int frag_base(int lane, int w0, in
   return KM ? (16 * s + tq) * KM_LD + w0 + 4 * g : (w0 + g) * KT + 4 * ((4 * s + tq) ^ (4 * (g & 1)));
 }
 
-// The warp's products over one 16-wide half s of a stage: fragments by 16-byte loads, split in registers, 3
-// (TF32X3) or 1 (TF32) mma.sync per 16 x 8 fragment and 8 k. TF32X3 sums each fragment's stage (both halves) into
-// a fresh t in tacc (small products first), zeroed by half 0 and added to acc by half 1 with one rounded f32
-// addition per element: the running sum never passes through the tensor core's accumulator. SK: A's value at k
-// is multiplied by its staged scale first.
-template <int PATH, bool AKM, bool BKM, bool SK, int s>
-__device__ __forceinline__ void half_step(float* acc, float* tacc, Saddr As, Saddr Bs, Saddr S, u32 mask) {
-  // As, Bs: the lane's first fragment load of the half (frag_base); every other is a constant away. S: the
-  // half's first scale of the lane's k rows.
+// The warp's products over its 16-wide half of a stage: fragments by 16-byte loads (As, Bs: the lane's first
+// load, frag_base; the others a constant away), split in registers, 3 (TF32X3) or 1 (TF32) mma.sync per 16 x 8
+// fragment and 8 k. TF32X3 sums each fragment's 16 k into a fresh t (small products first) that is added to acc
+// with one rounded f32 addition per element: the running sum never passes through the tensor core's accumulator.
+// SK: A's value at k is multiplied by its staged scale first (S: the half's scales of the lane's k rows).
+template <int PATH, bool AKM, bool BKM, bool SK>
+__device__ __forceinline__ void slice_step(float* acc, Saddr As, Saddr Bs, Saddr S, u32 mask) {
   using namespace aiec_mma;
-  // B's fragments of both 8-wide k steps, as loaded, then split: [kk][nj][register]
-  float br[2][4][2];
+  auto split = [&](float x, u32& big, u32& small) {
+    if constexpr (PATH == TF32X3) {
+      big = big_bits(x, mask);
+      small = __float_as_uint(x - __uint_as_float(big));
+    } else {
+      big = rna_bits(x);
+    }
+  };
+  // B's fragments of both 8-wide k steps, split: [kk][nj][register]
+  u32 bb[2][4][2], bs[2][4][2];
   if constexpr (BKM) {
     AIEC_UNROLL
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < 4; ++j) {  // k row 4 tq + j of the half: k step j / 2, fragment row tq + 4 (j % 2)
       const float4 q = ldsv(Bs, 4 * j * KM_LD);
       const int kk = j >> 1, h = j & 1;
-      br[kk][0][h] = q.x;
-      br[kk][1][h] = q.y;
-      br[kk][2][h] = q.z;
-      br[kk][3][h] = q.w;
+      split(q.x, bb[kk][0][h], bs[kk][0][h]);
+      split(q.y, bb[kk][1][h], bs[kk][1][h]);
+      split(q.z, bb[kk][2][h], bs[kk][2][h]);
+      split(q.w, bb[kk][3][h], bs[kk][3][h]);
     }
   } else {
     AIEC_UNROLL
     for (int nj = 0; nj < 4; ++nj) {
       const float4 q = ldsv(Bs, 8 * nj * KT);  // row wn + 8 nj + g; row & 1 = g & 1
-      br[0][nj][0] = q.x;
-      br[0][nj][1] = q.y;
-      br[1][nj][0] = q.z;
-      br[1][nj][1] = q.w;
+      split(q.x, bb[0][nj][0], bs[0][nj][0]);
+      split(q.y, bb[0][nj][1], bs[0][nj][1]);
+      split(q.z, bb[1][nj][0], bs[1][nj][0]);
+      split(q.w, bb[1][nj][1], bs[1][nj][1]);
     }
   }
-  u32 bb[2][4][2], bs[2][4][2];
-  AIEC_UNROLL
-  for (int kk = 0; kk < 2; ++kk)
-    AIEC_UNROLL
-    for (int nj = 0; nj < 4; ++nj)
-      AIEC_UNROLL
-      for (int q = 0; q < 2; ++q) {
-        const float x = br[kk][nj][q];
-        if constexpr (PATH == TF32X3) {
-          bb[kk][nj][q] = big_bits(x, mask);
-          bs[kk][nj][q] = __float_as_uint(x - __uint_as_float(bb[kk][nj][q]));
-        } else {
-          bb[kk][nj][q] = rna_bits(x);
-        }
-      }
-  // A one load group at a time (KM: both fragments mi, MK: one), split fragment by fragment, so that few of its
-  // values are live beside B's.
-  constexpr int MG = AKM ? 2 : 1;
   float sc[4] = {1.0f, 1.0f, 1.0f, 1.0f};
   if constexpr (SK) {  // the scales of k rows 4 tq + j of the half (staged; 0 past kdim, where A is 0 too)
     const float4 q = ldsv(S, 0);
@@ -486,70 +477,52 @@ __device__ __forceinline__ void half_step(float* acc, float* tacc, Saddr As, Sad
     sc[2] = q.z;
     sc[3] = q.w;
   }
+  // A one load group at a time (KM: 2 fragments mi, MK: 1), so that only its fragments are live beside B's.
+  constexpr int MG = AKM ? 2 : 1;
   AIEC_UNROLL
-  for (int m0i = 0; m0i < 2; m0i += MG) {
-    float ar[2][MG][4];  // [kk][mi - m0i][register], as loaded (scaled: SK)
+  for (int m0i = 0; m0i < 4; m0i += MG) {
+    u32 ab[2][MG][4], as[2][MG][4];  // [kk][mi - m0i][register]
     if constexpr (AKM) {
       AIEC_UNROLL
       for (int j = 0; j < 4; ++j) {  // k row 4 tq + j of the half: k step j / 2, fragment column tq + 4 (j % 2)
-        const float4 q = ldsv(As, 4 * j * KM_LD);
+        const float4 q = ldsv(As, 4 * j * KM_LD + 16 * m0i);
         const int kk = j >> 1, h = 2 * (j & 1);
-        ar[kk][0][h] = SK ? q.x * sc[j] : q.x;
-        ar[kk][0][h + 1] = SK ? q.y * sc[j] : q.y;
-        ar[kk][MG - 1][h] = SK ? q.z * sc[j] : q.z;
-        ar[kk][MG - 1][h + 1] = SK ? q.w * sc[j] : q.w;
+        split(SK ? q.x * sc[j] : q.x, ab[kk][0][h], as[kk][0][h]);
+        split(SK ? q.y * sc[j] : q.y, ab[kk][0][h + 1], as[kk][0][h + 1]);
+        split(SK ? q.z * sc[j] : q.z, ab[kk][MG - 1][h], as[kk][MG - 1][h]);
+        split(SK ? q.w * sc[j] : q.w, ab[kk][MG - 1][h + 1], as[kk][MG - 1][h + 1]);
       }
     } else {
       static_assert(!SK, "per-k scales apply to a KM operand A");
       AIEC_UNROLL
       for (int e = 0; e < 2; ++e) {
-        const float4 q = ldsv(As, (16 * m0i + 8 * e) * KT);  // row wm + 16 m0i + 8 e + g
-        ar[0][0][e] = q.x;
-        ar[0][0][e + 2] = q.y;
-        ar[1][0][e] = q.z;
-        ar[1][0][e + 2] = q.w;
+        const float4 q = ldsv(As, (16 * m0i + 8 * e) * KT);  // row 16 m0i + 8 e + g
+        split(q.x, ab[0][0][e], as[0][0][e]);
+        split(q.y, ab[0][0][e + 2], as[0][0][e + 2]);
+        split(q.z, ab[1][0][e], as[1][0][e]);
+        split(q.w, ab[1][0][e + 2], as[1][0][e + 2]);
       }
     }
     AIEC_UNROLL
-    for (int mm = 0; mm < MG; ++mm) {
-      u32 ab[2][4], as[2][4];  // this fragment's big and small (TF32X3) parts
-      AIEC_UNROLL
-      for (int kk = 0; kk < 2; ++kk)
-        AIEC_UNROLL
-        for (int q = 0; q < 4; ++q) {
-          const float x = ar[kk][mm][q];
-          if constexpr (PATH == TF32X3) {
-            ab[kk][q] = big_bits(x, mask);
-            as[kk][q] = __float_as_uint(x - __uint_as_float(ab[kk][q]));
-          } else {
-            ab[kk][q] = rna_bits(x);
-          }
-        }
+    for (int mm = 0; mm < MG; ++mm)
       AIEC_UNROLL
       for (int nj = 0; nj < 4; ++nj) {
         float* d = acc + 4 * (4 * (m0i + mm) + nj);
         if constexpr (PATH == TF32X3) {
-          float* t = tacc + 4 * (4 * (m0i + mm) + nj);
-          if constexpr (s == 0) {
-            AIEC_UNROLL
-            for (int r = 0; r < 4; ++r) t[r] = 0.0f;
-          }
+          float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
           AIEC_UNROLL
           for (int kk = 0; kk < 2; ++kk) {
-            mma_m16n8k8_tf32(t, as[kk], bb[kk][nj], t);
-            mma_m16n8k8_tf32(t, ab[kk], bs[kk][nj], t);
-            mma_m16n8k8_tf32(t, ab[kk], bb[kk][nj], t);
+            mma_m16n8k8_tf32(t, as[kk][mm], bb[kk][nj], t);
+            mma_m16n8k8_tf32(t, ab[kk][mm], bs[kk][nj], t);
+            mma_m16n8k8_tf32(t, ab[kk][mm], bb[kk][nj], t);
           }
-          if constexpr (s == 1) {
-            AIEC_UNROLL
-            for (int r = 0; r < 4; ++r) d[r] += t[r];
-          }
+          AIEC_UNROLL
+          for (int r = 0; r < 4; ++r) d[r] += t[r];
         } else {
           AIEC_UNROLL
-          for (int kk = 0; kk < 2; ++kk) mma_m16n8k8_tf32(d, ab[kk], bb[kk][nj], d);
+          for (int kk = 0; kk < 2; ++kk) mma_m16n8k8_tf32(d, ab[kk][mm], bb[kk][nj], d);
         }
       }
-    }
   }
 }
 
@@ -561,8 +534,8 @@ __device__ __forceinline__ float at(const Operand& o, u64 i, u64 k) {
 
 template <int PATH, bool AKM, bool BKM, bool SK, int LDO, bool VEC>
 __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out) {
-  const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  float acc[ACC], tacc[PATH == TF32X3 ? ACC : 1];
+  const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5, kh = warp >> 1;
+  float acc[ACC];
   AIEC_UNROLL
   for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;
   const u64 K = a.kdim, steps = (K + KT - 1) / KT;
@@ -572,9 +545,8 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
   float* const scales = smem + STAGES * 2 * SLOT;
   const u32 mask = tf32_mask(K);
   const Saddr sm = saddr(smem);
-  const int fa0 = frag_base<AKM>(lane, 32 * (warp & 1), 0), fa1 = frag_base<AKM>(lane, 32 * (warp & 1), 1);
-  const int fb0 = SLOT + frag_base<BKM>(lane, 32 * (warp >> 1), 0);
-  const int fb1 = SLOT + frag_base<BKM>(lane, 32 * (warp >> 1), 1);
+  const int fa = frag_base<AKM>(lane, 0, kh), fb = SLOT + frag_base<BKM>(lane, 32 * (warp & 1), kh);
+  const int fs = STAGES * 2 * SLOT + 16 * kh + 4 * (lane & 3);
   auto issue = [&](u64 st) {
     const int slot = (int)(st % STAGES);
     ca.issue(slot * 2 * SLOT);
@@ -594,28 +566,38 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
       cp_wait<0>();
     }
     __syncthreads();  // every thread's copies of this stage have landed
-    const Saddr A = sadd(sm, (int)(st % STAGES) * 2 * SLOT);
-    const Saddr S = sadd(sm, STAGES * 2 * SLOT + (int)(st % STAGES) * KT + 4 * (lane & 3));
-    half_step<PATH, AKM, BKM, SK, 0>(acc, tacc, sadd(A, fa0), sadd(A, fb0), S, mask);
-    half_step<PATH, AKM, BKM, SK, 1>(acc, tacc, sadd(A, fa1), sadd(A, fb1), sadd(S, 16), mask);
+    const int slot = (int)(st % STAGES);
+    const Saddr A = sadd(sm, slot * 2 * SLOT);
+    slice_step<PATH, AKM, BKM, SK>(acc, sadd(A, fa), sadd(A, fb), sadd(sm, fs + slot * KT), mask);
     __syncthreads();  // this stage is consumed: the copies of stage st + 2 may overwrite it
   }
-  AIEC_UNROLL
-  for (int f = 0; f < ACC / 4; ++f)
+  // The two k halves meet in out: the upper half's sums are stored, the lower half adds its own (deterministic).
+  if (kh == 1) {
     AIEC_UNROLL
-    for (int r = 0; r < 4; ++r)
-      out[row_of<AKM>(lane, warp, f / 4, r) * LDO + col_of<BKM>(lane, warp, f % 4, r)] = acc[4 * f + r];
-  if constexpr (PATH == TF32X3) {
-    AIEC_UNROLL_BY(1)
-    for (int f = 0; f < ACC; ++f) {  // an inf or NaN operand (or a spurious NaN of the split): the f32 sum
-      const int m = row_of<AKM>(lane, warp, f / 16, f % 4), n = col_of<BKM>(lane, warp, (f / 4) % 4, f % 4);
-      float& x = out[m * LDO + n];
-      if (x == x) continue;
-      const u64 i = m0 + (u64)m, j = n0 + (u64)n;
-      float sum = 0.0f;
-      if (i < a.extent && j < b.extent)
-        for (u64 k = 0; k < K; ++k) sum = fmaf(SK ? at(a, i, k) * a.scale[k] : at(a, i, k), at(b, j, k), sum);
-      x = sum;
+    for (int f = 0; f < ACC / 4; ++f)
+      AIEC_UNROLL
+      for (int r = 0; r < 4; ++r)
+        out[row_of<AKM>(lane, f / 4, r) * LDO + col_of<BKM>(lane, warp, f % 4, r)] = acc[4 * f + r];
+  }
+  __syncthreads();
+  if (kh == 0) {
+    AIEC_UNROLL
+    for (int f = 0; f < ACC / 4; ++f)
+      AIEC_UNROLL
+      for (int r = 0; r < 4; ++r)
+        out[row_of<AKM>(lane, f / 4, r) * LDO + col_of<BKM>(lane, warp, f % 4, r)] += acc[4 * f + r];
+    if constexpr (PATH == TF32X3) {
+      AIEC_UNROLL_BY(1)
+      for (int f = 0; f < ACC; ++f) {  // an inf or NaN operand (or a spurious NaN of the split): the f32 sum
+        const int m = row_of<AKM>(lane, f / 16, f % 4), n = col_of<BKM>(lane, warp, (f / 4) % 4, f % 4);
+        float& x = out[m * LDO + n];
+        if (x == x) continue;
+        const u64 i = m0 + (u64)m, j = n0 + (u64)n;
+        float sum = 0.0f;
+        if (i < a.extent && j < b.extent)
+          for (u64 k = 0; k < K; ++k) sum = fmaf(SK ? at(a, i, k) * a.scale[k] : at(a, i, k), at(b, j, k), sum);
+        x = sum;
+      }
     }
   }
   __syncthreads();  // the tile is in out
