@@ -669,7 +669,7 @@ fn empty_batch_is_a_no_op_on_the_device() {
 /// bitwise the same y, keep bits, v and dx as the planned one.
 #[test]
 fn activation_passes_are_correct_for_any_grid() {
-    use aiec::launch::{aiec_bwd_x, aiec_fwd_x, BwdXArgs, XPassArgs};
+    use aiec::launch::{aiec_bwd_x, aiec_fwd_x, BwdXArgs, FwdXArgs};
     use aiec::params::AiecShape;
     for dev in devices() {
         for (pool, dims) in [
@@ -695,7 +695,7 @@ fn activation_passes_are_correct_for_any_grid() {
                 let dx = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
                 let keep: Buffer<u32> = Buffer::zeros(&dev, aiec::layout::keep_words(&shape)).unwrap();
                 let v: Buffer<f32> = Buffer::zeros(&dev, plan.batch * c).unwrap();
-                let args = XPassArgs {
+                let args = FwdXArgs {
                     x: xt.address(),
                     y: y.address(),
                     keep: keep.address(),

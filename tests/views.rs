@@ -9,7 +9,7 @@ mod common;
 
 use aiec::cpu::gradcheck::{random_case, CaseShape};
 use aiec::cpu::LossCoefs;
-use aiec::gpu::{self, DwMode, GpuLayer, Targets, Workspace};
+use aiec::gpu::{self, DwMode, Dx, GpuLayer, GradsMut, Targets, Workspace};
 use aiec::init::SplitMix64;
 use aiec::{AiecConfig, AiecError, Buffer, DType, Device, DeviceStats, Pool, Tensor};
 use common::devices::devices;
@@ -133,18 +133,20 @@ impl Step {
         let [dw0, dw1] = &mut self.dw;
         l1.backward_into(
             &r1,
-            &self.dy.view(),
-            &mut dx1.view_mut(),
-            &mut dw1.view_mut(),
-            DwMode::Accumulate,
+            GradsMut {
+                dx: Dx::Into { dy: &self.dy.view(), dx: &mut dx1.view_mut() },
+                dw: &mut dw1.view_mut(),
+                mode: DwMode::Accumulate,
+            },
             &losses,
         )?;
         l0.backward_into(
             &r0,
-            &dx1.view(),
-            &mut dx0.view_mut(),
-            &mut dw0.view_mut(),
-            DwMode::Accumulate,
+            GradsMut {
+                dx: Dx::Into { dy: &dx1.view(), dx: &mut dx0.view_mut() },
+                dw: &mut dw0.view_mut(),
+                mode: DwMode::Accumulate,
+            },
             &losses,
         )?;
         let _ = self.cfg;
@@ -280,10 +282,11 @@ fn dw_accumulates_over_micro_batches_with_both_records_alive() {
             layer
                 .backward_into(
                     rec,
-                    &dy.view(),
-                    &mut dx.view_mut(),
-                    &mut dw.view_mut(),
-                    DwMode::Accumulate,
+                    GradsMut {
+                        dx: Dx::Into { dy: &dy.view(), dx: &mut dx.view_mut() },
+                        dw: &mut dw.view_mut(),
+                        mode: DwMode::Accumulate,
+                    },
                     &losses,
                 )
                 .unwrap();
@@ -494,10 +497,11 @@ fn bad_views_are_typed_errors_and_change_nothing() {
     };
     let e = layer.backward_into(
         &rec,
-        &dyv,
-        &mut dxv,
-        &mut SliceMut::host(&dev, &mut dw).unwrap(),
-        DwMode::Write,
+        GradsMut {
+            dx: Dx::Into { dy: &dyv, dx: &mut dxv },
+            dw: &mut SliceMut::host(&dev, &mut dw).unwrap(),
+            mode: DwMode::Write,
+        },
         &losses,
     );
     assert!(matches!(e, Err(AiecError::Overlap { what: "dx", other: "dy", .. })), "{e:?}");
@@ -506,20 +510,22 @@ fn bad_views_are_typed_errors_and_change_nothing() {
     layer
         .backward_into(
             &rec,
-            &dyv,
-            &mut same,
-            &mut SliceMut::host(&dev, &mut dw).unwrap(),
-            DwMode::Write,
+            GradsMut {
+                dx: Dx::Into { dy: &dyv, dx: &mut same },
+                dw: &mut SliceMut::host(&dev, &mut dw).unwrap(),
+                mode: DwMode::Write,
+            },
             &losses,
         )
         .unwrap();
     let mut short_dw = vec![0.0f32; 23];
     let e = layer.backward_into(
         &rec,
-        &dyv,
-        &mut same,
-        &mut SliceMut::host(&dev, &mut short_dw).unwrap(),
-        DwMode::Write,
+        GradsMut {
+            dx: Dx::Into { dy: &dyv, dx: &mut same },
+            dw: &mut SliceMut::host(&dev, &mut short_dw).unwrap(),
+            mode: DwMode::Write,
+        },
         &losses,
     );
     assert!(matches!(e, Err(AiecError::LengthMismatch { what: "dW [K, C]", .. })), "{e:?}");

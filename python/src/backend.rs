@@ -13,7 +13,9 @@ use pyo3::PyResult;
 use aiec::cpu::buffers::{self as reference, AuxSlices, CountersSlices, SavedSlices};
 use aiec::cpu::parts::RowScale;
 use aiec::cpu::Float;
-use aiec::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, TargetCheck, Update};
+use aiec::gpu::fused::{
+    self, AuxMut, CountersMut, DwMode, Dx, SavedRef, Scales, TargetCheck, TrainBackward, Update,
+};
 use aiec::layout::Sizes;
 use aiec::params::{AiecGateStats, AiecLosses};
 use aiec::{AiecConfig, DType, Device, SliceMut, SliceRef, TensorMut, TensorRef};
@@ -288,11 +290,10 @@ pub(crate) fn activation_backward(
                 let kv = sref::<u32>(dev, keep)?;
                 let dyv = tref(dev, dy, d, shape)?;
                 let mut dxv = tmut(dev, dx, d, shape)?;
+                let dx = Dx::Into { dy: &dyv, dx: &mut dxv };
                 match dv {
-                    Some(dv) => {
-                        fused::activation_backward(cfg, &plan, &kv, &sref::<f32>(dev, dv)?, &dyv, &mut dxv)
-                    }
-                    None => fused::backward_infer(cfg, &plan, &kv, &dyv, &mut dxv),
+                    Some(dv) => fused::activation_backward(cfg, &plan, &kv, &sref::<f32>(dev, dv)?, dx),
+                    None => fused::backward(cfg, &plan, &kv, None, dx),
                 }
             }
             .map_err(to_py)
@@ -634,19 +635,16 @@ pub(crate) fn fused_backward(
                 };
                 let saved = SavedRef { v: sref(dev, v)?, g: sref(dev, g)?, mask: sref(dev, mask)? };
                 let mode = if a.accumulate { DwMode::Accumulate } else { DwMode::Write };
-                fused::backward_train(
-                    cfg,
-                    &plan,
-                    &sref(dev, a.w)?,
-                    &sref(dev, keep)?,
-                    &saved,
-                    &scales,
-                    &tref(dev, a.dy, d, shape)?,
-                    &mut tmut(dev, a.dx, d, shape)?,
-                    &mut smut(dev, a.dv_scratch)?,
-                    &mut smut(dev, a.dw)?,
+                let train = TrainBackward {
+                    w: &sref(dev, a.w)?,
+                    saved: &saved,
+                    scales: &scales,
+                    dv: &mut smut(dev, a.dv_scratch)?,
+                    dw: &mut smut(dev, a.dw)?,
                     mode,
-                )
+                };
+                let dx = Dx::Into { dy: &tref(dev, a.dy, d, shape)?, dx: &mut tmut(dev, a.dx, d, shape)? };
+                fused::backward(cfg, &plan, &sref(dev, keep)?, Some(train), dx)
             }
             .map_err(to_py)
         }

@@ -11,7 +11,7 @@
 //!
 //! Both only translate: the forward is [`crate::cpu::forward`] (or
 //! [`crate::gpu::fused`] on the simulator), the backward
-//! [`crate::cpu::backward`] (or `fused::backward_train` / `backward_infer`).
+//! [`crate::cpu::backward`] (or `fused::backward`).
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 

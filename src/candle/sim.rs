@@ -14,7 +14,9 @@ use crate::counters::Counters;
 use crate::device::Device;
 use crate::dtype::Element;
 use crate::error::Result;
-use crate::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, TargetCheck, Update};
+use crate::gpu::fused::{
+    self, AuxMut, CountersMut, DwMode, Dx, SavedRef, Scales, TargetCheck, TrainBackward, Update,
+};
 use crate::layout::Sizes;
 use crate::params::{AiecGateStats, AiecLosses};
 use crate::view::{SliceMut, SliceRef, TensorMut, TensorRef};
@@ -171,7 +173,7 @@ pub(crate) fn forward(
     .candle()
 }
 
-/// `dx = keep ? dy : 0` by the kernel (`fused::backward_infer`).
+/// `dx = keep ? dy : 0` by the kernel (`fused::backward` without a training part).
 pub(crate) fn backward_infer(
     cfg: &AiecConfig,
     rec: &KernelRecord,
@@ -182,13 +184,13 @@ pub(crate) fn backward_infer(
         let dev = &rec.device;
         let dims = &rec.dims.dims;
         let mut dx = vec![T::zero(); dy.len()];
-        fused::backward_infer(
-            cfg,
-            &rec.dims,
-            &SliceRef::host(dev, &rec.keep)?,
-            &TensorRef::host(dev, dy, dims)?,
-            &mut TensorMut::host(dev, &mut dx, dims)?,
-        )?;
+        {
+            let target = Dx::Into {
+                dy: &TensorRef::host(dev, dy, dims)?,
+                dx: &mut TensorMut::host(dev, &mut dx, dims)?,
+            };
+            fused::backward(cfg, &rec.dims, &SliceRef::host(dev, &rec.keep)?, None, target)?;
+        }
         dev.synchronize()?;
         Ok(T::to_cpu_storage_owned(dx))
     }
@@ -201,7 +203,7 @@ pub(crate) fn backward_infer(
 }
 
 /// `dx` (a tensor of `x`'s dtype and shape `dims`) and `dW` of the terms by the
-/// kernels (`fused::backward_train` with `dy = 0`), with `aux_scale = d_ce`
+/// kernels (`fused::backward` with `dy = 0`), with `aux_scale = d_ce`
 /// and `gate_scale = 2 dS`.
 pub(crate) fn backward_terms(
     cfg: &AiecConfig,
@@ -240,19 +242,19 @@ pub(crate) fn backward_terms(
                 g: SliceRef::host(dev, &aux.g)?,
                 mask: SliceRef::host(dev, &aux.mask)?,
             };
-            fused::backward_train(
-                cfg,
-                &rec.dims,
-                &SliceRef::host(dev, &aux.w)?,
-                &SliceRef::host(dev, &rec.keep)?,
-                &saved,
-                &Scales { losses: SliceRef::host(dev, &losses)?, row_scale: None },
-                &TensorRef::host(dev, &zeros, dims)?,
-                &mut TensorMut::host(dev, &mut dx, dims)?,
-                &mut SliceMut::host(dev, &mut dv)?,
-                &mut SliceMut::host(dev, &mut dw)?,
-                DwMode::Write,
-            )?;
+            let train = TrainBackward {
+                w: &SliceRef::host(dev, &aux.w)?,
+                saved: &saved,
+                scales: &Scales { losses: SliceRef::host(dev, &losses)?, row_scale: None },
+                dv: &mut SliceMut::host(dev, &mut dv)?,
+                dw: &mut SliceMut::host(dev, &mut dw)?,
+                mode: DwMode::Write,
+            };
+            let target = Dx::Into {
+                dy: &TensorRef::host(dev, &zeros, dims)?,
+                dx: &mut TensorMut::host(dev, &mut dx, dims)?,
+            };
+            fused::backward(cfg, &rec.dims, &SliceRef::host(dev, &rec.keep)?, Some(train), target)?;
             dev.synchronize()
         })();
         r.candle()?;

@@ -17,7 +17,7 @@
 use crate::config::{AiecConfig, InputDims, LossCoefs};
 use crate::dtype::DType;
 use crate::error::{AiecError, Result};
-use crate::launch::{self, BwdXArgs, GateArgs, XPassArgs};
+use crate::launch::{self, BwdDvDwArgs, BwdXArgs, FwdGateArgs, FwdLogitsArgs, FwdXArgs};
 use crate::layout::ForwardScratch;
 /// Re-exported from [`crate::layout`], where they are defined.
 pub use crate::layout::{Sizes, SCRATCH_ALIGN};
@@ -104,7 +104,7 @@ pub fn forward_infer(
     keep.expect("keep bits", dev, sizes.keep)?;
     check_disjoint(&[("y", y.span()), ("x", x.span()), ("keep bits", keep.span())])?;
     let shape = AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false);
-    let args = XPassArgs { x: x.address(), y: y.address(), keep: keep.address(), ..Default::default() };
+    let args = FwdXArgs { x: x.address(), y: y.address(), keep: keep.address(), ..Default::default() };
     if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args) {
         // SAFETY: x, y and keep are live views of this device sized for
         // `shape` (checked above), the written ones disjoint from the rest.
@@ -293,7 +293,7 @@ pub fn forward_count(
         launch::aiec_fwd_x(
             x.dtype(),
             &shape,
-            XPassArgs {
+            FwdXArgs {
                 x: x.address(),
                 y: y.address(),
                 keep: keep.address(),
@@ -305,10 +305,21 @@ pub fn forward_count(
         ),
         launch::aiec_fwd_logits(
             &shape,
-            [aux.v.address(), w.address(), targets.address(), status, step],
-            [aux.logits.address(), aux.ce.address(), aux.g.address()],
-            [counters.act.address(), counters.inh.address(), counters.total.address()],
-            [base + sc.tickets as u64, base + sc.row_parts as u64],
+            FwdLogitsArgs {
+                v: aux.v.address(),
+                w: w.address(),
+                targets: targets.address(),
+                status,
+                step,
+                logits: aux.logits.address(),
+                ce: aux.ce.address(),
+                g: aux.g.address(),
+                act: counters.act.address(),
+                inh: counters.inh.address(),
+                total: counters.total.address(),
+                done: base + sc.tickets as u64,
+                part: base + sc.row_parts as u64,
+            },
             dev.limits(),
         ),
     ];
@@ -376,7 +387,7 @@ pub fn forward_gate(
     }
     let sc = ForwardScratch::of(&shape);
     let base = scratch.address();
-    let args = GateArgs {
+    let args = FwdGateArgs {
         v: v.address(),
         w: w.address(),
         targets: targets.address(),
@@ -484,62 +495,146 @@ pub struct Scales<'a> {
     pub row_scale: Option<SliceRef<'a, f32>>,
 }
 
-/// What a training backward adds to the pass over `dy`: `W`, the saved state,
-/// the scales, the `dv` scratch, `dW` and how to deliver it.
-/// (Views carry their own lifetimes: a writable view is invariant in its.)
-struct TrainPart<'v, 'w, 's, 'l, 'd, 'g> {
-    w: &'v SliceRef<'w, f32>,
-    saved: &'v SavedRef<'s>,
-    scales: &'v Scales<'l>,
-    dv: &'v mut SliceMut<'d, f32>,
-    dw: &'v mut SliceMut<'g, f32>,
-    mode: DwMode,
+/// Where a backward writes `dx`, with the `dy` it reads: one type for both
+/// placements, so that each backward is one function. `dy` is writable only
+/// where `dx` goes over it.
+pub enum Dx<'v, 'y, 'x> {
+    /// `dx` into its own buffer of `dy`'s shape and type, on `dy`'s device:
+    /// disjoint from every input, or exactly `dy`'s memory (two views the
+    /// caller made of one buffer).
+    Into {
+        /// The gradient with respect to `y`, shape of the layout.
+        dy: &'v TensorRef<'y>,
+        /// The gradient with respect to `x`, written.
+        dx: &'v mut TensorMut<'x>,
+    },
+    /// `dx` written over `dy` (in place).
+    OverDy(&'v mut TensorMut<'y>),
 }
 
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-fn backward_impl(
+/// `dx` as a backward writes it.
+struct DxOut {
+    addr: u64,
+    span: Span,
+    dtype: DType,
+    shape: Vec<usize>,
+}
+
+impl Dx<'_, '_, '_> {
+    /// The device of `dy`.
+    pub fn device(&self) -> &Device {
+        match self {
+            Dx::Into { dy, .. } => dy.device(),
+            Dx::OverDy(dy) => dy.device(),
+        }
+    }
+
+    /// Calls `f` with `dy` as read and `dx` as written, after checking that
+    /// `dx` has `dy`'s device, type and shape (and `dy` the forward's shape),
+    /// and that `dx` is `dy` exactly or disjoint from it.
+    fn check<R>(&self, dims: &InputDims, f: impl FnOnce(&TensorRef, DxOut) -> Result<R>) -> Result<R> {
+        let (dy_owned, dx);
+        let dy: &TensorRef = match self {
+            Dx::Into { dy, dx: out } => {
+                out.expect_device("dx", dy.device())?;
+                dx = DxOut {
+                    addr: out.address(),
+                    span: out.span(),
+                    dtype: out.dtype(),
+                    shape: out.shape().to_vec(),
+                };
+                dy
+            }
+            Dx::OverDy(dy) => {
+                dx = DxOut {
+                    addr: dy.address(),
+                    span: dy.span(),
+                    dtype: dy.dtype(),
+                    shape: dy.shape().to_vec(),
+                };
+                dy_owned = dy.as_ref();
+                &dy_owned
+            }
+        };
+        // Each tensor named with its own shape: dy against the forward's, dx against dy.
+        if dy.shape() != dims.dims.as_slice() {
+            return Err(AiecError::ShapeMismatch {
+                what: "dy",
+                expected: dims.dims.clone(),
+                got: dy.shape().to_vec(),
+            });
+        }
+        if dx.dtype != dy.dtype() {
+            return Err(AiecError::DTypeMismatch { what: "dx", expected: dy.dtype(), got: dx.dtype });
+        }
+        if dx.shape != dy.shape() {
+            return Err(AiecError::ShapeMismatch {
+                what: "dx",
+                expected: dy.shape().to_vec(),
+                got: dx.shape,
+            });
+        }
+        if dx.span.addr != dy.address() || dx.span.bytes != dy.byte_len() {
+            check_disjoint(&[("dx", dx.span), ("dy", dy.span())])?;
+        }
+        f(dy, dx)
+    }
+}
+
+/// What a training backward reads and writes besides `dy` and `dx`: `W`, the
+/// saved state, the loss scales, the `dv` scratch (`[B, C]`), and `dW`
+/// (`[K, C]`) with how to deliver it. (Each writable view has its own
+/// lifetime: a `&mut` to a view is invariant in it.)
+pub struct TrainBackward<'v, 'a, 'd, 'g> {
+    /// `[K, C]`.
+    pub w: &'v SliceRef<'a, f32>,
+    /// What the forward saved.
+    pub saved: &'v SavedRef<'a>,
+    /// The loss gradients.
+    pub scales: &'v Scales<'a>,
+    /// `[B, C]` scratch.
+    pub dv: &'v mut SliceMut<'d, f32>,
+    /// `[K, C]`, written or accumulated per `mode`.
+    pub dw: &'v mut SliceMut<'g, f32>,
+    /// How `dw` is delivered.
+    pub mode: DwMode,
+}
+
+/// The backward of a forward of `dims` (its [`Sizes`]): with `train` (a
+/// training forward), `dv` and `dW` then `dx`, two launches; without (a
+/// forward without targets), `dx = keep ? dy : 0`, one launch. `dx` goes where
+/// [`Dx`] says. No synchronisation. Replaces `backward_train`,
+/// `backward_train_inplace`, `backward_infer` and `backward_infer_inplace`.
+pub fn backward(
     cfg: &AiecConfig,
     dims: &InputDims,
     keep: &SliceRef<u32>,
-    train: Option<TrainPart<'_, '_, '_, '_, '_, '_>>,
+    train: Option<TrainBackward>,
+    dx: Dx,
+) -> Result<()> {
+    dx.check(dims, |dy, dx| backward_checked(cfg, dims, keep, train, dy, dx))
+}
+
+fn backward_checked(
+    cfg: &AiecConfig,
+    dims: &InputDims,
+    keep: &SliceRef<u32>,
+    train: Option<TrainBackward>,
     dy: &TensorRef,
-    dx: (u64, Span),
-    dx_dtype: DType,
-    dx_shape: &[usize],
+    dx: DxOut,
 ) -> Result<()> {
     let dev = dy.device().clone();
-    if dy.shape() != dims.dims.as_slice() {
-        return Err(AiecError::ShapeMismatch {
-            what: "dy",
-            expected: dims.dims.clone(),
-            got: dy.shape().to_vec(),
-        });
-    }
-    if dx_dtype != dy.dtype() {
-        return Err(AiecError::DTypeMismatch { what: "dx", expected: dy.dtype(), got: dx_dtype });
-    }
-    if dx_shape != dy.shape() {
-        return Err(AiecError::ShapeMismatch {
-            what: "dx",
-            expected: dy.shape().to_vec(),
-            got: dx_shape.to_vec(),
-        });
-    }
     if dims.channels != cfg.channels() {
         return Err(mismatch("record channels C", cfg.channels(), dims.channels));
     }
     let (k, c) = (cfg.classes(), cfg.channels());
     let sizes = Sizes::of(dims, k);
     keep.expect("keep bits", &dev, sizes.keep)?;
-    let (dx_addr, dx_span) = dx;
-    if dx_span.addr != dy.address() || dx_span.bytes != dy.byte_len() {
-        check_disjoint(&[("dx", dx_span), ("dy", dy.span())])?;
-    }
-    check_disjoint(&[("dx", dx_span), ("keep bits", keep.span())])?;
+    check_disjoint(&[("dx", dx.span), ("keep bits", keep.span())])?;
     let update = false; // the backward does not depend on it
     let mut shape = AiecShape::new(dims, k, cfg.tau() as f32, update);
     let mut dv_addr = 0;
-    if let Some(TrainPart { w, saved, scales, dv, dw, mode }) = train {
+    if let Some(TrainBackward { w, saved, scales, dv, dw, mode }) = train {
         w.expect("W [K, C]", &dev, k * c)?;
         saved.v.expect("saved v [B, C]", &dev, sizes.bc)?;
         saved.g.expect("saved g [B, K]", &dev, sizes.bk)?;
@@ -550,7 +645,7 @@ fn backward_impl(
         }
         dv.expect("dv scratch [B, C]", &dev, sizes.bc)?;
         dw.expect("dW [K, C]", &dev, k * c)?;
-        let written = [("dx", dx_span), ("dv scratch", dv.span()), ("dW", dw.span())];
+        let written = [("dx", dx.span), ("dv scratch", dv.span()), ("dW", dw.span())];
         check_disjoint(&written)?;
         for read in [
             ("W", w.span()),
@@ -567,19 +662,17 @@ fn backward_impl(
             shape.flags |= FLAG_ACCUMULATE_DW;
         }
         let row_scale = scales.row_scale.as_ref().map_or(0, |r| r.address());
-        if let Some(p) = launch::aiec_bwd_dv_dw(
-            &shape,
-            [
-                saved.v.address(),
-                w.address(),
-                saved.g.address(),
-                saved.mask.address(),
-                scales.losses.address(),
-                row_scale,
-            ],
-            [dv.address(), dw.address()],
-            dev.limits(),
-        ) {
+        let args = BwdDvDwArgs {
+            v: saved.v.address(),
+            w: w.address(),
+            g: saved.g.address(),
+            mask: saved.mask.address(),
+            losses: scales.losses.address(),
+            row_scale,
+            dv: dv.address(),
+            dw: dw.address(),
+        };
+        if let Some(p) = launch::aiec_bwd_dv_dw(&shape, args, dev.limits()) {
             // SAFETY: all views are live on this device and sized for `shape`;
             // dv and dw are disjoint from each other and from every input.
             unsafe { dev.launch(&p) }?;
@@ -589,83 +682,13 @@ fn backward_impl(
     if let Some(p) = launch::aiec_bwd_x(
         dy.dtype(),
         &shape,
-        BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv_addr, dx: dx_addr },
+        BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv_addr, dx: dx.addr },
     ) {
         // SAFETY: dy, keep, dv (or null) and dx are live views of this device
         // sized for `shape`; dx is dy itself or disjoint from every input.
         unsafe { dev.launch(&p) }?;
     }
     Ok(())
-}
-
-/// The backward of a training forward of `dims` (its [`Sizes`]), writing `dx`
-/// into its own buffer and `dW` per `mode`; `dv` is `[B, C]` scratch. Two
-/// launches, no synchronisation.
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-pub fn backward_train(
-    cfg: &AiecConfig,
-    dims: &InputDims,
-    w: &SliceRef<f32>,
-    keep: &SliceRef<u32>,
-    saved: &SavedRef,
-    scales: &Scales,
-    dy: &TensorRef,
-    dx: &mut TensorMut,
-    dv: &mut SliceMut<f32>,
-    dw: &mut SliceMut<f32>,
-    mode: DwMode,
-) -> Result<()> {
-    dx.expect_device("dx", dy.device())?;
-    let (addr, span, dtype, shape) = (dx.address(), dx.span(), dx.dtype(), dx.shape().to_vec());
-    let train = TrainPart { w, saved, scales, dv, dw, mode };
-    backward_impl(cfg, dims, keep, Some(train), dy, (addr, span), dtype, &shape)
-}
-
-/// [`backward_train`] writing `dx` over `dy` (in place).
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-pub fn backward_train_inplace(
-    cfg: &AiecConfig,
-    dims: &InputDims,
-    w: &SliceRef<f32>,
-    keep: &SliceRef<u32>,
-    saved: &SavedRef,
-    scales: &Scales,
-    dy: &mut TensorMut,
-    dv: &mut SliceMut<f32>,
-    dw: &mut SliceMut<f32>,
-    mode: DwMode,
-) -> Result<()> {
-    let (addr, span, dtype, shape) = (dy.address(), dy.span(), dy.dtype(), dy.shape().to_vec());
-    let dy = dy.as_ref();
-    let train = TrainPart { w, saved, scales, dv, dw, mode };
-    backward_impl(cfg, dims, keep, Some(train), &dy, (addr, span), dtype, &shape)
-}
-
-/// The backward of a forward without targets: `dx = dy` where the keep bit
-/// is set, else 0; one launch. `dx` may be `dy` itself (pass the same memory
-/// through [`backward_infer_inplace`]).
-pub fn backward_infer(
-    cfg: &AiecConfig,
-    dims: &InputDims,
-    keep: &SliceRef<u32>,
-    dy: &TensorRef,
-    dx: &mut TensorMut,
-) -> Result<()> {
-    dx.expect_device("dx", dy.device())?;
-    let (addr, span, dtype, shape) = (dx.address(), dx.span(), dx.dtype(), dx.shape().to_vec());
-    backward_impl(cfg, dims, keep, None, dy, (addr, span), dtype, &shape)
-}
-
-/// [`backward_infer`] writing `dx` over `dy`.
-pub fn backward_infer_inplace(
-    cfg: &AiecConfig,
-    dims: &InputDims,
-    keep: &SliceRef<u32>,
-    dy: &mut TensorMut,
-) -> Result<()> {
-    let (addr, span, dtype, shape) = (dy.address(), dy.span(), dy.dtype(), dy.shape().to_vec());
-    let dy = dy.as_ref();
-    backward_impl(cfg, dims, keep, None, &dy, (addr, span), dtype, &shape)
 }
 
 /// The pass over `x` alone, for adapters that compute the `[B, C]` and
@@ -688,7 +711,7 @@ pub fn activation_forward(
         check_disjoint(&[wr, ("x", x.span())])?;
     }
     let shape = AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false);
-    let args = XPassArgs {
+    let args = FwdXArgs {
         x: x.address(),
         y: y.address(),
         keep: keep.address(),
@@ -703,48 +726,27 @@ pub fn activation_forward(
 }
 
 /// The pass over `dy` alone: `dx = keep ? dy + unpool(dv) : 0` with `dv`
-/// `[B, C]` (the gradient reaching the pooled `v`); one launch. `dx` may be
-/// `dy` exactly.
+/// `[B, C]` (the gradient reaching the pooled `v`); one launch. `dx` goes
+/// where [`Dx`] says.
 pub fn activation_backward(
     cfg: &AiecConfig,
     dims: &InputDims,
     keep: &SliceRef<u32>,
     dv: &SliceRef<f32>,
-    dy: &TensorRef,
-    dx: &mut TensorMut,
+    dx: Dx,
 ) -> Result<()> {
-    let dev: Device = dy.device().clone();
-    dx.expect_device("dx", &dev)?;
-    dv.expect("dv [B, C]", &dev, dims.batch * dims.channels)?;
-    check_disjoint(&[("dx", dx.span()), ("dv", dv.span())])?;
-    check_disjoint(&[("dx", dx.span()), ("keep bits", keep.span())])?;
-    let (addr, span, dtype, shape) = (dx.address(), dx.span(), dx.dtype(), dx.shape().to_vec());
-    if dtype != dy.dtype() {
-        return Err(AiecError::DTypeMismatch { what: "dx", expected: dy.dtype(), got: dtype });
-    }
-    // Each tensor named with its own shape: dy against the forward's, dx against dy.
-    if dy.shape() != dims.dims.as_slice() {
-        return Err(AiecError::ShapeMismatch {
-            what: "dy",
-            expected: dims.dims.clone(),
-            got: dy.shape().to_vec(),
-        });
-    }
-    if shape != dy.shape() {
-        return Err(AiecError::ShapeMismatch { what: "dx", expected: dy.shape().to_vec(), got: shape });
-    }
-    if span.addr != dy.address() || span.bytes != dy.byte_len() {
-        check_disjoint(&[("dx", span), ("dy", dy.span())])?;
-    }
-    keep.expect("keep bits", &dev, Sizes::of(dims, cfg.classes()).keep)?;
-    let s = AiecShape::new(dims, cfg.classes(), cfg.tau() as f32, false);
-    if let Some(p) = launch::aiec_bwd_x(
-        dy.dtype(),
-        &s,
-        BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv.address(), dx: addr },
-    ) {
-        // SAFETY: live views of this device sized for `s`; dx is dy or disjoint.
-        unsafe { dev.launch(&p) }?;
-    }
-    Ok(())
+    dx.check(dims, |dy, dx| {
+        let dev: Device = dy.device().clone();
+        dv.expect("dv [B, C]", &dev, dims.batch * dims.channels)?;
+        check_disjoint(&[("dx", dx.span), ("dv", dv.span())])?;
+        check_disjoint(&[("dx", dx.span), ("keep bits", keep.span())])?;
+        keep.expect("keep bits", &dev, Sizes::of(dims, cfg.classes()).keep)?;
+        let s = AiecShape::new(dims, cfg.classes(), cfg.tau() as f32, false);
+        let args = BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv.address(), dx: dx.addr };
+        if let Some(p) = launch::aiec_bwd_x(dy.dtype(), &s, args) {
+            // SAFETY: live views of this device sized for `s`; dx is dy or disjoint.
+            unsafe { dev.launch(&p) }?;
+        }
+        Ok(())
+    })
 }

@@ -13,15 +13,14 @@ use std::sync::Arc;
 
 use crate::gpu::counters::GpuCounters;
 use crate::gpu::dp::CountSum;
-use crate::gpu::fused::DwMode;
 use crate::gpu::loss::GpuLosses;
-use crate::gpu::op::{self, GpuGradients, Targets};
+use crate::gpu::op::{self, GpuGradients, GradsMut, Targets};
 use crate::gpu::record::{GpuRecord, RankSum};
 use crate::gpu::workspace::Workspace;
 use crate::init::xavier_values;
 use crate::policy::LayerPolicy;
 use crate::tensor::Tensor;
-use crate::view::{SliceMut, TensorMut, TensorRef};
+use crate::view::{TensorMut, TensorRef};
 
 /// One AIEC layer on a device. Starts in training mode.
 pub struct GpuLayer {
@@ -203,28 +202,9 @@ impl GpuLayer {
         op::backward_inplace_owned(&self.cfg, record, &self.w.view(), dy, losses, &self.ws)
     }
 
-    /// The backward into the caller's `dx` and `dW` (written or accumulated).
-    pub fn backward_into(
-        &self,
-        record: &GpuRecord,
-        dy: &TensorRef,
-        dx: &mut TensorMut,
-        dw: &mut SliceMut<f32>,
-        mode: DwMode,
-        losses: &GpuLosses,
-    ) -> Result<()> {
-        op::backward_with(&self.cfg, record, &self.w.view(), dy, dx, dw, mode, losses, &self.ws)
-    }
-
-    /// The backward writing `dx` over the caller's `dy`, `dW` into the caller's view.
-    pub fn backward_inplace_into(
-        &self,
-        record: &GpuRecord,
-        dy: &mut TensorMut,
-        dw: &mut SliceMut<f32>,
-        mode: DwMode,
-        losses: &GpuLosses,
-    ) -> Result<()> {
-        op::backward_inplace_with(&self.cfg, record, &self.w.view(), dy, dw, mode, losses, &self.ws)
+    /// The backward into the caller's `dx` and `dW` ([`GradsMut`]: `dx` into
+    /// its own buffer or over `dy`, `dW` written or accumulated).
+    pub fn backward_into(&self, record: &GpuRecord, out: GradsMut, losses: &GpuLosses) -> Result<()> {
+        op::backward_with(&self.cfg, record, &self.w.view(), losses, &self.ws, out)
     }
 }

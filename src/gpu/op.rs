@@ -15,7 +15,7 @@ use crate::config::{check_targets, AiecConfig};
 use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
 use crate::gpu::dp::{self, CountSum};
-use crate::gpu::fused::{self, AuxMut, DwMode, SavedRef, Scales, TargetCheck};
+use crate::gpu::fused::{self, AuxMut, DwMode, Dx, SavedRef, Scales, TargetCheck, TrainBackward};
 use crate::gpu::loss::GpuLosses;
 use crate::gpu::workspace::Workspace;
 /// Re-exported from [`crate::gpu::counters`] and [`crate::gpu::record`], where they are defined.
@@ -235,82 +235,43 @@ fn saved(aux: &GpuAux) -> SavedRef<'_> {
     SavedRef { v: aux.v.view(), g: aux.g.view(), mask: aux.mask.view() }
 }
 
-/// One layer's backward into the caller's `dx` and `dW` (written or
-/// accumulated per `mode`), with its `dv` scratch from `ws`. Two launches for
-/// a training record, one for a record without targets (which leaves `dW`
-/// zero, or unchanged when accumulating); no host synchronisation. `losses`
-/// must come from [`crate::gpu::combine`] over the records of every layer
-/// sharing the targets, this one among them ([`AiecError::ForeignScales`]
-/// otherwise).
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+/// Where one layer's backward writes: `dx` where [`Dx`] says (its own buffer
+/// or over `dy`), `dW` (`[K, C]`) written or accumulated per `mode`.
+pub struct GradsMut<'v, 'y, 'x, 'g> {
+    /// `dy` and where `dx` goes.
+    pub dx: Dx<'v, 'y, 'x>,
+    /// `[K, C]`.
+    pub dw: &'v mut SliceMut<'g, f32>,
+    /// How `dw` is delivered.
+    pub mode: DwMode,
+}
+
+/// One layer's backward into the caller's `dx` and `dW` ([`GradsMut`]), with
+/// its `dv` scratch from `ws`. Two launches for a training record, one for a
+/// record without targets (which leaves `dW` zero, or unchanged when
+/// accumulating); no host synchronisation. `losses` must come from
+/// [`crate::gpu::combine`] over the records of every layer sharing the
+/// targets, this one among them ([`AiecError::ForeignScales`] otherwise).
 pub fn backward_with(
     cfg: &AiecConfig,
     record: &GpuRecord,
     w: &SliceRef<f32>,
-    dy: &TensorRef,
-    dx: &mut TensorMut,
-    dw: &mut SliceMut<f32>,
-    mode: DwMode,
     losses: &GpuLosses,
     ws: &Workspace,
+    out: GradsMut,
 ) -> Result<()> {
+    let GradsMut { dx, dw, mode } = out;
+    let dev = dx.device().clone();
     let Some(aux) = &record.aux else {
-        fused::backward_infer(cfg, &record.dims, &record.keep.view(), dy, dx)?;
-        return clear_dw(cfg, dy.device(), dw, mode);
-    };
-    losses.check_record(record)?;
-    losses.check_device(dy.device())?;
-    let mut dv: Buffer<f32> = ws.buffer("dv", record.dims.batch * record.dims.channels, Init::Unwritten)?;
-    let scales = Scales { losses: losses.buf.view(), row_scale: None };
-    let done = fused::backward_train(
-        cfg,
-        &record.dims,
-        w,
-        &record.keep.view(),
-        &saved(aux),
-        &scales,
-        dy,
-        dx,
-        &mut dv.view_mut(),
-        dw,
-        mode,
-    );
-    done
-}
-
-/// [`backward_with`] writing `dx` over `dy`.
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-pub fn backward_inplace_with(
-    cfg: &AiecConfig,
-    record: &GpuRecord,
-    w: &SliceRef<f32>,
-    dy: &mut TensorMut,
-    dw: &mut SliceMut<f32>,
-    mode: DwMode,
-    losses: &GpuLosses,
-    ws: &Workspace,
-) -> Result<()> {
-    let Some(aux) = &record.aux else {
-        fused::backward_infer_inplace(cfg, &record.dims, &record.keep.view(), dy)?;
-        let dev = dy.device().clone();
+        fused::backward(cfg, &record.dims, &record.keep.view(), None, dx)?;
         return clear_dw(cfg, &dev, dw, mode);
     };
     losses.check_record(record)?;
-    losses.check_device(dy.device())?;
+    losses.check_device(&dev)?;
     let mut dv: Buffer<f32> = ws.buffer("dv", record.dims.batch * record.dims.channels, Init::Unwritten)?;
     let scales = Scales { losses: losses.buf.view(), row_scale: None };
-    let done = fused::backward_train_inplace(
-        cfg,
-        &record.dims,
-        w,
-        &record.keep.view(),
-        &saved(aux),
-        &scales,
-        dy,
-        &mut dv.view_mut(),
-        dw,
-        mode,
-    );
+    let train = TrainBackward { w, saved: &saved(aux), scales: &scales, dv: &mut dv.view_mut(), dw, mode };
+    let done = fused::backward(cfg, &record.dims, &record.keep.view(), Some(train), dx);
     done
 }
 
@@ -346,7 +307,11 @@ pub(crate) fn backward_inplace_owned(
 ) -> Result<Buffer<f32>> {
     // Written in full by aiec_bwd_dv_dw (or cleared for a record without targets).
     let mut dw = Buffer::unwritten(dy.device(), cfg.classes() * cfg.channels())?;
-    backward_inplace_with(cfg, record, w, &mut dy.view_mut(), &mut dw.view_mut(), DwMode::Write, losses, ws)?;
+    {
+        let (mut dyv, mut dwv) = (dy.view_mut(), dw.view_mut());
+        let out = GradsMut { dx: Dx::OverDy(&mut dyv), dw: &mut dwv, mode: DwMode::Write };
+        backward_with(cfg, record, w, losses, ws, out)?;
+    }
     Ok(dw)
 }
 
@@ -374,16 +339,10 @@ pub(crate) fn backward_owned(
     // Both written in full by the two launches (dW cleared for a record without targets).
     let mut dx = Tensor::unwritten(dev, dy.dtype(), dy.shape())?;
     let mut dw = Buffer::unwritten(dev, cfg.classes() * cfg.channels())?;
-    backward_with(
-        cfg,
-        record,
-        w,
-        &dy.view(),
-        &mut dx.view_mut(),
-        &mut dw.view_mut(),
-        DwMode::Write,
-        losses,
-        ws,
-    )?;
+    {
+        let (dyv, mut dxv, mut dwv) = (dy.view(), dx.view_mut(), dw.view_mut());
+        let out = GradsMut { dx: Dx::Into { dy: &dyv, dx: &mut dxv }, dw: &mut dwv, mode: DwMode::Write };
+        backward_with(cfg, record, w, losses, ws, out)?;
+    }
     Ok(GpuGradients { dx, dw })
 }
