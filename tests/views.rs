@@ -307,7 +307,7 @@ fn dw_accumulates_over_micro_batches_with_both_records_alive() {
 #[cfg(feature = "sim")]
 #[test]
 fn bad_views_are_typed_errors_and_change_nothing() {
-    use aiec::gpu::fused::{self, AuxMut, CountersMut, TargetCheck};
+    use aiec::gpu::fused::{self, AuxMut, CountersMut, TargetCheck, TrainIn, TrainOut};
     use aiec::layout::Sizes;
     use aiec::{SliceMut, SliceRef, TensorMut, TensorRef};
     let dev = Device::sim();
@@ -426,15 +426,19 @@ fn bad_views_are_typed_errors_and_change_nothing() {
     };
     let e = fused::forward_train(
         &cfg,
-        &xv,
-        &SliceRef::host(&dev, &w).unwrap(),
-        &SliceRef::host(&dev, &t).unwrap(),
-        TargetCheck::Host,
+        TrainIn {
+            x: &xv,
+            w: &SliceRef::host(&dev, &w).unwrap(),
+            targets: &SliceRef::host(&dev, &t).unwrap(),
+            check: TargetCheck::Host,
+        },
         &mut counters,
         fused::Update::Now(true),
-        &mut TensorMut::host(&dev, &mut yy, &dims).unwrap(),
-        &mut SliceMut::host(&dev, &mut keep).unwrap(),
-        &mut aux,
+        TrainOut {
+            y: &mut TensorMut::host(&dev, &mut yy, &dims).unwrap(),
+            keep: &mut SliceMut::host(&dev, &mut keep).unwrap(),
+            aux: &mut aux,
+        },
     );
     assert!(matches!(e, Err(AiecError::Overlap { what: "logits", other: "g", .. })), "{e:?}");
     drop((aux, counters));
@@ -461,15 +465,19 @@ fn bad_views_are_typed_errors_and_change_nothing() {
     };
     let e = fused::forward_train(
         &cfg,
-        &xv,
-        &SliceRef::host(&dev, &w).unwrap(),
-        &SliceRef::host(&dev, &t).unwrap(),
-        TargetCheck::Host,
+        TrainIn {
+            x: &xv,
+            w: &SliceRef::host(&dev, &w).unwrap(),
+            targets: &SliceRef::host(&dev, &t).unwrap(),
+            check: TargetCheck::Host,
+        },
         &mut counters,
         fused::Update::Now(true),
-        &mut TensorMut::host(&dev, &mut yy, &dims).unwrap(),
-        &mut SliceMut::host(&dev, &mut keep).unwrap(),
-        &mut aux,
+        TrainOut {
+            y: &mut TensorMut::host(&dev, &mut yy, &dims).unwrap(),
+            keep: &mut SliceMut::host(&dev, &mut keep).unwrap(),
+            aux: &mut aux,
+        },
     );
     assert!(
         matches!(
@@ -552,7 +560,7 @@ fn devices_share_memory_by_context() {
 #[cfg(feature = "sim")]
 #[test]
 fn the_update_decision_can_be_made_on_the_device() {
-    use aiec::gpu::fused::{self, AuxMut, CountersMut, TargetCheck, Update};
+    use aiec::gpu::fused::{self, AuxMut, CountersMut, TargetCheck, TrainIn, TrainOut, Update};
     use aiec::layout::Sizes;
     use aiec::{SliceMut, SliceRef, TensorMut, TensorRef};
     let dev = Device::sim();
@@ -600,15 +608,19 @@ fn the_update_decision_can_be_made_on_the_device() {
             };
             fused::forward_train(
                 &cfg,
-                &TensorRef::host(&dev, &x, &dims).unwrap(),
-                &SliceRef::host(&dev, &w).unwrap(),
-                &SliceRef::host(&dev, &t).unwrap(),
-                TargetCheck::Host,
+                TrainIn {
+                    x: &TensorRef::host(&dev, &x, &dims).unwrap(),
+                    w: &SliceRef::host(&dev, &w).unwrap(),
+                    targets: &SliceRef::host(&dev, &t).unwrap(),
+                    check: TargetCheck::Host,
+                },
                 &mut counters,
                 update(&stepv),
-                &mut TensorMut::host(&dev, &mut y, &dims).unwrap(),
-                &mut SliceMut::host(&dev, &mut keep).unwrap(),
-                &mut aux,
+                TrainOut {
+                    y: &mut TensorMut::host(&dev, &mut y, &dims).unwrap(),
+                    keep: &mut SliceMut::host(&dev, &mut keep).unwrap(),
+                    aux: &mut aux,
+                },
             )
             .unwrap();
             drop(counters);

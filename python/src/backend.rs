@@ -14,7 +14,8 @@ use aiec::cpu::buffers::{self as reference, AuxSlices, CountersSlices, SavedSlic
 use aiec::cpu::parts::RowScale;
 use aiec::cpu::Float;
 use aiec::gpu::fused::{
-    self, AuxMut, CountersMut, DwMode, Dx, SavedRef, Scales, TargetCheck, TrainBackward, Update,
+    self, AuxMut, CountersMut, DwMode, Dx, GateIn, GateOut, SavedRef, Scales, TargetCheck, TrainBackward,
+    TrainIn, TrainOut, Update,
 };
 use aiec::layout::Sizes;
 use aiec::params::{AiecGateStats, AiecLosses};
@@ -408,15 +409,15 @@ pub(crate) fn fused_count(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Cou
                 let check = if a.device_targets { TargetCheck::Device } else { TargetCheck::Host };
                 fused::forward_count(
                     cfg,
-                    &tref(dev, a.x, d, shape)?,
-                    &sref(dev, a.w)?,
-                    &sref(dev, a.targets)?,
-                    check,
+                    TrainIn {
+                        x: &tref(dev, a.x, d, shape)?,
+                        w: &sref(dev, a.w)?,
+                        targets: &sref(dev, a.targets)?,
+                        check,
+                    },
                     &mut counters,
                     update,
-                    &mut tmut(dev, y, d, shape)?,
-                    &mut smut(dev, keep)?,
-                    &mut aux,
+                    TrainOut { y: &mut tmut(dev, y, d, shape)?, keep: &mut smut(dev, keep)?, aux: &mut aux },
                 )
             }
             .map(|_| ())
@@ -493,14 +494,18 @@ pub(crate) fn fused_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Gate
                 fused::forward_gate(
                     cfg,
                     &plan,
-                    &sref(dev, a.v)?,
-                    &sref(dev, a.w)?,
-                    &sref(dev, a.targets)?,
-                    &sref(dev, a.act)?,
-                    &sref(dev, a.inh)?,
-                    &mut smut(dev, a.mask)?,
-                    &mut SliceMut::from_raw(dev, a.stats.ptr, 1).map_err(to_py)?,
-                    &mut smut(dev, a.scratch)?,
+                    GateIn {
+                        v: &sref(dev, a.v)?,
+                        w: &sref(dev, a.w)?,
+                        targets: &sref(dev, a.targets)?,
+                        act: &sref(dev, a.act)?,
+                        inh: &sref(dev, a.inh)?,
+                    },
+                    GateOut {
+                        mask: &mut smut(dev, a.mask)?,
+                        stats: &mut SliceMut::from_raw(dev, a.stats.ptr, 1).map_err(to_py)?,
+                        scratch: &mut smut(dev, a.scratch)?,
+                    },
                 )
             }
             .map_err(to_py)

@@ -48,7 +48,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use aiec::gpu::fused::{self, Dx, DwMode, SavedRef, Scales, TrainBackward};
-//! use aiec::gpu::{GpuCounters, GpuRecord, Targets, Workspace};
+//! use aiec::gpu::{GpuCounters, GpuRecord, LayerStep, Targets, Workspace};
 //! use aiec::params::AiecLosses;
 //! use aiec::policy::LayerPolicy;
 //! use aiec::{AiecConfig, Device, Pool, SliceMut, SliceRef, TensorMut, TensorRef};
@@ -61,9 +61,9 @@
 //! fn forward(dev: &Device, st: &mut LayerState, x: &CudaView<f32>, dims: &[usize],
 //!            w: &CudaView<f32>, targets: &[i64], y: &mut CudaSlice<f32>) -> aiec::Result<GpuRecord> {
 //!     let plan = st.policy.plan(true);
+//!     let layer = LayerStep { w: &SliceRef::cuda(dev, w)?, counters: &mut st.counters, update: plan.update };
 //!     let rec = aiec::gpu::forward_with(
-//!         &st.cfg, &TensorRef::cuda(dev, x, dims)?, &SliceRef::cuda(dev, w)?,
-//!         Some(Targets::Host(targets)), &mut st.counters, plan.update, &st.ws,
+//!         &st.cfg, layer, &TensorRef::cuda(dev, x, dims)?, Some(Targets::Host(targets)), &st.ws,
 //!         &mut TensorMut::cuda(dev, y, dims)?)?;
 //!     st.policy.commit(plan); // only after success: bad input changes nothing
 //!     Ok(rec)

@@ -15,7 +15,8 @@ use crate::device::Device;
 use crate::dtype::Element;
 use crate::error::Result;
 use crate::gpu::fused::{
-    self, AuxMut, CountersMut, DwMode, Dx, SavedRef, Scales, TargetCheck, TrainBackward, Update,
+    self, AuxMut, CountersMut, DwMode, Dx, SavedRef, Scales, TargetCheck, TrainBackward, TrainIn, TrainOut,
+    Update,
 };
 use crate::layout::Sizes;
 use crate::params::{AiecGateStats, AiecLosses};
@@ -133,15 +134,15 @@ pub(crate) fn forward(
             };
             fused::forward_train(
                 cfg,
-                &xv,
-                &SliceRef::host(dev, w)?,
-                &SliceRef::host(dev, targets)?,
-                TargetCheck::Host,
+                TrainIn {
+                    x: &xv,
+                    w: &SliceRef::host(dev, w)?,
+                    targets: &SliceRef::host(dev, targets)?,
+                    check: TargetCheck::Host,
+                },
                 &mut cv,
                 Update::Now(update),
-                &mut yv,
-                &mut SliceMut::host(dev, &mut keep)?,
-                &mut views,
+                TrainOut { y: &mut yv, keep: &mut SliceMut::host(dev, &mut keep)?, aux: &mut views },
             )?;
         }
         dev.synchronize()?;

@@ -139,20 +139,49 @@ pub enum Update<'v, 'a> {
     },
 }
 
+/// What a training forward reads: `x`, `W` (`[K, C]`), the targets (`[B]`)
+/// and where they were checked.
+#[derive(Clone, Copy)]
+pub struct TrainIn<'v, 'a> {
+    /// The input, shape of the layout.
+    pub x: &'v TensorRef<'a>,
+    /// `[K, C]`.
+    pub w: &'v SliceRef<'a, f32>,
+    /// `[B]`.
+    pub targets: &'v SliceRef<'a, i64>,
+    /// Where the targets were checked.
+    pub check: TargetCheck,
+}
+
+/// What a training forward writes besides the counters: `y` (shape of `x`),
+/// the keep bits ([`Sizes::keep`] words) and every [`AuxMut`] buffer. (Each
+/// writable view has its own lifetime: a `&mut` to a view is invariant in it.)
+pub struct TrainOut<'v, 'y, 'k, 'x> {
+    /// Shape and type of `x`.
+    pub y: &'v mut TensorMut<'y>,
+    /// [`Sizes::keep`] words.
+    pub keep: &'v mut SliceMut<'k, u32>,
+    /// The saved state and results.
+    pub aux: &'v mut AuxMut<'x>,
+}
+
+impl<'y, 'k, 'x> TrainOut<'_, 'y, 'k, 'x> {
+    /// The same outputs, borrowed for a shorter call.
+    pub fn reborrow(&mut self) -> TrainOut<'_, 'y, 'k, 'x> {
+        TrainOut { y: &mut *self.y, keep: &mut *self.keep, aux: &mut *self.aux }
+    }
+}
+
 /// Checks of a training forward: shapes, lengths, devices, overlaps.
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
 fn check_train(
     cfg: &AiecConfig,
-    x: &TensorRef,
-    w: &SliceRef<f32>,
-    targets: &SliceRef<i64>,
-    counters: (Span, Span, Span),
-    counters_len: [usize; 3],
-    y: &TensorMut,
-    keep: &SliceMut<u32>,
-    aux: &AuxMut,
+    inp: &TrainIn,
+    counters: &CountersMut,
+    out: &TrainOut,
     with_gate: bool,
 ) -> Result<InputDims> {
+    let TrainIn { x, w, targets, .. } = *inp;
+    let (y, keep, aux) = (&*out.y, &*out.keep, &*out.aux);
     let dims = check_x_y(cfg, x, y)?;
     let dev = x.device();
     let (k, c) = (cfg.classes(), cfg.channels());
@@ -163,9 +192,9 @@ fn check_train(
         e => e,
     })?;
     for (what, got, want) in [
-        ("counters act [K, C]", counters_len[0], k * c),
-        ("counters inh [K, C]", counters_len[1], k * c),
-        ("counters total [K]", counters_len[2], k),
+        ("counters act [K, C]", counters.act.len(), k * c),
+        ("counters inh [K, C]", counters.inh.len(), k * c),
+        ("counters total [K]", counters.total.len(), k),
     ] {
         if got != want {
             return Err(mismatch(what, want, got));
@@ -186,9 +215,9 @@ fn check_train(
         ("ce", aux.ce.span()),
         ("g", aux.g.span()),
         ("forward scratch", aux.scratch.span()),
-        ("counters act", counters.0),
-        ("counters inh", counters.1),
-        ("counters total", counters.2),
+        ("counters act", counters.act.span()),
+        ("counters inh", counters.inh.span()),
+        ("counters total", counters.total.span()),
     ];
     if with_gate {
         aux.mask.expect("mask [B, C]", dev, sizes.bc)?;
@@ -205,33 +234,29 @@ fn check_train(
     Ok(dims)
 }
 
-fn counter_spans(c: &CountersMut) -> ((Span, Span, Span), [usize; 3]) {
-    ((c.act.span(), c.inh.span(), c.total.span()), [c.act.len(), c.inh.len(), c.total.len()])
-}
-
 /// A training forward: `y`, the keep bits and every [`AuxMut`] buffer, in
-/// three launches; the counters update when `update` says so. `w` is `[K, C]`,
-/// `targets` `[B]`. The same as [`forward_count`] then [`forward_gate`].
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs, each a separate caller buffer
+/// three launches; the counters update when `update` says so. The same as
+/// [`forward_count`] then [`forward_gate`].
 pub fn forward_train(
     cfg: &AiecConfig,
-    x: &TensorRef,
-    w: &SliceRef<f32>,
-    targets: &SliceRef<i64>,
-    check: TargetCheck,
+    inp: TrainIn,
     counters: &mut CountersMut,
     update: Update,
-    y: &mut TensorMut,
-    keep: &mut SliceMut<u32>,
-    aux: &mut AuxMut,
+    mut out: TrainOut,
 ) -> Result<InputDims> {
     // Every buffer of the three launches first, so that a bad one launches nothing.
-    let (spans, lens) = counter_spans(counters);
-    check_train(cfg, x, w, targets, spans, lens, y, keep, aux, true)?;
-    let dims = forward_count(cfg, x, w, targets, check, counters, update, y, keep, aux)?;
-    let (act, inh) = (counters.act.as_ref(), counters.inh.as_ref());
-    let v = aux.v.as_ref();
-    forward_gate(cfg, &dims, &v, w, targets, &act, &inh, &mut aux.mask, &mut aux.stats, &mut aux.scratch)?;
+    check_train(cfg, &inp, counters, &out, true)?;
+    let dims = forward_count(cfg, inp, counters, update, out.reborrow())?;
+    let aux = &mut *out.aux;
+    let gate_in = GateIn {
+        v: &aux.v.as_ref(),
+        w: inp.w,
+        targets: inp.targets,
+        act: &counters.act.as_ref(),
+        inh: &counters.inh.as_ref(),
+    };
+    let gate_out = GateOut { mask: &mut aux.mask, stats: &mut aux.stats, scratch: &mut aux.scratch };
+    forward_gate(cfg, &dims, gate_in, gate_out)?;
     Ok(dims)
 }
 
@@ -241,20 +266,14 @@ pub fn forward_train(
 /// not used and may be empty views). Those may be the layer's
 /// counters or zeroed increments (data-parallel training sums increments
 /// over ranks before [`forward_gate`] reads the counters).
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
 pub fn forward_count(
     cfg: &AiecConfig,
-    x: &TensorRef,
-    w: &SliceRef<f32>,
-    targets: &SliceRef<i64>,
-    check: TargetCheck,
+    inp: TrainIn,
     counters: &mut CountersMut,
     update: Update,
-    y: &mut TensorMut,
-    keep: &mut SliceMut<u32>,
-    aux: &mut AuxMut,
+    out: TrainOut,
 ) -> Result<InputDims> {
-    let (spans, lens) = counter_spans(counters);
+    let TrainIn { x, w, targets, check } = inp;
     let dev = x.device();
     for (what, d) in [
         ("counters act", counters.act.device()),
@@ -269,7 +288,8 @@ pub fn forward_count(
             });
         }
     }
-    let dims = check_train(cfg, x, w, targets, spans, lens, y, keep, aux, false)?;
+    let dims = check_train(cfg, &inp, counters, &out, false)?;
+    let TrainOut { y, keep, aux } = out;
     let (host_update, step) = match update {
         Update::Now(u) => (u as u32, 0),
         Update::OnStep { step, interval } => {
@@ -333,23 +353,39 @@ pub fn forward_count(
     Ok(dims)
 }
 
+/// What the gate reads: `v` (`[B, C]`), `W` (`[K, C]`), the targets (`[B]`)
+/// and the counters `act`, `inh` (`[K, C]`) as they are after this step's
+/// counting.
+#[derive(Clone, Copy)]
+pub struct GateIn<'v, 'a> {
+    /// `[B, C]`.
+    pub v: &'v SliceRef<'a, f32>,
+    /// `[K, C]`.
+    pub w: &'v SliceRef<'a, f32>,
+    /// `[B]`.
+    pub targets: &'v SliceRef<'a, i64>,
+    /// `[K, C]`.
+    pub act: &'v SliceRef<'a, i64>,
+    /// `[K, C]`.
+    pub inh: &'v SliceRef<'a, i64>,
+}
+
+/// What the gate writes: `mask` (`[B, C]`), `stats` (one [`AiecGateStats`])
+/// and its part of the forward's `scratch` ([`Sizes::scratch_bytes`]).
+pub struct GateOut<'v, 'm, 's, 'c> {
+    /// `[B, C]`.
+    pub mask: &'v mut SliceMut<'m, u8>,
+    /// `[1]`.
+    pub stats: &'v mut SliceMut<'s, AiecGateStats>,
+    /// The forward's scratch.
+    pub scratch: &'v mut SliceMut<'c, u8>,
+}
+
 /// Launch 3 of a training forward: the consensus gate (`mask`, `S`, `N`) from
-/// `v`, the counters `act`, `inh` as they are after this step's counting, `W`
-/// and the targets; writes `mask`, `stats` and the gate's part of `scratch`
-/// (the forward's scratch, [`Sizes::scratch_bytes`]).
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-pub fn forward_gate(
-    cfg: &AiecConfig,
-    dims: &InputDims,
-    v: &SliceRef<f32>,
-    w: &SliceRef<f32>,
-    targets: &SliceRef<i64>,
-    act: &SliceRef<i64>,
-    inh: &SliceRef<i64>,
-    mask: &mut SliceMut<u8>,
-    stats: &mut SliceMut<AiecGateStats>,
-    scratch: &mut SliceMut<u8>,
-) -> Result<()> {
+/// [`GateIn`] into [`GateOut`].
+pub fn forward_gate(cfg: &AiecConfig, dims: &InputDims, inp: GateIn, out: GateOut) -> Result<()> {
+    let GateIn { v, w, targets, act, inh } = inp;
+    let GateOut { mask, stats, scratch } = out;
     let dev = w.device().clone();
     let (k, c) = (cfg.classes(), cfg.channels());
     if dims.channels != c {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::gpu::counters::GpuCounters;
 use crate::gpu::dp::CountSum;
 use crate::gpu::loss::GpuLosses;
-use crate::gpu::op::{self, GpuGradients, GradsMut, Targets};
+use crate::gpu::op::{self, GpuGradients, GradsMut, LayerStep, Targets};
 use crate::gpu::record::{GpuRecord, RankSum};
 use crate::gpu::workspace::Workspace;
 use crate::init::xavier_values;
@@ -143,16 +143,8 @@ impl GpuLayer {
         let plan = self.policy.plan(targets.is_some());
         let targets = targets.map(Targets::Host);
         let sum = self.count_sum.as_deref();
-        let mut rec = op::forward_owned(
-            &self.cfg,
-            x,
-            &self.w.view(),
-            targets,
-            &mut self.counters,
-            plan.update,
-            &self.ws,
-            sum,
-        )?;
+        let layer = LayerStep { w: &self.w.view(), counters: &mut self.counters, update: plan.update };
+        let mut rec = op::forward_owned(&self.cfg, layer, x, targets, &self.ws, sum)?;
         rec.ranks = self.count_sum.clone().map(RankSum);
         self.policy.commit(plan);
         Ok(rec)
@@ -171,17 +163,8 @@ impl GpuLayer {
     ) -> Result<GpuRecord> {
         let plan = self.policy.plan(targets.is_some());
         let sum = self.count_sum.as_deref();
-        let mut rec = op::forward_with_sum(
-            &self.cfg,
-            x,
-            &self.w.view(),
-            targets,
-            &mut self.counters,
-            plan.update,
-            &self.ws,
-            y,
-            sum,
-        )?;
+        let layer = LayerStep { w: &self.w.view(), counters: &mut self.counters, update: plan.update };
+        let mut rec = op::forward_with_sum(&self.cfg, layer, x, targets, &self.ws, y, sum)?;
         rec.ranks = self.count_sum.clone().map(RankSum);
         self.policy.commit(plan);
         Ok(rec)

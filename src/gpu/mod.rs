@@ -25,7 +25,8 @@ pub use fused::{DwMode, Dx};
 pub use layer::GpuLayer;
 pub use loss::{combine, combine_in, GpuLosses};
 pub use op::{
-    backward, backward_inplace, backward_with, forward, forward_with, GpuGradients, GradsMut, Targets,
+    backward, backward_inplace, backward_with, forward, forward_with, GpuGradients, GradsMut, LayerStep,
+    Targets,
 };
 pub use record::{GpuAux, GpuRecord};
 pub use workspace::Workspace;

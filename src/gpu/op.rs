@@ -15,7 +15,9 @@ use crate::config::{check_targets, AiecConfig};
 use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
 use crate::gpu::dp::{self, CountSum};
-use crate::gpu::fused::{self, AuxMut, DwMode, Dx, SavedRef, Scales, TargetCheck, TrainBackward};
+use crate::gpu::fused::{
+    self, AuxMut, DwMode, Dx, SavedRef, Scales, TargetCheck, TrainBackward, TrainIn, TrainOut,
+};
 use crate::gpu::loss::GpuLosses;
 use crate::gpu::workspace::Workspace;
 /// Re-exported from [`crate::gpu::counters`] and [`crate::gpu::record`], where they are defined.
@@ -51,6 +53,16 @@ pub struct GpuGradients {
     pub dw: Buffer<f32>,
 }
 
+/// One layer's parameters and state as a forward reads and updates them.
+pub struct LayerStep<'v, 'a> {
+    /// `[K, C]`.
+    pub w: &'v SliceRef<'a, f32>,
+    /// The layer's counters, updated on the device when `update` is true.
+    pub counters: &'v mut GpuCounters,
+    /// Whether this step updates the counters.
+    pub update: bool,
+}
+
 fn check_state(cfg: &AiecConfig, dev: &Device, w: &SliceRef<f32>, counters: &GpuCounters) -> Result<()> {
     let kc = cfg.classes() * cfg.channels();
     if w.len() != kc {
@@ -80,35 +92,30 @@ fn check_state(cfg: &AiecConfig, dev: &Device, w: &SliceRef<f32>, counters: &Gpu
 ///
 /// Without targets: `y` and the keep bits, one launch. With targets: three
 /// launches, no host synchronisation; the counters update on the device when
-/// `update` is true. Everything is checked before the first launch.
-#[allow(clippy::too_many_arguments)] // the op's inputs, outputs and state
+/// `layer.update` is true. Everything is checked before the first launch.
 pub fn forward_with(
     cfg: &AiecConfig,
+    layer: LayerStep,
     x: &TensorRef,
-    w: &SliceRef<f32>,
     targets: Option<Targets>,
-    counters: &mut GpuCounters,
-    update: bool,
     ws: &Workspace,
     y: &mut TensorMut,
 ) -> Result<GpuRecord> {
-    forward_with_sum(cfg, x, w, targets, counters, update, ws, y, None)
+    forward_with_sum(cfg, layer, x, targets, ws, y, None)
 }
 
 /// [`forward_with`], and on an update step with `sum`, the counts summed over
 /// the ranks of a data-parallel job before the gate ([`crate::gpu::dp`]).
-#[allow(clippy::too_many_arguments)] // the op's inputs, outputs and state
 pub(crate) fn forward_with_sum(
     cfg: &AiecConfig,
+    layer: LayerStep,
     x: &TensorRef,
-    w: &SliceRef<f32>,
     targets: Option<Targets>,
-    counters: &mut GpuCounters,
-    update: bool,
     ws: &Workspace,
     y: &mut TensorMut,
     sum: Option<&dyn CountSum>,
 ) -> Result<GpuRecord> {
+    let LayerStep { w, counters, update } = layer;
     let dims = cfg.plan_input(x.shape())?;
     let dev = x.device().clone();
     check_state(cfg, &dev, w, counters)?;
@@ -161,35 +168,14 @@ pub(crate) fn forward_with_sum(
             stats: stats.view_mut(),
             scratch: scratch.view_mut(),
         };
+        let inp = TrainIn { x, w, targets: &tview, check };
+        let out = TrainOut { y, keep: &mut keep.view_mut(), aux: &mut aux };
         match sum {
             Some(sum) if update => {
-                dp::forward_summed(
-                    cfg,
-                    x,
-                    w,
-                    &tview,
-                    check,
-                    counters,
-                    y,
-                    &mut keep.view_mut(),
-                    &mut aux,
-                    ws,
-                    sum,
-                )?;
+                dp::forward_summed(cfg, inp, counters, out, ws, sum)?;
             }
             _ => {
-                fused::forward_train(
-                    cfg,
-                    x,
-                    w,
-                    &tview,
-                    check,
-                    &mut counters.views_mut(),
-                    fused::Update::Now(update),
-                    y,
-                    &mut keep.view_mut(),
-                    &mut aux,
-                )?;
+                fused::forward_train(cfg, inp, &mut counters.views_mut(), fused::Update::Now(update), out)?;
             }
         }
     }
@@ -207,18 +193,16 @@ pub fn forward(
     update: bool,
 ) -> Result<GpuRecord> {
     let ws = Workspace::new(x.device());
-    forward_owned(cfg, x, &w.view(), targets.map(Targets::Host), counters, update, &ws, None)
+    let layer = LayerStep { w: &w.view(), counters, update };
+    forward_owned(cfg, layer, x, targets.map(Targets::Host), &ws, None)
 }
 
 /// [`forward_with`] into a new `y` (kept in the record).
-#[allow(clippy::too_many_arguments)] // the op's inputs, outputs and state
 pub(crate) fn forward_owned(
     cfg: &AiecConfig,
+    layer: LayerStep,
     x: &Tensor,
-    w: &SliceRef<f32>,
     targets: Option<Targets>,
-    counters: &mut GpuCounters,
-    update: bool,
     ws: &Workspace,
     sum: Option<&dyn CountSum>,
 ) -> Result<GpuRecord> {
@@ -226,7 +210,7 @@ pub(crate) fn forward_owned(
     // Written in full by the kernels (the simulator fills unwritten memory
     // with NaN bytes, so the tests would see a gap).
     let mut y = Tensor::unwritten(x.device(), x.dtype(), x.shape())?;
-    let mut rec = forward_with_sum(cfg, &x.view(), w, targets, counters, update, ws, &mut y.view_mut(), sum)?;
+    let mut rec = forward_with_sum(cfg, layer, &x.view(), targets, ws, &mut y.view_mut(), sum)?;
     rec.y = Some(y);
     Ok(rec)
 }

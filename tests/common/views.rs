@@ -7,7 +7,8 @@
 
 use aiec::cpu::LossCoefs;
 use aiec::gpu::fused::{
-    self, AuxMut, CountersMut, DwMode, Dx, LayerLoss, SavedRef, Scales, TargetCheck, TrainBackward,
+    self, AuxMut, CountersMut, DwMode, Dx, LayerLoss, SavedRef, Scales, TargetCheck, TrainBackward, TrainIn,
+    TrainOut,
 };
 use aiec::layout::Sizes;
 use aiec::params::{AiecGateStats, AiecLosses};
@@ -127,15 +128,10 @@ pub fn run_views<T: Element>(dev: &Device, case: &GoldenCase, offset: usize) -> 
         };
         fused::forward_train(
             &cfg,
-            &x,
-            &w,
-            &tview,
-            TargetCheck::Device,
+            TrainIn { x: &x, w: &w, targets: &tview, check: TargetCheck::Device },
             &mut counters,
             aiec::gpu::fused::Update::Now(case.update),
-            &mut y,
-            &mut keep,
-            &mut aux,
+            TrainOut { y: &mut y, keep: &mut keep, aux: &mut aux },
         )
         .map_err(e)?;
     }
