@@ -10,7 +10,10 @@
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::PyResult;
 
-use aiec::cpu::buffers::{self as reference, AuxSlices, CountersSlices, SavedSlices};
+use aiec::cpu::buffers::{
+    self as reference, AuxSlices, CountersSlices, GateInSlices, SavedSlices, TrainBackwardSlices,
+    TrainInSlices, TrainOutSlices,
+};
 use aiec::cpu::parts::RowScale;
 use aiec::cpu::Float;
 use aiec::gpu::fused::{
@@ -256,7 +259,6 @@ pub(crate) fn activation_forward(
 }
 
 /// The pass over `dy`: `dx = keep ? dy + unpool(dv) : 0`.
-#[allow(clippy::too_many_arguments)] // one tensor per argument
 pub(crate) fn activation_backward(
     kind: &Kind,
     cfg: &AiecConfig,
@@ -366,18 +368,7 @@ pub(crate) fn fused_count(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Cou
                 let mut counters = CountersSlices { act: host_mut(act), inh: host_mut(inh), total: host_mut(total) };
                 let mut aux =
                     AuxSlices::<F> { v: host_mut(v), logits: host_mut(logits), ce: host_mut(ce), g: host_mut(g) };
-                reference::forward_count(
-                    cfg,
-                    shape,
-                    host::<F>(a.x),
-                    host::<F>(a.w),
-                    host::<i64>(a.targets),
-                    &mut counters,
-                    update,
-                    host_mut::<F>(y),
-                    host_mut::<u32>(keep),
-                    &mut aux,
-                )
+                reference::forward_count(cfg, shape, TrainInSlices { x: host::<F>(a.x), w: host::<F>(a.w), targets: host::<i64>(a.targets) }, &mut counters, update, TrainOutSlices { y: host_mut::<F>(y), keep: host_mut::<u32>(keep), aux: &mut aux })
             }
             .map(|_| ())
             .map_err(to_py)
@@ -472,16 +463,7 @@ pub(crate) fn fused_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Gate
             unused_scratch(a.scratch, Sizes::of(&plan, cfg.classes()).scratch_bytes)?;
             // SAFETY: checked CPU tensors of these types, held by the call, disjoint.
             unsafe {
-                let (s, n) = reference::forward_gate::<F>(
-                    cfg,
-                    &plan,
-                    host(a.v),
-                    host(a.w),
-                    host(a.targets),
-                    host(a.act),
-                    host(a.inh),
-                    host_mut(a.mask),
-                )
+                let (s, n) = reference::forward_gate::<F>(cfg, &plan, GateInSlices { v: host(a.v), w: host(a.w), targets: host(a.targets), act: host(a.act), inh: host(a.inh) }, host_mut(a.mask))
                 .map_err(to_py)?;
                 write_stats::<F>(host_mut::<u64>(a.stats), s, n);
                 Ok(())
@@ -610,18 +592,7 @@ pub(crate) fn fused_backward(
                     None => RowScale::Uniform(scales[AUX_SCALE]),
                 };
                 let saved = SavedSlices::<F> { keep: host(keep), v: host(v), g: host(g), mask: host(mask) };
-                reference::backward_train(
-                    cfg,
-                    &plan,
-                    &saved,
-                    host(a.w),
-                    rows,
-                    scales[GATE_SCALE],
-                    host(a.dy),
-                    host_mut(a.dx),
-                    host_mut(a.dw),
-                    a.accumulate,
-                )
+                reference::backward_train(cfg, &plan, &saved, TrainBackwardSlices { w: host(a.w), rows, gate_scale: scales[GATE_SCALE], dw: host_mut(a.dw), mode: if a.accumulate { DwMode::Accumulate } else { DwMode::Write } }, host(a.dy), host_mut(a.dx))
             }
             .map_err(to_py)
         }),

@@ -177,7 +177,10 @@ fn activation_backward(
 /// `None`, else `step % interval == 0` read where `step` lives (the device).
 /// `device_targets`: the targets have not been checked on the host.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)] // one tensor per argument
+// A struct is not possible here: the torch custom ops (python/aiec/_ops.py) pass each tensor
+// as its own positional argument, and pyo3 converts each; the Rust side regroups them at once
+// (backend::*Args).
+#[allow(clippy::too_many_arguments)] // one tensor per argument, as the torch op hands them over
 fn fused_count(
     py: Python<'_>,
     backend: &Backend,
@@ -224,7 +227,10 @@ fn fused_count(
 /// Launch 3: the gate (`mask`, the stats `(S, N)` as 2 int64: `S` in the
 /// float type of `v` at byte 0, `N` at byte 8). `shape` is the input's.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)] // one tensor per argument
+// A struct is not possible here: the torch custom ops (python/aiec/_ops.py) pass each tensor
+// as its own positional argument, and pyo3 converts each; the Rust side regroups them at once
+// (backend::*Args).
+#[allow(clippy::too_many_arguments)] // one tensor per argument, as the torch op hands them over
 fn fused_gate(
     py: Python<'_>,
     backend: &Backend,
@@ -259,7 +265,10 @@ fn fused_gate(
 /// word (`LOSSES_FIELDS` / 4 gives each field's index), of which the backward
 /// reads `aux_scale` and the gate scale (`2 * dLoss/dS`).
 #[pyfunction]
-#[allow(clippy::too_many_arguments)] // one tensor per argument
+// A struct is not possible here: the torch custom ops (python/aiec/_ops.py) pass each tensor
+// as its own positional argument, and pyo3 converts each; the Rust side regroups them at once
+// (backend::*Args).
+#[allow(clippy::too_many_arguments)] // one tensor per argument, as the torch op hands them over
 fn fused_backward(
     py: Python<'_>,
     backend: &Backend,

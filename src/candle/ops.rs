@@ -125,7 +125,8 @@ impl CustomOp2 for ForwardOp {
             }
             #[cfg(feature = "sim")]
             (Backend::Kernels(dev), s) => {
-                let (y, rec) = super::sim::forward(dev, cfg, s, l1, w, targets, counters, plan.update)?;
+                let layer = super::sim::HostLayer { w, counters, update: plan.update };
+                let (y, rec) = super::sim::forward(dev, cfg, s, l1, layer, targets)?;
                 (y, Saved::Kernels(rec))
             }
             (backend, s) => return Err(dtype_error(backend, s.dtype())),

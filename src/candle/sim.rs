@@ -61,29 +61,33 @@ impl KernelRecord {
     }
 }
 
-/// Runs the forward on `dev` over `x` (candle's storage), `W` and the
-/// layer's counters; returns `y` as candle storage.
-#[allow(clippy::too_many_arguments)] // the op's inputs and state
+/// The layer's host state a forward reads and updates: `W` `[K, C]`, the
+/// counters, and whether this step updates them.
+pub(crate) struct HostLayer<'a> {
+    pub(crate) w: &'a [f32],
+    pub(crate) counters: &'a mut Counters,
+    pub(crate) update: bool,
+}
+
+/// Runs the forward on `dev` over `x` (candle's storage) and the layer's
+/// state; returns `y` as candle storage.
 pub(crate) fn forward(
     dev: &Device,
     cfg: &AiecConfig,
     x: &CpuStorage,
     l: &Layout,
-    w: &[f32],
+    layer: HostLayer,
     targets: Option<&[i64]>,
-    counters: &mut Counters,
-    update: bool,
 ) -> candle_core::Result<(CpuStorage, KernelRecord)> {
     fn run<T: Element + WithDType>(
         dev: &Device,
         cfg: &AiecConfig,
         x: &[T],
         dims: &[usize],
-        w: &[f32],
+        layer: HostLayer,
         targets: Option<&[i64]>,
-        counters: &mut Counters,
-        update: bool,
     ) -> Result<(CpuStorage, KernelRecord)> {
+        let HostLayer { w, counters, update } = layer;
         let plan = cfg.plan_input(dims)?;
         let sizes = Sizes::of(&plan, cfg.classes());
         if let Some(t) = targets {
@@ -160,15 +164,9 @@ pub(crate) fn forward(
     let dims = l.dims();
     let backend = || Backend::Kernels(dev.clone());
     match x {
-        CpuStorage::F32(_) => {
-            run(dev, cfg, host_slice::<f32>(x, l, "x")?, dims, w, targets, counters, update)
-        }
-        CpuStorage::F16(_) => {
-            run(dev, cfg, host_slice::<f16>(x, l, "x")?, dims, w, targets, counters, update)
-        }
-        CpuStorage::BF16(_) => {
-            run(dev, cfg, host_slice::<bf16>(x, l, "x")?, dims, w, targets, counters, update)
-        }
+        CpuStorage::F32(_) => run(dev, cfg, host_slice::<f32>(x, l, "x")?, dims, layer, targets),
+        CpuStorage::F16(_) => run(dev, cfg, host_slice::<f16>(x, l, "x")?, dims, layer, targets),
+        CpuStorage::BF16(_) => run(dev, cfg, host_slice::<bf16>(x, l, "x")?, dims, layer, targets),
         other => return Err(dtype_error(&backend(), other.dtype())),
     }
     .candle()

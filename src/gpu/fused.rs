@@ -14,6 +14,8 @@
 //! which makes the step count nothing and leaves the error for the device's
 //! next synchronisation or read ([`crate::Device::synchronize`]).
 
+/// Re-exported from [`crate::config`], where it is defined (the CPU reference uses it too).
+pub use crate::config::DwMode;
 use crate::config::{AiecConfig, InputDims, LossCoefs};
 use crate::dtype::DType;
 use crate::error::{AiecError, Result};
@@ -509,15 +511,6 @@ pub(crate) fn loss_params(
         p.stats[l] = layer.stats.address();
     }
     Ok((dev, p))
-}
-
-/// How a backward delivers `dW`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DwMode {
-    /// `dw = dW`.
-    Write,
-    /// `dw += dW`, as frameworks accumulate gradients over micro-batches.
-    Accumulate,
 }
 
 /// The loss gradients a training backward scales by: the combined losses of
