@@ -29,10 +29,24 @@ GATE_STATS_FIELDS: dict[str, int]
 GATE_STATS_SIZE: int
 """Bytes of ``AiecGateStats``."""
 
+class Plan:
+    """The sizes of a step on one input shape, by name."""
+
+    batch: int
+    """``B``."""
+    channels: int
+    """``C``."""
+    positions: int
+    """``P`` (1 for pooling ``none``)."""
+    keep_words: int
+    """int32 words of the keep bits."""
+    scratch_bytes: int
+    """Bytes of the forward's scratch (uint8, zero before its first use)."""
+
 class Config:
     def __init__(self, channels: int, classes: int, tau: float, pool: str, update_interval: int) -> None: ...
-    def plan(self, shape: list[int]) -> Tuple[int, int, int, int, int]:
-        """``(B, C, P, keep_words, scratch_bytes)`` of an input of ``shape``."""
+    def plan(self, shape: list[int]) -> Plan:
+        """The sizes of a step on an input of ``shape`` (checked against the pooling mode and ``C``)."""
     def check_targets(self, targets: Tensor, batch: int) -> None: ...
 
 class Backend:

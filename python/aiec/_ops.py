@@ -230,9 +230,9 @@ def threshold(x: Tensor, tau: float, pool: str, channels: int) -> tuple[Tensor, 
     dtype = x.dtype
     x = _compute(x)
     cfg = config(channels, 1, tau, pool, 1)
-    _, _, _, kw, _ = cfg.plan(list(x.shape))
+    plan = cfg.plan(list(x.shape))
     y = torch.empty_like(x)
-    keep = torch.empty(kw, dtype=torch.int32, device=x.device)
+    keep = torch.empty(plan.keep_words, dtype=torch.int32, device=x.device)
     _aiec.activation_forward(backend(x), cfg, x, y, keep, None)
     return y.to(dtype), keep
 
@@ -251,10 +251,10 @@ def activation(x: Tensor, tau: float, pool: str, channels: int) -> tuple[Tensor,
     dtype = x.dtype
     x = _compute(x)
     cfg = config(channels, 1, tau, pool, 1)
-    b, c, _, kw, _ = cfg.plan(list(x.shape))
+    plan = cfg.plan(list(x.shape))
     y = torch.empty_like(x)
-    keep = torch.empty(kw, dtype=torch.int32, device=x.device)
-    v = torch.empty((b, c), dtype=stat_dtype(x.dtype), device=x.device)
+    keep = torch.empty(plan.keep_words, dtype=torch.int32, device=x.device)
+    v = torch.empty((plan.batch, plan.channels), dtype=stat_dtype(x.dtype), device=x.device)
     _aiec.activation_forward(backend(x), cfg, x, y, keep, v)
     return y.to(dtype), keep, v
 
@@ -370,9 +370,10 @@ def fused_count(
     x = _compute(x)
     k, c = w.shape
     cfg = config(c, k, tau, pool, interval)
-    b, _, _, kw, scratch_bytes = cfg.plan(list(x.shape))
+    plan = cfg.plan(list(x.shape))
+    b, kw = plan.batch, plan.keep_words
     # The kernels' tickets start at zero (and are left zero); a few KB.
-    scratch = torch.zeros(scratch_bytes, dtype=torch.uint8, device=x.device)
+    scratch = torch.zeros(plan.scratch_bytes, dtype=torch.uint8, device=x.device)
     dev, sd = x.device, stat_dtype(x.dtype)
     y = torch.empty_like(x)
     keep = torch.empty(kw, dtype=torch.int32, device=dev)
@@ -428,7 +429,7 @@ def fused_gate(
     cfg = config(c, k, tau, pool, 1)
     b = v.shape[0]
     dev = v.device
-    scratch = torch.zeros(cfg.plan(list(shape))[4], dtype=torch.uint8, device=dev)
+    scratch = torch.zeros(cfg.plan(list(shape)).scratch_bytes, dtype=torch.uint8, device=dev)
     mask = torch.empty((b, c), dtype=torch.uint8, device=dev)
     stats = torch.zeros(_aiec.GATE_STATS_SIZE // 8, dtype=torch.int64, device=dev)
     _aiec.fused_gate(

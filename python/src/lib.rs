@@ -59,16 +59,44 @@ impl Config {
     }
 
     /// Checks an input shape against the pooling mode and `C`, and returns the
-    /// sizes of the buffers of a step on it: `(B, C, P, keep_words, scratch_bytes)`.
-    fn plan(&self, shape: Vec<usize>) -> PyResult<(usize, usize, usize, usize, usize)> {
+    /// sizes of the buffers of a step on it, by name ([`Plan`]).
+    fn plan(&self, shape: Vec<usize>) -> PyResult<Plan> {
         let dims = self.cfg.plan_input(&shape).map_err(to_py)?;
         let s = aiec::layout::Sizes::of(&dims, self.cfg.classes());
-        Ok((dims.batch, dims.channels, dims.positions, s.keep, s.scratch_bytes))
+        Ok(Plan {
+            batch: dims.batch,
+            channels: dims.channels,
+            positions: dims.positions,
+            keep_words: s.keep,
+            scratch_bytes: s.scratch_bytes,
+        })
     }
 
     /// Checks targets (a contiguous `int64 [B]` CPU tensor) against `K`.
     fn check_targets(&self, targets: &Bound<'_, PyAny>, batch: usize) -> PyResult<()> {
         backend::check_targets(&self.cfg, read(targets, "targets")?, batch)
+    }
+}
+
+/// The sizes of a step on one input shape ([`Config::plan`]), read by name:
+/// `batch` (`B`), `channels` (`C`), `positions` (`P`), `keep_words` (the keep
+/// bits' int32 words) and `scratch_bytes` (the forward's scratch).
+#[pyclass(frozen, get_all, module = "aiec._aiec")]
+struct Plan {
+    batch: usize,
+    channels: usize,
+    positions: usize,
+    keep_words: usize,
+    scratch_bytes: usize,
+}
+
+#[pymethods]
+impl Plan {
+    fn __repr__(&self) -> String {
+        format!(
+            "Plan(batch={}, channels={}, positions={}, keep_words={}, scratch_bytes={})",
+            self.batch, self.channels, self.positions, self.keep_words, self.scratch_bytes
+        )
     }
 }
 
@@ -417,6 +445,7 @@ fn _aiec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Best effort: a failure here leaves the other steps of the search.
     let _ = add_python_search_dirs(m.py());
     m.add_class::<Config>()?;
+    m.add_class::<Plan>()?;
     m.add_class::<Backend>()?;
     m.add_function(wrap_pyfunction!(activation_forward, m)?)?;
     m.add_function(wrap_pyfunction!(activation_backward, m)?)?;

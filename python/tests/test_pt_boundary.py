@@ -41,7 +41,8 @@ def valid_calls(dtype):
     g = torch.Generator().manual_seed(0)
     sd = torch.float64 if dtype == torch.float64 else torch.float32
     cfg = _ops.config(C, K, 0.0, POOL, 2)
-    b, c, _, kw, scratch = cfg.plan([B, T, C])
+    plan = cfg.plan([B, T, C])
+    kw, scratch = plan.keep_words, plan.scratch_bytes
     x = torch.randn(B, T, C, generator=g).to(dtype)
     be = _ops.backend(x)
     w = torch.randn(K, C, generator=g).to(sd)
