@@ -483,7 +483,7 @@ fn the_kernels_keep_bits_are_the_layouts() {
                 vec![0f32; n],
                 vec![0u32; aiec::layout::KeepLayout::of_dims(&cfg.plan_input(&dims).unwrap()).words()],
             );
-            aiec::cpu::buffers::activation_forward(&cfg, &dims, &x, &mut y, &mut want, None).unwrap();
+            aiec::cpu::buffers::fwd_x(&cfg, &dims, &x, &mut y, &mut want, None).unwrap();
             let xt = Tensor::from_slice(&dev, &x, &dims).unwrap();
             let w = Buffer::from_slice(&dev, &vec![0f32; 3 * c]).unwrap();
             let mut counters = GpuCounters::new(&dev, 3, c).unwrap();

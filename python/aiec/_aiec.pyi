@@ -62,13 +62,9 @@ class Backend:
     def label(self) -> str: ...
     def synchronize(self) -> None: ...
 
-def activation_forward(
-    backend: Backend, config: Config, x: Tensor, y: Tensor, keep: Tensor, v: Optional[Tensor] = None
-) -> None: ...
-def activation_backward(
-    backend: Backend, config: Config, keep: Tensor, dv: Optional[Tensor], dy: Tensor, dx: Tensor
-) -> None: ...
-def fused_count(
+def fwd_x(backend: Backend, config: Config, x: Tensor, y: Tensor, keep: Tensor, v: Optional[Tensor] = None) -> None: ...
+def bwd_x(backend: Backend, config: Config, keep: Tensor, dv: Optional[Tensor], dy: Tensor, dx: Tensor) -> None: ...
+def fwd_x_logits(
     backend: Backend,
     config: Config,
     x: Tensor,
@@ -81,7 +77,7 @@ def fused_count(
     outputs: Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor],
     scratch: Tensor,
 ) -> None: ...
-def fused_gate(
+def fwd_gate(
     backend: Backend,
     config: Config,
     shape: list[int],
@@ -94,7 +90,7 @@ def fused_gate(
     stats: Tensor,
     scratch: Tensor,
 ) -> None: ...
-def fused_backward(
+def backward_train(
     backend: Backend,
     config: Config,
     saved: Tuple[Tensor, Tensor, Tensor, Tensor],

@@ -233,7 +233,7 @@ def threshold(x: Tensor, tau: float, pool: str, channels: int) -> tuple[Tensor, 
     plan = cfg.plan(list(x.shape))
     y = torch.empty_like(x)
     keep = torch.empty(plan.keep_words, dtype=torch.int32, device=x.device)
-    _aiec.activation_forward(backend(x), cfg, x, y, keep, None)
+    _aiec.fwd_x(backend(x), cfg, x, y, keep, None)
     return y.to(dtype), keep
 
 
@@ -255,7 +255,7 @@ def activation(x: Tensor, tau: float, pool: str, channels: int) -> tuple[Tensor,
     y = torch.empty_like(x)
     keep = torch.empty(plan.keep_words, dtype=torch.int32, device=x.device)
     v = torch.empty((plan.batch, plan.channels), dtype=stat_dtype(x.dtype), device=x.device)
-    _aiec.activation_forward(backend(x), cfg, x, y, keep, v)
+    _aiec.fwd_x(backend(x), cfg, x, y, keep, v)
     return y.to(dtype), keep, v
 
 
@@ -278,7 +278,7 @@ def activation_backward(dy: Tensor, keep: Tensor, dv: Optional[Tensor], tau: flo
     dx = torch.empty_like(dy)
     if dv is not None:
         dv = dv.to(stat_dtype(dy.dtype)).contiguous()
-    _aiec.activation_backward(backend(dy), cfg, keep.contiguous(), dv, dy, dx)
+    _aiec.bwd_x(backend(dy), cfg, keep.contiguous(), dv, dy, dx)
     return dx.to(dtype)
 
 
@@ -386,7 +386,7 @@ def fused_count(
     if not on_device:
         cfg.check_targets(targets, b)
     nxt = step + 1 if advance else step
-    _aiec.fused_count(
+    _aiec.fwd_x_logits(
         backend(x),
         cfg,
         x,
@@ -432,7 +432,7 @@ def fused_gate(
     scratch = torch.zeros(cfg.plan(list(shape)).scratch_bytes, dtype=torch.uint8, device=dev)
     mask = torch.empty((b, c), dtype=torch.uint8, device=dev)
     stats = torch.zeros(_aiec.GATE_STATS_SIZE // 8, dtype=torch.int64, device=dev)
-    _aiec.fused_gate(
+    _aiec.fwd_gate(
         backend(v),
         cfg,
         list(shape),
@@ -496,7 +496,7 @@ def fused_backward(
     row_scale = dce.to(sd).contiguous()
     scales = _gate_only_losses(2 * ds.to(sd))
     dv_scratch = torch.empty(b * c if backend(dy).kind != "reference" else 0, dtype=torch.float32, device=dev)
-    _aiec.fused_backward(
+    _aiec.backward_train(
         backend(dy),
         cfg,
         (keep, v, g, mask),

@@ -211,7 +211,7 @@ macro_rules! on_reference_float {
 }
 
 /// The pass over `x`: `y`, the keep bits and, when given, the pooled `v`.
-pub(crate) fn activation_forward(
+pub(crate) fn fwd_x(
     kind: &Kind,
     cfg: &AiecConfig,
     shape: &[usize],
@@ -233,7 +233,7 @@ pub(crate) fn activation_forward(
             // SAFETY: checked CPU tensors of these types, held by the call, disjoint.
             unsafe {
                 let vs = v.map(|v| host_mut::<F>(v));
-                reference::activation_forward(cfg, shape, host::<F>(x), host_mut::<F>(y), host_mut::<u32>(keep), vs)
+                reference::fwd_x(cfg, shape, host::<F>(x), host_mut::<F>(y), host_mut::<u32>(keep), vs)
             }
             .map(|_| ())
             .map_err(to_py)
@@ -246,10 +246,8 @@ pub(crate) fn activation_forward(
                 let mut yv = tmut(dev, y, d, shape)?;
                 let mut kv = smut::<u32>(dev, keep)?;
                 match v {
-                    Some(v) => {
-                        fused::activation_forward(cfg, &xv, &mut yv, &mut kv, &mut smut::<f32>(dev, v)?)
-                    }
-                    None => fused::forward_infer(cfg, &xv, &mut yv, &mut kv),
+                    Some(v) => fused::fwd_x(cfg, &xv, &mut yv, &mut kv, Some(&mut smut::<f32>(dev, v)?)),
+                    None => fused::fwd_x(cfg, &xv, &mut yv, &mut kv, None),
                 }
             }
             .map(|_| ())
@@ -259,7 +257,7 @@ pub(crate) fn activation_forward(
 }
 
 /// The pass over `dy`: `dx = keep ? dy + unpool(dv) : 0`.
-pub(crate) fn activation_backward(
+pub(crate) fn bwd_x(
     kind: &Kind,
     cfg: &AiecConfig,
     shape: &[usize],
@@ -282,7 +280,7 @@ pub(crate) fn activation_backward(
             // SAFETY: checked CPU tensors of these types, held by the call, disjoint.
             unsafe {
                 let dvs = dv.map(|dv| host::<F>(dv));
-                reference::activation_backward(cfg, &plan, host::<u32>(keep), dvs, host::<F>(dy), host_mut::<F>(dx))
+                reference::bwd_x(cfg, &plan, host::<u32>(keep), dvs, host::<F>(dy), host_mut::<F>(dx))
             }
             .map_err(to_py)
         }),
@@ -295,7 +293,7 @@ pub(crate) fn activation_backward(
                 let mut dxv = tmut(dev, dx, d, shape)?;
                 let dx = Dx::Into { dy: &dyv, dx: &mut dxv };
                 match dv {
-                    Some(dv) => fused::activation_backward(cfg, &plan, &kv, &sref::<f32>(dev, dv)?, dx),
+                    Some(dv) => fused::bwd_x(cfg, &plan, &kv, &sref::<f32>(dev, dv)?, dx),
                     None => fused::backward(cfg, &plan, &kv, None, dx),
                 }
             }
@@ -328,7 +326,7 @@ pub(crate) struct CountArgs<'a> {
     pub scratch: Arg<'a>,
 }
 
-pub(crate) fn fused_count(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: CountArgs) -> PyResult<()> {
+pub(crate) fn fwd_x_logits(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: CountArgs) -> PyResult<()> {
     let r = Roles::of(kind, a.x)?;
     let [act, inh, total] = a.counters;
     let [y, keep, v, logits, ce, g] = a.outputs;
@@ -368,7 +366,7 @@ pub(crate) fn fused_count(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Cou
                 let mut counters = CountersSlices { act: host_mut(act), inh: host_mut(inh), total: host_mut(total) };
                 let mut aux =
                     AuxSlices::<F> { v: host_mut(v), logits: host_mut(logits), ce: host_mut(ce), g: host_mut(g) };
-                reference::forward_count(cfg, shape, TrainInSlices { x: host::<F>(a.x), w: host::<F>(a.w), targets: host::<i64>(a.targets) }, &mut counters, update, TrainOutSlices { y: host_mut::<F>(y), keep: host_mut::<u32>(keep), aux: &mut aux })
+                reference::fwd_x_logits(cfg, shape, TrainInSlices { x: host::<F>(a.x), w: host::<F>(a.w), targets: host::<i64>(a.targets) }, &mut counters, update, TrainOutSlices { y: host_mut::<F>(y), keep: host_mut::<u32>(keep), aux: &mut aux })
             }
             .map(|_| ())
             .map_err(to_py)
@@ -398,7 +396,7 @@ pub(crate) fn fused_count(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Cou
                     scratch: smut(dev, a.scratch)?,
                 };
                 let check = if a.device_targets { TargetCheck::Device } else { TargetCheck::Host };
-                fused::forward_count(
+                fused::fwd_x_logits(
                     cfg,
                     TrainIn {
                         x: &tref(dev, a.x, d, shape)?,
@@ -430,7 +428,7 @@ pub(crate) struct GateArgs<'a> {
     pub scratch: Arg<'a>,
 }
 
-pub(crate) fn fused_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: GateArgs) -> PyResult<()> {
+pub(crate) fn fwd_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: GateArgs) -> PyResult<()> {
     // `v` carries the statistics type; the activations' own type is not needed.
     let r = Roles::of(kind, a.v).map_err(|_| {
         PyTypeError::new_err(format!(
@@ -463,7 +461,7 @@ pub(crate) fn fused_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Gate
             unused_scratch(a.scratch, Sizes::of(&plan, cfg.classes()).scratch_bytes)?;
             // SAFETY: checked CPU tensors of these types, held by the call, disjoint.
             unsafe {
-                let (s, n) = reference::forward_gate::<F>(cfg, &plan, GateInSlices { v: host(a.v), w: host(a.w), targets: host(a.targets), act: host(a.act), inh: host(a.inh) }, host_mut(a.mask))
+                let (s, n) = reference::fwd_gate::<F>(cfg, &plan, GateInSlices { v: host(a.v), w: host(a.w), targets: host(a.targets), act: host(a.act), inh: host(a.inh) }, host_mut(a.mask))
                 .map_err(to_py)?;
                 write_stats::<F>(host_mut::<u64>(a.stats), s, n);
                 Ok(())
@@ -473,7 +471,7 @@ pub(crate) fn fused_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Gate
             // SAFETY: see `tref`; `stats` is 16 bytes (checked), one AiecGateStats.
             unsafe {
                 debug_assert_eq!(std::mem::size_of::<AiecGateStats>(), 16);
-                fused::forward_gate(
+                fused::fwd_gate(
                     cfg,
                     &plan,
                     GateIn {
@@ -551,7 +549,7 @@ pub(crate) struct BackwardArgs<'a> {
     pub accumulate: bool,
 }
 
-pub(crate) fn fused_backward(
+pub(crate) fn backward_train(
     kind: &Kind,
     cfg: &AiecConfig,
     shape: &[usize],

@@ -168,7 +168,7 @@ type Obj<'py> = Bound<'py, PyAny>;
 /// pooled `v [B, C]`.
 #[pyfunction]
 #[pyo3(signature = (backend, config, x, y, keep, v=None))]
-fn activation_forward(
+fn fwd_x(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
@@ -180,12 +180,12 @@ fn activation_forward(
     let cfg = config.cfg;
     let shape = tensor::shape(x, "x")?;
     let (x, y, keep, v) = (read(x, "x")?, read(y, "y")?, read(keep, "keep")?, read_opt(v, "v")?);
-    py.detach(|| backend::activation_forward(&backend.kind, &cfg, &shape, x, y, keep, v))
+    py.detach(|| backend::fwd_x(&backend.kind, &cfg, &shape, x, y, keep, v))
 }
 
 /// The pass over `dy`: `dx = keep ? dy + unpool(dv) : 0` (`dv` may be `None`: `dx = keep ? dy : 0`).
 #[pyfunction]
-fn activation_backward(
+fn bwd_x(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
@@ -197,7 +197,7 @@ fn activation_backward(
     let cfg = config.cfg;
     let shape = tensor::shape(dy, "dy")?;
     let (keep, dv, dy, dx) = (read(keep, "keep")?, read_opt(dv, "dv")?, read(dy, "dy")?, read(dx, "dx")?);
-    py.detach(|| backend::activation_backward(&backend.kind, &cfg, &shape, keep, dv, dy, dx))
+    py.detach(|| backend::bwd_x(&backend.kind, &cfg, &shape, keep, dv, dy, dx))
 }
 
 /// Launches 1 and 2 of a training forward (pass over `x`, logits, CE, `g`,
@@ -209,7 +209,7 @@ fn activation_backward(
 // as its own positional argument, and pyo3 converts each; the Rust side regroups them at once
 // (backend::*Args).
 #[allow(clippy::too_many_arguments)] // one tensor per argument, as the torch op hands them over
-fn fused_count(
+fn fwd_x_logits(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
@@ -249,7 +249,7 @@ fn fused_count(
         ],
         scratch: read(scratch, "scratch")?,
     };
-    py.detach(|| backend::fused_count(&backend.kind, &cfg, &shape, args))
+    py.detach(|| backend::fwd_x_logits(&backend.kind, &cfg, &shape, args))
 }
 
 /// Launch 3: the gate (`mask`, the stats `(S, N)` as 2 int64: `S` in the
@@ -259,7 +259,7 @@ fn fused_count(
 // as its own positional argument, and pyo3 converts each; the Rust side regroups them at once
 // (backend::*Args).
 #[allow(clippy::too_many_arguments)] // one tensor per argument, as the torch op hands them over
-fn fused_gate(
+fn fwd_gate(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
@@ -284,7 +284,7 @@ fn fused_gate(
         stats: read(stats, "stats")?,
         scratch: read(scratch, "scratch")?,
     };
-    py.detach(|| backend::fused_gate(&backend.kind, &cfg, &shape, args))
+    py.detach(|| backend::fwd_gate(&backend.kind, &cfg, &shape, args))
 }
 
 /// A training backward: `dx` and `dW` (written, or added with `accumulate`);
@@ -297,7 +297,7 @@ fn fused_gate(
 // as its own positional argument, and pyo3 converts each; the Rust side regroups them at once
 // (backend::*Args).
 #[allow(clippy::too_many_arguments)] // one tensor per argument, as the torch op hands them over
-fn fused_backward(
+fn backward_train(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
@@ -325,7 +325,7 @@ fn fused_backward(
         dv_scratch: read(dv_scratch, "dv_scratch")?,
         accumulate,
     };
-    py.detach(|| backend::fused_backward(&backend.kind, &cfg, &shape, args))
+    py.detach(|| backend::backward_train(&backend.kind, &cfg, &shape, args))
 }
 
 /// The NVRTC library in use: `(path, major, minor, origin)`, loading it if
@@ -447,11 +447,11 @@ fn _aiec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Config>()?;
     m.add_class::<Plan>()?;
     m.add_class::<Backend>()?;
-    m.add_function(wrap_pyfunction!(activation_forward, m)?)?;
-    m.add_function(wrap_pyfunction!(activation_backward, m)?)?;
-    m.add_function(wrap_pyfunction!(fused_count, m)?)?;
-    m.add_function(wrap_pyfunction!(fused_gate, m)?)?;
-    m.add_function(wrap_pyfunction!(fused_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(fwd_x, m)?)?;
+    m.add_function(wrap_pyfunction!(bwd_x, m)?)?;
+    m.add_function(wrap_pyfunction!(fwd_x_logits, m)?)?;
+    m.add_function(wrap_pyfunction!(fwd_gate, m)?)?;
+    m.add_function(wrap_pyfunction!(backward_train, m)?)?;
     m.add_function(wrap_pyfunction!(nvrtc, m)?)?;
     m.add_function(wrap_pyfunction!(nvrtc_search_dirs, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_driver, m)?)?;

@@ -99,7 +99,7 @@ pub(crate) fn forward(
         let xv = TensorRef::host(dev, x, dims)?;
         let mut yv = TensorMut::host(dev, &mut y, dims)?;
         let Some(targets) = targets else {
-            fused::forward_infer(cfg, &xv, &mut yv, &mut SliceMut::host(dev, &mut keep)?)?;
+            fused::fwd_x(cfg, &xv, &mut yv, &mut SliceMut::host(dev, &mut keep)?, None)?;
             drop(yv);
             let rec = KernelRecord {
                 device: dev.clone(),

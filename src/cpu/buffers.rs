@@ -42,9 +42,9 @@ pub fn unpack_keep(plan: &InputDims, words: &[u32]) -> Vec<bool> {
         .collect()
 }
 
-/// The pass over `x`: `y`, the keep bits ([`Sizes::keep`] words) and, when
+/// `aiec_fwd_x`, the pass over `x`: `y`, the keep bits ([`Sizes::keep`] words) and, when
 /// given, the pooled `v` (`[B, C]`). `dims` is the shape of `x`.
-pub fn activation_forward<F: Float>(
+pub fn fwd_x<F: Float>(
     cfg: &AiecConfig,
     dims: &[usize],
     x: &[F],
@@ -69,9 +69,9 @@ pub fn activation_forward<F: Float>(
     Ok(plan)
 }
 
-/// The pass over `dy`: `dx = keep ? dy + unpool(dv) : 0` (`dv` `[B, C]`, or
+/// `aiec_bwd_x`, the pass over `dy`: `dx = keep ? dy + unpool(dv) : 0` (`dv` `[B, C]`, or
 /// none: `dx = keep ? dy : 0`).
-pub fn activation_backward<F: Float>(
+pub fn bwd_x<F: Float>(
     cfg: &AiecConfig,
     plan: &InputDims,
     keep: &[u32],
@@ -130,11 +130,11 @@ pub struct TrainOutSlices<'v, 'a, F> {
     pub aux: &'v mut AuxSlices<'a, F>,
 }
 
-/// The first half of a training forward (as `gpu::fused::forward_count`):
+/// The first half of a training forward (`aiec_fwd_x` then `aiec_fwd_logits`, as `gpu::fused::fwd_x_logits`):
 /// `y`, the keep bits, `v`, logits, `ce`, `g`, and the counting into
 /// `counters` when `update`. Targets are checked first: a bad one is an error
 /// and nothing is written.
-pub fn forward_count<F: Float>(
+pub fn fwd_x_logits<F: Float>(
     cfg: &AiecConfig,
     dims: &[usize],
     inp: TrainInSlices<F>,
@@ -159,7 +159,7 @@ pub fn forward_count<F: Float>(
     expect_len("x", x.len(), plan.len())?;
     expect_len("y", y.len(), plan.len())?;
     expect_len("keep bits", keep.len(), sizes.keep)?;
-    activation_forward(cfg, dims, x, y, keep, Some(aux.v))?;
+    fwd_x(cfg, dims, x, y, keep, Some(aux.v))?;
     parts::logits(aux.v, w, b, c, k, aux.logits);
     if update {
         parts::count(aux.v, aux.logits, &t, c, k, counters);
@@ -185,9 +185,9 @@ pub struct GateInSlices<'a, F> {
     pub inh: &'a [i64],
 }
 
-/// The second half (as `gpu::fused::forward_gate`): `mask [B, C]` from
+/// The second half (`aiec_fwd_gate`, as `gpu::fused::fwd_gate`): `mask [B, C]` from
 /// the counters after this step's counting, and `(S, N)`.
-pub fn forward_gate<F: Float>(
+pub fn fwd_gate<F: Float>(
     cfg: &AiecConfig,
     plan: &InputDims,
     inp: GateInSlices<F>,
@@ -257,9 +257,35 @@ pub fn backward_train<F: Float>(
     let mut grad_w = vec![F::ZERO; k * c];
     let inp = DvDwIn { g: saved.g, v: saved.v, mask: saved.mask, w, rows, gate_scale };
     parts::dv_dw(inp, b, c, k, &mut dv, &mut grad_w);
-    activation_backward(cfg, plan, saved.keep, Some(&dv), dy, dx)?;
+    bwd_x(cfg, plan, saved.keep, Some(&dv), dy, dx)?;
     for (o, g) in dw.iter_mut().zip(grad_w) {
         *o = if mode == DwMode::Accumulate { *o + g } else { g };
     }
     Ok(())
+}
+
+/// The old name of [`fwd_x`].
+#[deprecated(note = "renamed fwd_x, after the kernel's stem")]
+pub fn activation_forward<F: Float>(
+    cfg: &AiecConfig,
+    dims: &[usize],
+    x: &[F],
+    y: &mut [F],
+    keep: &mut [u32],
+    v: Option<&mut [F]>,
+) -> Result<InputDims> {
+    fwd_x(cfg, dims, x, y, keep, v)
+}
+
+/// The old name of [`bwd_x`].
+#[deprecated(note = "renamed bwd_x, after the kernel's stem")]
+pub fn activation_backward<F: Float>(
+    cfg: &AiecConfig,
+    plan: &InputDims,
+    keep: &[u32],
+    dv: Option<&[F]>,
+    dy: &[F],
+    dx: &mut [F],
+) -> Result<()> {
+    bwd_x(cfg, plan, keep, dv, dy, dx)
 }

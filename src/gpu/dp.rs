@@ -90,7 +90,7 @@ pub(crate) fn forward_summed(
                 total: SliceMut::from_raw(&dev, base + 16 * kc as u64, k)?,
             }
         };
-        fused::forward_count(cfg, inp, &mut parts, Update::Now(true), out.reborrow())?
+        fused::fwd_x_logits(cfg, inp, &mut parts, Update::Now(true), out.reborrow())?
     };
     // SAFETY: `inc` (i64) and `narrow` (i32), both [2KC + K], are live,
     // disjoint buffers of this device; the launch follows the counting on the stream.
@@ -111,7 +111,7 @@ pub(crate) fn forward_summed(
     let aux = &mut *out.aux;
     let gate_in = GateIn { v: &aux.v.as_ref(), w: inp.w, targets: inp.targets, act: &act, inh: &inh };
     let gate_out = GateOut { mask: &mut aux.mask, stats: &mut aux.stats, scratch: &mut aux.scratch };
-    fused::forward_gate(cfg, &dims, gate_in, gate_out)?;
+    fused::fwd_gate(cfg, &dims, gate_in, gate_out)?;
     Ok(dims)
 }
 

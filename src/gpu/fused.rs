@@ -92,27 +92,56 @@ fn check_x_y(cfg: &AiecConfig, x: &TensorRef, y: &TensorMut) -> Result<InputDims
     Ok(dims)
 }
 
-/// A forward without targets (inference, or a training step without them):
-/// `y` and the keep bits in one launch. `keep` has [`Sizes::keep`] words.
+/// `aiec_fwd_x` alone: `y` and the keep bits ([`Sizes::keep`] words) and,
+/// with `v`, the pooled `v` (`[B, C]`) in one read of `x`; one launch. Without
+/// `v` it is the forward without targets (inference, or a training step
+/// without them); with it, what adapters that compute the `[B, C]` and
+/// `[K, C]` parts themselves (the PyTorch drop-in) call.
+pub fn fwd_x(
+    cfg: &AiecConfig,
+    x: &TensorRef,
+    y: &mut TensorMut,
+    keep: &mut SliceMut<u32>,
+    v: Option<&mut SliceMut<f32>>,
+) -> Result<InputDims> {
+    let dims = check_x_y(cfg, x, y)?;
+    let dev = x.device();
+    let sizes = Sizes::of(&dims, cfg.classes());
+    keep.expect("keep bits", dev, sizes.keep)?;
+    let mut written = vec![("y", y.span()), ("keep bits", keep.span())];
+    if let Some(v) = &v {
+        v.expect("v [B, C]", dev, sizes.bc)?;
+        written.push(("v", v.span()));
+    }
+    check_disjoint(&written)?;
+    for wr in &written {
+        check_disjoint(&[*wr, ("x", x.span())])?;
+    }
+    let shape = AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false);
+    let args = FwdXArgs {
+        x: x.address(),
+        y: y.address(),
+        keep: keep.address(),
+        v: v.map_or(0, |v| v.address()),
+        ..Default::default()
+    };
+    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args) {
+        // SAFETY: x, y, keep (and v) are live views of this device sized for
+        // `shape` (checked above), the written ones disjoint from the rest.
+        unsafe { dev.launch(&p) }?;
+    }
+    Ok(dims)
+}
+
+/// The old name of [`fwd_x`] without `v`.
+#[deprecated(note = "renamed fwd_x (with v = None), after the kernel's stem")]
 pub fn forward_infer(
     cfg: &AiecConfig,
     x: &TensorRef,
     y: &mut TensorMut,
     keep: &mut SliceMut<u32>,
 ) -> Result<InputDims> {
-    let dims = check_x_y(cfg, x, y)?;
-    let dev = x.device();
-    let sizes = Sizes::of(&dims, cfg.classes());
-    keep.expect("keep bits", dev, sizes.keep)?;
-    check_disjoint(&[("y", y.span()), ("x", x.span()), ("keep bits", keep.span())])?;
-    let shape = AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false);
-    let args = FwdXArgs { x: x.address(), y: y.address(), keep: keep.address(), ..Default::default() };
-    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args) {
-        // SAFETY: x, y and keep are live views of this device sized for
-        // `shape` (checked above), the written ones disjoint from the rest.
-        unsafe { dev.launch(&p) }?;
-    }
-    Ok(dims)
+    fwd_x(cfg, x, y, keep, None)
 }
 
 /// Where a training forward's targets come from.
@@ -238,7 +267,7 @@ fn check_train(
 
 /// A training forward: `y`, the keep bits and every [`AuxMut`] buffer, in
 /// three launches; the counters update when `update` says so. The same as
-/// [`forward_count`] then [`forward_gate`].
+/// [`fwd_x_logits`] then [`fwd_gate`].
 pub fn forward_train(
     cfg: &AiecConfig,
     inp: TrainIn,
@@ -248,7 +277,7 @@ pub fn forward_train(
 ) -> Result<InputDims> {
     // Every buffer of the three launches first, so that a bad one launches nothing.
     check_train(cfg, &inp, counters, &out, true)?;
-    let dims = forward_count(cfg, inp, counters, update, out.reborrow())?;
+    let dims = fwd_x_logits(cfg, inp, counters, update, out.reborrow())?;
     let aux = &mut *out.aux;
     let gate_in = GateIn {
         v: &aux.v.as_ref(),
@@ -258,17 +287,17 @@ pub fn forward_train(
         inh: &counters.inh.as_ref(),
     };
     let gate_out = GateOut { mask: &mut aux.mask, stats: &mut aux.stats, scratch: &mut aux.scratch };
-    forward_gate(cfg, &dims, gate_in, gate_out)?;
+    fwd_gate(cfg, &dims, gate_in, gate_out)?;
     Ok(dims)
 }
 
-/// Launches 1 and 2 of a training forward: the pass over `x` (`y`, keep bits,
+/// `aiec_fwd_x` then `aiec_fwd_logits`, launches 1 and 2 of a training forward: the pass over `x` (`y`, keep bits,
 /// `v`, the targets check) and the decision unit (logits, `ce`, `g`, the
 /// argmax) with the counting, into `counters` (`aux.mask` and `aux.stats` are
 /// not used and may be empty views). Those may be the layer's
 /// counters or zeroed increments (data-parallel training sums increments
-/// over ranks before [`forward_gate`] reads the counters).
-pub fn forward_count(
+/// over ranks before [`fwd_gate`] reads the counters).
+pub fn fwd_x_logits(
     cfg: &AiecConfig,
     inp: TrainIn,
     counters: &mut CountersMut,
@@ -383,9 +412,9 @@ pub struct GateOut<'v, 'm, 's, 'c> {
     pub scratch: &'v mut SliceMut<'c, u8>,
 }
 
-/// Launch 3 of a training forward: the consensus gate (`mask`, `S`, `N`) from
+/// `aiec_fwd_gate`, launch 3 of a training forward: the consensus gate (`mask`, `S`, `N`) from
 /// [`GateIn`] into [`GateOut`].
-pub fn forward_gate(cfg: &AiecConfig, dims: &InputDims, inp: GateIn, out: GateOut) -> Result<()> {
+pub fn fwd_gate(cfg: &AiecConfig, dims: &InputDims, inp: GateIn, out: GateOut) -> Result<()> {
     let GateIn { v, w, targets, act, inh } = inp;
     let GateOut { mask, stats, scratch } = out;
     let dev = w.device().clone();
@@ -720,9 +749,8 @@ fn backward_checked(
     Ok(())
 }
 
-/// The pass over `x` alone, for adapters that compute the `[B, C]` and
-/// `[K, C]` parts themselves (the PyTorch drop-in): `y`, the keep bits and the
-/// pooled `v` (`[B, C]`) in one read of `x`; one launch.
+/// The old name of [`fwd_x`] with `v`.
+#[deprecated(note = "renamed fwd_x (with Some(v)), after the kernel's stem")]
 pub fn activation_forward(
     cfg: &AiecConfig,
     x: &TensorRef,
@@ -730,34 +758,13 @@ pub fn activation_forward(
     keep: &mut SliceMut<u32>,
     v: &mut SliceMut<f32>,
 ) -> Result<InputDims> {
-    let dims = check_x_y(cfg, x, y)?;
-    let dev = x.device();
-    let sizes = Sizes::of(&dims, cfg.classes());
-    keep.expect("keep bits", dev, sizes.keep)?;
-    v.expect("v [B, C]", dev, sizes.bc)?;
-    check_disjoint(&[("y", y.span()), ("keep bits", keep.span()), ("v", v.span())])?;
-    for wr in [("y", y.span()), ("keep bits", keep.span()), ("v", v.span())] {
-        check_disjoint(&[wr, ("x", x.span())])?;
-    }
-    let shape = AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false);
-    let args = FwdXArgs {
-        x: x.address(),
-        y: y.address(),
-        keep: keep.address(),
-        v: v.address(),
-        ..Default::default()
-    };
-    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args) {
-        // SAFETY: live views of this device sized for `shape`, written ones disjoint.
-        unsafe { dev.launch(&p) }?;
-    }
-    Ok(dims)
+    fwd_x(cfg, x, y, keep, Some(v))
 }
 
-/// The pass over `dy` alone: `dx = keep ? dy + unpool(dv) : 0` with `dv`
+/// `aiec_bwd_x` alone, the pass over `dy`: `dx = keep ? dy + unpool(dv) : 0` with `dv`
 /// `[B, C]` (the gradient reaching the pooled `v`); one launch. `dx` goes
 /// where [`Dx`] says.
-pub fn activation_backward(
+pub fn bwd_x(
     cfg: &AiecConfig,
     dims: &InputDims,
     keep: &SliceRef<u32>,
@@ -778,4 +785,34 @@ pub fn activation_backward(
         }
         Ok(())
     })
+}
+
+/// The old name of [`bwd_x`].
+#[deprecated(note = "renamed bwd_x, after the kernel's stem")]
+pub fn activation_backward(
+    cfg: &AiecConfig,
+    dims: &InputDims,
+    keep: &SliceRef<u32>,
+    dv: &SliceRef<f32>,
+    dx: Dx,
+) -> Result<()> {
+    bwd_x(cfg, dims, keep, dv, dx)
+}
+
+/// The old name of [`fwd_x_logits`].
+#[deprecated(note = "renamed fwd_x_logits, after the kernels' stems")]
+pub fn forward_count(
+    cfg: &AiecConfig,
+    inp: TrainIn,
+    counters: &mut CountersMut,
+    update: Update,
+    out: TrainOut,
+) -> Result<InputDims> {
+    fwd_x_logits(cfg, inp, counters, update, out)
+}
+
+/// The old name of [`fwd_gate`].
+#[deprecated(note = "renamed fwd_gate, after the kernel's stem")]
+pub fn forward_gate(cfg: &AiecConfig, dims: &InputDims, inp: GateIn, out: GateOut) -> Result<()> {
+    fwd_gate(cfg, dims, inp, out)
 }

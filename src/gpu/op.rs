@@ -132,7 +132,7 @@ pub(crate) fn forward_with_sum(
     let sizes = Sizes::of(&dims, cfg.classes());
     let mut keep: Buffer<u32> = ws.buffer("keep", sizes.keep, Init::Unwritten)?;
     let Some(targets) = targets else {
-        fused::forward_infer(cfg, x, y, &mut keep.view_mut())?;
+        fused::fwd_x(cfg, x, y, &mut keep.view_mut(), None)?;
         return Ok(GpuRecord { dims, y: None, keep, aux: None, ranks: None, id: RecordId::next() });
     };
     // Every buffer is written in full by the kernels, but the scratch (whose
