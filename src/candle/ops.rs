@@ -189,7 +189,7 @@ impl CustomOp1 for ThresholdBackward {
             Saved::F32(r, _) => CpuStorage::F32(masked(&r.keep, host_slice::<f32>(s, l, "dy")?)),
             Saved::F64(r, _) => CpuStorage::F64(masked(&r.keep, host_slice::<f64>(s, l, "dy")?)),
             #[cfg(feature = "sim")]
-            Saved::Kernels(k) => super::sim::backward_infer(&rec.cfg, k, s, l)?,
+            Saved::Kernels(k) => super::sim::bwd_x(&rec.cfg, k, s, l)?,
         };
         Ok((dx, Shape::from_dims(&rec.dims)))
     }

@@ -172,8 +172,8 @@ pub(crate) fn forward(
     .candle()
 }
 
-/// `dx = keep ? dy : 0` by the kernel (`fused::backward` without a training part).
-pub(crate) fn backward_infer(
+/// `dx = keep ? dy : 0` by `aiec_bwd_x` (`fused::backward` without a training part).
+pub(crate) fn bwd_x(
     cfg: &AiecConfig,
     rec: &KernelRecord,
     dy: &CpuStorage,
