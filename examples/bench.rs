@@ -191,7 +191,8 @@ struct KernelTimes {
 fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<KernelTimes> {
     use aiec::launch::{
         aiec_bwd_dv_dw, aiec_bwd_x, aiec_fwd_gate, aiec_fwd_logits, aiec_fwd_x, gate_blocks, logits_groups,
-        logits_tiles, BwdXArgs, GateArgs, LaunchPlan, XPassArgs, ROW_PART_BYTES,
+        logits_tiles, BwdDvDwArgs, BwdXArgs, FwdGateArgs, FwdLogitsArgs, FwdXArgs, LaunchPlan,
+        ROW_PART_BYTES,
     };
     use aiec::params::{AiecGateStats, AiecLosses, AiecShape};
     let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool)?;
@@ -224,7 +225,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
 
     let pair = |f: &dyn Fn(usize) -> Option<LaunchPlan>| [f(0), f(1)];
     let fwd_x = pair(&|i| {
-        let args = XPassArgs {
+        let args = FwdXArgs {
             x: xs[i].address(),
             y: ys[i].address(),
             keep: keep.address(),
@@ -233,17 +234,25 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         };
         aiec_fwd_x(T::DTYPE, &shape, args)
     });
-    let logits_plan = aiec_fwd_logits(
-        &shape,
-        [v.address(), w.address(), targets.address(), 0, 0],
-        [logits.address(), ce.address(), g.address()],
-        [act.address(), inh.address(), total.address()],
-        [done.address(), parts.address()],
-        dev.limits(),
-    );
+    let logits_args = FwdLogitsArgs {
+        v: v.address(),
+        w: w.address(),
+        targets: targets.address(),
+        status: 0,
+        step: 0,
+        logits: logits.address(),
+        ce: ce.address(),
+        g: g.address(),
+        act: act.address(),
+        inh: inh.address(),
+        total: total.address(),
+        done: done.address(),
+        part: parts.address(),
+    };
+    let logits_plan = aiec_fwd_logits(&shape, logits_args, dev.limits());
     let gate_plan = aiec_fwd_gate(
         &shape,
-        GateArgs {
+        FwdGateArgs {
             v: v.address(),
             w: w.address(),
             targets: targets.address(),
@@ -256,12 +265,17 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
             stats: stats.address(),
         },
     );
-    let dv_dw_plan = aiec_bwd_dv_dw(
-        &shape,
-        [v.address(), w.address(), g.address(), mask.address(), losses.address(), 0],
-        [dv.address(), dw.address()],
-        dev.limits(),
-    );
+    let dv_dw_args = BwdDvDwArgs {
+        v: v.address(),
+        w: w.address(),
+        g: g.address(),
+        mask: mask.address(),
+        losses: losses.address(),
+        row_scale: 0,
+        dv: dv.address(),
+        dw: dw.address(),
+    };
+    let dv_dw_plan = aiec_bwd_dv_dw(&shape, dv_dw_args, dev.limits());
     // The same two products on the f32 SIMT path (on any device).
     let f32_path = aiec::launch::DeviceLimits { projection: aiec::launch::Projection::F32, ..dev.limits() };
     let logits_f32 = logits_plan.clone().map(|mut p| {

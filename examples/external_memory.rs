@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use aiec::cpu::{self, AiecLayer, LossCoefs};
-use aiec::gpu::{self, DwMode, GpuLayer, Targets, Workspace};
+use aiec::gpu::{self, DwMode, Dx, GpuLayer, GradsMut, Targets, Workspace};
 use aiec::init::SplitMix64;
 use aiec::{AiecConfig, Device, Element, Pool, SliceMut, SliceRef, TensorMut, TensorRef};
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
@@ -154,18 +154,20 @@ fn run() -> aiec::Result<bool> {
         let [dw0, dw1] = &mut dw;
         l1.backward_into(
             &r1,
-            &dym.tensor(&dev, &dims)?,
-            &mut dx1.tensor_mut(&dev, &dims)?,
-            &mut dw1.slice_mut(&dev)?,
-            DwMode::Write,
+            GradsMut {
+                dx: Dx::Into { dy: &dym.tensor(&dev, &dims)?, dx: &mut dx1.tensor_mut(&dev, &dims)? },
+                dw: &mut dw1.slice_mut(&dev)?,
+                mode: DwMode::Write,
+            },
             &losses,
         )?;
         l0.backward_into(
             &r0,
-            &dx1.tensor(&dev, &dims)?,
-            &mut dx0.tensor_mut(&dev, &dims)?,
-            &mut dw0.slice_mut(&dev)?,
-            DwMode::Write,
+            GradsMut {
+                dx: Dx::Into { dy: &dx1.tensor(&dev, &dims)?, dx: &mut dx0.tensor_mut(&dev, &dims)? },
+                dw: &mut dw0.slice_mut(&dev)?,
+                mode: DwMode::Write,
+            },
             &losses,
         )?;
         losses.read()? // the step's only synchronisation

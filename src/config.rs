@@ -222,6 +222,16 @@ impl LossCoefs {
     }
 }
 
+/// How a backward delivers `dW` (the kernels, `gpu::fused::backward`, and the
+/// reference, [`crate::cpu::buffers::backward_train`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DwMode {
+    /// `dw = dW`.
+    Write,
+    /// `dw += dW`, as frameworks accumulate gradients over micro-batches.
+    Accumulate,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

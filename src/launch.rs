@@ -313,7 +313,7 @@ pub fn block_threads(kernel: &str) -> u32 {
 
 /// The device addresses of `aiec_fwd_x`'s arguments (0 = null where allowed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct XPassArgs {
+pub struct FwdXArgs {
     /// The input, shape of the layout.
     pub x: u64,
     /// The output, shape of `x` (never `x` itself).
@@ -330,9 +330,13 @@ pub struct XPassArgs {
     pub device_error: u64,
 }
 
+/// The old name of [`FwdXArgs`].
+#[deprecated(note = "renamed FwdXArgs, after the kernel's stem")]
+pub type XPassArgs = FwdXArgs;
+
 /// Launch 1 of a forward:
 /// `aiec_fwd_x_<layout>_<dtype>(x, y, keep, v, targets, status, device_error, shape)`.
-pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, a: XPassArgs) -> Option<LaunchPlan> {
+pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, a: FwdXArgs) -> Option<LaunchPlan> {
     (elems(shape) > 0).then(|| LaunchPlan {
         module: Module::only("aiec_fwd_x.cu", dtype),
         kernel: format!("aiec_fwd_x_{}_{dtype}", layout_name(shape)),
@@ -347,24 +351,44 @@ pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, a: XPassArgs) -> Option<Launc
     })
 }
 
+/// The device addresses of `aiec_fwd_logits`'s arguments, named so that a swap
+/// does not compile silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FwdLogitsArgs {
+    /// `f32 [B, C]` pooled values.
+    pub v: u64,
+    /// `f32 [K, C]`.
+    pub w: u64,
+    /// `i64 [B]` targets.
+    pub targets: u64,
+    /// One `AiecTargetStatus` (written by `aiec_fwd_x`), or 0.
+    pub status: u64,
+    /// `i64 [1]` step counter (the counters update on the device), or 0 (decided on the host).
+    pub step: u64,
+    /// `f32 [B, K]`, written.
+    pub logits: u64,
+    /// `f32 [B]` cross-entropy, written.
+    pub ce: u64,
+    /// `f32 [B, K]` `softmax - onehot`, written.
+    pub g: u64,
+    /// `i64 [K, C]` counters, updated.
+    pub act: u64,
+    /// `i64 [K, C]` counters, updated.
+    pub inh: u64,
+    /// `i64 [K]` counters, updated.
+    pub total: u64,
+    /// [`logits_groups`] `u32` tickets, all zero (left zero).
+    pub done: u64,
+    /// `B * `[`logits_tiles`] `AiecRowPart`s ([`ROW_PART_BYTES`] each, 8-byte aligned).
+    pub part: u64,
+}
+
 /// Launch 2: `aiec_fwd_logits{suffix}(v, w, targets, status, step, logits, ce, g, act, inh, total,
-/// done, part, shape)`, the entry point of the device's [`Projection`];
-/// `scratch` = `[done, part]`: `done` has [`logits_groups`] `u32`s, all zero;
-/// `part` has `B * `[`logits_tiles`] `AiecRowPart`s ([`ROW_PART_BYTES`] each,
-/// 8-byte aligned). `status` and `step` may be 0.
-pub fn aiec_fwd_logits(
-    shape: &AiecShape,
-    inputs: [u64; 5],
-    outputs: [u64; 3],
-    counters: [u64; 3],
-    scratch: [u64; 2],
-    limits: DeviceLimits,
-) -> Option<LaunchPlan> {
-    let args = inputs
+/// done, part, shape)`, the entry point of the device's [`Projection`].
+pub fn aiec_fwd_logits(shape: &AiecShape, a: FwdLogitsArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
+    let FwdLogitsArgs { v, w, targets, status, step, logits, ce, g, act, inh, total, done, part } = a;
+    let args = [v, w, targets, status, step, logits, ce, g, act, inh, total, done, part]
         .into_iter()
-        .chain(outputs)
-        .chain(counters)
-        .chain(scratch)
         .map(KernelArg::Ptr)
         .chain([KernelArg::structure(shape)]);
     (shape.batch > 0).then(|| LaunchPlan {
@@ -405,7 +429,7 @@ pub fn gate_blocks(shape: &AiecShape) -> usize {
 /// The device addresses of `aiec_fwd_gate`'s arguments, named so that a swap
 /// does not compile silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct GateArgs {
+pub struct FwdGateArgs {
     /// `f32 [B, C]` pooled values.
     pub v: u64,
     /// `f32 [K, C]`.
@@ -428,8 +452,12 @@ pub struct GateArgs {
     pub stats: u64,
 }
 
+/// The old name of [`FwdGateArgs`].
+#[deprecated(note = "renamed FwdGateArgs, after the kernel's stem")]
+pub type GateArgs = FwdGateArgs;
+
 /// Launch 3: `aiec_fwd_gate(v, w, targets, act, inh, mask, block_sum_sq, block_count, done, stats, shape)`.
-pub fn aiec_fwd_gate(shape: &AiecShape, a: GateArgs) -> Option<LaunchPlan> {
+pub fn aiec_fwd_gate(shape: &AiecShape, a: FwdGateArgs) -> Option<LaunchPlan> {
     let args = [a.v, a.w, a.targets, a.act, a.inh, a.mask, a.block_sum_sq, a.block_count, a.done, a.stats]
         .into_iter()
         .map(KernelArg::Ptr)
@@ -466,20 +494,40 @@ fn loss_plan(kernel: &str, params: &AiecLossParams) -> LaunchPlan {
     }
 }
 
+/// The device addresses of `aiec_bwd_dv_dw`'s arguments, named so that a swap
+/// does not compile silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BwdDvDwArgs {
+    /// `f32 [B, C]` saved pooled values.
+    pub v: u64,
+    /// `f32 [K, C]`.
+    pub w: u64,
+    /// `f32 [B, K]` saved `softmax - onehot`.
+    pub g: u64,
+    /// `u8 [B, C]` saved consensus mask.
+    pub mask: u64,
+    /// One `AiecLosses` (its `aux_scale` and `gate_scale`).
+    pub losses: u64,
+    /// `f32 [B]` per-row scales of the cross-entropy, or 0 (the uniform `aux_scale`).
+    pub row_scale: u64,
+    /// `f32 [B, C]`, written.
+    pub dv: u64,
+    /// `f32 [K, C]`, written (or added to with [`crate::params::FLAG_ACCUMULATE_DW`]).
+    pub dw: u64,
+}
+
 /// Backward launch 1: `aiec_bwd_dv_dw{suffix}(v, w, g, mask, losses, row_scale, dv, dw, shape)`,
-/// the entry point of the device's [`Projection`] (`row_scale` may be 0: the
-/// uniform `aux_scale` of `losses`); runs for `B = 0` too (it writes, or with
-/// [`crate::params::FLAG_ACCUMULATE_DW`] keeps, `dW`). One 64 x 64 tile of `dv`
-/// or `dW` per block.
-pub fn aiec_bwd_dv_dw(
-    shape: &AiecShape,
-    inputs: [u64; 6],
-    outputs: [u64; 2],
-    limits: DeviceLimits,
-) -> Option<LaunchPlan> {
+/// the entry point of the device's [`Projection`]; runs for `B = 0` too (it
+/// writes, or with [`crate::params::FLAG_ACCUMULATE_DW`] keeps, `dW`). One 64 x
+/// 64 tile of `dv` or `dW` per block.
+pub fn aiec_bwd_dv_dw(shape: &AiecShape, a: BwdDvDwArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
+    let BwdDvDwArgs { v, w, g, mask, losses, row_scale, dv, dw } = a;
     let ct = shape.channels.div_ceil(GEMM_TILE);
     let grid = (shape.batch.div_ceil(GEMM_TILE) + shape.classes.div_ceil(GEMM_TILE)) * ct;
-    let args = inputs.into_iter().chain(outputs).map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
+    let args = [v, w, g, mask, losses, row_scale, dv, dw]
+        .into_iter()
+        .map(KernelArg::Ptr)
+        .chain([KernelArg::structure(shape)]);
     (grid > 0).then(|| LaunchPlan {
         module: Module::all("aiec_bwd_dv_dw.cu"),
         kernel: format!("aiec_bwd_dv_dw{}", limits.projection().suffix()),
@@ -615,8 +663,8 @@ mod tests {
         assert!(threshold_fwd(DType::F16, 0, 1, 2, 0.0, H200).is_none());
     }
 
-    fn ga() -> GateArgs {
-        GateArgs {
+    fn ga() -> FwdGateArgs {
+        FwdGateArgs {
             v: 1,
             w: 2,
             targets: 3,
@@ -630,12 +678,34 @@ mod tests {
         }
     }
 
+    fn la() -> FwdLogitsArgs {
+        FwdLogitsArgs {
+            v: 1,
+            w: 2,
+            targets: 3,
+            status: 4,
+            step: 5,
+            logits: 6,
+            ce: 7,
+            g: 8,
+            act: 9,
+            inh: 10,
+            total: 11,
+            done: 12,
+            part: 13,
+        }
+    }
+
+    fn dva() -> BwdDvDwArgs {
+        BwdDvDwArgs { v: 1, w: 2, g: 3, mask: 4, losses: 5, row_scale: 6, dv: 7, dw: 8 }
+    }
+
     fn bxa() -> BwdXArgs {
         BwdXArgs { dy: 1, keep: 2, dv: 3, dx: 4 }
     }
 
-    fn xa() -> XPassArgs {
-        XPassArgs { x: 1, y: 2, keep: 3, v: 4, targets: 5, status: 6, device_error: 7 }
+    fn xa() -> FwdXArgs {
+        FwdXArgs { x: 1, y: 2, keep: 3, v: 4, targets: 5, status: 6, device_error: 7 }
     }
 
     #[test]
@@ -666,7 +736,7 @@ mod tests {
         let p = aiec_fwd_x(DType::F16, &h, xa()).unwrap();
         assert_eq!((p.kernel.as_str(), p.grid), ("aiec_fwd_x_hw_f16", [128 * 256 / 8, 1, 1]));
         // 16 class tiles x 4 sample groups of 64, 128 threads, the tensor-core path by default.
-        let l = aiec_fwd_logits(&s, [1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13], H200).unwrap();
+        let l = aiec_fwd_logits(&s, la(), H200).unwrap();
         assert_eq!((l.grid, l.block, l.args.len()), ([16, 4, 1], [128, 1, 1], 14));
         assert_eq!(l.kernel, "aiec_fwd_logits_tf32x3");
         assert_eq!(
@@ -676,26 +746,19 @@ mod tests {
         );
         assert_eq!((&l.args[11], &l.args[12]), (&KernelArg::Ptr(12), &KernelArg::Ptr(13)), "done, part");
         assert_eq!((logits_groups(&s), logits_tiles(&s)), (4, 16));
-        let few =
-            aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), [0; 5], [0; 3], [0; 3], [0; 2], H200).unwrap();
+        let few = aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), FwdLogitsArgs::default(), H200).unwrap();
         assert_eq!(few.grid, [1, 1, 1]);
         let tall = shape(Pool::None, 1 << 30, 1, 1, 1);
-        let huge = aiec_fwd_logits(&tall, [0; 5], [0; 3], [0; 3], [0; 2], H200).unwrap();
+        let huge = aiec_fwd_logits(&tall, FwdLogitsArgs::default(), H200).unwrap();
         assert_eq!(huge.grid, [1, 65_535, 1], "sample groups beyond the grid limit loop in the kernel");
         // sm_75 is never handed the tensor-core path, whatever is asked for; f32 is there everywhere.
         let t4 = DeviceLimits { projection: Projection::Tf32x3, ..T4 };
-        assert_eq!(
-            aiec_fwd_logits(&s, [0; 5], [0; 3], [0; 3], [0; 2], t4).unwrap().kernel,
-            "aiec_fwd_logits"
-        );
+        assert_eq!(aiec_fwd_logits(&s, FwdLogitsArgs::default(), t4).unwrap().kernel, "aiec_fwd_logits");
         let f32 = DeviceLimits { projection: Projection::F32, ..H200 };
-        assert_eq!(
-            aiec_fwd_logits(&s, [0; 5], [0; 3], [0; 3], [0; 2], f32).unwrap().kernel,
-            "aiec_fwd_logits"
-        );
+        assert_eq!(aiec_fwd_logits(&s, FwdLogitsArgs::default(), f32).unwrap().kernel, "aiec_fwd_logits");
         let tf32 = DeviceLimits { projection: Projection::Tf32, ..H200 };
         assert_eq!(
-            aiec_fwd_logits(&s, [0; 5], [0; 3], [0; 3], [0; 2], tf32).unwrap().kernel,
+            aiec_fwd_logits(&s, FwdLogitsArgs::default(), tf32).unwrap().kernel,
             "aiec_fwd_logits_tf32"
         );
         assert_eq!(DeviceLimits::new(40, T4.arch).projection, Projection::F32);
@@ -708,17 +771,17 @@ mod tests {
         // Empty batches launch nothing in the forward.
         let e = shape(Pool::Token, 0, 5, 8, 4);
         assert!(aiec_fwd_x(DType::F32, &e, xa()).is_none());
-        assert!(aiec_fwd_logits(&e, [0; 5], [0; 3], [0; 3], [0; 2], H200).is_none());
-        assert!(aiec_fwd_gate(&e, GateArgs::default()).is_none());
+        assert!(aiec_fwd_logits(&e, FwdLogitsArgs::default(), H200).is_none());
+        assert!(aiec_fwd_gate(&e, FwdGateArgs::default()).is_none());
     }
 
     #[test]
     fn fused_backward_plans_follow_the_kernel_geometry() {
         let s = shape(Pool::AvgToken, 256, 197, 3072, 1000);
-        let p = aiec_bwd_dv_dw(&s, [1, 2, 3, 4, 5, 6], [7, 8], H200).unwrap();
+        let p = aiec_bwd_dv_dw(&s, dva(), H200).unwrap();
         assert_eq!(p.grid, [(4 + 16) * 48, 1, 1], "64 x 64 tiles of dv [256, 3072] and dW [1000, 3072]");
         assert_eq!((p.kernel.as_str(), p.block), ("aiec_bwd_dv_dw_tf32x3", [128, 1, 1]));
-        assert_eq!(aiec_bwd_dv_dw(&s, [0; 6], [0; 2], T4).unwrap().kernel, "aiec_bwd_dv_dw");
+        assert_eq!(aiec_bwd_dv_dw(&s, BwdDvDwArgs::default(), T4).unwrap().kernel, "aiec_bwd_dv_dw");
         assert_eq!(p.args.len(), 9);
         assert_eq!(p.args[5], KernelArg::Ptr(6), "row_scale after losses");
         let x = aiec_bwd_x(DType::BF16, &s, BwdXArgs { dy: 1, keep: 2, dv: 3, dx: 1 }).unwrap();
@@ -727,7 +790,7 @@ mod tests {
         assert_eq!(x.args[3], KernelArg::Ptr(1), "dx may be dy");
         // B = 0 still clears dW; the dy pass has nothing to do.
         let e = shape(Pool::None, 0, 1, 8, 4);
-        assert_eq!(aiec_bwd_dv_dw(&e, [0; 6], [0; 2], H200).unwrap().grid, [1, 1, 1]);
+        assert_eq!(aiec_bwd_dv_dw(&e, BwdDvDwArgs::default(), H200).unwrap().grid, [1, 1, 1]);
         assert!(aiec_bwd_x(DType::F32, &e, bxa()).is_none());
         assert_eq!(aiec_loss(&bytemuck::Zeroable::zeroed()).grid, [1, 1, 1]);
         let c = aiec_loss_count(&bytemuck::Zeroable::zeroed());
@@ -757,10 +820,10 @@ mod tests {
                 let s = shape(pool, 4, 9, 64, 10);
                 let plans = [
                     aiec_fwd_x(dtype, &s, xa()).unwrap(),
-                    aiec_fwd_logits(&s, [1; 5], [1; 3], [1; 3], [1; 2], H200).unwrap(),
+                    aiec_fwd_logits(&s, FwdLogitsArgs::default(), H200).unwrap(),
                     aiec_fwd_gate(&s, ga()).unwrap(),
                     aiec_loss(&bytemuck::Zeroable::zeroed()),
-                    aiec_bwd_dv_dw(&s, [1; 6], [1; 2], H200).unwrap(),
+                    aiec_bwd_dv_dw(&s, BwdDvDwArgs::default(), H200).unwrap(),
                     aiec_bwd_x(dtype, &s, bxa()).unwrap(),
                 ];
                 let used: Vec<Module> = plans.iter().map(|p| p.module).collect();

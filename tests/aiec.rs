@@ -483,7 +483,7 @@ fn the_kernels_keep_bits_are_the_layouts() {
                 vec![0f32; n],
                 vec![0u32; aiec::layout::KeepLayout::of_dims(&cfg.plan_input(&dims).unwrap()).words()],
             );
-            aiec::cpu::buffers::activation_forward(&cfg, &dims, &x, &mut y, &mut want, None).unwrap();
+            aiec::cpu::buffers::fwd_x(&cfg, &dims, &x, &mut y, &mut want, None).unwrap();
             let xt = Tensor::from_slice(&dev, &x, &dims).unwrap();
             let w = Buffer::from_slice(&dev, &vec![0f32; 3 * c]).unwrap();
             let mut counters = GpuCounters::new(&dev, 3, c).unwrap();
@@ -669,7 +669,7 @@ fn empty_batch_is_a_no_op_on_the_device() {
 /// bitwise the same y, keep bits, v and dx as the planned one.
 #[test]
 fn activation_passes_are_correct_for_any_grid() {
-    use aiec::launch::{aiec_bwd_x, aiec_fwd_x, BwdXArgs, XPassArgs};
+    use aiec::launch::{aiec_bwd_x, aiec_fwd_x, BwdXArgs, FwdXArgs};
     use aiec::params::AiecShape;
     for dev in devices() {
         for (pool, dims) in [
@@ -695,7 +695,7 @@ fn activation_passes_are_correct_for_any_grid() {
                 let dx = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
                 let keep: Buffer<u32> = Buffer::zeros(&dev, aiec::layout::keep_words(&shape)).unwrap();
                 let v: Buffer<f32> = Buffer::zeros(&dev, plan.batch * c).unwrap();
-                let args = XPassArgs {
+                let args = FwdXArgs {
                     x: xt.address(),
                     y: y.address(),
                     keep: keep.address(),

@@ -262,7 +262,7 @@ fn two_simulators_have_two_labels() {
 
 #[test]
 fn a_backward_error_names_the_tensor_it_checked() {
-    use aiec::gpu::fused::activation_backward;
+    use aiec::gpu::fused::{bwd_x, Dx};
     use aiec::layout::Sizes;
     for dev in devices() {
         let cfg = AiecConfig::new(3, 4, 0.0, Pool::None).unwrap();
@@ -271,14 +271,12 @@ fn a_backward_error_names_the_tensor_it_checked() {
         let dv = aiec::Buffer::<f32>::zeros(&dev, 6).unwrap();
         let t = |shape: &[usize]| Tensor::zeros(&dev, aiec::DType::F32, shape).unwrap();
         let (dy_bad, mut dx_ok) = (t(&[3, 2]), t(&[2, 3]));
-        let e =
-            activation_backward(&cfg, &dims, &keep.view(), &dv.view(), &dy_bad.view(), &mut dx_ok.view_mut())
-                .unwrap_err();
+        let dx = Dx::Into { dy: &dy_bad.view(), dx: &mut dx_ok.view_mut() };
+        let e = bwd_x(&cfg, &dims, &keep.view(), &dv.view(), dx).unwrap_err();
         assert_eq!(e, AiecError::ShapeMismatch { what: "dy", expected: vec![2, 3], got: vec![3, 2] });
         let (dy_ok, mut dx_bad) = (t(&[2, 3]), t(&[6]));
-        let e =
-            activation_backward(&cfg, &dims, &keep.view(), &dv.view(), &dy_ok.view(), &mut dx_bad.view_mut())
-                .unwrap_err();
+        let dx = Dx::Into { dy: &dy_ok.view(), dx: &mut dx_bad.view_mut() };
+        let e = bwd_x(&cfg, &dims, &keep.view(), &dv.view(), dx).unwrap_err();
         assert_eq!(e, AiecError::ShapeMismatch { what: "dx", expected: vec![2, 3], got: vec![6] });
     }
 }

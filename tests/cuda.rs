@@ -12,7 +12,7 @@ mod common;
 use std::sync::Arc;
 
 use aiec::cpu::LossCoefs;
-use aiec::gpu::{self, DwMode, GpuLayer, Targets, Workspace};
+use aiec::gpu::{self, DwMode, Dx, GpuLayer, GradsMut, Targets, Workspace};
 use aiec::init::SplitMix64;
 use aiec::{
     AiecConfig, AiecError, Buffer, DType, Device, Pool, SliceMut, SliceRef, Tensor, TensorMut, TensorRef,
@@ -80,10 +80,14 @@ fn step_on_cudarc(
         layer
             .backward_into(
                 &rec,
-                &TensorRef::cuda(dev, &dys, dims).unwrap(),
-                &mut TensorMut::cuda(dev, &mut dxs, dims).unwrap(),
-                &mut SliceMut::cuda(dev, &mut dws).unwrap(),
-                DwMode::Write,
+                GradsMut {
+                    dx: Dx::Into {
+                        dy: &TensorRef::cuda(dev, &dys, dims).unwrap(),
+                        dx: &mut TensorMut::cuda(dev, &mut dxs, dims).unwrap(),
+                    },
+                    dw: &mut SliceMut::cuda(dev, &mut dws).unwrap(),
+                    mode: DwMode::Write,
+                },
                 &losses,
             )
             .unwrap();
@@ -205,15 +209,24 @@ impl Step {
         let [dw0, dw1] = &mut self.dw;
         l1.backward_into(
             &r1,
-            &self.dy.view(),
-            &mut dx1.view_mut(),
-            &mut dw1.view_mut(),
-            DwMode::Write,
+            GradsMut {
+                dx: Dx::Into { dy: &self.dy.view(), dx: &mut dx1.view_mut() },
+                dw: &mut dw1.view_mut(),
+                mode: DwMode::Write,
+            },
             &losses,
         )
         .unwrap();
-        l0.backward_into(&r0, &dx1.view(), &mut dx0.view_mut(), &mut dw0.view_mut(), DwMode::Write, &losses)
-            .unwrap();
+        l0.backward_into(
+            &r0,
+            GradsMut {
+                dx: Dx::Into { dy: &dx1.view(), dx: &mut dx0.view_mut() },
+                dw: &mut dw0.view_mut(),
+                mode: DwMode::Write,
+            },
+            &losses,
+        )
+        .unwrap();
     }
 
     fn outputs(&self) -> (Vec<bf16>, Vec<bf16>, Vec<f32>, Vec<f32>, aiec::Counters, aiec::Counters) {

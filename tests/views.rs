@@ -9,7 +9,7 @@ mod common;
 
 use aiec::cpu::gradcheck::{random_case, CaseShape};
 use aiec::cpu::LossCoefs;
-use aiec::gpu::{self, DwMode, GpuLayer, Targets, Workspace};
+use aiec::gpu::{self, DwMode, Dx, GpuLayer, GradsMut, Targets, Workspace};
 use aiec::init::SplitMix64;
 use aiec::{AiecConfig, AiecError, Buffer, DType, Device, DeviceStats, Pool, Tensor};
 use common::devices::devices;
@@ -133,18 +133,20 @@ impl Step {
         let [dw0, dw1] = &mut self.dw;
         l1.backward_into(
             &r1,
-            &self.dy.view(),
-            &mut dx1.view_mut(),
-            &mut dw1.view_mut(),
-            DwMode::Accumulate,
+            GradsMut {
+                dx: Dx::Into { dy: &self.dy.view(), dx: &mut dx1.view_mut() },
+                dw: &mut dw1.view_mut(),
+                mode: DwMode::Accumulate,
+            },
             &losses,
         )?;
         l0.backward_into(
             &r0,
-            &dx1.view(),
-            &mut dx0.view_mut(),
-            &mut dw0.view_mut(),
-            DwMode::Accumulate,
+            GradsMut {
+                dx: Dx::Into { dy: &dx1.view(), dx: &mut dx0.view_mut() },
+                dw: &mut dw0.view_mut(),
+                mode: DwMode::Accumulate,
+            },
             &losses,
         )?;
         let _ = self.cfg;
@@ -280,10 +282,11 @@ fn dw_accumulates_over_micro_batches_with_both_records_alive() {
             layer
                 .backward_into(
                     rec,
-                    &dy.view(),
-                    &mut dx.view_mut(),
-                    &mut dw.view_mut(),
-                    DwMode::Accumulate,
+                    GradsMut {
+                        dx: Dx::Into { dy: &dy.view(), dx: &mut dx.view_mut() },
+                        dw: &mut dw.view_mut(),
+                        mode: DwMode::Accumulate,
+                    },
                     &losses,
                 )
                 .unwrap();
@@ -304,7 +307,7 @@ fn dw_accumulates_over_micro_batches_with_both_records_alive() {
 #[cfg(feature = "sim")]
 #[test]
 fn bad_views_are_typed_errors_and_change_nothing() {
-    use aiec::gpu::fused::{self, AuxMut, CountersMut, TargetCheck};
+    use aiec::gpu::fused::{self, AuxMut, CountersMut, TargetCheck, TrainIn, TrainOut};
     use aiec::layout::Sizes;
     use aiec::{SliceMut, SliceRef, TensorMut, TensorRef};
     let dev = Device::sim();
@@ -423,15 +426,19 @@ fn bad_views_are_typed_errors_and_change_nothing() {
     };
     let e = fused::forward_train(
         &cfg,
-        &xv,
-        &SliceRef::host(&dev, &w).unwrap(),
-        &SliceRef::host(&dev, &t).unwrap(),
-        TargetCheck::Host,
+        TrainIn {
+            x: &xv,
+            w: &SliceRef::host(&dev, &w).unwrap(),
+            targets: &SliceRef::host(&dev, &t).unwrap(),
+            check: TargetCheck::Host,
+        },
         &mut counters,
         fused::Update::Now(true),
-        &mut TensorMut::host(&dev, &mut yy, &dims).unwrap(),
-        &mut SliceMut::host(&dev, &mut keep).unwrap(),
-        &mut aux,
+        TrainOut {
+            y: &mut TensorMut::host(&dev, &mut yy, &dims).unwrap(),
+            keep: &mut SliceMut::host(&dev, &mut keep).unwrap(),
+            aux: &mut aux,
+        },
     );
     assert!(matches!(e, Err(AiecError::Overlap { what: "logits", other: "g", .. })), "{e:?}");
     drop((aux, counters));
@@ -458,15 +465,19 @@ fn bad_views_are_typed_errors_and_change_nothing() {
     };
     let e = fused::forward_train(
         &cfg,
-        &xv,
-        &SliceRef::host(&dev, &w).unwrap(),
-        &SliceRef::host(&dev, &t).unwrap(),
-        TargetCheck::Host,
+        TrainIn {
+            x: &xv,
+            w: &SliceRef::host(&dev, &w).unwrap(),
+            targets: &SliceRef::host(&dev, &t).unwrap(),
+            check: TargetCheck::Host,
+        },
         &mut counters,
         fused::Update::Now(true),
-        &mut TensorMut::host(&dev, &mut yy, &dims).unwrap(),
-        &mut SliceMut::host(&dev, &mut keep).unwrap(),
-        &mut aux,
+        TrainOut {
+            y: &mut TensorMut::host(&dev, &mut yy, &dims).unwrap(),
+            keep: &mut SliceMut::host(&dev, &mut keep).unwrap(),
+            aux: &mut aux,
+        },
     );
     assert!(
         matches!(
@@ -494,10 +505,11 @@ fn bad_views_are_typed_errors_and_change_nothing() {
     };
     let e = layer.backward_into(
         &rec,
-        &dyv,
-        &mut dxv,
-        &mut SliceMut::host(&dev, &mut dw).unwrap(),
-        DwMode::Write,
+        GradsMut {
+            dx: Dx::Into { dy: &dyv, dx: &mut dxv },
+            dw: &mut SliceMut::host(&dev, &mut dw).unwrap(),
+            mode: DwMode::Write,
+        },
         &losses,
     );
     assert!(matches!(e, Err(AiecError::Overlap { what: "dx", other: "dy", .. })), "{e:?}");
@@ -506,20 +518,22 @@ fn bad_views_are_typed_errors_and_change_nothing() {
     layer
         .backward_into(
             &rec,
-            &dyv,
-            &mut same,
-            &mut SliceMut::host(&dev, &mut dw).unwrap(),
-            DwMode::Write,
+            GradsMut {
+                dx: Dx::Into { dy: &dyv, dx: &mut same },
+                dw: &mut SliceMut::host(&dev, &mut dw).unwrap(),
+                mode: DwMode::Write,
+            },
             &losses,
         )
         .unwrap();
     let mut short_dw = vec![0.0f32; 23];
     let e = layer.backward_into(
         &rec,
-        &dyv,
-        &mut same,
-        &mut SliceMut::host(&dev, &mut short_dw).unwrap(),
-        DwMode::Write,
+        GradsMut {
+            dx: Dx::Into { dy: &dyv, dx: &mut same },
+            dw: &mut SliceMut::host(&dev, &mut short_dw).unwrap(),
+            mode: DwMode::Write,
+        },
         &losses,
     );
     assert!(matches!(e, Err(AiecError::LengthMismatch { what: "dW [K, C]", .. })), "{e:?}");
@@ -546,7 +560,7 @@ fn devices_share_memory_by_context() {
 #[cfg(feature = "sim")]
 #[test]
 fn the_update_decision_can_be_made_on_the_device() {
-    use aiec::gpu::fused::{self, AuxMut, CountersMut, TargetCheck, Update};
+    use aiec::gpu::fused::{self, AuxMut, CountersMut, TargetCheck, TrainIn, TrainOut, Update};
     use aiec::layout::Sizes;
     use aiec::{SliceMut, SliceRef, TensorMut, TensorRef};
     let dev = Device::sim();
@@ -594,15 +608,19 @@ fn the_update_decision_can_be_made_on_the_device() {
             };
             fused::forward_train(
                 &cfg,
-                &TensorRef::host(&dev, &x, &dims).unwrap(),
-                &SliceRef::host(&dev, &w).unwrap(),
-                &SliceRef::host(&dev, &t).unwrap(),
-                TargetCheck::Host,
+                TrainIn {
+                    x: &TensorRef::host(&dev, &x, &dims).unwrap(),
+                    w: &SliceRef::host(&dev, &w).unwrap(),
+                    targets: &SliceRef::host(&dev, &t).unwrap(),
+                    check: TargetCheck::Host,
+                },
                 &mut counters,
                 update(&stepv),
-                &mut TensorMut::host(&dev, &mut y, &dims).unwrap(),
-                &mut SliceMut::host(&dev, &mut keep).unwrap(),
-                &mut aux,
+                TrainOut {
+                    y: &mut TensorMut::host(&dev, &mut y, &dims).unwrap(),
+                    keep: &mut SliceMut::host(&dev, &mut keep).unwrap(),
+                    aux: &mut aux,
+                },
             )
             .unwrap();
             drop(counters);

@@ -29,10 +29,24 @@ GATE_STATS_FIELDS: dict[str, int]
 GATE_STATS_SIZE: int
 """Bytes of ``AiecGateStats``."""
 
+class Plan:
+    """The sizes of a step on one input shape, by name."""
+
+    batch: int
+    """``B``."""
+    channels: int
+    """``C``."""
+    positions: int
+    """``P`` (1 for pooling ``none``)."""
+    keep_words: int
+    """int32 words of the keep bits."""
+    scratch_bytes: int
+    """Bytes of the forward's scratch (uint8, zero before its first use)."""
+
 class Config:
     def __init__(self, channels: int, classes: int, tau: float, pool: str, update_interval: int) -> None: ...
-    def plan(self, shape: list[int]) -> Tuple[int, int, int, int, int]:
-        """``(B, C, P, keep_words, scratch_bytes)`` of an input of ``shape``."""
+    def plan(self, shape: list[int]) -> Plan:
+        """The sizes of a step on an input of ``shape`` (checked against the pooling mode and ``C``)."""
     def check_targets(self, targets: Tensor, batch: int) -> None: ...
 
 class Backend:
@@ -48,13 +62,9 @@ class Backend:
     def label(self) -> str: ...
     def synchronize(self) -> None: ...
 
-def activation_forward(
-    backend: Backend, config: Config, x: Tensor, y: Tensor, keep: Tensor, v: Optional[Tensor] = None
-) -> None: ...
-def activation_backward(
-    backend: Backend, config: Config, keep: Tensor, dv: Optional[Tensor], dy: Tensor, dx: Tensor
-) -> None: ...
-def fused_count(
+def fwd_x(backend: Backend, config: Config, x: Tensor, y: Tensor, keep: Tensor, v: Optional[Tensor] = None) -> None: ...
+def bwd_x(backend: Backend, config: Config, keep: Tensor, dv: Optional[Tensor], dy: Tensor, dx: Tensor) -> None: ...
+def fwd_x_logits(
     backend: Backend,
     config: Config,
     x: Tensor,
@@ -67,7 +77,7 @@ def fused_count(
     outputs: Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor],
     scratch: Tensor,
 ) -> None: ...
-def fused_gate(
+def fwd_gate(
     backend: Backend,
     config: Config,
     shape: list[int],
@@ -80,7 +90,7 @@ def fused_gate(
     stats: Tensor,
     scratch: Tensor,
 ) -> None: ...
-def fused_backward(
+def backward_train(
     backend: Backend,
     config: Config,
     saved: Tuple[Tensor, Tensor, Tensor, Tensor],

@@ -230,10 +230,10 @@ def threshold(x: Tensor, tau: float, pool: str, channels: int) -> tuple[Tensor, 
     dtype = x.dtype
     x = _compute(x)
     cfg = config(channels, 1, tau, pool, 1)
-    _, _, _, kw, _ = cfg.plan(list(x.shape))
+    plan = cfg.plan(list(x.shape))
     y = torch.empty_like(x)
-    keep = torch.empty(kw, dtype=torch.int32, device=x.device)
-    _aiec.activation_forward(backend(x), cfg, x, y, keep, None)
+    keep = torch.empty(plan.keep_words, dtype=torch.int32, device=x.device)
+    _aiec.fwd_x(backend(x), cfg, x, y, keep, None)
     return y.to(dtype), keep
 
 
@@ -251,11 +251,11 @@ def activation(x: Tensor, tau: float, pool: str, channels: int) -> tuple[Tensor,
     dtype = x.dtype
     x = _compute(x)
     cfg = config(channels, 1, tau, pool, 1)
-    b, c, _, kw, _ = cfg.plan(list(x.shape))
+    plan = cfg.plan(list(x.shape))
     y = torch.empty_like(x)
-    keep = torch.empty(kw, dtype=torch.int32, device=x.device)
-    v = torch.empty((b, c), dtype=stat_dtype(x.dtype), device=x.device)
-    _aiec.activation_forward(backend(x), cfg, x, y, keep, v)
+    keep = torch.empty(plan.keep_words, dtype=torch.int32, device=x.device)
+    v = torch.empty((plan.batch, plan.channels), dtype=stat_dtype(x.dtype), device=x.device)
+    _aiec.fwd_x(backend(x), cfg, x, y, keep, v)
     return y.to(dtype), keep, v
 
 
@@ -278,7 +278,7 @@ def activation_backward(dy: Tensor, keep: Tensor, dv: Optional[Tensor], tau: flo
     dx = torch.empty_like(dy)
     if dv is not None:
         dv = dv.to(stat_dtype(dy.dtype)).contiguous()
-    _aiec.activation_backward(backend(dy), cfg, keep.contiguous(), dv, dy, dx)
+    _aiec.bwd_x(backend(dy), cfg, keep.contiguous(), dv, dy, dx)
     return dx.to(dtype)
 
 
@@ -370,9 +370,10 @@ def fused_count(
     x = _compute(x)
     k, c = w.shape
     cfg = config(c, k, tau, pool, interval)
-    b, _, _, kw, scratch_bytes = cfg.plan(list(x.shape))
+    plan = cfg.plan(list(x.shape))
+    b, kw = plan.batch, plan.keep_words
     # The kernels' tickets start at zero (and are left zero); a few KB.
-    scratch = torch.zeros(scratch_bytes, dtype=torch.uint8, device=x.device)
+    scratch = torch.zeros(plan.scratch_bytes, dtype=torch.uint8, device=x.device)
     dev, sd = x.device, stat_dtype(x.dtype)
     y = torch.empty_like(x)
     keep = torch.empty(kw, dtype=torch.int32, device=dev)
@@ -385,7 +386,7 @@ def fused_count(
     if not on_device:
         cfg.check_targets(targets, b)
     nxt = step + 1 if advance else step
-    _aiec.fused_count(
+    _aiec.fwd_x_logits(
         backend(x),
         cfg,
         x,
@@ -428,10 +429,10 @@ def fused_gate(
     cfg = config(c, k, tau, pool, 1)
     b = v.shape[0]
     dev = v.device
-    scratch = torch.zeros(cfg.plan(list(shape))[4], dtype=torch.uint8, device=dev)
+    scratch = torch.zeros(cfg.plan(list(shape)).scratch_bytes, dtype=torch.uint8, device=dev)
     mask = torch.empty((b, c), dtype=torch.uint8, device=dev)
     stats = torch.zeros(_aiec.GATE_STATS_SIZE // 8, dtype=torch.int64, device=dev)
-    _aiec.fused_gate(
+    _aiec.fwd_gate(
         backend(v),
         cfg,
         list(shape),
@@ -495,7 +496,7 @@ def fused_backward(
     row_scale = dce.to(sd).contiguous()
     scales = _gate_only_losses(2 * ds.to(sd))
     dv_scratch = torch.empty(b * c if backend(dy).kind != "reference" else 0, dtype=torch.float32, device=dev)
-    _aiec.fused_backward(
+    _aiec.backward_train(
         backend(dy),
         cfg,
         (keep, v, g, mask),

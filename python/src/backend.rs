@@ -10,10 +10,16 @@
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::PyResult;
 
-use aiec::cpu::buffers::{self as reference, AuxSlices, CountersSlices, SavedSlices};
+use aiec::cpu::buffers::{
+    self as reference, AuxSlices, CountersSlices, GateInSlices, SavedSlices, TrainBackwardSlices,
+    TrainInSlices, TrainOutSlices,
+};
 use aiec::cpu::parts::RowScale;
 use aiec::cpu::Float;
-use aiec::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, TargetCheck, Update};
+use aiec::gpu::fused::{
+    self, AuxMut, CountersMut, DwMode, Dx, GateIn, GateOut, SavedRef, Scales, TargetCheck, TrainBackward,
+    TrainIn, TrainOut, Update,
+};
 use aiec::layout::Sizes;
 use aiec::params::{AiecGateStats, AiecLosses};
 use aiec::{AiecConfig, DType, Device, SliceMut, SliceRef, TensorMut, TensorRef};
@@ -205,7 +211,7 @@ macro_rules! on_reference_float {
 }
 
 /// The pass over `x`: `y`, the keep bits and, when given, the pooled `v`.
-pub(crate) fn activation_forward(
+pub(crate) fn fwd_x(
     kind: &Kind,
     cfg: &AiecConfig,
     shape: &[usize],
@@ -227,7 +233,7 @@ pub(crate) fn activation_forward(
             // SAFETY: checked CPU tensors of these types, held by the call, disjoint.
             unsafe {
                 let vs = v.map(|v| host_mut::<F>(v));
-                reference::activation_forward(cfg, shape, host::<F>(x), host_mut::<F>(y), host_mut::<u32>(keep), vs)
+                reference::fwd_x(cfg, shape, host::<F>(x), host_mut::<F>(y), host_mut::<u32>(keep), vs)
             }
             .map(|_| ())
             .map_err(to_py)
@@ -240,10 +246,8 @@ pub(crate) fn activation_forward(
                 let mut yv = tmut(dev, y, d, shape)?;
                 let mut kv = smut::<u32>(dev, keep)?;
                 match v {
-                    Some(v) => {
-                        fused::activation_forward(cfg, &xv, &mut yv, &mut kv, &mut smut::<f32>(dev, v)?)
-                    }
-                    None => fused::forward_infer(cfg, &xv, &mut yv, &mut kv),
+                    Some(v) => fused::fwd_x(cfg, &xv, &mut yv, &mut kv, Some(&mut smut::<f32>(dev, v)?)),
+                    None => fused::fwd_x(cfg, &xv, &mut yv, &mut kv, None),
                 }
             }
             .map(|_| ())
@@ -253,8 +257,7 @@ pub(crate) fn activation_forward(
 }
 
 /// The pass over `dy`: `dx = keep ? dy + unpool(dv) : 0`.
-#[allow(clippy::too_many_arguments)] // one tensor per argument
-pub(crate) fn activation_backward(
+pub(crate) fn bwd_x(
     kind: &Kind,
     cfg: &AiecConfig,
     shape: &[usize],
@@ -277,7 +280,7 @@ pub(crate) fn activation_backward(
             // SAFETY: checked CPU tensors of these types, held by the call, disjoint.
             unsafe {
                 let dvs = dv.map(|dv| host::<F>(dv));
-                reference::activation_backward(cfg, &plan, host::<u32>(keep), dvs, host::<F>(dy), host_mut::<F>(dx))
+                reference::bwd_x(cfg, &plan, host::<u32>(keep), dvs, host::<F>(dy), host_mut::<F>(dx))
             }
             .map_err(to_py)
         }),
@@ -288,11 +291,10 @@ pub(crate) fn activation_backward(
                 let kv = sref::<u32>(dev, keep)?;
                 let dyv = tref(dev, dy, d, shape)?;
                 let mut dxv = tmut(dev, dx, d, shape)?;
+                let dx = Dx::Into { dy: &dyv, dx: &mut dxv };
                 match dv {
-                    Some(dv) => {
-                        fused::activation_backward(cfg, &plan, &kv, &sref::<f32>(dev, dv)?, &dyv, &mut dxv)
-                    }
-                    None => fused::backward_infer(cfg, &plan, &kv, &dyv, &mut dxv),
+                    Some(dv) => fused::bwd_x(cfg, &plan, &kv, &sref::<f32>(dev, dv)?, dx),
+                    None => fused::backward(cfg, &plan, &kv, None, dx),
                 }
             }
             .map_err(to_py)
@@ -324,7 +326,7 @@ pub(crate) struct CountArgs<'a> {
     pub scratch: Arg<'a>,
 }
 
-pub(crate) fn fused_count(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: CountArgs) -> PyResult<()> {
+pub(crate) fn fwd_x_logits(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: CountArgs) -> PyResult<()> {
     let r = Roles::of(kind, a.x)?;
     let [act, inh, total] = a.counters;
     let [y, keep, v, logits, ce, g] = a.outputs;
@@ -364,18 +366,7 @@ pub(crate) fn fused_count(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Cou
                 let mut counters = CountersSlices { act: host_mut(act), inh: host_mut(inh), total: host_mut(total) };
                 let mut aux =
                     AuxSlices::<F> { v: host_mut(v), logits: host_mut(logits), ce: host_mut(ce), g: host_mut(g) };
-                reference::forward_count(
-                    cfg,
-                    shape,
-                    host::<F>(a.x),
-                    host::<F>(a.w),
-                    host::<i64>(a.targets),
-                    &mut counters,
-                    update,
-                    host_mut::<F>(y),
-                    host_mut::<u32>(keep),
-                    &mut aux,
-                )
+                reference::fwd_x_logits(cfg, shape, TrainInSlices { x: host::<F>(a.x), w: host::<F>(a.w), targets: host::<i64>(a.targets) }, &mut counters, update, TrainOutSlices { y: host_mut::<F>(y), keep: host_mut::<u32>(keep), aux: &mut aux })
             }
             .map(|_| ())
             .map_err(to_py)
@@ -405,17 +396,17 @@ pub(crate) fn fused_count(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Cou
                     scratch: smut(dev, a.scratch)?,
                 };
                 let check = if a.device_targets { TargetCheck::Device } else { TargetCheck::Host };
-                fused::forward_count(
+                fused::fwd_x_logits(
                     cfg,
-                    &tref(dev, a.x, d, shape)?,
-                    &sref(dev, a.w)?,
-                    &sref(dev, a.targets)?,
-                    check,
+                    TrainIn {
+                        x: &tref(dev, a.x, d, shape)?,
+                        w: &sref(dev, a.w)?,
+                        targets: &sref(dev, a.targets)?,
+                        check,
+                    },
                     &mut counters,
                     update,
-                    &mut tmut(dev, y, d, shape)?,
-                    &mut smut(dev, keep)?,
-                    &mut aux,
+                    TrainOut { y: &mut tmut(dev, y, d, shape)?, keep: &mut smut(dev, keep)?, aux: &mut aux },
                 )
             }
             .map(|_| ())
@@ -437,7 +428,7 @@ pub(crate) struct GateArgs<'a> {
     pub scratch: Arg<'a>,
 }
 
-pub(crate) fn fused_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: GateArgs) -> PyResult<()> {
+pub(crate) fn fwd_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: GateArgs) -> PyResult<()> {
     // `v` carries the statistics type; the activations' own type is not needed.
     let r = Roles::of(kind, a.v).map_err(|_| {
         PyTypeError::new_err(format!(
@@ -470,16 +461,7 @@ pub(crate) fn fused_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Gate
             unused_scratch(a.scratch, Sizes::of(&plan, cfg.classes()).scratch_bytes)?;
             // SAFETY: checked CPU tensors of these types, held by the call, disjoint.
             unsafe {
-                let (s, n) = reference::forward_gate::<F>(
-                    cfg,
-                    &plan,
-                    host(a.v),
-                    host(a.w),
-                    host(a.targets),
-                    host(a.act),
-                    host(a.inh),
-                    host_mut(a.mask),
-                )
+                let (s, n) = reference::fwd_gate::<F>(cfg, &plan, GateInSlices { v: host(a.v), w: host(a.w), targets: host(a.targets), act: host(a.act), inh: host(a.inh) }, host_mut(a.mask))
                 .map_err(to_py)?;
                 write_stats::<F>(host_mut::<u64>(a.stats), s, n);
                 Ok(())
@@ -489,17 +471,21 @@ pub(crate) fn fused_gate(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Gate
             // SAFETY: see `tref`; `stats` is 16 bytes (checked), one AiecGateStats.
             unsafe {
                 debug_assert_eq!(std::mem::size_of::<AiecGateStats>(), 16);
-                fused::forward_gate(
+                fused::fwd_gate(
                     cfg,
                     &plan,
-                    &sref(dev, a.v)?,
-                    &sref(dev, a.w)?,
-                    &sref(dev, a.targets)?,
-                    &sref(dev, a.act)?,
-                    &sref(dev, a.inh)?,
-                    &mut smut(dev, a.mask)?,
-                    &mut SliceMut::from_raw(dev, a.stats.ptr, 1).map_err(to_py)?,
-                    &mut smut(dev, a.scratch)?,
+                    GateIn {
+                        v: &sref(dev, a.v)?,
+                        w: &sref(dev, a.w)?,
+                        targets: &sref(dev, a.targets)?,
+                        act: &sref(dev, a.act)?,
+                        inh: &sref(dev, a.inh)?,
+                    },
+                    GateOut {
+                        mask: &mut smut(dev, a.mask)?,
+                        stats: &mut SliceMut::from_raw(dev, a.stats.ptr, 1).map_err(to_py)?,
+                        scratch: &mut smut(dev, a.scratch)?,
+                    },
                 )
             }
             .map_err(to_py)
@@ -563,7 +549,7 @@ pub(crate) struct BackwardArgs<'a> {
     pub accumulate: bool,
 }
 
-pub(crate) fn fused_backward(
+pub(crate) fn backward_train(
     kind: &Kind,
     cfg: &AiecConfig,
     shape: &[usize],
@@ -604,18 +590,7 @@ pub(crate) fn fused_backward(
                     None => RowScale::Uniform(scales[AUX_SCALE]),
                 };
                 let saved = SavedSlices::<F> { keep: host(keep), v: host(v), g: host(g), mask: host(mask) };
-                reference::backward_train(
-                    cfg,
-                    &plan,
-                    &saved,
-                    host(a.w),
-                    rows,
-                    scales[GATE_SCALE],
-                    host(a.dy),
-                    host_mut(a.dx),
-                    host_mut(a.dw),
-                    a.accumulate,
-                )
+                reference::backward_train(cfg, &plan, &saved, TrainBackwardSlices { w: host(a.w), rows, gate_scale: scales[GATE_SCALE], dw: host_mut(a.dw), mode: if a.accumulate { DwMode::Accumulate } else { DwMode::Write } }, host(a.dy), host_mut(a.dx))
             }
             .map_err(to_py)
         }),
@@ -634,19 +609,16 @@ pub(crate) fn fused_backward(
                 };
                 let saved = SavedRef { v: sref(dev, v)?, g: sref(dev, g)?, mask: sref(dev, mask)? };
                 let mode = if a.accumulate { DwMode::Accumulate } else { DwMode::Write };
-                fused::backward_train(
-                    cfg,
-                    &plan,
-                    &sref(dev, a.w)?,
-                    &sref(dev, keep)?,
-                    &saved,
-                    &scales,
-                    &tref(dev, a.dy, d, shape)?,
-                    &mut tmut(dev, a.dx, d, shape)?,
-                    &mut smut(dev, a.dv_scratch)?,
-                    &mut smut(dev, a.dw)?,
+                let train = TrainBackward {
+                    w: &sref(dev, a.w)?,
+                    saved: &saved,
+                    scales: &scales,
+                    dv: &mut smut(dev, a.dv_scratch)?,
+                    dw: &mut smut(dev, a.dw)?,
                     mode,
-                )
+                };
+                let dx = Dx::Into { dy: &tref(dev, a.dy, d, shape)?, dx: &mut tmut(dev, a.dx, d, shape)? };
+                fused::backward(cfg, &plan, &sref(dev, keep)?, Some(train), dx)
             }
             .map_err(to_py)
         }

@@ -59,16 +59,44 @@ impl Config {
     }
 
     /// Checks an input shape against the pooling mode and `C`, and returns the
-    /// sizes of the buffers of a step on it: `(B, C, P, keep_words, scratch_bytes)`.
-    fn plan(&self, shape: Vec<usize>) -> PyResult<(usize, usize, usize, usize, usize)> {
+    /// sizes of the buffers of a step on it, by name ([`Plan`]).
+    fn plan(&self, shape: Vec<usize>) -> PyResult<Plan> {
         let dims = self.cfg.plan_input(&shape).map_err(to_py)?;
         let s = aiec::layout::Sizes::of(&dims, self.cfg.classes());
-        Ok((dims.batch, dims.channels, dims.positions, s.keep, s.scratch_bytes))
+        Ok(Plan {
+            batch: dims.batch,
+            channels: dims.channels,
+            positions: dims.positions,
+            keep_words: s.keep,
+            scratch_bytes: s.scratch_bytes,
+        })
     }
 
     /// Checks targets (a contiguous `int64 [B]` CPU tensor) against `K`.
     fn check_targets(&self, targets: &Bound<'_, PyAny>, batch: usize) -> PyResult<()> {
         backend::check_targets(&self.cfg, read(targets, "targets")?, batch)
+    }
+}
+
+/// The sizes of a step on one input shape ([`Config::plan`]), read by name:
+/// `batch` (`B`), `channels` (`C`), `positions` (`P`), `keep_words` (the keep
+/// bits' int32 words) and `scratch_bytes` (the forward's scratch).
+#[pyclass(frozen, get_all, module = "aiec._aiec")]
+struct Plan {
+    batch: usize,
+    channels: usize,
+    positions: usize,
+    keep_words: usize,
+    scratch_bytes: usize,
+}
+
+#[pymethods]
+impl Plan {
+    fn __repr__(&self) -> String {
+        format!(
+            "Plan(batch={}, channels={}, positions={}, keep_words={}, scratch_bytes={})",
+            self.batch, self.channels, self.positions, self.keep_words, self.scratch_bytes
+        )
     }
 }
 
@@ -140,7 +168,7 @@ type Obj<'py> = Bound<'py, PyAny>;
 /// pooled `v [B, C]`.
 #[pyfunction]
 #[pyo3(signature = (backend, config, x, y, keep, v=None))]
-fn activation_forward(
+fn fwd_x(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
@@ -152,12 +180,12 @@ fn activation_forward(
     let cfg = config.cfg;
     let shape = tensor::shape(x, "x")?;
     let (x, y, keep, v) = (read(x, "x")?, read(y, "y")?, read(keep, "keep")?, read_opt(v, "v")?);
-    py.detach(|| backend::activation_forward(&backend.kind, &cfg, &shape, x, y, keep, v))
+    py.detach(|| backend::fwd_x(&backend.kind, &cfg, &shape, x, y, keep, v))
 }
 
 /// The pass over `dy`: `dx = keep ? dy + unpool(dv) : 0` (`dv` may be `None`: `dx = keep ? dy : 0`).
 #[pyfunction]
-fn activation_backward(
+fn bwd_x(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
@@ -169,7 +197,7 @@ fn activation_backward(
     let cfg = config.cfg;
     let shape = tensor::shape(dy, "dy")?;
     let (keep, dv, dy, dx) = (read(keep, "keep")?, read_opt(dv, "dv")?, read(dy, "dy")?, read(dx, "dx")?);
-    py.detach(|| backend::activation_backward(&backend.kind, &cfg, &shape, keep, dv, dy, dx))
+    py.detach(|| backend::bwd_x(&backend.kind, &cfg, &shape, keep, dv, dy, dx))
 }
 
 /// Launches 1 and 2 of a training forward (pass over `x`, logits, CE, `g`,
@@ -177,8 +205,11 @@ fn activation_backward(
 /// `None`, else `step % interval == 0` read where `step` lives (the device).
 /// `device_targets`: the targets have not been checked on the host.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)] // one tensor per argument
-fn fused_count(
+// A struct is not possible here: the torch custom ops (python/aiec/_ops.py) pass each tensor
+// as its own positional argument, and pyo3 converts each; the Rust side regroups them at once
+// (backend::*Args).
+#[allow(clippy::too_many_arguments)] // one tensor per argument, as the torch op hands them over
+fn fwd_x_logits(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
@@ -218,14 +249,17 @@ fn fused_count(
         ],
         scratch: read(scratch, "scratch")?,
     };
-    py.detach(|| backend::fused_count(&backend.kind, &cfg, &shape, args))
+    py.detach(|| backend::fwd_x_logits(&backend.kind, &cfg, &shape, args))
 }
 
 /// Launch 3: the gate (`mask`, the stats `(S, N)` as 2 int64: `S` in the
 /// float type of `v` at byte 0, `N` at byte 8). `shape` is the input's.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)] // one tensor per argument
-fn fused_gate(
+// A struct is not possible here: the torch custom ops (python/aiec/_ops.py) pass each tensor
+// as its own positional argument, and pyo3 converts each; the Rust side regroups them at once
+// (backend::*Args).
+#[allow(clippy::too_many_arguments)] // one tensor per argument, as the torch op hands them over
+fn fwd_gate(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
@@ -250,7 +284,7 @@ fn fused_gate(
         stats: read(stats, "stats")?,
         scratch: read(scratch, "scratch")?,
     };
-    py.detach(|| backend::fused_gate(&backend.kind, &cfg, &shape, args))
+    py.detach(|| backend::fwd_gate(&backend.kind, &cfg, &shape, args))
 }
 
 /// A training backward: `dx` and `dW` (written, or added with `accumulate`);
@@ -259,8 +293,11 @@ fn fused_gate(
 /// word (`LOSSES_FIELDS` / 4 gives each field's index), of which the backward
 /// reads `aux_scale` and the gate scale (`2 * dLoss/dS`).
 #[pyfunction]
-#[allow(clippy::too_many_arguments)] // one tensor per argument
-fn fused_backward(
+// A struct is not possible here: the torch custom ops (python/aiec/_ops.py) pass each tensor
+// as its own positional argument, and pyo3 converts each; the Rust side regroups them at once
+// (backend::*Args).
+#[allow(clippy::too_many_arguments)] // one tensor per argument, as the torch op hands them over
+fn backward_train(
     py: Python<'_>,
     backend: &Backend,
     config: &Config,
@@ -288,7 +325,7 @@ fn fused_backward(
         dv_scratch: read(dv_scratch, "dv_scratch")?,
         accumulate,
     };
-    py.detach(|| backend::fused_backward(&backend.kind, &cfg, &shape, args))
+    py.detach(|| backend::backward_train(&backend.kind, &cfg, &shape, args))
 }
 
 /// The NVRTC library in use: `(path, major, minor, origin)`, loading it if
@@ -408,12 +445,13 @@ fn _aiec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Best effort: a failure here leaves the other steps of the search.
     let _ = add_python_search_dirs(m.py());
     m.add_class::<Config>()?;
+    m.add_class::<Plan>()?;
     m.add_class::<Backend>()?;
-    m.add_function(wrap_pyfunction!(activation_forward, m)?)?;
-    m.add_function(wrap_pyfunction!(activation_backward, m)?)?;
-    m.add_function(wrap_pyfunction!(fused_count, m)?)?;
-    m.add_function(wrap_pyfunction!(fused_gate, m)?)?;
-    m.add_function(wrap_pyfunction!(fused_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(fwd_x, m)?)?;
+    m.add_function(wrap_pyfunction!(bwd_x, m)?)?;
+    m.add_function(wrap_pyfunction!(fwd_x_logits, m)?)?;
+    m.add_function(wrap_pyfunction!(fwd_gate, m)?)?;
+    m.add_function(wrap_pyfunction!(backward_train, m)?)?;
     m.add_function(wrap_pyfunction!(nvrtc, m)?)?;
     m.add_function(wrap_pyfunction!(nvrtc_search_dirs, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_driver, m)?)?;

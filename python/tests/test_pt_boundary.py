@@ -41,7 +41,8 @@ def valid_calls(dtype):
     g = torch.Generator().manual_seed(0)
     sd = torch.float64 if dtype == torch.float64 else torch.float32
     cfg = _ops.config(C, K, 0.0, POOL, 2)
-    b, c, _, kw, scratch = cfg.plan([B, T, C])
+    plan = cfg.plan([B, T, C])
+    kw, scratch = plan.keep_words, plan.scratch_bytes
     x = torch.randn(B, T, C, generator=g).to(dtype)
     be = _ops.backend(x)
     w = torch.randn(K, C, generator=g).to(sd)
@@ -59,20 +60,20 @@ def valid_calls(dtype):
     scales = torch.zeros(8, dtype=sd)
     dv_scratch = torch.empty(B * C if be.kind != "reference" else 0, dtype=torch.float32)
     return be, {
-        "activation_forward": (_aiec.activation_forward, [be, cfg, x, y, keep, v], [(3,), (4,), (5,)]),
-        "activation_backward": (_aiec.activation_backward, [be, cfg, keep, v, dy, dx], [(5,)]),
-        "fused_count": (
-            _aiec.fused_count,
+        "fwd_x": (_aiec.fwd_x, [be, cfg, x, y, keep, v], [(3,), (4,), (5,)]),
+        "bwd_x": (_aiec.bwd_x, [be, cfg, keep, v, dy, dx], [(5,)]),
+        "fwd_x_logits": (
+            _aiec.fwd_x_logits,
             [be, cfg, x, w, t, False, (act, inh, total), False, step, (y, keep, v, logits, ce, gg), scr],
             [(6, 0), (6, 1), (6, 2), (9, 0), (9, 1), (9, 2), (9, 3), (9, 4), (9, 5)],
         ),
-        "fused_gate": (
-            _aiec.fused_gate,
+        "fwd_gate": (
+            _aiec.fwd_gate,
             [be, cfg, [B, T, C], v.zero_(), w, t, act, inh, mask, stats, scr],
             [(8,), (9,)],
         ),
-        "fused_backward": (
-            _aiec.fused_backward,
+        "backward_train": (
+            _aiec.backward_train,
             [
                 be,
                 cfg,

@@ -79,7 +79,7 @@ def test_the_fakes_keep_bit_sizes_are_the_crates():
         for scale in (1, 2, 5):
             s = (shape[0] * scale,) + shape[1:]
             c = _ops.channels_of(s, pool)
-            _, _, _, kw, _ = aiec.Config(c, 10, 0.0, pool, 1).plan(list(s))
+            kw = aiec.Config(c, 10, 0.0, pool, 1).plan(list(s)).keep_words
             assert _ops.keep_words(s, pool) == kw, (pool, s)
 
 

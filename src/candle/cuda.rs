@@ -42,13 +42,13 @@
 //! a GPU; without one it returns at once). The forward keeps its saved state
 //! in a [`crate::gpu::Workspace`] on candle's stream and the counters in
 //! device memory; the terms' backward hands the two incoming gradients to
-//! `backward_train` as its loss scales (`aux_scale = d ce_sum`,
+//! `fused::backward` as its loss scales (`aux_scale = d ce_sum`,
 //! `gate_scale = 2 dS`), as [`super::Aiec`] does on the CPU:
 //!
 //! ```
 //! use std::sync::Arc;
-//! use aiec::gpu::fused::{self, DwMode, SavedRef, Scales};
-//! use aiec::gpu::{GpuCounters, GpuRecord, Targets, Workspace};
+//! use aiec::gpu::fused::{self, Dx, DwMode, SavedRef, Scales, TrainBackward};
+//! use aiec::gpu::{GpuCounters, GpuRecord, LayerStep, Targets, Workspace};
 //! use aiec::params::AiecLosses;
 //! use aiec::policy::LayerPolicy;
 //! use aiec::{AiecConfig, Device, Pool, SliceMut, SliceRef, TensorMut, TensorRef};
@@ -61,9 +61,9 @@
 //! fn forward(dev: &Device, st: &mut LayerState, x: &CudaView<f32>, dims: &[usize],
 //!            w: &CudaView<f32>, targets: &[i64], y: &mut CudaSlice<f32>) -> aiec::Result<GpuRecord> {
 //!     let plan = st.policy.plan(true);
+//!     let layer = LayerStep { w: &SliceRef::cuda(dev, w)?, counters: &mut st.counters, update: plan.update };
 //!     let rec = aiec::gpu::forward_with(
-//!         &st.cfg, &TensorRef::cuda(dev, x, dims)?, &SliceRef::cuda(dev, w)?,
-//!         Some(Targets::Host(targets)), &mut st.counters, plan.update, &st.ws,
+//!         &st.cfg, layer, &TensorRef::cuda(dev, x, dims)?, Some(Targets::Host(targets)), &st.ws,
 //!         &mut TensorMut::cuda(dev, y, dims)?)?;
 //!     st.policy.commit(plan); // only after success: bad input changes nothing
 //!     Ok(rec)
@@ -82,12 +82,14 @@
 //!     let losses = unsafe { SliceRef::<AiecLosses>::from_raw(dev, addr, 1) }?;
 //!     let mut dv = stream.alloc_zeros::<f32>(aux.v.len()).expect("alloc");
 //!     let dims = rec.dims.dims.clone();
-//!     let done = fused::backward_train(
-//!         &st.cfg, &rec.dims, &SliceRef::cuda(dev, w)?, &rec.keep.view(),
-//!         &SavedRef { v: aux.v.view(), g: aux.g.view(), mask: aux.mask.view() },
-//!         &Scales { losses, row_scale: None }, &TensorRef::cuda(dev, zeros, &dims)?,
-//!         &mut TensorMut::cuda(dev, dx, &dims)?, &mut SliceMut::cuda(dev, &mut dv)?,
-//!         &mut SliceMut::cuda(dev, dw)?, DwMode::Write);
+//!     let train = TrainBackward {
+//!         w: &SliceRef::cuda(dev, w)?,
+//!         saved: &SavedRef { v: aux.v.view(), g: aux.g.view(), mask: aux.mask.view() },
+//!         scales: &Scales { losses, row_scale: None },
+//!         dv: &mut SliceMut::cuda(dev, &mut dv)?, dw: &mut SliceMut::cuda(dev, dw)?, mode: DwMode::Write,
+//!     };
+//!     let dx = Dx::Into { dy: &TensorRef::cuda(dev, zeros, &dims)?, dx: &mut TensorMut::cuda(dev, dx, &dims)? };
+//!     let done = fused::backward(&st.cfg, &rec.dims, &rec.keep.view(), Some(train), dx);
 //!     done // the views (and cudarc's guards) drop before `dv`
 //! }
 //!

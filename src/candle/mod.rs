@@ -47,7 +47,7 @@
 //! `loss = task + aux_coef * aux + gate_coef * gate`.
 //!
 //! **Why this design.** A candle custom op has one output, and the fused op's
-//! own backward (`gpu::fused::backward_train`) folds the losses in with fixed
+//! own backward (`gpu::fused::backward`) folds the losses in with fixed
 //! factors (`aux_coef / (L B)`, `2 gate_coef / sum N`). Folding them in behind
 //! candle's back would silently ignore anything the caller does to the loss:
 //! a loss scale, `loss / n` for gradient accumulation, another coefficient, a
@@ -63,7 +63,7 @@
 //! tolerance of one rounding there). On candle's CPU tensors the layer's
 //! `O(B K C)` work and the model's matrix products around it dominate, so
 //! this is the simple, exact choice. Fusing the two backwards into one
-//! `backward_train` (`dy` and the two gradients together) would need the
+//! `fused::backward` (`dy` and the two gradients together) would need the
 //! terms' backward to hand its gradients to the threshold's behind candle's
 //! back, relying on the order candle runs them in; this adapter does not.
 //!

@@ -11,7 +11,7 @@
 //!
 //! Both only translate: the forward is [`crate::cpu::forward`] (or
 //! [`crate::gpu::fused`] on the simulator), the backward
-//! [`crate::cpu::backward`] (or `fused::backward_train` / `backward_infer`).
+//! [`crate::cpu::backward`] (or `fused::backward`).
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -125,7 +125,8 @@ impl CustomOp2 for ForwardOp {
             }
             #[cfg(feature = "sim")]
             (Backend::Kernels(dev), s) => {
-                let (y, rec) = super::sim::forward(dev, cfg, s, l1, w, targets, counters, plan.update)?;
+                let layer = super::sim::HostLayer { w, counters, update: plan.update };
+                let (y, rec) = super::sim::forward(dev, cfg, s, l1, layer, targets)?;
                 (y, Saved::Kernels(rec))
             }
             (backend, s) => return Err(dtype_error(backend, s.dtype())),
@@ -188,7 +189,7 @@ impl CustomOp1 for ThresholdBackward {
             Saved::F32(r, _) => CpuStorage::F32(masked(&r.keep, host_slice::<f32>(s, l, "dy")?)),
             Saved::F64(r, _) => CpuStorage::F64(masked(&r.keep, host_slice::<f64>(s, l, "dy")?)),
             #[cfg(feature = "sim")]
-            Saved::Kernels(k) => super::sim::backward_infer(&rec.cfg, k, s, l)?,
+            Saved::Kernels(k) => super::sim::bwd_x(&rec.cfg, k, s, l)?,
         };
         Ok((dx, Shape::from_dims(&rec.dims)))
     }

@@ -14,7 +14,10 @@ use crate::counters::Counters;
 use crate::device::Device;
 use crate::dtype::Element;
 use crate::error::Result;
-use crate::gpu::fused::{self, AuxMut, CountersMut, DwMode, SavedRef, Scales, TargetCheck, Update};
+use crate::gpu::fused::{
+    self, AuxMut, CountersMut, DwMode, Dx, SavedRef, Scales, TargetCheck, TrainBackward, TrainIn, TrainOut,
+    Update,
+};
 use crate::layout::Sizes;
 use crate::params::{AiecGateStats, AiecLosses};
 use crate::view::{SliceMut, SliceRef, TensorMut, TensorRef};
@@ -58,29 +61,33 @@ impl KernelRecord {
     }
 }
 
-/// Runs the forward on `dev` over `x` (candle's storage), `W` and the
-/// layer's counters; returns `y` as candle storage.
-#[allow(clippy::too_many_arguments)] // the op's inputs and state
+/// The layer's host state a forward reads and updates: `W` `[K, C]`, the
+/// counters, and whether this step updates them.
+pub(crate) struct HostLayer<'a> {
+    pub(crate) w: &'a [f32],
+    pub(crate) counters: &'a mut Counters,
+    pub(crate) update: bool,
+}
+
+/// Runs the forward on `dev` over `x` (candle's storage) and the layer's
+/// state; returns `y` as candle storage.
 pub(crate) fn forward(
     dev: &Device,
     cfg: &AiecConfig,
     x: &CpuStorage,
     l: &Layout,
-    w: &[f32],
+    layer: HostLayer,
     targets: Option<&[i64]>,
-    counters: &mut Counters,
-    update: bool,
 ) -> candle_core::Result<(CpuStorage, KernelRecord)> {
     fn run<T: Element + WithDType>(
         dev: &Device,
         cfg: &AiecConfig,
         x: &[T],
         dims: &[usize],
-        w: &[f32],
+        layer: HostLayer,
         targets: Option<&[i64]>,
-        counters: &mut Counters,
-        update: bool,
     ) -> Result<(CpuStorage, KernelRecord)> {
+        let HostLayer { w, counters, update } = layer;
         let plan = cfg.plan_input(dims)?;
         let sizes = Sizes::of(&plan, cfg.classes());
         if let Some(t) = targets {
@@ -92,7 +99,7 @@ pub(crate) fn forward(
         let xv = TensorRef::host(dev, x, dims)?;
         let mut yv = TensorMut::host(dev, &mut y, dims)?;
         let Some(targets) = targets else {
-            fused::forward_infer(cfg, &xv, &mut yv, &mut SliceMut::host(dev, &mut keep)?)?;
+            fused::fwd_x(cfg, &xv, &mut yv, &mut SliceMut::host(dev, &mut keep)?, None)?;
             drop(yv);
             let rec = KernelRecord {
                 device: dev.clone(),
@@ -131,15 +138,15 @@ pub(crate) fn forward(
             };
             fused::forward_train(
                 cfg,
-                &xv,
-                &SliceRef::host(dev, w)?,
-                &SliceRef::host(dev, targets)?,
-                TargetCheck::Host,
+                TrainIn {
+                    x: &xv,
+                    w: &SliceRef::host(dev, w)?,
+                    targets: &SliceRef::host(dev, targets)?,
+                    check: TargetCheck::Host,
+                },
                 &mut cv,
                 Update::Now(update),
-                &mut yv,
-                &mut SliceMut::host(dev, &mut keep)?,
-                &mut views,
+                TrainOut { y: &mut yv, keep: &mut SliceMut::host(dev, &mut keep)?, aux: &mut views },
             )?;
         }
         dev.synchronize()?;
@@ -157,22 +164,16 @@ pub(crate) fn forward(
     let dims = l.dims();
     let backend = || Backend::Kernels(dev.clone());
     match x {
-        CpuStorage::F32(_) => {
-            run(dev, cfg, host_slice::<f32>(x, l, "x")?, dims, w, targets, counters, update)
-        }
-        CpuStorage::F16(_) => {
-            run(dev, cfg, host_slice::<f16>(x, l, "x")?, dims, w, targets, counters, update)
-        }
-        CpuStorage::BF16(_) => {
-            run(dev, cfg, host_slice::<bf16>(x, l, "x")?, dims, w, targets, counters, update)
-        }
+        CpuStorage::F32(_) => run(dev, cfg, host_slice::<f32>(x, l, "x")?, dims, layer, targets),
+        CpuStorage::F16(_) => run(dev, cfg, host_slice::<f16>(x, l, "x")?, dims, layer, targets),
+        CpuStorage::BF16(_) => run(dev, cfg, host_slice::<bf16>(x, l, "x")?, dims, layer, targets),
         other => return Err(dtype_error(&backend(), other.dtype())),
     }
     .candle()
 }
 
-/// `dx = keep ? dy : 0` by the kernel (`fused::backward_infer`).
-pub(crate) fn backward_infer(
+/// `dx = keep ? dy : 0` by `aiec_bwd_x` (`fused::backward` without a training part).
+pub(crate) fn bwd_x(
     cfg: &AiecConfig,
     rec: &KernelRecord,
     dy: &CpuStorage,
@@ -182,13 +183,13 @@ pub(crate) fn backward_infer(
         let dev = &rec.device;
         let dims = &rec.dims.dims;
         let mut dx = vec![T::zero(); dy.len()];
-        fused::backward_infer(
-            cfg,
-            &rec.dims,
-            &SliceRef::host(dev, &rec.keep)?,
-            &TensorRef::host(dev, dy, dims)?,
-            &mut TensorMut::host(dev, &mut dx, dims)?,
-        )?;
+        {
+            let target = Dx::Into {
+                dy: &TensorRef::host(dev, dy, dims)?,
+                dx: &mut TensorMut::host(dev, &mut dx, dims)?,
+            };
+            fused::backward(cfg, &rec.dims, &SliceRef::host(dev, &rec.keep)?, None, target)?;
+        }
         dev.synchronize()?;
         Ok(T::to_cpu_storage_owned(dx))
     }
@@ -201,7 +202,7 @@ pub(crate) fn backward_infer(
 }
 
 /// `dx` (a tensor of `x`'s dtype and shape `dims`) and `dW` of the terms by the
-/// kernels (`fused::backward_train` with `dy = 0`), with `aux_scale = d_ce`
+/// kernels (`fused::backward` with `dy = 0`), with `aux_scale = d_ce`
 /// and `gate_scale = 2 dS`.
 pub(crate) fn backward_terms(
     cfg: &AiecConfig,
@@ -240,19 +241,19 @@ pub(crate) fn backward_terms(
                 g: SliceRef::host(dev, &aux.g)?,
                 mask: SliceRef::host(dev, &aux.mask)?,
             };
-            fused::backward_train(
-                cfg,
-                &rec.dims,
-                &SliceRef::host(dev, &aux.w)?,
-                &SliceRef::host(dev, &rec.keep)?,
-                &saved,
-                &Scales { losses: SliceRef::host(dev, &losses)?, row_scale: None },
-                &TensorRef::host(dev, &zeros, dims)?,
-                &mut TensorMut::host(dev, &mut dx, dims)?,
-                &mut SliceMut::host(dev, &mut dv)?,
-                &mut SliceMut::host(dev, &mut dw)?,
-                DwMode::Write,
-            )?;
+            let train = TrainBackward {
+                w: &SliceRef::host(dev, &aux.w)?,
+                saved: &saved,
+                scales: &Scales { losses: SliceRef::host(dev, &losses)?, row_scale: None },
+                dv: &mut SliceMut::host(dev, &mut dv)?,
+                dw: &mut SliceMut::host(dev, &mut dw)?,
+                mode: DwMode::Write,
+            };
+            let target = Dx::Into {
+                dy: &TensorRef::host(dev, &zeros, dims)?,
+                dx: &mut TensorMut::host(dev, &mut dx, dims)?,
+            };
+            fused::backward(cfg, &rec.dims, &SliceRef::host(dev, &rec.keep)?, Some(train), target)?;
             dev.synchronize()
         })();
         r.candle()?;

@@ -4,9 +4,9 @@
 //! (the keep bits packed the same way, `v`, `g`, `mask`). Every rule comes
 //! from [`crate::cpu::parts`]; this module only checks lengths and packs bits.
 
-use crate::config::{check_targets, AiecConfig, InputDims};
+use crate::config::{check_targets, AiecConfig, DwMode, InputDims};
 use crate::cpu::float::Float;
-use crate::cpu::parts::{self, RowScale};
+use crate::cpu::parts::{self, DvDwIn, RowScale};
 use crate::error::{AiecError, Result};
 use crate::layout::{KeepLayout, Sizes};
 
@@ -42,9 +42,9 @@ pub fn unpack_keep(plan: &InputDims, words: &[u32]) -> Vec<bool> {
         .collect()
 }
 
-/// The pass over `x`: `y`, the keep bits ([`Sizes::keep`] words) and, when
+/// `aiec_fwd_x`, the pass over `x`: `y`, the keep bits ([`Sizes::keep`] words) and, when
 /// given, the pooled `v` (`[B, C]`). `dims` is the shape of `x`.
-pub fn activation_forward<F: Float>(
+pub fn fwd_x<F: Float>(
     cfg: &AiecConfig,
     dims: &[usize],
     x: &[F],
@@ -69,9 +69,9 @@ pub fn activation_forward<F: Float>(
     Ok(plan)
 }
 
-/// The pass over `dy`: `dx = keep ? dy + unpool(dv) : 0` (`dv` `[B, C]`, or
+/// `aiec_bwd_x`, the pass over `dy`: `dx = keep ? dy + unpool(dv) : 0` (`dv` `[B, C]`, or
 /// none: `dx = keep ? dy : 0`).
-pub fn activation_backward<F: Float>(
+pub fn bwd_x<F: Float>(
     cfg: &AiecConfig,
     plan: &InputDims,
     keep: &[u32],
@@ -92,15 +92,8 @@ pub fn activation_backward<F: Float>(
     Ok(())
 }
 
-/// The counters of one layer as the caller's slices.
-pub struct CountersSlices<'a> {
-    /// `[K, C]`.
-    pub act: &'a mut [i64],
-    /// `[K, C]`.
-    pub inh: &'a mut [i64],
-    /// `[K]`.
-    pub total: &'a mut [i64],
-}
+/// Re-exported from [`crate::cpu::parts`], where counting uses it.
+pub use crate::cpu::parts::CountersSlices;
 
 /// The buffers a training forward writes besides `y` and the keep bits.
 pub struct AuxSlices<'a, F> {
@@ -114,23 +107,43 @@ pub struct AuxSlices<'a, F> {
     pub g: &'a mut [F],
 }
 
-/// The first half of a training forward (as `gpu::fused::forward_count`):
+/// What a training forward reads (as `gpu::fused::TrainIn`): `x`, `W` `[K, C]`
+/// and the targets `[B]`.
+#[derive(Clone, Copy)]
+pub struct TrainInSlices<'a, F> {
+    /// The input, of the shape passed beside it.
+    pub x: &'a [F],
+    /// `[K, C]`.
+    pub w: &'a [F],
+    /// `[B]`.
+    pub targets: &'a [i64],
+}
+
+/// What a training forward writes besides the counters (as
+/// `gpu::fused::TrainOut`): `y`, the keep bits and the [`AuxSlices`].
+pub struct TrainOutSlices<'v, 'a, F> {
+    /// Shape of `x`.
+    pub y: &'v mut [F],
+    /// [`Sizes::keep`] words.
+    pub keep: &'v mut [u32],
+    /// The saved state and results.
+    pub aux: &'v mut AuxSlices<'a, F>,
+}
+
+/// The first half of a training forward (`aiec_fwd_x` then `aiec_fwd_logits`, as `gpu::fused::fwd_x_logits`):
 /// `y`, the keep bits, `v`, logits, `ce`, `g`, and the counting into
 /// `counters` when `update`. Targets are checked first: a bad one is an error
 /// and nothing is written.
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-pub fn forward_count<F: Float>(
+pub fn fwd_x_logits<F: Float>(
     cfg: &AiecConfig,
     dims: &[usize],
-    x: &[F],
-    w: &[F],
-    targets: &[i64],
+    inp: TrainInSlices<F>,
     counters: &mut CountersSlices,
     update: bool,
-    y: &mut [F],
-    keep: &mut [u32],
-    aux: &mut AuxSlices<F>,
+    out: TrainOutSlices<F>,
 ) -> Result<InputDims> {
+    let TrainInSlices { x, w, targets } = inp;
+    let TrainOutSlices { y, keep, aux } = out;
     let plan = cfg.plan_input(dims)?;
     let (b, c, k) = (plan.batch, plan.channels, cfg.classes());
     let t = check_targets(targets, b, k)?;
@@ -146,28 +159,41 @@ pub fn forward_count<F: Float>(
     expect_len("x", x.len(), plan.len())?;
     expect_len("y", y.len(), plan.len())?;
     expect_len("keep bits", keep.len(), sizes.keep)?;
-    activation_forward(cfg, dims, x, y, keep, Some(aux.v))?;
+    fwd_x(cfg, dims, x, y, keep, Some(aux.v))?;
     parts::logits(aux.v, w, b, c, k, aux.logits);
     if update {
-        parts::count(aux.v, aux.logits, &t, c, k, counters.act, counters.inh, counters.total);
+        parts::count(aux.v, aux.logits, &t, c, k, counters);
     }
     parts::row_losses(aux.logits, &t, k, aux.ce, aux.g);
     Ok(plan)
 }
 
-/// The second half (as `gpu::fused::forward_gate`): `mask [B, C]` from
+/// What the gate reads (as `gpu::fused::GateIn`): `v` `[B, C]`, `W` `[K, C]`,
+/// the targets `[B]` and the counters `act`, `inh` `[K, C]` after this step's
+/// counting.
+#[derive(Clone, Copy)]
+pub struct GateInSlices<'a, F> {
+    /// `[B, C]`.
+    pub v: &'a [F],
+    /// `[K, C]`.
+    pub w: &'a [F],
+    /// `[B]`.
+    pub targets: &'a [i64],
+    /// `[K, C]`.
+    pub act: &'a [i64],
+    /// `[K, C]`.
+    pub inh: &'a [i64],
+}
+
+/// The second half (`aiec_fwd_gate`, as `gpu::fused::fwd_gate`): `mask [B, C]` from
 /// the counters after this step's counting, and `(S, N)`.
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-pub fn forward_gate<F: Float>(
+pub fn fwd_gate<F: Float>(
     cfg: &AiecConfig,
     plan: &InputDims,
-    v: &[F],
-    w: &[F],
-    targets: &[i64],
-    act: &[i64],
-    inh: &[i64],
+    inp: GateInSlices<F>,
     mask: &mut [u8],
 ) -> Result<(F, u64)> {
+    let GateInSlices { v, w, targets, act, inh } = inp;
     let (b, c, k) = (plan.batch, plan.channels, cfg.classes());
     let t = check_targets(targets, b, k)?;
     expect_len("v [B, C]", v.len(), b * c)?;
@@ -190,22 +216,34 @@ pub struct SavedSlices<'a, F> {
     pub mask: &'a [u8],
 }
 
-/// A training backward (as `gpu::fused::backward_train`): `dx` and
-/// `dW` (written, or added to `dw` with `accumulate`), with `dlogits = a_b * g`
-/// and the gate term `gate_scale * v * mask`.
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+/// What a training backward reads and writes besides the saved state, `dy`
+/// and `dx` (as `gpu::fused::TrainBackward`): `W` `[K, C]`, the loss scales,
+/// and `dW` `[K, C]` with how to deliver it.
+pub struct TrainBackwardSlices<'v, F> {
+    /// `[K, C]`.
+    pub w: &'v [F],
+    /// The `a_b` of each row (`dlogits = a_b * g`).
+    pub rows: RowScale<'v, F>,
+    /// The gate loss's scale.
+    pub gate_scale: F,
+    /// `[K, C]`, written or added to per `mode`.
+    pub dw: &'v mut [F],
+    /// How `dw` is delivered.
+    pub mode: DwMode,
+}
+
+/// A training backward (as `gpu::fused::backward` with a training part): `dx`
+/// and `dW`, with `dlogits = a_b * g` and the gate term `gate_scale * v *
+/// mask`.
 pub fn backward_train<F: Float>(
     cfg: &AiecConfig,
     plan: &InputDims,
     saved: &SavedSlices<F>,
-    w: &[F],
-    rows: RowScale<F>,
-    gate_scale: F,
+    train: TrainBackwardSlices<F>,
     dy: &[F],
     dx: &mut [F],
-    dw: &mut [F],
-    accumulate: bool,
 ) -> Result<()> {
+    let TrainBackwardSlices { w, rows, gate_scale, dw, mode } = train;
     let (b, c, k) = (plan.batch, plan.channels, cfg.classes());
     expect_len("saved v [B, C]", saved.v.len(), b * c)?;
     expect_len("saved g [B, K]", saved.g.len(), b * k)?;
@@ -217,10 +255,37 @@ pub fn backward_train<F: Float>(
     }
     let mut dv = vec![F::ZERO; b * c];
     let mut grad_w = vec![F::ZERO; k * c];
-    parts::dv_dw(saved.g, saved.v, saved.mask, w, b, c, k, rows, gate_scale, &mut dv, &mut grad_w);
-    activation_backward(cfg, plan, saved.keep, Some(&dv), dy, dx)?;
+    let inp = DvDwIn { g: saved.g, v: saved.v, mask: saved.mask, w, rows, gate_scale };
+    parts::dv_dw(inp, b, c, k, &mut dv, &mut grad_w);
+    bwd_x(cfg, plan, saved.keep, Some(&dv), dy, dx)?;
     for (o, g) in dw.iter_mut().zip(grad_w) {
-        *o = if accumulate { *o + g } else { g };
+        *o = if mode == DwMode::Accumulate { *o + g } else { g };
     }
     Ok(())
+}
+
+/// The old name of [`fwd_x`].
+#[deprecated(note = "renamed fwd_x, after the kernel's stem")]
+pub fn activation_forward<F: Float>(
+    cfg: &AiecConfig,
+    dims: &[usize],
+    x: &[F],
+    y: &mut [F],
+    keep: &mut [u32],
+    v: Option<&mut [F]>,
+) -> Result<InputDims> {
+    fwd_x(cfg, dims, x, y, keep, v)
+}
+
+/// The old name of [`bwd_x`].
+#[deprecated(note = "renamed bwd_x, after the kernel's stem")]
+pub fn activation_backward<F: Float>(
+    cfg: &AiecConfig,
+    plan: &InputDims,
+    keep: &[u32],
+    dv: Option<&[F]>,
+    dy: &[F],
+    dx: &mut [F],
+) -> Result<()> {
+    bwd_x(cfg, plan, keep, dv, dy, dx)
 }

@@ -150,7 +150,8 @@ pub fn forward<F: Float>(
     // 5. Activation-counting unit, on update steps, for correct samples only.
     if update {
         let Counters { act, inh, total, .. } = counters;
-        parts::count(&v, &logits, &targets, c_n, k_n, act, inh, total);
+        let mut slices = parts::CountersSlices { act, inh, total };
+        parts::count(&v, &logits, &targets, c_n, k_n, &mut slices);
     }
 
     // 6. Consensus gatekeeping unit, with the counters after step 5.
@@ -227,7 +228,8 @@ pub fn backward<F: Float>(
         parts::row_losses(&aux.logits, &aux.targets, k_n, &mut ce, &mut g);
         let mut dv = vec![F::ZERO; b_n * c_n];
         let rows = parts::RowScale::Uniform(scales.aux_scale);
-        parts::dv_dw(&g, &aux.v, &aux.mask, w, b_n, c_n, k_n, rows, scales.gate_scale, &mut dv, &mut dw);
+        let inp = parts::DvDwIn { g: &g, v: &aux.v, mask: &aux.mask, w, rows, gate_scale: scales.gate_scale };
+        parts::dv_dw(inp, b_n, c_n, k_n, &mut dv, &mut dw);
         // dy_total = dy + unpool(dv).
         parts::unpool_add(plan, &dv, &mut dy_total);
     }

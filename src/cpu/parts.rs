@@ -91,20 +91,28 @@ pub fn logits<F: Float>(v: &[F], w: &[F], batch: usize, channels: usize, classes
     }
 }
 
+/// The counters of one layer as the caller's slices.
+pub struct CountersSlices<'a> {
+    /// `[K, C]`.
+    pub act: &'a mut [i64],
+    /// `[K, C]`.
+    pub inh: &'a mut [i64],
+    /// `[K]`.
+    pub total: &'a mut [i64],
+}
+
 /// The counting unit on an update step: for every sample predicted correctly
 /// (`argmax logits[b] == t[b]`), `act[t, c] += v > 0`, `inh[t, c] += v == 0`
 /// (a NaN adds to neither), `total[t] += 1`. `act`, `inh` `[K, C]`, `total` `[K]`.
-#[allow(clippy::too_many_arguments)] // the step's inputs and the three counters
 pub fn count<F: Float>(
     v: &[F],
     logits: &[F],
     targets: &[usize],
     channels: usize,
     classes: usize,
-    act: &mut [i64],
-    inh: &mut [i64],
-    total: &mut [i64],
+    counters: &mut CountersSlices,
 ) {
+    let CountersSlices { act, inh, total } = counters;
     for (b, &t) in targets.iter().enumerate() {
         if argmax(&logits[b * classes..(b + 1) * classes]) != t {
             continue;
@@ -179,23 +187,37 @@ impl<F: Copy> RowScale<'_, F> {
     }
 }
 
+/// What the decision and gate part of a backward reads: the saved `g`
+/// `[B, K]`, `v` and `mask` `[B, C]`, `W` `[K, C]`, and the loss scales
+/// (`dlogits = a_b * g`, the gate term `gate_scale * v * mask`).
+#[derive(Debug, Clone, Copy)]
+pub struct DvDwIn<'a, F> {
+    /// `[B, K]`: `softmax - onehot`.
+    pub g: &'a [F],
+    /// `[B, C]`.
+    pub v: &'a [F],
+    /// `[B, C]`.
+    pub mask: &'a [u8],
+    /// `[K, C]`.
+    pub w: &'a [F],
+    /// The `a_b` of each row.
+    pub rows: RowScale<'a, F>,
+    /// The gate loss's scale.
+    pub gate_scale: F,
+}
+
 /// The decision and gate part of a backward: `dv [B, C]` and `dW [K, C]` from
-/// `g`, `v`, `mask` and `W`: `dv = dlogits W + gate_scale * v * mask`,
-/// `dW = dlogits^T v`, with `dlogits = a_b * g`.
-#[allow(clippy::too_many_arguments)] // the step's inputs and outputs
+/// [`DvDwIn`]: `dv = dlogits W + gate_scale * v * mask`, `dW = dlogits^T v`,
+/// with `dlogits = a_b * g`.
 pub fn dv_dw<F: Float>(
-    g: &[F],
-    v: &[F],
-    mask: &[u8],
-    w: &[F],
+    inp: DvDwIn<F>,
     batch: usize,
     channels: usize,
     classes: usize,
-    rows: RowScale<F>,
-    gate_scale: F,
     dv: &mut [F],
     dw: &mut [F],
 ) {
+    let DvDwIn { g, v, mask, w, rows, gate_scale } = inp;
     let dlogits: Vec<F> = (0..batch * classes).map(|i| rows.at(i / classes) * g[i]).collect();
     for b in 0..batch {
         for c in 0..channels {

@@ -30,11 +30,11 @@ use crate::config::{AiecConfig, InputDims, LossCoefs};
 use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
 use crate::gpu::counters::GpuCounters;
-use crate::gpu::fused::{self, AuxMut, CountersMut, LayerLoss, TargetCheck, Update};
+use crate::gpu::fused::{self, CountersMut, GateIn, GateOut, LayerLoss, TrainIn, TrainOut, Update};
 use crate::gpu::workspace::Workspace;
 use crate::launch;
 use crate::params::AiecLosses;
-use crate::view::{check_disjoint, SliceMut, SliceRef, TensorMut, TensorRef};
+use crate::view::{check_disjoint, SliceMut};
 
 /// Sums a buffer of counts over every rank of a data-parallel job, in place,
 /// ordered on the buffer's device stream (an all-reduce).
@@ -51,22 +51,17 @@ pub trait CountSum: Send + Sync {
 pub use crate::launch::{aiec_counts_add as counts_add_plan, aiec_counts_narrow as counts_narrow_plan};
 
 /// A training forward on an update step with the counts summed over the
-/// ranks (see the module documentation); the other buffers as
+/// ranks (see the module documentation); the inputs and outputs as
 /// [`fused::forward_train`] takes them.
-#[allow(clippy::too_many_arguments)] // the op's inputs, outputs and state
 pub(crate) fn forward_summed(
     cfg: &AiecConfig,
-    x: &TensorRef,
-    w: &SliceRef<f32>,
-    targets: &SliceRef<i64>,
-    check: TargetCheck,
+    inp: TrainIn,
     counters: &mut GpuCounters,
-    y: &mut TensorMut,
-    keep: &mut SliceMut<u32>,
-    aux: &mut AuxMut,
+    mut out: TrainOut,
     ws: &Workspace,
     sum: &dyn CountSum,
 ) -> Result<InputDims> {
+    let x = inp.x;
     let dev: Device = x.device().clone();
     let (k, c) = (cfg.classes(), cfg.channels());
     let kc = k * c;
@@ -95,7 +90,7 @@ pub(crate) fn forward_summed(
                 total: SliceMut::from_raw(&dev, base + 16 * kc as u64, k)?,
             }
         };
-        fused::forward_count(cfg, x, w, targets, check, &mut parts, Update::Now(true), y, keep, aux)?
+        fused::fwd_x_logits(cfg, inp, &mut parts, Update::Now(true), out.reborrow())?
     };
     // SAFETY: `inc` (i64) and `narrow` (i32), both [2KC + K], are live,
     // disjoint buffers of this device; the launch follows the counting on the stream.
@@ -113,19 +108,10 @@ pub(crate) fn forward_summed(
     // buffers of this device, disjoint; the launch runs after the sum on the stream.
     unsafe { dev.launch(&plan) }?;
     let (act, inh) = (counters.act.view(), counters.inh.view());
-    let v = aux.v.as_ref();
-    fused::forward_gate(
-        cfg,
-        &dims,
-        &v,
-        w,
-        targets,
-        &act,
-        &inh,
-        &mut aux.mask,
-        &mut aux.stats,
-        &mut aux.scratch,
-    )?;
+    let aux = &mut *out.aux;
+    let gate_in = GateIn { v: &aux.v.as_ref(), w: inp.w, targets: inp.targets, act: &act, inh: &inh };
+    let gate_out = GateOut { mask: &mut aux.mask, stats: &mut aux.stats, scratch: &mut aux.scratch };
+    fused::fwd_gate(cfg, &dims, gate_in, gate_out)?;
     Ok(dims)
 }
 

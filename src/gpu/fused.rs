@@ -14,10 +14,12 @@
 //! which makes the step count nothing and leaves the error for the device's
 //! next synchronisation or read ([`crate::Device::synchronize`]).
 
+/// Re-exported from [`crate::config`], where it is defined (the CPU reference uses it too).
+pub use crate::config::DwMode;
 use crate::config::{AiecConfig, InputDims, LossCoefs};
 use crate::dtype::DType;
 use crate::error::{AiecError, Result};
-use crate::launch::{self, BwdXArgs, GateArgs, XPassArgs};
+use crate::launch::{self, BwdDvDwArgs, BwdXArgs, FwdGateArgs, FwdLogitsArgs, FwdXArgs};
 use crate::layout::ForwardScratch;
 /// Re-exported from [`crate::layout`], where they are defined.
 pub use crate::layout::{Sizes, SCRATCH_ALIGN};
@@ -90,27 +92,56 @@ fn check_x_y(cfg: &AiecConfig, x: &TensorRef, y: &TensorMut) -> Result<InputDims
     Ok(dims)
 }
 
-/// A forward without targets (inference, or a training step without them):
-/// `y` and the keep bits in one launch. `keep` has [`Sizes::keep`] words.
+/// `aiec_fwd_x` alone: `y` and the keep bits ([`Sizes::keep`] words) and,
+/// with `v`, the pooled `v` (`[B, C]`) in one read of `x`; one launch. Without
+/// `v` it is the forward without targets (inference, or a training step
+/// without them); with it, what adapters that compute the `[B, C]` and
+/// `[K, C]` parts themselves (the PyTorch drop-in) call.
+pub fn fwd_x(
+    cfg: &AiecConfig,
+    x: &TensorRef,
+    y: &mut TensorMut,
+    keep: &mut SliceMut<u32>,
+    v: Option<&mut SliceMut<f32>>,
+) -> Result<InputDims> {
+    let dims = check_x_y(cfg, x, y)?;
+    let dev = x.device();
+    let sizes = Sizes::of(&dims, cfg.classes());
+    keep.expect("keep bits", dev, sizes.keep)?;
+    let mut written = vec![("y", y.span()), ("keep bits", keep.span())];
+    if let Some(v) = &v {
+        v.expect("v [B, C]", dev, sizes.bc)?;
+        written.push(("v", v.span()));
+    }
+    check_disjoint(&written)?;
+    for wr in &written {
+        check_disjoint(&[*wr, ("x", x.span())])?;
+    }
+    let shape = AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false);
+    let args = FwdXArgs {
+        x: x.address(),
+        y: y.address(),
+        keep: keep.address(),
+        v: v.map_or(0, |v| v.address()),
+        ..Default::default()
+    };
+    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args) {
+        // SAFETY: x, y, keep (and v) are live views of this device sized for
+        // `shape` (checked above), the written ones disjoint from the rest.
+        unsafe { dev.launch(&p) }?;
+    }
+    Ok(dims)
+}
+
+/// The old name of [`fwd_x`] without `v`.
+#[deprecated(note = "renamed fwd_x (with v = None), after the kernel's stem")]
 pub fn forward_infer(
     cfg: &AiecConfig,
     x: &TensorRef,
     y: &mut TensorMut,
     keep: &mut SliceMut<u32>,
 ) -> Result<InputDims> {
-    let dims = check_x_y(cfg, x, y)?;
-    let dev = x.device();
-    let sizes = Sizes::of(&dims, cfg.classes());
-    keep.expect("keep bits", dev, sizes.keep)?;
-    check_disjoint(&[("y", y.span()), ("x", x.span()), ("keep bits", keep.span())])?;
-    let shape = AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false);
-    let args = XPassArgs { x: x.address(), y: y.address(), keep: keep.address(), ..Default::default() };
-    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args) {
-        // SAFETY: x, y and keep are live views of this device sized for
-        // `shape` (checked above), the written ones disjoint from the rest.
-        unsafe { dev.launch(&p) }?;
-    }
-    Ok(dims)
+    fwd_x(cfg, x, y, keep, None)
 }
 
 /// Where a training forward's targets come from.
@@ -139,20 +170,49 @@ pub enum Update<'v, 'a> {
     },
 }
 
+/// What a training forward reads: `x`, `W` (`[K, C]`), the targets (`[B]`)
+/// and where they were checked.
+#[derive(Clone, Copy)]
+pub struct TrainIn<'v, 'a> {
+    /// The input, shape of the layout.
+    pub x: &'v TensorRef<'a>,
+    /// `[K, C]`.
+    pub w: &'v SliceRef<'a, f32>,
+    /// `[B]`.
+    pub targets: &'v SliceRef<'a, i64>,
+    /// Where the targets were checked.
+    pub check: TargetCheck,
+}
+
+/// What a training forward writes besides the counters: `y` (shape of `x`),
+/// the keep bits ([`Sizes::keep`] words) and every [`AuxMut`] buffer. (Each
+/// writable view has its own lifetime: a `&mut` to a view is invariant in it.)
+pub struct TrainOut<'v, 'y, 'k, 'x> {
+    /// Shape and type of `x`.
+    pub y: &'v mut TensorMut<'y>,
+    /// [`Sizes::keep`] words.
+    pub keep: &'v mut SliceMut<'k, u32>,
+    /// The saved state and results.
+    pub aux: &'v mut AuxMut<'x>,
+}
+
+impl<'y, 'k, 'x> TrainOut<'_, 'y, 'k, 'x> {
+    /// The same outputs, borrowed for a shorter call.
+    pub fn reborrow(&mut self) -> TrainOut<'_, 'y, 'k, 'x> {
+        TrainOut { y: &mut *self.y, keep: &mut *self.keep, aux: &mut *self.aux }
+    }
+}
+
 /// Checks of a training forward: shapes, lengths, devices, overlaps.
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
 fn check_train(
     cfg: &AiecConfig,
-    x: &TensorRef,
-    w: &SliceRef<f32>,
-    targets: &SliceRef<i64>,
-    counters: (Span, Span, Span),
-    counters_len: [usize; 3],
-    y: &TensorMut,
-    keep: &SliceMut<u32>,
-    aux: &AuxMut,
+    inp: &TrainIn,
+    counters: &CountersMut,
+    out: &TrainOut,
     with_gate: bool,
 ) -> Result<InputDims> {
+    let TrainIn { x, w, targets, .. } = *inp;
+    let (y, keep, aux) = (&*out.y, &*out.keep, &*out.aux);
     let dims = check_x_y(cfg, x, y)?;
     let dev = x.device();
     let (k, c) = (cfg.classes(), cfg.channels());
@@ -163,9 +223,9 @@ fn check_train(
         e => e,
     })?;
     for (what, got, want) in [
-        ("counters act [K, C]", counters_len[0], k * c),
-        ("counters inh [K, C]", counters_len[1], k * c),
-        ("counters total [K]", counters_len[2], k),
+        ("counters act [K, C]", counters.act.len(), k * c),
+        ("counters inh [K, C]", counters.inh.len(), k * c),
+        ("counters total [K]", counters.total.len(), k),
     ] {
         if got != want {
             return Err(mismatch(what, want, got));
@@ -186,9 +246,9 @@ fn check_train(
         ("ce", aux.ce.span()),
         ("g", aux.g.span()),
         ("forward scratch", aux.scratch.span()),
-        ("counters act", counters.0),
-        ("counters inh", counters.1),
-        ("counters total", counters.2),
+        ("counters act", counters.act.span()),
+        ("counters inh", counters.inh.span()),
+        ("counters total", counters.total.span()),
     ];
     if with_gate {
         aux.mask.expect("mask [B, C]", dev, sizes.bc)?;
@@ -205,56 +265,46 @@ fn check_train(
     Ok(dims)
 }
 
-fn counter_spans(c: &CountersMut) -> ((Span, Span, Span), [usize; 3]) {
-    ((c.act.span(), c.inh.span(), c.total.span()), [c.act.len(), c.inh.len(), c.total.len()])
-}
-
 /// A training forward: `y`, the keep bits and every [`AuxMut`] buffer, in
-/// three launches; the counters update when `update` says so. `w` is `[K, C]`,
-/// `targets` `[B]`. The same as [`forward_count`] then [`forward_gate`].
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs, each a separate caller buffer
+/// three launches; the counters update when `update` says so. The same as
+/// [`fwd_x_logits`] then [`fwd_gate`].
 pub fn forward_train(
     cfg: &AiecConfig,
-    x: &TensorRef,
-    w: &SliceRef<f32>,
-    targets: &SliceRef<i64>,
-    check: TargetCheck,
+    inp: TrainIn,
     counters: &mut CountersMut,
     update: Update,
-    y: &mut TensorMut,
-    keep: &mut SliceMut<u32>,
-    aux: &mut AuxMut,
+    mut out: TrainOut,
 ) -> Result<InputDims> {
     // Every buffer of the three launches first, so that a bad one launches nothing.
-    let (spans, lens) = counter_spans(counters);
-    check_train(cfg, x, w, targets, spans, lens, y, keep, aux, true)?;
-    let dims = forward_count(cfg, x, w, targets, check, counters, update, y, keep, aux)?;
-    let (act, inh) = (counters.act.as_ref(), counters.inh.as_ref());
-    let v = aux.v.as_ref();
-    forward_gate(cfg, &dims, &v, w, targets, &act, &inh, &mut aux.mask, &mut aux.stats, &mut aux.scratch)?;
+    check_train(cfg, &inp, counters, &out, true)?;
+    let dims = fwd_x_logits(cfg, inp, counters, update, out.reborrow())?;
+    let aux = &mut *out.aux;
+    let gate_in = GateIn {
+        v: &aux.v.as_ref(),
+        w: inp.w,
+        targets: inp.targets,
+        act: &counters.act.as_ref(),
+        inh: &counters.inh.as_ref(),
+    };
+    let gate_out = GateOut { mask: &mut aux.mask, stats: &mut aux.stats, scratch: &mut aux.scratch };
+    fwd_gate(cfg, &dims, gate_in, gate_out)?;
     Ok(dims)
 }
 
-/// Launches 1 and 2 of a training forward: the pass over `x` (`y`, keep bits,
+/// `aiec_fwd_x` then `aiec_fwd_logits`, launches 1 and 2 of a training forward: the pass over `x` (`y`, keep bits,
 /// `v`, the targets check) and the decision unit (logits, `ce`, `g`, the
 /// argmax) with the counting, into `counters` (`aux.mask` and `aux.stats` are
 /// not used and may be empty views). Those may be the layer's
 /// counters or zeroed increments (data-parallel training sums increments
-/// over ranks before [`forward_gate`] reads the counters).
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-pub fn forward_count(
+/// over ranks before [`fwd_gate`] reads the counters).
+pub fn fwd_x_logits(
     cfg: &AiecConfig,
-    x: &TensorRef,
-    w: &SliceRef<f32>,
-    targets: &SliceRef<i64>,
-    check: TargetCheck,
+    inp: TrainIn,
     counters: &mut CountersMut,
     update: Update,
-    y: &mut TensorMut,
-    keep: &mut SliceMut<u32>,
-    aux: &mut AuxMut,
+    out: TrainOut,
 ) -> Result<InputDims> {
-    let (spans, lens) = counter_spans(counters);
+    let TrainIn { x, w, targets, check } = inp;
     let dev = x.device();
     for (what, d) in [
         ("counters act", counters.act.device()),
@@ -269,7 +319,8 @@ pub fn forward_count(
             });
         }
     }
-    let dims = check_train(cfg, x, w, targets, spans, lens, y, keep, aux, false)?;
+    let dims = check_train(cfg, &inp, counters, &out, false)?;
+    let TrainOut { y, keep, aux } = out;
     let (host_update, step) = match update {
         Update::Now(u) => (u as u32, 0),
         Update::OnStep { step, interval } => {
@@ -293,7 +344,7 @@ pub fn forward_count(
         launch::aiec_fwd_x(
             x.dtype(),
             &shape,
-            XPassArgs {
+            FwdXArgs {
                 x: x.address(),
                 y: y.address(),
                 keep: keep.address(),
@@ -305,10 +356,21 @@ pub fn forward_count(
         ),
         launch::aiec_fwd_logits(
             &shape,
-            [aux.v.address(), w.address(), targets.address(), status, step],
-            [aux.logits.address(), aux.ce.address(), aux.g.address()],
-            [counters.act.address(), counters.inh.address(), counters.total.address()],
-            [base + sc.tickets as u64, base + sc.row_parts as u64],
+            FwdLogitsArgs {
+                v: aux.v.address(),
+                w: w.address(),
+                targets: targets.address(),
+                status,
+                step,
+                logits: aux.logits.address(),
+                ce: aux.ce.address(),
+                g: aux.g.address(),
+                act: counters.act.address(),
+                inh: counters.inh.address(),
+                total: counters.total.address(),
+                done: base + sc.tickets as u64,
+                part: base + sc.row_parts as u64,
+            },
             dev.limits(),
         ),
     ];
@@ -322,23 +384,39 @@ pub fn forward_count(
     Ok(dims)
 }
 
-/// Launch 3 of a training forward: the consensus gate (`mask`, `S`, `N`) from
-/// `v`, the counters `act`, `inh` as they are after this step's counting, `W`
-/// and the targets; writes `mask`, `stats` and the gate's part of `scratch`
-/// (the forward's scratch, [`Sizes::scratch_bytes`]).
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-pub fn forward_gate(
-    cfg: &AiecConfig,
-    dims: &InputDims,
-    v: &SliceRef<f32>,
-    w: &SliceRef<f32>,
-    targets: &SliceRef<i64>,
-    act: &SliceRef<i64>,
-    inh: &SliceRef<i64>,
-    mask: &mut SliceMut<u8>,
-    stats: &mut SliceMut<AiecGateStats>,
-    scratch: &mut SliceMut<u8>,
-) -> Result<()> {
+/// What the gate reads: `v` (`[B, C]`), `W` (`[K, C]`), the targets (`[B]`)
+/// and the counters `act`, `inh` (`[K, C]`) as they are after this step's
+/// counting.
+#[derive(Clone, Copy)]
+pub struct GateIn<'v, 'a> {
+    /// `[B, C]`.
+    pub v: &'v SliceRef<'a, f32>,
+    /// `[K, C]`.
+    pub w: &'v SliceRef<'a, f32>,
+    /// `[B]`.
+    pub targets: &'v SliceRef<'a, i64>,
+    /// `[K, C]`.
+    pub act: &'v SliceRef<'a, i64>,
+    /// `[K, C]`.
+    pub inh: &'v SliceRef<'a, i64>,
+}
+
+/// What the gate writes: `mask` (`[B, C]`), `stats` (one [`AiecGateStats`])
+/// and its part of the forward's `scratch` ([`Sizes::scratch_bytes`]).
+pub struct GateOut<'v, 'm, 's, 'c> {
+    /// `[B, C]`.
+    pub mask: &'v mut SliceMut<'m, u8>,
+    /// `[1]`.
+    pub stats: &'v mut SliceMut<'s, AiecGateStats>,
+    /// The forward's scratch.
+    pub scratch: &'v mut SliceMut<'c, u8>,
+}
+
+/// `aiec_fwd_gate`, launch 3 of a training forward: the consensus gate (`mask`, `S`, `N`) from
+/// [`GateIn`] into [`GateOut`].
+pub fn fwd_gate(cfg: &AiecConfig, dims: &InputDims, inp: GateIn, out: GateOut) -> Result<()> {
+    let GateIn { v, w, targets, act, inh } = inp;
+    let GateOut { mask, stats, scratch } = out;
     let dev = w.device().clone();
     let (k, c) = (cfg.classes(), cfg.channels());
     if dims.channels != c {
@@ -376,7 +454,7 @@ pub fn forward_gate(
     }
     let sc = ForwardScratch::of(&shape);
     let base = scratch.address();
-    let args = GateArgs {
+    let args = FwdGateArgs {
         v: v.address(),
         w: w.address(),
         targets: targets.address(),
@@ -464,15 +542,6 @@ pub(crate) fn loss_params(
     Ok((dev, p))
 }
 
-/// How a backward delivers `dW`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DwMode {
-    /// `dw = dW`.
-    Write,
-    /// `dw += dW`, as frameworks accumulate gradients over micro-batches.
-    Accumulate,
-}
-
 /// The loss gradients a training backward scales by: the combined losses of
 /// [`combine`] (its `aux_scale` and `gate_scale`), and optionally the gradient
 /// with respect to each row's cross-entropy (`[B]`, replacing the uniform
@@ -484,62 +553,146 @@ pub struct Scales<'a> {
     pub row_scale: Option<SliceRef<'a, f32>>,
 }
 
-/// What a training backward adds to the pass over `dy`: `W`, the saved state,
-/// the scales, the `dv` scratch, `dW` and how to deliver it.
-/// (Views carry their own lifetimes: a writable view is invariant in its.)
-struct TrainPart<'v, 'w, 's, 'l, 'd, 'g> {
-    w: &'v SliceRef<'w, f32>,
-    saved: &'v SavedRef<'s>,
-    scales: &'v Scales<'l>,
-    dv: &'v mut SliceMut<'d, f32>,
-    dw: &'v mut SliceMut<'g, f32>,
-    mode: DwMode,
+/// Where a backward writes `dx`, with the `dy` it reads: one type for both
+/// placements, so that each backward is one function. `dy` is writable only
+/// where `dx` goes over it.
+pub enum Dx<'v, 'y, 'x> {
+    /// `dx` into its own buffer of `dy`'s shape and type, on `dy`'s device:
+    /// disjoint from every input, or exactly `dy`'s memory (two views the
+    /// caller made of one buffer).
+    Into {
+        /// The gradient with respect to `y`, shape of the layout.
+        dy: &'v TensorRef<'y>,
+        /// The gradient with respect to `x`, written.
+        dx: &'v mut TensorMut<'x>,
+    },
+    /// `dx` written over `dy` (in place).
+    OverDy(&'v mut TensorMut<'y>),
 }
 
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-fn backward_impl(
+/// `dx` as a backward writes it.
+struct DxOut {
+    addr: u64,
+    span: Span,
+    dtype: DType,
+    shape: Vec<usize>,
+}
+
+impl Dx<'_, '_, '_> {
+    /// The device of `dy`.
+    pub fn device(&self) -> &Device {
+        match self {
+            Dx::Into { dy, .. } => dy.device(),
+            Dx::OverDy(dy) => dy.device(),
+        }
+    }
+
+    /// Calls `f` with `dy` as read and `dx` as written, after checking that
+    /// `dx` has `dy`'s device, type and shape (and `dy` the forward's shape),
+    /// and that `dx` is `dy` exactly or disjoint from it.
+    fn check<R>(&self, dims: &InputDims, f: impl FnOnce(&TensorRef, DxOut) -> Result<R>) -> Result<R> {
+        let (dy_owned, dx);
+        let dy: &TensorRef = match self {
+            Dx::Into { dy, dx: out } => {
+                out.expect_device("dx", dy.device())?;
+                dx = DxOut {
+                    addr: out.address(),
+                    span: out.span(),
+                    dtype: out.dtype(),
+                    shape: out.shape().to_vec(),
+                };
+                dy
+            }
+            Dx::OverDy(dy) => {
+                dx = DxOut {
+                    addr: dy.address(),
+                    span: dy.span(),
+                    dtype: dy.dtype(),
+                    shape: dy.shape().to_vec(),
+                };
+                dy_owned = dy.as_ref();
+                &dy_owned
+            }
+        };
+        // Each tensor named with its own shape: dy against the forward's, dx against dy.
+        if dy.shape() != dims.dims.as_slice() {
+            return Err(AiecError::ShapeMismatch {
+                what: "dy",
+                expected: dims.dims.clone(),
+                got: dy.shape().to_vec(),
+            });
+        }
+        if dx.dtype != dy.dtype() {
+            return Err(AiecError::DTypeMismatch { what: "dx", expected: dy.dtype(), got: dx.dtype });
+        }
+        if dx.shape != dy.shape() {
+            return Err(AiecError::ShapeMismatch {
+                what: "dx",
+                expected: dy.shape().to_vec(),
+                got: dx.shape,
+            });
+        }
+        if dx.span.addr != dy.address() || dx.span.bytes != dy.byte_len() {
+            check_disjoint(&[("dx", dx.span), ("dy", dy.span())])?;
+        }
+        f(dy, dx)
+    }
+}
+
+/// What a training backward reads and writes besides `dy` and `dx`: `W`, the
+/// saved state, the loss scales, the `dv` scratch (`[B, C]`), and `dW`
+/// (`[K, C]`) with how to deliver it. (Each writable view has its own
+/// lifetime: a `&mut` to a view is invariant in it.)
+pub struct TrainBackward<'v, 'a, 'd, 'g> {
+    /// `[K, C]`.
+    pub w: &'v SliceRef<'a, f32>,
+    /// What the forward saved.
+    pub saved: &'v SavedRef<'a>,
+    /// The loss gradients.
+    pub scales: &'v Scales<'a>,
+    /// `[B, C]` scratch.
+    pub dv: &'v mut SliceMut<'d, f32>,
+    /// `[K, C]`, written or accumulated per `mode`.
+    pub dw: &'v mut SliceMut<'g, f32>,
+    /// How `dw` is delivered.
+    pub mode: DwMode,
+}
+
+/// The backward of a forward of `dims` (its [`Sizes`]): with `train` (a
+/// training forward), `dv` and `dW` then `dx`, two launches; without (a
+/// forward without targets), `dx = keep ? dy : 0`, one launch. `dx` goes where
+/// [`Dx`] says. No synchronisation. Replaces `backward_train`,
+/// `backward_train_inplace`, `backward_infer` and `backward_infer_inplace`.
+pub fn backward(
     cfg: &AiecConfig,
     dims: &InputDims,
     keep: &SliceRef<u32>,
-    train: Option<TrainPart<'_, '_, '_, '_, '_, '_>>,
+    train: Option<TrainBackward>,
+    dx: Dx,
+) -> Result<()> {
+    dx.check(dims, |dy, dx| backward_checked(cfg, dims, keep, train, dy, dx))
+}
+
+fn backward_checked(
+    cfg: &AiecConfig,
+    dims: &InputDims,
+    keep: &SliceRef<u32>,
+    train: Option<TrainBackward>,
     dy: &TensorRef,
-    dx: (u64, Span),
-    dx_dtype: DType,
-    dx_shape: &[usize],
+    dx: DxOut,
 ) -> Result<()> {
     let dev = dy.device().clone();
-    if dy.shape() != dims.dims.as_slice() {
-        return Err(AiecError::ShapeMismatch {
-            what: "dy",
-            expected: dims.dims.clone(),
-            got: dy.shape().to_vec(),
-        });
-    }
-    if dx_dtype != dy.dtype() {
-        return Err(AiecError::DTypeMismatch { what: "dx", expected: dy.dtype(), got: dx_dtype });
-    }
-    if dx_shape != dy.shape() {
-        return Err(AiecError::ShapeMismatch {
-            what: "dx",
-            expected: dy.shape().to_vec(),
-            got: dx_shape.to_vec(),
-        });
-    }
     if dims.channels != cfg.channels() {
         return Err(mismatch("record channels C", cfg.channels(), dims.channels));
     }
     let (k, c) = (cfg.classes(), cfg.channels());
     let sizes = Sizes::of(dims, k);
     keep.expect("keep bits", &dev, sizes.keep)?;
-    let (dx_addr, dx_span) = dx;
-    if dx_span.addr != dy.address() || dx_span.bytes != dy.byte_len() {
-        check_disjoint(&[("dx", dx_span), ("dy", dy.span())])?;
-    }
-    check_disjoint(&[("dx", dx_span), ("keep bits", keep.span())])?;
+    check_disjoint(&[("dx", dx.span), ("keep bits", keep.span())])?;
     let update = false; // the backward does not depend on it
     let mut shape = AiecShape::new(dims, k, cfg.tau() as f32, update);
     let mut dv_addr = 0;
-    if let Some(TrainPart { w, saved, scales, dv, dw, mode }) = train {
+    if let Some(TrainBackward { w, saved, scales, dv, dw, mode }) = train {
         w.expect("W [K, C]", &dev, k * c)?;
         saved.v.expect("saved v [B, C]", &dev, sizes.bc)?;
         saved.g.expect("saved g [B, K]", &dev, sizes.bk)?;
@@ -550,7 +703,7 @@ fn backward_impl(
         }
         dv.expect("dv scratch [B, C]", &dev, sizes.bc)?;
         dw.expect("dW [K, C]", &dev, k * c)?;
-        let written = [("dx", dx_span), ("dv scratch", dv.span()), ("dW", dw.span())];
+        let written = [("dx", dx.span), ("dv scratch", dv.span()), ("dW", dw.span())];
         check_disjoint(&written)?;
         for read in [
             ("W", w.span()),
@@ -567,19 +720,17 @@ fn backward_impl(
             shape.flags |= FLAG_ACCUMULATE_DW;
         }
         let row_scale = scales.row_scale.as_ref().map_or(0, |r| r.address());
-        if let Some(p) = launch::aiec_bwd_dv_dw(
-            &shape,
-            [
-                saved.v.address(),
-                w.address(),
-                saved.g.address(),
-                saved.mask.address(),
-                scales.losses.address(),
-                row_scale,
-            ],
-            [dv.address(), dw.address()],
-            dev.limits(),
-        ) {
+        let args = BwdDvDwArgs {
+            v: saved.v.address(),
+            w: w.address(),
+            g: saved.g.address(),
+            mask: saved.mask.address(),
+            losses: scales.losses.address(),
+            row_scale,
+            dv: dv.address(),
+            dw: dw.address(),
+        };
+        if let Some(p) = launch::aiec_bwd_dv_dw(&shape, args, dev.limits()) {
             // SAFETY: all views are live on this device and sized for `shape`;
             // dv and dw are disjoint from each other and from every input.
             unsafe { dev.launch(&p) }?;
@@ -589,7 +740,7 @@ fn backward_impl(
     if let Some(p) = launch::aiec_bwd_x(
         dy.dtype(),
         &shape,
-        BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv_addr, dx: dx_addr },
+        BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv_addr, dx: dx.addr },
     ) {
         // SAFETY: dy, keep, dv (or null) and dx are live views of this device
         // sized for `shape`; dx is dy itself or disjoint from every input.
@@ -598,79 +749,8 @@ fn backward_impl(
     Ok(())
 }
 
-/// The backward of a training forward of `dims` (its [`Sizes`]), writing `dx`
-/// into its own buffer and `dW` per `mode`; `dv` is `[B, C]` scratch. Two
-/// launches, no synchronisation.
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-pub fn backward_train(
-    cfg: &AiecConfig,
-    dims: &InputDims,
-    w: &SliceRef<f32>,
-    keep: &SliceRef<u32>,
-    saved: &SavedRef,
-    scales: &Scales,
-    dy: &TensorRef,
-    dx: &mut TensorMut,
-    dv: &mut SliceMut<f32>,
-    dw: &mut SliceMut<f32>,
-    mode: DwMode,
-) -> Result<()> {
-    dx.expect_device("dx", dy.device())?;
-    let (addr, span, dtype, shape) = (dx.address(), dx.span(), dx.dtype(), dx.shape().to_vec());
-    let train = TrainPart { w, saved, scales, dv, dw, mode };
-    backward_impl(cfg, dims, keep, Some(train), dy, (addr, span), dtype, &shape)
-}
-
-/// [`backward_train`] writing `dx` over `dy` (in place).
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-pub fn backward_train_inplace(
-    cfg: &AiecConfig,
-    dims: &InputDims,
-    w: &SliceRef<f32>,
-    keep: &SliceRef<u32>,
-    saved: &SavedRef,
-    scales: &Scales,
-    dy: &mut TensorMut,
-    dv: &mut SliceMut<f32>,
-    dw: &mut SliceMut<f32>,
-    mode: DwMode,
-) -> Result<()> {
-    let (addr, span, dtype, shape) = (dy.address(), dy.span(), dy.dtype(), dy.shape().to_vec());
-    let dy = dy.as_ref();
-    let train = TrainPart { w, saved, scales, dv, dw, mode };
-    backward_impl(cfg, dims, keep, Some(train), &dy, (addr, span), dtype, &shape)
-}
-
-/// The backward of a forward without targets: `dx = dy` where the keep bit
-/// is set, else 0; one launch. `dx` may be `dy` itself (pass the same memory
-/// through [`backward_infer_inplace`]).
-pub fn backward_infer(
-    cfg: &AiecConfig,
-    dims: &InputDims,
-    keep: &SliceRef<u32>,
-    dy: &TensorRef,
-    dx: &mut TensorMut,
-) -> Result<()> {
-    dx.expect_device("dx", dy.device())?;
-    let (addr, span, dtype, shape) = (dx.address(), dx.span(), dx.dtype(), dx.shape().to_vec());
-    backward_impl(cfg, dims, keep, None, dy, (addr, span), dtype, &shape)
-}
-
-/// [`backward_infer`] writing `dx` over `dy`.
-pub fn backward_infer_inplace(
-    cfg: &AiecConfig,
-    dims: &InputDims,
-    keep: &SliceRef<u32>,
-    dy: &mut TensorMut,
-) -> Result<()> {
-    let (addr, span, dtype, shape) = (dy.address(), dy.span(), dy.dtype(), dy.shape().to_vec());
-    let dy = dy.as_ref();
-    backward_impl(cfg, dims, keep, None, &dy, (addr, span), dtype, &shape)
-}
-
-/// The pass over `x` alone, for adapters that compute the `[B, C]` and
-/// `[K, C]` parts themselves (the PyTorch drop-in): `y`, the keep bits and the
-/// pooled `v` (`[B, C]`) in one read of `x`; one launch.
+/// The old name of [`fwd_x`] with `v`.
+#[deprecated(note = "renamed fwd_x (with Some(v)), after the kernel's stem")]
 pub fn activation_forward(
     cfg: &AiecConfig,
     x: &TensorRef,
@@ -678,73 +758,61 @@ pub fn activation_forward(
     keep: &mut SliceMut<u32>,
     v: &mut SliceMut<f32>,
 ) -> Result<InputDims> {
-    let dims = check_x_y(cfg, x, y)?;
-    let dev = x.device();
-    let sizes = Sizes::of(&dims, cfg.classes());
-    keep.expect("keep bits", dev, sizes.keep)?;
-    v.expect("v [B, C]", dev, sizes.bc)?;
-    check_disjoint(&[("y", y.span()), ("keep bits", keep.span()), ("v", v.span())])?;
-    for wr in [("y", y.span()), ("keep bits", keep.span()), ("v", v.span())] {
-        check_disjoint(&[wr, ("x", x.span())])?;
-    }
-    let shape = AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false);
-    let args = XPassArgs {
-        x: x.address(),
-        y: y.address(),
-        keep: keep.address(),
-        v: v.address(),
-        ..Default::default()
-    };
-    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args) {
-        // SAFETY: live views of this device sized for `shape`, written ones disjoint.
-        unsafe { dev.launch(&p) }?;
-    }
-    Ok(dims)
+    fwd_x(cfg, x, y, keep, Some(v))
 }
 
-/// The pass over `dy` alone: `dx = keep ? dy + unpool(dv) : 0` with `dv`
-/// `[B, C]` (the gradient reaching the pooled `v`); one launch. `dx` may be
-/// `dy` exactly.
+/// `aiec_bwd_x` alone, the pass over `dy`: `dx = keep ? dy + unpool(dv) : 0` with `dv`
+/// `[B, C]` (the gradient reaching the pooled `v`); one launch. `dx` goes
+/// where [`Dx`] says.
+pub fn bwd_x(
+    cfg: &AiecConfig,
+    dims: &InputDims,
+    keep: &SliceRef<u32>,
+    dv: &SliceRef<f32>,
+    dx: Dx,
+) -> Result<()> {
+    dx.check(dims, |dy, dx| {
+        let dev: Device = dy.device().clone();
+        dv.expect("dv [B, C]", &dev, dims.batch * dims.channels)?;
+        check_disjoint(&[("dx", dx.span), ("dv", dv.span())])?;
+        check_disjoint(&[("dx", dx.span), ("keep bits", keep.span())])?;
+        keep.expect("keep bits", &dev, Sizes::of(dims, cfg.classes()).keep)?;
+        let s = AiecShape::new(dims, cfg.classes(), cfg.tau() as f32, false);
+        let args = BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv.address(), dx: dx.addr };
+        if let Some(p) = launch::aiec_bwd_x(dy.dtype(), &s, args) {
+            // SAFETY: live views of this device sized for `s`; dx is dy or disjoint.
+            unsafe { dev.launch(&p) }?;
+        }
+        Ok(())
+    })
+}
+
+/// The old name of [`bwd_x`].
+#[deprecated(note = "renamed bwd_x, after the kernel's stem")]
 pub fn activation_backward(
     cfg: &AiecConfig,
     dims: &InputDims,
     keep: &SliceRef<u32>,
     dv: &SliceRef<f32>,
-    dy: &TensorRef,
-    dx: &mut TensorMut,
+    dx: Dx,
 ) -> Result<()> {
-    let dev: Device = dy.device().clone();
-    dx.expect_device("dx", &dev)?;
-    dv.expect("dv [B, C]", &dev, dims.batch * dims.channels)?;
-    check_disjoint(&[("dx", dx.span()), ("dv", dv.span())])?;
-    check_disjoint(&[("dx", dx.span()), ("keep bits", keep.span())])?;
-    let (addr, span, dtype, shape) = (dx.address(), dx.span(), dx.dtype(), dx.shape().to_vec());
-    if dtype != dy.dtype() {
-        return Err(AiecError::DTypeMismatch { what: "dx", expected: dy.dtype(), got: dtype });
-    }
-    // Each tensor named with its own shape: dy against the forward's, dx against dy.
-    if dy.shape() != dims.dims.as_slice() {
-        return Err(AiecError::ShapeMismatch {
-            what: "dy",
-            expected: dims.dims.clone(),
-            got: dy.shape().to_vec(),
-        });
-    }
-    if shape != dy.shape() {
-        return Err(AiecError::ShapeMismatch { what: "dx", expected: dy.shape().to_vec(), got: shape });
-    }
-    if span.addr != dy.address() || span.bytes != dy.byte_len() {
-        check_disjoint(&[("dx", span), ("dy", dy.span())])?;
-    }
-    keep.expect("keep bits", &dev, Sizes::of(dims, cfg.classes()).keep)?;
-    let s = AiecShape::new(dims, cfg.classes(), cfg.tau() as f32, false);
-    if let Some(p) = launch::aiec_bwd_x(
-        dy.dtype(),
-        &s,
-        BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv.address(), dx: addr },
-    ) {
-        // SAFETY: live views of this device sized for `s`; dx is dy or disjoint.
-        unsafe { dev.launch(&p) }?;
-    }
-    Ok(())
+    bwd_x(cfg, dims, keep, dv, dx)
+}
+
+/// The old name of [`fwd_x_logits`].
+#[deprecated(note = "renamed fwd_x_logits, after the kernels' stems")]
+pub fn forward_count(
+    cfg: &AiecConfig,
+    inp: TrainIn,
+    counters: &mut CountersMut,
+    update: Update,
+    out: TrainOut,
+) -> Result<InputDims> {
+    fwd_x_logits(cfg, inp, counters, update, out)
+}
+
+/// The old name of [`fwd_gate`].
+#[deprecated(note = "renamed fwd_gate, after the kernel's stem")]
+pub fn forward_gate(cfg: &AiecConfig, dims: &InputDims, inp: GateIn, out: GateOut) -> Result<()> {
+    fwd_gate(cfg, dims, inp, out)
 }

@@ -13,15 +13,14 @@ use std::sync::Arc;
 
 use crate::gpu::counters::GpuCounters;
 use crate::gpu::dp::CountSum;
-use crate::gpu::fused::DwMode;
 use crate::gpu::loss::GpuLosses;
-use crate::gpu::op::{self, GpuGradients, Targets};
+use crate::gpu::op::{self, GpuGradients, GradsMut, LayerStep, Targets};
 use crate::gpu::record::{GpuRecord, RankSum};
 use crate::gpu::workspace::Workspace;
 use crate::init::xavier_values;
 use crate::policy::LayerPolicy;
 use crate::tensor::Tensor;
-use crate::view::{SliceMut, TensorMut, TensorRef};
+use crate::view::{TensorMut, TensorRef};
 
 /// One AIEC layer on a device. Starts in training mode.
 pub struct GpuLayer {
@@ -144,16 +143,8 @@ impl GpuLayer {
         let plan = self.policy.plan(targets.is_some());
         let targets = targets.map(Targets::Host);
         let sum = self.count_sum.as_deref();
-        let mut rec = op::forward_owned(
-            &self.cfg,
-            x,
-            &self.w.view(),
-            targets,
-            &mut self.counters,
-            plan.update,
-            &self.ws,
-            sum,
-        )?;
+        let layer = LayerStep { w: &self.w.view(), counters: &mut self.counters, update: plan.update };
+        let mut rec = op::forward_owned(&self.cfg, layer, x, targets, &self.ws, sum)?;
         rec.ranks = self.count_sum.clone().map(RankSum);
         self.policy.commit(plan);
         Ok(rec)
@@ -172,17 +163,8 @@ impl GpuLayer {
     ) -> Result<GpuRecord> {
         let plan = self.policy.plan(targets.is_some());
         let sum = self.count_sum.as_deref();
-        let mut rec = op::forward_with_sum(
-            &self.cfg,
-            x,
-            &self.w.view(),
-            targets,
-            &mut self.counters,
-            plan.update,
-            &self.ws,
-            y,
-            sum,
-        )?;
+        let layer = LayerStep { w: &self.w.view(), counters: &mut self.counters, update: plan.update };
+        let mut rec = op::forward_with_sum(&self.cfg, layer, x, targets, &self.ws, y, sum)?;
         rec.ranks = self.count_sum.clone().map(RankSum);
         self.policy.commit(plan);
         Ok(rec)
@@ -203,28 +185,9 @@ impl GpuLayer {
         op::backward_inplace_owned(&self.cfg, record, &self.w.view(), dy, losses, &self.ws)
     }
 
-    /// The backward into the caller's `dx` and `dW` (written or accumulated).
-    pub fn backward_into(
-        &self,
-        record: &GpuRecord,
-        dy: &TensorRef,
-        dx: &mut TensorMut,
-        dw: &mut SliceMut<f32>,
-        mode: DwMode,
-        losses: &GpuLosses,
-    ) -> Result<()> {
-        op::backward_with(&self.cfg, record, &self.w.view(), dy, dx, dw, mode, losses, &self.ws)
-    }
-
-    /// The backward writing `dx` over the caller's `dy`, `dW` into the caller's view.
-    pub fn backward_inplace_into(
-        &self,
-        record: &GpuRecord,
-        dy: &mut TensorMut,
-        dw: &mut SliceMut<f32>,
-        mode: DwMode,
-        losses: &GpuLosses,
-    ) -> Result<()> {
-        op::backward_inplace_with(&self.cfg, record, &self.w.view(), dy, dw, mode, losses, &self.ws)
+    /// The backward into the caller's `dx` and `dW` ([`GradsMut`]: `dx` into
+    /// its own buffer or over `dy`, `dW` written or accumulated).
+    pub fn backward_into(&self, record: &GpuRecord, out: GradsMut, losses: &GpuLosses) -> Result<()> {
+        op::backward_with(&self.cfg, record, &self.w.view(), losses, &self.ws, out)
     }
 }

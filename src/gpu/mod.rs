@@ -21,11 +21,11 @@ pub mod record;
 pub mod workspace;
 
 pub use counters::GpuCounters;
-pub use fused::DwMode;
+pub use fused::{DwMode, Dx};
 pub use layer::GpuLayer;
 pub use loss::{combine, combine_in, GpuLosses};
 pub use op::{
-    backward, backward_inplace, backward_inplace_with, backward_with, forward, forward_with, GpuGradients,
+    backward, backward_inplace, backward_with, forward, forward_with, GpuGradients, GradsMut, LayerStep,
     Targets,
 };
 pub use record::{GpuAux, GpuRecord};

@@ -15,7 +15,9 @@ use crate::config::{check_targets, AiecConfig};
 use crate::device::{Device, Init};
 use crate::error::{AiecError, Result};
 use crate::gpu::dp::{self, CountSum};
-use crate::gpu::fused::{self, AuxMut, DwMode, SavedRef, Scales, TargetCheck};
+use crate::gpu::fused::{
+    self, AuxMut, DwMode, Dx, SavedRef, Scales, TargetCheck, TrainBackward, TrainIn, TrainOut,
+};
 use crate::gpu::loss::GpuLosses;
 use crate::gpu::workspace::Workspace;
 /// Re-exported from [`crate::gpu::counters`] and [`crate::gpu::record`], where they are defined.
@@ -51,6 +53,16 @@ pub struct GpuGradients {
     pub dw: Buffer<f32>,
 }
 
+/// One layer's parameters and state as a forward reads and updates them.
+pub struct LayerStep<'v, 'a> {
+    /// `[K, C]`.
+    pub w: &'v SliceRef<'a, f32>,
+    /// The layer's counters, updated on the device when `update` is true.
+    pub counters: &'v mut GpuCounters,
+    /// Whether this step updates the counters.
+    pub update: bool,
+}
+
 fn check_state(cfg: &AiecConfig, dev: &Device, w: &SliceRef<f32>, counters: &GpuCounters) -> Result<()> {
     let kc = cfg.classes() * cfg.channels();
     if w.len() != kc {
@@ -80,35 +92,30 @@ fn check_state(cfg: &AiecConfig, dev: &Device, w: &SliceRef<f32>, counters: &Gpu
 ///
 /// Without targets: `y` and the keep bits, one launch. With targets: three
 /// launches, no host synchronisation; the counters update on the device when
-/// `update` is true. Everything is checked before the first launch.
-#[allow(clippy::too_many_arguments)] // the op's inputs, outputs and state
+/// `layer.update` is true. Everything is checked before the first launch.
 pub fn forward_with(
     cfg: &AiecConfig,
+    layer: LayerStep,
     x: &TensorRef,
-    w: &SliceRef<f32>,
     targets: Option<Targets>,
-    counters: &mut GpuCounters,
-    update: bool,
     ws: &Workspace,
     y: &mut TensorMut,
 ) -> Result<GpuRecord> {
-    forward_with_sum(cfg, x, w, targets, counters, update, ws, y, None)
+    forward_with_sum(cfg, layer, x, targets, ws, y, None)
 }
 
 /// [`forward_with`], and on an update step with `sum`, the counts summed over
 /// the ranks of a data-parallel job before the gate ([`crate::gpu::dp`]).
-#[allow(clippy::too_many_arguments)] // the op's inputs, outputs and state
 pub(crate) fn forward_with_sum(
     cfg: &AiecConfig,
+    layer: LayerStep,
     x: &TensorRef,
-    w: &SliceRef<f32>,
     targets: Option<Targets>,
-    counters: &mut GpuCounters,
-    update: bool,
     ws: &Workspace,
     y: &mut TensorMut,
     sum: Option<&dyn CountSum>,
 ) -> Result<GpuRecord> {
+    let LayerStep { w, counters, update } = layer;
     let dims = cfg.plan_input(x.shape())?;
     let dev = x.device().clone();
     check_state(cfg, &dev, w, counters)?;
@@ -125,7 +132,7 @@ pub(crate) fn forward_with_sum(
     let sizes = Sizes::of(&dims, cfg.classes());
     let mut keep: Buffer<u32> = ws.buffer("keep", sizes.keep, Init::Unwritten)?;
     let Some(targets) = targets else {
-        fused::forward_infer(cfg, x, y, &mut keep.view_mut())?;
+        fused::fwd_x(cfg, x, y, &mut keep.view_mut(), None)?;
         return Ok(GpuRecord { dims, y: None, keep, aux: None, ranks: None, id: RecordId::next() });
     };
     // Every buffer is written in full by the kernels, but the scratch (whose
@@ -161,35 +168,14 @@ pub(crate) fn forward_with_sum(
             stats: stats.view_mut(),
             scratch: scratch.view_mut(),
         };
+        let inp = TrainIn { x, w, targets: &tview, check };
+        let out = TrainOut { y, keep: &mut keep.view_mut(), aux: &mut aux };
         match sum {
             Some(sum) if update => {
-                dp::forward_summed(
-                    cfg,
-                    x,
-                    w,
-                    &tview,
-                    check,
-                    counters,
-                    y,
-                    &mut keep.view_mut(),
-                    &mut aux,
-                    ws,
-                    sum,
-                )?;
+                dp::forward_summed(cfg, inp, counters, out, ws, sum)?;
             }
             _ => {
-                fused::forward_train(
-                    cfg,
-                    x,
-                    w,
-                    &tview,
-                    check,
-                    &mut counters.views_mut(),
-                    fused::Update::Now(update),
-                    y,
-                    &mut keep.view_mut(),
-                    &mut aux,
-                )?;
+                fused::forward_train(cfg, inp, &mut counters.views_mut(), fused::Update::Now(update), out)?;
             }
         }
     }
@@ -207,18 +193,16 @@ pub fn forward(
     update: bool,
 ) -> Result<GpuRecord> {
     let ws = Workspace::new(x.device());
-    forward_owned(cfg, x, &w.view(), targets.map(Targets::Host), counters, update, &ws, None)
+    let layer = LayerStep { w: &w.view(), counters, update };
+    forward_owned(cfg, layer, x, targets.map(Targets::Host), &ws, None)
 }
 
 /// [`forward_with`] into a new `y` (kept in the record).
-#[allow(clippy::too_many_arguments)] // the op's inputs, outputs and state
 pub(crate) fn forward_owned(
     cfg: &AiecConfig,
+    layer: LayerStep,
     x: &Tensor,
-    w: &SliceRef<f32>,
     targets: Option<Targets>,
-    counters: &mut GpuCounters,
-    update: bool,
     ws: &Workspace,
     sum: Option<&dyn CountSum>,
 ) -> Result<GpuRecord> {
@@ -226,7 +210,7 @@ pub(crate) fn forward_owned(
     // Written in full by the kernels (the simulator fills unwritten memory
     // with NaN bytes, so the tests would see a gap).
     let mut y = Tensor::unwritten(x.device(), x.dtype(), x.shape())?;
-    let mut rec = forward_with_sum(cfg, &x.view(), w, targets, counters, update, ws, &mut y.view_mut(), sum)?;
+    let mut rec = forward_with_sum(cfg, layer, &x.view(), targets, ws, &mut y.view_mut(), sum)?;
     rec.y = Some(y);
     Ok(rec)
 }
@@ -235,82 +219,43 @@ fn saved(aux: &GpuAux) -> SavedRef<'_> {
     SavedRef { v: aux.v.view(), g: aux.g.view(), mask: aux.mask.view() }
 }
 
-/// One layer's backward into the caller's `dx` and `dW` (written or
-/// accumulated per `mode`), with its `dv` scratch from `ws`. Two launches for
-/// a training record, one for a record without targets (which leaves `dW`
-/// zero, or unchanged when accumulating); no host synchronisation. `losses`
-/// must come from [`crate::gpu::combine`] over the records of every layer
-/// sharing the targets, this one among them ([`AiecError::ForeignScales`]
-/// otherwise).
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
+/// Where one layer's backward writes: `dx` where [`Dx`] says (its own buffer
+/// or over `dy`), `dW` (`[K, C]`) written or accumulated per `mode`.
+pub struct GradsMut<'v, 'y, 'x, 'g> {
+    /// `dy` and where `dx` goes.
+    pub dx: Dx<'v, 'y, 'x>,
+    /// `[K, C]`.
+    pub dw: &'v mut SliceMut<'g, f32>,
+    /// How `dw` is delivered.
+    pub mode: DwMode,
+}
+
+/// One layer's backward into the caller's `dx` and `dW` ([`GradsMut`]), with
+/// its `dv` scratch from `ws`. Two launches for a training record, one for a
+/// record without targets (which leaves `dW` zero, or unchanged when
+/// accumulating); no host synchronisation. `losses` must come from
+/// [`crate::gpu::combine`] over the records of every layer sharing the
+/// targets, this one among them ([`AiecError::ForeignScales`] otherwise).
 pub fn backward_with(
     cfg: &AiecConfig,
     record: &GpuRecord,
     w: &SliceRef<f32>,
-    dy: &TensorRef,
-    dx: &mut TensorMut,
-    dw: &mut SliceMut<f32>,
-    mode: DwMode,
     losses: &GpuLosses,
     ws: &Workspace,
+    out: GradsMut,
 ) -> Result<()> {
+    let GradsMut { dx, dw, mode } = out;
+    let dev = dx.device().clone();
     let Some(aux) = &record.aux else {
-        fused::backward_infer(cfg, &record.dims, &record.keep.view(), dy, dx)?;
-        return clear_dw(cfg, dy.device(), dw, mode);
-    };
-    losses.check_record(record)?;
-    losses.check_device(dy.device())?;
-    let mut dv: Buffer<f32> = ws.buffer("dv", record.dims.batch * record.dims.channels, Init::Unwritten)?;
-    let scales = Scales { losses: losses.buf.view(), row_scale: None };
-    let done = fused::backward_train(
-        cfg,
-        &record.dims,
-        w,
-        &record.keep.view(),
-        &saved(aux),
-        &scales,
-        dy,
-        dx,
-        &mut dv.view_mut(),
-        dw,
-        mode,
-    );
-    done
-}
-
-/// [`backward_with`] writing `dx` over `dy`.
-#[allow(clippy::too_many_arguments)] // the op's inputs and outputs
-pub fn backward_inplace_with(
-    cfg: &AiecConfig,
-    record: &GpuRecord,
-    w: &SliceRef<f32>,
-    dy: &mut TensorMut,
-    dw: &mut SliceMut<f32>,
-    mode: DwMode,
-    losses: &GpuLosses,
-    ws: &Workspace,
-) -> Result<()> {
-    let Some(aux) = &record.aux else {
-        fused::backward_infer_inplace(cfg, &record.dims, &record.keep.view(), dy)?;
-        let dev = dy.device().clone();
+        fused::backward(cfg, &record.dims, &record.keep.view(), None, dx)?;
         return clear_dw(cfg, &dev, dw, mode);
     };
     losses.check_record(record)?;
-    losses.check_device(dy.device())?;
+    losses.check_device(&dev)?;
     let mut dv: Buffer<f32> = ws.buffer("dv", record.dims.batch * record.dims.channels, Init::Unwritten)?;
     let scales = Scales { losses: losses.buf.view(), row_scale: None };
-    let done = fused::backward_train_inplace(
-        cfg,
-        &record.dims,
-        w,
-        &record.keep.view(),
-        &saved(aux),
-        &scales,
-        dy,
-        &mut dv.view_mut(),
-        dw,
-        mode,
-    );
+    let train = TrainBackward { w, saved: &saved(aux), scales: &scales, dv: &mut dv.view_mut(), dw, mode };
+    let done = fused::backward(cfg, &record.dims, &record.keep.view(), Some(train), dx);
     done
 }
 
@@ -346,7 +291,11 @@ pub(crate) fn backward_inplace_owned(
 ) -> Result<Buffer<f32>> {
     // Written in full by aiec_bwd_dv_dw (or cleared for a record without targets).
     let mut dw = Buffer::unwritten(dy.device(), cfg.classes() * cfg.channels())?;
-    backward_inplace_with(cfg, record, w, &mut dy.view_mut(), &mut dw.view_mut(), DwMode::Write, losses, ws)?;
+    {
+        let (mut dyv, mut dwv) = (dy.view_mut(), dw.view_mut());
+        let out = GradsMut { dx: Dx::OverDy(&mut dyv), dw: &mut dwv, mode: DwMode::Write };
+        backward_with(cfg, record, w, losses, ws, out)?;
+    }
     Ok(dw)
 }
 
@@ -374,16 +323,10 @@ pub(crate) fn backward_owned(
     // Both written in full by the two launches (dW cleared for a record without targets).
     let mut dx = Tensor::unwritten(dev, dy.dtype(), dy.shape())?;
     let mut dw = Buffer::unwritten(dev, cfg.classes() * cfg.channels())?;
-    backward_with(
-        cfg,
-        record,
-        w,
-        &dy.view(),
-        &mut dx.view_mut(),
-        &mut dw.view_mut(),
-        DwMode::Write,
-        losses,
-        ws,
-    )?;
+    {
+        let (dyv, mut dxv, mut dwv) = (dy.view(), dx.view_mut(), dw.view_mut());
+        let out = GradsMut { dx: Dx::Into { dy: &dyv, dx: &mut dxv }, dw: &mut dwv, mode: DwMode::Write };
+        backward_with(cfg, record, w, losses, ws, out)?;
+    }
     Ok(GpuGradients { dx, dw })
 }

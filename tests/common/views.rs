@@ -6,7 +6,10 @@
 //! aligned, so the kernels take their narrower paths.
 
 use aiec::cpu::LossCoefs;
-use aiec::gpu::fused::{self, AuxMut, CountersMut, DwMode, LayerLoss, SavedRef, Scales, TargetCheck};
+use aiec::gpu::fused::{
+    self, AuxMut, CountersMut, DwMode, Dx, LayerLoss, SavedRef, Scales, TargetCheck, TrainBackward, TrainIn,
+    TrainOut,
+};
 use aiec::layout::Sizes;
 use aiec::params::{AiecGateStats, AiecLosses};
 use aiec::{Device, Element, SliceMut, SliceRef, TensorMut, TensorRef};
@@ -125,15 +128,10 @@ pub fn run_views<T: Element>(dev: &Device, case: &GoldenCase, offset: usize) -> 
         };
         fused::forward_train(
             &cfg,
-            &x,
-            &w,
-            &tview,
-            TargetCheck::Device,
+            TrainIn { x: &x, w: &w, targets: &tview, check: TargetCheck::Device },
             &mut counters,
             aiec::gpu::fused::Update::Now(case.update),
-            &mut y,
-            &mut keep,
-            &mut aux,
+            TrainOut { y: &mut y, keep: &mut keep, aux: &mut aux },
         )
         .map_err(e)?;
     }
@@ -169,20 +167,20 @@ pub fn run_views<T: Element>(dev: &Device, case: &GoldenCase, offset: usize) -> 
                 mask: SliceRef::host(dev, l.mask.get()).map_err(e)?,
             };
             let scales = Scales { losses: SliceRef::host(dev, losses.get()).map_err(e)?, row_scale: None };
-            fused::backward_train(
-                &cfg,
-                &dims,
-                &SliceRef::host(dev, l.w.get()).map_err(e)?,
-                &SliceRef::host(dev, l.keep.get()).map_err(e)?,
-                &saved,
-                &scales,
-                &TensorRef::host(dev, l.dy.get(), &case.dims).map_err(e)?,
-                &mut TensorMut::host(dev, dx.get_mut(), &case.dims).map_err(e)?,
-                &mut SliceMut::host(dev, dv.get_mut()).map_err(e)?,
-                &mut SliceMut::host(dev, dw.get_mut()).map_err(e)?,
-                DwMode::Write,
-            )
-            .map_err(e)?;
+            let train = TrainBackward {
+                w: &SliceRef::host(dev, l.w.get()).map_err(e)?,
+                saved: &saved,
+                scales: &scales,
+                dv: &mut SliceMut::host(dev, dv.get_mut()).map_err(e)?,
+                dw: &mut SliceMut::host(dev, dw.get_mut()).map_err(e)?,
+                mode: DwMode::Write,
+            };
+            let dx = Dx::Into {
+                dy: &TensorRef::host(dev, l.dy.get(), &case.dims).map_err(e)?,
+                dx: &mut TensorMut::host(dev, dx.get_mut(), &case.dims).map_err(e)?,
+            };
+            let keep = SliceRef::host(dev, l.keep.get()).map_err(e)?;
+            fused::backward(&cfg, &dims, &keep, Some(train), dx).map_err(e)?;
         }
         // Nothing was written outside a buffer.
         let pads_ok = l.y.padding().iter().all(|v| v.to_f32().is_nan())
