@@ -11,12 +11,13 @@
  * there a kept dy is copied bit for bit, as the CPU reference leaves dy_total = dy there.
  * Writes only dx; dx MAY alias dy (in-place; each element is read then written by the same thread).
  * No shared memory, no atomics, no barriers.
- * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16), as aiec_fwd_x:
- *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, 65535)), block 256: warp w of block (bx, by) owns V
+ * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16), as aiec_fwd_x
+ * (any grid is correct; the plans cap it at one wave of 3 blocks per SM, so that every block streams many steps):
+ *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, cap)), block 256: warp w of block (bx, by) owns V
  *     channels per lane of the block's 32V at samples by, by + gridDim.y, ... and positions p = w, w+8, ...
- *   tokens, token and none: grid = (ceil(C / (32*V)), min(ceil(B*P / 32), 65535)): rows r = b*P + p spread over
- *     the grid, 32 per block step, as aiec_fwd_x, (b, p) carried from step to step. (Any gridDim.y is correct.)
- *   hw: grid = min(ceil(B*C / 8), 2^31 - 1), block 256: one warp per row r = b*C + c (r = bx*8 + w, then
+ *   tokens, token and none: grid = (ceil(C / (32*V)), min(ceil(B*P / 32), cap)): rows r = b*P + p spread over
+ *     the grid, 32 per block step, as aiec_fwd_x, (b, p) carried from step to step.
+ *   hw: grid = min(ceil(B*C / 8), cap), block 256: one warp per row r = b*C + c (r = bx*8 + w, then
  *     + 8*gridDim.x), 4 chunks of 32V positions per step.
  * Access width W and the lanes' sub-vectors as aiec_fwd_x (W from the row length and the dy / dx alignment): each
  * sub-vector's W keep bits come from one word. 4 rows (chunks) per step in a rotating buffer, each reloaded with the

@@ -18,16 +18,18 @@
  * step with a bad target; the rest of the pass does not read targets.
  * Never writes x; y must not alias x. No atomics; the order of every sum is fixed by the geometry and the access
  * width W below (deterministic).
- * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16):
- *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, 65535)), block 256, no dynamic shared memory. Block
+ * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16). Any grid is
+ * correct in every mode; the plans cap it at cap = one wave (launch::ACTIVATION_BLOCKS_PER_SM = 3 blocks per SM),
+ * so that every block streams many steps and the rotating buffer below keeps the next step's rows in flight:
+ *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, cap)), block 256, no dynamic shared memory. Block
  *     (bx, by) owns the channels [bx*32V, bx*32V + 32V) of samples b = by, by + gridDim.y, ...; lane l of warp w
  *     owns V of those channels at the positions p = w, w+8, ... (4 rows per step); the partial sums of the 8 warps
  *     are added in warp order in static shared memory (8 KiB).
- *   tokens, token and none: grid = (ceil(C / (32*V)), min(ceil(B*P / 32), 65535)): the B*P rows (r = b*P + p) are
- *     spread over the grid, 32 per block step (warp w: rows r0 + w + 8u, u < 4), so that P = 1 keeps all warps busy;
- *     v is written by the warp that holds row p = 0 of a sample; (b, p) is carried from step to step (no division
- *     per row). (Any gridDim.y is correct in every mode.)
- *   hw: grid = min(ceil(B*C / 8), 2^31 - 1), block 256: warp w of block bx owns the rows r = bx*8 + w,
+ *   tokens, token and none: grid = (ceil(C / (32*V)), min(ceil(B*P / 32), cap)): the B*P rows (r = b*P + p) are
+ *     spread over the grid, 32 per block step (warp w: rows r0 + w + 8u, u < 4), then r0 += 32*gridDim.y, so that
+ *     P = 1 keeps all warps busy; v is written by the warp that holds row p = 0 of a sample; (b, p) is carried from
+ *     step to step (no division per row).
+ *   hw: grid = min(ceil(B*C / 8), cap), block 256: warp w of block bx owns the rows r = bx*8 + w,
  *     r + 8*gridDim.x, ... (r = b*C + c), 4 chunks of 32V positions per step; v by a per-lane sum and an
  *     xor-butterfly warp sum.
  * Access width: W = the widest of V, V/2, ..., 1 elements (16, 8, 4, 2 bytes) that divides the row length (C or P)

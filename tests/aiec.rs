@@ -690,7 +690,10 @@ fn activation_passes_are_correct_for_any_grid() {
             let dv: Vec<f32> = (0..plan.batch * c).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
             let xt = Tensor::from_slice(&dev, &x, &dims).unwrap();
             let dvb = Buffer::from_slice(&dev, &dv).unwrap();
-            let run = |shrink: bool| {
+            // `wide`: a device with SMs to spare, so that every block does one step;
+            // the device's own grid (one wave, blocks streaming many steps); `shrink`: fewer still.
+            let wide = aiec::launch::DeviceLimits { sm_count: 1 << 20, ..dev.limits() };
+            let run = |limits: aiec::launch::DeviceLimits, shrink: bool| {
                 let y = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
                 let dx = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
                 let keep: Buffer<u32> = Buffer::zeros(&dev, aiec::layout::keep_words(&shape)).unwrap();
@@ -702,10 +705,10 @@ fn activation_passes_are_correct_for_any_grid() {
                     v: v.address(),
                     ..Default::default()
                 };
-                let mut f = aiec_fwd_x(DType::BF16, &shape, args).unwrap();
+                let mut f = aiec_fwd_x(DType::BF16, &shape, args, limits).unwrap();
                 let bargs =
                     BwdXArgs { dy: xt.address(), keep: keep.address(), dv: dvb.address(), dx: dx.address() };
-                let mut b = aiec_bwd_x(DType::BF16, &shape, bargs).unwrap();
+                let mut b = aiec_bwd_x(DType::BF16, &shape, bargs, limits).unwrap();
                 if shrink {
                     for p in [&mut f, &mut b] {
                         // tokens: every channel tile, one block row; hw: two blocks.
@@ -725,8 +728,10 @@ fn activation_passes_are_correct_for_any_grid() {
                     dx.to_vec::<bf16>().unwrap(),
                 )
             };
-            let full = run(false);
-            let small = run(true);
+            let full = run(wide, false);
+            let own = run(dev.limits(), false);
+            let small = run(dev.limits(), true);
+            assert!(full == own, "{} {pool} {dims:?}: the device's grid changed the result", dev.label());
             assert!(full == small, "{} {pool} {dims:?}: a smaller grid changed the result", dev.label());
             assert!(full.1.iter().any(|&w| w != 0), "no keep bit set: the comparison proves nothing");
         }

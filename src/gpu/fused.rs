@@ -105,7 +105,7 @@ pub fn forward_infer(
     check_disjoint(&[("y", y.span()), ("x", x.span()), ("keep bits", keep.span())])?;
     let shape = AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false);
     let args = XPassArgs { x: x.address(), y: y.address(), keep: keep.address(), ..Default::default() };
-    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args) {
+    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args, dev.limits()) {
         // SAFETY: x, y and keep are live views of this device sized for
         // `shape` (checked above), the written ones disjoint from the rest.
         unsafe { dev.launch(&p) }?;
@@ -302,6 +302,7 @@ pub fn forward_count(
                 status,
                 device_error,
             },
+            dev.limits(),
         ),
         launch::aiec_fwd_logits(
             &shape,
@@ -590,6 +591,7 @@ fn backward_impl(
         dy.dtype(),
         &shape,
         BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv_addr, dx: dx_addr },
+        dev.limits(),
     ) {
         // SAFETY: dy, keep, dv (or null) and dx are live views of this device
         // sized for `shape`; dx is dy itself or disjoint from every input.
@@ -695,7 +697,7 @@ pub fn activation_forward(
         v: v.address(),
         ..Default::default()
     };
-    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args) {
+    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args, dev.limits()) {
         // SAFETY: live views of this device sized for `shape`, written ones disjoint.
         unsafe { dev.launch(&p) }?;
     }
@@ -742,6 +744,7 @@ pub fn activation_backward(
         dy.dtype(),
         &s,
         BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv.address(), dx: addr },
+        dev.limits(),
     ) {
         // SAFETY: live views of this device sized for `s`; dx is dy or disjoint.
         unsafe { dev.launch(&p) }?;
