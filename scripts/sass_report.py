@@ -13,9 +13,10 @@ No GPU needed. For every kernel entry point at sm_80 and sm_90:
   instructions and the shared-memory wavefronts; among equal loops, the
   costliest of those with the widest ``cp.async`` copies), for the f32 SIMT GEMMs the
   innermost loop holding the most ``FFMA`` (per ``FFMA``), and for every other
-  kernel the innermost loop with the most global loads and stores (per
-  iteration, and per element where ``sass_budgets.json`` records how many
-  elements one iteration handles, with the source line that says so).
+  kernel the innermost loop with the widest global loads, then the most loads
+  of that width, then the most global loads and stores (per iteration, and per
+  element where ``sass_budgets.json`` records how many elements one iteration
+  handles, with the source line that says so).
 
 Shared-memory wavefronts are a static estimate that assumes no bank conflicts:
 a warp's ``LDS.128``/``STS.128`` is 4 wavefronts (512 B at 128 B each),
