@@ -232,7 +232,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
             v: v.address(),
             ..Default::default()
         };
-        aiec_fwd_x(T::DTYPE, &shape, args)
+        aiec_fwd_x(T::DTYPE, &shape, args, dev.limits())
     });
     let logits_args = FwdLogitsArgs {
         v: v.address(),
@@ -292,6 +292,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
             T::DTYPE,
             &shape,
             BwdXArgs { dy: xs[i].address(), keep: keep.address(), dv: dv.address(), dx: ys[i].address() },
+            dev.limits(),
         )
     });
     let time = |plans: [&Option<LaunchPlan>; 2]| -> aiec::Result<f64> {

@@ -11,16 +11,18 @@
  * there a kept dy is copied bit for bit, as the CPU reference leaves dy_total = dy there.
  * Writes only dx; dx MAY alias dy (in-place; each element is read then written by the same thread).
  * No shared memory, no atomics, no barriers.
- * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16), as aiec_fwd_x:
- *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, 65535)), block 256: warp w of block (bx, by) owns V
+ * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16), as aiec_fwd_x
+ * (any grid is correct; the plans cap it at one wave of 3 blocks per SM, so that every block streams many steps):
+ *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, cap)), block 256: warp w of block (bx, by) owns V
  *     channels per lane of the block's 32V at samples by, by + gridDim.y, ... and positions p = w, w+8, ...
- *   tokens, token and none: grid = (ceil(C / (32*V)), min(ceil(B*P / 32), 65535)): rows r = b*P + p spread over
- *     the grid, 32 per block step, as aiec_fwd_x, (b, p) carried from step to step. (Any gridDim.y is correct.)
- *   hw: grid = min(ceil(B*C / 8), 2^31 - 1), block 256: one warp per row r = b*C + c (r = bx*8 + w, then
+ *   tokens, token and none: grid = (ceil(C / (32*V)), min(ceil(B*P / 32), cap)): rows r = b*P + p spread over
+ *     the grid, 32 per block step, as aiec_fwd_x, (b, p) carried from step to step.
+ *   hw: grid = min(ceil(B*C / 8), cap), block 256: one warp per row r = b*C + c (r = bx*8 + w, then
  *     + 8*gridDim.x), 4 chunks of 32V positions per step.
- * Access width W and the lanes' sub-vectors as aiec_fwd_x (W from the row length and the dy / dx alignment): each
- * sub-vector's W keep bits come from one word. 4 rows (chunks) per step in a rotating buffer, each reloaded with the
- * next step's row (dy and its keep words) as soon as it is processed (about 4 loads per lane in flight); __launch_bounds__(256, 3), no spills on sm_75/80/90.
+ * Access width W and the lanes' sub-vectors as aiec_fwd_x (W from the row length and the dy / dx alignment, and for
+ * token and none the dv alignment, read min(W, 4) floats per load): each sub-vector's W keep bits come from one word. 4
+ * rows (chunks) per step in a rotating buffer, each reloaded with the next step's row (dy and its keep words) as soon
+ * as it is processed (about 4 loads per lane in flight); __launch_bounds__(256, 3), no spills on sm_75/80/90.
  */
 #include "common.cuh"
 #include "aiec_params.cuh"
@@ -90,7 +92,7 @@ __device__ __forceinline__ void apply(Pack16<T>& p, u32 bits, const float* u, bo
 template <int W, class T>
 __device__ __noinline__ void tokens_rows(const T* dy, const u32* __restrict__ keep, const float* __restrict__ dv,
                                          T* dx, AiecShape s) {
-  constexpr int V = Pack16<T>::N, NJ = V / W;
+  constexpr int V = Pack16<T>::N, NJ = V / W, F = aiec_k::v_floats(W);
   constexpr int U = W * 8 <= V ? 1 : W * 4 <= V ? 2 : UNROLL;  // narrower accesses, fewer rows per step
   const u64 B = s.batch, P = s.positions, C = s.channels, wpr = aiec_k::keep_words_per_row(C);
   const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
@@ -124,8 +126,13 @@ __device__ __noinline__ void tokens_rows(const T* dy, const u32* __restrict__ ke
         AIEC_UNROLL
         for (int j = 0; j < NJ; ++j) {
           const u64 o = base + sub_off<W>(j, lane);
-          AIEC_UNROLL
-          for (int e = 0; e < W; ++e) uu[j * W + e] = add && o < C ? dv[b * C + o + e] : 0.0f;
+          if (add && o < C) {  // v_floats(W) floats per load (dv is aligned to them: aiec_k::v_bits)
+            AIEC_UNROLL
+            for (int q = 0; q < W; q += F) aiec_k::ldvec<F>(dv + b * C + o + q, uu + j * W + q);
+          } else {
+            AIEC_UNROLL
+            for (int e = 0; e < W; ++e) uu[j * W + e] = 0.0f;
+          }
         }
         apply<W>(cur[u], cb[u], uu, add, dx + r * C, base, C, lane);
       }
@@ -244,7 +251,9 @@ __device__ __forceinline__ void aiec_bwd_x_tokens(const T* dy,                  
                                                   const float* __restrict__ dv,        // [B, C] or null
                                                   T* dx,                               // [B, P, C]
                                                   AiecShape s) {
-  switch (aiec::vec_width<T>(s.channels, aiec::addr(dy) | aiec::addr(dx))) {
+  const bool rows_dv = dv && (s.pool == AIEC_POOL_TOKEN || s.pool == AIEC_POOL_NONE);
+  const aiec::u64 bits = aiec::addr(dy) | aiec::addr(dx) | aiec_k::v_bits<T>(rows_dv, aiec::addr(dv));
+  switch (aiec::vec_width<T>(s.channels, bits)) {
     case 8: aiec_bx::tokens_body<aiec::Pack16<T>::N>(dy, keep, dv, dx, s); break;  // 16-bit types only
     case 4: aiec_bx::tokens_body<4>(dy, keep, dv, dx, s); break;
     case 2: aiec_bx::tokens_body<2>(dy, keep, dv, dx, s); break;

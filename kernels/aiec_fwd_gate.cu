@@ -20,7 +20,9 @@
  * their 256 x 64 irrelevant bits in shared memory (warp ballots), then takes the batch's samples of its classes in
  * increasing b, 256 targets at a time (compacted in order): thread (q, c) = (tid / 64, tid % 64) writes mask[b, c]
  * and adds v^2 for the q-th of every 4 listed samples. Every (b, c) is written by exactly one thread. The scan
- * costs O(B) target reads per block (B * ceil(K / 256) * ceil(C / 64) in all, from L1/L2).
+ * costs O(B) target reads per block (B * ceil(K / 256) * ceil(C / 64) in all, from L1/L2). Each of these loops
+ * issues NB = 4 iterations' loads (targets, a class's act / inh / w, a sample's v) before it uses the first, so that
+ * they are in flight together; v^2 is still added in list order.
  * S and N: each block writes its partial (per-thread sums in list order, then a fixed tree), __threadfence(),
  * atomicAdd(done, 1); the block that draws the last ticket adds all partials (strided by thread, then a fixed tree)
  * and writes *stats (pad0 = 0). Deterministic for a given grid: fixed orders, no float atomics. Do not launch for
@@ -34,6 +36,7 @@ using aiec::u32;
 using aiec::u64;
 constexpr int THREADS = 256, CC = 64, KG = 256, LANES = THREADS / CC;  // LANES sample lanes of 64 channels
 constexpr u32 BAD = KG;                                                // list entry of an out-of-range target
+constexpr int NB = 4;  // loads in flight per thread in each loop (targets, class rows, samples' v)
 
 // Fixed-order tree over the block (THREADS entries of rs, rn); result in rs[0], rn[0] for every thread.
 __device__ __forceinline__ void block_reduce(float* rs, u64* rn, int tid) {
@@ -91,20 +94,47 @@ __device__ __forceinline__ void aiec_fwd_gate_body(const float* __restrict__ v, 
     __syncthreads();  // the previous group's irr and list are consumed
     if (tid < KG / 32) present[tid] = 0;
     __syncthreads();
-    for (u64 b = (u64)tid; b < B; b += THREADS) {
-      u32 e;
-      if (entry(targets[b], e) && e != BAD) atomicOr(&present[e >> 5], 1u << (e & 31));
+    for (u64 b1 = (u64)tid; b1 < B; b1 += THREADS * NB) {  // NB targets in flight per thread
+      long long t[NB];
+      AIEC_UNROLL
+      for (int u = 0; u < NB; ++u) {
+        const u64 b = b1 + (u64)u * THREADS;
+        t[u] = b < B ? targets[b] : -1;
+      }
+      AIEC_UNROLL
+      for (int u = 0; u < NB; ++u) {
+        u32 e;
+        if (b1 + (u64)u * THREADS < B && entry(t[u], e) && e != BAD) atomicOr(&present[e >> 5], 1u << (e & 31));
+      }
     }
     __syncthreads();
-    for (int kk = q; kk < KG; kk += LANES) {  // warps 2q, 2q + 1: the 64 channels of classes kk = q mod 4
-      if (!((present[kk >> 5] >> (kk & 31)) & 1u)) continue;  // warp-uniform
-      bool m = false;
-      if (c < C) {
-        const u64 kc = (k0 + (u64)kk) * C + c;
-        m = act[kc] <= inh[kc] && w[kc] <= 0.0f;
+    // Warps 2q, 2q + 1: the 64 channels of classes kk = q mod 4, NB classes at a time: their act, inh and w are all
+    // loaded (in flight together) before the first is used.
+    for (int k1 = q; k1 < KG; k1 += LANES * NB) {
+      long long a[NB], h[NB];
+      float wv[NB];
+      u32 pr = 0;  // bit u: class k1 + u LANES is present
+      AIEC_UNROLL
+      for (int u = 0; u < NB; ++u) {
+        const int kk = k1 + u * LANES;
+        pr |= ((present[kk >> 5] >> (kk & 31)) & 1u) << u;
+        a[u] = 1;  // not irrelevant: a class absent from the batch, or a channel past C
+        h[u] = 0;
+        wv[u] = 0.0f;
+        if (((pr >> u) & 1u) && c < C) {
+          const u64 kc = (k0 + (u64)kk) * C + c;
+          a[u] = act[kc];
+          h[u] = inh[kc];
+          wv[u] = w[kc];
+        }
       }
-      const u32 word = __ballot_sync(0xffffffffu, m);
-      if (lane == 0) irr[kk][cl >> 5] = word;
+      AIEC_UNROLL
+      for (int u = 0; u < NB; ++u) {
+        const int kk = k1 + u * LANES;
+        if (!((pr >> u) & 1u)) continue;  // warp-uniform
+        const u32 word = __ballot_sync(0xffffffffu, a[u] <= h[u] && wv[u] <= 0.0f);
+        if (lane == 0) irr[kk][cl >> 5] = word;
+      }
     }
     __syncthreads();
 
@@ -123,15 +153,26 @@ __device__ __forceinline__ void aiec_fwd_gate_body(const float* __restrict__ v, 
       }
       if (in) list[pos] = (u32)tid << 9 | e;
       __syncthreads();
-      for (u32 i = (u32)q; i < n; i += LANES) {
-        const u32 it = list[i], kk = it & 511u;
-        const u64 bi = b0 + (it >> 9);
-        if (c < C) {
-          const bool m = kk != BAD && ((irr[kk][cl >> 5] >> (cl & 31)) & 1u);
-          mask[bi * C + c] = (unsigned char)m;
-          if (m) {
-            const float val = v[bi * C + c];
-            ss += val * val;
+      for (u32 i1 = (u32)q; i1 < n; i1 += LANES * NB) {  // NB samples' v in flight, then added in list order
+        bool m[NB];
+        float val[NB];
+        AIEC_UNROLL
+        for (int u = 0; u < NB; ++u) {
+          const u32 i = i1 + (u32)(u * LANES);
+          m[u] = false;
+          val[u] = 0.0f;
+          if (i < n && c < C) {
+            const u32 it = list[i], kk = it & 511u;
+            const u64 bi = b0 + (it >> 9);
+            m[u] = kk != BAD && ((irr[kk][cl >> 5] >> (cl & 31)) & 1u);
+            mask[bi * C + c] = (unsigned char)m[u];
+            if (m[u]) val[u] = v[bi * C + c];
+          }
+        }
+        AIEC_UNROLL
+        for (int u = 0; u < NB; ++u) {
+          if (m[u]) {
+            ss += val[u] * val[u];
             ++cnt;
           }
         }

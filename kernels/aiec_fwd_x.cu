@@ -18,25 +18,29 @@
  * step with a bad target; the rest of the pass does not read targets.
  * Never writes x; y must not alias x. No atomics; the order of every sum is fixed by the geometry and the access
  * width W below (deterministic).
- * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16):
- *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, 65535)), block 256, no dynamic shared memory. Block
+ * Geometry (block MUST be 256 threads = 8 warps; V = 16 / sizeof(T): 4 for f32, 8 for f16/bf16). Any grid is
+ * correct in every mode; the plans cap it at cap = one wave (launch::ACTIVATION_BLOCKS_PER_SM = 3 blocks per SM),
+ * so that every block streams many steps and the rotating buffer below keeps the next step's rows in flight:
+ *   tokens, avg_token: grid = (ceil(C / (32*V)), min(B, cap)), block 256, no dynamic shared memory. Block
  *     (bx, by) owns the channels [bx*32V, bx*32V + 32V) of samples b = by, by + gridDim.y, ...; lane l of warp w
  *     owns V of those channels at the positions p = w, w+8, ... (4 rows per step); the partial sums of the 8 warps
  *     are added in warp order in static shared memory (8 KiB).
- *   tokens, token and none: grid = (ceil(C / (32*V)), min(ceil(B*P / 32), 65535)): the B*P rows (r = b*P + p) are
- *     spread over the grid, 32 per block step (warp w: rows r0 + w + 8u, u < 4), so that P = 1 keeps all warps busy;
- *     v is written by the warp that holds row p = 0 of a sample; (b, p) is carried from step to step (no division
- *     per row). (Any gridDim.y is correct in every mode.)
- *   hw: grid = min(ceil(B*C / 8), 2^31 - 1), block 256: warp w of block bx owns the rows r = bx*8 + w,
+ *   tokens, token and none: grid = (ceil(C / (32*V)), min(ceil(B*P / 32), cap)): the B*P rows (r = b*P + p) are
+ *     spread over the grid, 32 per block step (warp w: rows r0 + w + 8u, u < 4), then r0 += 32*gridDim.y, so that
+ *     P = 1 keeps all warps busy; v is written by the warp that holds row p = 0 of a sample; (b, p) is carried from
+ *     step to step (no division per row).
+ *   hw: grid = min(ceil(B*C / 8), cap), block 256: warp w of block bx owns the rows r = bx*8 + w,
  *     r + 8*gridDim.x, ... (r = b*C + c), 4 chunks of 32V positions per step; v by a per-lane sum and an
  *     xor-butterfly warp sum.
- * Access width: W = the widest of V, V/2, ..., 1 elements (16, 8, 4, 2 bytes) that divides the row length (C or P)
- * and to which x and y are aligned. A lane's V elements of a 32V chunk are its V/W sub-vectors j: the W elements at
- * chunk offset j*32W + l*W (W = V: the V elements from l*V), so that each load and store instruction of the warp
- * covers 32W consecutive elements. The keep word of 32 elements is the bits of 32/W consecutive lanes, ORed by
- * shuffles (a ballot for W = 1) and stored by the first: the same shuffle path for every C and P. The 4 rows (chunks)
- * of a step sit in a rotating buffer: as soon as row u is processed, row u of the next step (across rows and
- * samples) is loaded in its place, so about 4 loads per lane are always in flight with the registers of 4.
+ * Access width: W = the widest of V, V/2, ..., 1 elements (16, 8, 4, 2 bytes) that divides the row length (C or P) and
+ * to which x and y are aligned (token and none with v: and v to vectors of min(W, 4) floats, aiec_k::v_bits, so that a
+ * lane writes its floats of v in vectors of up to 16 bytes, as y). A lane's V elements of a 32V chunk are its V/W
+ * sub-vectors j: the W elements at chunk offset j*32W + l*W (W = V: the V elements from l*V), so that each load and
+ * store instruction of the warp covers 32W consecutive elements. The keep word of 32 elements is the bits of 32/W
+ * consecutive lanes, ORed by shuffles (a ballot for W = 1) and stored by the first: the same shuffle path for every C
+ * and P. The 4 rows (chunks) of a step sit in a rotating buffer: as soon as row u is processed, row u of the next step
+ * (across rows and samples) is loaded in its place, so about 4 loads per lane are always in flight with the registers
+ * of 4.
  * __launch_bounds__(256, 3) (<= 80 registers, no spills on sm_75/80/90): 24 warps per SM. The access widths are
  * separate __noinline__ functions so that each gets its own registers; they take the shape by value (by reference
  * it went through a 48-byte stack frame in local memory).
@@ -127,11 +131,31 @@ __device__ __forceinline__ void apply(Pack16<T>& p, T* __restrict__ yrow, u32* _
   }
 }
 
+// v's row vrow at the lane's channels of the chunk at base: float(y) of each sub-vector, v_floats(W) floats per
+// store (vrow is aligned to them: aiec_k::v_bits).
+template <int W, class T>
+__device__ __forceinline__ void store_v(float* __restrict__ vrow, const Pack16<T>& p, u64 base, u64 len, int lane) {
+  constexpr int V = Pack16<T>::N, NJ = V / W, F = aiec_k::v_floats(W);
+  AIEC_UNROLL
+  for (int j = 0; j < NJ; ++j) {
+    const u64 o = base + sub_off<W>(j, lane);
+    if (o < len) {
+      AIEC_UNROLL
+      for (int q = 0; q < W; q += F) {
+        float f[F];
+        AIEC_UNROLL
+        for (int e = 0; e < F; ++e) f[e] = aiec::to_float(p.v[j * W + q + e]);
+        aiec_k::stvec<F>(vrow + o + q, f);
+      }
+    }
+  }
+}
+
 // One block's part of the tokens layout, token and none (see the file comment), with access width W.
 template <int W, class T>
 __device__ __noinline__ void tokens_rows(const T* __restrict__ x, T* __restrict__ y, u32* __restrict__ keep,
                                          float* __restrict__ v, AiecShape s) {
-  constexpr int V = Pack16<T>::N, NJ = V / W;
+  constexpr int V = Pack16<T>::N;
   constexpr int U = W * 8 <= V ? 1 : W * 4 <= V ? 2 : UNROLL;  // narrower accesses, fewer rows per step
   const u64 B = s.batch, P = s.positions, C = s.channels, wpr = aiec_k::keep_words_per_row(C);
   const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
@@ -158,13 +182,7 @@ __device__ __noinline__ void tokens_rows(const T* __restrict__ x, T* __restrict_
         apply<W>(cur[u], y + r * C, keep + r * wpr, base, C, lane, s.tau, unused);
         if (v && rp[u] == 0) {  // the class token (or the only position): v = y there
           const u64 b = P == 1 ? r : r / P;  // one division per sample, none per row
-          AIEC_UNROLL
-          for (int j = 0; j < NJ; ++j) {
-            const u64 o = base + sub_off<W>(j, lane);
-            AIEC_UNROLL
-            for (int e = 0; e < W; ++e)
-              if (o < C) v[b * C + o + e] = aiec::to_float(cur[u].v[j * W + e]);
-          }
+          store_v<W>(v + b * C, cur[u], base, C, lane);
         }
       }
       if (r + step < R) load<W>(x + (r + step) * C, base, C, lane, cur[u]);  // the next step's row u, in flight
@@ -313,7 +331,9 @@ __device__ __forceinline__ void aiec_fwd_x_tokens(const T* __restrict__ x,      
                                                   AiecShape s) {
   __shared__ float red[aiec_fx::WARPS * 32 * 8];  // [warp][32V] partial sums of avg_token (sized for V = 8)
   aiec_fwd_x_check(targets, status, device_error, s);
-  switch (aiec::vec_width<T>(s.channels, aiec::addr(x) | aiec::addr(y))) {
+  const bool rows_v = v && (s.pool == AIEC_POOL_TOKEN || s.pool == AIEC_POOL_NONE);
+  const aiec::u64 bits = aiec::addr(x) | aiec::addr(y) | aiec_k::v_bits<T>(rows_v, aiec::addr(v));
+  switch (aiec::vec_width<T>(s.channels, bits)) {
     case 8: aiec_fx::tokens_body<aiec::Pack16<T>::N>(x, y, keep, v, s, red); break;  // 16-bit types only
     case 4: aiec_fx::tokens_body<4>(x, y, keep, v, s, red); break;
     case 2: aiec_fx::tokens_body<2>(x, y, keep, v, s, red); break;

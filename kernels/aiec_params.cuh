@@ -200,11 +200,21 @@ template <int W, class T> __device__ __forceinline__ void stvec(T* p, const T* i
   AIEC_UNROLL
   for (int e = 0; e < W; ++e) t.v[e] = in[e];
 #ifdef AIEC_CUDA
-  *reinterpret_cast<typename RawBytes<W * (int)sizeof(T)>::type*>(p) = t.u;
+  if constexpr (W * sizeof(T) == 16) aiec::st16(p, t.u);  // one st.global.v4 (a plain store may be split)
+  else *reinterpret_cast<typename RawBytes<W * (int)sizeof(T)>::type*>(p) = t.u;
 #else
   if (reinterpret_cast<u64>(p) % (W * sizeof(T))) throw ::cuda_sim::Error("misaligned vector store (the GPU faults)");
   memcpy(p, &t.u, sizeof t.u);
 #endif
+}
+// Floats per vector access to v or dv ([B, C] f32) beside a sub-vector of W elements: W, at most 4 (16 bytes). The
+// channel offset b * C + o of every sub-vector is a multiple of it (C % W == 0, o % W == 0).
+__host__ __device__ constexpr int v_floats(int w) { return w < 4 ? w : 4; }
+// What a token / none pass with v or dv (at address va; used: whether it has one) adds to the address bits of
+// aiec::vec_width, so that W also lets va take vectors of v_floats(W) floats (4 * W bytes, at most 16): W elements
+// of T need W * sizeof(T) bytes of alignment, i.e. (va % 16) * sizeof(T) / 4. The rows' results do not depend on W.
+template <class T> __device__ __forceinline__ u64 v_bits(bool used, u64 va) {
+  return used ? (va & 15u) * sizeof(T) / 4 : 0;
 }
 // Advances (b, p), the sample and position of a row r = b * P + p, by a step of sb * P + sp rows (sp < P): the
 // activation passes walk their rows so, without a division per row.

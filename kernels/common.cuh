@@ -128,7 +128,9 @@ __device__ __forceinline__ uint4 ld16(const void* p) {
 }
 __device__ __forceinline__ void st16(void* p, uint4 v) {
 #ifdef AIEC_CUDA
-  *reinterpret_cast<uint4*>(p) = v;
+  // Inline PTX: NVVM splits a plain 16-byte store of a value built from scalars (a Pack16 whose elements were set
+  // one by one) into four 4-byte stores.
+  asm("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
 #else
   if (reinterpret_cast<u64>(p) & 15) throw ::cuda_sim::Error("misaligned 16-byte store (the GPU faults)");
   memcpy(p, &v, 16);

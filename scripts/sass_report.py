@@ -13,9 +13,10 @@ No GPU needed. For every kernel entry point at sm_80 and sm_90:
   instructions and the shared-memory wavefronts; among equal loops, the
   costliest of those with the widest ``cp.async`` copies), for the f32 SIMT GEMMs the
   innermost loop holding the most ``FFMA`` (per ``FFMA``), and for every other
-  kernel the innermost loop with the most global loads and stores (per
-  iteration, and per element where ``sass_budgets.json`` records how many
-  elements one iteration handles, with the source line that says so).
+  kernel the innermost loop with the widest global loads, then the most loads
+  of that width, then the most global loads and stores (per iteration, and per
+  element where ``sass_budgets.json`` records how many elements one iteration
+  handles, with the source line that says so).
 
 Shared-memory wavefronts are a static estimate that assumes no bank conflicts:
 a warp's ``LDS.128``/``STS.128`` is 4 wavefronts (512 B at 128 B each),
@@ -313,12 +314,19 @@ def hot_loop(name: str, body: list[Instr]) -> dict | None:
             best = max(cands, key=lambda c: c[1][unit] / c[1]["instructions"], default=None)
     else:
         # The innermost loop with the widest global loads (the vector path of
-        # a pass, not its narrow or scalar variants), then the most global
-        # loads and stores (the fully unrolled step), then the most instructions.
+        # a pass, not its narrow or scalar variants), then the most loads of
+        # that width (a narrower variant may load a side operand as wide, e.g.
+        # aiec_bwd_x's dv), then the most global loads and stores (the fully
+        # unrolled step), then the most instructions.
         cands = [(r, mix(body, *r)) for r in innermost(all_loops)]
+
+        def widest(m: dict) -> tuple[int, int]:
+            w = max(m["ldg_bits"] or [0])
+            return w, m["by_width"].get(f"LDG.{w}", 0)
+
         best = max(
             cands,
-            key=lambda c: (max(c[1]["ldg_bits"] or [0]), c[1]["global_ops"], c[1]["instructions"]),
+            key=lambda c: (*widest(c[1]), c[1]["global_ops"], c[1]["instructions"]),
             default=None,
         )
     if best is None:

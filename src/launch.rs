@@ -258,21 +258,32 @@ fn elems(shape: &AiecShape) -> u64 {
     shape.batch * shape.positions * shape.channels
 }
 
-/// Grid of the two activation passes (`aiec_fwd_x_*`, `aiec_bwd_x_*`).
-fn activation_grid(dtype: DType, shape: &AiecShape) -> [u32; 3] {
+/// Resident blocks per SM of the two activation passes (their
+/// `__launch_bounds__(256, 3)`, `AIEC_LB_X`): their grids are one wave of
+/// those, and every block streams many row steps (grid-stride), so that the
+/// rotating buffer of each warp keeps the next step's rows in flight.
+pub const ACTIVATION_BLOCKS_PER_SM: u32 = 3;
+
+/// Grid of the two activation passes (`aiec_fwd_x_*`, `aiec_bwd_x_*`): the
+/// kernels' geometry, capped at [`ACTIVATION_BLOCKS_PER_SM`] blocks per SM
+/// (at least one block, and one row of channel tiles, whatever the SM count).
+fn activation_grid(dtype: DType, shape: &AiecShape, limits: DeviceLimits) -> [u32; 3] {
     let v = 16 / dtype.size() as u64;
+    let cap = limits.sm_count.max(1) as u64 * ACTIVATION_BLOCKS_PER_SM as u64;
     if is_hw(shape) {
-        [(shape.batch * shape.channels).div_ceil(8).min((1 << 31) - 1) as u32, 1, 1]
-    } else if shape.pool == pool_code(Pool::AvgToken) {
-        // One sample per block step: the 8 warps' sums are added in the block.
-        [shape.channels.div_ceil(32 * v) as u32, shape.batch.min(65_535) as u32, 1]
+        // 8 rows (one per warp) per block step.
+        [(shape.batch * shape.channels).div_ceil(8).min(cap) as u32, 1, 1]
     } else {
-        // token / none: the B*P rows spread over the grid, 32 per block step.
-        [
-            shape.channels.div_ceil(32 * v) as u32,
-            (shape.batch * shape.positions).div_ceil(32).min(65_535) as u32,
-            1,
-        ]
+        let tiles = shape.channels.div_ceil(32 * v);
+        let steps = if shape.pool == pool_code(Pool::AvgToken) {
+            // One sample per block step: the 8 warps' sums are added in the block.
+            shape.batch
+        } else {
+            // token / none: the B*P rows spread over the grid, 32 per block step.
+            (shape.batch * shape.positions).div_ceil(32)
+        };
+        let per_tile = (cap / tiles).max(1);
+        [tiles.min((1 << 31) - 1) as u32, steps.min(per_tile).min(65_535) as u32, 1]
     }
 }
 
@@ -336,11 +347,11 @@ pub type XPassArgs = FwdXArgs;
 
 /// Launch 1 of a forward:
 /// `aiec_fwd_x_<layout>_<dtype>(x, y, keep, v, targets, status, device_error, shape)`.
-pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, a: FwdXArgs) -> Option<LaunchPlan> {
+pub fn aiec_fwd_x(dtype: DType, shape: &AiecShape, a: FwdXArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
     (elems(shape) > 0).then(|| LaunchPlan {
         module: Module::only("aiec_fwd_x.cu", dtype),
         kernel: format!("aiec_fwd_x_{}_{dtype}", layout_name(shape)),
-        grid: activation_grid(dtype, shape),
+        grid: activation_grid(dtype, shape, limits),
         block: [AIEC_BLOCK, 1, 1],
         shared_bytes: 0,
         args: [a.x, a.y, a.keep, a.v, a.targets, a.status, a.device_error]
@@ -552,12 +563,12 @@ pub struct BwdXArgs {
 }
 
 /// Backward launch 2: `aiec_bwd_x_<layout>_<dtype>(dy, keep, dv, dx, shape)`.
-pub fn aiec_bwd_x(dtype: DType, shape: &AiecShape, a: BwdXArgs) -> Option<LaunchPlan> {
+pub fn aiec_bwd_x(dtype: DType, shape: &AiecShape, a: BwdXArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
     let BwdXArgs { dy, keep, dv, dx } = a;
     (elems(shape) > 0).then(|| LaunchPlan {
         module: Module::only("aiec_bwd_x.cu", dtype),
         kernel: format!("aiec_bwd_x_{}_{dtype}", layout_name(shape)),
-        grid: activation_grid(dtype, shape),
+        grid: activation_grid(dtype, shape, limits),
         block: [AIEC_BLOCK, 1, 1],
         shared_bytes: 0,
         args: vec![
@@ -710,31 +721,38 @@ mod tests {
 
     #[test]
     fn fused_forward_plans_follow_the_kernel_geometry() {
-        // ViT-B in bf16: 12 channel tiles of 256 channels x 256*197 rows, 32 rows per block step.
+        // ViT-B in bf16: 12 channel tiles of 256 channels x 256*197 rows, 32 rows per block step;
+        // one wave of 3 blocks per SM: 132 * 3 / 12 = 33 block rows, each streaming ~48 steps.
         let s = shape(Pool::Token, 256, 197, 3072, 1000);
-        let p = aiec_fwd_x(DType::BF16, &s, xa()).unwrap();
+        let p = aiec_fwd_x(DType::BF16, &s, xa(), H200).unwrap();
         assert_eq!(
             (p.kernel.as_str(), p.grid, p.block),
-            ("aiec_fwd_x_tokens_bf16", [12, 1576, 1], [256, 1, 1])
+            ("aiec_fwd_x_tokens_bf16", [12, 33, 1], [256, 1, 1])
         );
         let ptrs: Vec<KernelArg> = (1..=7).map(KernelArg::Ptr).collect();
         assert_eq!(p.args[..7], ptrs[..], "x, y, keep, v, targets, status, device_error");
         assert_eq!(p.args[7], KernelArg::structure(&s));
-        // f32 moves 4 channels per lane: 24 tiles.
-        assert_eq!(aiec_fwd_x(DType::F32, &s, xa()).unwrap().grid, [24, 1576, 1]);
+        // f32 moves 4 channels per lane: 24 tiles; a device with SMs to spare gets one step per block.
+        assert_eq!(aiec_fwd_x(DType::F32, &s, xa(), H200).unwrap().grid, [24, 16, 1]);
+        let wide = DeviceLimits { sm_count: 1 << 20, ..H200 };
+        assert_eq!(aiec_fwd_x(DType::F32, &s, xa(), wide).unwrap().grid, [24, 1576, 1]);
         // avg_token keeps one sample per block step; none spreads B rows.
-        assert_eq!(
-            aiec_fwd_x(DType::F32, &shape(Pool::AvgToken, 256, 197, 3072, 1000), xa()).unwrap().grid,
-            [24, 256, 1]
-        );
-        assert_eq!(
-            aiec_fwd_x(DType::BF16, &shape(Pool::None, 4096, 1, 4096, 1000), xa()).unwrap().grid,
-            [16, 128, 1]
-        );
-        // avg_hw: one warp per (b, c) row, 8 rows per block.
+        let a = shape(Pool::AvgToken, 256, 197, 3072, 1000);
+        assert_eq!(aiec_fwd_x(DType::F32, &a, xa(), H200).unwrap().grid, [24, 16, 1]);
+        assert_eq!(aiec_fwd_x(DType::F32, &a, xa(), wide).unwrap().grid, [24, 256, 1]);
+        let mlp = shape(Pool::None, 4096, 1, 4096, 1000);
+        assert_eq!(aiec_fwd_x(DType::BF16, &mlp, xa(), H200).unwrap().grid, [16, 24, 1]);
+        assert_eq!(aiec_fwd_x(DType::BF16, &mlp, xa(), wide).unwrap().grid, [16, 128, 1]);
+        // More channel tiles than the wave holds: one block row; no SMs reported: one SM.
+        let broad = shape(Pool::Token, 2, 3, 1 << 20, 10);
+        assert_eq!(aiec_fwd_x(DType::F32, &broad, xa(), H200).unwrap().grid, [8192, 1, 1]);
+        let none = DeviceLimits { sm_count: 0, ..H200 };
+        assert_eq!(aiec_fwd_x(DType::F32, &s, xa(), none).unwrap().grid, [24, 1, 1]);
+        // avg_hw: one warp per (b, c) row, 8 rows per block step, one wave.
         let h = shape(Pool::AvgHw, 128, 3136, 256, 1000);
-        let p = aiec_fwd_x(DType::F16, &h, xa()).unwrap();
-        assert_eq!((p.kernel.as_str(), p.grid), ("aiec_fwd_x_hw_f16", [128 * 256 / 8, 1, 1]));
+        let p = aiec_fwd_x(DType::F16, &h, xa(), H200).unwrap();
+        assert_eq!((p.kernel.as_str(), p.grid), ("aiec_fwd_x_hw_f16", [132 * 3, 1, 1]));
+        assert_eq!(aiec_fwd_x(DType::F16, &h, xa(), wide).unwrap().grid, [128 * 256 / 8, 1, 1]);
         // 16 class tiles x 4 sample groups of 64, 128 threads, the tensor-core path by default.
         let l = aiec_fwd_logits(&s, la(), H200).unwrap();
         assert_eq!((l.grid, l.block, l.args.len()), ([16, 4, 1], [128, 1, 1], 14));
@@ -770,7 +788,7 @@ mod tests {
         assert_eq!(gate_blocks(&shape(Pool::None, 4096, 1, 4096, 1000)), 64 * 4);
         // Empty batches launch nothing in the forward.
         let e = shape(Pool::Token, 0, 5, 8, 4);
-        assert!(aiec_fwd_x(DType::F32, &e, xa()).is_none());
+        assert!(aiec_fwd_x(DType::F32, &e, xa(), H200).is_none());
         assert!(aiec_fwd_logits(&e, FwdLogitsArgs::default(), H200).is_none());
         assert!(aiec_fwd_gate(&e, FwdGateArgs::default()).is_none());
     }
@@ -784,14 +802,14 @@ mod tests {
         assert_eq!(aiec_bwd_dv_dw(&s, BwdDvDwArgs::default(), T4).unwrap().kernel, "aiec_bwd_dv_dw");
         assert_eq!(p.args.len(), 9);
         assert_eq!(p.args[5], KernelArg::Ptr(6), "row_scale after losses");
-        let x = aiec_bwd_x(DType::BF16, &s, BwdXArgs { dy: 1, keep: 2, dv: 3, dx: 1 }).unwrap();
-        assert_eq!((x.kernel.as_str(), x.grid), ("aiec_bwd_x_tokens_bf16", [12, 256, 1]));
+        let x = aiec_bwd_x(DType::BF16, &s, BwdXArgs { dy: 1, keep: 2, dv: 3, dx: 1 }, H200).unwrap();
+        assert_eq!((x.kernel.as_str(), x.grid), ("aiec_bwd_x_tokens_bf16", [12, 33, 1]), "as aiec_fwd_x");
         assert_eq!(x.args[..3], [KernelArg::Ptr(1), KernelArg::Ptr(2), KernelArg::Ptr(3)]);
         assert_eq!(x.args[3], KernelArg::Ptr(1), "dx may be dy");
         // B = 0 still clears dW; the dy pass has nothing to do.
         let e = shape(Pool::None, 0, 1, 8, 4);
         assert_eq!(aiec_bwd_dv_dw(&e, BwdDvDwArgs::default(), H200).unwrap().grid, [1, 1, 1]);
-        assert!(aiec_bwd_x(DType::F32, &e, bxa()).is_none());
+        assert!(aiec_bwd_x(DType::F32, &e, bxa(), H200).is_none());
         assert_eq!(aiec_loss(&bytemuck::Zeroable::zeroed()).grid, [1, 1, 1]);
         let c = aiec_loss_count(&bytemuck::Zeroable::zeroed());
         assert_eq!(
@@ -819,12 +837,12 @@ mod tests {
             for pool in [Pool::Token, Pool::AvgHw] {
                 let s = shape(pool, 4, 9, 64, 10);
                 let plans = [
-                    aiec_fwd_x(dtype, &s, xa()).unwrap(),
+                    aiec_fwd_x(dtype, &s, xa(), H200).unwrap(),
                     aiec_fwd_logits(&s, FwdLogitsArgs::default(), H200).unwrap(),
                     aiec_fwd_gate(&s, ga()).unwrap(),
                     aiec_loss(&bytemuck::Zeroable::zeroed()),
                     aiec_bwd_dv_dw(&s, BwdDvDwArgs::default(), H200).unwrap(),
-                    aiec_bwd_x(dtype, &s, bxa()).unwrap(),
+                    aiec_bwd_x(dtype, &s, bxa(), H200).unwrap(),
                 ];
                 let used: Vec<Module> = plans.iter().map(|p| p.module).collect();
                 assert_eq!(used, training_modules(dtype), "{dtype} {pool:?}");

@@ -689,8 +689,15 @@ fn activation_passes_are_correct_for_any_grid() {
             let x: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0) as f32)).collect();
             let dv: Vec<f32> = (0..plan.batch * c).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
             let xt = Tensor::from_slice(&dev, &x, &dims).unwrap();
-            let dvb = Buffer::from_slice(&dev, &dv).unwrap();
-            let run = |shrink: bool| {
+            // dv at an offset of 0, 1 or 2 floats (v likewise): the token / none passes
+            // narrow their access width until v and dv take vectors (aiec_k::v_bits).
+            let dvb: Vec<Buffer<f32>> = (0..3)
+                .map(|off| Buffer::from_slice(&dev, &[vec![f32::NAN; off], dv.clone()].concat()).unwrap())
+                .collect();
+            // `wide`: a device with SMs to spare, so that every block does one step;
+            // the device's own grid (one wave, blocks streaming many steps); `shrink`: fewer still.
+            let wide = aiec::launch::DeviceLimits { sm_count: 1 << 20, ..dev.limits() };
+            let run = |limits: aiec::launch::DeviceLimits, shrink: bool, off: usize| {
                 let y = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
                 let dx = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
                 let keep: Buffer<u32> = Buffer::zeros(&dev, aiec::layout::keep_words(&shape)).unwrap();
@@ -699,13 +706,17 @@ fn activation_passes_are_correct_for_any_grid() {
                     x: xt.address(),
                     y: y.address(),
                     keep: keep.address(),
-                    v: v.address(),
+                    v: v.address() + 4 * off as u64,
                     ..Default::default()
                 };
-                let mut f = aiec_fwd_x(DType::BF16, &shape, args).unwrap();
-                let bargs =
-                    BwdXArgs { dy: xt.address(), keep: keep.address(), dv: dvb.address(), dx: dx.address() };
-                let mut b = aiec_bwd_x(DType::BF16, &shape, bargs).unwrap();
+                let mut f = aiec_fwd_x(DType::BF16, &shape, args, limits).unwrap();
+                let bargs = BwdXArgs {
+                    dy: xt.address(),
+                    keep: keep.address(),
+                    dv: dvb[off].address() + 4 * off as u64,
+                    dx: dx.address(),
+                };
+                let mut b = aiec_bwd_x(DType::BF16, &shape, bargs, limits).unwrap();
                 if shrink {
                     for p in [&mut f, &mut b] {
                         // tokens: every channel tile, one block row; hw: two blocks.
@@ -721,13 +732,23 @@ fn activation_passes_are_correct_for_any_grid() {
                 (
                     y.to_vec::<bf16>().unwrap(),
                     keep.to_vec().unwrap(),
-                    v.to_vec().unwrap(),
+                    v.to_vec().unwrap().split_off(off),
                     dx.to_vec::<bf16>().unwrap(),
                 )
             };
-            let full = run(false);
-            let small = run(true);
+            let full = run(wide, false, 0);
+            let own = run(dev.limits(), false, 0);
+            let small = run(dev.limits(), true, 0);
+            assert!(full == own, "{} {pool} {dims:?}: the device's grid changed the result", dev.label());
             assert!(full == small, "{} {pool} {dims:?}: a smaller grid changed the result", dev.label());
+            for off in [1, 2] {
+                let moved = run(dev.limits(), false, off);
+                assert!(
+                    full == moved,
+                    "{} {pool} {dims:?}: v and dv {off} floats in changed the result",
+                    dev.label()
+                );
+            }
             assert!(full.1.iter().any(|&w| w != 0), "no keep bit set: the comparison proves nothing");
         }
     }

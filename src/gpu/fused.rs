@@ -125,7 +125,7 @@ pub fn fwd_x(
         v: v.map_or(0, |v| v.address()),
         ..Default::default()
     };
-    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args) {
+    if let Some(p) = launch::aiec_fwd_x(x.dtype(), &shape, args, dev.limits()) {
         // SAFETY: x, y, keep (and v) are live views of this device sized for
         // `shape` (checked above), the written ones disjoint from the rest.
         unsafe { dev.launch(&p) }?;
@@ -353,6 +353,7 @@ pub fn fwd_x_logits(
                 status,
                 device_error,
             },
+            dev.limits(),
         ),
         launch::aiec_fwd_logits(
             &shape,
@@ -741,6 +742,7 @@ fn backward_checked(
         dy.dtype(),
         &shape,
         BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv_addr, dx: dx.addr },
+        dev.limits(),
     ) {
         // SAFETY: dy, keep, dv (or null) and dx are live views of this device
         // sized for `shape`; dx is dy itself or disjoint from every input.
@@ -779,7 +781,7 @@ pub fn bwd_x(
         keep.expect("keep bits", &dev, Sizes::of(dims, cfg.classes()).keep)?;
         let s = AiecShape::new(dims, cfg.classes(), cfg.tau() as f32, false);
         let args = BwdXArgs { dy: dy.address(), keep: keep.address(), dv: dv.address(), dx: dx.addr };
-        if let Some(p) = launch::aiec_bwd_x(dy.dtype(), &s, args) {
+        if let Some(p) = launch::aiec_bwd_x(dy.dtype(), &s, args, dev.limits()) {
             // SAFETY: live views of this device sized for `s`; dx is dy or disjoint.
             unsafe { dev.launch(&p) }?;
         }
