@@ -701,7 +701,7 @@ fn activation_passes_are_correct_for_any_grid() {
                 let y = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
                 let dx = Tensor::zeros(&dev, DType::BF16, &dims).unwrap();
                 let keep: Buffer<u32> = Buffer::zeros(&dev, aiec::layout::keep_words(&shape)).unwrap();
-                let v: Buffer<f32> = Buffer::zeros(&dev, plan.batch * c).unwrap();
+                let v: Buffer<f32> = Buffer::zeros(&dev, off + plan.batch * c).unwrap();
                 let args = FwdXArgs {
                     x: xt.address(),
                     y: y.address(),
