@@ -127,7 +127,8 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
   __shared__ __align__(16) float smem[SMEM];  // the GEMM's stages, then the tile's logits [64][65]
   __shared__ float row_m[ROWS], row_se[ROWS];
   __shared__ long long row_t[ROWS];
-  __shared__ int row_ok[ROWS], leader[ROWS], next[ROWS];
+  __shared__ int row_ok[ROWS];
+  __shared__ u64 mates[ROWS];
   __shared__ int last;
   const u64 B = s.batch, C = s.channels, K = s.classes;
   const u64 tiles = (K + COLS - 1) / COLS, groups = (B + ROWS - 1) / ROWS;
@@ -266,44 +267,50 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
       }
       if (!update || (status && status->index >= 0)) continue;  // uniform: no update, or a bad target in the batch
 
-      // 6. counters: the group's correct samples grouped by class (leader: the first such row of the class; next:
-      // the next row of the same class), one atomic per (class, channel) and per class
+      // 6. counters. mates[r]: for the first correct row r of its class (its leader), the group's correct rows of
+      // that class as bits; 0 for every other row. A thread reads its channel of every correct row at once
+      // (independent loads, all in flight, instead of one dependent load per row), keeps which are > 0 and == 0
+      // as bits, and adds per leader the popcounts over its mates: one atomic per (class present among the
+      // group's correct samples, channel) with a nonzero increment, and one per class for total.
       if (tid < ROWS) {
-        int l = -1;
-        if (row_ok[tid])
-          for (int q = 0; q <= tid && l < 0; ++q)
-            if (row_ok[q] && row_t[q] == row_t[tid]) l = q;
-        leader[tid] = l;
+        u64 m = 0;
+        if (row_ok[tid]) {
+          for (int q = 0; q < ROWS; ++q)
+            if (row_ok[q] && row_t[q] == row_t[tid]) m |= (u64)1 << q;
+          if (m & (((u64)1 << tid) - 1)) m = 0;  // an earlier correct row has this class: it leads
+        }
+        mates[tid] = m;
       }
       __syncthreads();
-      if (tid < ROWS) {
-        int nx = -1;
-        if (leader[tid] >= 0)
-          for (int q = tid + 1; q < ROWS && nx < 0; ++q)
-            if (leader[q] == leader[tid]) nx = q;
-        next[tid] = nx;
+      u64 ok = 0, leaders = 0;  // block-uniform
+      for (int r = 0; r < ROWS; ++r) {
+        ok |= (u64)(row_ok[r] != 0) << r;
+        leaders |= (u64)(mates[r] != 0) << r;
       }
-      __syncthreads();
       for (u64 c = (u64)tid; c < C; c += THREADS) {
-        for (int r = 0; r < ROWS; ++r) {
-          if (leader[r] != r) continue;  // uniform over the block
-          unsigned long long a = 0, i = 0;
-          for (int q = r; q >= 0; q = next[q]) {
-            const float val = v[(b0 + (u64)q) * C + c];
-            a += val > 0.0f;
-            i += val == 0.0f;
-          }
+        const float* vc = v + b0 * C + c;
+        u64 pos = 0, zero = 0;
+        AIEC_UNROLL_BY(8)
+        for (int r = 0; r < ROWS; ++r) {  // no branch: the loads of 8 rows are in flight together
+          const bool in = (ok >> r) & 1;
+          const float val = vc[in ? (u64)r * C : 0];  // a row that is not counted reads row 0 (in the batch)
+          pos |= (u64)(in && val > 0.0f) << r;
+          zero |= (u64)(in && val == 0.0f) << r;
+        }
+        for (u64 l = leaders; l; l &= l - 1) {
+          const int r = __ffsll((long long)l) - 1;
+          const unsigned long long a = (unsigned long long)__popcll(pos & mates[r]);
+          const unsigned long long i = (unsigned long long)__popcll(zero & mates[r]);
           const u64 kc = (u64)row_t[r] * C + c;
           if (a) atomicAdd(reinterpret_cast<unsigned long long*>(act) + kc, a);
           if (i) atomicAdd(reinterpret_cast<unsigned long long*>(inh) + kc, i);
         }
       }
       if (tid == 0) {
-        for (int r = 0; r < ROWS; ++r) {
-          if (leader[r] != r) continue;
-          unsigned long long n = 0;
-          for (int q = r; q >= 0; q = next[q]) ++n;
-          atomicAdd(reinterpret_cast<unsigned long long*>(total) + row_t[r], n);
+        for (u64 l = leaders; l; l &= l - 1) {
+          const int r = __ffsll((long long)l) - 1;
+          atomicAdd(reinterpret_cast<unsigned long long*>(total) + row_t[r],
+                    (unsigned long long)__popcll(mates[r]));
         }
       }
     }
