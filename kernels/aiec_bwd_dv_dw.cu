@@ -16,8 +16,9 @@
  * Sums in a fixed order (aiec_gemm.cuh: the SIMT path over k (resp. b) in increasing order with fmaf; the
  * tensor-core paths per 16 k, two halves of each 32 k added at the end): deterministic, no atomics. On the
  * tensor-core paths the scale of a row of dv is applied to its sum (a_b times the sum of g w) and a uniform scale
- * of dW likewise, while per-sample scales of dW (row_scale) multiply the dlogits as they are read (one more
- * rounding or one less than the SIMT path, which scales every dlogit). Writes only dv and dw.
+ * of dW likewise, while per-sample scales of dW (row_scale) multiply v's values as they are read (dW = sum_b g[b,k]
+ * (a_b v[b,c]): one rounding like the SIMT path's a_b g[b,k], on the other factor; v has half as many values per
+ * lane in the tile loop). Writes only dv and dw.
  * Geometry: block = 128 threads (MUST be), no dynamic shared memory (18 KiB static for SIMT, 36 KiB for the
  * tensor-core paths); CT = ceil(C / 64); grid = (ceil(B / 64) + ceil(K / 64)) * CT (any grid is correct: block i
  * takes the tiles i, i + gridDim.x, ...). Tile i < ceil(B/64)*CT is the dv tile [64 (i / CT), +64) x
@@ -97,7 +98,8 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
     } else {
 #if AIEC_MMA_TF32
       // The scale of a row of dv is the output row's: applied in the epilogue (a_b times the sum of g w). dW's
-      // per-sample scales vary along the sum: applied to the fragments; a uniform one in the epilogue.
+      // per-sample scales vary along the sum: applied to v's fragments (tc::tile's SK); a uniform one in the
+      // epilogue.
       constexpr int OT = BN + 4;  // row stride of the output tile
       float* ot = smem;           // the output tile [BM][OT], once the stages are consumed
       if (is_dv) {

@@ -12,13 +12,13 @@
 // bound read as 0. Operand::vec: p 16-byte aligned, ld and the contiguous extent multiples of 4 (16-byte copies).
 //
 // ---- The tensor-core paths (sm_80+, AIEC_MMA_TF32; tc::tile)
-// Stages: KT = 32 k per stage, two stages in shared memory (36 KiB, and 32 scales of A per stage where A's k are
+// Stages: KT = 32 k per stage, two stages in shared memory (36 KiB, and 32 scales per stage where the terms at k are
 // scaled), filled by cp.async (no register round trip): while a stage is consumed the next one's copies are in
 // flight (cp.async.wait_group 1, one barrier each side). Thread t copies 4 chunks of 4 elements per operand and
 // stage (a warp's 32 chunks are 512 contiguous bytes of shared memory: no bank conflict) from 4 source pointers
 // that advance by a constant (tc::Copier); chunks outside the matrix are zero-filled (the copy's ignore-src
-// predicate); unless both operands are vec, both take 4-byte copies (a second instance of the stage loop, chosen
-// once per tile).
+// predicate); unless both operands are vec (and kdim < 2^29, so that the copies count k in 32 bits), both take
+// 4-byte copies (a second instance of the stage loop, chosen once per tile). The stage loop counts in 32 bits.
 // Layouts in shared memory, chosen so that every fragment load is one conflict-free 16-byte LDS:
 // * MK: [64 rows][32 k], the 16-byte chunk c of row r at chunk c ^ (4 (r & 1)) (so that the two rows a quarter
 //   warp reads fall in different banks);
@@ -47,8 +47,9 @@
 //   Non-finite values: a non-finite x (or one whose big rounds to inf) makes its small NaN, so every result whose
 //   sum met one is NaN; each NaN result is recomputed at the end in f32 from global memory, exactly as the SIMT
 //   path sums it: inf, -inf and NaN results are those of f32 arithmetic.
-// * TF32 (opt-in, like torch.backends.cuda.matmul.allow_tf32): A_big B_big alone, operands rounded to TF32 (10
-//   mantissa bits; cvt.rn on sm_90, cvt.rna on sm_80 and in the simulator) and accumulated in the tensor core:
+// * TF32 (opt-in, like torch.backends.cuda.matmul.allow_tf32): A_big B_big alone, operands truncated to TF32 (10
+//   mantissa bits: A's values by big_bits as they go into the mma's register quads, an MK B's as the mma reads
+//   them, its upper 19 bits; the simulator's mma truncates alike) and accumulated in the tensor core:
 //   about 1e-3 relative, for speed only. Never the default.
 // The mma.sync path may differ from the simulator's documented emulation in the last bits (mma.cuh).
 //
@@ -101,7 +102,7 @@ constexpr int KT = 32;                          // k per stage
 constexpr int STAGES = 2;                       // stages in shared memory (one in flight while one is consumed)
 constexpr int KM_LD = BM + 8;                   // floats per k row of a KM tile (72 = 8 mod 32)
 constexpr int SLOT = KT * KM_LD;                // floats per operand and stage (a KM tile; an MK tile is BM * KT)
-constexpr int FLOATS = STAGES * (2 * SLOT + KT);  // 36 KiB and the per-k scales of A
+constexpr int FLOATS = STAGES * (2 * SLOT + KT);  // 36 KiB and the per-k scales (SK)
 static_assert(BM == BN && BM * KT <= SLOT, "tile sizes");
 }  // namespace tc
 template <int PATH> struct Smem {
@@ -325,12 +326,23 @@ template <int N> __device__ __forceinline__ void cp_wait() {
 // (MK: 4 rows; KM: two half rows of 256 bytes), so the stores are free of bank conflicts. MK: chunk h of thread t
 // is row t / 8 + 16 h, k chunk t % 8; KM: k row t / 16 + 8 h, i chunk t % 16. Everything that does not change
 // from stage to stage is computed once: the 4 source pointers advance by a constant, and only the extent left
-// along k is counted down. A chunk outside the matrix copies nothing (zeros): its source is never read. VEC
-// (Operand::vec): every chunk is whole or outside and takes one 16-byte copy; else 4 of 4 bytes.
+// along k is counted down (in 32 bits for VEC, which tile takes only for kdim < 2^29: a 64-bit count costs two
+// instructions per test and per step). A chunk outside the matrix copies nothing (zeros): its source is never
+// read. VEC (Operand::vec): every chunk is whole or outside and takes one 16-byte copy; else 4 of 4 bytes.
+// The type of Copier::left: 32 bits for the 16-byte copies (tile takes them only where kdim < VEC_KDIM), else 64.
+template <bool VEC> struct LeftT {
+  using T = long long;
+};
+template <> struct LeftT<true> {
+  using T = int;
+};
+constexpr u64 VEC_KDIM = (u64)1 << 29;
+
 template <bool KM, bool VEC> struct Copier {
+  using L = typename LeftT<VEC>::T;
   const float* src[4];  // chunk h's source for the next stage
   u64 adv;              // elements from one stage to the next
-  long long left;       // MK: elements of the chunk's row from its first k on; KM: k rows from chunk 0's on
+  L left;               // MK: elements of the chunk's row from its first k on; KM: k rows from chunk 0's on
   int fixed;            // MK: rows from chunk 0's on (at most 64); KM: elements along i from the chunk's first
   Saddr d0;             // chunk 0's destination in stage 0
   __device__ __forceinline__ Copier(const Operand& o, u64 i0, float* smem) {
@@ -338,7 +350,10 @@ template <bool KM, bool VEC> struct Copier {
     const u64 i = KM ? i0 + (u64)(4 * c) : i0 + (u64)r0, k = KM ? (u64)r0 : (u64)(4 * c);
     const u64 fx = o.extent - aiec_k::min64(i, o.extent);
     fixed = fx < 64 ? (int)fx : 64;
-    left = (long long)o.kdim - (long long)k;
+    left = (L)((long long)o.kdim - (long long)k);
+    // KM, 16-byte copies: a chunk whose i is past the extent is outside at every stage: as if no k were left (one
+    // counter to test per copy instead of two; kdim < VEC_KDIM = 2^29 stages of KT keep it above -2^30).
+    if (KM && VEC && fixed <= 0) left = (L)(-(long long)VEC_KDIM);
     const float* p = KM ? o.p + k * o.ld + i : o.p + i * o.ld + k;
     const u64 step = (KM ? 8 : 16) * o.ld;  // elements from chunk h to h + 1
     AIEC_UNROLL
@@ -354,9 +369,9 @@ template <bool KM, bool VEC> struct Copier {
       const int so = KM ? (16 * (h / 2) + 2 * (h % 2)) * KM_LD : 16 * h * KT;  // from chunk 0's
       // elements of the chunk inside the matrix: 0 to 4 (VEC: 0 or 4)
       const bool row_in = KM ? left > 8 * h : fixed > 16 * h;
-      const long long along = KM ? (long long)fixed : left;
+      const L along = KM ? (L)fixed : left;
       if (VEC) {
-        cp16(sadd(d, so), src[h], row_in && along > 0);
+        cp16(sadd(d, so), src[h], KM ? row_in : row_in && along > 0);
       } else {
         AIEC_UNROLL
         for (int j = 0; j < 4; ++j) cp4(sadd(d, so + j), src[h] + j, row_in && along > j);
@@ -392,22 +407,6 @@ __device__ __forceinline__ float4 ldsv(Saddr a, int n) {
 __device__ __forceinline__ u32 big_bits(float x, u32 mask) { return __float_as_uint(x) & mask; }
 // 0xFFFFE000, computed from kdim (< 2^63 always: an element count) so that ptxas cannot fold it (big_bits).
 __device__ __forceinline__ u32 tf32_mask(u64 kdim) { return 0xFFFFE000u | (u32)(kdim >> 63); }
-// x rounded to TF32 for the plain TF32 path, whose 13 low result bits the mma ignores: on sm_90 to nearest even
-// (cvt.rn.tf32.f32, one instruction), on sm_80 ties away (cvt.rna, three: sm_80 has no .rn), in the simulator
-// ties away (to_tf32). Inf and NaN stay inf and NaN.
-__device__ __forceinline__ u32 rna_bits(float x) {
-#if defined(AIEC_CUDA) && __CUDA_ARCH__ >= 900
-  u32 r;
-  asm("cvt.rn.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-  return r;
-#elif defined(AIEC_CUDA)
-  u32 r;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-  return r;
-#else
-  return __float_as_uint(aiec_mma::to_tf32(x));
-#endif
-}
 
 // Warp w computes rows 0..63 of the tile (4 fragments mi of 16 rows) and columns 32 (w % 2) + 0..31 (4 fragments
 // nj of 8) over the k half w / 2 of every stage ("sliced k": two warps share each output, and their sums meet at
@@ -435,47 +434,53 @@ template <bool KM> __device__ __forceinline__ int frag_base(int lane, int w0, in
 // load, frag_base; the others a constant away), split in registers, 3 (TF32X3) or 1 (TF32) mma.sync per 16 x 8
 // fragment and 8 k. TF32X3 sums each fragment's 16 k into a fresh t (small products first) that is added to acc
 // with one rounded f32 addition per element: the running sum never passes through the tensor core's accumulator.
-// SK: A's value at k is multiplied by its staged scale first (S: the half's scales of the lane's k rows).
+// SK: B's value at k is multiplied by its staged scale first (S: the half's scales of the lane's k rows; B holds
+// half as many values per lane as A, so half the multiplications).
 template <int PATH, bool AKM, bool BKM, bool SK>
 __device__ __forceinline__ void slice_step(float* acc, Saddr As, Saddr Bs, Saddr S, u32 mask) {
   using namespace aiec_mma;
   auto split = [&](float x, u32& big, u32& small) {
-    if constexpr (PATH == TF32X3) {
-      big = big_bits(x, mask);
-      small = __float_as_uint(x - __uint_as_float(big));
-    } else {
-      big = rna_bits(x);
-    }
+    big = big_bits(x, mask);
+    if constexpr (PATH == TF32X3) small = __float_as_uint(x - __uint_as_float(big));
+  };
+  // TF32: an MK operand B's value goes to the mma as it is (which reads its upper 19 bits: the same truncation)
+  // where the 16-byte load leaves it in place (a register pair of one fragment).
+  auto raw = [&](float x, u32& big, u32& small) {
+    if constexpr (PATH == TF32X3)
+      split(x, big, small);
+    else
+      big = __float_as_uint(x);
   };
   // B's fragments of both 8-wide k steps, split: [kk][nj][register]
   u32 bb[2][4][2], bs[2][4][2];
-  if constexpr (BKM) {
-    AIEC_UNROLL
-    for (int j = 0; j < 4; ++j) {  // k row 4 tq + j of the half: k step j / 2, fragment row tq + 4 (j % 2)
-      const float4 q = ldsv(Bs, 4 * j * KM_LD);
-      const int kk = j >> 1, h = j & 1;
-      split(q.x, bb[kk][0][h], bs[kk][0][h]);
-      split(q.y, bb[kk][1][h], bs[kk][1][h]);
-      split(q.z, bb[kk][2][h], bs[kk][2][h]);
-      split(q.w, bb[kk][3][h], bs[kk][3][h]);
-    }
-  } else {
-    AIEC_UNROLL
-    for (int nj = 0; nj < 4; ++nj) {
-      const float4 q = ldsv(Bs, 8 * nj * KT);  // row wn + 8 nj + g; row & 1 = g & 1
-      split(q.x, bb[0][nj][0], bs[0][nj][0]);
-      split(q.y, bb[0][nj][1], bs[0][nj][1]);
-      split(q.z, bb[1][nj][0], bs[1][nj][0]);
-      split(q.w, bb[1][nj][1], bs[1][nj][1]);
-    }
-  }
   float sc[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-  if constexpr (SK) {  // the scales of k rows 4 tq + j of the half (staged; 0 past kdim, where A is 0 too)
+  if constexpr (SK) {  // the scales of k rows 4 tq + j of the half (staged; 0 past kdim, where A and B are 0 too)
+    static_assert(BKM, "per-k scales are applied to a KM operand B");
     const float4 q = ldsv(S, 0);
     sc[0] = q.x;
     sc[1] = q.y;
     sc[2] = q.z;
     sc[3] = q.w;
+  }
+  if constexpr (BKM) {
+    AIEC_UNROLL
+    for (int j = 0; j < 4; ++j) {  // k row 4 tq + j of the half: k step j / 2, fragment row tq + 4 (j % 2)
+      const float4 q = ldsv(Bs, 4 * j * KM_LD);
+      const int kk = j >> 1, h = j & 1;
+      split(SK ? q.x * sc[j] : q.x, bb[kk][0][h], bs[kk][0][h]);
+      split(SK ? q.y * sc[j] : q.y, bb[kk][1][h], bs[kk][1][h]);
+      split(SK ? q.z * sc[j] : q.z, bb[kk][2][h], bs[kk][2][h]);
+      split(SK ? q.w * sc[j] : q.w, bb[kk][3][h], bs[kk][3][h]);
+    }
+  } else {
+    AIEC_UNROLL
+    for (int nj = 0; nj < 4; ++nj) {
+      const float4 q = ldsv(Bs, 8 * nj * KT);  // row wn + 8 nj + g; row & 1 = g & 1
+      raw(q.x, bb[0][nj][0], bs[0][nj][0]);
+      raw(q.y, bb[0][nj][1], bs[0][nj][1]);
+      raw(q.z, bb[1][nj][0], bs[1][nj][0]);
+      raw(q.w, bb[1][nj][1], bs[1][nj][1]);
+    }
   }
   // A one load group at a time (KM: 2 fragments mi, MK: 1), so that only its fragments are live beside B's.
   constexpr int MG = AKM ? 2 : 1;
@@ -487,13 +492,12 @@ __device__ __forceinline__ void slice_step(float* acc, Saddr As, Saddr Bs, Saddr
       for (int j = 0; j < 4; ++j) {  // k row 4 tq + j of the half: k step j / 2, fragment column tq + 4 (j % 2)
         const float4 q = ldsv(As, 4 * j * KM_LD + 16 * m0i);
         const int kk = j >> 1, h = 2 * (j & 1);
-        split(SK ? q.x * sc[j] : q.x, ab[kk][0][h], as[kk][0][h]);
-        split(SK ? q.y * sc[j] : q.y, ab[kk][0][h + 1], as[kk][0][h + 1]);
-        split(SK ? q.z * sc[j] : q.z, ab[kk][MG - 1][h], as[kk][MG - 1][h]);
-        split(SK ? q.w * sc[j] : q.w, ab[kk][MG - 1][h + 1], as[kk][MG - 1][h + 1]);
+        split(q.x, ab[kk][0][h], as[kk][0][h]);
+        split(q.y, ab[kk][0][h + 1], as[kk][0][h + 1]);
+        split(q.z, ab[kk][MG - 1][h], as[kk][MG - 1][h]);
+        split(q.w, ab[kk][MG - 1][h + 1], as[kk][MG - 1][h + 1]);
       }
     } else {
-      static_assert(!SK, "per-k scales apply to a KM operand A");
       AIEC_UNROLL
       for (int e = 0; e < 2; ++e) {
         const float4 q = ldsv(As, (16 * m0i + 8 * e) * KT);  // row 16 m0i + 8 e + g
@@ -538,8 +542,10 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
   float acc[ACC];
   AIEC_UNROLL
   for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;
-  const u64 K = a.kdim, steps = (K + KT - 1) / KT;
-  // stage s at smem + s * 2 SLOT: A, then B at + SLOT; SK: A's scales at smem + STAGES * 2 SLOT + s * KT
+  // Stages are counted in 32 bits: a kdim of 2^37 or more (a 512 GiB operand row) is never launched.
+  const u64 K = a.kdim;
+  const u32 steps = (u32)((K + KT - 1) / KT);
+  // stage s at smem + s * 2 SLOT: A, then B at + SLOT; SK: the scales at smem + STAGES * 2 SLOT + s * KT
   Copier<AKM, VEC> ca(a, m0, smem);
   Copier<BKM, VEC> cb(b, n0, smem + SLOT);
   float* const scales = smem + STAGES * 2 * SLOT;
@@ -547,18 +553,24 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
   const Saddr sm = saddr(smem);
   const int fa = frag_base<AKM>(lane, 0, kh), fb = SLOT + frag_base<BKM>(lane, 32 * (warp & 1), kh);
   const int fs = STAGES * 2 * SLOT + 16 * kh + 4 * (lane & 3);
-  auto issue = [&](u64 st) {
+  // SK: warp 0 copies the stage's KT scales, thread t the one at k = KT st + t (like a Copier: a source that
+  // advances by KT, the k left counted down; past kdim nothing is read and the scale is 0).
+  const float* sp = SK ? a.scale + tid : nullptr;
+  typename LeftT<VEC>::T sleft = (typename LeftT<VEC>::T)((long long)K - tid);
+  const Saddr sd = saddr(scales + tid);
+  auto issue = [&](u32 st) {
     const int slot = (int)(st % STAGES);
     ca.issue(slot * 2 * SLOT);
     cb.issue(slot * 2 * SLOT);
-    if (SK && tid < KT) {
-      const u64 k = st * KT + (u64)tid;
-      cp4(saddr(scales + slot * KT + tid), a.scale + (k < K ? k : 0), k < K);
+    if (SK && tid < KT) {  // warp-uniform
+      cp4(sadd(sd, slot * KT), sp, sleft > 0);
+      sp += KT;
+      sleft -= KT;
     }
     cp_commit();
   };
   if (steps) issue(0);
-  for (u64 st = 0; st < steps; ++st) {  // block-uniform
+  for (u32 st = 0; st < steps; ++st) {  // block-uniform
     if (st + 1 < steps) {               // the next stage's copies, in flight during this stage's products
       issue(st + 1);
       cp_wait<1>();
@@ -604,7 +616,8 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
 }
 
 // out[m * LDO + n] = element (m0 + m, n0 + n) of A B for m, n < 64 (0 past the matrix) on the tensor cores; A: a
-// (a.km == AKM), B: b (b.km == BKM). SK: every A(i, k) is multiplied by a.scale[k] (no other scale is applied).
+// (a.km == AKM), B: b (b.km == BKM). SK: every term at k is multiplied by a.scale[k] (applied to B's value; no
+// other scale is applied).
 // All 128 threads call it (barriers); smem: FLOATS floats, 16-byte aligned; out: 64 rows of LDO floats (may be
 // smem itself: the stages are consumed when it is written). The copies take 16 bytes where a.vec and b.vec,
 // else 4 (one loop: a branch per stage). TF32X3: a result that is NaN is recomputed in f32
@@ -612,7 +625,7 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
 template <int PATH, bool AKM, bool BKM, bool SK, int LDO>
 __device__ __forceinline__ void tile(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out) {
   static_assert(64 * LDO <= FLOATS, "the output tile fits in shared memory");
-  if (a.vec && b.vec)
+  if (a.vec && b.vec && a.kdim < VEC_KDIM)
     tile_v<PATH, AKM, BKM, SK, LDO, true>(a, b, m0, n0, smem, out);
   else
     tile_v<PATH, AKM, BKM, SK, LDO, false>(a, b, m0, n0, smem, out);
