@@ -342,6 +342,92 @@ fn projection_paths_against_a_float64_reference() {
     }
 }
 
+/// dv and dW with per-sample scales (`Scales::row_scale`: the gradient of the loss with respect to each
+/// row's cross-entropy, as autograd hands it to `aiec.torch.AIECFused`), on every projection path,
+/// against float64 sums over the forward's own saved `v`, `g` and `mask`: dv[b,c] = r_b sum_k g[b,k]
+/// W[k,c] + gate_scale v[b,c] where masked, dW[k,c] = sum_b r_b g[b,k] v[b,c]. The tensor-core
+/// paths apply r to v's values inside the tile loop (`tc::tile`'s SK), the SIMT path to the dlogits;
+/// the uniform `aux_scale` must not enter (it is 1000 here). Ragged tiles each way, some r_b = 0.
+#[test]
+fn per_sample_scales_against_a_float64_sum() {
+    use aiec::gpu::fused::{self, DwMode, Dx, SavedRef, Scales, TrainBackward};
+    use aiec::params::AiecLosses;
+    let (b, c, k) = (70usize, 100usize, 130usize);
+    let cfg = AiecConfig::with_interval(c, k, 0.0, 1, Pool::None).unwrap();
+    let mut rng = SplitMix64::new(4242);
+    let x: Vec<f32> = (0..b * c).map(|_| rng.uniform(-1.0, 2.0) as f32).collect();
+    let targets: Vec<i64> = (0..b).map(|_| (rng.next_u64() % k as u64) as i64).collect();
+    let r: Vec<f32> = (0..b).map(|i| if i % 7 == 3 { 0.0 } else { rng.uniform(-2.0, 2.0) as f32 }).collect();
+    let w0: Vec<f32> = (0..k * c).map(|_| rng.uniform(-0.5, 0.5) as f32).collect();
+    let dy: Vec<f32> = (0..b * c).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+    let gate_scale = 0.37f32;
+    let losses = AiecLosses { aux_scale: 1000.0, gate_scale, ..bytemuck::Zeroable::zeroed() };
+    for dev in devices() {
+        let mut all = paths(&dev);
+        if all.contains(&Projection::Tf32x3) {
+            all.push(Projection::Tf32);
+        }
+        for path in all {
+            dev.set_projection(path).unwrap();
+            let name = format!("{} [{}]", dev.label(), path_name(path));
+            let xt = Tensor::from_slice(&dev, &x, &[b, c]).unwrap();
+            let w = Buffer::from_slice(&dev, &w0).unwrap();
+            let mut counters = GpuCounters::new(&dev, k, c).unwrap();
+            let rec = gpu::forward(&cfg, &xt, &w, Some(&targets), &mut counters, true).unwrap();
+            let aux = rec.aux.as_ref().unwrap();
+            let lb = Buffer::from_slice(&dev, &[losses]).unwrap();
+            let rb = Buffer::from_slice(&dev, &r).unwrap();
+            let dyt = Tensor::from_slice(&dev, &dy, &[b, c]).unwrap();
+            let mut dxt = Tensor::from_slice(&dev, &dy, &[b, c]).unwrap();
+            let mut dv = Buffer::from_slice(&dev, &vec![f32::NAN; b * c]).unwrap();
+            let mut dw = Buffer::from_slice(&dev, &vec![f32::NAN; k * c]).unwrap();
+            {
+                let saved = SavedRef { v: aux.v.view(), g: aux.g.view(), mask: aux.mask.view() };
+                let scales = Scales { losses: lb.view(), row_scale: Some(rb.view()) };
+                let train = TrainBackward {
+                    w: &w.view(),
+                    saved: &saved,
+                    scales: &scales,
+                    dv: &mut dv.view_mut(),
+                    dw: &mut dw.view_mut(),
+                    mode: DwMode::Write,
+                };
+                let dx = Dx::Into { dy: &dyt.view(), dx: &mut dxt.view_mut() };
+                fused::backward(&cfg, &rec.dims, &rec.keep.view(), Some(train), dx).unwrap();
+            }
+            let (v, g, mask) = (aux.v.to_vec().unwrap(), aux.g.to_vec().unwrap(), aux.mask.to_vec().unwrap());
+            let (dv, dw) = (dv.to_vec().unwrap(), dw.to_vec().unwrap());
+            let mut want_dv = vec![0f64; b * c];
+            let mut want_dw = vec![0f64; k * c];
+            for bi in 0..b {
+                for ci in 0..c {
+                    let s: f64 = (0..k).map(|ki| g[bi * k + ki] as f64 * w0[ki * c + ci] as f64).sum();
+                    let gate =
+                        if mask[bi * c + ci] != 0 { gate_scale as f64 * v[bi * c + ci] as f64 } else { 0.0 };
+                    want_dv[bi * c + ci] = r[bi] as f64 * s + gate;
+                }
+            }
+            for ki in 0..k {
+                for ci in 0..c {
+                    want_dw[ki * c + ci] =
+                        (0..b).map(|bi| r[bi] as f64 * g[bi * k + ki] as f64 * v[bi * c + ci] as f64).sum();
+                }
+            }
+            let rel = |got: &[f32], want: &[f64]| {
+                let top = want.iter().fold(0f64, |m, x| m.max(x.abs()));
+                got.iter()
+                    .zip(want)
+                    .fold(0f64, |m, (&a, &e)| m.max((a as f64 - e).abs() / e.abs().max(0.1 * top)))
+            };
+            let (edv, edw) = (rel(&dv, &want_dv), rel(&dw, &want_dw));
+            let rtol = if path == Projection::Tf32 { 5e-3 } else { 1e-5 };
+            println!("per-sample scales vs f64, {name}: dv {edv:.1e}, dW {edw:.1e}");
+            assert!(edv <= rtol && edw <= rtol, "{name}: dv {edv:.1e}, dW {edw:.1e} above {rtol:.0e}");
+        }
+        dev.set_projection(Projection::default_for(dev.limits().arch)).unwrap();
+    }
+}
+
 /// Every output of one training step, as raw bytes.
 fn step_bytes(dev: &Device, c: &GoldenCase) -> Vec<Vec<u8>> {
     let out: common::runner::Outputs = run_gpu::<bf16>(dev, c).unwrap();
