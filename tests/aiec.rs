@@ -347,12 +347,18 @@ fn projection_paths_against_a_float64_reference() {
 /// against float64 sums over the forward's own saved `v`, `g` and `mask`: dv[b,c] = r_b sum_k g[b,k]
 /// W[k,c] + gate_scale v[b,c] where masked, dW[k,c] = sum_b r_b g[b,k] v[b,c]. The tensor-core
 /// paths apply r to v's values inside the tile loop (`tc::tile`'s SK), the SIMT path to the dlogits;
-/// the uniform `aux_scale` must not enter (it is 1000 here). Ragged tiles each way, some r_b = 0.
+/// the uniform `aux_scale` must not enter (it is 1000 here). Ragged tiles each way, some r_b = 0; K = 130
+/// takes the 4-byte copies, K = 132 the 16-byte ones.
 #[test]
 fn per_sample_scales_against_a_float64_sum() {
+    for (b, c, k) in [(70, 100, 130), (70, 100, 132)] {
+        per_sample_scales_case(b, c, k);
+    }
+}
+
+fn per_sample_scales_case(b: usize, c: usize, k: usize) {
     use aiec::gpu::fused::{self, DwMode, Dx, SavedRef, Scales, TrainBackward};
     use aiec::params::AiecLosses;
-    let (b, c, k) = (70usize, 100usize, 130usize);
     let cfg = AiecConfig::with_interval(c, k, 0.0, 1, Pool::None).unwrap();
     let mut rng = SplitMix64::new(4242);
     let x: Vec<f32> = (0..b * c).map(|_| rng.uniform(-1.0, 2.0) as f32).collect();
@@ -369,7 +375,7 @@ fn per_sample_scales_against_a_float64_sum() {
         }
         for path in all {
             dev.set_projection(path).unwrap();
-            let name = format!("{} [{}]", dev.label(), path_name(path));
+            let name = format!("{} [{}] B={b} C={c} K={k}", dev.label(), path_name(path));
             let xt = Tensor::from_slice(&dev, &x, &[b, c]).unwrap();
             let w = Buffer::from_slice(&dev, &w0).unwrap();
             let mut counters = GpuCounters::new(&dev, k, c).unwrap();
