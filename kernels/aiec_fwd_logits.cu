@@ -28,7 +28,7 @@
  *
  * aiec_fwd_logits. Geometry: block = 128 threads (MUST be); grid = (ceil(K / 64), min(ceil(B / 64), 65535)) (do not
  * launch for B == 0; any grid is correct: a block takes the class tiles j = blockIdx.x, + gridDim.x, ... of the
- * sample groups i = blockIdx.y, + gridDim.y, ...); no dynamic shared memory (static: 17 KiB SIMT, 34 KiB the
+ * sample groups i = blockIdx.y, + gridDim.y, ...); no dynamic shared memory (static: 18 KiB SIMT, 36 KiB the
  * tensor-core paths). Tile (i, j) is the 64 x 64 GEMM tile of samples [64i, 64i + 64) and classes [64j, 64j + 64)
  * with the whole sum over C (aiec_gemm.cuh: each logit a sum in a fixed order, whatever the grid); the block writes
  * it to logits, and per row b of the tile to part[b * ceil(K / 64) + j] the tile's partial softmax statistics: the
@@ -36,7 +36,7 @@
  * expf(z - max_t) (0 when max_t = -inf).
  *
  * aiec_fwd_softmax, launched after aiec_fwd_logits on the same stream. Geometry: block = 128 threads (MUST be);
- * grid = (any x, 1, 1), (do not launch for B == 0); no dynamic shared memory (static: under 1 KiB). The work is
+ * grid = (any x, 1, 1) (do not launch for B == 0); no dynamic shared memory (static: 1.25 KiB). The work is
  * a list of items, which a block takes at blockIdx.x, + gridDim.x, ... (any grid is correct; the plan launches
  * one block per item up to 8 blocks per SM): first ceil(B / 64) * ceil(C / 128) counting items, (sample group i,
  * channel chunk h) = (item / ceil(C / 128), item % ceil(C / 128)), then ceil(B / 4) row items of 4 rows each.
