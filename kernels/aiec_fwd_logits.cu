@@ -38,8 +38,8 @@
  * aiec_fwd_softmax, launched after aiec_fwd_logits on the same stream. Geometry: block = 128 threads (MUST be);
  * grid = (any x, 1, 1) (do not launch for B == 0); no dynamic shared memory (static: 1.25 KiB). The work is
  * a list of items, which a block takes at blockIdx.x, + gridDim.x, ... (any grid is correct; the plan launches
- * one block per item up to 8 blocks per SM): first ceil(B / 64) * ceil(C / 128) counting items, (sample group i,
- * channel chunk h) = (item / ceil(C / 128), item % ceil(C / 128)), then ceil(B / 4) row items of 4 rows each.
+ * one block per item up to 8 blocks per SM): first ceil(B / 64) * H counting items with H = max(1, ceil(C / 128)),
+ * (sample group i, channel chunk h) = (item / H, item % H), then ceil(B / 4) row items of 4 rows each.
  *  - A row item: a warp per row b. The argmax and m from the row's partials, se = sum over tiles j of
  *    se_t * expf(max_t - m) (lane l adds the tiles l, l + 32, ... in order, then an xor butterfly: a different
  *    rounding than one sum over k, well inside the f32 tolerance), ce[b]; then g for the row, coalesced over k.
@@ -203,7 +203,8 @@ __device__ __forceinline__ void aiec_fwd_softmax_body(const float* __restrict__ 
   __shared__ u64 mates[ROWS];
   const u64 B = s.batch, C = s.channels, K = s.classes;
   const u64 tiles = (K + COLS - 1) / COLS, groups = (B + ROWS - 1) / ROWS;
-  const u64 chunks = (C + SM_CHANNELS - 1) / SM_CHANNELS, counting = groups * chunks;
+  const u64 chunks = C > SM_CHANNELS ? (C + SM_CHANNELS - 1) / SM_CHANNELS : 1;  // >= 1: chunk 0 adds total
+  const u64 counting = groups * chunks;
   const u64 items = counting + (B + SM_ROWS - 1) / SM_ROWS;
   const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31;
 

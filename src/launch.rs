@@ -408,9 +408,10 @@ pub const SOFTMAX_CHANNELS: u64 = 128;
 /// Resident blocks per SM `aiec_fwd_softmax`'s launch bounds promise: its grid is at most one wave of those.
 pub const SOFTMAX_BLOCKS_PER_SM: u32 = 8;
 
-/// Work items of `aiec_fwd_softmax`: the counting items (sample group x channel chunk), then the row items.
+/// Work items of `aiec_fwd_softmax`: the counting items (sample group x channel chunk, at least one chunk: the
+/// first adds the group's `total`), then the row items.
 pub fn softmax_items(shape: &AiecShape) -> u64 {
-    logits_groups(shape) as u64 * shape.channels.div_ceil(SOFTMAX_CHANNELS)
+    logits_groups(shape) as u64 * shape.channels.div_ceil(SOFTMAX_CHANNELS).max(1)
         + shape.batch.div_ceil(SOFTMAX_ROWS)
 }
 
@@ -842,8 +843,11 @@ mod tests {
         );
         let few = shape(Pool::None, 9, 1, 8, 10);
         assert_eq!(aiec_fwd_softmax(&few, sa(), H200).unwrap().grid, [1 + 3, 1, 1]);
-        // No channels: nothing to count, the rows still have their items.
-        assert_eq!(aiec_fwd_softmax(&shape(Pool::None, 9, 1, 0, 10), sa(), H200).unwrap().grid, [3, 1, 1]);
+        // No channels: a group's one counting item adds its total alone.
+        assert_eq!(
+            aiec_fwd_softmax(&shape(Pool::None, 9, 1, 0, 10), sa(), H200).unwrap().grid,
+            [1 + 3, 1, 1]
+        );
         assert_eq!(DeviceLimits::new(40, T4.arch).projection, Projection::F32);
         assert_eq!(DeviceLimits::new(132, H200.arch).projection, Projection::Tf32x3);
         let g = aiec_fwd_gate(&s, ga()).unwrap();

@@ -412,7 +412,7 @@ fn a_device_works_from_any_thread() {
 }
 
 #[test]
-fn a_step_costs_three_plus_one_plus_two_launches_and_no_host_sync() {
+fn a_step_costs_four_plus_one_plus_two_launches_and_no_host_sync() {
     for dev in devices() {
         // Compiled and loaded ahead (on CUDA), so the step below only launches.
         dev.prepare(DType::BF16).unwrap();

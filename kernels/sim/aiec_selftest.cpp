@@ -219,7 +219,7 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
   const unsigned ly = (unsigned)std::min<u64>(groups, k.cap ? k.cap : 65535);
   err += launch((std::string("aiec_fwd_logits") + path_suffix[k.path]).c_str(), lx, ly, 128,
                 {(void*)&Vk, &W, &logits.p, &part.p, &s});
-  const u64 items = groups * cdiv(C, 128) + cdiv(B, 4);
+  const u64 items = groups * std::max<u64>(cdiv(C, 128), 1) + cdiv(B, 4);
   const unsigned sx = (unsigned)std::min<u64>(std::max<u64>(items, 1), k.cap ? k.cap : 1u << 30);
   err += launch("aiec_fwd_softmax", sx, 1, 128,
                 {(void*)&Vk, &T, &no_status, &no_status, &logits.p, &part.p, &ce.p, &g.p, &act.p, &inh.p, &total.p, &s});
