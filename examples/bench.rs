@@ -176,6 +176,8 @@ fn bench_device<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Resu
 struct KernelTimes {
     fwd_x: f64,
     fwd_logits: f64,
+    /// `aiec_fwd_softmax` on an update step (rows and counting).
+    fwd_softmax: f64,
     fwd_gate: f64,
     bwd_dv_dw: f64,
     bwd_x: f64,
@@ -190,9 +192,9 @@ struct KernelTimes {
 /// they would in a step.
 fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<KernelTimes> {
     use aiec::launch::{
-        aiec_bwd_dv_dw, aiec_bwd_x, aiec_fwd_gate, aiec_fwd_logits, aiec_fwd_x, gate_blocks, logits_groups,
-        logits_tiles, BwdDvDwArgs, BwdXArgs, FwdGateArgs, FwdLogitsArgs, FwdXArgs, LaunchPlan,
-        ROW_PART_BYTES,
+        aiec_bwd_dv_dw, aiec_bwd_x, aiec_fwd_gate, aiec_fwd_logits, aiec_fwd_softmax, aiec_fwd_x,
+        gate_blocks, logits_tiles, BwdDvDwArgs, BwdXArgs, FwdGateArgs, FwdLogitsArgs, FwdSoftmaxArgs,
+        FwdXArgs, LaunchPlan, ROW_PART_BYTES,
     };
     use aiec::params::{AiecGateStats, AiecLosses, AiecShape};
     let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool)?;
@@ -213,8 +215,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     let (logits, ce, g, dv, dw) = (f32s(b * k)?, f32s(b)?, f32s(b * k)?, f32s(b * c)?, f32s(k * c)?);
     let (act, inh, total) =
         (Buffer::<i64>::zeros(dev, k * c)?, Buffer::<i64>::zeros(dev, k * c)?, Buffer::<i64>::zeros(dev, k)?);
-    let groups = logits_groups(&shape);
-    let done = Buffer::<u32>::zeros(dev, groups + 1)?;
+    let done = Buffer::<u32>::zeros(dev, 1)?;
     let parts = Buffer::<u8>::zeros(dev, b * logits_tiles(&shape) * ROW_PART_BYTES)?;
     let mask = Buffer::<u8>::zeros(dev, b * c)?;
     let gg = gate_blocks(&shape);
@@ -234,22 +235,24 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         };
         aiec_fwd_x(T::DTYPE, &shape, args, dev.limits())
     });
-    let logits_args = FwdLogitsArgs {
+    let logits_args =
+        FwdLogitsArgs { v: v.address(), w: w.address(), logits: logits.address(), part: parts.address() };
+    let logits_plan = aiec_fwd_logits(&shape, logits_args, dev.limits());
+    // On an update step (the shape's `update`): the rows and the counting.
+    let softmax_args = FwdSoftmaxArgs {
         v: v.address(),
-        w: w.address(),
         targets: targets.address(),
         status: 0,
         step: 0,
         logits: logits.address(),
+        part: parts.address(),
         ce: ce.address(),
         g: g.address(),
         act: act.address(),
         inh: inh.address(),
         total: total.address(),
-        done: done.address(),
-        part: parts.address(),
     };
-    let logits_plan = aiec_fwd_logits(&shape, logits_args, dev.limits());
+    let softmax_plan = aiec_fwd_softmax(&shape, softmax_args, dev.limits());
     let gate_plan = aiec_fwd_gate(
         &shape,
         FwdGateArgs {
@@ -261,7 +264,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
             mask: mask.address(),
             block_sum_sq: bss.address(),
             block_count: bcnt.address(),
-            done: done.address() + 4 * groups as u64,
+            done: done.address(),
             stats: stats.address(),
         },
     );
@@ -299,7 +302,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         for plan in plans.iter().copied().flatten() {
             // SAFETY: every buffer above lives until the end of this function
             // and is sized for `shape`; nothing else uses them meanwhile. The
-            // tickets return to zero after each launch, so repeats are valid.
+            // gate's ticket returns to zero after each launch, so repeats are valid.
             unsafe { dev.launch(plan) }?;
         }
         dev.synchronize()?;
@@ -316,6 +319,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     Ok(KernelTimes {
         fwd_x: time([&fwd_x[0], &fwd_x[1]])?,
         fwd_logits: time([&logits_plan, &logits_plan])?,
+        fwd_softmax: time([&softmax_plan, &softmax_plan])?,
         fwd_gate: time([&gate_plan, &gate_plan])?,
         bwd_dv_dw: time([&dv_dw_plan, &dv_dw_plan])?,
         bwd_x: time([&bwd_x[0], &bwd_x[1]])?,
@@ -427,12 +431,19 @@ fn costs(p: Preset, size: usize) -> Vec<Cost> {
     vec![
         // x read, y written, keep bits, v
         Cost { kernel: "aiec_fwd_x", bytes: 2.0 * n * s + keep + 4.0 * b * c, flops: n, gemm: false },
-        // v, W read; logits, g written (ce, the row partials and a counting step's extra read of v aside)
+        // v, W read; logits written (the row partials aside)
         Cost {
             kernel: "aiec_fwd_logits",
-            bytes: 4.0 * (b * c + k * c + 2.0 * b * k),
+            bytes: 4.0 * (b * c + k * c + b * k),
             flops: 2.0 * b * k * c,
             gemm: true,
+        },
+        // logits read, g written, v read by a counting step (ce, the row partials and the atomics aside)
+        Cost {
+            kernel: "aiec_fwd_softmax",
+            bytes: 4.0 * (2.0 * b * k + b * c),
+            flops: 3.0 * b * k,
+            gemm: false,
         },
         // v read, act/inh/W of the classes present (at most min(B, K) rows), mask written
         Cost {
@@ -510,6 +521,7 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)]) -> 
                     {
                         "aiec_fwd_x" => t.fwd_x,
                         "aiec_fwd_logits" => t.fwd_logits,
+                        "aiec_fwd_softmax" => t.fwd_softmax,
                         "aiec_fwd_gate" => t.fwd_gate,
                         "aiec_bwd_dv_dw" => t.bwd_dv_dw,
                         _ => t.bwd_x,
@@ -941,7 +953,7 @@ fn main() -> aiec::Result<()> {
         let path = format!("{:?}", dev.projection());
         println!("(logits and dv_dw on the device's projection path, {path}, and on the f32 SIMT path)");
         println!(
-            "{:<13} {:<5} {:>9} {:>9} {:>7} {:>9} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
+            "{:<13} {:<5} {:>9} {:>9} {:>7} {:>9} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
             "preset",
             "dtype",
             "fwd_x µs",
@@ -949,6 +961,7 @@ fn main() -> aiec::Result<()> {
             "% copy",
             "logits",
             "logits f32",
+            "softmax",
             "gate",
             "dv_dw",
             "dv_dw f32",
@@ -967,7 +980,7 @@ fn main() -> aiec::Result<()> {
                 let (f, b) = (bytes / t.fwd_x / 1e9, bytes / t.bwd_x / 1e9);
                 let us = |s: f64| format!("{:.1}", s * 1e6);
                 println!(
-                    "{:<13} {:<5} {:>9} {:>9} {:>6.1}% {:>9} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>6.1}%",
+                    "{:<13} {:<5} {:>9} {:>9} {:>6.1}% {:>9} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>6.1}%",
                     p.name,
                     dt,
                     us(t.fwd_x),
@@ -975,6 +988,7 @@ fn main() -> aiec::Result<()> {
                     100.0 * f / copy,
                     us(t.fwd_logits),
                     us(t.fwd_logits_f32),
+                    us(t.fwd_softmax),
                     us(t.fwd_gate),
                     us(t.bwd_dv_dw),
                     us(t.bwd_dv_dw_f32),
@@ -983,11 +997,12 @@ fn main() -> aiec::Result<()> {
                     100.0 * b / copy
                 );
                 json.push(format!(
-                    "  {{\"impl\": \"aiec-pass\", \"backend\": \"{}\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"fwd_x_GBps\": {f:.1}, \"bwd_x_GBps\": {b:.1}, \"copy_GBps\": {copy:.1}, \"fwd_x_us\": {:.2}, \"logits_us\": {:.2}, \"gate_us\": {:.2}, \"dv_dw_us\": {:.2}, \"bwd_x_us\": {:.2}, \"projection\": \"{path}\", \"logits_f32_us\": {:.2}, \"dv_dw_f32_us\": {:.2}}}",
+                    "  {{\"impl\": \"aiec-pass\", \"backend\": \"{}\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"fwd_x_GBps\": {f:.1}, \"bwd_x_GBps\": {b:.1}, \"copy_GBps\": {copy:.1}, \"fwd_x_us\": {:.2}, \"logits_us\": {:.2}, \"softmax_us\": {:.2}, \"gate_us\": {:.2}, \"dv_dw_us\": {:.2}, \"bwd_x_us\": {:.2}, \"projection\": \"{path}\", \"logits_f32_us\": {:.2}, \"dv_dw_f32_us\": {:.2}}}",
                     dev.label(),
                     p.name,
                     t.fwd_x * 1e6,
                     t.fwd_logits * 1e6,
+                    t.fwd_softmax * 1e6,
                     t.fwd_gate * 1e6,
                     t.bwd_dv_dw * 1e6,
                     t.bwd_x * 1e6,

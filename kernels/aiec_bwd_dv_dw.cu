@@ -7,7 +7,7 @@
  *   aiec_bwd_dv_dw_tf32(v, w, g, mask, losses, row_scale, dv, dw, s)     plain TF32 (opt-in, ~1e-3; for speed only)
  * The two tensor-core entry points exist where AIEC_MMA_TF32 is 1 (sm_80 and later, the simulator), not on sm_75.
  *
- * v, dv: f32 [B, C]; w, dw: f32 [K, C]; g: f32 [B, K] (aiec_fwd_logits' softmax - onehot); mask: u8 [B, C];
+ * v, dv: f32 [B, C]; w, dw: f32 [K, C]; g: f32 [B, K] (aiec_fwd_softmax's softmax - onehot); mask: u8 [B, C];
  * losses: the AiecLosses of aiec_loss (only aux_scale and gate_scale are read); row_scale: f32 [B] or null.
  * With a = row_scale ? row_scale[b] : aux_scale (the gradient of the loss with respect to row b's cross-entropy):
  *   dv[b,c] = sum_k (a_b * g[b,k]) * w[k,c], then + gate_scale * v[b,c] where mask[b,c] != 0;

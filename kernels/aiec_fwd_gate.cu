@@ -4,7 +4,7 @@
  *   aiec_fwd_gate(v, w, targets, act, inh, mask, block_sum_sq, block_count, done, stats, s)   (f32; this name)
  *
  * v: f32 [B, C]; w: f32 [K, C]; targets: i64 [B] (an out-of-range target gives mask 0 and is never an index);
- * act, inh: i64 [K, C], read AFTER aiec_fwd_logits' update (a later launch); mask: u8 [B, C],
+ * act, inh: i64 [K, C], read AFTER aiec_fwd_softmax's update (a later launch); mask: u8 [B, C],
  * mask[b,c] = irrelevant[t,c] = act[t,c] <= inh[t,c] && w[t,c] <= 0 (a NaN weight never masks); stats:
  * S = sum mask * v^2 (f32), N = sum mask. block_sum_sq: f32 [gridDim.x * gridDim.y], block_count: u64 [same]
  * (scratch, any content); done: one u32 that must be 0 before the launch (zero it once at allocation); the kernel

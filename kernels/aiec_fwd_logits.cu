@@ -1,42 +1,52 @@
 /* aiec_fwd_logits.cu - decision-making and activation-counting units of an AIEC training forward (docs/SPEC.md
- * "Forward" 4 and 5, and the per-row half of the auxiliary loss): logits = v W^T as a register-tiled GEMM
- * (kernels/aiec_gemm.cuh), then per row the cross-entropy, the unscaled softmax gradient and the argmax; on an
- * update step the counters of correctly predicted samples.
+ * "Forward" 4 and 5, and the per-row half of the auxiliary loss), two launches in a row: aiec_fwd_logits computes
+ * logits = v W^T as a register-tiled GEMM (kernels/aiec_gemm.cuh) and per row each class tile's partial softmax
+ * statistics; aiec_fwd_softmax then, fully parallel, the cross-entropy, the unscaled softmax gradient and the argmax
+ * of every row, and on an update step the counters of correctly predicted samples.
  *
- *   aiec_fwd_logits(v, w, targets, status, step, logits, ce, g, act, inh, total, done, part, s)         f32 SIMT
- *   aiec_fwd_logits_tf32x3(v, w, targets, status, step, logits, ce, g, act, inh, total, done, part, s)  3xTF32
- *   aiec_fwd_logits_tf32(v, w, targets, status, step, logits, ce, g, act, inh, total, done, part, s)    TF32 (opt-in)
+ *   aiec_fwd_logits(v, w, logits, part, s)         f32 SIMT
+ *   aiec_fwd_logits_tf32x3(v, w, logits, part, s)  3xTF32
+ *   aiec_fwd_logits_tf32(v, w, logits, part, s)    TF32 (opt-in)
+ *   aiec_fwd_softmax(v, targets, status, step, logits, part, ce, g, act, inh, total, s)
  * The two tensor-core entry points exist where AIEC_MMA_TF32 is 1 (sm_80 and later, the simulator), not on sm_75.
  *
- * v: f32 [B, C]; w: f32 [K, C]; targets: i64 [B] (an out-of-range one gets ce = NaN, no one-hot term, no count,
- * and is never used as an index); status: the AiecTargetStatus aiec_fwd_x wrote for these targets (or null): when
- * it names a bad target (index >= 0) the step counts nothing at all, so a bad batch changes no counter;
- * step: null, or the layer's step counter (i64 [1], already incremented for this forward) when the update
- * decision is made on the device: then the counters update when *step % s.update == 0 (s.update holds the
- * update interval, >= 1), else when s.update != 0. logits, g: f32 [B, K]; ce: f32 [B];
- * act, inh: i64 [K, C]; total: i64 [K]; done: u32 [ceil(B / 64)], all 0 before the launch (zero them once at
- * allocation); the kernel leaves them 0 again. part: AiecRowPart [B * ceil(K / 64)] scratch (any content).
+ * v: f32 [B, C]; w: f32 [K, C]; logits, g: f32 [B, K]; part: AiecRowPart [B * max(1, ceil(K / 64))] scratch
+ * (aiec_fwd_logits writes the first B * ceil(K / 64), aiec_fwd_softmax reads them; no content needed before);
+ * targets: i64 [B] (an out-of-range one gets ce = NaN, no one-hot term, no count, and is never used as an index);
+ * status: the AiecTargetStatus aiec_fwd_x wrote for these targets (or null): when it names a bad target
+ * (index >= 0) the step counts nothing at all, so a bad batch changes no counter; step: null, or the layer's step
+ * counter (i64 [1], already incremented for this forward) when the update decision is made on the device: then the
+ * counters update when *step % s.update == 0 (s.update holds the update interval, >= 1), else when s.update != 0.
+ * ce: f32 [B]; act, inh: i64 [K, C]; total: i64 [K].
  * ce[b] = (m + logf(se)) - z_t with m = max_k z_k and se = sum_k expf(z_k - m) (NaN if any z is NaN), as the CPU
  * reference; g[b,k] = expf(z_k - m) / se - [k == t]. pred = argmax: lowest index among equal maxima, NaN above any
  * number. If the step updates, for each sample with pred == t: act[t,c] += 1 where v > 0, inh[t,c] += 1 where
  * v == 0 (NaN: neither), total[t] += 1, as 64-bit integer atomics pre-aggregated per sample group: one atomicAdd per
- * (class present among the group's correct samples, channel) with a nonzero increment, one per class for total.
- * Never writes v or w. Logits, ce and g are deterministic (fixed summation orders, no float atomics).
+ * (class present among the group's correct samples, channel) with a nonzero increment, one per class for total
+ * (exact, whatever the order). Neither kernel writes v or w, aiec_fwd_softmax not logits or part. Logits, ce and g
+ * are deterministic (fixed summation orders, no float atomics).
  *
- * Geometry: block = 128 threads (MUST be); grid = (ceil(K / 64), min(ceil(B / 64), 65535)) (do not launch for
- * B == 0; any grid is correct: a block takes the class tiles j = blockIdx.x, + gridDim.x, ... of the sample groups
- * i = blockIdx.y, + gridDim.y, ...); no dynamic shared memory (static: 20 KiB SIMT, 38 KiB the tensor-core paths).
- * Class tiles run fastest, so a sample group's tiles are neighbours in the launch order and its epilogue overlaps
- * the later groups' products. Tile (i, j) is the 64 x 64 GEMM tile of samples [64i, 64i + 64) and classes
- * [64j, 64j + 64) with the whole sum over C (aiec_gemm.cuh: each logit a sum in a fixed order, whatever
- * the grid); the block writes it to logits, and per row the tile's partial softmax statistics to part: the first
- * maximum of the tile's logits (value, index, by the argmax rule) and se_t = sum over the tile of expf(z - max_t)
- * (0 when max_t = -inf). It then __threadfence()s and takes a ticket from done[i]; the block that draws the last
- * ticket of group i (last-block-done, as in aiec_fwd_gate) finishes the group's rows: m and the argmax from the
- * partials (exact: the rule is a total order), se = sum over tiles j in order of se_t * expf(max_t - m) (a
- * different rounding than one sum over k, well inside the f32 tolerance), ce; then g for the whole rows (logits
- * read through L2: other blocks wrote them), and the counting. Without a fourth launch, a group's epilogue reads
- * O(K) per row once and its partials O(K / 64).
+ * aiec_fwd_logits. Geometry: block = 128 threads (MUST be); grid = (ceil(K / 64), min(ceil(B / 64), 65535)) (do not
+ * launch for B == 0; any grid is correct: a block takes the class tiles j = blockIdx.x, + gridDim.x, ... of the
+ * sample groups i = blockIdx.y, + gridDim.y, ...); no dynamic shared memory (static: 18 KiB SIMT, 36 KiB the
+ * tensor-core paths). Tile (i, j) is the 64 x 64 GEMM tile of samples [64i, 64i + 64) and classes [64j, 64j + 64)
+ * with the whole sum over C (aiec_gemm.cuh: each logit a sum in a fixed order, whatever the grid); the block writes
+ * it to logits, and per row b of the tile to part[b * ceil(K / 64) + j] the tile's partial softmax statistics: the
+ * first maximum of the tile's logits (value, index, by the argmax rule) and se_t = sum over the tile of
+ * expf(z - max_t) (0 when max_t = -inf).
+ *
+ * aiec_fwd_softmax, launched after aiec_fwd_logits on the same stream. Geometry: block = 128 threads (MUST be);
+ * grid = (any x, 1, 1) (do not launch for B == 0); no dynamic shared memory (static: 1.25 KiB). The work is
+ * a list of items, which a block takes at blockIdx.x, + gridDim.x, ... (any grid is correct; the plan launches
+ * one block per item up to 8 blocks per SM): first ceil(B / 64) * H counting items with H = max(1, ceil(C / 128)),
+ * (sample group i, channel chunk h) = (item / H, item % H), then ceil(B / 4) row items of 4 rows each.
+ *  - A row item: a warp per row b. The argmax and m from the row's partials, se = sum over tiles j of
+ *    se_t * expf(max_t - m) (lane l adds the tiles l, l + 32, ... in order, then an xor butterfly: a different
+ *    rounding than one sum over k, well inside the f32 tolerance), ce[b]; then g for the row, coalesced over k.
+ *  - A counting item, only when the step updates and status names no bad target (else it returns at once): the
+ *    group's 64 rows, their argmax recomputed from the partials (exact: the rule is a total order, so it is the row
+ *    items' argmax) against their targets, and the channels [128h, 128h + 128) counted, a thread per channel; the
+ *    item h == 0 adds the group's total.
  */
 #include "common.cuh"
 #include "aiec_params.cuh"
@@ -80,59 +90,32 @@ __device__ __forceinline__ void warp_argmax(float& a, u64& ia) {
   }
 }
 
-// Loads that bypass L1 (data other blocks of this launch wrote; their fences order it before the ticket).
-__device__ __forceinline__ float ld_cg(const float* p) {
-#ifdef AIEC_CUDA
-  float v;
-  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-  return v;
-#else
-  return *reinterpret_cast<const volatile float*>(p);
-#endif
-}
-__device__ __forceinline__ u64 ld_cg(const u64* p) {
-#ifdef AIEC_CUDA
-  u64 v;
-  asm volatile("ld.global.cg.u64 %0, [%1];" : "=l"(v) : "l"(p));
-  return v;
-#else
-  return *reinterpret_cast<const volatile u64*>(p);
-#endif
-}
-
 // The softmax term of a tile's partial for the row maximum m.
 __device__ __forceinline__ float term(float max_t, float se_t, float m) {
   return se_t == 0.0f ? 0.0f : se_t * expf(max_t - m);
 }
+
+// aiec_fwd_softmax: 128 threads; counting items of 64 rows x 128 channels (a thread per channel), row items of 4
+// rows (a warp per row).
+constexpr int SM_THREADS = 128, SM_WARPS = SM_THREADS / 32, SM_CHANNELS = SM_THREADS, SM_ROWS = SM_WARPS;
+constexpr int BATCH = 8;  // loads in flight per thread: partials of a counting row, logits of a row's g
 }  // namespace aiec_lg
 
+// __launch_bounds__ of aiec_fwd_softmax: 128 threads, at least 8 blocks (32 warps) per SM, so at most 64 registers.
+#define AIEC_LB_SOFTMAX 128, 8
+
 template <int PATH>
-__device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v,            // [B, C]
-                                                     const float* __restrict__ w,            // [K, C]
-                                                     const long long* __restrict__ targets,  // [B]
-                                                     const AiecTargetStatus* status,         // [1] or null
-                                                     const long long* step,                  // [1] or null
-                                                     float* logits,                          // [B, K] (re-read)
-                                                     float* __restrict__ ce,                 // [B]
-                                                     float* __restrict__ g,                  // [B, K]
-                                                     long long* act,                         // [K, C]
-                                                     long long* inh,                         // [K, C]
-                                                     long long* total,                       // [K]
-                                                     aiec::u32* done,                        // [ceil(B / 64)]
-                                                     AiecRowPart* part,                      // [B, ceil(K / 64)]
+__device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v,     // [B, C]
+                                                     const float* __restrict__ w,     // [K, C]
+                                                     float* __restrict__ logits,      // [B, K]
+                                                     AiecRowPart* __restrict__ part,  // [B, ceil(K / 64)]
                                                      AiecShape s) {
   using namespace aiec_lg;
   using namespace aiec_gemm;
   constexpr int SMEM = Smem<PATH>::FLOATS > ROWS * ZT ? Smem<PATH>::FLOATS : ROWS * ZT;
   __shared__ __align__(16) float smem[SMEM];  // the GEMM's stages, then the tile's logits [64][65]
-  __shared__ float row_m[ROWS], row_se[ROWS];
-  __shared__ long long row_t[ROWS];
-  __shared__ int row_ok[ROWS];
-  __shared__ u64 mates[ROWS];
-  __shared__ int last;
   const u64 B = s.batch, C = s.channels, K = s.classes;
   const u64 tiles = (K + COLS - 1) / COLS, groups = (B + ROWS - 1) / ROWS;
-  const bool update = step ? s.update != 0 && *step % (long long)s.update == 0 : s.update != 0;
   const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const Operand A = operand(v, C, B, C, false), Wt = operand(w, C, K, C, false);  // (b, c) and (class, c): MK
   float* zt = smem;
@@ -198,131 +181,174 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
           p->index = bi;
         }
       }
+    }
+  }
+}
 
-      // 3. the last block of the group to finish goes on; its reads of the other blocks' logits and partials are
-      // ordered after their writes by the fences around the ticket.
-      __threadfence();
-      __syncthreads();
-      if (tid == 0) {
-        last = atomicAdd(done + gi, 1u) == (u32)(tiles - 1);
-        if (last) done[gi] = 0;  // every tile of the group has taken its ticket: ready for the next launch
+__device__ __forceinline__ void aiec_fwd_softmax_body(const float* __restrict__ v,              // [B, C]
+                                                      const long long* __restrict__ targets,    // [B]
+                                                      const AiecTargetStatus* status,           // [1] or null
+                                                      const long long* step,                    // [1] or null
+                                                      const float* __restrict__ logits,         // [B, K]
+                                                      const AiecRowPart* __restrict__ part,     // [B, ceil(K / 64)]
+                                                      float* __restrict__ ce,                   // [B]
+                                                      float* __restrict__ g,                    // [B, K]
+                                                      long long* act,                           // [K, C]
+                                                      long long* inh,                           // [K, C]
+                                                      long long* total,                         // [K]
+                                                      AiecShape s) {
+  using namespace aiec_lg;
+  __shared__ long long row_t[ROWS];
+  __shared__ int row_ok[ROWS];
+  __shared__ u64 mates[ROWS];
+  const u64 B = s.batch, C = s.channels, K = s.classes;
+  const u64 tiles = (K + COLS - 1) / COLS, groups = (B + ROWS - 1) / ROWS;
+  const u64 chunks = C > SM_CHANNELS ? (C + SM_CHANNELS - 1) / SM_CHANNELS : 1;  // >= 1: chunk 0 adds total
+  const u64 counting = groups * chunks;
+  const u64 items = counting + (B + SM_ROWS - 1) / SM_ROWS;
+  const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31;
+
+  for (u64 it = blockIdx.x; it < items; it += gridDim.x) {  // block-uniform
+    if (it >= counting) {
+      // A row item: warp w takes row b. The row statistics exactly as the partials were always reduced (lane
+      // striding, butterflies), so that ce and g have fixed bits whatever the grid.
+      const u64 b = (it - counting) * SM_ROWS + (u64)warp;
+      if (b >= B) continue;  // warp-uniform: no barrier in a row item, and only row items follow
+      const AiecRowPart* p = part + b * tiles;
+      float bv = 0.0f;
+      u64 bi = NONE;
+      for (u64 jj = (u64)lane; jj < tiles; jj += 32) {
+        const float pm = p[jj].max;
+        const u64 pi = p[jj].index;
+        if (beats(pm, pi, bv, bi)) {
+          bv = pm;
+          bi = pi;
+        }
       }
-      __syncthreads();
-      if (!last) continue;  // block-uniform
-      __threadfence();
+      warp_argmax(bv, bi);
+      const float m = bv;
+      float se = 0.0f;
+      for (u64 jj = (u64)lane; jj < tiles; jj += 32) se += term(p[jj].max, p[jj].se, m);
+      se = aiec_k::warp_sum(se);
+      const long long t = targets[b];
+      const bool tok = t >= 0 && (u64)t < K;
+      if (lane == 0) ce[b] = tok ? (m + logf(se)) - logits[b * K + (u64)t] : __int_as_float(0x7fc00000);
+      // g for the row: BATCH loads of 32 consecutive logits in flight, then their BATCH stores.
+      const float* z = logits + b * K;
+      float* gr = g + b * K;
+      for (u64 k0 = 0; k0 < K; k0 += 32 * BATCH) {
+        float zz[BATCH];
+        AIEC_UNROLL
+        for (int u = 0; u < BATCH; ++u) {
+          const u64 k = k0 + (u64)(lane + 32 * u);
+          zz[u] = k < K ? z[k] : 0.0f;
+        }
+        AIEC_UNROLL
+        for (int u = 0; u < BATCH; ++u) {
+          const u64 k = k0 + (u64)(lane + 32 * u);
+          const bool onehot = tok && k == (u64)t;
+          if (k < K) gr[k] = expf(zz[u] - m) / se - (onehot ? 1.0f : 0.0f);
+        }
+      }
+      continue;
+    }
 
-      // 4. per row: the argmax, m and se from the partials in tile order, ce
-      for (int r = warp; r < ROWS; r += WARPS) {  // warp-uniform
-        if (r >= ns) {
-          if (lane == 0) {
-            row_ok[r] = 0;
-            row_t[r] = -1;
+    // A counting item: sample group gi, channels [c0, c1).
+    const bool update = step ? s.update != 0 && *step % (long long)s.update == 0 : s.update != 0;
+    if (!update || (status && status->index >= 0)) continue;  // uniform: no update, or a bad target in the batch
+    const u64 gi = it / chunks, h = it % chunks, b0 = gi * ROWS;
+    const u64 c0 = h * SM_CHANNELS, c1 = min64(C, c0 + SM_CHANNELS);
+    const int ns = (int)min64(ROWS, B - b0);
+    __syncthreads();  // the shared arrays are free again (an earlier item of this block)
+
+    // Per row (a thread each): its target, and whether it is correctly predicted, by the argmax over its partials
+    // in tile order, BATCH loads in flight (the rule is a total order: the same argmax as the row items').
+    if (tid < ROWS) {
+      long long t = -1;
+      int ok = 0;
+      if (tid < ns) {
+        const u64 b = b0 + (u64)tid;
+        t = targets[b];
+        if (t >= 0 && (u64)t < K) {
+          const AiecRowPart* p = part + b * tiles;
+          float bv = 0.0f;
+          u64 bi = NONE;
+          for (u64 j0 = 0; j0 < tiles; j0 += BATCH) {
+            float pm[BATCH];
+            u64 pi[BATCH];
+            AIEC_UNROLL
+            for (int u = 0; u < BATCH; ++u) {
+              const bool in = j0 + (u64)u < tiles;
+              pm[u] = in ? p[j0 + (u64)u].max : 0.0f;
+              pi[u] = in ? p[j0 + (u64)u].index : NONE;
+            }
+            AIEC_UNROLL
+            for (int u = 0; u < BATCH; ++u)
+              if (beats(pm[u], pi[u], bv, bi)) {
+                bv = pm[u];
+                bi = pi[u];
+              }
           }
-          continue;
-        }
-        const u64 b = b0 + (u64)r;
-        const AiecRowPart* p = part + b * tiles;
-        float bv = 0.0f;
-        u64 bi = NONE;
-        for (u64 jj = (u64)lane; jj < tiles; jj += 32) {
-          const float pm = ld_cg(&p[jj].max);
-          const u64 pi = ld_cg(&p[jj].index);
-          if (beats(pm, pi, bv, bi)) {
-            bv = pm;
-            bi = pi;
-          }
-        }
-        warp_argmax(bv, bi);
-        const float m = bv;
-        float se = 0.0f;
-        for (u64 jj = (u64)lane; jj < tiles; jj += 32) se += term(ld_cg(&p[jj].max), ld_cg(&p[jj].se), m);
-        se = aiec_k::warp_sum(se);
-        const long long t = targets[b];
-        const bool tok = t >= 0 && (u64)t < K;
-        if (lane == 0) {
-          ce[b] = tok ? (m + logf(se)) - ld_cg(logits + b * K + (u64)t) : __int_as_float(0x7fc00000);
-          row_m[r] = m;
-          row_se[r] = se;
-          row_t[r] = t;
-          row_ok[r] = update && tok && bi == (u64)t;
+          ok = bi == (u64)t;
         }
       }
-      __syncthreads();
+      row_t[tid] = t;
+      row_ok[tid] = ok;
+    }
+    __syncthreads();
 
-      // 5. g for the group's rows, 4 rows at a time (the logits of other blocks, through L2)
-      for (int r0 = 0; r0 < ns; r0 += 4) {
-        for (u64 k = (u64)tid; k < K; k += THREADS) {
-          float z[4];
-          AIEC_UNROLL
-          for (int rr = 0; rr < 4; ++rr) z[rr] = r0 + rr < ns ? ld_cg(logits + (b0 + (u64)(r0 + rr)) * K + k) : 0.0f;
-          AIEC_UNROLL
-          for (int rr = 0; rr < 4; ++rr) {
-            const int r = r0 + rr;
-            if (r >= ns) continue;
-            const long long t = row_t[r];
-            const bool onehot = t >= 0 && (u64)t < K && k == (u64)t;
-            g[(b0 + (u64)r) * K + k] = expf(z[rr] - row_m[r]) / row_se[r] - (onehot ? 1.0f : 0.0f);
-          }
-        }
+    // mates[r]: for the first correct row r of its class (its leader), the group's correct rows of that class as
+    // bits; 0 for every other row. A thread reads its channel of every correct row at once (independent loads, all
+    // in flight, instead of one dependent load per row), keeps which are > 0 and == 0 as bits, and adds per leader
+    // the popcounts over its mates: one atomic per (class present among the group's correct samples, channel) with
+    // a nonzero increment, and one per class for total (by the group's item h == 0).
+    if (tid < ROWS) {
+      u64 m = 0;
+      if (row_ok[tid]) {
+        for (int q = 0; q < ROWS; ++q)
+          if (row_ok[q] && row_t[q] == row_t[tid]) m |= (u64)1 << q;
+        if (m & (((u64)1 << tid) - 1)) m = 0;  // an earlier correct row has this class: it leads
       }
-      if (!update || (status && status->index >= 0)) continue;  // uniform: no update, or a bad target in the batch
-
-      // 6. counters. mates[r]: for the first correct row r of its class (its leader), the group's correct rows of
-      // that class as bits; 0 for every other row. A thread reads its channel of every correct row at once
-      // (independent loads, all in flight, instead of one dependent load per row), keeps which are > 0 and == 0
-      // as bits, and adds per leader the popcounts over its mates: one atomic per (class present among the
-      // group's correct samples, channel) with a nonzero increment, and one per class for total.
-      if (tid < ROWS) {
-        u64 m = 0;
-        if (row_ok[tid]) {
-          for (int q = 0; q < ROWS; ++q)
-            if (row_ok[q] && row_t[q] == row_t[tid]) m |= (u64)1 << q;
-          if (m & (((u64)1 << tid) - 1)) m = 0;  // an earlier correct row has this class: it leads
-        }
-        mates[tid] = m;
+      mates[tid] = m;
+    }
+    __syncthreads();
+    u64 ok = 0, leaders = 0;  // block-uniform
+    for (int r = 0; r < ROWS; ++r) {
+      ok |= (u64)(row_ok[r] != 0) << r;
+      leaders |= (u64)(mates[r] != 0) << r;
+    }
+    for (u64 c = c0 + (u64)tid; c < c1; c += SM_THREADS) {
+      const float* vc = v + b0 * C + c;
+      u64 pos = 0, zero = 0;
+      AIEC_UNROLL_BY(8)
+      for (int r = 0; r < ROWS; ++r) {  // no branch: the loads of 8 rows are in flight together
+        const bool in = (ok >> r) & 1;
+        const float val = vc[in ? (u64)r * C : 0];  // a row that is not counted reads row 0 (in the batch)
+        pos |= (u64)(in && val > 0.0f) << r;
+        zero |= (u64)(in && val == 0.0f) << r;
       }
-      __syncthreads();
-      u64 ok = 0, leaders = 0;  // block-uniform
-      for (int r = 0; r < ROWS; ++r) {
-        ok |= (u64)(row_ok[r] != 0) << r;
-        leaders |= (u64)(mates[r] != 0) << r;
+      for (u64 l = leaders; l; l &= l - 1) {
+        const int r = __ffsll((long long)l) - 1;
+        const unsigned long long a = (unsigned long long)__popcll(pos & mates[r]);
+        const unsigned long long i = (unsigned long long)__popcll(zero & mates[r]);
+        const u64 kc = (u64)row_t[r] * C + c;
+        if (a) atomicAdd(reinterpret_cast<unsigned long long*>(act) + kc, a);
+        if (i) atomicAdd(reinterpret_cast<unsigned long long*>(inh) + kc, i);
       }
-      for (u64 c = (u64)tid; c < C; c += THREADS) {
-        const float* vc = v + b0 * C + c;
-        u64 pos = 0, zero = 0;
-        AIEC_UNROLL_BY(8)
-        for (int r = 0; r < ROWS; ++r) {  // no branch: the loads of 8 rows are in flight together
-          const bool in = (ok >> r) & 1;
-          const float val = vc[in ? (u64)r * C : 0];  // a row that is not counted reads row 0 (in the batch)
-          pos |= (u64)(in && val > 0.0f) << r;
-          zero |= (u64)(in && val == 0.0f) << r;
-        }
-        for (u64 l = leaders; l; l &= l - 1) {
-          const int r = __ffsll((long long)l) - 1;
-          const unsigned long long a = (unsigned long long)__popcll(pos & mates[r]);
-          const unsigned long long i = (unsigned long long)__popcll(zero & mates[r]);
-          const u64 kc = (u64)row_t[r] * C + c;
-          if (a) atomicAdd(reinterpret_cast<unsigned long long*>(act) + kc, a);
-          if (i) atomicAdd(reinterpret_cast<unsigned long long*>(inh) + kc, i);
-        }
-      }
-      if (tid == 0) {
-        for (u64 l = leaders; l; l &= l - 1) {
-          const int r = __ffsll((long long)l) - 1;
-          atomicAdd(reinterpret_cast<unsigned long long*>(total) + row_t[r],
-                    (unsigned long long)__popcll(mates[r]));
-        }
+    }
+    if (h == 0 && tid == 0) {
+      for (u64 l = leaders; l; l &= l - 1) {
+        const int r = __ffsll((long long)l) - 1;
+        atomicAdd(reinterpret_cast<unsigned long long*>(total) + row_t[r], (unsigned long long)__popcll(mates[r]));
       }
     }
   }
 }
 
 #define AIEC_FWD_LOGITS_PARAMS                                                                                  \
-  (const float* __restrict__ v, const float* __restrict__ w, const long long* __restrict__ targets,              \
-   const AiecTargetStatus* status, const long long* step, float* logits, float* __restrict__ ce,                 \
-   float* __restrict__ g, long long* act, long long* inh, long long* total, aiec::u32* done, AiecRowPart* part,  \
-   AiecShape s)
-#define AIEC_FWD_LOGITS_ARGS (v, w, targets, status, step, logits, ce, g, act, inh, total, done, part, s)
+  (const float* __restrict__ v, const float* __restrict__ w, float* __restrict__ logits,                        \
+   AiecRowPart* __restrict__ part, AiecShape s)
+#define AIEC_FWD_LOGITS_ARGS (v, w, logits, part, s)
 AIEC_EXPORT_NAMED(aiec_fwd_logits, __launch_bounds__(AIEC_LB_GEMM), aiec_fwd_logits_body<aiec_gemm::SIMT>,
                   AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
 #if AIEC_MMA_TF32
@@ -331,3 +357,10 @@ AIEC_EXPORT_NAMED(aiec_fwd_logits_tf32x3, __launch_bounds__(AIEC_LB_GEMM_TC), ai
 AIEC_EXPORT_NAMED(aiec_fwd_logits_tf32, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_fwd_logits_body<aiec_gemm::TF32>,
                   AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
 #endif
+#define AIEC_FWD_SOFTMAX_PARAMS                                                                                   \
+  (const float* __restrict__ v, const long long* __restrict__ targets, const AiecTargetStatus* status,            \
+   const long long* step, const float* __restrict__ logits, const AiecRowPart* __restrict__ part,                  \
+   float* __restrict__ ce, float* __restrict__ g, long long* act, long long* inh, long long* total, AiecShape s)
+#define AIEC_FWD_SOFTMAX_ARGS (v, targets, status, step, logits, part, ce, g, act, inh, total, s)
+AIEC_EXPORT_NAMED(aiec_fwd_softmax, __launch_bounds__(AIEC_LB_SOFTMAX), aiec_fwd_softmax_body,
+                  AIEC_FWD_SOFTMAX_PARAMS, AIEC_FWD_SOFTMAX_ARGS)

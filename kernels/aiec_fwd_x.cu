@@ -14,7 +14,7 @@
  * v: f32 [B, C]: token/none v[b,c] = float(y[b,0,c]); avg modes (sum over p of float(y)) / (float)P.
  * v may be null (a forward without targets: y and keep only). targets (i64 [B]) may be null; when given, block
  * (0, 0) first checks them against K = s.classes (aiec_k::check_targets: writes *status, and the first error since
- * the host last looked into *device_error, which may be null), so that aiec_fwd_logits can refuse to count a
+ * the host last looked into *device_error, which may be null), so that aiec_fwd_softmax can refuse to count a
  * step with a bad target; the rest of the pass does not read targets.
  * Never writes x; y must not alias x. No atomics; the order of every sum is fixed by the geometry and the access
  * width W below (deterministic).

@@ -4,7 +4,7 @@
  *   aiec_loss(p)         (AiecLossParams by value; f32; exactly this name)
  *   aiec_loss_count(p)   (data-parallel training: this process's count, before the ranks sum it)
  *
- * aiec_loss reads p.ce[l] (f32 [B], written by aiec_fwd_logits) and *p.stats[l] (AiecGateStats, aiec_fwd_gate) for
+ * aiec_loss reads p.ce[l] (f32 [B], written by aiec_fwd_softmax) and *p.stats[l] (AiecGateStats, aiec_fwd_gate) for
  * l < min(p.layers, 32), and p.count_all's two ints when it is not 0; writes only *p.out (AiecLosses, pad0 = 0):
  *   aux = (sum over l, b of ce_l[b]) / (float)(L*B), 0 if L*B == 0; sum_sq = sum_l S_l (f32, in l order);
  *   count = N (aiec_params.cuh: sum_l N_l, or the ranks' sum from count_all); W = p.world with count_all, else 1;

@@ -24,7 +24,7 @@ struct AiecShape {     // size 48, align 8
 // AiecShape::flags. ACCUMULATE_DW: aiec_bwd_dv_dw adds dW to what the dw buffer holds (dw += ...), as frameworks
 // accumulate gradients, instead of writing it.
 #define AIEC_FLAG_ACCUMULATE_DW 1u
-// The targets check of a training forward (written by aiec_fwd_x, read by aiec_fwd_logits): index = the first
+// The targets check of a training forward (written by aiec_fwd_x, read by aiec_fwd_softmax): index = the first
 // b with targets[b] outside 0..K, or -1; value = targets[index] (0 when index == -1); classes = K.
 struct AiecTargetStatus {  // size 32
   long long index;         //                                            offset 0

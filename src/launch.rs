@@ -240,7 +240,7 @@ pub const LOGITS_CLASSES: u64 = GEMM_TILE;
 /// Bytes of one row's softmax statistics over one class tile (`AiecRowPart`).
 pub const ROW_PART_BYTES: usize = 16;
 
-/// Sample groups of `aiec_fwd_logits`: its `done` tickets have one entry each.
+/// Sample groups of `aiec_fwd_logits` (grid.y), counted by `aiec_fwd_softmax` a group at a time.
 pub fn logits_groups(shape: &AiecShape) -> usize {
     shape.batch.div_ceil(LOGITS_SAMPLES) as usize
 }
@@ -309,12 +309,14 @@ pub fn training_modules(dtype: DType) -> [Module; 6] {
 }
 
 /// Threads per block the plans launch `kernel` with: [`GEMM_BLOCK`] for the
-/// projection GEMMs (`aiec_fwd_logits*`, `aiec_bwd_dv_dw*`),
-/// [`ELEMENTWISE_BLOCK`] for `threshold_*` and `convert_*`, [`AIEC_BLOCK`] for
-/// the other fused kernels.
+/// projection GEMMs (`aiec_fwd_logits*`, `aiec_bwd_dv_dw*`), [`SOFTMAX_BLOCK`]
+/// for `aiec_fwd_softmax`, [`ELEMENTWISE_BLOCK`] for `threshold_*` and
+/// `convert_*`, [`AIEC_BLOCK`] for the other fused kernels.
 pub fn block_threads(kernel: &str) -> u32 {
     if kernel.starts_with("aiec_fwd_logits") || kernel.starts_with("aiec_bwd_dv_dw") {
         GEMM_BLOCK
+    } else if kernel == "aiec_fwd_softmax" {
+        SOFTMAX_BLOCK
     } else if kernel.starts_with("threshold") || kernel.starts_with("convert") {
         ELEMENTWISE_BLOCK
     } else {
@@ -370,38 +372,18 @@ pub struct FwdLogitsArgs {
     pub v: u64,
     /// `f32 [K, C]`.
     pub w: u64,
-    /// `i64 [B]` targets.
-    pub targets: u64,
-    /// One `AiecTargetStatus` (written by `aiec_fwd_x`), or 0.
-    pub status: u64,
-    /// `i64 [1]` step counter (the counters update on the device), or 0 (decided on the host).
-    pub step: u64,
     /// `f32 [B, K]`, written.
     pub logits: u64,
-    /// `f32 [B]` cross-entropy, written.
-    pub ce: u64,
-    /// `f32 [B, K]` `softmax - onehot`, written.
-    pub g: u64,
-    /// `i64 [K, C]` counters, updated.
-    pub act: u64,
-    /// `i64 [K, C]` counters, updated.
-    pub inh: u64,
-    /// `i64 [K]` counters, updated.
-    pub total: u64,
-    /// [`logits_groups`] `u32` tickets, all zero (left zero).
-    pub done: u64,
-    /// `B * `[`logits_tiles`] `AiecRowPart`s ([`ROW_PART_BYTES`] each, 8-byte aligned).
+    /// `B * `[`logits_tiles`] `AiecRowPart`s ([`ROW_PART_BYTES`] each, 8-byte aligned), written.
     pub part: u64,
 }
 
-/// Launch 2: `aiec_fwd_logits{suffix}(v, w, targets, status, step, logits, ce, g, act, inh, total,
-/// done, part, shape)`, the entry point of the device's [`Projection`].
+/// Launch 2: `aiec_fwd_logits{suffix}(v, w, logits, part, shape)`, the entry point of the device's
+/// [`Projection`]: the logits and each class tile's per-row softmax statistics ([`aiec_fwd_softmax`]
+/// finishes the rows).
 pub fn aiec_fwd_logits(shape: &AiecShape, a: FwdLogitsArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
-    let FwdLogitsArgs { v, w, targets, status, step, logits, ce, g, act, inh, total, done, part } = a;
-    let args = [v, w, targets, status, step, logits, ce, g, act, inh, total, done, part]
-        .into_iter()
-        .map(KernelArg::Ptr)
-        .chain([KernelArg::structure(shape)]);
+    let FwdLogitsArgs { v, w, logits, part } = a;
+    let args = [v, w, logits, part].into_iter().map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
     (shape.batch > 0).then(|| LaunchPlan {
         module: Module::all("aiec_fwd_logits.cu"),
         kernel: format!("aiec_fwd_logits{}", limits.projection().suffix()),
@@ -412,6 +394,70 @@ pub fn aiec_fwd_logits(shape: &AiecShape, a: FwdLogitsArgs, limits: DeviceLimits
             1,
         ],
         block: [GEMM_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: args.collect(),
+    })
+}
+
+/// Threads per block of `aiec_fwd_softmax` (its `__launch_bounds__(128, 8)`).
+pub const SOFTMAX_BLOCK: u32 = 128;
+/// Rows per `aiec_fwd_softmax` row item (a warp each).
+pub const SOFTMAX_ROWS: u64 = 4;
+/// Channels per `aiec_fwd_softmax` counting item (a thread each), of one sample group of [`LOGITS_SAMPLES`].
+pub const SOFTMAX_CHANNELS: u64 = 128;
+/// Resident blocks per SM `aiec_fwd_softmax`'s launch bounds promise: its grid is at most one wave of those.
+pub const SOFTMAX_BLOCKS_PER_SM: u32 = 8;
+
+/// Work items of `aiec_fwd_softmax`: the counting items (sample group x channel chunk, at least one chunk: the
+/// first adds the group's `total`), then the row items.
+pub fn softmax_items(shape: &AiecShape) -> u64 {
+    logits_groups(shape) as u64 * shape.channels.div_ceil(SOFTMAX_CHANNELS).max(1)
+        + shape.batch.div_ceil(SOFTMAX_ROWS)
+}
+
+/// The device addresses of `aiec_fwd_softmax`'s arguments, named so that a swap
+/// does not compile silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FwdSoftmaxArgs {
+    /// `f32 [B, C]` pooled values (counted).
+    pub v: u64,
+    /// `i64 [B]` targets.
+    pub targets: u64,
+    /// One `AiecTargetStatus` (written by `aiec_fwd_x`), or 0.
+    pub status: u64,
+    /// `i64 [1]` step counter (the counters update on the device), or 0 (decided on the host).
+    pub step: u64,
+    /// `f32 [B, K]`, as `aiec_fwd_logits` wrote them.
+    pub logits: u64,
+    /// `B * `[`logits_tiles`] `AiecRowPart`s, as `aiec_fwd_logits` wrote them.
+    pub part: u64,
+    /// `f32 [B]` cross-entropy, written.
+    pub ce: u64,
+    /// `f32 [B, K]` `softmax - onehot`, written.
+    pub g: u64,
+    /// `i64 [K, C]` counters, updated.
+    pub act: u64,
+    /// `i64 [K, C]` counters, updated.
+    pub inh: u64,
+    /// `i64 [K]` counters, updated.
+    pub total: u64,
+}
+
+/// Launch 3, right after [`aiec_fwd_logits`]: `aiec_fwd_softmax(v, targets, status, step, logits, part, ce, g, act,
+/// inh, total, shape)`, the rows' cross-entropy, softmax gradient and argmax, and on an update step the counting:
+/// one block per work item ([`softmax_items`]), at most [`SOFTMAX_BLOCKS_PER_SM`] per SM (the blocks loop).
+pub fn aiec_fwd_softmax(shape: &AiecShape, a: FwdSoftmaxArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
+    let FwdSoftmaxArgs { v, targets, status, step, logits, part, ce, g, act, inh, total } = a;
+    let args = [v, targets, status, step, logits, part, ce, g, act, inh, total]
+        .into_iter()
+        .map(KernelArg::Ptr)
+        .chain([KernelArg::structure(shape)]);
+    let wave = limits.sm_count.max(1) as u64 * SOFTMAX_BLOCKS_PER_SM as u64;
+    (shape.batch > 0).then(|| LaunchPlan {
+        module: Module::all("aiec_fwd_logits.cu"),
+        kernel: "aiec_fwd_softmax".to_string(),
+        grid: [softmax_items(shape).min(wave).clamp(1, (1 << 31) - 1) as u32, 1, 1],
+        block: [SOFTMAX_BLOCK, 1, 1],
         shared_bytes: 0,
         args: args.collect(),
     })
@@ -467,7 +513,7 @@ pub struct FwdGateArgs {
 #[deprecated(note = "renamed FwdGateArgs, after the kernel's stem")]
 pub type GateArgs = FwdGateArgs;
 
-/// Launch 3: `aiec_fwd_gate(v, w, targets, act, inh, mask, block_sum_sq, block_count, done, stats, shape)`.
+/// Launch 4: `aiec_fwd_gate(v, w, targets, act, inh, mask, block_sum_sq, block_count, done, stats, shape)`.
 pub fn aiec_fwd_gate(shape: &AiecShape, a: FwdGateArgs) -> Option<LaunchPlan> {
     let args = [a.v, a.w, a.targets, a.act, a.inh, a.mask, a.block_sum_sq, a.block_count, a.done, a.stats]
         .into_iter()
@@ -690,20 +736,22 @@ mod tests {
     }
 
     fn la() -> FwdLogitsArgs {
-        FwdLogitsArgs {
+        FwdLogitsArgs { v: 1, w: 2, logits: 3, part: 4 }
+    }
+
+    fn sa() -> FwdSoftmaxArgs {
+        FwdSoftmaxArgs {
             v: 1,
-            w: 2,
-            targets: 3,
-            status: 4,
-            step: 5,
-            logits: 6,
+            targets: 2,
+            status: 3,
+            step: 4,
+            logits: 5,
+            part: 6,
             ce: 7,
             g: 8,
             act: 9,
             inh: 10,
             total: 11,
-            done: 12,
-            part: 13,
         }
     }
 
@@ -755,14 +803,10 @@ mod tests {
         assert_eq!(aiec_fwd_x(DType::F16, &h, xa(), wide).unwrap().grid, [128 * 256 / 8, 1, 1]);
         // 16 class tiles x 4 sample groups of 64, 128 threads, the tensor-core path by default.
         let l = aiec_fwd_logits(&s, la(), H200).unwrap();
-        assert_eq!((l.grid, l.block, l.args.len()), ([16, 4, 1], [128, 1, 1], 14));
+        assert_eq!((l.grid, l.block, l.args.len()), ([16, 4, 1], [128, 1, 1], 5));
         assert_eq!(l.kernel, "aiec_fwd_logits_tf32x3");
-        assert_eq!(
-            (&l.args[3], &l.args[4]),
-            (&KernelArg::Ptr(4), &KernelArg::Ptr(5)),
-            "status, step after targets"
-        );
-        assert_eq!((&l.args[11], &l.args[12]), (&KernelArg::Ptr(12), &KernelArg::Ptr(13)), "done, part");
+        assert_eq!(l.args[..4], (1..=4).map(KernelArg::Ptr).collect::<Vec<_>>(), "v, w, logits, part");
+        assert_eq!(l.args[4], KernelArg::structure(&s));
         assert_eq!((logits_groups(&s), logits_tiles(&s)), (4, 16));
         let few = aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), FwdLogitsArgs::default(), H200).unwrap();
         assert_eq!(few.grid, [1, 1, 1]);
@@ -779,6 +823,31 @@ mod tests {
             aiec_fwd_logits(&s, FwdLogitsArgs::default(), tf32).unwrap().kernel,
             "aiec_fwd_logits_tf32"
         );
+        // The rows: 4 sample groups x 24 chunks of 128 channels counting, then 64 items of 4 rows; one block each.
+        let r = aiec_fwd_softmax(&s, sa(), H200).unwrap();
+        assert_eq!(softmax_items(&s), 4 * 24 + 64);
+        assert_eq!(
+            (r.module, r.kernel.as_str(), r.grid, r.block),
+            (Module::all("aiec_fwd_logits.cu"), "aiec_fwd_softmax", [160, 1, 1], [128, 1, 1])
+        );
+        assert_eq!(r.args[..11], (1..=11).map(KernelArg::Ptr).collect::<Vec<_>>(), "in the kernel's order");
+        assert_eq!((r.args.len(), &r.args[11]), (12, &KernelArg::structure(&s)));
+        assert_eq!(r.block, [block_threads(&r.kernel), 1, 1]);
+        // At most 8 blocks per SM (the blocks loop over the items); one SM when none is reported.
+        let mlp = shape(Pool::None, 4096, 1, 4096, 1000);
+        assert_eq!(softmax_items(&mlp), 64 * 32 + 1024);
+        assert_eq!(aiec_fwd_softmax(&mlp, sa(), H200).unwrap().grid, [132 * 8, 1, 1]);
+        assert_eq!(
+            aiec_fwd_softmax(&mlp, sa(), DeviceLimits { sm_count: 0, ..H200 }).unwrap().grid,
+            [8, 1, 1]
+        );
+        let few = shape(Pool::None, 9, 1, 8, 10);
+        assert_eq!(aiec_fwd_softmax(&few, sa(), H200).unwrap().grid, [1 + 3, 1, 1]);
+        // No channels: a group's one counting item adds its total alone.
+        assert_eq!(
+            aiec_fwd_softmax(&shape(Pool::None, 9, 1, 0, 10), sa(), H200).unwrap().grid,
+            [1 + 3, 1, 1]
+        );
         assert_eq!(DeviceLimits::new(40, T4.arch).projection, Projection::F32);
         assert_eq!(DeviceLimits::new(132, H200.arch).projection, Projection::Tf32x3);
         let g = aiec_fwd_gate(&s, ga()).unwrap();
@@ -790,6 +859,7 @@ mod tests {
         let e = shape(Pool::Token, 0, 5, 8, 4);
         assert!(aiec_fwd_x(DType::F32, &e, xa(), H200).is_none());
         assert!(aiec_fwd_logits(&e, FwdLogitsArgs::default(), H200).is_none());
+        assert!(aiec_fwd_softmax(&e, FwdSoftmaxArgs::default(), H200).is_none());
         assert!(aiec_fwd_gate(&e, FwdGateArgs::default()).is_none());
     }
 
@@ -839,12 +909,14 @@ mod tests {
                 let plans = [
                     aiec_fwd_x(dtype, &s, xa(), H200).unwrap(),
                     aiec_fwd_logits(&s, FwdLogitsArgs::default(), H200).unwrap(),
+                    aiec_fwd_softmax(&s, FwdSoftmaxArgs::default(), H200).unwrap(),
                     aiec_fwd_gate(&s, ga()).unwrap(),
                     aiec_loss(&bytemuck::Zeroable::zeroed()),
                     aiec_bwd_dv_dw(&s, BwdDvDwArgs::default(), H200).unwrap(),
                     aiec_bwd_x(dtype, &s, bxa(), H200).unwrap(),
                 ];
-                let used: Vec<Module> = plans.iter().map(|p| p.module).collect();
+                let mut used: Vec<Module> = plans.iter().map(|p| p.module).collect();
+                used.dedup(); // aiec_fwd_logits and aiec_fwd_softmax: one module
                 assert_eq!(used, training_modules(dtype), "{dtype} {pool:?}");
                 for p in &plans {
                     assert_eq!(p.block, [block_threads(&p.kernel), 1, 1], "{}", p.kernel);

@@ -4,11 +4,11 @@
 //! buffer of one layer's step ([`Sizes`]). Each layout is defined here once;
 //! the kernels' side is named at each definition. This module depends on the
 //! launch geometry (the scratch has one entry per block of the gate and per
-//! sample group of the logits) and on nothing of [`crate::cpu`] or
+//! row and class tile of the logits) and on nothing of [`crate::cpu`] or
 //! [`crate::gpu`], so both may use it.
 
 use crate::config::{InputDims, Pool};
-use crate::launch::{gate_blocks, logits_groups, logits_tiles, ROW_PART_BYTES};
+use crate::launch::{gate_blocks, logits_tiles, ROW_PART_BYTES};
 use crate::params::{pool_code, AiecShape};
 
 /// How the keep bits of one activation tensor are laid out: one bit per
@@ -69,9 +69,9 @@ pub fn keep_words(shape: &AiecShape) -> usize {
 }
 
 /// Where the parts of a training forward's scratch memory lie (bytes from its
-/// start): the gate's per-block partial sums and counts, the two kernels'
-/// tickets (zero before the first launch; every launch leaves them zero), the
-/// targets status and the logits' per-row, per-class-tile softmax statistics.
+/// start): the gate's per-block partial sums and counts, the gate's ticket
+/// (zero before the first launch; every launch leaves it zero), the targets
+/// status and the logits' per-row, per-class-tile softmax statistics.
 /// One allocation, zeroed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardScratch {
@@ -79,8 +79,8 @@ pub struct ForwardScratch {
     pub gate_sum_sq: usize,
     /// `u64 [gate_blocks]`.
     pub gate_count: usize,
-    /// `u32 [logits_groups + 1]`: the logits groups' tickets, then the gate's.
-    pub tickets: usize,
+    /// `u32 [1]`: the gate's ticket (`aiec_fwd_gate`'s `done`).
+    pub gate_done: usize,
     /// One `AiecTargetStatus`.
     pub status: usize,
     /// `AiecRowPart [B * logits_tiles]` ([`ROW_PART_BYTES`] each).
@@ -95,11 +95,11 @@ impl ForwardScratch {
         let g = gate_blocks(shape);
         let up16 = |n: usize| n.div_ceil(16) * 16;
         let gate_count = up16(4 * g);
-        let tickets = gate_count + 8 * g;
-        let status = up16(tickets + 4 * (logits_groups(shape) + 1));
+        let gate_done = gate_count + 8 * g;
+        let status = up16(gate_done + 4);
         let row_parts = status + 32;
         let parts = shape.batch as usize * logits_tiles(shape) * ROW_PART_BYTES;
-        ForwardScratch { gate_sum_sq: 0, gate_count, tickets, status, row_parts, bytes: row_parts + parts }
+        ForwardScratch { gate_sum_sq: 0, gate_count, gate_done, status, row_parts, bytes: row_parts + parts }
     }
 }
 
@@ -163,11 +163,11 @@ mod tests {
             shape(Pool::None, 9, 1, 1, 1),
         ] {
             let l = ForwardScratch::of(&s);
-            let (g, groups) = (gate_blocks(&s), logits_groups(&s));
+            let g = gate_blocks(&s);
             assert!(l.gate_count % 16 == 0 && l.status % 16 == 0 && l.row_parts % 16 == 0);
             assert!(l.gate_sum_sq + 4 * g <= l.gate_count);
-            assert!(l.gate_count + 8 * g <= l.tickets);
-            assert!(l.tickets + 4 * (groups + 1) <= l.status);
+            assert!(l.gate_count + 8 * g <= l.gate_done);
+            assert!(l.gate_done + 4 <= l.status);
             assert!(l.status + 32 <= l.row_parts);
             assert_eq!(l.bytes, l.row_parts + s.batch as usize * logits_tiles(&s) * ROW_PART_BYTES);
         }

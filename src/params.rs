@@ -32,7 +32,7 @@ pub struct AiecShape {
 pub const FLAG_ACCUMULATE_DW: u32 = 1;
 
 /// The targets check of a training forward (`AiecTargetStatus`): written by
-/// `aiec_fwd_x`, read by `aiec_fwd_logits` (a bad batch counts nothing) and,
+/// `aiec_fwd_x`, read by `aiec_fwd_softmax` (a bad batch counts nothing) and,
 /// for device-side targets, copied into a device-wide record the host reads at
 /// its next synchronisation.
 #[repr(C)]

@@ -168,7 +168,7 @@ fn a_steady_step_allocates_copies_and_waits_for_nothing() {
             let d = dev.stats() - s0;
             assert_eq!(
                 d,
-                DeviceStats { launches: 3 + 3 + 1 + 2 + 2, ..Default::default() },
+                DeviceStats { launches: 4 + 4 + 1 + 2 + 2, ..Default::default() },
                 "{}: steady step {i} did more than launch kernels",
                 dev.label()
             );

@@ -360,7 +360,7 @@ def fused_count(
     tau: float,
     pool: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Launches 1 and 2 of the fused forward: (y, keep, v, logits, ce, g).
+    """Launches 1 to 3 of the fused forward: (y, keep, v, logits, ce, g).
     With ``advance`` (a training forward) the step counter ``step`` moves on
     by one, inside the op and only once it has succeeded (so that a rejected
     call leaves it, under ``torch.compile`` too, where a mutation outside the
@@ -372,7 +372,7 @@ def fused_count(
     cfg = config(c, k, tau, pool, interval)
     plan = cfg.plan(list(x.shape))
     b, kw = plan.batch, plan.keep_words
-    # The kernels' tickets start at zero (and are left zero); a few KB.
+    # The gate's ticket starts at zero (and is left zero); a few KB.
     scratch = torch.zeros(plan.scratch_bytes, dtype=torch.uint8, device=x.device)
     dev, sd = x.device, stat_dtype(x.dtype)
     y = torch.empty_like(x)
@@ -424,7 +424,7 @@ def _(x, w, targets, act, inh, total, step, interval, count, advance, tau, pool)
 def fused_gate(
     v: Tensor, w: Tensor, targets: Tensor, act: Tensor, inh: Tensor, shape: list[int], tau: float, pool: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Launch 3: (mask, S, N) from the counters as they are now."""
+    """Launch 4: (mask, S, N) from the counters as they are now."""
     k, c = w.shape
     cfg = config(c, k, tau, pool, 1)
     b = v.shape[0]

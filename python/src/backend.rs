@@ -310,7 +310,7 @@ pub(crate) fn check_targets(cfg: &AiecConfig, targets: Arg, batch: usize) -> PyR
     aiec::config::check_targets(t, batch, cfg.classes()).map(|_| ()).map_err(to_py)
 }
 
-/// The buffers of launches 1 and 2.
+/// The buffers of launches 1 to 3.
 pub(crate) struct CountArgs<'a> {
     pub x: Arg<'a>,
     pub w: Arg<'a>,
@@ -385,7 +385,7 @@ pub(crate) fn fwd_x_logits(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Co
                 };
                 let mut counters =
                     CountersMut { act: smut(dev, act)?, inh: smut(dev, inh)?, total: smut(dev, total)? };
-                // The gate's buffers are not used by launches 1 and 2: empty views.
+                // The gate's buffers are not used by launches 1 to 3: empty views.
                 let mut aux = AuxMut {
                     v: smut(dev, v)?,
                     logits: smut(dev, logits)?,
@@ -415,7 +415,7 @@ pub(crate) fn fwd_x_logits(kind: &Kind, cfg: &AiecConfig, shape: &[usize], a: Co
     }
 }
 
-/// The buffers of launch 3.
+/// The buffers of launch 4.
 pub(crate) struct GateArgs<'a> {
     pub v: Arg<'a>,
     pub w: Arg<'a>,

@@ -200,7 +200,7 @@ fn bwd_x(
     py.detach(|| backend::bwd_x(&backend.kind, &cfg, &shape, keep, dv, dy, dx))
 }
 
-/// Launches 1 and 2 of a training forward (pass over `x`, logits, CE, `g`,
+/// Launches 1 to 3 of a training forward (pass over `x`, logits, CE, `g`,
 /// counting into `act`, `inh`, `total`). The update: `update` when `step` is
 /// `None`, else `step % interval == 0` read where `step` lives (the device).
 /// `device_targets`: the targets have not been checked on the host.
@@ -252,7 +252,7 @@ fn fwd_x_logits(
     py.detach(|| backend::fwd_x_logits(&backend.kind, &cfg, &shape, args))
 }
 
-/// Launch 3: the gate (`mask`, the stats `(S, N)` as 2 int64: `S` in the
+/// Launch 4: the gate (`mask`, the stats `(S, N)` as 2 int64: `S` in the
 /// float type of `v` at byte 0, `N` at byte 8). `shape` is the input's.
 #[pyfunction]
 // A struct is not possible here: the torch custom ops (python/aiec/_ops.py) pass each tensor

@@ -130,8 +130,8 @@ pub struct TrainOutSlices<'v, 'a, F> {
     pub aux: &'v mut AuxSlices<'a, F>,
 }
 
-/// The first half of a training forward (`aiec_fwd_x` then `aiec_fwd_logits`, as `gpu::fused::fwd_x_logits`):
-/// `y`, the keep bits, `v`, logits, `ce`, `g`, and the counting into
+/// The first half of a training forward (`aiec_fwd_x`, `aiec_fwd_logits` then `aiec_fwd_softmax`, as
+/// `gpu::fused::fwd_x_logits`): `y`, the keep bits, `v`, logits, `ce`, `g`, and the counting into
 /// `counters` when `update`. Targets are checked first: a bad one is an error
 /// and nothing is written.
 pub fn fwd_x_logits<F: Float>(

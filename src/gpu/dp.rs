@@ -3,15 +3,15 @@
 //! holds the counters (and builds the masks) one process would with the whole
 //! batch.
 //!
-//! The step then runs as: launches 1 and 2 count into zeroed increments
+//! The step then runs as: launches 1 to 3 count into zeroed increments
 //! (`act`, `inh`, `total` laid out in one `i64 [2KC + K]` workspace buffer);
 //! `aiec_counts_narrow` copies them into an `i32 [2KC + K]` buffer (exact: an
 //! increment is at most one count per sample of every rank, and
 //! `world * batch <= i32::MAX` is checked before anything runs), which a
 //! [`CountSum`] sums over the ranks in place, on the device's stream (NCCL
 //! with the `nccl` feature: `gpu::nccl::NcclCountSum`); `aiec_counts_add`
-//! adds the sums into the counters; launch 3, the gate, reads the counters.
-//! An update step makes 5 launches and one all-reduce of `4 (2KC + K)` bytes;
+//! adds the sums into the counters; launch 4, the gate, reads the counters.
+//! An update step makes 6 launches and one all-reduce of `4 (2KC + K)` bytes;
 //! steps that do not update the counters exchange nothing.
 //!
 //! The gate loss is normalised by the masked count of every rank: one

@@ -5,8 +5,8 @@
 //! them in); [`crate::gpu::forward`] and [`crate::gpu::GpuLayer`] build on it
 //! with a workspace of the crate's own.
 //!
-//! A training forward is three launches (the pass over `x`; logits, CE and
-//! counters; gate), the losses of `L` layers one, a backward two (`dv` and
+//! A training forward is four launches (the pass over `x`; the logits; the
+//! rows' CE, softmax gradient and counting; gate), the losses of `L` layers one, a backward two (`dv` and
 //! `dW`; the pass over `dy`). Everything is checked before the first launch:
 //! lengths, devices and element types, and that no written buffer overlaps
 //! another buffer of the call (`dx` may be `dy` exactly). Targets checked on
@@ -19,7 +19,7 @@ pub use crate::config::DwMode;
 use crate::config::{AiecConfig, InputDims, LossCoefs};
 use crate::dtype::DType;
 use crate::error::{AiecError, Result};
-use crate::launch::{self, BwdDvDwArgs, BwdXArgs, FwdGateArgs, FwdLogitsArgs, FwdXArgs};
+use crate::launch::{self, BwdDvDwArgs, BwdXArgs, FwdGateArgs, FwdLogitsArgs, FwdSoftmaxArgs, FwdXArgs};
 use crate::layout::ForwardScratch;
 /// Re-exported from [`crate::layout`], where they are defined.
 pub use crate::layout::{Sizes, SCRATCH_ALIGN};
@@ -40,7 +40,7 @@ pub struct CountersMut<'a> {
 /// What a training forward writes besides `y` and the keep bits; sizes from
 /// [`Sizes`]. `v`, `g` and `mask` are what its backward needs; `logits`,
 /// `ce` and `stats` are results; `scratch` must be all zero before its first
-/// use and is left with its tickets zero by every launch, so it can be reused
+/// use and is left with its ticket zero by every launch, so it can be reused
 /// by every later forward of that size or smaller.
 pub struct AuxMut<'a> {
     /// `[B, C]` pooled activation.
@@ -266,7 +266,7 @@ fn check_train(
 }
 
 /// A training forward: `y`, the keep bits and every [`AuxMut`] buffer, in
-/// three launches; the counters update when `update` says so. The same as
+/// four launches; the counters update when `update` says so. The same as
 /// [`fwd_x_logits`] then [`fwd_gate`].
 pub fn forward_train(
     cfg: &AiecConfig,
@@ -275,7 +275,7 @@ pub fn forward_train(
     update: Update,
     mut out: TrainOut,
 ) -> Result<InputDims> {
-    // Every buffer of the three launches first, so that a bad one launches nothing.
+    // Every buffer of the four launches first, so that a bad one launches nothing.
     check_train(cfg, &inp, counters, &out, true)?;
     let dims = fwd_x_logits(cfg, inp, counters, update, out.reborrow())?;
     let aux = &mut *out.aux;
@@ -291,8 +291,8 @@ pub fn forward_train(
     Ok(dims)
 }
 
-/// `aiec_fwd_x` then `aiec_fwd_logits`, launches 1 and 2 of a training forward: the pass over `x` (`y`, keep bits,
-/// `v`, the targets check) and the decision unit (logits, `ce`, `g`, the
+/// `aiec_fwd_x`, `aiec_fwd_logits` then `aiec_fwd_softmax`, launches 1 to 3 of a training forward: the pass over
+/// `x` (`y`, keep bits, `v`, the targets check) and the decision unit (the logits; then per row `ce`, `g`, the
 /// argmax) with the counting, into `counters` (`aux.mask` and `aux.stats` are
 /// not used and may be empty views). Those may be the layer's
 /// counters or zeroed increments (data-parallel training sums increments
@@ -360,17 +360,25 @@ pub fn fwd_x_logits(
             FwdLogitsArgs {
                 v: aux.v.address(),
                 w: w.address(),
+                logits: aux.logits.address(),
+                part: base + sc.row_parts as u64,
+            },
+            dev.limits(),
+        ),
+        launch::aiec_fwd_softmax(
+            &shape,
+            FwdSoftmaxArgs {
+                v: aux.v.address(),
                 targets: targets.address(),
                 status,
                 step,
                 logits: aux.logits.address(),
+                part: base + sc.row_parts as u64,
                 ce: aux.ce.address(),
                 g: aux.g.address(),
                 act: counters.act.address(),
                 inh: counters.inh.address(),
                 total: counters.total.address(),
-                done: base + sc.tickets as u64,
-                part: base + sc.row_parts as u64,
             },
             dev.limits(),
         ),
@@ -413,7 +421,7 @@ pub struct GateOut<'v, 'm, 's, 'c> {
     pub scratch: &'v mut SliceMut<'c, u8>,
 }
 
-/// `aiec_fwd_gate`, launch 3 of a training forward: the consensus gate (`mask`, `S`, `N`) from
+/// `aiec_fwd_gate`, launch 4 of a training forward: the consensus gate (`mask`, `S`, `N`) from
 /// [`GateIn`] into [`GateOut`].
 pub fn fwd_gate(cfg: &AiecConfig, dims: &InputDims, inp: GateIn, out: GateOut) -> Result<()> {
     let GateIn { v, w, targets, act, inh } = inp;
@@ -464,7 +472,7 @@ pub fn fwd_gate(cfg: &AiecConfig, dims: &InputDims, inp: GateIn, out: GateOut) -
         mask: mask.address(),
         block_sum_sq: base + sc.gate_sum_sq as u64,
         block_count: base + sc.gate_count as u64,
-        done: base + (sc.tickets + 4 * launch::logits_groups(&shape)) as u64,
+        done: base + sc.gate_done as u64,
         stats: stats.address(),
     };
     if let Some(p) = launch::aiec_fwd_gate(&shape, args) {

@@ -2,8 +2,8 @@
 //! mirroring [`crate::cpu::op`] name for name, with the per-step buffers from
 //! a [`Workspace`] and the input, output and targets as the caller's views.
 //!
-//! A training forward is three launches (x pass; logits, CE and counters;
-//! gate) and a backward two (dv and dW; dy pass), with no host
+//! A training forward is four launches (x pass; logits; CE, softmax gradient
+//! and counters; gate) and a backward two (dv and dW; dy pass), with no host
 //! synchronisation and no device-to-host copy ([`crate::gpu::fused`]). Host
 //! targets are checked on the host before the first launch and copied into the
 //! workspace (one host-to-device copy); device targets are checked by the
@@ -136,7 +136,7 @@ pub(crate) fn forward_with_sum(
         return Ok(GpuRecord { dims, y: None, keep, aux: None, ranks: None, id: RecordId::next() });
     };
     // Every buffer is written in full by the kernels, but the scratch (whose
-    // tickets must start at zero).
+    // gate ticket must start at zero).
     let mut v: Buffer<f32> = ws.buffer("v", sizes.bc, Init::Unwritten)?;
     let mut logits: Buffer<f32> = ws.buffer("logits", sizes.bk, Init::Unwritten)?;
     let mut ce: Buffer<f32> = ws.buffer("ce", sizes.batch, Init::Unwritten)?;
