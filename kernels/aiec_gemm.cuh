@@ -16,7 +16,7 @@
 // scaled), filled by cp.async (no register round trip): while a stage is consumed the next one's copies are in
 // flight (cp.async.wait_group 1, one barrier each side). Thread t copies 4 chunks of 4 elements per operand and
 // stage (a warp's 32 chunks are 512 contiguous bytes of shared memory: no bank conflict) from 4 source pointers
-// that advance by a constant (tc::Copier); chunks outside the matrix are zero-filled (the copy's ignore-src
+// plus one offset that advances by a constant (tc::Copier); chunks outside the matrix are zero-filled (the copy's ignore-src
 // predicate); unless both operands are vec (and kdim < 2^29, so that the copies count k in 32 bits), both take
 // 4-byte copies (a second instance of the stage loop, chosen once per tile). The stage loop counts in 32 bits.
 // Layouts in shared memory, chosen so that every fragment load is one conflict-free 16-byte LDS:
@@ -325,7 +325,9 @@ template <int N> __device__ __forceinline__ void cp_wait() {
 // chunks of 4 consecutive elements, 4 per thread; a warp's 32 chunks fill 512 contiguous bytes of shared memory
 // (MK: 4 rows; KM: two half rows of 256 bytes), so the stores are free of bank conflicts. MK: chunk h of thread t
 // is row t / 8 + 16 h, k chunk t % 8; KM: k row t / 16 + 8 h, i chunk t % 16. Everything that does not change
-// from stage to stage is computed once: the 4 source pointers advance by a constant, and only the extent left
+// from stage to stage is computed once: the 4 chunks' stage-0 sources plus one offset, the same for all 4, that
+// advances by a constant (ptxas then derives the 4 addresses from one pointer and a uniform stride: fewer 64-bit
+// adds than 4 pointers advanced apart), and only the extent left
 // along k is counted down (in 32 bits for VEC, which tile takes only for kdim < 2^29: a 64-bit count costs two
 // instructions per test and per step). A chunk outside the matrix copies nothing (zeros): its source is never
 // read. VEC (Operand::vec): every chunk is whole or outside and takes one 16-byte copy; else 4 of 4 bytes.
@@ -340,8 +342,9 @@ constexpr u64 VEC_KDIM = (u64)1 << 29;
 
 template <bool KM, bool VEC> struct Copier {
   using L = typename LeftT<VEC>::T;
-  const float* src[4];  // chunk h's source for the next stage
+  const float* src[4];  // chunk h's source in stage 0
   u64 adv;              // elements from one stage to the next
+  u64 off = 0;          // elements from stage 0's chunks to the next stage's (the same for every chunk)
   L left;               // MK: elements of the chunk's row from its first k on; KM: k rows from chunk 0's on
   int fixed;            // MK: rows from chunk 0's on (at most 64); KM: elements along i from the chunk's first
   Saddr d0;             // chunk 0's destination in stage 0
@@ -371,13 +374,13 @@ template <bool KM, bool VEC> struct Copier {
       const bool row_in = KM ? left > 8 * h : fixed > 16 * h;
       const L along = KM ? (L)fixed : left;
       if (VEC) {
-        cp16(sadd(d, so), src[h], KM ? row_in : row_in && along > 0);
+        cp16(sadd(d, so), src[h] + off, KM ? row_in : row_in && along > 0);
       } else {
         AIEC_UNROLL
-        for (int j = 0; j < 4; ++j) cp4(sadd(d, so + j), src[h] + j, row_in && along > j);
+        for (int j = 0; j < 4; ++j) cp4(sadd(d, so + j), src[h] + off + j, row_in && along > j);
       }
-      src[h] += adv;
     }
+    off += adv;
     left -= KT;
   }
 };
