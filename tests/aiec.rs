@@ -33,6 +33,15 @@ fn paths(dev: &Device) -> Vec<Projection> {
     v
 }
 
+/// [`paths`] and, with tensor cores, the opt-in plain TF32 path too.
+fn paths_with_tf32(dev: &Device) -> Vec<Projection> {
+    let mut v = paths(dev);
+    if v.contains(&Projection::Tf32x3) {
+        v.push(Projection::Tf32);
+    }
+    v
+}
+
 fn path_name(p: Projection) -> &'static str {
     match p {
         Projection::F32 => "f32-simt",
@@ -317,11 +326,7 @@ fn projection_paths_against_a_float64_reference() {
         c.name, e.logits, e.dx, e.dw
     );
     for dev in devices() {
-        let mut all = paths(&dev);
-        if all.contains(&Projection::Tf32x3) {
-            all.push(Projection::Tf32);
-        }
-        for path in all {
+        for path in paths_with_tf32(&dev) {
             dev.set_projection(path).unwrap();
             let got = run_gpu::<f32>(&dev, &c).unwrap();
             // Plain TF32 keeps 10 mantissa bits of each operand: judged at 5e-3, near ties at 5e-2.
@@ -369,11 +374,7 @@ fn per_sample_scales_case(b: usize, c: usize, k: usize) {
     let gate_scale = 0.37f32;
     let losses = AiecLosses { aux_scale: 1000.0, gate_scale, ..bytemuck::Zeroable::zeroed() };
     for dev in devices() {
-        let mut all = paths(&dev);
-        if all.contains(&Projection::Tf32x3) {
-            all.push(Projection::Tf32);
-        }
-        for path in all {
+        for path in paths_with_tf32(&dev) {
             dev.set_projection(path).unwrap();
             let name = format!("{} [{}] B={b} C={c} K={k}", dev.label(), path_name(path));
             let xt = Tensor::from_slice(&dev, &x, &[b, c]).unwrap();
