@@ -279,16 +279,10 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         dw: dw.address(),
     };
     let dv_dw_plan = aiec_bwd_dv_dw(&shape, dv_dw_args, dev.limits());
-    // The same two products on the f32 SIMT path (on any device).
+    // The same two products on the f32 SIMT path (on any device; its own plans: it has 64-row tiles only).
     let f32_path = aiec::launch::DeviceLimits { projection: aiec::launch::Projection::F32, ..dev.limits() };
-    let logits_f32 = logits_plan.clone().map(|mut p| {
-        p.kernel = format!("aiec_fwd_logits{}", f32_path.projection().suffix());
-        p
-    });
-    let dv_dw_f32 = dv_dw_plan.clone().map(|mut p| {
-        p.kernel = format!("aiec_bwd_dv_dw{}", f32_path.projection().suffix());
-        p
-    });
+    let logits_f32 = aiec_fwd_logits(&shape, logits_args, f32_path);
+    let dv_dw_f32 = aiec_bwd_dv_dw(&shape, dv_dw_args, f32_path);
     // dy = xs[i], dx = ys[i] (separate buffers; the in-place form moves the same bytes).
     let bwd_x = pair(&|i| {
         aiec_bwd_x(
