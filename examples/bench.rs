@@ -1,6 +1,7 @@
 //! Microbenchmarks of a whole AIEC training step on every backend present.
 //!
-//! `cargo run --release --example bench [-- --quick] [--json FILE] [--model-only]`
+//! `cargo run --release --example bench [-- --quick] [--json FILE] [--model-only] [--gemm-tile auto|64|128]`
+//! (`-- --help` lists the options).
 //!
 //! For each shape preset and activation type: median time of the forward, the
 //! backward and the whole step (forward, loss, backward), with the device
@@ -16,6 +17,7 @@ use aiec::cpu::gradcheck::dims_for;
 use aiec::cpu::LossCoefs;
 use aiec::gpu::{self, GpuLayer};
 use aiec::init::SplitMix64;
+use aiec::launch::GemmTile;
 use aiec::{AiecConfig, Buffer, DType, Device, DeviceKind, Element, Pool, Tensor};
 use half::bf16;
 
@@ -279,16 +281,10 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         dw: dw.address(),
     };
     let dv_dw_plan = aiec_bwd_dv_dw(&shape, dv_dw_args, dev.limits());
-    // The same two products on the f32 SIMT path (on any device).
+    // The same two products on the f32 SIMT path (on any device; its own plans: it has 64-row tiles only).
     let f32_path = aiec::launch::DeviceLimits { projection: aiec::launch::Projection::F32, ..dev.limits() };
-    let logits_f32 = logits_plan.clone().map(|mut p| {
-        p.kernel = format!("aiec_fwd_logits{}", f32_path.projection().suffix());
-        p
-    });
-    let dv_dw_f32 = dv_dw_plan.clone().map(|mut p| {
-        p.kernel = format!("aiec_bwd_dv_dw{}", f32_path.projection().suffix());
-        p
-    });
+    let logits_f32 = aiec_fwd_logits(&shape, logits_args, f32_path);
+    let dv_dw_f32 = aiec_bwd_dv_dw(&shape, dv_dw_args, f32_path);
     // dy = xs[i], dx = ys[i] (separate buffers; the in-place form moves the same bytes).
     let bwd_x = pair(&|i| {
         aiec_bwd_x(
@@ -385,15 +381,37 @@ fn sass_rates(kernel: &str) -> Option<(f64, f64, f64)> {
     ))
 }
 
+/// The projection GEMM `kernel` (`aiec_fwd_logits`, `aiec_bwd_dv_dw`) the plans
+/// launch at preset `p` on the default 3xTF32 path of an sm_90 device with the
+/// H200's 132 SMs, asking for `tile`: with `_m128` where they choose 128 rows.
+fn gemm_kernel_at(kernel: &str, p: Preset, tile: GemmTile) -> Option<String> {
+    use aiec::launch::{aiec_bwd_dv_dw, aiec_fwd_logits, DeviceLimits, Projection};
+    let arch = aiec::nvrtc::Arch { major: 9, minor: 0 };
+    let limits = DeviceLimits {
+        projection: Projection::Tf32x3,
+        gemm_tile: tile,
+        ..DeviceLimits::new(SMS as u32, arch)
+    };
+    let shape = preset_shape(p);
+    let plan = match kernel {
+        "aiec_fwd_logits" => aiec_fwd_logits(&shape, Default::default(), limits),
+        "aiec_bwd_dv_dw" => aiec_bwd_dv_dw(&shape, Default::default(), limits),
+        _ => None,
+    };
+    plan.map(|plan| plan.kernel)
+}
+
 /// Seconds the SM's issue slots and shared memory need for `cst` at preset `p`
 /// with activations of `dt` (`f32`, `bf16`), from the SASS report's rates: the
-/// default 3xTF32 path for the projection (three `mma` per TF32 product),
-/// the full-width path of the activation passes. None for the kernels the
-/// report gives no unit of work for (the gate).
-fn sass_bounds(cst: &Cost, p: Preset, dt: &str) -> Option<(f64, f64)> {
+/// default 3xTF32 path for the projection (three `mma` per TF32 product), with
+/// the tile the plans choose at `p` for `tile` ([`gemm_kernel_at`]; the 64-row
+/// kernel's rates where the budgets have none for `_m128` yet), the full-width
+/// path of the activation passes. None for the kernels the report gives no unit
+/// of work for (the gate).
+fn sass_bounds(cst: &Cost, p: Preset, dt: &str, tile: GemmTile) -> Option<(f64, f64)> {
     let (kernel, units) = match cst.kernel {
         "aiec_fwd_logits" | "aiec_bwd_dv_dw" => {
-            (format!("{}_tf32x3", cst.kernel), 3.0 * cst.flops / MMA_FLOPS)
+            (gemm_kernel_at(cst.kernel, p, tile)?, 3.0 * cst.flops / MMA_FLOPS)
         }
         "aiec_fwd_x" | "aiec_bwd_x" => {
             let layout = if p.pool == Pool::AvgHw { "hw" } else { "tokens" };
@@ -401,7 +419,8 @@ fn sass_bounds(cst: &Cost, p: Preset, dt: &str) -> Option<(f64, f64)> {
         }
         _ => return None,
     };
-    let (instr, wavefronts, elements) = sass_rates(&kernel)?;
+    let rows64 = kernel.strip_suffix("_m128").unwrap_or(&kernel);
+    let (instr, wavefronts, elements) = sass_rates(&kernel).or_else(|| sass_rates(rows64))?;
     // A pass's unit is a trip of its loop: `elements` per thread, 32 threads per warp instruction.
     let trips = if cst.gemm { units } else { units / (32.0 * elements) };
     Some((trips * instr / ISSUE_PER_S, trips * wavefronts / WAVEFRONTS_PER_S))
@@ -416,18 +435,17 @@ struct Cost {
     gemm: bool,
 }
 
+/// The kernels' shape at preset `p` (no update step).
+fn preset_shape(p: Preset) -> aiec::params::AiecShape {
+    let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool).expect("preset");
+    aiec::params::AiecShape::new(&cfg.plan_input(&p.dims()).expect("preset"), p.classes, 0.0, false)
+}
+
 /// The kernels of a training step at preset `p` with activations of `size` bytes.
 fn costs(p: Preset, size: usize) -> Vec<Cost> {
     let (b, c, k, n, s) =
         (p.batch as f64, p.channels as f64, p.classes as f64, p.elements() as f64, size as f64);
-    let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool).expect("preset");
-    let keep = 4.0
-        * aiec::layout::keep_words(&aiec::params::AiecShape::new(
-            &cfg.plan_input(&p.dims()).expect("preset"),
-            p.classes,
-            0.0,
-            false,
-        )) as f64;
+    let keep = 4.0 * aiec::layout::keep_words(&preset_shape(p)) as f64;
     vec![
         // x read, y written, keep bits, v
         Cost { kernel: "aiec_fwd_x", bytes: 2.0 * n * s + keep + 4.0 * b * c, flops: n, gemm: false },
@@ -465,13 +483,17 @@ fn costs(p: Preset, size: usize) -> Vec<Cost> {
 }
 
 /// Prints the cost model (a model, not a measurement) at every preset, with
-/// the measured µs beside it where `measured` has them; returns JSON rows.
-fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)]) -> Vec<String> {
+/// the measured µs beside it where `measured` has them, the projection GEMMs'
+/// rates those of the tile the plans choose for `tile`; returns JSON rows.
+fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], tile: GemmTile) -> Vec<String> {
     println!(
         "\nCOST MODEL (a model, not a measurement): per kernel the least bytes and FLOPs, the time they imply"
     );
     println!(
-        "at the ceilings, and the bound of the default path (3xTF32 for the projection: 3 TF32 products)."
+        "at the ceilings, and the bound of the default path (3xTF32 for the projection: 3 TF32 products;"
+    );
+    println!(
+        "its issue and smem rates those of the tile the plans choose at 132 SMs for --gemm-tile {tile:?})."
     );
     println!("ceilings: {}", ceil.source);
     println!(
@@ -509,7 +531,7 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)]) -> 
                         cst.flops / (ceil.tf32_tflops * 1e12),
                     );
                     let compute = if cst.gemm { x3 } else { f32t };
-                    let sass = sass_bounds(&cst, p, dt);
+                    let sass = sass_bounds(&cst, p, dt, tile);
                     let (issue, smem) = sass.unwrap_or((0.0, 0.0));
                     let (model, bound) =
                         [(mem, "memory"), (compute, "compute"), (issue, "issue"), (smem, "smem")]
@@ -913,10 +935,39 @@ fn nvrtc_times() {
     );
 }
 
+/// The options, for `--help` and for a bad one.
+const USAGE: &str = "usage: cargo run --release --example bench [-- OPTIONS]
+  --quick            fewer iterations (5 instead of 20; 10 launches per kernel instead of 50)
+  --json FILE        also write the rows as JSON to FILE
+  --model-only       print the cost model alone (no device, no timing)
+  --gemm-tile TILE   the tensor-core projection GEMMs' block tile (Device::set_gemm_tile):
+                     auto (the default: the plans decide), 64 or 128 rows
+  --help             print this";
+
+/// The `--gemm-tile` option: `auto` (also when absent), `64` or `128`.
+fn gemm_tile_arg() -> Result<GemmTile, String> {
+    let Some(i) = std::env::args().position(|a| a == "--gemm-tile") else { return Ok(GemmTile::Auto) };
+    match std::env::args().nth(i + 1).as_deref() {
+        Some("auto") => Ok(GemmTile::Auto),
+        Some("64") => Ok(GemmTile::Rows64),
+        Some("128") => Ok(GemmTile::Rows128),
+        Some(other) => Err(format!("--gemm-tile takes auto, 64 or 128, not {other:?}")),
+        None => Err("--gemm-tile takes auto, 64 or 128".into()),
+    }
+}
+
 fn main() -> aiec::Result<()> {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let gemm_tile = gemm_tile_arg().unwrap_or_else(|e| {
+        eprintln!("bench: {e}\n{USAGE}");
+        std::process::exit(2)
+    });
     if std::env::args().any(|a| a == "--model-only") {
         // The cost model alone, at the published ceilings: no timing, no device.
-        print_cost_model(&Ceilings::h200_published(), &[]);
+        print_cost_model(&Ceilings::h200_published(), &[], gemm_tile);
         return Ok(());
     }
     let quick = std::env::args().any(|a| a == "--quick");
@@ -933,6 +984,7 @@ fn main() -> aiec::Result<()> {
     }
     let mut modelled = false;
     for dev in &devices {
+        dev.set_gemm_tile(gemm_tile);
         let mut measured: Vec<(&str, &str, KernelTimes)> = Vec::new();
         let (presets, copy_bytes): (Vec<Preset>, usize) = match dev.kind() {
             DeviceKind::Cuda => (PRESETS.to_vec(), 1 << 30),
@@ -950,8 +1002,10 @@ fn main() -> aiec::Result<()> {
         json.extend(rows.iter().map(|r| r.json(copy)));
         let reps = if quick { 10 } else { 50 };
         println!("\neach kernel of a step alone, µs per launch ({reps} back-to-back launches; activation passes in GB/s):");
-        let path = format!("{:?}", dev.projection());
-        println!("(logits and dv_dw on the device's projection path, {path}, and on the f32 SIMT path)");
+        let (path, tile) = (format!("{:?}", dev.projection()), format!("{:?}", dev.gemm_tile()));
+        println!(
+            "(logits and dv_dw on the device's projection path, {path}, GEMM tile {tile}, and on the f32 SIMT path)"
+        );
         println!(
             "{:<13} {:<5} {:>9} {:>9} {:>7} {:>9} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
             "preset",
@@ -997,7 +1051,7 @@ fn main() -> aiec::Result<()> {
                     100.0 * b / copy
                 );
                 json.push(format!(
-                    "  {{\"impl\": \"aiec-pass\", \"backend\": \"{}\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"fwd_x_GBps\": {f:.1}, \"bwd_x_GBps\": {b:.1}, \"copy_GBps\": {copy:.1}, \"fwd_x_us\": {:.2}, \"logits_us\": {:.2}, \"softmax_us\": {:.2}, \"gate_us\": {:.2}, \"dv_dw_us\": {:.2}, \"bwd_x_us\": {:.2}, \"projection\": \"{path}\", \"logits_f32_us\": {:.2}, \"dv_dw_f32_us\": {:.2}}}",
+                    "  {{\"impl\": \"aiec-pass\", \"backend\": \"{}\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"fwd_x_GBps\": {f:.1}, \"bwd_x_GBps\": {b:.1}, \"copy_GBps\": {copy:.1}, \"fwd_x_us\": {:.2}, \"logits_us\": {:.2}, \"softmax_us\": {:.2}, \"gate_us\": {:.2}, \"dv_dw_us\": {:.2}, \"bwd_x_us\": {:.2}, \"projection\": \"{path}\", \"gemm_tile\": \"{tile}\", \"logits_f32_us\": {:.2}, \"dv_dw_f32_us\": {:.2}}}",
                     dev.label(),
                     p.name,
                     t.fwd_x * 1e6,
@@ -1014,7 +1068,7 @@ fn main() -> aiec::Result<()> {
         }
         if dev.kind() == DeviceKind::Cuda {
             let ceilings = cublas_section(dev, &measured, copy, reps);
-            json.extend(print_cost_model(&ceilings, &measured));
+            json.extend(print_cost_model(&ceilings, &measured, gemm_tile));
             modelled = true;
         }
     }
@@ -1026,7 +1080,7 @@ fn main() -> aiec::Result<()> {
             not_loadable("cublas")
         };
         println!("\ncublas: not measured here: no CUDA device; {lib}");
-        json.extend(print_cost_model(&Ceilings::h200_published(), &[]));
+        json.extend(print_cost_model(&Ceilings::h200_published(), &[], gemm_tile));
     }
 
     println!("\ncpu reference (plain loops, one thread; a floor, not a target):");

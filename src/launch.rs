@@ -110,6 +110,21 @@ pub fn tensor_cores(arch: Arch) -> bool {
     arch >= Arch { major: 8, minor: 0 }
 }
 
+/// The rows of the tensor-core projection GEMMs' block tile (`aiec_fwd_logits*`, `aiec_bwd_dv_dw*` on
+/// [`Projection::Tf32x3`] and [`Projection::Tf32`]): 64 rows x 64 columns, or 128 x 64 (the `_m128` entry
+/// points; same 128 threads, same arguments). The SIMT path ([`Projection::F32`]) always uses 64 rows,
+/// whatever is asked. [`gemm_rows`] turns the choice into the rows a plan launches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum GemmTile {
+    /// 128 rows where they cost no waves, else 64 ([`gemm_rows`]). The default.
+    #[default]
+    Auto = 0,
+    /// Always 64 rows (`GEMM_TILE x GEMM_TILE`).
+    Rows64 = 1,
+    /// Always 128 rows on the tensor-core paths (the `_m128` entry points).
+    Rows128 = 2,
+}
+
 /// What a plan needs to know about the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceLimits {
@@ -123,12 +138,16 @@ pub struct DeviceLimits {
     /// [`DeviceLimits::projection`], which never hands a tensor-core path to a
     /// device without them.
     pub projection: Projection,
+    /// The tensor-core GEMMs' block tile the device asks for ([`GemmTile::Auto`],
+    /// or what `Device::set_gemm_tile` chose); plans use [`gemm_rows`].
+    pub gemm_tile: GemmTile,
 }
 
 impl DeviceLimits {
-    /// The limits of a device with `sm_count` SMs of `arch`, with its default projection.
+    /// The limits of a device with `sm_count` SMs of `arch`, with its default
+    /// projection and [`GemmTile::Auto`].
     pub fn new(sm_count: u32, arch: Arch) -> DeviceLimits {
-        DeviceLimits { sm_count, arch, projection: Projection::default_for(arch) }
+        DeviceLimits { sm_count, arch, projection: Projection::default_for(arch), gemm_tile: GemmTile::Auto }
     }
 
     /// The projection path the plans launch: the requested one, or
@@ -231,18 +250,75 @@ fn convert(op: &str, dtype: DType, n: u64, x: u64, y: u64, limits: DeviceLimits)
 pub const AIEC_BLOCK: u32 = 256;
 /// Threads per block of the projection GEMMs (`aiec_fwd_logits*`, `aiec_bwd_dv_dw*`).
 pub const GEMM_BLOCK: u32 = 128;
-/// The projection GEMMs' block tile: `GEMM_TILE x GEMM_TILE` outputs (`kernels/aiec_gemm.cuh`).
+/// The projection GEMMs' block tile: `GEMM_TILE x GEMM_TILE` outputs (`kernels/aiec_gemm.cuh`); the
+/// columns of every tile, and the rows of the 64-row one.
 pub const GEMM_TILE: u64 = 64;
-/// Samples per `aiec_fwd_logits` sample group (grid.y).
+/// Rows of the tensor-core GEMMs' tall block tile (`GEMM_TILE_M128 x GEMM_TILE` outputs), the
+/// `_m128` entry points ([`GemmTile::Rows128`]).
+pub const GEMM_TILE_M128: u64 = 128;
+/// Resident blocks per SM of the tensor-core projection GEMMs: the wave [`gemm_rows`] counts in.
+pub const GEMM_BLOCKS_PER_SM: u64 = 2;
+/// Samples per `aiec_fwd_softmax` counting group (the samples one counting item adds up;
+/// [`logits_groups`]), whatever tile `aiec_fwd_logits` ran with.
 pub const LOGITS_SAMPLES: u64 = GEMM_TILE;
-/// Classes per `aiec_fwd_logits` class tile (grid.x).
+/// Classes per `aiec_fwd_logits` class tile (grid.x), whatever the tile's rows.
 pub const LOGITS_CLASSES: u64 = GEMM_TILE;
 /// Bytes of one row's softmax statistics over one class tile (`AiecRowPart`).
 pub const ROW_PART_BYTES: usize = 16;
 
-/// Sample groups of `aiec_fwd_logits` (grid.y), counted by `aiec_fwd_softmax` a group at a time.
+/// Counting groups of `aiec_fwd_softmax`, [`LOGITS_SAMPLES`] samples each.
 pub fn logits_groups(shape: &AiecShape) -> usize {
     shape.batch.div_ceil(LOGITS_SAMPLES) as usize
+}
+
+/// The rows of the projection GEMMs' block tile a plan launches with, given the blocks (tiles of
+/// work) the launch would have with the 64-row tile (`tiles64`) and with the 128-row one
+/// (`tiles128`): 64 on [`Projection::F32`] (the SIMT kernels have no 128-row tile), 64 or 128 as
+/// [`GemmTile::Rows64`] / [`GemmTile::Rows128`] ask, and for [`GemmTile::Auto`] 128 iff
+/// `2 * waves(tiles128) <= waves(tiles64)`, with `waves(t) = ceil(t / (GEMM_BLOCKS_PER_SM *
+/// sm_count))` (one SM where none is reported). A 128-row block does twice a 64-row block's work,
+/// so its waves last about twice as long: it is taken only where it does not cost waves, as on a
+/// large batch; a small grid that fits one wave either way keeps the 64-row tile's parallelism.
+/// Ties go to 128 rows, which issue fewer instructions and shared-memory wavefronts per `mma`.
+pub fn gemm_rows(limits: &DeviceLimits, tiles64: u64, tiles128: u64) -> u64 {
+    if limits.projection() == Projection::F32 {
+        return GEMM_TILE;
+    }
+    match limits.gemm_tile {
+        GemmTile::Rows64 => GEMM_TILE,
+        GemmTile::Rows128 => GEMM_TILE_M128,
+        GemmTile::Auto => {
+            let wave = limits.sm_count.max(1) as u64 * GEMM_BLOCKS_PER_SM;
+            let waves = |tiles: u64| tiles.div_ceil(wave);
+            if 2 * waves(tiles128) <= waves(tiles64) {
+                GEMM_TILE_M128
+            } else {
+                GEMM_TILE
+            }
+        }
+    }
+}
+
+/// A projection GEMM's entry point: `base`, the projection's suffix, and `_m128` for 128 rows.
+fn gemm_kernel(base: &str, limits: &DeviceLimits, rows: u64) -> String {
+    let tall = if rows == GEMM_TILE_M128 { "_m128" } else { "" };
+    format!("{base}{}{tall}", limits.projection().suffix())
+}
+
+/// The rows `aiec_fwd_logits` runs with ([`gemm_rows`] over its class tiles x sample groups).
+pub fn logits_rows(shape: &AiecShape, limits: &DeviceLimits) -> u64 {
+    let tiles = logits_tiles(shape) as u64;
+    gemm_rows(limits, tiles * shape.batch.div_ceil(GEMM_TILE), tiles * shape.batch.div_ceil(GEMM_TILE_M128))
+}
+
+/// Blocks of `aiec_bwd_dv_dw` with `rows`-row tiles: the tiles of `dv [B, C]`, then of `dW [K, C]`.
+fn dv_dw_tiles(shape: &AiecShape, rows: u64) -> u64 {
+    (shape.batch.div_ceil(rows) + shape.classes.div_ceil(rows)) * shape.channels.div_ceil(GEMM_TILE)
+}
+
+/// The rows `aiec_bwd_dv_dw` runs with ([`gemm_rows`] over its tiles of `dv` and `dW`).
+pub fn dv_dw_rows(shape: &AiecShape, limits: &DeviceLimits) -> u64 {
+    gemm_rows(limits, dv_dw_tiles(shape, GEMM_TILE), dv_dw_tiles(shape, GEMM_TILE_M128))
 }
 
 /// Class tiles of `aiec_fwd_logits`: each row has one `AiecRowPart` per tile.
@@ -378,19 +454,21 @@ pub struct FwdLogitsArgs {
     pub part: u64,
 }
 
-/// Launch 2: `aiec_fwd_logits{suffix}(v, w, logits, part, shape)`, the entry point of the device's
-/// [`Projection`]: the logits and each class tile's per-row softmax statistics ([`aiec_fwd_softmax`]
-/// finishes the rows).
+/// Launch 2: `aiec_fwd_logits{suffix}[_m128](v, w, logits, part, shape)`, the entry point of the
+/// device's [`Projection`] and of the rows [`logits_rows`] chooses: the logits and each class tile's
+/// per-row softmax statistics ([`aiec_fwd_softmax`] finishes the rows). Grid: [`logits_tiles`] class
+/// tiles x `ceil(B / rows)` sample groups (at most 65535; the kernel loops beyond), 128 threads.
 pub fn aiec_fwd_logits(shape: &AiecShape, a: FwdLogitsArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
     let FwdLogitsArgs { v, w, logits, part } = a;
     let args = [v, w, logits, part].into_iter().map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
+    let rows = logits_rows(shape, &limits);
     (shape.batch > 0).then(|| LaunchPlan {
         module: Module::all("aiec_fwd_logits.cu"),
-        kernel: format!("aiec_fwd_logits{}", limits.projection().suffix()),
+        kernel: gemm_kernel("aiec_fwd_logits", &limits, rows),
         // Class tiles fastest: a sample group's tiles are neighbours in the launch order.
         grid: [
             logits_tiles(shape).min((1 << 31) - 1) as u32,
-            logits_groups(shape).clamp(1, 65_535) as u32,
+            shape.batch.div_ceil(rows).clamp(1, 65_535) as u32,
             1,
         ],
         block: [GEMM_BLOCK, 1, 1],
@@ -403,12 +481,13 @@ pub fn aiec_fwd_logits(shape: &AiecShape, a: FwdLogitsArgs, limits: DeviceLimits
 pub const SOFTMAX_BLOCK: u32 = 128;
 /// Rows per `aiec_fwd_softmax` row item (a warp each).
 pub const SOFTMAX_ROWS: u64 = 4;
-/// Channels per `aiec_fwd_softmax` counting item (a thread each), of one sample group of [`LOGITS_SAMPLES`].
+/// Channels per `aiec_fwd_softmax` counting item (a thread each), of one counting group of [`LOGITS_SAMPLES`]
+/// samples ([`logits_groups`]).
 pub const SOFTMAX_CHANNELS: u64 = 128;
 /// Resident blocks per SM `aiec_fwd_softmax`'s launch bounds promise: its grid is at most one wave of those.
 pub const SOFTMAX_BLOCKS_PER_SM: u32 = 8;
 
-/// Work items of `aiec_fwd_softmax`: the counting items (sample group x channel chunk, at least one chunk: the
+/// Work items of `aiec_fwd_softmax`: the counting items (counting group x channel chunk, at least one chunk: the
 /// first adds the group's `total`), then the row items.
 pub fn softmax_items(shape: &AiecShape) -> u64 {
     logits_groups(shape) as u64 * shape.channels.div_ceil(SOFTMAX_CHANNELS).max(1)
@@ -573,21 +652,21 @@ pub struct BwdDvDwArgs {
     pub dw: u64,
 }
 
-/// Backward launch 1: `aiec_bwd_dv_dw{suffix}(v, w, g, mask, losses, row_scale, dv, dw, shape)`,
-/// the entry point of the device's [`Projection`]; runs for `B = 0` too (it
-/// writes, or with [`crate::params::FLAG_ACCUMULATE_DW`] keeps, `dW`). One 64 x
-/// 64 tile of `dv` or `dW` per block.
+/// Backward launch 1: `aiec_bwd_dv_dw{suffix}[_m128](v, w, g, mask, losses, row_scale, dv, dw, shape)`,
+/// the entry point of the device's [`Projection`] and of the rows [`dv_dw_rows`] chooses; runs for
+/// `B = 0` too (it writes, or with [`crate::params::FLAG_ACCUMULATE_DW`] keeps, `dW`). One `rows x 64`
+/// tile of `dv` or `dW` per block: `(ceil(B / rows) + ceil(K / rows)) * ceil(C / 64)` blocks of 128 threads.
 pub fn aiec_bwd_dv_dw(shape: &AiecShape, a: BwdDvDwArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
     let BwdDvDwArgs { v, w, g, mask, losses, row_scale, dv, dw } = a;
-    let ct = shape.channels.div_ceil(GEMM_TILE);
-    let grid = (shape.batch.div_ceil(GEMM_TILE) + shape.classes.div_ceil(GEMM_TILE)) * ct;
+    let rows = dv_dw_rows(shape, &limits);
+    let grid = dv_dw_tiles(shape, rows);
     let args = [v, w, g, mask, losses, row_scale, dv, dw]
         .into_iter()
         .map(KernelArg::Ptr)
         .chain([KernelArg::structure(shape)]);
     (grid > 0).then(|| LaunchPlan {
         module: Module::all("aiec_bwd_dv_dw.cu"),
-        kernel: format!("aiec_bwd_dv_dw{}", limits.projection().suffix()),
+        kernel: gemm_kernel("aiec_bwd_dv_dw", &limits, rows),
         grid: [grid.min((1 << 31) - 1) as u32, 1, 1],
         block: [GEMM_BLOCK, 1, 1],
         shared_bytes: 0,
@@ -684,10 +763,18 @@ mod tests {
     use super::*;
     use crate::layout::test_shape as shape;
 
-    const H200: DeviceLimits =
-        DeviceLimits { sm_count: 132, arch: Arch { major: 9, minor: 0 }, projection: Projection::Tf32x3 };
-    const T4: DeviceLimits =
-        DeviceLimits { sm_count: 40, arch: Arch { major: 7, minor: 5 }, projection: Projection::F32 };
+    const H200: DeviceLimits = DeviceLimits {
+        sm_count: 132,
+        arch: Arch { major: 9, minor: 0 },
+        projection: Projection::Tf32x3,
+        gemm_tile: GemmTile::Auto,
+    };
+    const T4: DeviceLimits = DeviceLimits {
+        sm_count: 40,
+        arch: Arch { major: 7, minor: 5 },
+        projection: Projection::F32,
+        gemm_tile: GemmTile::Auto,
+    };
 
     #[test]
     fn elementwise_grid_covers_small_inputs_and_caps_large_ones() {
@@ -823,7 +910,7 @@ mod tests {
             aiec_fwd_logits(&s, FwdLogitsArgs::default(), tf32).unwrap().kernel,
             "aiec_fwd_logits_tf32"
         );
-        // The rows: 4 sample groups x 24 chunks of 128 channels counting, then 64 items of 4 rows; one block each.
+        // The rows: 4 counting groups x 24 chunks of 128 channels counting, then 64 items of 4 rows; one block each.
         let r = aiec_fwd_softmax(&s, sa(), H200).unwrap();
         assert_eq!(softmax_items(&s), 4 * 24 + 64);
         assert_eq!(
@@ -866,9 +953,15 @@ mod tests {
     #[test]
     fn fused_backward_plans_follow_the_kernel_geometry() {
         let s = shape(Pool::AvgToken, 256, 197, 3072, 1000);
-        let p = aiec_bwd_dv_dw(&s, dva(), H200).unwrap();
+        let rows64 = DeviceLimits { gemm_tile: GemmTile::Rows64, ..H200 };
+        let p = aiec_bwd_dv_dw(&s, dva(), rows64).unwrap();
         assert_eq!(p.grid, [(4 + 16) * 48, 1, 1], "64 x 64 tiles of dv [256, 3072] and dW [1000, 3072]");
         assert_eq!((p.kernel.as_str(), p.block), ("aiec_bwd_dv_dw_tf32x3", [128, 1, 1]));
+        // Auto: 960 blocks of 64 rows are 4 waves of 264, 480 of 128 rows 2: the 128-row tile costs none.
+        let tall = aiec_bwd_dv_dw(&s, dva(), H200).unwrap();
+        assert_eq!(tall.grid, [(2 + 8) * 48, 1, 1], "128 x 64 tiles of dv and dW");
+        assert_eq!((tall.kernel.as_str(), tall.block), ("aiec_bwd_dv_dw_tf32x3_m128", [128, 1, 1]));
+        assert_eq!(tall.args, p.args, "the same arguments");
         assert_eq!(aiec_bwd_dv_dw(&s, BwdDvDwArgs::default(), T4).unwrap().kernel, "aiec_bwd_dv_dw");
         assert_eq!(p.args.len(), 9);
         assert_eq!(p.args[5], KernelArg::Ptr(6), "row_scale after losses");
@@ -887,6 +980,71 @@ mod tests {
             (Module::all("aiec_loss.cu"), "aiec_loss_count", [1, 1, 1])
         );
         assert_eq!(c.block, [block_threads(&c.kernel), 1, 1]);
+    }
+
+    #[test]
+    fn gemm_rows_take_128_only_where_they_cost_no_waves() {
+        let la = FwdLogitsArgs::default;
+        let da = BwdDvDwArgs::default;
+        // ViT-B logits: 16 class tiles x 4 groups of 64 = 64 blocks, or x 2 of 128 = 32: one wave of
+        // 2 x 132 either way, so 128 rows would double the wave's length: 64 rows.
+        let vit = shape(Pool::Token, 256, 197, 3072, 1000);
+        assert_eq!(gemm_rows(&H200, 64, 32), 64);
+        assert_eq!(logits_rows(&vit, &H200), 64);
+        let l = aiec_fwd_logits(&vit, la(), H200).unwrap();
+        assert_eq!((l.kernel.as_str(), l.grid), ("aiec_fwd_logits_tf32x3", [16, 4, 1]));
+        // MLP logits: 16 x 64 = 1024 blocks (4 waves) or 16 x 32 = 512 (2 waves): a tie, 128 rows.
+        let mlp = shape(Pool::None, 4096, 1, 4096, 1000);
+        assert_eq!(logits_rows(&mlp, &H200), 128);
+        let l = aiec_fwd_logits(&mlp, la(), H200).unwrap();
+        assert_eq!(
+            (l.kernel.as_str(), l.grid, l.block),
+            ("aiec_fwd_logits_tf32x3_m128", [16, 32, 1], [128, 1, 1])
+        );
+        assert_eq!((l.shared_bytes, l.args.len()), (0, 5));
+        assert_eq!(logits_groups(&mlp), 64, "the softmax keeps its counting groups of 64");
+        // Forced tiles obey, on both tensor-core paths.
+        for projection in [Projection::Tf32x3, Projection::Tf32] {
+            let suffix = projection.suffix();
+            let r64 = DeviceLimits { projection, gemm_tile: GemmTile::Rows64, ..H200 };
+            let r128 = DeviceLimits { projection, gemm_tile: GemmTile::Rows128, ..H200 };
+            let l = aiec_fwd_logits(&mlp, la(), r64).unwrap();
+            assert_eq!((l.kernel, l.grid), (format!("aiec_fwd_logits{suffix}"), [16, 64, 1]));
+            let l = aiec_fwd_logits(&vit, la(), r128).unwrap();
+            assert_eq!((l.kernel, l.grid), (format!("aiec_fwd_logits{suffix}_m128"), [16, 2, 1]));
+            let d = aiec_bwd_dv_dw(&mlp, da(), r64).unwrap();
+            assert_eq!((d.kernel, d.grid), (format!("aiec_bwd_dv_dw{suffix}"), [(64 + 16) * 64, 1, 1]));
+            let d = aiec_bwd_dv_dw(&mlp, da(), r128).unwrap();
+            assert_eq!((d.kernel, d.grid), (format!("aiec_bwd_dv_dw{suffix}_m128"), [(32 + 8) * 64, 1, 1]));
+            // Ragged: B = 9, K = 10, C = 70: one row tile each, two column tiles.
+            let few = shape(Pool::None, 9, 1, 70, 10);
+            assert_eq!(aiec_fwd_logits(&few, la(), r128).unwrap().grid, [1, 1, 1]);
+            assert_eq!(aiec_bwd_dv_dw(&few, da(), r128).unwrap().grid, [(1 + 1) * 2, 1, 1]);
+            // Beyond the grid limit the sample groups loop in the kernel either way.
+            let tall = shape(Pool::None, 1 << 30, 1, 1, 1);
+            assert_eq!(aiec_fwd_logits(&tall, la(), r128).unwrap().grid, [1, 65_535, 1]);
+        }
+        // The SIMT path has no 128-row tile, whatever is asked; nor has sm_75.
+        for gemm_tile in [GemmTile::Auto, GemmTile::Rows64, GemmTile::Rows128] {
+            let f32 = DeviceLimits { projection: Projection::F32, gemm_tile, ..H200 };
+            assert_eq!(gemm_rows(&f32, 1 << 20, 1), 64);
+            let l = aiec_fwd_logits(&mlp, la(), f32).unwrap();
+            assert_eq!((l.kernel.as_str(), l.grid), ("aiec_fwd_logits", [16, 64, 1]));
+            let d = aiec_bwd_dv_dw(&mlp, da(), f32).unwrap();
+            assert_eq!((d.kernel.as_str(), d.grid), ("aiec_bwd_dv_dw", [(64 + 16) * 64, 1, 1]));
+            let t4 = DeviceLimits { projection: Projection::Tf32x3, gemm_tile, ..T4 };
+            assert_eq!(aiec_bwd_dv_dw(&mlp, da(), t4).unwrap().kernel, "aiec_bwd_dv_dw");
+        }
+        // Auto's rule: 128 rows iff twice their waves are at most the 64-row tile's.
+        assert_eq!(gemm_rows(&H200, 264, 132), 64, "1 wave vs 1");
+        assert_eq!(gemm_rows(&H200, 529, 265), 64, "3 waves vs 2");
+        assert_eq!(gemm_rows(&H200, 529, 264), 128, "3 waves vs 1");
+        assert_eq!(gemm_rows(&H200, 528, 264), 128, "2 waves vs 1: a tie");
+        // No SMs reported: a wave of 2 blocks, no division by zero.
+        let none = DeviceLimits { sm_count: 0, ..H200 };
+        assert_eq!((gemm_rows(&none, 4, 2), gemm_rows(&none, 2, 2)), (128, 64));
+        assert_eq!(DeviceLimits::new(132, H200.arch).gemm_tile, GemmTile::Auto);
+        assert_eq!(GemmTile::default(), GemmTile::Auto);
     }
 
     #[test]

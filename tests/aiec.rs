@@ -9,7 +9,7 @@ use aiec::cpu::gradcheck::{random_case, CaseShape};
 use aiec::cpu::LossCoefs;
 use aiec::gpu::{self, GpuCounters, GpuLayer};
 use aiec::init::SplitMix64;
-use aiec::launch::Projection;
+use aiec::launch::{GemmTile, Projection};
 use aiec::{AiecConfig, AiecError, Buffer, Counters, DType, Device, DeviceStats, Element, Pool, Tensor};
 use common::compare::tolerance;
 use common::devices::devices;
@@ -23,31 +23,60 @@ const TIE_MARGIN: f64 = 1e-4;
 /// f32 tolerance): their argmax may flip with the summation order (golden README).
 const TIE_MARGIN_F32: f64 = 1e-5;
 
+/// A projection path and the tile of its GEMMs, set on a device in turn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Path {
+    projection: Projection,
+    tile: GemmTile,
+}
+
+impl Path {
+    /// Sets this path's projection and tile on `dev`.
+    fn set(self, dev: &Device) {
+        dev.set_projection(self.projection).unwrap();
+        dev.set_gemm_tile(self.tile);
+    }
+
+    /// `f32-simt`, `3xtf32/m64`, `tf32/m128`, ... for the test output.
+    fn name(self) -> String {
+        let projection = match self.projection {
+            Projection::F32 => "f32-simt",
+            Projection::Tf32x3 => "3xtf32",
+            Projection::Tf32 => "tf32",
+        };
+        match self.tile {
+            GemmTile::Auto => projection.to_string(),
+            GemmTile::Rows64 => format!("{projection}/m64"),
+            GemmTile::Rows128 => format!("{projection}/m128"),
+        }
+    }
+}
+
 /// The projection paths `dev` runs (f32 everywhere, 3xTF32 with tensor cores:
-/// the simulator, sm_80 and later), each set on the device in turn.
-fn paths(dev: &Device) -> Vec<Projection> {
-    let mut v = vec![Projection::F32];
+/// the simulator, sm_80 and later), the tensor-core ones with both tiles.
+fn paths(dev: &Device) -> Vec<Path> {
+    paths_with_tf32(dev).into_iter().filter(|p| p.projection != Projection::Tf32).collect()
+}
+
+/// [`paths`] and, with tensor cores, the opt-in plain TF32 path too: the SIMT
+/// path with its one tile (64 rows, whatever is asked), each tensor-core path
+/// with the 64-row and the 128-row tile.
+fn paths_with_tf32(dev: &Device) -> Vec<Path> {
+    let mut v = vec![Path { projection: Projection::F32, tile: GemmTile::Auto }];
     if aiec::launch::tensor_cores(dev.limits().arch) {
-        v.push(Projection::Tf32x3);
+        for projection in [Projection::Tf32x3, Projection::Tf32] {
+            for tile in [GemmTile::Rows64, GemmTile::Rows128] {
+                v.push(Path { projection, tile });
+            }
+        }
     }
     v
 }
 
-/// [`paths`] and, with tensor cores, the opt-in plain TF32 path too.
-fn paths_with_tf32(dev: &Device) -> Vec<Projection> {
-    let mut v = paths(dev);
-    if v.contains(&Projection::Tf32x3) {
-        v.push(Projection::Tf32);
-    }
-    v
-}
-
-fn path_name(p: Projection) -> &'static str {
-    match p {
-        Projection::F32 => "f32-simt",
-        Projection::Tf32x3 => "3xtf32",
-        Projection::Tf32 => "tf32",
-    }
+/// Back to the device's defaults: its arch's projection, [`GemmTile::Auto`].
+fn reset_path(dev: &Device) {
+    dev.set_projection(Projection::default_for(dev.limits().arch)).unwrap();
+    dev.set_gemm_tile(GemmTile::Auto);
 }
 
 /// Judges `T` results on `dev` against the CPU reference in f32 run on the
@@ -76,7 +105,7 @@ fn golden_cases_on_every_device_and_precision() {
             // f32 on every projection path, against the float64 expected values at 1e-5,
             // counters and masks exact except for near-tied samples (golden README).
             for path in paths(&dev) {
-                dev.set_projection(path).unwrap();
+                path.set(&dev);
                 let (mut passed, mut skipped, mut err) = (0, 0, Errors::default());
                 for case in &cases {
                     let r = run_gpu::<f32>(&dev, case).and_then(|got| {
@@ -88,13 +117,13 @@ fn golden_cases_on_every_device_and_precision() {
                             skipped += s;
                             err.merge(&e);
                         }
-                        Err(msg) => println!("  FAILED {} ({}): {msg}", case.name, path_name(path)),
+                        Err(msg) => println!("  FAILED {} ({}): {msg}", case.name, path.name()),
                     }
                 }
                 println!(
                     "golden {backend}-f32 [{}]: {passed}/{} cases passed ({label}; {skipped} near-tied samples skipped; \
                      max relative error vs float64: logits {:.1e}, dx {:.1e}, dW {:.1e}, v {:.1e}, losses {:.1e})",
-                    path_name(path),
+                    path.name(),
                     cases.len(),
                     err.logits,
                     err.dx,
@@ -103,10 +132,10 @@ fn golden_cases_on_every_device_and_precision() {
                     err.losses
                 );
                 if passed != cases.len() {
-                    failed.push(format!("{backend}-f32 {} {label}", path_name(path)));
+                    failed.push(format!("{backend}-f32 {} {label}", path.name()));
                 }
             }
-            dev.set_projection(Projection::default_for(dev.limits().arch)).unwrap();
+            reset_path(&dev);
             for (precision, run) in [
                 ("f16", run_reduced::<f16> as fn(&Device, &GoldenCase, f64) -> _),
                 ("bf16", run_reduced::<bf16>),
@@ -191,7 +220,7 @@ fn random_shapes_match_the_cpu_reference() {
     let suite = random_suite();
     for dev in devices() {
         for path in paths(&dev) {
-            dev.set_projection(path).unwrap();
+            path.set(&dev);
             let (mut passed, mut skipped) = (0, 0);
             let mut failures = Vec::new();
             for (i, c) in suite.iter().enumerate() {
@@ -214,7 +243,7 @@ fn random_shapes_match_the_cpu_reference() {
             println!(
                 "random {} [{}]: {passed}/{} cases passed ({skipped} near-tied samples skipped)",
                 dev.label(),
-                path_name(path),
+                path.name(),
                 suite.len()
             );
             for f in failures.iter().take(5) {
@@ -252,7 +281,7 @@ fn resnet_stages_and_odd_channel_counts_match_the_cpu_reference() {
     }
     for dev in devices() {
         for path in paths(&dev) {
-            dev.set_projection(path).unwrap();
+            path.set(&dev);
             let mut failures = Vec::new();
             let mut skipped = 0;
             for c in &shapes {
@@ -270,7 +299,7 @@ fn resnet_stages_and_odd_channel_counts_match_the_cpu_reference() {
             println!(
                 "shapes {} [{}]: {}/{} runs passed ({skipped} near-tied samples skipped)",
                 dev.label(),
-                path_name(path),
+                path.name(),
                 3 * shapes.len() - failures.len(),
                 3 * shapes.len()
             );
@@ -302,12 +331,12 @@ fn infinite_activations_give_f32_results_on_every_path() {
     );
     for dev in devices() {
         for path in paths(&dev) {
-            dev.set_projection(path).unwrap();
+            path.set(&dev);
             let got = run_gpu::<f32>(&dev, &c).unwrap();
             judge_against(&c, &got, &want, tolerance("f32"), TIE_MARGIN_F32)
-                .unwrap_or_else(|m| panic!("{} [{}]: {m}", dev.label(), path_name(path)));
+                .unwrap_or_else(|m| panic!("{} [{}]: {m}", dev.label(), path.name()));
         }
-        dev.set_projection(Projection::default_for(dev.limits().arch)).unwrap();
+        reset_path(&dev);
     }
 }
 
@@ -327,23 +356,24 @@ fn projection_paths_against_a_float64_reference() {
     );
     for dev in devices() {
         for path in paths_with_tf32(&dev) {
-            dev.set_projection(path).unwrap();
+            path.set(&dev);
             let got = run_gpu::<f32>(&dev, &c).unwrap();
             // Plain TF32 keeps 10 mantissa bits of each operand: judged at 5e-3, near ties at 5e-2.
-            let (rtol, margin) = if path == Projection::Tf32 { (5e-3, 5e-2) } else { (1e-5, TIE_MARGIN_F32) };
+            let (rtol, margin) =
+                if path.projection == Projection::Tf32 { (5e-3, 5e-2) } else { (1e-5, TIE_MARGIN_F32) };
             let (e, skipped) = judge_against(&c, &got, &want, rtol, margin)
-                .unwrap_or_else(|m| panic!("{}: {m}", path_name(path)));
+                .unwrap_or_else(|m| panic!("{}: {m}", path.name()));
             println!(
                 "accuracy vs f64, {} [{}]: logits {:.1e}, dx {:.1e}, dW {:.1e}, losses {:.1e} ({skipped} near-tied skipped)",
                 dev.label(),
-                path_name(path),
+                path.name(),
                 e.logits,
                 e.dx,
                 e.dw,
                 e.losses
             );
         }
-        dev.set_projection(Projection::default_for(dev.limits().arch)).unwrap();
+        reset_path(&dev);
     }
 }
 
@@ -375,8 +405,8 @@ fn per_sample_scales_case(b: usize, c: usize, k: usize) {
     let losses = AiecLosses { aux_scale: 1000.0, gate_scale, ..bytemuck::Zeroable::zeroed() };
     for dev in devices() {
         for path in paths_with_tf32(&dev) {
-            dev.set_projection(path).unwrap();
-            let name = format!("{} [{}] B={b} C={c} K={k}", dev.label(), path_name(path));
+            path.set(&dev);
+            let name = format!("{} [{}] B={b} C={c} K={k}", dev.label(), path.name());
             let xt = Tensor::from_slice(&dev, &x, &[b, c]).unwrap();
             let w = Buffer::from_slice(&dev, &w0).unwrap();
             let mut counters = GpuCounters::new(&dev, k, c).unwrap();
@@ -427,11 +457,11 @@ fn per_sample_scales_case(b: usize, c: usize, k: usize) {
                     .fold(0f64, |m, (&a, &e)| m.max((a as f64 - e).abs() / e.abs().max(0.1 * top)))
             };
             let (edv, edw) = (rel(&dv, &want_dv), rel(&dw, &want_dw));
-            let rtol = if path == Projection::Tf32 { 5e-3 } else { 1e-5 };
+            let rtol = if path.projection == Projection::Tf32 { 5e-3 } else { 1e-5 };
             println!("per-sample scales vs f64, {name}: dv {edv:.1e}, dW {edw:.1e}");
             assert!(edv <= rtol && edw <= rtol, "{name}: dv {edv:.1e}, dW {edw:.1e} above {rtol:.0e}");
         }
-        dev.set_projection(Projection::default_for(dev.limits().arch)).unwrap();
+        reset_path(&dev);
     }
 }
 
@@ -454,12 +484,12 @@ fn step_bytes(dev: &Device, c: &GoldenCase) -> Vec<Vec<u8>> {
 #[cfg(feature = "sim")]
 #[test]
 fn results_are_bitwise_identical_across_schedules() {
-    let on = |seed, workers, path| {
+    let on = |seed, workers, path: Path| {
         let d = Device::sim_with(seed, workers);
-        d.set_projection(path).unwrap();
+        path.set(&d);
         d
     };
-    for path in [Projection::Tf32x3, Projection::F32] {
+    for path in paths(&Device::sim_with(0, 1)) {
         for (i, c) in [
             case(11, Pool::AvgToken, 0.0, 13, 72, 10, 17, 2, true),
             case(12, Pool::AvgHw, 0.3, 6, 20, 7, 49, 1, true),
@@ -473,7 +503,8 @@ fn results_are_bitwise_identical_across_schedules() {
             for (seed, workers) in [(1, 1), (2, 4), (3, 2)] {
                 assert!(
                     base == step_bytes(&on(seed, workers, path), c),
-                    "{path:?} case {i}: seed {seed}, workers {workers} differ"
+                    "{} case {i}: seed {seed}, workers {workers} differ",
+                    path.name()
                 );
             }
         }

@@ -302,9 +302,10 @@ fn no_kernel_spills_and_each_fits_its_block() {
     }
 }
 
-/// The projection GEMMs' tensor-core entry points (3xTF32, plain TF32) exist
-/// from sm_80 on and not for sm_75, which the plans never hand them
-/// (`launch::DeviceLimits::projection`): there only the f32 path is compiled.
+/// The projection GEMMs' tensor-core entry points (3xTF32, plain TF32, each with
+/// the 64-row tile and the 128-row `_m128` one) exist from sm_80 on and not for
+/// sm_75, which the plans never hand them (`launch::DeviceLimits::projection`):
+/// there only the f32 path (64 rows only) is compiled.
 #[test]
 fn the_tensor_core_paths_exist_from_sm_80_on() {
     if nvrtc_or_skip().is_none() {
@@ -318,11 +319,14 @@ fn the_tensor_core_paths_exist_from_sm_80_on() {
             };
             let mut want = vec![kernel.to_string()];
             if aiec::launch::tensor_cores(arch) {
-                want.extend([format!("{kernel}_tf32"), format!("{kernel}_tf32x3")]);
+                for path in ["_tf32", "_tf32x3"] {
+                    want.extend([format!("{kernel}{path}"), format!("{kernel}{path}_m128")]);
+                }
             }
             if file == "aiec_fwd_logits.cu" {
                 want.push("aiec_fwd_softmax".to_string()); // not a GEMM: on every arch
             }
+            want.sort(); // as cubin_entries lists them
             assert_eq!(cubin_entries(&cubin), want, "{file} {arch}");
         }
     }

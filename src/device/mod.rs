@@ -24,7 +24,7 @@ use cudarc::driver::{sys, CudaStream};
 
 use crate::dtype::DType;
 use crate::error::{AiecError, Result};
-use crate::launch::{DeviceLimits, LaunchPlan, Projection};
+use crate::launch::{DeviceLimits, GemmTile, LaunchPlan, Projection};
 use crate::params::AiecTargetStatus;
 
 /// Which kind of device.
@@ -93,6 +93,8 @@ struct Inner {
     limits: DeviceLimits,
     /// The projection path the plans use ([`Device::set_projection`]): a [`Projection`] as u8.
     projection: std::sync::atomic::AtomicU8,
+    /// The projection GEMMs' tile the plans ask for ([`Device::set_gemm_tile`]): a [`GemmTile`] as u8.
+    gemm_tile: std::sync::atomic::AtomicU8,
     backend: Backend,
     counts: Counts,
     target_errors: TargetErrors,
@@ -241,6 +243,7 @@ impl Device {
             id: next_id(),
             label,
             projection: std::sync::atomic::AtomicU8::new(limits.projection as u8),
+            gemm_tile: std::sync::atomic::AtomicU8::new(limits.gemm_tile as u8),
             limits,
             backend,
             counts: Counts::default(),
@@ -264,9 +267,9 @@ impl Device {
     }
 
     /// What launch plans need to know about this device, with the projection
-    /// path [`Device::set_projection`] chose.
+    /// path [`Device::set_projection`] and the GEMM tile [`Device::set_gemm_tile`] chose.
     pub fn limits(&self) -> DeviceLimits {
-        DeviceLimits { projection: self.projection(), ..self.0.limits }
+        DeviceLimits { projection: self.projection(), gemm_tile: self.gemm_tile(), ..self.0.limits }
     }
 
     /// The path of the decision projection's products (logits, `dv`, `dW`):
@@ -294,6 +297,24 @@ impl Device {
         }
         self.0.projection.store(projection as u8, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The rows of the tensor-core projection GEMMs' block tile the plans ask for:
+    /// [`GemmTile::Auto`] (the default) unless [`Device::set_gemm_tile`] chose one.
+    pub fn gemm_tile(&self) -> GemmTile {
+        match self.0.gemm_tile.load(Ordering::Relaxed) {
+            1 => GemmTile::Rows64,
+            2 => GemmTile::Rows128,
+            _ => GemmTile::Auto,
+        }
+    }
+
+    /// Chooses the tensor-core projection GEMMs' block tile for every later launch
+    /// on this device (and its clones), for benchmarks and tests that want one tile;
+    /// [`GemmTile::Auto`], the default, lets [`crate::launch::gemm_rows`] decide per
+    /// launch. The f32 SIMT path ([`Projection::F32`]) keeps its 64 rows whatever is set.
+    pub fn set_gemm_tile(&self, tile: GemmTile) {
+        self.0.gemm_tile.store(tile as u8, Ordering::Relaxed);
     }
 
     /// The cudarc stream this device launches on (CUDA only).
