@@ -5,7 +5,8 @@
  *   aiec_bwd_dv_dw(v, w, g, mask, losses, row_scale, dv, dw, s)          f32 SIMT products (every arch)
  *   aiec_bwd_dv_dw_tf32x3(v, w, g, mask, losses, row_scale, dv, dw, s)   3xTF32 tensor cores, about f32 accuracy
  *   aiec_bwd_dv_dw_tf32(v, w, g, mask, losses, row_scale, dv, dw, s)     plain TF32 (opt-in, ~1e-3; for speed only)
- * The two tensor-core entry points exist where AIEC_MMA_TF32 is 1 (sm_80 and later, the simulator), not on sm_75.
+ *   aiec_bwd_dv_dw_tf32x3_m128, aiec_bwd_dv_dw_tf32_m128 (same arguments)  the same with 128-row tiles
+ * The tensor-core entry points exist where AIEC_MMA_TF32 is 1 (sm_80 and later, the simulator), not on sm_75.
  *
  * v, dv: f32 [B, C]; w, dw: f32 [K, C]; g: f32 [B, K] (aiec_fwd_softmax's softmax - onehot); mask: u8 [B, C];
  * losses: the AiecLosses of aiec_loss (only aux_scale and gate_scale are read); row_scale: f32 [B] or null.
@@ -14,23 +15,25 @@
  *   dw[k,c] = sum_b (a_b * g[b,k]) * v[b,c]   (all zeros when B == 0: still launch then);
  *   with s.flags & AIEC_FLAG_ACCUMULATE_DW, dw[k,c] += that sum instead (the buffer's old value plus the sum).
  * Sums in a fixed order (aiec_gemm.cuh: the SIMT path over k (resp. b) in increasing order with fmaf; the
- * tensor-core paths per 16 k, two halves of each 32 k added at the end): deterministic, no atomics. On the
+ * tensor-core paths per 16 k, with 64-row tiles two halves of each 32 k added at the end): deterministic, no atomics. On the
  * tensor-core paths the scale of a row of dv is applied to its sum (a_b times the sum of g w) and a uniform scale
  * of dW likewise, while per-sample scales of dW (row_scale) multiply v's values as they are read (dW = sum_b g[b,k]
  * (a_b v[b,c]): one rounding like the SIMT path's a_b g[b,k], on the other factor; v has half as many values per
  * lane in the tile loop). Writes only dv and dw.
  * Geometry: block = 128 threads (MUST be), no dynamic shared memory (18 KiB static for SIMT, 36 KiB for the
- * tensor-core paths); CT = ceil(C / 64); grid = (ceil(B / 64) + ceil(K / 64)) * CT (any grid is correct: block i
- * takes the tiles i, i + gridDim.x, ...). Tile i < ceil(B/64)*CT is the dv tile [64 (i / CT), +64) x
- * [64 (i % CT), +64) (A = dlogits [B, K], MK; B = w as (c, k), KM); tile i' = i - ceil(B/64)*CT the dW tile
- * [64 (i' / CT), +64) x [64 (i' % CT), +64) (A = dlogits^T as (class, b), KM; B = v as (c, b), KM). The
+ * 64-row tensor-core tiles, 39 KiB for the 128-row ones); R = 128 rows per tile for the _m128 entry points, else
+ * 64; CT = ceil(C / 64); grid = (ceil(B / R) + ceil(K / R)) * CT (any grid is correct: block i takes the tiles i,
+ * i + gridDim.x, ...). Tile i < ceil(B/R)*CT is the dv tile [R (i / CT), +R) x [64 (i % CT), +64) (A = dlogits
+ * [B, K], MK; B = w as (c, k), KM); tile i' = i - ceil(B/R)*CT the dW tile [R (i' / CT), +R) x [64 (i' % CT),
+ * +64) (A = dlogits^T as (class, b), KM; B = v as (c, b), KM). The
  * tensor-core paths write each tile row by row from shared memory (a warp's store covers 256 contiguous bytes).
  */
 #include "common.cuh"
 #include "aiec_params.cuh"
 #include "aiec_gemm.cuh"
 
-template <int PATH>
+// WM: the tensor-core paths' tile (aiec_gemm::tc::Geo): 64 (WM = 1) or 128 (WM = 2) rows; SIMT: 64, WM = 1.
+template <int PATH, int WM = 1>
 __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,            // [B, C]
                                                     const float* __restrict__ w,            // [K, C]
                                                     const float* __restrict__ g,            // [B, K]
@@ -42,15 +45,17 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
                                                     AiecShape s) {
   using namespace aiec_gemm;
   using aiec::u64;
-  __shared__ __align__(16) float smem[Smem<PATH>::FLOATS];
+  static_assert(PATH != SIMT || WM == 1, "the SIMT tile has 64 rows");
+  constexpr int RT = BM * WM;  // rows per tile (dv: samples; dW: classes)
+  __shared__ __align__(16) float smem[Smem<PATH, WM>::FLOATS];
   const u64 B = s.batch, C = s.channels, K = s.classes;
   // The tile counts (CT column tiles; nbv dv tiles, then nbw dW tiles) live in shared memory, read where used:
   // registers held across the products would spill (the tensor-core paths use all 255).
   __shared__ u64 geo[3];
   if (threadIdx.x == 0) {
     geo[0] = (C + BN - 1) / BN;
-    geo[1] = (B + BM - 1) / BM * geo[0];
-    geo[2] = geo[1] + (K + BM - 1) / BM * geo[0];
+    geo[1] = (B + RT - 1) / RT * geo[0];
+    geo[2] = geo[1] + (K + RT - 1) / RT * geo[0];
   }
   __syncthreads();
   const float gate_scale = losses->gate_scale;
@@ -77,7 +82,7 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
   for (u64 bt = blockIdx.x; bt < geo[2]; bt += gridDim.x) {  // block-uniform (one tile per block as planned)
     const bool is_dv = bt < geo[1];
     const u64 tile_i = is_dv ? bt : bt - geo[1];
-    const u64 m0 = tile_i / geo[0] * BM, n0 = tile_i % geo[0] * BN;
+    const u64 m0 = tile_i / geo[0] * RT, n0 = tile_i % geo[0] * BN;
     // dv = dlogits W: A (b, class) = g[b * K + class] (MK), scaled by row b; B (c, class) = w[class * C + c] (KM).
     // dW = dlogits^T v: A (class, b) = g[b * K + class] (KM), scaled by column b; B (c, b) = v[b * C + c] (KM).
     Operand A = is_dv ? operand(g, K, B, K, false) : operand(g, K, K, B, true);
@@ -101,17 +106,17 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
       // per-sample scales vary along the sum: applied to v's fragments (tc::tile's SK); a uniform one in the
       // epilogue.
       constexpr int OT = BN + 4;  // row stride of the output tile
-      float* ot = smem;           // the output tile [BM][OT], once the stages are consumed
+      float* ot = smem;           // the output tile [RT][OT], once the stages are consumed
       if (is_dv) {
-        tc::tile<PATH, false, true, false, OT>(A, Bop, m0, n0, smem, ot);
+        tc::tile<PATH, false, true, false, OT, WM>(A, Bop, m0, n0, smem, ot);
       } else if (row_scale) {
         A.scale = row_scale;
-        tc::tile<PATH, true, true, true, OT>(A, Bop, m0, n0, smem, ot);
+        tc::tile<PATH, true, true, true, OT, WM>(A, Bop, m0, n0, smem, ot);
       } else {
-        tc::tile<PATH, true, true, false, OT>(A, Bop, m0, n0, smem, ot);
+        tc::tile<PATH, true, true, false, OT, WM>(A, Bop, m0, n0, smem, ot);
       }
       // Row by row from the staged tile (tc::tile ends with a barrier): each warp writes 2 rows of 64 floats per step (coalesced).
-      for (int q = (int)threadIdx.x; q < BM * BN / 2; q += THREADS) {
+      for (int q = (int)threadIdx.x; q < RT * BN / 2; q += THREADS) {
         const int m = q / (BN / 2), n = 2 * (q % (BN / 2));
         if (is_dv) {
           const u64 b = m0 + (u64)m;
@@ -132,11 +137,20 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
    const unsigned char* __restrict__ mask, const AiecLosses* __restrict__ losses,                   \
    const float* __restrict__ row_scale, float* __restrict__ dv, float* __restrict__ dw, AiecShape s)
 #define AIEC_BWD_DV_DW_ARGS (v, w, g, mask, losses, row_scale, dv, dw, s)
+// The 128-row tile of the tensor-core paths, under a name with one template argument (a macro argument).
+template <int PATH>
+__device__ __forceinline__ void aiec_bwd_dv_dw_m128 AIEC_BWD_DV_DW_PARAMS {
+  aiec_bwd_dv_dw_body<PATH, 2> AIEC_BWD_DV_DW_ARGS;
+}
 AIEC_EXPORT_NAMED(aiec_bwd_dv_dw, __launch_bounds__(AIEC_LB_GEMM), aiec_bwd_dv_dw_body<aiec_gemm::SIMT>,
                   AIEC_BWD_DV_DW_PARAMS, AIEC_BWD_DV_DW_ARGS)
 #if AIEC_MMA_TF32
 AIEC_EXPORT_NAMED(aiec_bwd_dv_dw_tf32x3, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_bwd_dv_dw_body<aiec_gemm::TF32X3>,
                   AIEC_BWD_DV_DW_PARAMS, AIEC_BWD_DV_DW_ARGS)
 AIEC_EXPORT_NAMED(aiec_bwd_dv_dw_tf32, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_bwd_dv_dw_body<aiec_gemm::TF32>,
+                  AIEC_BWD_DV_DW_PARAMS, AIEC_BWD_DV_DW_ARGS)
+AIEC_EXPORT_NAMED(aiec_bwd_dv_dw_tf32x3_m128, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_bwd_dv_dw_m128<aiec_gemm::TF32X3>,
+                  AIEC_BWD_DV_DW_PARAMS, AIEC_BWD_DV_DW_ARGS)
+AIEC_EXPORT_NAMED(aiec_bwd_dv_dw_tf32_m128, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_bwd_dv_dw_m128<aiec_gemm::TF32>,
                   AIEC_BWD_DV_DW_PARAMS, AIEC_BWD_DV_DW_ARGS)
 #endif

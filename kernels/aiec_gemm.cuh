@@ -3,35 +3,42 @@
 // for; namespace aiec_gemm::tc) or on the f32 SIMT units (tile_simt). Include it after common.cuh and
 // aiec_params.cuh; NVRTC gets it in memory by this name, like every kernels/*.cuh.
 //
-// One block of 128 threads (4 warps) computes one 64 x 64 tile of C = A B (C[m][n] = sum over k of A[m][k] B[k][n])
-// with the whole reduction. Nothing is atomic and nothing is split over blocks: every output element is a sum in
-// a fixed order, whatever the grid (deterministic).
+// One block of 128 threads (4 warps) computes one 64 x 64 tile of C = A B (C[m][n] = sum over k of A[m][k] B[k][n]),
+// or 128 x 64 (the tensor-core paths' WM = 2, tc::Geo), with the whole reduction over the k it is given. Nothing is
+// atomic: every output element is a sum in a fixed order, whatever the grid (deterministic); the two tiles sum in
+// different orders (different last bits).
 //
 // Operands in global memory (Operand): element (i, k) of a matrix with `extent` rows i (m for A, n for B) and kdim
 // columns k, either "MK" (k contiguous: p[i * ld + k]) or "KM" (i contiguous: p[k * ld + i]); elements past either
 // bound read as 0. Operand::vec: p 16-byte aligned, ld and the contiguous extent multiples of 4 (16-byte copies).
 //
 // ---- The tensor-core paths (sm_80+, AIEC_MMA_TF32; tc::tile)
-// Stages: KT = 32 k per stage, two stages in shared memory (36 KiB, and 32 scales per stage where the terms at k are
-// scaled), filled by cp.async (no register round trip): while a stage is consumed the next one's copies are in
-// flight (cp.async.wait_group 1, one barrier each side). Thread t copies 4 chunks of 4 elements per operand and
-// stage (a warp's 32 chunks are 512 contiguous bytes of shared memory: no bank conflict) from 4 source pointers
-// plus one offset that advances by a constant (tc::Copier); chunks outside the matrix are zero-filled (the copy's ignore-src
-// predicate); unless both operands are vec (and kdim < 2^29, so that the copies count k in 32 bits), both take
-// 4-byte copies (a second instance of the stage loop, chosen once per tile). The stage loop counts in 32 bits.
+// Stages (tc::Geo): KT = 32 k per stage and two stages in shared memory (WM = 1: 36 KiB), or KT = 16 and three
+// stages (WM = 2: 39 KiB), and KT scales per stage where the terms at k are scaled, filled by cp.async (no register
+// round trip). Three stages: one barrier per stage; a thread waits for its copies of stage st (cp.async.wait_group
+// 1), the barrier says every thread's have landed and every warp is done with stage st - 1, whose slot then takes
+// the copies of stage st + 2, in flight during stage st's products. Two stages: stage st + 1's copies go out, then
+// stage st is waited for (wait_group 1), and a barrier on each side of the products (with one barrier, ptxas
+// kept more values live across the products of WM = 1 and spilled). Thread t copies 2 to 4 chunks of 4
+// elements per operand and stage (a warp's 32 chunks are 512 contiguous bytes of shared memory: no bank conflict)
+// from as many source pointers plus one offset that advances by a constant (tc::Copier); chunks outside the matrix
+// are zero-filled (the copy's ignore-src predicate); unless both operands are vec (and kdim < 2^29, so that the
+// copies count k in 32 bits), both take 4-byte copies (a second instance of the stage loop, chosen once per tile).
+// The stage loop counts in 32 bits.
 // Layouts in shared memory, chosen so that every fragment load is one conflict-free 16-byte LDS:
-// * MK: [64 rows][32 k], the 16-byte chunk c of row r at chunk c ^ (4 (r & 1)) (so that the two rows a quarter
-//   warp reads fall in different banks);
-// * KM: [32 k][64 + 8 i] (row stride 72 = 8 mod 32), k row p of each 16-wide half stored at row
+// * MK: [rows][KT k]; KT = 32: the 16-byte chunk c of row r at chunk c ^ (4 (r & 1)) (so that the two rows a
+//   quarter warp reads fall in different banks; rows of KT = 16 are 64 bytes and fall there unswizzled);
+// * KM: [KT k][extent + 8 i] (row stride 72 or 136 = 8 mod 32), k row p of each 16-wide half stored at row
 //   4 (p % 4) + p / 4 of that half.
 // A permuted k order within each 16 k, the same for both operands (so the sum is unchanged): the mma k slots
 // (k step kk, column tq or tq + 4 of lane 4 g + tq) take the matrix's k = 4 tq + j, j = 2 kk + (slot >= 4): one
 // LDS.128 of an MK row gives a lane both k steps' values; a KM operand's rows (A) or columns (B) are permuted within
 // each 32 instead (row_of / col_of), so that one LDS.128 of a k row gives 4 fragments' values.
-// Warps: warp w computes all 64 rows and columns 32 (w % 2) + 0..31 (4 x 4 fragments of mma.m16n8k8, 64 f32
-// accumulators per lane) over the k half w / 2 of every stage ("sliced k"); at the end of the tile the upper
-// half's sums are stored to shared memory and the lower half adds its own (lower + upper, deterministic), and the
-// tile leaves through shared memory (the caller's epilogue reads it from there). Per warp and stage (its 16 k):
+// Warps: warp w computes 64 rows and columns 32 (w % 2) + 0..31 (4 x 4 fragments of mma.m16n8k8, 64 f32
+// accumulators per lane): WM = 1, all 64 rows over the k half w / 2 of every stage ("sliced k"; at the end of the
+// tile the upper half's sums are stored to shared memory and the lower half adds its own, lower + upper,
+// deterministic); WM = 2, rows 64 (w / 2) + 0..63 over every stage's 16 k. The tile leaves through shared memory
+// (the caller's epilogue reads it from there). Per warp and stage (its 16 k):
 // 12 LDS.128 for 32 fragments, 48 operand values split, 96 mma.sync (3xTF32) or 32 (TF32): 0.5 (resp. 1.5)
 // shared-memory wavefronts per mma for the fragments (BENCHMARKS.md "SASS report" has the measured mix). Fragment
 // loads are asm (tc::ldsv): as plain C++ loads NVVM narrowed some of them on some runs only, and tests/nvrtc.rs
@@ -95,18 +102,29 @@ __device__ __forceinline__ void put2(float* row, u64 n, u64 N, bool pair, float 
   }
 }
 
-// Shared memory of one block: two stages of A and B tiles (big; and small for TF32X3), as floats.
-// Shared memory of one block, in floats: SIMT two stages of the A and B tiles; the tensor-core paths aiec_gemm::tc.
+// The block tiles of the tensor-core paths (tc::tile), by WM, the warps along m:
+// * WM = 1: 64 x 64 outputs; warp w computes columns 32 (w % 2) + 0..31 over the k half w / 2 of every 32-k stage
+//   ("sliced k": two warps share each output, their sums meet at the end of the tile); 2 stages.
+// * WM = 2: 128 x 64 outputs; warp w computes rows 64 (w / 2) + 0..63 and columns 32 (w % 2) + 0..31 over every
+//   16-k stage whole; 3 stages. Per mma, half the staging of WM = 1 (a block stages 192 rows of 16 k for 384 mma
+//   where WM = 1 stages 128 rows of 32 k for as many); the plans take it where it does not cost waves.
+// Either way a warp computes 64 x 32 outputs from 16 k of each stage (one slice_step), so its loop is the same.
 namespace tc {
-constexpr int KT = 32;                          // k per stage
-constexpr int STAGES = 2;                       // stages in shared memory (one in flight while one is consumed)
-constexpr int KM_LD = BM + 8;                   // floats per k row of a KM tile (72 = 8 mod 32)
-constexpr int SLOT = KT * KM_LD;                // floats per operand and stage (a KM tile; an MK tile is BM * KT)
-constexpr int FLOATS = STAGES * (2 * SLOT + KT);  // 36 KiB and the per-k scales (SK)
-static_assert(BM == BN && BM * KT <= SLOT, "tile sizes");
+template <int WM> struct Geo {
+  static_assert(WM == 1 || WM == 2, "WM: 1 or 2");
+  static constexpr int M = 64 * WM, N = 64;       // the block tile: M rows (A's extent), N columns (B's)
+  static constexpr int KT = 32 / WM;              // k per stage
+  static constexpr int STAGES = WM + 1;           // stages in shared memory (one or two in flight)
+  static constexpr int SW = KT == 32 ? 4 : 0;     // MK: the chunk swizzle of odd rows (file comment)
+  static constexpr int A_LD = M + 8, B_LD = N + 8;  // floats per k row of a KM tile (= 8 mod 32)
+  static constexpr int A_SLOT = KT * A_LD, B_SLOT = KT * B_LD;  // floats per operand and stage (MK: M * KT)
+  static constexpr int STAGE = A_SLOT + B_SLOT;
+  static constexpr int FLOATS = STAGES * (STAGE + KT);  // the stages and the per-k scales (SK)
+};
 }  // namespace tc
-template <int PATH> struct Smem {
-  static constexpr int FLOATS = PATH == SIMT ? 2 * 2 * TILE : tc::FLOATS;
+// Shared memory of one block, in floats: SIMT two stages of the A and B tiles; the tensor-core paths tc::Geo.
+template <int PATH, int WM = 1> struct Smem {
+  static constexpr int FLOATS = PATH == SIMT ? 2 * 2 * TILE : tc::Geo<WM>::FLOATS;
 };
 
 struct Operand {
@@ -321,16 +339,18 @@ template <int N> __device__ __forceinline__ void cp_wait() {
 #endif
 }
 
-// Thread t's copies of one operand, stage after stage (see the file comment for both layouts): per stage 512
-// chunks of 4 consecutive elements, 4 per thread; a warp's 32 chunks fill 512 contiguous bytes of shared memory
-// (MK: 4 rows; KM: two half rows of 256 bytes), so the stores are free of bank conflicts. MK: chunk h of thread t
-// is row t / 8 + 16 h, k chunk t % 8; KM: k row t / 16 + 8 h, i chunk t % 16. Everything that does not change
-// from stage to stage is computed once: the 4 chunks' stage-0 sources plus one offset, the same for all 4, that
-// advances by a constant (ptxas then derives the 4 addresses from one pointer and a uniform stride: fewer 64-bit
-// adds than 4 pointers advanced apart), and only the extent left
-// along k is counted down (in 32 bits for VEC, which tile takes only for kdim < 2^29: a 64-bit count costs two
-// instructions per test and per step). A chunk outside the matrix copies nothing (zeros): its source is never
-// read. VEC (Operand::vec): every chunk is whole or outside and takes one 16-byte copy; else 4 of 4 bytes.
+// Thread t's copies of one operand, stage after stage (see the file comment for both layouts), for a tile of EXT
+// rows (MK; KM: EXT columns along i) and KT k per stage: EXT KT / 4 chunks of 4 consecutive elements a stage, H =
+// EXT KT / 512 per thread; a warp's 32 chunks fill 512 contiguous bytes of shared memory (MK: 128 / KT rows;
+// KM: 128 / EXT k rows), so the stores are free of bank conflicts. RP = 512 / (KT or EXT) rows (MK) or k rows
+// (KM) per pass of the 128 threads: chunk h of thread t is MK row t / (KT / 4) + RP h, k chunk t % (KT / 4); KM k
+// row t / (EXT / 4) + RP h, i chunk t % (EXT / 4). Everything that does not change from stage to stage is computed
+// once: the H chunks' stage-0 sources plus one offset, the same for all, that advances by a constant (ptxas then
+// derives the addresses from one pointer and a uniform stride: fewer 64-bit adds than H pointers advanced apart),
+// and only the extent left along k is counted down (in 32 bits for VEC, which tile takes only for kdim < 2^29: a
+// 64-bit count costs two instructions per test and per step). A chunk outside the matrix copies nothing (zeros):
+// its source is never read. VEC (Operand::vec): every chunk is whole or outside and takes one 16-byte copy; else
+// 4 of 4 bytes.
 // The type of Copier::left: 32 bits for the 16-byte copies (tile takes them only where kdim < VEC_KDIM), else 64.
 template <bool VEC> struct LeftT {
   using T = long long;
@@ -340,38 +360,45 @@ template <> struct LeftT<true> {
 };
 constexpr u64 VEC_KDIM = (u64)1 << 29;
 
-template <bool KM, bool VEC> struct Copier {
+template <bool KM, bool VEC, int EXT, int KT, int KLD> struct Copier {
+  static constexpr int CPR = KM ? EXT / 4 : KT / 4;  // chunks per row (MK) or k row (KM)
+  static constexpr int RP = 128 / CPR;               // rows (k rows) per pass
+  static constexpr int H = EXT * KT / 512;           // chunks per thread and stage
+  static constexpr int SW = KT == 32 ? 4 : 0;        // MK: the chunk swizzle of odd rows
+  static_assert(H >= 1 && (KM ? RP * H == KT && (RP == 8 || (RP == 4 && KT == 16)) : RP * H == EXT), "copier geometry");
   using L = typename LeftT<VEC>::T;
-  const float* src[4];  // chunk h's source in stage 0
+  const float* src[H];  // chunk h's source in stage 0
   u64 adv;              // elements from one stage to the next
   u64 off = 0;          // elements from stage 0's chunks to the next stage's (the same for every chunk)
   L left;               // MK: elements of the chunk's row from its first k on; KM: k rows from chunk 0's on
-  int fixed;            // MK: rows from chunk 0's on (at most 64); KM: elements along i from the chunk's first
+  int fixed;            // MK: rows from chunk 0's on (at most EXT); KM: elements along i from the chunk's first
   Saddr d0;             // chunk 0's destination in stage 0
   __device__ __forceinline__ Copier(const Operand& o, u64 i0, float* smem) {
-    const int t = (int)threadIdx.x, c = KM ? t % 16 : t % 8, r0 = KM ? t / 16 : t / 8;
+    const int t = (int)threadIdx.x, c = t % CPR, r0 = t / CPR;
     const u64 i = KM ? i0 + (u64)(4 * c) : i0 + (u64)r0, k = KM ? (u64)r0 : (u64)(4 * c);
     const u64 fx = o.extent - aiec_k::min64(i, o.extent);
-    fixed = fx < 64 ? (int)fx : 64;
+    fixed = fx < EXT ? (int)fx : EXT;
     left = (L)((long long)o.kdim - (long long)k);
     // KM, 16-byte copies: a chunk whose i is past the extent is outside at every stage: as if no k were left (one
-    // counter to test per copy instead of two; kdim < VEC_KDIM = 2^29 stages of KT keep it above -2^30).
+    // counter to test per copy instead of two; kdim < VEC_KDIM = 2^29 keeps it above -2^30 at every stage).
     if (KM && VEC && fixed <= 0) left = (L)(-(long long)VEC_KDIM);
     const float* p = KM ? o.p + k * o.ld + i : o.p + i * o.ld + k;
-    const u64 step = (KM ? 8 : 16) * o.ld;  // elements from chunk h to h + 1
+    const u64 step = (u64)RP * o.ld;  // elements from chunk h to h + 1
     AIEC_UNROLL
-    for (int h = 0; h < 4; ++h) src[h] = p + (u64)h * step;
+    for (int h = 0; h < H; ++h) src[h] = p + (u64)h * step;
     adv = KM ? (u64)KT * o.ld : (u64)KT;
-    d0 = saddr(smem + (KM ? (4 * (r0 % 4) + r0 / 4) * KM_LD + 4 * c : r0 * KT + 4 * (c ^ (4 * (r0 & 1)))));
+    d0 = saddr(smem + (KM ? (4 * (r0 % 4) + r0 / 4) * KLD + 4 * c : r0 * KT + 4 * (c ^ (SW * (r0 & 1)))));
   }
   // Issues the next stage's copies into the slot at dst_floats floats from stage 0's.
   __device__ __forceinline__ void issue(int dst_floats) {
     const Saddr d = sadd(d0, dst_floats);
     AIEC_UNROLL
-    for (int h = 0; h < 4; ++h) {
-      const int so = KM ? (16 * (h / 2) + 2 * (h % 2)) * KM_LD : 16 * h * KT;  // from chunk 0's
+    for (int h = 0; h < H; ++h) {
+      // from chunk 0's: KM, k row r0 + RP h of the 16-k half (r0 + RP h) / 16 is stored at its row 4 (p % 4) + p / 4
+      // (p = (r0 + RP h) % 16; r0 < RP)
+      const int so = KM ? (RP == 8 ? 16 * (h / 2) + 2 * (h % 2) : h) * KLD : RP * h * KT;
       // elements of the chunk inside the matrix: 0 to 4 (VEC: 0 or 4)
-      const bool row_in = KM ? left > 8 * h : fixed > 16 * h;
+      const bool row_in = KM ? left > RP * h : fixed > RP * h;
       const L along = KM ? (L)fixed : left;
       if (VEC) {
         cp16(sadd(d, so), src[h] + off, KM ? row_in : row_in && along > 0);
@@ -411,10 +438,10 @@ __device__ __forceinline__ u32 big_bits(float x, u32 mask) { return __float_as_u
 // 0xFFFFE000, computed from kdim (< 2^63 always: an element count) so that ptxas cannot fold it (big_bits).
 __device__ __forceinline__ u32 tf32_mask(u64 kdim) { return 0xFFFFE000u | (u32)(kdim >> 63); }
 
-// Warp w computes rows 0..63 of the tile (4 fragments mi of 16 rows) and columns 32 (w % 2) + 0..31 (4 fragments
-// nj of 8) over the k half w / 2 of every stage ("sliced k": two warps share each output, and their sums meet at
-// the end of the tile). Accumulator element r of fragment (mi, nj) is acc[4 (4 mi + nj) + r], at row row_of and
-// column col_of of the tile; the KM layouts permute rows (A) and columns (B) within each 32 (file comment).
+// Warp w computes rows wm + 0..63 of the tile (4 fragments mi of 16 rows; wm = 64 (w / 2) for WM = 2, else 0) and
+// columns 32 (w % 2) + 0..31 (4 fragments nj of 8) (Geo). Accumulator element r of fragment (mi, nj) is
+// acc[4 (4 mi + nj) + r], at row wm + row_of and column col_of of the tile; the KM layouts permute rows (A) and
+// columns (B) within each 32 (file comment).
 constexpr int ACC = 64;
 template <bool AKM> __device__ __forceinline__ int row_of(int lane, int mi, int r) {
   const int g = lane >> 2, e = r >> 1;
@@ -425,12 +452,15 @@ template <bool BKM> __device__ __forceinline__ int col_of(int lane, int warp, in
   return BKM ? wn + 4 * c + nj : wn + 8 * nj + c;
 }
 
-// The offset in a stage's operand slot of a lane's first fragment load of half s, for a warp whose fragments
-// start at row (or column) w0: KM, k row 16 s + tq, at w0 + 4 g; MK, row w0 + g, the swizzled chunk of k 16 s +
-// 4 tq (w0 is even, so every row the lane reads has the parity of g).
-template <bool KM> __device__ __forceinline__ int frag_base(int lane, int w0, int s) {
+// The offset in a stage's operand slot of a lane's first fragment load of the 16-k half s, for a warp whose
+// fragments start at row (or column) w0: KM (LD floats per k row), k row 16 s + tq, at w0 + 4 g; MK (KT k per
+// row), row w0 + g, the swizzled chunk of k 16 s + 4 tq (w0 is even, so every row the lane reads has the parity
+// of g).
+template <bool KM, int LD, int KT>
+__device__ __forceinline__ int frag_base(int lane, int w0, int s) {
+  constexpr int SW = KT == 32 ? 4 : 0;
   const int g = lane >> 2, tq = lane & 3;
-  return KM ? (16 * s + tq) * KM_LD + w0 + 4 * g : (w0 + g) * KT + 4 * ((4 * s + tq) ^ (4 * (g & 1)));
+  return KM ? (16 * s + tq) * LD + w0 + 4 * g : (w0 + g) * KT + 4 * ((4 * s + tq) ^ (SW * (g & 1)));
 }
 
 // The warp's products over its 16-wide half of a stage: fragments by 16-byte loads (As, Bs: the lane's first
@@ -439,7 +469,8 @@ template <bool KM> __device__ __forceinline__ int frag_base(int lane, int w0, in
 // with one rounded f32 addition per element: the running sum never passes through the tensor core's accumulator.
 // SK: B's value at k is multiplied by its staged scale first (S: the half's scales of the lane's k rows; B holds
 // half as many values per lane as A, so half the multiplications).
-template <int PATH, bool AKM, bool BKM, bool SK>
+// ALD, BLD: floats per k row of a KM A, B; KT: k per row of an MK one.
+template <int PATH, bool AKM, bool BKM, bool SK, int ALD, int BLD, int KT>
 __device__ __forceinline__ void slice_step(float* acc, Saddr As, Saddr Bs, Saddr S, u32 mask) {
   using namespace aiec_mma;
   auto split = [&](float x, u32& big, u32& small) {
@@ -468,7 +499,7 @@ __device__ __forceinline__ void slice_step(float* acc, Saddr As, Saddr Bs, Saddr
   if constexpr (BKM) {
     AIEC_UNROLL
     for (int j = 0; j < 4; ++j) {  // k row 4 tq + j of the half: k step j / 2, fragment row tq + 4 (j % 2)
-      const float4 q = ldsv(Bs, 4 * j * KM_LD);
+      const float4 q = ldsv(Bs, 4 * j * BLD);
       const int kk = j >> 1, h = j & 1;
       split(SK ? q.x * sc[j] : q.x, bb[kk][0][h], bs[kk][0][h]);
       split(SK ? q.y * sc[j] : q.y, bb[kk][1][h], bs[kk][1][h]);
@@ -493,7 +524,7 @@ __device__ __forceinline__ void slice_step(float* acc, Saddr As, Saddr Bs, Saddr
     if constexpr (AKM) {
       AIEC_UNROLL
       for (int j = 0; j < 4; ++j) {  // k row 4 tq + j of the half: k step j / 2, fragment column tq + 4 (j % 2)
-        const float4 q = ldsv(As, 4 * j * KM_LD + 16 * m0i);
+        const float4 q = ldsv(As, 4 * j * ALD + 16 * m0i);
         const int kk = j >> 1, h = 2 * (j & 1);
         split(q.x, ab[kk][0][h], as[kk][0][h]);
         split(q.y, ab[kk][0][h + 1], as[kk][0][h + 1]);
@@ -539,72 +570,107 @@ __device__ __forceinline__ float at(const Operand& o, u64 i, u64 k) {
   return o.km ? o.p[k * o.ld + i] : o.p[i * o.ld + k];
 }
 
-template <int PATH, bool AKM, bool BKM, bool SK, int LDO, bool VEC>
+template <int PATH, bool AKM, bool BKM, bool SK, int LDO, bool VEC, int WM, bool FIX>
 __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out) {
-  const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5, kh = warp >> 1;
+  using G = Geo<WM>;
+  const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int kh = WM == 1 ? warp >> 1 : 0, wm = WM == 1 ? 0 : 64 * (warp >> 1);  // the warp's k half, first row
   float acc[ACC];
   AIEC_UNROLL
   for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;
-  // Stages are counted in 32 bits: a kdim of 2^37 or more (a 512 GiB operand row) is never launched.
+  // Stages are counted in 32 bits: a kdim of 2^36 or more (a 256 GiB operand row) is never launched.
   const u64 K = a.kdim;
-  const u32 steps = (u32)((K + KT - 1) / KT);
-  // stage s at smem + s * 2 SLOT: A, then B at + SLOT; SK: the scales at smem + STAGES * 2 SLOT + s * KT
-  Copier<AKM, VEC> ca(a, m0, smem);
-  Copier<BKM, VEC> cb(b, n0, smem + SLOT);
-  float* const scales = smem + STAGES * 2 * SLOT;
+  const u32 steps = (u32)((K + G::KT - 1) / G::KT);
+  // stage s at smem + s STAGE: A, then B at + A_SLOT; SK: the scales at smem + STAGES STAGE + s KT
+  Copier<AKM, VEC, G::M, G::KT, G::A_LD> ca(a, m0, smem);
+  Copier<BKM, VEC, G::N, G::KT, G::B_LD> cb(b, n0, smem + G::A_SLOT);
+  float* const scales = smem + G::STAGES * G::STAGE;
   const u32 mask = tf32_mask(K);
   const Saddr sm = saddr(smem);
-  const int fa = frag_base<AKM>(lane, 0, kh), fb = SLOT + frag_base<BKM>(lane, 32 * (warp & 1), kh);
-  const int fs = STAGES * 2 * SLOT + 16 * kh + 4 * (lane & 3);
-  // SK: warp 0 copies the stage's KT scales, thread t the one at k = KT st + t (like a Copier: a source that
+  const int fa = frag_base<AKM, G::A_LD, G::KT>(lane, wm, kh);
+  const int fb = G::A_SLOT + frag_base<BKM, G::B_LD, G::KT>(lane, 32 * (warp & 1), kh);
+  const int fs = G::STAGES * G::STAGE + 16 * kh + 4 * (lane & 3);
+  // SK: threads t < KT copy the stage's KT scales, thread t the one at k = KT st + t (like a Copier: a source that
   // advances by KT, the k left counted down; past kdim nothing is read and the scale is 0).
   const float* sp = SK ? a.scale + tid : nullptr;
   typename LeftT<VEC>::T sleft = (typename LeftT<VEC>::T)((long long)K - tid);
   const Saddr sd = saddr(scales + tid);
-  auto issue = [&](u32 st) {
-    const int slot = (int)(st % STAGES);
-    ca.issue(slot * 2 * SLOT);
-    cb.issue(slot * 2 * SLOT);
-    if (SK && tid < KT) {  // warp-uniform
-      cp4(sadd(sd, slot * KT), sp, sleft > 0);
-      sp += KT;
-      sleft -= KT;
+  // The next stage's copies into slot ws (0 .. STAGES - 1); every thread commits a group per stage, empty where
+  // there is no stage left, so that the wait below always leaves the newest STAGES - 2 groups in flight.
+  int ws = 0;
+  auto issue = [&](bool any) {
+    if (any) {  // block-uniform
+      ca.issue(ws * G::STAGE);
+      cb.issue(ws * G::STAGE);
+      if (SK && tid < G::KT) {
+        cp4(sadd(sd, ws * G::KT), sp, sleft > 0);
+        sp += G::KT;
+        sleft -= G::KT;
+      }
     }
     cp_commit();
+    ws = ws + 1 == G::STAGES ? 0 : ws + 1;
   };
-  if (steps) issue(0);
-  for (u32 st = 0; st < steps; ++st) {  // block-uniform
-    if (st + 1 < steps) {               // the next stage's copies, in flight during this stage's products
-      issue(st + 1);
-      cp_wait<1>();
-    } else {
-      cp_wait<0>();
+  int rs = 0;  // the slot of stage st
+  auto products = [&]() {
+    const Saddr A = sadd(sm, rs * G::STAGE);
+    slice_step<PATH, AKM, BKM, SK, G::A_LD, G::B_LD, G::KT>(acc, sadd(A, fa), sadd(A, fb), sadd(sm, fs + rs * G::KT),
+                                                           mask);
+    rs = rs + 1 == G::STAGES ? 0 : rs + 1;
+  };
+  if constexpr (G::STAGES == 2) {
+    // Two stages: stage st + 1's copies go out before stage st is waited for, and a second barrier frees its slot
+    // (ptxas keeps fewer values live across the products this way: WM = 1 holds its 64 accumulators per lane
+    // with 223 of 255 registers; with the one-barrier order below it spilled).
+    if (steps) issue(true);
+    for (u32 st = 0; st < steps; ++st) {  // block-uniform
+      if (st + 1 < steps) {
+        issue(true);
+        cp_wait<1>();
+      } else {
+        cp_wait<0>();
+      }
+      __syncthreads();  // every thread's copies of stage st have landed
+      products();
+      __syncthreads();  // stage st is consumed: the copies of stage st + 2 may overwrite it
     }
-    __syncthreads();  // every thread's copies of this stage have landed
-    const int slot = (int)(st % STAGES);
-    const Saddr A = sadd(sm, slot * 2 * SLOT);
-    slice_step<PATH, AKM, BKM, SK>(acc, sadd(A, fa), sadd(A, fb), sadd(sm, fs + slot * KT), mask);
-    __syncthreads();  // this stage is consumed: the copies of stage st + 2 may overwrite it
-  }
-  // The two k halves meet in out: the upper half's sums are stored, the lower half adds its own (deterministic).
-  if (kh == 1) {
+  } else {
     AIEC_UNROLL
-    for (int f = 0; f < ACC / 4; ++f)
-      AIEC_UNROLL
-      for (int r = 0; r < 4; ++r)
-        out[row_of<AKM>(lane, f / 4, r) * LDO + col_of<BKM>(lane, warp, f % 4, r)] = acc[4 * f + r];
+    for (int p = 0; p + 1 < G::STAGES; ++p) issue((u32)p < steps);
+    for (u32 st = 0; st < steps; ++st) {  // block-uniform
+      cp_wait<G::STAGES - 2>();  // this thread's copies of stage st have landed
+      __syncthreads();            // every thread's have, and stage st - 1 is consumed by every warp
+      issue(st + (G::STAGES - 1) < steps);  // into the slot of stage st - 1, in flight during the products
+      products();
+    }
+    __syncthreads();  // every warp is done with the stages: out (which may be smem itself) may be written
   }
-  __syncthreads();
+  auto at_out = [&](int f, int r) -> float& {
+    return out[(wm + row_of<AKM>(lane, f / 4, r)) * LDO + col_of<BKM>(lane, warp, f % 4, r)];
+  };
+  if (WM == 1) {  // the two k halves meet in out: the upper half's sums are stored, the lower half adds its own
+    if (kh == 1) {
+      AIEC_UNROLL
+      for (int f = 0; f < ACC / 4; ++f)
+        AIEC_UNROLL
+        for (int r = 0; r < 4; ++r) at_out(f, r) = acc[4 * f + r];
+    }
+    __syncthreads();
+  }
   if (kh == 0) {
     AIEC_UNROLL
     for (int f = 0; f < ACC / 4; ++f)
       AIEC_UNROLL
-      for (int r = 0; r < 4; ++r)
-        out[row_of<AKM>(lane, f / 4, r) * LDO + col_of<BKM>(lane, warp, f % 4, r)] += acc[4 * f + r];
-    if constexpr (PATH == TF32X3) {
+      for (int r = 0; r < 4; ++r) {
+        if (WM == 1)
+          at_out(f, r) += acc[4 * f + r];
+        else
+          at_out(f, r) = acc[4 * f + r];
+      }
+    if constexpr (PATH == TF32X3 && FIX) {
       AIEC_UNROLL_BY(1)
       for (int f = 0; f < ACC; ++f) {  // an inf or NaN operand (or a spurious NaN of the split): the f32 sum
-        const int m = row_of<AKM>(lane, f / 16, f % 4), n = col_of<BKM>(lane, warp, (f / 4) % 4, f % 4);
+        const int m = wm + row_of<AKM>(lane, f / 16, f % 4), n = col_of<BKM>(lane, warp, (f / 4) % 4, f % 4);
         float& x = out[m * LDO + n];
         if (x == x) continue;
         const u64 i = m0 + (u64)m, j = n0 + (u64)n;
@@ -618,20 +684,39 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
   __syncthreads();  // the tile is in out
 }
 
-// out[m * LDO + n] = element (m0 + m, n0 + n) of A B for m, n < 64 (0 past the matrix) on the tensor cores; A: a
-// (a.km == AKM), B: b (b.km == BKM). SK: every term at k is multiplied by a.scale[k] (applied to B's value; no
-// other scale is applied).
-// All 128 threads call it (barriers); smem: FLOATS floats, 16-byte aligned; out: 64 rows of LDO floats (may be
-// smem itself: the stages are consumed when it is written). The copies take 16 bytes where a.vec and b.vec,
-// else 4 (one loop: a branch per stage). TF32X3: a result that is NaN is recomputed in f32
-// from global memory (the SIMT path's sum), so non-finite operands give the f32 results.
-template <int PATH, bool AKM, bool BKM, bool SK, int LDO>
+// out[m * LDO + n] = element (m0 + m, n0 + n) of A B for m < Geo<WM>::M, n < 64 (0 past the matrix) on the tensor
+// cores; A: a (a.km == AKM), B: b (b.km == BKM). SK: every term at k is multiplied by a.scale[k] (applied to B's
+// value; no other scale is applied).
+// All 128 threads call it (barriers); smem: Geo<WM>::FLOATS floats, 16-byte aligned; out: Geo<WM>::M rows of LDO
+// floats (may be smem itself: the stages are consumed when it is written). The copies take 16 bytes where a.vec
+// and b.vec, else 4 (two instances of the stage loop, one chosen per tile). TF32X3 and FIX: a result that is NaN
+// is recomputed in f32 from global memory (the SIMT path's sum), so non-finite operands give the f32 results;
+// without FIX the caller does that (after the loop, where a and b need no registers across it: fix_nan).
+template <int PATH, bool AKM, bool BKM, bool SK, int LDO, int WM, bool FIX = true>
 __device__ __forceinline__ void tile(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out) {
-  static_assert(64 * LDO <= FLOATS, "the output tile fits in shared memory");
+  static_assert(Geo<WM>::M * LDO <= Geo<WM>::FLOATS, "the output tile fits in shared memory");
   if (a.vec && b.vec && a.kdim < VEC_KDIM)
-    tile_v<PATH, AKM, BKM, SK, LDO, true>(a, b, m0, n0, smem, out);
+    tile_v<PATH, AKM, BKM, SK, LDO, true, WM, FIX>(a, b, m0, n0, smem, out);
   else
-    tile_v<PATH, AKM, BKM, SK, LDO, false>(a, b, m0, n0, smem, out);
+    tile_v<PATH, AKM, BKM, SK, LDO, false, WM, FIX>(a, b, m0, n0, smem, out);
+}
+
+// tile's NaN fix-up done by its caller (tile<..., FIX = false>): every NaN among out's rows < M and columns < N
+// (M x N, LDO floats a row) is recomputed as the f32 sum over the whole of a and b (a.kdim), as the SIMT path
+// sums it. All 128 threads call it (a barrier at the end).
+template <int LDO>
+__device__ __forceinline__ void fix_nan(const Operand& a, const Operand& b, u64 m0, u64 n0, int M, int N, float* out) {
+  for (int q = (int)threadIdx.x; q < M * N; q += THREADS) {
+    const int m = q / N, n = q % N;
+    float& x = out[m * LDO + n];
+    if (x == x) continue;
+    const u64 i = m0 + (u64)m, j = n0 + (u64)n;
+    float sum = 0.0f;
+    if (i < a.extent && j < b.extent)
+      for (u64 k = 0; k < a.kdim; ++k) sum = fmaf(at(a, i, k), at(b, j, k), sum);
+    x = sum;
+  }
+  __syncthreads();
 }
 }  // namespace tc
 #endif
