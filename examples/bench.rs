@@ -185,6 +185,15 @@ struct KernelTimes {
     bwd_x: f64,
     fwd_logits_f32: f64,
     bwd_dv_dw_f32: f64,
+    /// The device's projection with each tile forced: `aiec_fwd_logits` with 64 rows (as planned,
+    /// then with its sums never split) and 128 rows; `aiec_bwd_dv_dw` with 64 and 128 rows.
+    tiles: TileTimes,
+}
+
+/// [`KernelTimes::tiles`], seconds per launch.
+struct TileTimes {
+    logits: [f64; 3],
+    dv_dw: [f64; 2],
 }
 
 /// Each kernel of a training step alone (`aiec_loss`, one block, aside),
@@ -195,8 +204,8 @@ struct KernelTimes {
 fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<KernelTimes> {
     use aiec::launch::{
         aiec_bwd_dv_dw, aiec_bwd_x, aiec_fwd_gate, aiec_fwd_logits, aiec_fwd_softmax, aiec_fwd_x,
-        gate_blocks, logits_tiles, BwdDvDwArgs, BwdXArgs, FwdGateArgs, FwdLogitsArgs, FwdSoftmaxArgs,
-        FwdXArgs, LaunchPlan, ROW_PART_BYTES,
+        gate_blocks, logits_groups, logits_tiles, BwdDvDwArgs, BwdXArgs, FwdGateArgs, FwdLogitsArgs,
+        FwdSoftmaxArgs, FwdXArgs, LaunchPlan, ROW_PART_BYTES,
     };
     use aiec::params::{AiecGateStats, AiecLosses, AiecShape};
     let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool)?;
@@ -237,8 +246,16 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         };
         aiec_fwd_x(T::DTYPE, &shape, args, dev.limits())
     });
-    let logits_args =
-        FwdLogitsArgs { v: v.address(), w: w.address(), logits: logits.address(), part: parts.address() };
+    // The split sums' tickets (zero; every launch leaves them zero).
+    let tickets = Buffer::<u32>::zeros(dev, logits_groups(&shape) * logits_tiles(&shape))?;
+    let logits_args = FwdLogitsArgs {
+        v: v.address(),
+        w: w.address(),
+        logits: logits.address(),
+        g: g.address(),
+        part: parts.address(),
+        tickets: tickets.address(),
+    };
     let logits_plan = aiec_fwd_logits(&shape, logits_args, dev.limits());
     // On an update step (the shape's `update`): the rows and the counting.
     let softmax_args = FwdSoftmaxArgs {
@@ -285,6 +302,16 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     let f32_path = aiec::launch::DeviceLimits { projection: aiec::launch::Projection::F32, ..dev.limits() };
     let logits_f32 = aiec_fwd_logits(&shape, logits_args, f32_path);
     let dv_dw_f32 = aiec_bwd_dv_dw(&shape, dv_dw_args, f32_path);
+    // Each tile forced, to check GemmTile::Auto's and logits_split's choices against the clock.
+    let tile = |gemm_tile| aiec::launch::DeviceLimits { gemm_tile, ..dev.limits() };
+    let logits64 = aiec_fwd_logits(&shape, logits_args, tile(GemmTile::Rows64));
+    let logits64_whole = logits64.clone().map(|mut p| {
+        p.grid[2] = 1;
+        p
+    });
+    let logits128 = aiec_fwd_logits(&shape, logits_args, tile(GemmTile::Rows128));
+    let dv_dw64 = aiec_bwd_dv_dw(&shape, dv_dw_args, tile(GemmTile::Rows64));
+    let dv_dw128 = aiec_bwd_dv_dw(&shape, dv_dw_args, tile(GemmTile::Rows128));
     // dy = xs[i], dx = ys[i] (separate buffers; the in-place form moves the same bytes).
     let bwd_x = pair(&|i| {
         aiec_bwd_x(
@@ -321,7 +348,62 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         bwd_x: time([&bwd_x[0], &bwd_x[1]])?,
         fwd_logits_f32: time([&logits_f32, &logits_f32])?,
         bwd_dv_dw_f32: time([&dv_dw_f32, &dv_dw_f32])?,
+        tiles: TileTimes {
+            logits: [
+                time([&logits64, &logits64])?,
+                time([&logits64_whole, &logits64_whole])?,
+                time([&logits128, &logits128])?,
+            ],
+            dv_dw: [time([&dv_dw64, &dv_dw64])?, time([&dv_dw128, &dv_dw128])?],
+        },
     })
+}
+
+/// The projection kernels with each tile forced (f32 activations' run; the products are the same
+/// for every activation type): which one `GemmTile::Auto` and `logits_split` picked, and what
+/// each costs, so that one run on a GPU checks their rules. Returns the JSON rows.
+fn print_tiles(dev: &Device, measured: &[(&str, &str, KernelTimes)]) -> Vec<String> {
+    println!(
+        "\nthe projection's tiles ({}, µs per launch; auto: what the plans chose)",
+        dev.limits().projection().suffix().trim_start_matches('_')
+    );
+    println!(
+        "{:<13} {:>11} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10}",
+        "preset", "logits 64", "64 whole", "logits 128", "auto", "dv_dw 64", "dv_dw 128", "auto"
+    );
+    let mut json = Vec::new();
+    for (name, dt, t) in measured.iter().filter(|m| m.1 == "f32") {
+        let Some(p) = PRESETS.iter().chain([&TINY]).find(|p| p.name == *name) else { continue };
+        let shape = preset_shape(*p);
+        let limits = dev.limits();
+        let lr = aiec::launch::logits_rows(&shape, &limits);
+        let split = aiec::launch::logits_split(&shape, &limits);
+        let dr = aiec::launch::dv_dw_rows(&shape, &limits);
+        let us = |s: f64| format!("{:.1}", s * 1e6);
+        let [l64, whole, l128] = t.tiles.logits;
+        let [d64, d128] = t.tiles.dv_dw;
+        println!(
+            "{:<13} {:>11} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10}",
+            name,
+            us(l64),
+            us(whole),
+            us(l128),
+            format!("{lr}/{split}"),
+            us(d64),
+            us(d128),
+            dr
+        );
+        json.push(format!(
+            "  {{\"impl\": \"aiec-tiles\", \"backend\": \"{}\", \"preset\": \"{name}\", \"dtype\": \"{dt}\", \"logits64_us\": {:.2}, \"logits64_whole_us\": {:.2}, \"logits128_us\": {:.2}, \"logits_auto\": \"{lr}/{split}\", \"dv_dw64_us\": {:.2}, \"dv_dw128_us\": {:.2}, \"dv_dw_auto\": {dr}}}",
+            dev.label(),
+            l64 * 1e6,
+            whole * 1e6,
+            l128 * 1e6,
+            d64 * 1e6,
+            d128 * 1e6
+        ));
+    }
+    json
 }
 
 // ------------------------------------------------------------------ cost model
@@ -1066,6 +1148,7 @@ fn main() -> aiec::Result<()> {
                 measured.push((p.name, dt, t));
             }
         }
+        json.extend(print_tiles(dev, &measured));
         if dev.kind() == DeviceKind::Cuda {
             let ceilings = cublas_section(dev, &measured, copy, reps);
             json.extend(print_cost_model(&ceilings, &measured, gemm_tile));

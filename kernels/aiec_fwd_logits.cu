@@ -4,14 +4,18 @@
  * statistics; aiec_fwd_softmax then, fully parallel, the cross-entropy, the unscaled softmax gradient and the argmax
  * of every row, and on an update step the counters of correctly predicted samples.
  *
- *   aiec_fwd_logits(v, w, logits, part, s)         f32 SIMT
- *   aiec_fwd_logits_tf32x3(v, w, logits, part, s)  3xTF32
- *   aiec_fwd_logits_tf32(v, w, logits, part, s)    TF32 (opt-in)
+ *   aiec_fwd_logits(v, w, logits, g, part, tickets, s)              f32 SIMT
+ *   aiec_fwd_logits_tf32x3(v, w, logits, g, part, tickets, s)       3xTF32, 64-row tiles
+ *   aiec_fwd_logits_tf32(v, w, logits, g, part, tickets, s)         TF32 (opt-in), 64-row tiles
+ *   aiec_fwd_logits_tf32x3_m128(v, w, logits, g, part, tickets, s)  3xTF32, 128-row tiles
+ *   aiec_fwd_logits_tf32_m128(v, w, logits, g, part, tickets, s)    TF32 (opt-in), 128-row tiles
  *   aiec_fwd_softmax(v, targets, status, step, logits, part, ce, g, act, inh, total, s)
- * The two tensor-core entry points exist where AIEC_MMA_TF32 is 1 (sm_80 and later, the simulator), not on sm_75.
+ * The tensor-core entry points exist where AIEC_MMA_TF32 is 1 (sm_80 and later, the simulator), not on sm_75.
  *
  * v: f32 [B, C]; w: f32 [K, C]; logits, g: f32 [B, K]; part: AiecRowPart [B * max(1, ceil(K / 64))] scratch
  * (aiec_fwd_logits writes the first B * ceil(K / 64), aiec_fwd_softmax reads them; no content needed before);
+ * tickets: u32 [ceil(B / 64) * ceil(K / 64)], zero before the first launch (zero it once at allocation), left zero
+ * (only read where the sum is split: gridDim.z == 2, the tensor-core paths; may be null else);
  * targets: i64 [B] (an out-of-range one gets ce = NaN, no one-hot term, no count, and is never used as an index);
  * status: the AiecTargetStatus aiec_fwd_x wrote for these targets (or null): when it names a bad target
  * (index >= 0) the step counts nothing at all, so a bad batch changes no counter; step: null, or the layer's step
@@ -26,11 +30,17 @@
  * (exact, whatever the order). Neither kernel writes v or w, aiec_fwd_softmax not logits or part. Logits, ce and g
  * are deterministic (fixed summation orders, no float atomics).
  *
- * aiec_fwd_logits. Geometry: block = 128 threads (MUST be); grid = (ceil(K / 64), min(ceil(B / 64), 65535)) (do not
- * launch for B == 0; any grid is correct: a block takes the class tiles j = blockIdx.x, + gridDim.x, ... of the
- * sample groups i = blockIdx.y, + gridDim.y, ...); no dynamic shared memory (static: 18 KiB SIMT, 36 KiB the
- * tensor-core paths). Tile (i, j) is the 64 x 64 GEMM tile of samples [64i, 64i + 64) and classes [64j, 64j + 64)
- * with the whole sum over C (aiec_gemm.cuh: each logit a sum in a fixed order, whatever the grid); the block writes
+ * aiec_fwd_logits. Geometry: block = 128 threads (MUST be); R = 128 rows per tile for the _m128 entry points, else
+ * 64; grid = (ceil(K / 64), min(ceil(B / R), 65535), 1 or 2) (do not launch for B == 0; any grid is correct: a
+ * block takes the class tiles j = blockIdx.x, + gridDim.x, ... of the sample groups i = blockIdx.y, + gridDim.y,
+ * ...); no dynamic shared memory (static: 18 KiB SIMT, 36 KiB the 64-row tensor-core tiles, 39 KiB the 128-row
+ * ones). Tile (i, j) is the R x 64 GEMM tile of samples [Ri, Ri + R) and classes [64j, 64j + 64) with the whole
+ * sum over C (aiec_gemm.cuh: each logit a sum in a fixed order, whatever the grid). Split k, gridDim.z == 2 (the
+ * tensor-core paths; the plans split where the tiles would leave SMs idle): block z sums the channels [z P, z P +
+ * P) with P = ceil(C / 64) * 32, the two partial tiles meet through logits (slice 0's) and g (slice 1's; g is
+ * aiec_fwd_softmax's output, free until then) and the block that draws the tile's ticket second adds them (a + b,
+ * the same bits whichever is second: deterministic) and goes on; the sums then differ from the unsplit ones in
+ * the last bits. The block that finishes the tile writes
  * it to logits, and per row b of the tile to part[b * ceil(K / 64) + j] the tile's partial softmax statistics: the
  * first maximum of the tile's logits (value, index, by the argmax rule) and se_t = sum over the tile of
  * expf(z - max_t) (0 when max_t = -inf).
@@ -101,28 +111,80 @@ constexpr int SM_THREADS = 128, SM_WARPS = SM_THREADS / 32, SM_CHANNELS = SM_THR
 constexpr int BATCH = 8;  // loads in flight per thread: partials of a counting row, logits of a row's g
 }  // namespace aiec_lg
 
+namespace aiec_lg {
+// Split k (gridDim.z == 2): the two slices of tile (gi, j) meet. This block's partial tile (zt, rows < ns, columns
+// < nk) goes to global memory, slice 0's into logits and slice 1's into g (free until aiec_fwd_softmax writes
+// it); the block that draws the tile's ticket second adds the other slice's partial to its own, zt = mine + other
+// (one rounded addition, commutative: the same bits whichever slice arrives second), resets the ticket and goes on
+// with the tile (true); the first returns false. All 128 threads call it (barriers).
+__device__ __forceinline__ bool meet(float* zt, int ns, int nk, u64 b0, u64 k0, u64 K, u32 z, float* logits,
+                                     float* g, aiec::u32* ticket) {
+  __shared__ int second;
+  const int tid = (int)threadIdx.x;
+  float* mine = z == 0 ? logits : g;
+  const float* other = z == 0 ? g : logits;
+  for (int q = tid; q < ns * COLS; q += aiec_gemm::THREADS) {  // a warp writes half a row
+    const int m = q / COLS, n = q % COLS;
+    if (n < nk) mine[(b0 + (u64)m) * K + k0 + (u64)n] = zt[m * ZT + n];
+  }
+  __threadfence();  // the partial is visible device-wide before the ticket is drawn
+  __syncthreads();
+  if (tid == 0) second = atomicAdd(ticket, 1u) == 1u;
+  __syncthreads();
+  if (!second) return false;
+  __threadfence();
+  for (int q = tid; q < ns * COLS; q += aiec_gemm::THREADS) {
+    const int m = q / COLS, n = q % COLS;
+    if (n < nk) {
+      const float* o = other + (b0 + (u64)m) * K + k0 + (u64)n;
+#ifdef AIEC_CUDA
+      zt[m * ZT + n] += __ldcg(o);  // from L2: this SM's L1 may hold an older line
+#else
+      zt[m * ZT + n] += *o;
+#endif
+    }
+  }
+  if (tid == 0) *ticket = 0;  // ready for the next launch (kernel boundaries order it)
+  __syncthreads();
+  return true;
+}
+}  // namespace aiec_lg
+
 // __launch_bounds__ of aiec_fwd_softmax: 128 threads, at least 8 blocks (32 warps) per SM, so at most 64 registers.
 #define AIEC_LB_SOFTMAX 128, 8
 
-template <int PATH>
+// WM: the tensor-core paths' tile (aiec_gemm::tc::Geo): 64 (WM = 1) or 128 (WM = 2) rows; SIMT: 64, WM = 1.
+template <int PATH, int WM = 1>
 __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v,     // [B, C]
                                                      const float* __restrict__ w,     // [K, C]
-                                                     float* __restrict__ logits,      // [B, K]
+                                                     float* logits,                   // [B, K]
+                                                     float* g,                        // [B, K], split k only
                                                      AiecRowPart* __restrict__ part,  // [B, ceil(K / 64)]
+                                                     aiec::u32* tickets,              // split k only
                                                      AiecShape s) {
   using namespace aiec_lg;
   using namespace aiec_gemm;
-  constexpr int SMEM = Smem<PATH>::FLOATS > ROWS * ZT ? Smem<PATH>::FLOATS : ROWS * ZT;
-  __shared__ __align__(16) float smem[SMEM];  // the GEMM's stages, then the tile's logits [64][65]
+  static_assert(PATH != SIMT || WM == 1, "the SIMT tile has 64 rows");
+  // Split k (the tensor-core paths, gridDim.z == 2): slice z of nz. SIMT, or blocks past z = 1: every block sums
+  // the whole of C (a tile computed twice is written twice with the same bits).
+  const u32 nz = PATH == SIMT || gridDim.z == 1 ? 1 : 2, z = nz == 1 ? 0 : blockIdx.z;
+  if (z >= 2) return;
+  constexpr int RT = ROWS * WM;  // rows (samples) per tile
+  constexpr int SMEM = Smem<PATH, WM>::FLOATS > RT * ZT ? Smem<PATH, WM>::FLOATS : RT * ZT;
+  __shared__ __align__(16) float smem[SMEM];  // the GEMM's stages, then the tile's logits [RT][65]
   const u64 B = s.batch, C = s.channels, K = s.classes;
-  const u64 tiles = (K + COLS - 1) / COLS, groups = (B + ROWS - 1) / ROWS;
+  const u64 tiles = (K + COLS - 1) / COLS, groups = (B + RT - 1) / RT;
   const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const Operand A = operand(v, C, B, C, false), Wt = operand(w, C, K, C, false);  // (b, c) and (class, c): MK
+  // Slice z of the channels, [kb, ke): a multiple of 32 channels apart from the last, so that each slice's
+  // operands are 16-byte aligned where the whole ones are.
+  const u64 per = (C + 32 * nz - 1) / (32 * nz) * 32, kb = min64(C, z * per), ke = min64(C, kb + per);
+  const Operand A = operand(v + kb, C, B, ke - kb, false);  // (b, c): MK
+  const Operand Wt = operand(w + kb, C, K, ke - kb, false);  // (class, c): MK
   float* zt = smem;
 
   for (u64 gi = blockIdx.y; gi < groups; gi += gridDim.y) {  // block-uniform
-    const u64 b0 = gi * ROWS;
-    const int ns = (int)min64(ROWS, B - b0);
+    const u64 b0 = gi * RT;
+    const int ns = (int)min64(RT, B - b0);
     for (u64 j = blockIdx.x; j < tiles; j += gridDim.x) {  // block-uniform
       const u64 k0 = j * COLS;
       const int nk = (int)min64(COLS, K - k0);
@@ -142,8 +204,13 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
         __syncthreads();
       } else {
 #if AIEC_MMA_TF32
-        tc::tile<PATH, false, false, false, ZT>(A, Wt, b0, k0, smem, zt);  // ends with a barrier
-        for (int q = tid; q < ROWS * COLS / 2; q += THREADS) {  // a warp writes a row's 64 logits
+        // NaN fix-up after the slices meet, over the whole of C (a slice's operands live no longer than its loop)
+        tc::tile<PATH, false, false, false, ZT, WM, false>(A, Wt, b0, k0, smem, zt);  // ends with a barrier
+        if (nz > 1 && !aiec_lg::meet(zt, ns, nk, b0, k0, K, z, logits, g, tickets + gi * tiles + j))
+          continue;  // block-uniform: the other slice finishes the tile
+        if constexpr (PATH == TF32X3)
+          tc::fix_nan<ZT>(operand(v, C, B, C, false), operand(w, C, K, C, false), b0, k0, ns, nk, zt);
+        for (int q = tid; q < RT * COLS / 2; q += THREADS) {  // a warp writes a row's 64 logits
           const int m = q / (COLS / 2), n = 2 * (q % (COLS / 2));
           if (m < ns && n < nk)
             aiec_gemm::put2(logits + (b0 + (u64)m) * K + k0, (u64)n, (u64)nk, pair, zt[m * ZT + n], zt[m * ZT + n + 1]);
@@ -345,16 +412,25 @@ __device__ __forceinline__ void aiec_fwd_softmax_body(const float* __restrict__ 
   }
 }
 
-#define AIEC_FWD_LOGITS_PARAMS                                                                                  \
-  (const float* __restrict__ v, const float* __restrict__ w, float* __restrict__ logits,                        \
-   AiecRowPart* __restrict__ part, AiecShape s)
-#define AIEC_FWD_LOGITS_ARGS (v, w, logits, part, s)
+#define AIEC_FWD_LOGITS_PARAMS                                                                          \
+  (const float* __restrict__ v, const float* __restrict__ w, float* logits, float* g,                   \
+   AiecRowPart* __restrict__ part, aiec::u32* tickets, AiecShape s)
+#define AIEC_FWD_LOGITS_ARGS (v, w, logits, g, part, tickets, s)
+// The 128-row tile of the tensor-core paths, under a name with one template argument (a macro argument).
+template <int PATH>
+__device__ __forceinline__ void aiec_fwd_logits_m128 AIEC_FWD_LOGITS_PARAMS {
+  aiec_fwd_logits_body<PATH, 2> AIEC_FWD_LOGITS_ARGS;
+}
 AIEC_EXPORT_NAMED(aiec_fwd_logits, __launch_bounds__(AIEC_LB_GEMM), aiec_fwd_logits_body<aiec_gemm::SIMT>,
                   AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
 #if AIEC_MMA_TF32
 AIEC_EXPORT_NAMED(aiec_fwd_logits_tf32x3, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_fwd_logits_body<aiec_gemm::TF32X3>,
                   AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
 AIEC_EXPORT_NAMED(aiec_fwd_logits_tf32, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_fwd_logits_body<aiec_gemm::TF32>,
+                  AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
+AIEC_EXPORT_NAMED(aiec_fwd_logits_tf32x3_m128, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_fwd_logits_m128<aiec_gemm::TF32X3>,
+                  AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
+AIEC_EXPORT_NAMED(aiec_fwd_logits_tf32_m128, __launch_bounds__(AIEC_LB_GEMM_TC), aiec_fwd_logits_m128<aiec_gemm::TF32>,
                   AIEC_FWD_LOGITS_PARAMS, AIEC_FWD_LOGITS_ARGS)
 #endif
 #define AIEC_FWD_SOFTMAX_PARAMS                                                                                   \

@@ -450,17 +450,46 @@ pub struct FwdLogitsArgs {
     pub w: u64,
     /// `f32 [B, K]`, written.
     pub logits: u64,
+    /// `f32 [B, K]`: the softmax gradient `aiec_fwd_softmax` writes next; where the sums are
+    /// split ([`logits_split`]) it holds one slice's partial logits until then (any content).
+    pub g: u64,
     /// `B * `[`logits_tiles`] `AiecRowPart`s ([`ROW_PART_BYTES`] each, 8-byte aligned), written.
     pub part: u64,
+    /// `u32 [`[`logits_groups`]` * `[`logits_tiles`]`]`, zero before the first launch, left zero:
+    /// the tickets of the split sums.
+    pub tickets: u64,
 }
 
-/// Launch 2: `aiec_fwd_logits{suffix}[_m128](v, w, logits, part, shape)`, the entry point of the
-/// device's [`Projection`] and of the rows [`logits_rows`] chooses: the logits and each class tile's
-/// per-row softmax statistics ([`aiec_fwd_softmax`] finishes the rows). Grid: [`logits_tiles`] class
-/// tiles x `ceil(B / rows)` sample groups (at most 65535; the kernel loops beyond), 128 threads.
+/// The slices `aiec_fwd_logits` splits each logit's sum over `C` into (its grid.z): 2 on the
+/// tensor-core paths where the tiles alone would leave SMs idle (fewer blocks than SMs, as ViT-B's
+/// 64 on 132) and each slice keeps at least [`SPLIT_MIN_CHANNELS`] channels, else 1. The two
+/// partial tiles meet through `logits` and `g` (a ticket says which block adds them: one addition,
+/// the same bits whichever arrives second), so the result is deterministic for a given shape and
+/// SM count; a split sum differs from an unsplit one in the last bits.
+pub fn logits_split(shape: &AiecShape, limits: &DeviceLimits) -> u32 {
+    let blocks = logits_tiles(shape) as u64 * shape.batch.div_ceil(logits_rows(shape, limits));
+    let split = limits.projection() != Projection::F32
+        && blocks < limits.sm_count as u64
+        && shape.channels >= 2 * SPLIT_MIN_CHANNELS;
+    if split {
+        2
+    } else {
+        1
+    }
+}
+
+/// The fewest channels a slice of a split logits sum keeps ([`logits_split`]): 4 stages of 32.
+pub const SPLIT_MIN_CHANNELS: u64 = 128;
+
+/// Launch 2: `aiec_fwd_logits{suffix}[_m128](v, w, logits, g, part, tickets, shape)`, the entry point
+/// of the device's [`Projection`] and of the rows [`logits_rows`] chooses: the logits and each class
+/// tile's per-row softmax statistics ([`aiec_fwd_softmax`] finishes the rows). Grid: [`logits_tiles`]
+/// class tiles x `ceil(B / rows)` sample groups (at most 65535; the kernel loops beyond) x the
+/// [`logits_split`] slices of the sums, 128 threads.
 pub fn aiec_fwd_logits(shape: &AiecShape, a: FwdLogitsArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
-    let FwdLogitsArgs { v, w, logits, part } = a;
-    let args = [v, w, logits, part].into_iter().map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
+    let FwdLogitsArgs { v, w, logits, g, part, tickets } = a;
+    let args =
+        [v, w, logits, g, part, tickets].into_iter().map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
     let rows = logits_rows(shape, &limits);
     (shape.batch > 0).then(|| LaunchPlan {
         module: Module::all("aiec_fwd_logits.cu"),
@@ -469,7 +498,7 @@ pub fn aiec_fwd_logits(shape: &AiecShape, a: FwdLogitsArgs, limits: DeviceLimits
         grid: [
             logits_tiles(shape).min((1 << 31) - 1) as u32,
             shape.batch.div_ceil(rows).clamp(1, 65_535) as u32,
-            1,
+            logits_split(shape, &limits),
         ],
         block: [GEMM_BLOCK, 1, 1],
         shared_bytes: 0,
@@ -823,7 +852,7 @@ mod tests {
     }
 
     fn la() -> FwdLogitsArgs {
-        FwdLogitsArgs { v: 1, w: 2, logits: 3, part: 4 }
+        FwdLogitsArgs { v: 1, w: 2, logits: 3, g: 4, part: 5, tickets: 6 }
     }
 
     fn sa() -> FwdSoftmaxArgs {
@@ -888,12 +917,21 @@ mod tests {
         let p = aiec_fwd_x(DType::F16, &h, xa(), H200).unwrap();
         assert_eq!((p.kernel.as_str(), p.grid), ("aiec_fwd_x_hw_f16", [132 * 3, 1, 1]));
         assert_eq!(aiec_fwd_x(DType::F16, &h, xa(), wide).unwrap().grid, [128 * 256 / 8, 1, 1]);
-        // 16 class tiles x 4 sample groups of 64, 128 threads, the tensor-core path by default.
+        // 16 class tiles x 4 sample groups of 64 x 2 slices of the sums (64 tiles would leave 68 of the
+        // 132 SMs idle), 128 threads, the tensor-core path by default.
         let l = aiec_fwd_logits(&s, la(), H200).unwrap();
-        assert_eq!((l.grid, l.block, l.args.len()), ([16, 4, 1], [128, 1, 1], 5));
+        assert_eq!((l.grid, l.block, l.args.len()), ([16, 4, 2], [128, 1, 1], 7));
         assert_eq!(l.kernel, "aiec_fwd_logits_tf32x3");
-        assert_eq!(l.args[..4], (1..=4).map(KernelArg::Ptr).collect::<Vec<_>>(), "v, w, logits, part");
-        assert_eq!(l.args[4], KernelArg::structure(&s));
+        let ptrs: Vec<KernelArg> = (1..=6).map(KernelArg::Ptr).collect();
+        assert_eq!(l.args[..6], ptrs[..], "v, w, logits, g, part, tickets");
+        assert_eq!(l.args[6], KernelArg::structure(&s));
+        // Not split: on f32, with few channels, or where the tiles fill the SMs.
+        let f32 = DeviceLimits { projection: Projection::F32, ..H200 };
+        assert_eq!(logits_split(&s, &f32), 1);
+        assert_eq!(logits_split(&shape(Pool::None, 256, 1, 255, 1000), &H200), 1);
+        assert_eq!(logits_split(&shape(Pool::None, 256, 1, 256, 1000), &H200), 2);
+        assert_eq!(logits_split(&shape(Pool::None, 512, 1, 3072, 1000), &H200), 2, "8 x 16 = 128 blocks");
+        assert_eq!(logits_split(&shape(Pool::None, 576, 1, 3072, 1000), &H200), 1, "9 x 16 = 144 blocks");
         assert_eq!((logits_groups(&s), logits_tiles(&s)), (4, 16));
         let few = aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), FwdLogitsArgs::default(), H200).unwrap();
         assert_eq!(few.grid, [1, 1, 1]);
@@ -992,7 +1030,7 @@ mod tests {
         assert_eq!(gemm_rows(&H200, 64, 32), 64);
         assert_eq!(logits_rows(&vit, &H200), 64);
         let l = aiec_fwd_logits(&vit, la(), H200).unwrap();
-        assert_eq!((l.kernel.as_str(), l.grid), ("aiec_fwd_logits_tf32x3", [16, 4, 1]));
+        assert_eq!((l.kernel.as_str(), l.grid), ("aiec_fwd_logits_tf32x3", [16, 4, 2]), "and split sums");
         // MLP logits: 16 x 64 = 1024 blocks (4 waves) or 16 x 32 = 512 (2 waves): a tie, 128 rows.
         let mlp = shape(Pool::None, 4096, 1, 4096, 1000);
         assert_eq!(logits_rows(&mlp, &H200), 128);
@@ -1001,7 +1039,7 @@ mod tests {
             (l.kernel.as_str(), l.grid, l.block),
             ("aiec_fwd_logits_tf32x3_m128", [16, 32, 1], [128, 1, 1])
         );
-        assert_eq!((l.shared_bytes, l.args.len()), (0, 5));
+        assert_eq!((l.shared_bytes, l.args.len()), (0, 7));
         assert_eq!(logits_groups(&mlp), 64, "the softmax keeps its counting groups of 64");
         // Forced tiles obey, on both tensor-core paths.
         for projection in [Projection::Tf32x3, Projection::Tf32] {
@@ -1011,7 +1049,11 @@ mod tests {
             let l = aiec_fwd_logits(&mlp, la(), r64).unwrap();
             assert_eq!((l.kernel, l.grid), (format!("aiec_fwd_logits{suffix}"), [16, 64, 1]));
             let l = aiec_fwd_logits(&vit, la(), r128).unwrap();
-            assert_eq!((l.kernel, l.grid), (format!("aiec_fwd_logits{suffix}_m128"), [16, 2, 1]));
+            assert_eq!(
+                (l.kernel, l.grid),
+                (format!("aiec_fwd_logits{suffix}_m128"), [16, 2, 2]),
+                "32 blocks: split"
+            );
             let d = aiec_bwd_dv_dw(&mlp, da(), r64).unwrap();
             assert_eq!((d.kernel, d.grid), (format!("aiec_bwd_dv_dw{suffix}"), [(64 + 16) * 64, 1, 1]));
             let d = aiec_bwd_dv_dw(&mlp, da(), r128).unwrap();

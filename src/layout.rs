@@ -8,7 +8,7 @@
 //! [`crate::gpu`], so both may use it.
 
 use crate::config::{InputDims, Pool};
-use crate::launch::{gate_blocks, logits_tiles, ROW_PART_BYTES};
+use crate::launch::{gate_blocks, logits_groups, logits_tiles, ROW_PART_BYTES};
 use crate::params::{pool_code, AiecShape};
 
 /// How the keep bits of one activation tensor are laid out: one bit per
@@ -71,8 +71,9 @@ pub fn keep_words(shape: &AiecShape) -> usize {
 /// Where the parts of a training forward's scratch memory lie (bytes from its
 /// start): the gate's per-block partial sums and counts, the gate's ticket
 /// (zero before the first launch; every launch leaves it zero), the targets
-/// status and the logits' per-row, per-class-tile softmax statistics.
-/// One allocation, zeroed once.
+/// status, the logits' per-row, per-class-tile softmax statistics and the
+/// tickets of the logits' split sums (zero before the first launch; every
+/// launch leaves them zero). One allocation, zeroed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardScratch {
     /// `f32 [gate_blocks]`.
@@ -85,6 +86,9 @@ pub struct ForwardScratch {
     pub status: usize,
     /// `AiecRowPart [B * logits_tiles]` ([`ROW_PART_BYTES`] each).
     pub row_parts: usize,
+    /// `u32 [logits_groups * logits_tiles]`: a ticket per 64 x 64 logits tile
+    /// (`aiec_fwd_logits`'s `tickets`, read where its sums are split).
+    pub logits_tickets: usize,
     /// Total bytes.
     pub bytes: usize,
 }
@@ -98,8 +102,17 @@ impl ForwardScratch {
         let gate_done = gate_count + 8 * g;
         let status = up16(gate_done + 4);
         let row_parts = status + 32;
-        let parts = shape.batch as usize * logits_tiles(shape) * ROW_PART_BYTES;
-        ForwardScratch { gate_sum_sq: 0, gate_count, gate_done, status, row_parts, bytes: row_parts + parts }
+        let logits_tickets = row_parts + shape.batch as usize * logits_tiles(shape) * ROW_PART_BYTES;
+        let tickets = 4 * logits_groups(shape) * logits_tiles(shape);
+        ForwardScratch {
+            gate_sum_sq: 0,
+            gate_count,
+            gate_done,
+            status,
+            row_parts,
+            logits_tickets,
+            bytes: logits_tickets + tickets,
+        }
     }
 }
 
@@ -169,7 +182,9 @@ mod tests {
             assert!(l.gate_count + 8 * g <= l.gate_done);
             assert!(l.gate_done + 4 <= l.status);
             assert!(l.status + 32 <= l.row_parts);
-            assert_eq!(l.bytes, l.row_parts + s.batch as usize * logits_tiles(&s) * ROW_PART_BYTES);
+            assert_eq!(l.logits_tickets, l.row_parts + s.batch as usize * logits_tiles(&s) * ROW_PART_BYTES);
+            assert!(l.logits_tickets % 8 == 0);
+            assert_eq!(l.bytes, l.logits_tickets + 4 * logits_groups(&s) * logits_tiles(&s));
         }
     }
 

@@ -346,10 +346,29 @@ fn infinite_activations_give_f32_results_on_every_path() {
 /// (opt-in) around 1e-3, judged at its own, looser tolerance.
 #[test]
 fn projection_paths_against_a_float64_reference() {
-    let c = case(400, Pool::None, 0.0, 70, 1536, 200, 1, 1, true);
-    let want = run_cpu::<f64>(&c).unwrap();
-    let cpu = run_cpu::<f32>(&c).unwrap();
-    let (e, _) = judge_against(&c, &cpu, &want, tolerance("f32"), TIE_MARGIN_F32).unwrap();
+    projection_paths_against_float64(&case(400, Pool::None, 0.0, 70, 1536, 200, 1, 1, true), |_, _| ());
+}
+
+/// The logits' sums split over two blocks (`launch::logits_split`): one 64 x 64 tile (B = 40, K = 50)
+/// is fewer blocks than the simulator's 2 SMs, and C = 700 leaves each slice its 128 channels; the
+/// tensor-core paths with either tile split, the result is judged as unsplit ones are.
+#[test]
+fn split_logit_sums_against_a_float64_reference() {
+    let c = case(402, Pool::None, 0.0, 40, 700, 50, 1, 1, true);
+    projection_paths_against_float64(&c, |dev, path| {
+        let dims = aiec::InputDims::new(Pool::None, 700, &c.dims).unwrap();
+        let shape = aiec::params::AiecShape::new(&dims, 50, 0.0, true);
+        let want = if path.projection == Projection::F32 { 1 } else { 2 };
+        assert_eq!(aiec::launch::logits_split(&shape, &dev.limits()), want, "{}", path.name());
+    });
+}
+
+/// Runs `c` on every device and projection path (both tiles) and judges it against float64 (plain TF32
+/// at 5e-3); `check` looks at the device and path first.
+fn projection_paths_against_float64(c: &GoldenCase, check: impl Fn(&Device, Path)) {
+    let want = run_cpu::<f64>(c).unwrap();
+    let cpu = run_cpu::<f32>(c).unwrap();
+    let (e, _) = judge_against(c, &cpu, &want, tolerance("f32"), TIE_MARGIN_F32).unwrap();
     println!(
         "accuracy vs f64, {}: cpu-f32 logits {:.1e}, dx {:.1e}, dW {:.1e}",
         c.name, e.logits, e.dx, e.dw
@@ -357,11 +376,12 @@ fn projection_paths_against_a_float64_reference() {
     for dev in devices() {
         for path in paths_with_tf32(&dev) {
             path.set(&dev);
-            let got = run_gpu::<f32>(&dev, &c).unwrap();
+            check(&dev, path);
+            let got = run_gpu::<f32>(&dev, c).unwrap();
             // Plain TF32 keeps 10 mantissa bits of each operand: judged at 5e-3, near ties at 5e-2.
             let (rtol, margin) =
                 if path.projection == Projection::Tf32 { (5e-3, 5e-2) } else { (1e-5, TIE_MARGIN_F32) };
-            let (e, skipped) = judge_against(&c, &got, &want, rtol, margin)
+            let (e, skipped) = judge_against(c, &got, &want, rtol, margin)
                 .unwrap_or_else(|m| panic!("{}: {m}", path.name()));
             println!(
                 "accuracy vs f64, {} [{}]: logits {:.1e}, dx {:.1e}, dW {:.1e}, losses {:.1e} ({skipped} near-tied skipped)",

@@ -29,9 +29,10 @@ static void check(bool ok, const std::string& what) {
   printf("%s %s\n", ok ? "PASS" : "FAIL", what.c_str());
   fflush(stdout);
 }
-static std::string launch(const char* name, unsigned gx, unsigned gy, unsigned block, std::vector<void*> args) {
+static std::string launch(const char* name, unsigned gx, unsigned gy, unsigned block, std::vector<void*> args,
+                          unsigned gz = 1) {
   char err[4096] = {0};
-  int rc = aiec_sim_launch(name, gx, gy, 1, block, 1, 1, 0, args.data(), args.size(), err, sizeof err);
+  int rc = aiec_sim_launch(name, gx, gy, gz, block, 1, 1, 0, args.data(), args.size(), err, sizeof err);
   return rc ? std::string(name) + ": rc " + std::to_string(rc) + ": " + err + "\n" : std::string();
 }
 static u64 cdiv(u64 a, u64 b) { return (a + b - 1) / b; }
@@ -70,10 +71,14 @@ struct Case {
   bool update;
   float tau;
   bool fit;           // most targets = the argmax of exact logits (so that many rows count)
-  int path;           // the projection GEMMs (aiec_gemm.cuh): 0 f32 SIMT, 1 3xTF32, 2 plain TF32
+  int path;           // the projection GEMMs (aiec_gemm.cuh): 0 f32 SIMT, 1 3xTF32, 2 plain TF32, 3 and 4 the same
+                      // with 128-row tiles
+  unsigned kz = 1;    // the logits' grid.z: 2 splits their sums over C in two (the tensor-core paths)
 };
-static const char* path_suffix[] = {"", "_tf32x3", "_tf32"};
-static const char* path_name[] = {"f32", "3xtf32", "tf32"};
+static const char* path_suffix[] = {"", "_tf32x3", "_tf32", "_tf32x3_m128", "_tf32_m128"};
+static const char* path_name[] = {"f32", "3xtf32", "tf32", "3xtf32/m128", "tf32/m128"};
+static bool plain_tf32(const Case& k) { return k.path == 2 || k.path == 4; }
+static u64 tile_rows(const Case& k) { return k.path >= 3 ? 128 : 64; }
 static bool hw(const Case& k) { return k.pool == AIEC_POOL_AVG_HW; }
 static u64 idx(const Case& k, u64 b, u64 c, u64 p) { return hw(k) ? (b * k.C + c) * k.P + p : (b * k.P + p) * k.C + c; }
 // The keep-bit layout (aiec_params.cuh "Keep bits"): rows of L = C (tokens) or P (hw) elements, each from a word.
@@ -211,14 +216,17 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
 
   // 2. logits and the tiles' row statistics: grid (class tiles of 64, sample groups of 64), 128 threads; then CE,
   // softmax gradient, counters: aiec_fwd_softmax, one block per item (counting: 64 rows x 128 channels; rows: 4)
-  const double gemm_rel = k.path == 2 ? 3e-3 : 1e-5;  // plain TF32 rounds the operands to 10 mantissa bits
-  const u64 groups = cdiv(B, 64), tiles = cdiv(K, 64);
+  const double gemm_rel = plain_tf32(k) ? 3e-3 : 1e-5;  // plain TF32 rounds the operands to 10 mantissa bits
+  const u64 groups = cdiv(B, 64), tiles = cdiv(K, 64), lgroups = cdiv(B, tile_rows(k));
   Bytes part(std::max<u64>(B * tiles, 1), 16);
+  Bytes tickets(std::max<u64>(groups * tiles, 1), 4);  // zero once; the logits leave them zero
+  memset(tickets.p, 0, tickets.bytes);
   const void* no_status = nullptr;  // targets are all valid here; no device-side step (s.update decides)
   const unsigned lx = (unsigned)std::min<u64>(tiles, k.cap ? k.cap : 1u << 30);  // capped: the blocks loop
-  const unsigned ly = (unsigned)std::min<u64>(groups, k.cap ? k.cap : 65535);
+  const unsigned ly = (unsigned)std::min<u64>(lgroups, k.cap ? k.cap : 65535);
   err += launch((std::string("aiec_fwd_logits") + path_suffix[k.path]).c_str(), lx, ly, 128,
-                {(void*)&Vk, &W, &logits.p, &part.p, &s});
+                {(void*)&Vk, &W, &logits.p, &g.p, &part.p, &tickets.p, &s}, k.kz);
+  for (u64 i = 0; i < groups * tiles; ++i) ck.exact(tickets.as<u32>()[i] == 0, "tickets left zero", i);
   const u64 items = groups * std::max<u64>(cdiv(C, 128), 1) + cdiv(B, 4);
   const unsigned sx = (unsigned)std::min<u64>(std::max<u64>(items, 1), k.cap ? k.cap : 1u << 30);
   err += launch("aiec_fwd_softmax", sx, 1, 128,
@@ -325,7 +333,7 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
   Bytes dv(B * C, 4), dw(K * C, 4);
   const void* no_scale = nullptr;  // uniform aux_scale
   memset(dw.p, 0xFF, K * C * 4);
-  const u64 dvdw_tiles = (cdiv(B, 64) + cdiv(K, 64)) * cdiv(C, 64);  // capped: the blocks loop over the tiles
+  const u64 dvdw_tiles = (cdiv(B, tile_rows(k)) + cdiv(K, tile_rows(k))) * cdiv(C, 64);  // capped: blocks loop
   err += launch((std::string("aiec_bwd_dv_dw") + path_suffix[k.path]).c_str(),
                 (unsigned)std::min<u64>(dvdw_tiles, k.cap ? k.cap : 1u << 30), 1, 128,
                 {(void*)&Vk, &W, &g.p, &mask.p, &losses.p, &no_scale, &dv.p, &dw.p, &s});
@@ -411,14 +419,15 @@ static void test_empty() {
   void *pv = dummy.data(), *pw = w.data(), *pg = dummy.data(), *pm = mask.data(), *pl = &L, *pdv = dummy.data(),
        *pdw = dw.data(), *prs = nullptr;
   int nonzero = 0;
-  for (int path = 0; path < 3; ++path) {  // every projection path
+  for (int path = 0; path < 5; ++path) {  // every projection path and tile
     std::fill(dw.begin(), dw.end(), NAN);
-    err += launch((std::string("aiec_bwd_dv_dw") + path_suffix[path]).c_str(), (unsigned)(cdiv(K, 64) * cdiv(C, 64)),
+    err += launch((std::string("aiec_bwd_dv_dw") + path_suffix[path]).c_str(),
+                  (unsigned)(cdiv(K, path >= 3 ? 128 : 64) * cdiv(C, 64)),
                   1, 128, {&pv, &pw, &pg, &pm, &pl, &prs, &pdv, &pdw, &s});
     for (float f : dw) nonzero += fbits(f) != 0;
   }
   check(err.empty() && loss_ok && nonzero == 0 && std::isnan(dummy[0]),
-        "B == 0: aiec_loss writes all zeros, aiec_bwd_dv_dw (f32, 3xTF32, TF32) writes dW = +0 (" +
+        "B == 0: aiec_loss writes all zeros, aiec_bwd_dv_dw (f32, 3xTF32, TF32, both tiles) writes dW = +0 (" +
             std::to_string(nonzero) + " nonzero) and reads no row " + err);
 }
 
@@ -436,9 +445,11 @@ int main() {
   std::vector<Case> cases;
   auto add = [&](const char* pn, u32 pool, u64 B, u64 P, u64 C, u64 K, bool special, int mis, bool one, unsigned cap,
                  bool update, float tau, bool fit = false) {
-    // the activation types cycle over the projection paths: each shape runs the GEMMs on both f32 and 3xTF32
+    // the activation types cycle over the projection paths: each shape runs the GEMMs on f32 SIMT, on 3xTF32
+    // with 64-row tiles and the logits' sums split in two, and on 3xTF32 with 128-row tiles
     for (Dt d : {F32, F16, BF16})
-      cases.push_back({pn, pool, B, P, C, K, d, special, mis, one, cap, update, tau, fit, d == F16 ? 0 : 1});
+      cases.push_back({pn, pool, B, P, C, K, d, special, mis, one, cap, update, tau, fit, d == F16 ? 0 : d == F32 ? 1 : 3,
+                       d == F32 ? 2u : 1u});
   };
   add("token", 0, 2, 5, 64, 3, false, 0, false, 0, true, 0.0f);
   add("token", 0, 3, 3, 40, 5, false, 0, false, 0, true, 0.25f);  // C % V == 0 (f32/16-bit) but C % 32 != 0
@@ -475,6 +486,8 @@ int main() {
   // plain TF32 (opt-in): judged at 3e-3
   cases.push_back({"none", 3, 70, 1, 40, 9, F32, false, 0, false, 0, true, 0.0f, true, 2});
   cases.push_back({"avg_token", 1, 5, 3, 130, 65, BF16, false, 0, false, 0, true, 0.0f, true, 2});
+  cases.push_back({"none", 3, 130, 1, 67, 70, F32, false, 0, false, 0, true, 0.0f, true, 4, 2});  // 128 rows, split
+  cases.push_back({"none", 3, 200, 1, 96, 129, F32, false, 0, false, 3, true, 0.0f, true, 3, 2});  // capped, split
   const uint64_t seeds[] = {0, 1, 2};
   const unsigned workers[] = {1, 4};
   int idx = 0;
@@ -495,9 +508,9 @@ int main() {
         else if (err.empty()) err = "seed " + std::to_string(sd) + " workers " + std::to_string(wk) + ": " + why + " differs from seed 0 workers 1";
       }
     char what[320];
-    snprintf(what, sizeof what, "aiec %-9s %-4s %-6s B=%llu P=%llu C=%llu K=%llu%s%s%s%s%s: "
+    snprintf(what, sizeof what, "aiec %-9s %-4s %-11s%s B=%llu P=%llu C=%llu K=%llu%s%s%s%s%s: "
              "6 schedules correct (%d/%llu rows predicted right), %d/5 bitwise identical to the first", k.pool_name,
-             dt_name[k.dt], path_name[k.path], k.B, k.P, k.C, k.K, k.special ? " special" : "", k.misalign ? " misaligned" : "",
+             dt_name[k.dt], path_name[k.path], k.kz > 1 ? " split-k" : "", k.B, k.P, k.C, k.K, k.special ? " special" : "", k.misalign ? " misaligned" : "",
              k.one_class ? " one-class" : "", k.cap ? " capped-grid" : "", k.update ? "" : " no-update", first.correct,
              k.B, identical);
     check(err.empty(), std::string(what) + (err.empty() ? "" : "\n     " + err));
