@@ -932,6 +932,9 @@ mod tests {
         assert_eq!(logits_split(&shape(Pool::None, 256, 1, 256, 1000), &H200), 2);
         assert_eq!(logits_split(&shape(Pool::None, 512, 1, 3072, 1000), &H200), 2, "8 x 16 = 128 blocks");
         assert_eq!(logits_split(&shape(Pool::None, 576, 1, 3072, 1000), &H200), 1, "9 x 16 = 144 blocks");
+        // vit_tiny (2 x 4 = 8 blocks) and resnet_stage (16 x 2 = 32) split too.
+        assert_eq!(logits_split(&shape(Pool::Token, 256, 65, 768, 100), &H200), 2);
+        assert_eq!(logits_split(&shape(Pool::AvgHw, 128, 56 * 56, 256, 1000), &H200), 2);
         assert_eq!((logits_groups(&s), logits_tiles(&s)), (4, 16));
         let few = aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), FwdLogitsArgs::default(), H200).unwrap();
         assert_eq!(few.grid, [1, 1, 1]);
