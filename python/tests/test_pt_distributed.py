@@ -10,10 +10,12 @@ and differs."""
 from __future__ import annotations
 
 import socket
+import warnings
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessExitedException
 
 import dist_worker as w
 from aiec import _dist
@@ -33,8 +35,23 @@ def ranks(request, tmp_path_factory):
         pytest.skip("this torch has no torch.distributed")
     world = request.param
     out = tmp_path_factory.mktemp(f"dist{world}")
-    mp.spawn(w.worker, args=(world, free_port(), str(out)), nprocs=world, join=True)
+    spawn_ranks(world, str(out))
     return world, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def spawn_ranks(world, out):
+    """The workers, spawned once more (on a fresh port) if a rank dies by a signal: gloo's TCP transport
+    can abort a rank while the group connects ("terminate called without an active exception",
+    pytorch/gloo#514), seen once in a 3-rank run on this 2-core machine. A worker that raises (a failed
+    check) is not retried, nor is a second death; every rank writes its results afresh."""
+    for attempt in (1, 2):
+        try:
+            mp.spawn(w.worker, args=(world, free_port(), out), nprocs=world, join=True)
+            return
+        except ProcessExitedException as e:
+            if attempt == 2 or e.signal_name is None:
+                raise
+            warnings.warn(f"{world} ranks: {e}; spawning them once more (pytorch/gloo#514)", stacklevel=2)
 
 
 def reference(cls, rank=0, world=1, mode="sum"):
