@@ -313,6 +313,16 @@ impl Device {
     /// on this device (and its clones), for benchmarks and tests that want one tile;
     /// [`GemmTile::Auto`], the default, lets [`crate::launch::gemm_rows`] decide per
     /// launch. The f32 SIMT path ([`Projection::F32`]) keeps its 64 rows whatever is set.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sim")] {
+    /// use aiec::launch::GemmTile;
+    /// let dev = aiec::Device::sim();
+    /// assert_eq!(dev.gemm_tile(), GemmTile::Auto);
+    /// dev.set_gemm_tile(GemmTile::Rows128); // the `_m128` kernels from now on
+    /// assert_eq!(dev.limits().gemm_tile, GemmTile::Rows128);
+    /// # }
+    /// ```
     pub fn set_gemm_tile(&self, tile: GemmTile) {
         self.0.gemm_tile.store(tile as u8, Ordering::Relaxed);
     }
