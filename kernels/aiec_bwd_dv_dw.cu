@@ -5,7 +5,8 @@
  *   aiec_bwd_dv_dw(v, w, g, mask, losses, row_scale, dv, dw, s)          f32 SIMT products (every arch)
  *   aiec_bwd_dv_dw_tf32x3(v, w, g, mask, losses, row_scale, dv, dw, s)   3xTF32 tensor cores, about f32 accuracy
  *   aiec_bwd_dv_dw_tf32(v, w, g, mask, losses, row_scale, dv, dw, s)     plain TF32 (opt-in, ~1e-3; for speed only)
- *   aiec_bwd_dv_dw_tf32x3_m128, aiec_bwd_dv_dw_tf32_m128 (same arguments)  the same with 128-row tiles
+ *   aiec_bwd_dv_dw_tf32x3_m128, aiec_bwd_dv_dw_tf32_m128 (same arguments)  the same with 128-row tiles (and 128
+ *                                                                         columns on plain TF32)
  * The tensor-core entry points exist where AIEC_MMA_TF32 is 1 (sm_80 and later, the simulator), not on sm_75.
  *
  * v, dv: f32 [B, C]; w, dw: f32 [K, C]; g: f32 [B, K] (aiec_fwd_softmax's softmax - onehot); mask: u8 [B, C];
@@ -21,12 +22,13 @@
  * (a_b v[b,c]): one rounding like the SIMT path's a_b g[b,k], on the other factor; v has half as many values per
  * lane in the tile loop). Writes only dv and dw.
  * Geometry: block = 128 threads (MUST be), no dynamic shared memory (18 KiB static for SIMT, 36 KiB for the
- * 64-row tensor-core tiles, 39 KiB for the 128-row ones); R = 128 rows per tile for the _m128 entry points, else
- * 64; CT = ceil(C / 64); grid = (ceil(B / R) + ceil(K / R)) * CT (any grid is correct: block i takes the tiles i,
- * i + gridDim.x, ...). Tile i < ceil(B/R)*CT is the dv tile [R (i / CT), +R) x [64 (i % CT), +64) (A = dlogits
- * [B, K], MK; B = w as (c, k), KM); tile i' = i - ceil(B/R)*CT the dW tile [R (i' / CT), +R) x [64 (i' % CT),
- * +64) (A = dlogits^T as (class, b), KM; B = v as (c, b), KM). The
- * tensor-core paths write each tile row by row from shared memory (a warp's store covers 256 contiguous bytes).
+ * 64-row tensor-core tiles, 39 KiB for the 128 x 64 ones, 34 KiB for the 128 x 128 one); R = 128 rows per tile for
+ * the _m128 entry points, else 64; N = 128 columns for aiec_bwd_dv_dw_tf32_m128, else 64; CT = ceil(C / N);
+ * grid = (ceil(B / R) + ceil(K / R)) * CT (any grid is correct: block i takes the tiles i, i + gridDim.x, ...).
+ * Tile i < ceil(B/R)*CT is the dv tile [R (i / CT), +R) x [N (i % CT), +N) (A = dlogits [B, K], MK; B = w as
+ * (c, k), KM); tile i' = i - ceil(B/R)*CT the dW tile [R (i' / CT), +R) x [N (i' % CT), +N) (A = dlogits^T as
+ * (class, b), KM; B = v as (c, b), KM). The tensor-core paths write each tile row by row from shared memory, 64
+ * columns at a time (a warp's store covers 256 contiguous bytes).
  */
 #include "common.cuh"
 #include "aiec_params.cuh"
@@ -46,14 +48,15 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
   using namespace aiec_gemm;
   using aiec::u64;
   static_assert(PATH != SIMT || WM == 1, "the SIMT tile has 64 rows");
-  constexpr int RT = BM * WM;  // rows per tile (dv: samples; dW: classes)
+  constexpr int RT = BM * WM;                          // rows per tile (dv: samples; dW: classes)
+  constexpr int WN = wn_of(PATH, WM), CW = BN * WN;  // columns per tile (channels)
   __shared__ __align__(16) float smem[Smem<PATH, WM>::FLOATS];
   const u64 B = s.batch, C = s.channels, K = s.classes;
   // The tile counts (CT column tiles; nbv dv tiles, then nbw dW tiles) live in shared memory, read where used:
   // registers held across the products would spill (the tensor-core paths use all 255).
   __shared__ u64 geo[3];
   if (threadIdx.x == 0) {
-    geo[0] = (C + BN - 1) / BN;
+    geo[0] = (C + CW - 1) / CW;
     geo[1] = (B + RT - 1) / RT * geo[0];
     geo[2] = geo[1] + (K + RT - 1) / RT * geo[0];
   }
@@ -82,7 +85,7 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
   for (u64 bt = blockIdx.x; bt < geo[2]; bt += gridDim.x) {  // block-uniform (one tile per block as planned)
     const bool is_dv = bt < geo[1];
     const u64 tile_i = is_dv ? bt : bt - geo[1];
-    const u64 m0 = tile_i / geo[0] * RT, n0 = tile_i % geo[0] * BN;
+    const u64 m0 = tile_i / geo[0] * RT, n0 = tile_i % geo[0] * CW;
     // dv = dlogits W: A (b, class) = g[b * K + class] (MK), scaled by row b; B (c, class) = w[class * C + c] (KM).
     // dW = dlogits^T v: A (class, b) = g[b * K + class] (KM), scaled by column b; B (c, b) = v[b * C + c] (KM).
     Operand A = is_dv ? operand(g, K, B, K, false) : operand(g, K, K, B, true);
@@ -106,27 +109,33 @@ __device__ __forceinline__ void aiec_bwd_dv_dw_body(const float* __restrict__ v,
       // per-sample scales vary along the sum: applied to v's fragments (tc::tile's SK); a uniform one in the
       // epilogue.
       constexpr int OT = BN + 4;  // row stride of the output tile
-      float* ot = smem;           // the output tile [RT][OT], once the stages are consumed
+      float* ot = smem;           // the output tile [RT][OT] (its columns 64 h..), once the stages are consumed
+      // Half h of the tile (64 columns) row by row from shared memory (tc::tile's barriers around it): each warp
+      // writes 2 rows of 64 floats per step (coalesced).
+      auto epi = [&](int h) {
+        const u64 c0 = n0 + 64 * (u64)h;
+        if (c0 >= C) return;  // block-uniform: the second half of a 128-column tile past C
+        for (int q = (int)threadIdx.x; q < RT * BN / 2; q += THREADS) {
+          const int m = q / (BN / 2), n = 2 * (q % (BN / 2));
+          if (is_dv) {
+            const u64 b = m0 + (u64)m;
+            const float a_b = row_scale ? (b < B ? row_scale[b] : 0.0f) : losses->aux_scale;
+            dv_store(b, c0 + (u64)n, a_b * ot[m * OT + n], a_b * ot[m * OT + n + 1]);
+          } else {
+            const float sc = row_scale ? 1.0f : losses->aux_scale;  // per-sample scales were applied to the products
+            dw_store(m0 + (u64)m, c0 + (u64)n, sc * ot[m * OT + n], sc * ot[m * OT + n + 1]);
+          }
+        }
+      };
       if (is_dv) {
-        tc::tile<PATH, false, true, false, OT, WM>(A, Bop, m0, n0, smem, ot);
+        tc::tile<PATH, false, true, false, OT, WM>(A, Bop, m0, n0, smem, ot, epi);
       } else if (row_scale) {
         A.scale = row_scale;
-        tc::tile<PATH, true, true, true, OT, WM>(A, Bop, m0, n0, smem, ot);
+        tc::tile<PATH, true, true, true, OT, WM>(A, Bop, m0, n0, smem, ot, epi);
       } else {
-        tc::tile<PATH, true, true, false, OT, WM>(A, Bop, m0, n0, smem, ot);
+        tc::tile<PATH, true, true, false, OT, WM>(A, Bop, m0, n0, smem, ot, epi);
       }
-      // Row by row from the staged tile (tc::tile ends with a barrier): each warp writes 2 rows of 64 floats per step (coalesced).
-      for (int q = (int)threadIdx.x; q < RT * BN / 2; q += THREADS) {
-        const int m = q / (BN / 2), n = 2 * (q % (BN / 2));
-        if (is_dv) {
-          const u64 b = m0 + (u64)m;
-          const float a_b = row_scale ? (b < B ? row_scale[b] : 0.0f) : losses->aux_scale;
-          dv_store(b, n0 + (u64)n, a_b * ot[m * OT + n], a_b * ot[m * OT + n + 1]);
-        } else {
-          const float sc = row_scale ? 1.0f : losses->aux_scale;  // per-sample scales were applied to the products
-          dw_store(m0 + (u64)m, n0 + (u64)n, sc * ot[m * OT + n], sc * ot[m * OT + n + 1]);
-        }
-      }
+      epi(WN - 1);  // the last half (the whole tile for WN = 1)
 #endif
     }
   }

@@ -31,12 +31,14 @@
  * are deterministic (fixed summation orders, no float atomics).
  *
  * aiec_fwd_logits. Geometry: block = 128 threads (MUST be); R = 128 rows per tile for the _m128 entry points, else
- * 64; grid = (ceil(K / 64), min(ceil(B / R), 65535), 1 or 2) (do not launch for B == 0; any grid is correct: a
- * block takes the class tiles j = blockIdx.x, + gridDim.x, ... of the sample groups i = blockIdx.y, + gridDim.y,
- * ...); no dynamic shared memory (static: 18 KiB SIMT, 36 KiB the 64-row tensor-core tiles, 39 KiB the 128-row
- * ones). Tile (i, j) is the R x 64 GEMM tile of samples [Ri, Ri + R) and classes [64j, 64j + 64) with the whole
- * sum over C (aiec_gemm.cuh: each logit a sum in a fixed order, whatever the grid). Split k, gridDim.z == 2 (the
- * tensor-core paths; the plans split where the tiles would leave SMs idle): block z sums the channels [z P, z P +
+ * 64; N = 128 classes per block tile for aiec_fwd_logits_tf32_m128 (the 128 x 128 tile: two class tiles), else 64;
+ * grid = (ceil(K / N), min(ceil(B / R), 65535), 1 or 2) (do not launch for B == 0; any grid is correct: a block
+ * takes the block tiles of classes jw = blockIdx.x, + gridDim.x, ... of the sample groups i = blockIdx.y,
+ * + gridDim.y, ...); no dynamic shared memory (static: 18 KiB SIMT, 36 KiB the 64-row tensor-core tiles, 39 KiB the
+ * 128 x 64 ones, 34 KiB the 128 x 128 one). Tile (i, j) is the R x 64 GEMM tile of samples [Ri, Ri + R) and classes
+ * [64j, 64j + 64) with the whole sum over C (aiec_gemm.cuh: each logit a sum in a fixed order, whatever the grid).
+ * Split k, gridDim.z == 2 (the tensor-core paths' 64-column tiles; the plans split where the tiles would leave SMs
+ * idle; the 128 x 128 tile never splits: its blocks all sum the whole of C): block z sums the channels [z P, z P +
  * P) with P = ceil(C / 64) * 32, the two partial tiles meet through logits (slice 0's) and g (slice 1's; g is
  * aiec_fwd_softmax's output, free until then) and the block that draws the tile's ticket second adds them (a + b,
  * the same bits whichever is second: deterministic) and goes on; the sums then differ from the unsplit ones in
@@ -165,15 +167,17 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
   using namespace aiec_lg;
   using namespace aiec_gemm;
   static_assert(PATH != SIMT || WM == 1, "the SIMT tile has 64 rows");
-  // Split k (the tensor-core paths, gridDim.z == 2): slice z of nz. SIMT, or blocks past z = 1: every block sums
-  // the whole of C (a tile computed twice is written twice with the same bits).
-  const u32 nz = PATH == SIMT || gridDim.z == 1 ? 1 : 2, z = nz == 1 ? 0 : blockIdx.z;
+  constexpr int RT = ROWS * WM;        // rows (samples) per tile
+  constexpr int WN = wn_of(PATH, WM);  // class tiles (of 64) per block tile: 2 for the 128 x 128 tile
+  // Split k (the tensor-core paths' 64-column tiles, gridDim.z == 2): slice z of nz. SIMT, the 128 x 128 tile (whose
+  // registers leave no room for meet: it spilled at sm_80), or blocks past z = 1: every block sums the whole of C
+  // (a tile computed twice is written twice with the same bits).
+  const u32 nz = PATH == SIMT || WN == 2 || gridDim.z == 1 ? 1 : 2, z = nz == 1 ? 0 : blockIdx.z;
   if (z >= 2) return;
-  constexpr int RT = ROWS * WM;  // rows (samples) per tile
   constexpr int SMEM = Smem<PATH, WM>::FLOATS > RT * ZT ? Smem<PATH, WM>::FLOATS : RT * ZT;
   __shared__ __align__(16) float smem[SMEM];  // the GEMM's stages, then the tile's logits [RT][65]
   const u64 B = s.batch, C = s.channels, K = s.classes;
-  const u64 tiles = (K + COLS - 1) / COLS, groups = (B + RT - 1) / RT;
+  const u64 tiles = (K + COLS - 1) / COLS, groups = (B + RT - 1) / RT, wide = (tiles + WN - 1) / WN;
   const int tid = (int)threadIdx.x, warp = tid >> 5, lane = tid & 31;
   // Slice z of the channels, [kb, ke): a multiple of 32 channels apart from the last, so that each slice's
   // operands are 16-byte aligned where the whole ones are.
@@ -185,40 +189,8 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
   for (u64 gi = blockIdx.y; gi < groups; gi += gridDim.y) {  // block-uniform
     const u64 b0 = gi * RT;
     const int ns = (int)min64(RT, B - b0);
-    for (u64 j = blockIdx.x; j < tiles; j += gridDim.x) {  // block-uniform
-      const u64 k0 = j * COLS;
-      const int nk = (int)min64(COLS, K - k0);
-
-      // 1. the tile's logits, to global memory and to zt
-      __syncthreads();  // zt and the stages are free again
-      const bool pair = K % 2 == 0 && (aiec::addr(logits) & 7) == 0;
-      if constexpr (PATH == SIMT) {
-        Acc acc;
-        tile_simt(A, Wt, b0, k0, smem, acc);
-        for_each<PATH>(acc, [&](int m, int n, float a0, float a1) {
-          zt[m * ZT + n] = a0;
-          zt[m * ZT + n + 1] = a1;
-          if (m >= ns || n >= nk) return;
-          aiec_gemm::put2(logits + (b0 + (u64)m) * K + k0, (u64)n, (u64)nk, pair, a0, a1);
-        });
-        __syncthreads();
-      } else {
-#if AIEC_MMA_TF32
-        // NaN fix-up after the slices meet, over the whole of C (a slice's operands live no longer than its loop)
-        tc::tile<PATH, false, false, false, ZT, WM, false>(A, Wt, b0, k0, smem, zt);  // ends with a barrier
-        if (nz > 1 && !aiec_lg::meet(zt, ns, nk, b0, k0, K, z, logits, g, tickets + gi * tiles + j))
-          continue;  // block-uniform: the other slice finishes the tile
-        if constexpr (PATH == TF32X3)
-          tc::fix_nan<ZT>(operand(v, C, B, C, false), operand(w, C, K, C, false), b0, k0, ns, nk, zt);
-        for (int q = tid; q < RT * COLS / 2; q += THREADS) {  // a warp writes a row's 64 logits
-          const int m = q / (COLS / 2), n = 2 * (q % (COLS / 2));
-          if (m < ns && n < nk)
-            aiec_gemm::put2(logits + (b0 + (u64)m) * K + k0, (u64)n, (u64)nk, pair, zt[m * ZT + n], zt[m * ZT + n + 1]);
-        }
-#endif
-      }
-
-      // 2. per row, the tile's partial statistics (warp w: rows w, w + 4, ...)
+    // 2. per row, class tile j's partial statistics from its logits in zt (warp w: rows w, w + 4, ...)
+    auto partials = [&](u64 j, u64 k0, int nk) {
       for (int r = warp; r < ns; r += WARPS) {  // warp-uniform
         float bv = 0.0f;
         u64 bi = NONE;
@@ -247,6 +219,50 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
           p->se = se;
           p->index = bi;
         }
+      }
+    };
+    for (u64 jw = blockIdx.x; jw < wide; jw += gridDim.x) {  // block-uniform: class tiles WN jw (, WN jw + 1)
+      // 1. the logits of each class tile of the block tile, to global memory and to zt; then 2.
+      __syncthreads();  // zt and the stages are free again
+      const bool pair = K % 2 == 0 && (aiec::addr(logits) & 7) == 0;
+      if constexpr (PATH == SIMT) {
+        const u64 k0 = jw * COLS;
+        const int nk = (int)min64(COLS, K - k0);
+        Acc acc;
+        tile_simt(A, Wt, b0, k0, smem, acc);
+        for_each<PATH>(acc, [&](int m, int n, float a0, float a1) {
+          zt[m * ZT + n] = a0;
+          zt[m * ZT + n + 1] = a1;
+          if (m >= ns || n >= nk) return;
+          aiec_gemm::put2(logits + (b0 + (u64)m) * K + k0, (u64)n, (u64)nk, pair, a0, a1);
+        });
+        __syncthreads();
+        partials(jw, k0, nk);
+      } else {
+#if AIEC_MMA_TF32
+        // Class tile j (< tiles) in zt: the slices meet, the NaN fix-up over the whole of C (a slice's operands
+        // live no longer than its loop), the logits out, then 2.
+        auto finish = [&](u64 j, u64 k0, int nk) {
+          if (nz > 1 && !aiec_lg::meet(zt, ns, nk, b0, k0, K, z, logits, g, tickets + gi * tiles + j))
+            return;  // block-uniform: the other slice finishes the tile
+          if constexpr (PATH == TF32X3)
+            tc::fix_nan<ZT>(operand(v, C, B, C, false), operand(w, C, K, C, false), b0, k0, ns, nk, zt);
+          for (int q = tid; q < RT * COLS / 2; q += THREADS) {  // a warp writes a row's 64 logits
+            const int m = q / (COLS / 2), n = 2 * (q % (COLS / 2));
+            if (m < ns && n < nk)
+              aiec_gemm::put2(logits + (b0 + (u64)m) * K + k0, (u64)n, (u64)nk, pair, zt[m * ZT + n],
+                              zt[m * ZT + n + 1]);
+          }
+          partials(j, k0, nk);
+        };
+        // tc::tile hands class tile 2 jw to finish where WN = 2, and leaves the last, WN jw + WN - 1, in zt. (The
+        // columns and counts are computed before the tile: so ptxas keeps the 3xTF32 kernels from spilling.)
+        const u64 k0 = jw * (WN * COLS), kl = k0 + (WN - 1) * COLS;
+        const int n0 = (int)min64(COLS, K - k0), nl = kl < K ? (int)min64(COLS, K - kl) : 0;
+        tc::tile<PATH, false, false, false, ZT, WM, false>(A, Wt, b0, k0, smem, zt,
+                                                          [&](int) { finish(2 * jw, k0, n0); });
+        if (nl > 0) finish(WN * jw + (WN - 1), kl, nl);  // block-uniform (WN = 2: the classes may end at 2 jw)
+#endif
       }
     }
   }

@@ -4,9 +4,9 @@
 // aiec_params.cuh; NVRTC gets it in memory by this name, like every kernels/*.cuh.
 //
 // One block of 128 threads (4 warps) computes one 64 x 64 tile of C = A B (C[m][n] = sum over k of A[m][k] B[k][n]),
-// or 128 x 64 (the tensor-core paths' WM = 2, tc::Geo), with the whole reduction over the k it is given. Nothing is
-// atomic: every output element is a sum in a fixed order, whatever the grid (deterministic); the two tiles sum in
-// different orders (different last bits).
+// or 128 x 64 (the tensor-core paths' WM = 2, tc::Geo), or 128 x 128 (plain TF32's WM = 2: WN = 2, wn_of), with the
+// whole reduction over the k it is given. Nothing is atomic: every output element is a sum in a fixed order,
+// whatever the grid (deterministic); the tiles sum in different orders (different last bits).
 //
 // Operands in global memory (Operand): element (i, k) of a matrix with `extent` rows i (m for A, n for B) and kdim
 // columns k, either "MK" (k contiguous: p[i * ld + k]) or "KM" (i contiguous: p[k * ld + i]); elements past either
@@ -14,8 +14,8 @@
 //
 // ---- The tensor-core paths (sm_80+, AIEC_MMA_TF32; tc::tile)
 // Stages (tc::Geo): KT = 32 k per stage and two stages in shared memory (WM = 1: 36 KiB), or KT = 16 and three
-// stages (WM = 2: 39 KiB), and KT scales per stage where the terms at k are scaled, filled by cp.async (no register
-// round trip). Three stages: one barrier per stage; a thread waits for its copies of stage st (cp.async.wait_group
+// stages (WM = 2: 39 KiB; with WN = 2 two stages, 34 KiB), and KT scales per stage where the terms at k are scaled,
+// filled by cp.async (no register round trip). Three stages: one barrier per stage; a thread waits for its copies of stage st (cp.async.wait_group
 // 1), the barrier says every thread's have landed and every warp is done with stage st - 1, whose slot then takes
 // the copies of stage st + 2, in flight during stage st's products. Two stages: stage st + 1's copies go out, then
 // stage st is waited for (wait_group 1), and a barrier on each side of the products (with one barrier, ptxas
@@ -37,10 +37,12 @@
 // Warps: warp w computes 64 rows and columns 32 (w % 2) + 0..31 (4 x 4 fragments of mma.m16n8k8, 64 f32
 // accumulators per lane): WM = 1, all 64 rows over the k half w / 2 of every stage ("sliced k"; at the end of the
 // tile the upper half's sums are stored to shared memory and the lower half adds its own, lower + upper,
-// deterministic); WM = 2, rows 64 (w / 2) + 0..63 over every stage's 16 k. The tile leaves through shared memory
-// (the caller's epilogue reads it from there). Per warp and stage (its 16 k):
+// deterministic); WM = 2, rows 64 (w / 2) + 0..63 over every stage's 16 k; WN = 2, columns 64 (w % 2) + 0..63 too
+// (4 x 8 fragments, 128 accumulators per lane). The tile leaves through shared memory in 64-column halves (the
+// caller's epilogue reads each from there). Per warp and stage (its 16 k):
 // 12 LDS.128 for 32 fragments, 48 operand values split, 96 mma.sync (3xTF32) or 32 (TF32): 0.5 (resp. 1.5)
-// shared-memory wavefronts per mma for the fragments (BENCHMARKS.md "SASS report" has the measured mix). Fragment
+// shared-memory wavefronts per mma for the fragments; WN = 2: 16 LDS.128 for 64 mma.sync, 1.0 (BENCHMARKS.md "SASS
+// report" has the measured mix). Fragment
 // loads are asm (tc::ldsv): as plain C++ loads NVVM narrowed some of them on some runs only, and tests/nvrtc.rs
 // requires one PTX per source.
 // * TF32X3: every operand value x is split in registers, big = x truncated to TF32 (its 13 low bits cleared),
@@ -55,8 +57,9 @@
 //   sum met one is NaN; each NaN result is recomputed at the end in f32 from global memory, exactly as the SIMT
 //   path sums it: inf, -inf and NaN results are those of f32 arithmetic.
 // * TF32 (opt-in, like torch.backends.cuda.matmul.allow_tf32): A_big B_big alone, operands truncated to TF32 (10
-//   mantissa bits: A's values by big_bits as they go into the mma's register quads, an MK B's as the mma reads
-//   them, its upper 19 bits; the simulator's mma truncates alike) and accumulated in the tensor core:
+//   mantissa bits: A's values by big_bits as they go into the mma's register quads, an MK B's, and a KM B's
+//   scaled by SK, as the mma reads them, its upper 19 bits; the simulator's mma truncates alike) and accumulated in
+//   the tensor core:
 //   about 1e-3 relative, for speed only. Never the default.
 // The mma.sync path may differ from the simulator's documented emulation in the last bits (mma.cuh).
 //
@@ -102,19 +105,28 @@ __device__ __forceinline__ void put2(float* row, u64 n, u64 N, bool pair, float 
   }
 }
 
-// The block tiles of the tensor-core paths (tc::tile), by WM, the warps along m:
+// The block tiles of the tensor-core paths (tc::tile), by WM, the warps along m, and WN, the block tile's columns
+// in 64s:
 // * WM = 1: 64 x 64 outputs; warp w computes columns 32 (w % 2) + 0..31 over the k half w / 2 of every 32-k stage
 //   ("sliced k": two warps share each output, their sums meet at the end of the tile); 2 stages.
 // * WM = 2: 128 x 64 outputs; warp w computes rows 64 (w / 2) + 0..63 and columns 32 (w % 2) + 0..31 over every
 //   16-k stage whole; 3 stages. Per mma, half the staging of WM = 1 (a block stages 192 rows of 16 k for 384 mma
 //   where WM = 1 stages 128 rows of 32 k for as many); the plans take it where it does not cost waves.
-// Either way a warp computes 64 x 32 outputs from 16 k of each stage (one slice_step), so its loop is the same.
+// * WM = 2, WN = 2 (plain TF32 only: wn_of): 128 x 128 outputs; warp w computes rows 64 (w / 2) + 0..63 and
+//   columns 64 (w % 2) + 0..63 (128 accumulators per lane, which 3xTF32's split fragments leave no registers
+//   for) over every 16-k stage whole; 2 stages (three of 17 KiB would pass the 48 KiB of static shared memory).
+//   Per mma, half the fragment loads of a 64 x 32 warp tile and 2/3 of WM = 2's staging (BENCHMARKS.md, "SASS
+//   report"). The output leaves in two 64-column halves (tc::tile's epilogue).
+// A warp's loop is the same slice_step either way: 16 k of each stage, NJ = 4 WN fragments of 8 columns.
 namespace tc {
-template <int WM> struct Geo {
+template <int WM, int WN = 1> struct Geo {
   static_assert(WM == 1 || WM == 2, "WM: 1 or 2");
-  static constexpr int M = 64 * WM, N = 64;       // the block tile: M rows (A's extent), N columns (B's)
+  static_assert(WN == 1 || (WN == 2 && WM == 2), "WN: 1, or 2 with WM = 2");
+  static constexpr int M = 64 * WM, N = 64 * WN;  // the block tile: M rows (A's extent), N columns (B's)
   static constexpr int KT = 32 / WM;              // k per stage
-  static constexpr int STAGES = WM + 1;           // stages in shared memory (one or two in flight)
+  static constexpr int STAGES = WN == 2 ? 2 : WM + 1;  // stages in shared memory (one or two in flight)
+  static constexpr int NJ = 4 * WN;                    // a warp's fragments along n (8 columns each)
+  static constexpr int ACC = 16 * NJ;                  // a lane's accumulators (4 fragments along m)
   static constexpr int SW = KT == 32 ? 4 : 0;     // MK: the chunk swizzle of odd rows (file comment)
   static constexpr int A_LD = M + 8, B_LD = N + 8;  // floats per k row of a KM tile (= 8 mod 32)
   static constexpr int A_SLOT = KT * A_LD, B_SLOT = KT * B_LD;  // floats per operand and stage (MK: M * KT)
@@ -122,9 +134,11 @@ template <int WM> struct Geo {
   static constexpr int FLOATS = STAGES * (STAGE + KT);  // the stages and the per-k scales (SK)
 };
 }  // namespace tc
+// The block tile's columns in 64s (tc::Geo's WN) of a path and WM: 2 for plain TF32's 128-row tile, else 1.
+__host__ __device__ constexpr int wn_of(int path, int wm) { return path == TF32 && wm == 2 ? 2 : 1; }
 // Shared memory of one block, in floats: SIMT two stages of the A and B tiles; the tensor-core paths tc::Geo.
 template <int PATH, int WM = 1> struct Smem {
-  static constexpr int FLOATS = PATH == SIMT ? 2 * 2 * TILE : tc::Geo<WM>::FLOATS;
+  static constexpr int FLOATS = PATH == SIMT ? 2 * 2 * TILE : tc::Geo<WM, wn_of(PATH, WM)>::FLOATS;
 };
 
 struct Operand {
@@ -439,17 +453,16 @@ __device__ __forceinline__ u32 big_bits(float x, u32 mask) { return __float_as_u
 __device__ __forceinline__ u32 tf32_mask(u64 kdim) { return 0xFFFFE000u | (u32)(kdim >> 63); }
 
 // Warp w computes rows wm + 0..63 of the tile (4 fragments mi of 16 rows; wm = 64 (w / 2) for WM = 2, else 0) and
-// columns 32 (w % 2) + 0..31 (4 fragments nj of 8) (Geo). Accumulator element r of fragment (mi, nj) is
-// acc[4 (4 mi + nj) + r], at row wm + row_of and column col_of of the tile; the KM layouts permute rows (A) and
-// columns (B) within each 32 (file comment).
-constexpr int ACC = 64;
+// the 32 WN columns wn + 0.. (NJ = 4 WN fragments nj of 8; wn = 32 WN (w % 2)) (Geo). Accumulator element r of
+// fragment (mi, nj) is acc[4 (NJ mi + nj) + r], at row wm + row_of and column wn + col_of of the tile; the KM
+// layouts permute rows (A) and columns (B) within each 32 (file comment).
 template <bool AKM> __device__ __forceinline__ int row_of(int lane, int mi, int r) {
   const int g = lane >> 2, e = r >> 1;
   return AKM ? 32 * (mi >> 1) + 4 * g + 2 * (mi & 1) + e : 16 * mi + g + 8 * e;
 }
-template <bool BKM> __device__ __forceinline__ int col_of(int lane, int warp, int nj, int r) {
-  const int c = 2 * (lane & 3) + (r & 1), wn = 32 * (warp & 1);
-  return BKM ? wn + 4 * c + nj : wn + 8 * nj + c;
+template <bool BKM> __device__ __forceinline__ int col_of(int lane, int nj, int r) {
+  const int c = 2 * (lane & 3) + (r & 1);
+  return BKM ? 32 * (nj >> 2) + 4 * c + (nj & 3) : 8 * nj + c;
 }
 
 // The offset in a stage's operand slot of a lane's first fragment load of the 16-k half s, for a warp whose
@@ -469,8 +482,8 @@ __device__ __forceinline__ int frag_base(int lane, int w0, int s) {
 // with one rounded f32 addition per element: the running sum never passes through the tensor core's accumulator.
 // SK: B's value at k is multiplied by its staged scale first (S: the half's scales of the lane's k rows; B holds
 // half as many values per lane as A, so half the multiplications).
-// ALD, BLD: floats per k row of a KM A, B; KT: k per row of an MK one.
-template <int PATH, bool AKM, bool BKM, bool SK, int ALD, int BLD, int KT>
+// ALD, BLD: floats per k row of a KM A, B; KT: k per row of an MK one; NJ: B's fragments (Geo::NJ).
+template <int PATH, bool AKM, bool BKM, bool SK, int ALD, int BLD, int KT, int NJ>
 __device__ __forceinline__ void slice_step(float* acc, Saddr As, Saddr Bs, Saddr S, u32 mask) {
   using namespace aiec_mma;
   auto split = [&](float x, u32& big, u32& small) {
@@ -486,7 +499,7 @@ __device__ __forceinline__ void slice_step(float* acc, Saddr As, Saddr Bs, Saddr
       big = __float_as_uint(x);
   };
   // B's fragments of both 8-wide k steps, split: [kk][nj][register]
-  u32 bb[2][4][2], bs[2][4][2];
+  u32 bb[2][NJ][2], bs[2][NJ][2];
   float sc[4] = {1.0f, 1.0f, 1.0f, 1.0f};
   if constexpr (SK) {  // the scales of k rows 4 tq + j of the half (staged; 0 past kdim, where A and B are 0 too)
     static_assert(BKM, "per-k scales are applied to a KM operand B");
@@ -498,17 +511,27 @@ __device__ __forceinline__ void slice_step(float* acc, Saddr As, Saddr Bs, Saddr
   }
   if constexpr (BKM) {
     AIEC_UNROLL
-    for (int j = 0; j < 4; ++j) {  // k row 4 tq + j of the half: k step j / 2, fragment row tq + 4 (j % 2)
-      const float4 q = ldsv(Bs, 4 * j * BLD);
-      const int kk = j >> 1, h = j & 1;
-      split(SK ? q.x * sc[j] : q.x, bb[kk][0][h], bs[kk][0][h]);
-      split(SK ? q.y * sc[j] : q.y, bb[kk][1][h], bs[kk][1][h]);
-      split(SK ? q.z * sc[j] : q.z, bb[kk][2][h], bs[kk][2][h]);
-      split(SK ? q.w * sc[j] : q.w, bb[kk][3][h], bs[kk][3][h]);
-    }
+    for (int n32 = 0; n32 < NJ / 4; ++n32)  // each 32 columns: fragments 4 n32 + 0..3
+      AIEC_UNROLL
+      for (int j = 0; j < 4; ++j) {  // k row 4 tq + j of the half: k step j / 2, fragment row tq + 4 (j % 2)
+        const float4 q = ldsv(Bs, 4 * j * BLD + 32 * n32);
+        const int kk = j >> 1, h = j & 1, f = 4 * n32;
+        // TF32 and SK: the product goes to the mma as it is (its upper 19 bits, the same truncation): the FMUL
+        // writes the fragment's register, where a mask would cost one more instruction per value.
+        auto put = [&](float x, u32& big, u32& small) {
+          if constexpr (PATH == TF32 && SK)
+            raw(x, big, small);
+          else
+            split(x, big, small);
+        };
+        put(SK ? q.x * sc[j] : q.x, bb[kk][f][h], bs[kk][f][h]);
+        put(SK ? q.y * sc[j] : q.y, bb[kk][f + 1][h], bs[kk][f + 1][h]);
+        put(SK ? q.z * sc[j] : q.z, bb[kk][f + 2][h], bs[kk][f + 2][h]);
+        put(SK ? q.w * sc[j] : q.w, bb[kk][f + 3][h], bs[kk][f + 3][h]);
+      }
   } else {
     AIEC_UNROLL
-    for (int nj = 0; nj < 4; ++nj) {
+    for (int nj = 0; nj < NJ; ++nj) {
       const float4 q = ldsv(Bs, 8 * nj * KT);  // row wn + 8 nj + g; row & 1 = g & 1
       raw(q.x, bb[0][nj][0], bs[0][nj][0]);
       raw(q.y, bb[0][nj][1], bs[0][nj][1]);
@@ -544,8 +567,8 @@ __device__ __forceinline__ void slice_step(float* acc, Saddr As, Saddr Bs, Saddr
     AIEC_UNROLL
     for (int mm = 0; mm < MG; ++mm)
       AIEC_UNROLL
-      for (int nj = 0; nj < 4; ++nj) {
-        float* d = acc + 4 * (4 * (m0i + mm) + nj);
+      for (int nj = 0; nj < NJ; ++nj) {
+        float* d = acc + 4 * (NJ * (m0i + mm) + nj);
         if constexpr (PATH == TF32X3) {
           float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
           AIEC_UNROLL
@@ -570,11 +593,15 @@ __device__ __forceinline__ float at(const Operand& o, u64 i, u64 k) {
   return o.km ? o.p[k * o.ld + i] : o.p[i * o.ld + k];
 }
 
-template <int PATH, bool AKM, bool BKM, bool SK, int LDO, bool VEC, int WM, bool FIX>
-__device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out) {
-  using G = Geo<WM>;
+template <int PATH, bool AKM, bool BKM, bool SK, int LDO, bool VEC, int WM, int WN, bool FIX, class Epi>
+__device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out,
+                                       Epi epi) {
+  using G = Geo<WM, WN>;
+  static_assert(WN == 1 || PATH == TF32, "the 128 x 128 tile is plain TF32's (wn_of)");
+  constexpr int NJ = G::NJ, ACC = G::ACC;
   const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int kh = WM == 1 ? warp >> 1 : 0, wm = WM == 1 ? 0 : 64 * (warp >> 1);  // the warp's k half, first row
+  const int wn = 32 * WN * (warp & 1);                                             // the warp's first column
   float acc[ACC];
   AIEC_UNROLL
   for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;
@@ -588,7 +615,7 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
   const u32 mask = tf32_mask(K);
   const Saddr sm = saddr(smem);
   const int fa = frag_base<AKM, G::A_LD, G::KT>(lane, wm, kh);
-  const int fb = G::A_SLOT + frag_base<BKM, G::B_LD, G::KT>(lane, 32 * (warp & 1), kh);
+  const int fb = G::A_SLOT + frag_base<BKM, G::B_LD, G::KT>(lane, wn, kh);
   const int fs = G::STAGES * G::STAGE + 16 * kh + 4 * (lane & 3);
   // SK: threads t < KT copy the stage's KT scales, thread t the one at k = KT st + t (like a Copier: a source that
   // advances by KT, the k left counted down; past kdim nothing is read and the scale is 0).
@@ -614,8 +641,8 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
   int rs = 0;  // the slot of stage st
   auto products = [&]() {
     const Saddr A = sadd(sm, rs * G::STAGE);
-    slice_step<PATH, AKM, BKM, SK, G::A_LD, G::B_LD, G::KT>(acc, sadd(A, fa), sadd(A, fb), sadd(sm, fs + rs * G::KT),
-                                                           mask);
+    slice_step<PATH, AKM, BKM, SK, G::A_LD, G::B_LD, G::KT, NJ>(acc, sadd(A, fa), sadd(A, fb),
+                                                               sadd(sm, fs + rs * G::KT), mask);
     rs = rs + 1 == G::STAGES ? 0 : rs + 1;
   };
   if constexpr (G::STAGES == 2) {
@@ -645,15 +672,33 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
     }
     __syncthreads();  // every warp is done with the stages: out (which may be smem itself) may be written
   }
-  auto at_out = [&](int f, int r) -> float& {
-    return out[(wm + row_of<AKM>(lane, f / 4, r)) * LDO + col_of<BKM>(lane, warp, f % 4, r)];
+  // Fragment f = NJ mi + nj's element r in out, whose column 0 is the tile's column c0.
+  auto at_out = [&](int f, int r, int c0) -> float& {
+    return out[(wm + row_of<AKM>(lane, f / NJ, r)) * LDO + wn - c0 + col_of<BKM>(lane, f % NJ, r)];
   };
+  if constexpr (WN == 2) {  // the two 64-column halves, one after the other (out holds 128 x 64)
+    AIEC_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      if ((warp & 1) == h) {  // warp-uniform: the half's two warps
+        AIEC_UNROLL
+        for (int f = 0; f < ACC / 4; ++f)
+          AIEC_UNROLL
+          for (int r = 0; r < 4; ++r) at_out(f, r, 64 * h) = acc[4 * f + r];
+      }
+      __syncthreads();  // the half is in out
+      if (h == 0) {
+        epi(0);
+        __syncthreads();  // the epilogue is done with out
+      }
+    }
+    return;  // the last half is in out
+  }
   if (WM == 1) {  // the two k halves meet in out: the upper half's sums are stored, the lower half adds its own
     if (kh == 1) {
       AIEC_UNROLL
       for (int f = 0; f < ACC / 4; ++f)
         AIEC_UNROLL
-        for (int r = 0; r < 4; ++r) at_out(f, r) = acc[4 * f + r];
+        for (int r = 0; r < 4; ++r) at_out(f, r, 0) = acc[4 * f + r];
     }
     __syncthreads();
   }
@@ -663,14 +708,14 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
       AIEC_UNROLL
       for (int r = 0; r < 4; ++r) {
         if (WM == 1)
-          at_out(f, r) += acc[4 * f + r];
+          at_out(f, r, 0) += acc[4 * f + r];
         else
-          at_out(f, r) = acc[4 * f + r];
+          at_out(f, r, 0) = acc[4 * f + r];
       }
     if constexpr (PATH == TF32X3 && FIX) {
       AIEC_UNROLL_BY(1)
       for (int f = 0; f < ACC; ++f) {  // an inf or NaN operand (or a spurious NaN of the split): the f32 sum
-        const int m = wm + row_of<AKM>(lane, f / 16, f % 4), n = col_of<BKM>(lane, warp, (f / 4) % 4, f % 4);
+        const int m = wm + row_of<AKM>(lane, f / (4 * NJ), f % 4), n = wn + col_of<BKM>(lane, (f / 4) % NJ, f % 4);
         float& x = out[m * LDO + n];
         if (x == x) continue;
         const u64 i = m0 + (u64)m, j = n0 + (u64)n;
@@ -684,21 +729,30 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
   __syncthreads();  // the tile is in out
 }
 
-// out[m * LDO + n] = element (m0 + m, n0 + n) of A B for m < Geo<WM>::M, n < 64 (0 past the matrix) on the tensor
-// cores; A: a (a.km == AKM), B: b (b.km == BKM). SK: every term at k is multiplied by a.scale[k] (applied to B's
-// value; no other scale is applied).
-// All 128 threads call it (barriers); smem: Geo<WM>::FLOATS floats, 16-byte aligned; out: Geo<WM>::M rows of LDO
-// floats (may be smem itself: the stages are consumed when it is written). The copies take 16 bytes where a.vec
-// and b.vec, else 4 (two instances of the stage loop, one chosen per tile). TF32X3 and FIX: a result that is NaN
-// is recomputed in f32 from global memory (the SIMT path's sum), so non-finite operands give the f32 results;
-// without FIX the caller does that (after the loop, where a and b need no registers across it: fix_nan).
-template <int PATH, bool AKM, bool BKM, bool SK, int LDO, int WM, bool FIX = true>
-__device__ __forceinline__ void tile(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out) {
-  static_assert(Geo<WM>::M * LDO <= Geo<WM>::FLOATS, "the output tile fits in shared memory");
+// The tile at (m0, n0) of C = A B on the tensor cores, in 64-column halves h = 0 .. WN - 1 (WN = wn_of(PATH, WM)):
+// out[m * LDO + n] = element (m0 + m, n0 + 64 h + n) of C for m < Geo<WM, WN>::M, n < 64 (0 past the matrix), the
+// last half when tile returns, every other one while epi(h) runs (WN = 2: epi(0), then half 1 at the return; the
+// caller then runs its epilogue for half WN - 1 itself: one copy of it after the calls of several instances of tile,
+// which keeps the registers of the 3xTF32 kernels below their spill point). A: a (a.km == AKM), B: b (b.km == BKM).
+// SK: every term at k is multiplied by a.scale[k] (applied to B's value; no other scale is applied).
+// All 128 threads call it and epi (barriers; epi may have its own); smem: Geo<WM, WN>::FLOATS floats, 16-byte
+// aligned; out: Geo<WM, WN>::M rows of LDO floats (may be smem itself: the stages are consumed when it is written),
+// which epi may overwrite. The copies take 16 bytes where a.vec and b.vec, else 4 (two instances of the stage
+// loop, one chosen per tile). TF32X3 and FIX: a result that is NaN is recomputed in f32 from global memory (the
+// SIMT path's sum), so non-finite operands give the f32 results; without FIX the caller does that (after the loop,
+// where a and b need no registers across it: fix_nan).
+struct NoEpi {
+  __device__ __forceinline__ void operator()(int) const {}
+};
+template <int PATH, bool AKM, bool BKM, bool SK, int LDO, int WM, bool FIX = true, class Epi = NoEpi>
+__device__ __forceinline__ void tile(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out,
+                                     Epi&& epi = NoEpi{}) {
+  constexpr int WN = wn_of(PATH, WM);
+  static_assert(Geo<WM, WN>::M * LDO <= Geo<WM, WN>::FLOATS, "the output tile fits in shared memory");
   if (a.vec && b.vec && a.kdim < VEC_KDIM)
-    tile_v<PATH, AKM, BKM, SK, LDO, true, WM, FIX>(a, b, m0, n0, smem, out);
+    tile_v<PATH, AKM, BKM, SK, LDO, true, WM, WN, FIX>(a, b, m0, n0, smem, out, epi);
   else
-    tile_v<PATH, AKM, BKM, SK, LDO, false, WM, FIX>(a, b, m0, n0, smem, out);
+    tile_v<PATH, AKM, BKM, SK, LDO, false, WM, WN, FIX>(a, b, m0, n0, smem, out, epi);
 }
 
 // tile's NaN fix-up done by its caller (tile<..., FIX = false>): every NaN among out's rows < M and columns < N

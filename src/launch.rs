@@ -111,8 +111,9 @@ pub fn tensor_cores(arch: Arch) -> bool {
 }
 
 /// The rows of the tensor-core projection GEMMs' block tile (`aiec_fwd_logits*`, `aiec_bwd_dv_dw*` on
-/// [`Projection::Tf32x3`] and [`Projection::Tf32`]): 64 rows x 64 columns, or 128 x 64 (the `_m128` entry
-/// points; same 128 threads, same arguments). The SIMT path ([`Projection::F32`]) always uses 64 rows,
+/// [`Projection::Tf32x3`] and [`Projection::Tf32`]): 64 rows x 64 columns, or 128 rows (the `_m128` entry
+/// points; same 128 threads, same arguments) x 64 columns on [`Projection::Tf32x3`] and 128 on
+/// [`Projection::Tf32`] ([`gemm_cols`]). The SIMT path ([`Projection::F32`]) always uses 64 rows,
 /// whatever is asked. [`gemm_rows`] turns the choice into the rows a plan launches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum GemmTile {
@@ -253,9 +254,13 @@ pub const GEMM_BLOCK: u32 = 128;
 /// The projection GEMMs' block tile: `GEMM_TILE x GEMM_TILE` outputs (`kernels/aiec_gemm.cuh`); the
 /// columns of every tile, and the rows of the 64-row one.
 pub const GEMM_TILE: u64 = 64;
-/// Rows of the tensor-core GEMMs' tall block tile (`GEMM_TILE_M128 x GEMM_TILE` outputs), the
-/// `_m128` entry points ([`GemmTile::Rows128`]).
+/// Rows of the tensor-core GEMMs' tall block tile, the `_m128` entry points ([`GemmTile::Rows128`]):
+/// `GEMM_TILE_M128 x` [`gemm_cols`] outputs.
 pub const GEMM_TILE_M128: u64 = 128;
+/// Columns of [`Projection::Tf32`]'s 128-row block tile (`kernels/aiec_gemm.cuh`, `tc::Geo<2, 2>`: each
+/// warp 64 x 64, half the shared-memory traffic per `mma` of a 64 x 32 warp tile, which the 3xTF32 split
+/// leaves no registers for).
+pub const GEMM_TILE_WIDE: u64 = 128;
 /// Resident blocks per SM of the tensor-core projection GEMMs: the wave [`gemm_rows`] counts in.
 pub const GEMM_BLOCKS_PER_SM: u64 = 2;
 /// Samples per `aiec_fwd_softmax` counting group (the samples one counting item adds up;
@@ -272,14 +277,15 @@ pub fn logits_groups(shape: &AiecShape) -> usize {
 }
 
 /// The rows of the projection GEMMs' block tile a plan launches with, given the blocks (tiles of
-/// work) the launch would have with the 64-row tile (`tiles64`) and with the 128-row one
-/// (`tiles128`): 64 on [`Projection::F32`] (the SIMT kernels have no 128-row tile), 64 or 128 as
-/// [`GemmTile::Rows64`] / [`GemmTile::Rows128`] ask, and for [`GemmTile::Auto`] 128 iff
-/// `2 * waves(tiles128) <= waves(tiles64)`, with `waves(t) = ceil(t / (GEMM_BLOCKS_PER_SM *
-/// sm_count))` (one SM where none is reported). A 128-row block does twice a 64-row block's work,
-/// so its waves last about twice as long: it is taken only where it does not cost waves, as on a
-/// large batch; a small grid that fits one wave either way keeps the 64-row tile's parallelism.
-/// Ties go to 128 rows, which issue fewer instructions and shared-memory wavefronts per `mma`.
+/// work) the launch would have with the 64 x 64 tile (`tiles64`) and with the 128-row one
+/// (`tiles128`, [`gemm_cols`] columns): 64 on [`Projection::F32`] (the SIMT kernels have no 128-row
+/// tile), 64 or 128 as [`GemmTile::Rows64`] / [`GemmTile::Rows128`] ask, and for [`GemmTile::Auto`]
+/// 128 iff `r * waves(tiles128) <= waves(tiles64)`, with `waves(t) = ceil(t / (GEMM_BLOCKS_PER_SM *
+/// sm_count))` (one SM where none is reported) and `r` the 128-row block's work in 64 x 64 blocks' (2,
+/// or 4 for [`Projection::Tf32`]'s 128 x 128): its waves last about `r` times as long, so it is
+/// taken only where it does not cost waves, as on a large batch; a small grid that fits one wave
+/// either way keeps the 64-row tile's parallelism. Ties go to 128 rows, which issue fewer
+/// instructions and shared-memory wavefronts per `mma`.
 pub fn gemm_rows(limits: &DeviceLimits, tiles64: u64, tiles128: u64) -> u64 {
     if limits.projection() == Projection::F32 {
         return GEMM_TILE;
@@ -290,12 +296,23 @@ pub fn gemm_rows(limits: &DeviceLimits, tiles64: u64, tiles128: u64) -> u64 {
         GemmTile::Auto => {
             let wave = limits.sm_count.max(1) as u64 * GEMM_BLOCKS_PER_SM;
             let waves = |tiles: u64| tiles.div_ceil(wave);
-            if 2 * waves(tiles128) <= waves(tiles64) {
+            let work = GEMM_TILE_M128 * gemm_cols(limits, GEMM_TILE_M128) / (GEMM_TILE * GEMM_TILE);
+            if work * waves(tiles128) <= waves(tiles64) {
                 GEMM_TILE_M128
             } else {
                 GEMM_TILE
             }
         }
+    }
+}
+
+/// The columns of the projection GEMMs' block tile with `rows` rows: [`GEMM_TILE_WIDE`] for
+/// [`Projection::Tf32`]'s 128-row tile, else [`GEMM_TILE`].
+pub fn gemm_cols(limits: &DeviceLimits, rows: u64) -> u64 {
+    if rows == GEMM_TILE_M128 && limits.projection() == Projection::Tf32 {
+        GEMM_TILE_WIDE
+    } else {
+        GEMM_TILE
     }
 }
 
@@ -305,20 +322,26 @@ fn gemm_kernel(base: &str, limits: &DeviceLimits, rows: u64) -> String {
     format!("{base}{}{tall}", limits.projection().suffix())
 }
 
-/// The rows `aiec_fwd_logits` runs with ([`gemm_rows`] over its class tiles x sample groups).
-pub fn logits_rows(shape: &AiecShape, limits: &DeviceLimits) -> u64 {
-    let tiles = logits_tiles(shape) as u64;
-    gemm_rows(limits, tiles * shape.batch.div_ceil(GEMM_TILE), tiles * shape.batch.div_ceil(GEMM_TILE_M128))
+/// Blocks of `aiec_fwd_logits` (one slice of the sums) with `rows x cols` tiles: class tiles x sample groups.
+fn logits_blocks(shape: &AiecShape, rows: u64, cols: u64) -> u64 {
+    shape.classes.div_ceil(cols).max(1) * shape.batch.div_ceil(rows)
 }
 
-/// Blocks of `aiec_bwd_dv_dw` with `rows`-row tiles: the tiles of `dv [B, C]`, then of `dW [K, C]`.
-fn dv_dw_tiles(shape: &AiecShape, rows: u64) -> u64 {
-    (shape.batch.div_ceil(rows) + shape.classes.div_ceil(rows)) * shape.channels.div_ceil(GEMM_TILE)
+/// The rows `aiec_fwd_logits` runs with ([`gemm_rows`] over its class tiles x sample groups).
+pub fn logits_rows(shape: &AiecShape, limits: &DeviceLimits) -> u64 {
+    let big = logits_blocks(shape, GEMM_TILE_M128, gemm_cols(limits, GEMM_TILE_M128));
+    gemm_rows(limits, logits_blocks(shape, GEMM_TILE, GEMM_TILE), big)
+}
+
+/// Blocks of `aiec_bwd_dv_dw` with `rows x cols` tiles: the tiles of `dv [B, C]`, then of `dW [K, C]`.
+fn dv_dw_tiles(shape: &AiecShape, rows: u64, cols: u64) -> u64 {
+    (shape.batch.div_ceil(rows) + shape.classes.div_ceil(rows)) * shape.channels.div_ceil(cols)
 }
 
 /// The rows `aiec_bwd_dv_dw` runs with ([`gemm_rows`] over its tiles of `dv` and `dW`).
 pub fn dv_dw_rows(shape: &AiecShape, limits: &DeviceLimits) -> u64 {
-    gemm_rows(limits, dv_dw_tiles(shape, GEMM_TILE), dv_dw_tiles(shape, GEMM_TILE_M128))
+    let big = dv_dw_tiles(shape, GEMM_TILE_M128, gemm_cols(limits, GEMM_TILE_M128));
+    gemm_rows(limits, dv_dw_tiles(shape, GEMM_TILE, GEMM_TILE), big)
 }
 
 /// Class tiles of `aiec_fwd_logits`: each row has one `AiecRowPart` per tile.
@@ -465,11 +488,15 @@ pub struct FwdLogitsArgs {
 /// 64 on 132) and each slice keeps at least [`SPLIT_MIN_CHANNELS`] channels, else 1. The two
 /// partial tiles meet through `logits` and `g` (a ticket says which block adds them: one addition,
 /// the same bits whichever arrives second), so the result is deterministic for a given shape and
-/// SM count; a split sum differs from an unsplit one in the last bits.
+/// SM count; a split sum differs from an unsplit one in the last bits. [`Projection::Tf32`]'s 128 x 128
+/// tile never splits (its kernel has no registers to spare for the meeting; `Auto` takes it only on
+/// grids of several waves).
 pub fn logits_split(shape: &AiecShape, limits: &DeviceLimits) -> u32 {
-    let blocks = logits_tiles(shape) as u64 * shape.batch.div_ceil(logits_rows(shape, limits));
+    let rows = logits_rows(shape, limits);
+    let cols = gemm_cols(limits, rows);
     let split = limits.projection() != Projection::F32
-        && blocks < limits.sm_count as u64
+        && cols == GEMM_TILE
+        && logits_blocks(shape, rows, cols) < limits.sm_count as u64
         && shape.channels >= 2 * SPLIT_MIN_CHANNELS;
     if split {
         2
@@ -483,20 +510,22 @@ pub const SPLIT_MIN_CHANNELS: u64 = 128;
 
 /// Launch 2: `aiec_fwd_logits{suffix}[_m128](v, w, logits, g, part, tickets, shape)`, the entry point
 /// of the device's [`Projection`] and of the rows [`logits_rows`] chooses: the logits and each class
-/// tile's per-row softmax statistics ([`aiec_fwd_softmax`] finishes the rows). Grid: [`logits_tiles`]
-/// class tiles x `ceil(B / rows)` sample groups (at most 65535; the kernel loops beyond) x the
-/// [`logits_split`] slices of the sums, 128 threads.
+/// tile's per-row softmax statistics ([`aiec_fwd_softmax`] finishes the rows). Grid: `ceil(K / cols)`
+/// block tiles of classes ([`gemm_cols`]: [`logits_tiles`] where they are 64 wide) x `ceil(B / rows)`
+/// sample groups (at most 65535; the kernel loops beyond) x the [`logits_split`] slices of the sums,
+/// 128 threads.
 pub fn aiec_fwd_logits(shape: &AiecShape, a: FwdLogitsArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
     let FwdLogitsArgs { v, w, logits, g, part, tickets } = a;
     let args =
         [v, w, logits, g, part, tickets].into_iter().map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
     let rows = logits_rows(shape, &limits);
+    let cols = gemm_cols(&limits, rows);
     (shape.batch > 0).then(|| LaunchPlan {
         module: Module::all("aiec_fwd_logits.cu"),
         kernel: gemm_kernel("aiec_fwd_logits", &limits, rows),
         // Class tiles fastest: a sample group's tiles are neighbours in the launch order.
         grid: [
-            logits_tiles(shape).min((1 << 31) - 1) as u32,
+            shape.classes.div_ceil(cols).clamp(1, (1 << 31) - 1) as u32,
             shape.batch.div_ceil(rows).clamp(1, 65_535) as u32,
             logits_split(shape, &limits),
         ],
@@ -683,12 +712,13 @@ pub struct BwdDvDwArgs {
 
 /// Backward launch 1: `aiec_bwd_dv_dw{suffix}[_m128](v, w, g, mask, losses, row_scale, dv, dw, shape)`,
 /// the entry point of the device's [`Projection`] and of the rows [`dv_dw_rows`] chooses; runs for
-/// `B = 0` too (it writes, or with [`crate::params::FLAG_ACCUMULATE_DW`] keeps, `dW`). One `rows x 64`
-/// tile of `dv` or `dW` per block: `(ceil(B / rows) + ceil(K / rows)) * ceil(C / 64)` blocks of 128 threads.
+/// `B = 0` too (it writes, or with [`crate::params::FLAG_ACCUMULATE_DW`] keeps, `dW`). One `rows x cols`
+/// tile of `dv` or `dW` per block ([`gemm_cols`]): `(ceil(B / rows) + ceil(K / rows)) * ceil(C / cols)`
+/// blocks of 128 threads.
 pub fn aiec_bwd_dv_dw(shape: &AiecShape, a: BwdDvDwArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
     let BwdDvDwArgs { v, w, g, mask, losses, row_scale, dv, dw } = a;
     let rows = dv_dw_rows(shape, &limits);
-    let grid = dv_dw_tiles(shape, rows);
+    let grid = dv_dw_tiles(shape, rows, gemm_cols(&limits, rows));
     let args = [v, w, g, mask, losses, row_scale, dv, dw]
         .into_iter()
         .map(KernelArg::Ptr)
@@ -1044,27 +1074,30 @@ mod tests {
         );
         assert_eq!((l.shared_bytes, l.args.len()), (0, 7));
         assert_eq!(logits_groups(&mlp), 64, "the softmax keeps its counting groups of 64");
-        // Forced tiles obey, on both tensor-core paths.
-        for projection in [Projection::Tf32x3, Projection::Tf32] {
+        // Forced tiles obey, on both tensor-core paths: 128 x 64 on 3xTF32, 128 x 128 on plain TF32
+        // (which does not split its sums).
+        for (projection, cols, z) in [(Projection::Tf32x3, 64, 2), (Projection::Tf32, 128, 1)] {
             let suffix = projection.suffix();
             let r64 = DeviceLimits { projection, gemm_tile: GemmTile::Rows64, ..H200 };
             let r128 = DeviceLimits { projection, gemm_tile: GemmTile::Rows128, ..H200 };
+            assert_eq!((gemm_cols(&r64, 64), gemm_cols(&r128, 128)), (64, cols));
             let l = aiec_fwd_logits(&mlp, la(), r64).unwrap();
             assert_eq!((l.kernel, l.grid), (format!("aiec_fwd_logits{suffix}"), [16, 64, 1]));
             let l = aiec_fwd_logits(&vit, la(), r128).unwrap();
             assert_eq!(
                 (l.kernel, l.grid),
-                (format!("aiec_fwd_logits{suffix}_m128"), [16, 2, 2]),
-                "32 blocks: split"
+                (format!("aiec_fwd_logits{suffix}_m128"), [1000u64.div_ceil(cols) as u32, 2, z]),
+                "16 or 32 blocks: split where 64 columns wide"
             );
             let d = aiec_bwd_dv_dw(&mlp, da(), r64).unwrap();
             assert_eq!((d.kernel, d.grid), (format!("aiec_bwd_dv_dw{suffix}"), [(64 + 16) * 64, 1, 1]));
             let d = aiec_bwd_dv_dw(&mlp, da(), r128).unwrap();
-            assert_eq!((d.kernel, d.grid), (format!("aiec_bwd_dv_dw{suffix}_m128"), [(32 + 8) * 64, 1, 1]));
-            // Ragged: B = 9, K = 10, C = 70: one row tile each, two column tiles.
+            let want = (32 + 8) * 4096u64.div_ceil(cols) as u32;
+            assert_eq!((d.kernel, d.grid), (format!("aiec_bwd_dv_dw{suffix}_m128"), [want, 1, 1]));
+            // Ragged: B = 9, K = 10, C = 70: one row tile each, two column tiles of 64 (one of 128).
             let few = shape(Pool::None, 9, 1, 70, 10);
             assert_eq!(aiec_fwd_logits(&few, la(), r128).unwrap().grid, [1, 1, 1]);
-            assert_eq!(aiec_bwd_dv_dw(&few, da(), r128).unwrap().grid, [(1 + 1) * 2, 1, 1]);
+            assert_eq!(aiec_bwd_dv_dw(&few, da(), r128).unwrap().grid, [(1 + 1) * (128 / cols as u32), 1, 1]);
             // Beyond the grid limit the sample groups loop in the kernel either way.
             let tall = shape(Pool::None, 1 << 30, 1, 1, 1);
             assert_eq!(aiec_fwd_logits(&tall, la(), r128).unwrap().grid, [1, 65_535, 1]);
@@ -1085,6 +1118,16 @@ mod tests {
         assert_eq!(gemm_rows(&H200, 529, 265), 64, "3 waves vs 2");
         assert_eq!(gemm_rows(&H200, 529, 264), 128, "3 waves vs 1");
         assert_eq!(gemm_rows(&H200, 528, 264), 128, "2 waves vs 1: a tie");
+        // Plain TF32's 128 x 128 block does 4 times a 64 x 64 block's work: 4 times its waves at most.
+        let tf32 = DeviceLimits { projection: Projection::Tf32, ..H200 };
+        assert_eq!(gemm_rows(&tf32, 528, 264), 64, "2 waves vs 1");
+        assert_eq!(gemm_rows(&tf32, 1056, 264), 128, "4 waves vs 1: a tie");
+        assert_eq!(gemm_rows(&tf32, 1056, 265), 64, "4 waves vs 2");
+        // MLP logits: 1024 blocks of 64 x 64 (4 waves), 8 x 32 = 256 of 128 x 128 (1 wave); ViT-B's dv_dw:
+        // 960 (4 waves) or (2 + 8) x 24 = 240 (1 wave).
+        assert_eq!(aiec_fwd_logits(&mlp, la(), tf32).unwrap().grid, [8, 32, 1]);
+        let vd = aiec_bwd_dv_dw(&shape(Pool::AvgToken, 256, 197, 3072, 1000), da(), tf32).unwrap();
+        assert_eq!((vd.kernel.as_str(), vd.grid), ("aiec_bwd_dv_dw_tf32_m128", [240, 1, 1]));
         // No SMs reported: a wave of 2 blocks, no division by zero.
         let none = DeviceLimits { sm_count: 0, ..H200 };
         assert_eq!((gemm_rows(&none, 4, 2), gemm_rows(&none, 2, 2)), (128, 64));

@@ -79,6 +79,7 @@ static const char* path_suffix[] = {"", "_tf32x3", "_tf32", "_tf32x3_m128", "_tf
 static const char* path_name[] = {"f32", "3xtf32", "tf32", "3xtf32/m128", "tf32/m128"};
 static bool plain_tf32(const Case& k) { return k.path == 2 || k.path == 4; }
 static u64 tile_rows(const Case& k) { return k.path >= 3 ? 128 : 64; }
+static u64 tile_cols(const Case& k) { return k.path == 4 ? 128 : 64; }  // plain TF32's 128 x 128 tile
 static bool hw(const Case& k) { return k.pool == AIEC_POOL_AVG_HW; }
 static u64 idx(const Case& k, u64 b, u64 c, u64 p) { return hw(k) ? (b * k.C + c) * k.P + p : (b * k.P + p) * k.C + c; }
 // The keep-bit layout (aiec_params.cuh "Keep bits"): rows of L = C (tokens) or P (hw) elements, each from a word.
@@ -222,7 +223,7 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
   Bytes tickets(std::max<u64>(groups * tiles, 1), 4);  // zero once; the logits leave them zero
   memset(tickets.p, 0, tickets.bytes);
   const void* no_status = nullptr;  // targets are all valid here; no device-side step (s.update decides)
-  const unsigned lx = (unsigned)std::min<u64>(tiles, k.cap ? k.cap : 1u << 30);  // capped: the blocks loop
+  const unsigned lx = (unsigned)std::min<u64>(cdiv(K, tile_cols(k)), k.cap ? k.cap : 1u << 30);  // capped: loops
   const unsigned ly = (unsigned)std::min<u64>(lgroups, k.cap ? k.cap : 65535);
   err += launch((std::string("aiec_fwd_logits") + path_suffix[k.path]).c_str(), lx, ly, 128,
                 {(void*)&Vk, &W, &logits.p, &g.p, &part.p, &tickets.p, &s}, k.kz);
@@ -333,7 +334,7 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
   Bytes dv(B * C, 4), dw(K * C, 4);
   const void* no_scale = nullptr;  // uniform aux_scale
   memset(dw.p, 0xFF, K * C * 4);
-  const u64 dvdw_tiles = (cdiv(B, tile_rows(k)) + cdiv(K, tile_rows(k))) * cdiv(C, 64);  // capped: blocks loop
+  const u64 dvdw_tiles = (cdiv(B, tile_rows(k)) + cdiv(K, tile_rows(k))) * cdiv(C, tile_cols(k));  // capped: loop
   err += launch((std::string("aiec_bwd_dv_dw") + path_suffix[k.path]).c_str(),
                 (unsigned)std::min<u64>(dvdw_tiles, k.cap ? k.cap : 1u << 30), 1, 128,
                 {(void*)&Vk, &W, &g.p, &mask.p, &losses.p, &no_scale, &dv.p, &dw.p, &s});
@@ -422,7 +423,7 @@ static void test_empty() {
   for (int path = 0; path < 5; ++path) {  // every projection path and tile
     std::fill(dw.begin(), dw.end(), NAN);
     err += launch((std::string("aiec_bwd_dv_dw") + path_suffix[path]).c_str(),
-                  (unsigned)(cdiv(K, path >= 3 ? 128 : 64) * cdiv(C, 64)),
+                  (unsigned)(cdiv(K, path >= 3 ? 128 : 64) * cdiv(C, path == 4 ? 128 : 64)),
                   1, 128, {&pv, &pw, &pg, &pm, &pl, &prs, &pdv, &pdw, &s});
     for (float f : dw) nonzero += fbits(f) != 0;
   }
@@ -486,7 +487,12 @@ int main() {
   // plain TF32 (opt-in): judged at 3e-3
   cases.push_back({"none", 3, 70, 1, 40, 9, F32, false, 0, false, 0, true, 0.0f, true, 2});
   cases.push_back({"avg_token", 1, 5, 3, 130, 65, BF16, false, 0, false, 0, true, 0.0f, true, 2});
-  cases.push_back({"none", 3, 130, 1, 67, 70, F32, false, 0, false, 0, true, 0.0f, true, 4, 2});  // 128 rows, split
+  // 128 x 128 on a z = 2 grid (that tile does not split: every block sums the whole, a tile written twice alike)
+  cases.push_back({"none", 3, 130, 1, 67, 70, F32, false, 0, false, 0, true, 0.0f, true, 4, 2});
+  // 128 x 128: K = 129 (the last block tile's second half past K), C = 200 (16-byte copies, a ragged second column
+  // tile), capped grid; C = 130 (4-byte copies), bf16
+  cases.push_back({"none", 3, 200, 1, 200, 129, F32, false, 0, false, 1, true, 0.0f, true, 4});
+  cases.push_back({"avg_token", 1, 5, 3, 130, 65, BF16, false, 0, false, 0, true, 0.0f, true, 4});
   cases.push_back({"none", 3, 200, 1, 96, 129, F32, false, 0, false, 3, true, 0.0f, true, 3, 2});  // capped, split
   const uint64_t seeds[] = {0, 1, 2};
   const unsigned workers[] = {1, 4};
