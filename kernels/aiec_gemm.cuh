@@ -15,16 +15,16 @@
 // ---- The tensor-core paths (sm_80+, AIEC_MMA_TF32; tc::tile)
 // Stages (tc::Geo): KT = 32 k per stage and two stages in shared memory (WM = 1: 36 KiB), or KT = 16 and three
 // stages (WM = 2: 39 KiB; with WN = 2 two stages, 34 KiB), and KT scales per stage where the terms at k are scaled,
-// filled by cp.async (no register round trip). Three stages: one barrier per stage; a thread waits for its copies of stage st (cp.async.wait_group
-// 1), the barrier says every thread's have landed and every warp is done with stage st - 1, whose slot then takes
-// the copies of stage st + 2, in flight during stage st's products. Two stages: stage st + 1's copies go out, then
-// stage st is waited for (wait_group 1), and a barrier on each side of the products (with one barrier, ptxas
-// kept more values live across the products of WM = 1 and spilled). Thread t copies 2 to 4 chunks of 4
-// elements per operand and stage (a warp's 32 chunks are 512 contiguous bytes of shared memory: no bank conflict)
-// from as many source pointers plus one offset that advances by a constant (tc::Copier); chunks outside the matrix
-// are zero-filled (the copy's ignore-src predicate); unless both operands are vec (and kdim < 2^29, so that the
-// copies count k in 32 bits), both take 4-byte copies (a second instance of the stage loop, chosen once per tile).
-// The stage loop counts in 32 bits.
+// filled by cp.async (no register round trip). Three stages: one barrier per stage; a thread waits for its copies
+// of stage st (cp.async.wait_group 1), the barrier says every thread's have landed and every warp is done with stage
+// st - 1, whose slot then takes the copies of stage st + 2, in flight during stage st's products. Two stages:
+// stage st + 1's copies go out, then stage st is waited for (wait_group 1), and a barrier on each side of the
+// products (with one barrier, ptxas kept more values live across the products of WM = 1 and spilled). Thread t
+// copies 2 to 4 chunks of 4 elements per operand and stage (a warp's 32 chunks are 512 contiguous bytes of shared
+// memory: no bank conflict) from as many source pointers plus one offset that advances by a constant (tc::Copier);
+// chunks outside the matrix are zero-filled (the copy's ignore-src predicate); unless both operands are vec (and
+// kdim < 2^29, so that the copies count k in 32 bits), both take 4-byte copies (a second instance of the stage
+// loop, chosen once per tile). The stage loop counts in 32 bits.
 // Layouts in shared memory, chosen so that every fragment load is one conflict-free 16-byte LDS:
 // * MK: [rows][KT k]; KT = 32: the 16-byte chunk c of row r at chunk c ^ (4 (r & 1)) (so that the two rows a
 //   quarter warp reads fall in different banks; rows of KT = 16 are 64 bytes and fall there unswizzled);
@@ -42,9 +42,8 @@
 // caller's epilogue reads each from there). Per warp and stage (its 16 k):
 // 12 LDS.128 for 32 fragments, 48 operand values split, 96 mma.sync (3xTF32) or 32 (TF32): 0.5 (resp. 1.5)
 // shared-memory wavefronts per mma for the fragments; WN = 2: 16 LDS.128 for 64 mma.sync, 1.0 (BENCHMARKS.md "SASS
-// report" has the measured mix). Fragment
-// loads are asm (tc::ldsv): as plain C++ loads NVVM narrowed some of them on some runs only, and tests/nvrtc.rs
-// requires one PTX per source.
+// report" has the measured mix). Fragment loads are asm (tc::ldsv): as plain C++ loads NVVM narrowed some of them
+// on some runs only, and tests/nvrtc.rs requires one PTX per source.
 // * TF32X3: every operand value x is split in registers, big = x truncated to TF32 (its 13 low bits cleared),
 //   small = x - big (exact; the mma reads its upper 19 bits): two instructions per value. Per fragment and 16 k
 //   (a warp's share of a stage), t = A_small B_big + A_big B_small + A_big B_big (six mma.sync into a fresh t,
@@ -441,6 +440,22 @@ __device__ __forceinline__ float4 ldsv(Saddr a, int n) {
   return q;
 }
 
+// Whether slice_step reads SK's scales in pairs and shuffles (3xTF32's 128 x 64 tile, where it takes the loop under
+// 0.8 wavefronts per mma at sm_90, for 0.06 instructions more; elsewhere it cost more instructions than it saved
+// wavefronts, up to 0.35 per mma at sm_80).
+__host__ __device__ constexpr bool spair(int path, int wm) { return path == TF32X3 && wm == 2; }
+
+// The 8 bytes at a (8-byte aligned), as ldsv.
+__device__ __forceinline__ float2 ldsv2(Saddr a) {
+  float2 q;
+#ifdef AIEC_CUDA
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(q.x), "=f"(q.y) : "r"(a));
+#else
+  memcpy(&q, a, 8);
+#endif
+  return q;
+}
+
 // x = big + small: big = x truncated to TF32 (its 13 low bits cleared), small = x - big (exact: the 13 low bits'
 // worth, of x's sign), which reaches the mma as it is, whose operand read keeps its upper 19 bits (truncation too).
 // Two instructions per value, as CUTLASS's round_toward_zero big; truncating both parts (instead of rounding big
@@ -482,8 +497,9 @@ __device__ __forceinline__ int frag_base(int lane, int w0, int s) {
 // with one rounded f32 addition per element: the running sum never passes through the tensor core's accumulator.
 // SK: B's value at k is multiplied by its staged scale first (S: the half's scales of the lane's k rows; B holds
 // half as many values per lane as A, so half the multiplications).
-// ALD, BLD: floats per k row of a KM A, B; KT: k per row of an MK one; NJ: B's fragments (Geo::NJ).
-template <int PATH, bool AKM, bool BKM, bool SK, int ALD, int BLD, int KT, int NJ>
+// ALD, BLD: floats per k row of a KM A, B; KT: k per row of an MK one; NJ: B's fragments (Geo::NJ). SPAIR: SK's
+// scales read in pairs (spair; S where tile_v's fs puts it).
+template <int PATH, bool AKM, bool BKM, bool SK, int ALD, int BLD, int KT, int NJ, bool SPAIR>
 __device__ __forceinline__ void slice_step(float* acc, Saddr As, Saddr Bs, Saddr S, u32 mask) {
   using namespace aiec_mma;
   auto split = [&](float x, u32& big, u32& small) {
@@ -503,11 +519,24 @@ __device__ __forceinline__ void slice_step(float* acc, Saddr As, Saddr Bs, Saddr
   float sc[4] = {1.0f, 1.0f, 1.0f, 1.0f};
   if constexpr (SK) {  // the scales of k rows 4 tq + j of the half (staged; 0 past kdim, where A and B are 0 too)
     static_assert(BKM, "per-k scales are applied to a KM operand B");
-    const float4 q = ldsv(S, 0);
-    sc[0] = q.x;
-    sc[1] = q.y;
-    sc[2] = q.z;
-    sc[3] = q.w;
+    if constexpr (SPAIR) {
+      // An 8-byte load a lane, of k rows 4 tq + 2 o + 0..1 where o = g % 2 (S), and the other two from the lane 4
+      // away (the same tq, the other o): 2 shared-memory wavefronts a warp where a 16-byte load of all 4 takes 4,
+      // for 2 shuffles and 4 selects.
+      const float2 mine = ldsv2(S);
+      const float ox = __shfl_xor_sync(0xffffffffu, mine.x, 4), oy = __shfl_xor_sync(0xffffffffu, mine.y, 4);
+      const bool odd = (threadIdx.x >> 2) & 1;
+      sc[0] = odd ? ox : mine.x;
+      sc[1] = odd ? oy : mine.y;
+      sc[2] = odd ? mine.x : ox;
+      sc[3] = odd ? mine.y : oy;
+    } else {  // one 16-byte load (S: k row 4 tq)
+      const float4 q = ldsv(S, 0);
+      sc[0] = q.x;
+      sc[1] = q.y;
+      sc[2] = q.z;
+      sc[3] = q.w;
+    }
   }
   if constexpr (BKM) {
     AIEC_UNROLL
@@ -616,7 +645,9 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
   const Saddr sm = saddr(smem);
   const int fa = frag_base<AKM, G::A_LD, G::KT>(lane, wm, kh);
   const int fb = G::A_SLOT + frag_base<BKM, G::B_LD, G::KT>(lane, wn, kh);
-  const int fs = G::STAGES * G::STAGE + 16 * kh + 4 * (lane & 3);
+  // SK: the lane's scales of the half (16 kh + 4 tq), or the pair it reads (spair)
+  constexpr bool SPAIR = spair(PATH, WM);
+  const int fs = G::STAGES * G::STAGE + 16 * kh + 4 * (lane & 3) + (SPAIR ? 2 * ((lane >> 2) & 1) : 0);
   // SK: threads t < KT copy the stage's KT scales, thread t the one at k = KT st + t (like a Copier: a source that
   // advances by KT, the k left counted down; past kdim nothing is read and the scale is 0).
   const float* sp = SK ? a.scale + tid : nullptr;
@@ -641,7 +672,7 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
   int rs = 0;  // the slot of stage st
   auto products = [&]() {
     const Saddr A = sadd(sm, rs * G::STAGE);
-    slice_step<PATH, AKM, BKM, SK, G::A_LD, G::B_LD, G::KT, NJ>(acc, sadd(A, fa), sadd(A, fb),
+    slice_step<PATH, AKM, BKM, SK, G::A_LD, G::B_LD, G::KT, NJ, SPAIR>(acc, sadd(A, fa), sadd(A, fb),
                                                                sadd(sm, fs + rs * G::KT), mask);
     rs = rs + 1 == G::STAGES ? 0 : rs + 1;
   };
