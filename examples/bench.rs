@@ -188,11 +188,20 @@ struct KernelTimes {
     /// The device's projection with each tile forced: `aiec_fwd_logits` with 64 rows (as planned,
     /// then with its sums never split) and 128 rows; `aiec_bwd_dv_dw` with 64 and 128 rows.
     tiles: TileTimes,
+    /// Plain TF32 (opt-in) with each tile forced, on devices with tensor cores.
+    tf32: Option<Tf32Times>,
 }
 
 /// [`KernelTimes::tiles`], seconds per launch.
 struct TileTimes {
     logits: [f64; 3],
+    dv_dw: [f64; 2],
+}
+
+/// [`KernelTimes::tf32`], seconds per launch: `aiec_fwd_logits_tf32` and `aiec_bwd_dv_dw_tf32` with the
+/// 64 x 64 tile (as planned: the logits may split) and with the 128 x 128 one.
+struct Tf32Times {
+    logits: [f64; 2],
     dv_dw: [f64; 2],
 }
 
@@ -312,6 +321,20 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     let logits128 = aiec_fwd_logits(&shape, logits_args, tile(GemmTile::Rows128));
     let dv_dw64 = aiec_bwd_dv_dw(&shape, dv_dw_args, tile(GemmTile::Rows64));
     let dv_dw128 = aiec_bwd_dv_dw(&shape, dv_dw_args, tile(GemmTile::Rows128));
+    // Plain TF32's tiles (its 128-row tile is 128 x 128), to check the Auto rule's factor of 4.
+    let tf32_tile = |gemm_tile| aiec::launch::DeviceLimits {
+        projection: aiec::launch::Projection::Tf32,
+        gemm_tile,
+        ..dev.limits()
+    };
+    let tf32_plans = aiec::launch::tensor_cores(dev.limits().arch).then(|| {
+        [GemmTile::Rows64, GemmTile::Rows128].map(|t| {
+            (
+                aiec_fwd_logits(&shape, logits_args, tf32_tile(t)),
+                aiec_bwd_dv_dw(&shape, dv_dw_args, tf32_tile(t)),
+            )
+        })
+    });
     // dy = xs[i], dx = ys[i] (separate buffers; the in-place form moves the same bytes).
     let bwd_x = pair(&|i| {
         aiec_bwd_x(
@@ -356,12 +379,20 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
             ],
             dv_dw: [time([&dv_dw64, &dv_dw64])?, time([&dv_dw128, &dv_dw128])?],
         },
+        tf32: match &tf32_plans {
+            Some([(l64, d64), (l128, d128)]) => Some(Tf32Times {
+                logits: [time([l64, l64])?, time([l128, l128])?],
+                dv_dw: [time([d64, d64])?, time([d128, d128])?],
+            }),
+            None => None,
+        },
     })
 }
 
 /// The projection kernels with each tile forced (f32 activations' run; the products are the same
 /// for every activation type): which one `GemmTile::Auto` and `logits_split` picked, and what
-/// each costs, so that one run on a GPU checks their rules. Returns the JSON rows.
+/// each costs, so that one run on a GPU checks their rules; then plain TF32's (on tensor cores). Returns
+/// the JSON rows.
 fn print_tiles(dev: &Device, measured: &[(&str, &str, KernelTimes)]) -> Vec<String> {
     println!(
         "\nthe projection's tiles ({}, µs per launch; auto: what the plans chose)",
@@ -398,6 +429,44 @@ fn print_tiles(dev: &Device, measured: &[(&str, &str, KernelTimes)]) -> Vec<Stri
             dev.label(),
             l64 * 1e6,
             whole * 1e6,
+            l128 * 1e6,
+            d64 * 1e6,
+            d128 * 1e6
+        ));
+    }
+    let tf32: Vec<_> =
+        measured.iter().filter(|m| m.1 == "f32").filter_map(|m| Some((m.0, m.2.tf32.as_ref()?))).collect();
+    if tf32.is_empty() {
+        return json;
+    }
+    println!("\nplain TF32's tiles (opt-in; µs per launch; auto: the rows the plans choose)");
+    println!(
+        "{:<13} {:>11} {:>14} {:>6} {:>10} {:>14} {:>6}",
+        "preset", "logits 64", "logits 128x128", "auto", "dv_dw 64", "dv_dw 128x128", "auto"
+    );
+    for (name, t) in tf32 {
+        let Some(p) = PRESETS.iter().chain([&TINY]).find(|p| p.name == name) else { continue };
+        let shape = preset_shape(*p);
+        let limits =
+            aiec::launch::DeviceLimits { projection: aiec::launch::Projection::Tf32, ..dev.limits() };
+        let (lr, dr) =
+            (aiec::launch::logits_rows(&shape, &limits), aiec::launch::dv_dw_rows(&shape, &limits));
+        let us = |s: f64| format!("{:.1}", s * 1e6);
+        let ([l64, l128], [d64, d128]) = (t.logits, t.dv_dw);
+        println!(
+            "{:<13} {:>11} {:>14} {:>6} {:>10} {:>14} {:>6}",
+            name,
+            us(l64),
+            us(l128),
+            lr,
+            us(d64),
+            us(d128),
+            dr
+        );
+        json.push(format!(
+            "  {{\"impl\": \"aiec-tf32-tiles\", \"backend\": \"{}\", \"preset\": \"{name}\", \"logits64_us\": {:.2}, \"logits128x128_us\": {:.2}, \"logits_auto\": {lr}, \"dv_dw64_us\": {:.2}, \"dv_dw128x128_us\": {:.2}, \"dv_dw_auto\": {dr}}}",
+            dev.label(),
+            l64 * 1e6,
             l128 * 1e6,
             d64 * 1e6,
             d128 * 1e6
