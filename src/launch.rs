@@ -126,6 +126,22 @@ pub enum GemmTile {
     Rows128 = 2,
 }
 
+/// Whether `aiec_fwd_logits` splits its sums over `C` in two ([`logits_split`]). `Auto` decides by the
+/// SM count, so two devices whose SM counts differ may sum a shape in different orders (different last
+/// bits); with `Off` or `On`, and the [`GemmTile`] pinned too, the order no longer depends on the SM
+/// count. Either way a split happens only on the tensor-core paths' 64-column tiles and where each
+/// slice keeps [`SPLIT_MIN_CHANNELS`] channels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SplitK {
+    /// Split where the tiles alone are fewer blocks than SMs. The default.
+    #[default]
+    Auto = 0,
+    /// Never split.
+    Off = 1,
+    /// Split wherever the path and the channels allow, whatever the SM count.
+    On = 2,
+}
+
 /// What a plan needs to know about the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceLimits {
@@ -142,13 +158,17 @@ pub struct DeviceLimits {
     /// The tensor-core GEMMs' block tile the device asks for ([`GemmTile::Auto`],
     /// or what `Device::set_gemm_tile` chose); plans use [`gemm_rows`].
     pub gemm_tile: GemmTile,
+    /// Whether the logits' sums split ([`SplitK::Auto`], or what `Device::set_split_k`
+    /// chose); plans use [`logits_split`].
+    pub split_k: SplitK,
 }
 
 impl DeviceLimits {
     /// The limits of a device with `sm_count` SMs of `arch`, with its default
-    /// projection and [`GemmTile::Auto`].
+    /// projection, [`GemmTile::Auto`] and [`SplitK::Auto`].
     pub fn new(sm_count: u32, arch: Arch) -> DeviceLimits {
-        DeviceLimits { sm_count, arch, projection: Projection::default_for(arch), gemm_tile: GemmTile::Auto }
+        let projection = Projection::default_for(arch);
+        DeviceLimits { sm_count, arch, projection, gemm_tile: GemmTile::Auto, split_k: SplitK::Auto }
     }
 
     /// The projection path the plans launch: the requested one, or
@@ -485,7 +505,8 @@ pub struct FwdLogitsArgs {
 
 /// The slices `aiec_fwd_logits` splits each logit's sum over `C` into (its grid.z): 2 on the
 /// tensor-core paths where the tiles alone would leave SMs idle (fewer blocks than SMs, as ViT-B's
-/// 64 on 132) and each slice keeps at least [`SPLIT_MIN_CHANNELS`] channels, else 1. The two
+/// 64 on 132; [`SplitK::On`]: whatever the SM count; [`SplitK::Off`]: never) and each slice keeps at
+/// least [`SPLIT_MIN_CHANNELS`] channels, else 1. The two
 /// partial tiles meet through `logits` and `g` (a ticket says which block adds them: one addition,
 /// the same bits whichever arrives second), so the result is deterministic for a given shape and
 /// SM count; a split sum differs from an unsplit one in the last bits. [`Projection::Tf32`]'s 128 x 128
@@ -494,9 +515,14 @@ pub struct FwdLogitsArgs {
 pub fn logits_split(shape: &AiecShape, limits: &DeviceLimits) -> u32 {
     let rows = logits_rows(shape, limits);
     let cols = gemm_cols(limits, rows);
+    let wanted = match limits.split_k {
+        SplitK::Auto => logits_blocks(shape, rows, cols) < limits.sm_count as u64,
+        SplitK::Off => false,
+        SplitK::On => true,
+    };
     let split = limits.projection() != Projection::F32
         && cols == GEMM_TILE
-        && logits_blocks(shape, rows, cols) < limits.sm_count as u64
+        && wanted
         && shape.channels >= 2 * SPLIT_MIN_CHANNELS;
     if split {
         2
@@ -827,12 +853,14 @@ mod tests {
         arch: Arch { major: 9, minor: 0 },
         projection: Projection::Tf32x3,
         gemm_tile: GemmTile::Auto,
+        split_k: SplitK::Auto,
     };
     const T4: DeviceLimits = DeviceLimits {
         sm_count: 40,
         arch: Arch { major: 7, minor: 5 },
         projection: Projection::F32,
         gemm_tile: GemmTile::Auto,
+        split_k: SplitK::Auto,
     };
 
     #[test]
@@ -965,6 +993,23 @@ mod tests {
         // vit_tiny (2 x 4 = 8 blocks) and resnet_stage (16 x 2 = 32) split too.
         assert_eq!(logits_split(&shape(Pool::Token, 256, 65, 768, 100), &H200), 2);
         assert_eq!(logits_split(&shape(Pool::AvgHw, 128, 56 * 56, 256, 1000), &H200), 2);
+        // Pinned: Off never splits, On splits whatever the SM count (the channels and the path permitting).
+        let (off, on) =
+            (DeviceLimits { split_k: SplitK::Off, ..H200 }, DeviceLimits { split_k: SplitK::On, ..H200 });
+        assert_eq!(logits_split(&shape(Pool::None, 512, 1, 3072, 1000), &off), 1);
+        assert_eq!(logits_split(&shape(Pool::None, 576, 1, 3072, 1000), &on), 2, "144 blocks on 132 SMs");
+        assert_eq!(logits_split(&shape(Pool::None, 4096, 1, 4096, 1000), &on), 2, "512 blocks of 128 x 64");
+        assert_eq!(logits_split(&shape(Pool::None, 576, 1, 255, 1000), &on), 1, "too few channels");
+        assert_eq!(logits_split(&s, &DeviceLimits { split_k: SplitK::On, ..f32 }), 1, "the SIMT path");
+        let tf32_on = DeviceLimits { projection: Projection::Tf32, gemm_tile: GemmTile::Rows128, ..on };
+        assert_eq!(logits_split(&s, &tf32_on), 1, "the 128 x 128 tile");
+        let p =
+            aiec_fwd_logits(&shape(Pool::None, 576, 1, 3072, 1000), FwdLogitsArgs::default(), on).unwrap();
+        assert_eq!(p.grid, [16, 9, 2]);
+        assert_eq!(
+            (DeviceLimits::new(132, H200.arch).split_k, SplitK::default()),
+            (SplitK::Auto, SplitK::Auto)
+        );
         assert_eq!((logits_groups(&s), logits_tiles(&s)), (4, 16));
         let few = aiec_fwd_logits(&shape(Pool::None, 9, 1, 8, 10), FwdLogitsArgs::default(), H200).unwrap();
         assert_eq!(few.grid, [1, 1, 1]);

@@ -9,7 +9,7 @@ use aiec::cpu::gradcheck::{random_case, CaseShape};
 use aiec::cpu::LossCoefs;
 use aiec::gpu::{self, GpuCounters, GpuLayer};
 use aiec::init::SplitMix64;
-use aiec::launch::{GemmTile, Projection};
+use aiec::launch::{GemmTile, Projection, SplitK};
 use aiec::{AiecConfig, AiecError, Buffer, Counters, DType, Device, DeviceStats, Element, Pool, Tensor};
 use common::compare::tolerance;
 use common::devices::devices;
@@ -77,6 +77,7 @@ fn paths_with_tf32(dev: &Device) -> Vec<Path> {
 fn reset_path(dev: &Device) {
     dev.set_projection(Projection::default_for(dev.limits().arch)).unwrap();
     dev.set_gemm_tile(GemmTile::Auto);
+    dev.set_split_k(SplitK::Auto);
 }
 
 /// Judges `T` results on `dev` against the CPU reference in f32 run on the
@@ -365,6 +366,30 @@ fn split_logit_sums_against_a_float64_reference() {
         assert_eq!(wide, path.projection == Projection::Tf32 && path.tile == GemmTile::Rows128);
         assert_eq!(aiec::launch::logits_split(&shape, &dev.limits()), want, "{}", path.name());
     });
+}
+
+/// `Device::set_split_k`: `On` splits a grid of several tiles too (B = 130, K = 70: 3 x 2 tiles of 64 rows,
+/// more blocks than the simulator's SMs, where `Auto` does not), each tile's slices meeting through its own
+/// ticket; `Off` never splits. Judged as the unsplit sums are.
+#[test]
+fn pinned_split_against_a_float64_reference() {
+    let c = case(403, Pool::None, 0.0, 130, 700, 70, 1, 1, true);
+    let dims = aiec::InputDims::new(Pool::None, 700, &c.dims).unwrap();
+    let shape = aiec::params::AiecShape::new(&dims, 70, 0.0, true);
+    for split in [SplitK::On, SplitK::Off] {
+        projection_paths_against_float64(&c, |dev, path| {
+            dev.set_split_k(split);
+            let limits = dev.limits();
+            let cols = aiec::launch::gemm_cols(&limits, aiec::launch::logits_rows(&shape, &limits));
+            let on = split == SplitK::On && path.projection != Projection::F32 && cols == 64;
+            assert_eq!(
+                aiec::launch::logits_split(&shape, &limits),
+                if on { 2 } else { 1 },
+                "{}",
+                path.name()
+            );
+        });
+    }
 }
 
 /// Runs `c` on every device and projection path (both tiles) and judges it against float64 (plain TF32

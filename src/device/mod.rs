@@ -24,7 +24,7 @@ use cudarc::driver::{sys, CudaStream};
 
 use crate::dtype::DType;
 use crate::error::{AiecError, Result};
-use crate::launch::{DeviceLimits, GemmTile, LaunchPlan, Projection};
+use crate::launch::{DeviceLimits, GemmTile, LaunchPlan, Projection, SplitK};
 use crate::params::AiecTargetStatus;
 
 /// Which kind of device.
@@ -95,6 +95,8 @@ struct Inner {
     projection: std::sync::atomic::AtomicU8,
     /// The projection GEMMs' tile the plans ask for ([`Device::set_gemm_tile`]): a [`GemmTile`] as u8.
     gemm_tile: std::sync::atomic::AtomicU8,
+    /// Whether the logits' sums split ([`Device::set_split_k`]): a [`SplitK`] as u8.
+    split_k: std::sync::atomic::AtomicU8,
     backend: Backend,
     counts: Counts,
     target_errors: TargetErrors,
@@ -244,6 +246,7 @@ impl Device {
             label,
             projection: std::sync::atomic::AtomicU8::new(limits.projection as u8),
             gemm_tile: std::sync::atomic::AtomicU8::new(limits.gemm_tile as u8),
+            split_k: std::sync::atomic::AtomicU8::new(limits.split_k as u8),
             limits,
             backend,
             counts: Counts::default(),
@@ -269,7 +272,12 @@ impl Device {
     /// What launch plans need to know about this device, with the projection
     /// path [`Device::set_projection`] and the GEMM tile [`Device::set_gemm_tile`] chose.
     pub fn limits(&self) -> DeviceLimits {
-        DeviceLimits { projection: self.projection(), gemm_tile: self.gemm_tile(), ..self.0.limits }
+        DeviceLimits {
+            projection: self.projection(),
+            gemm_tile: self.gemm_tile(),
+            split_k: self.split_k(),
+            ..self.0.limits
+        }
     }
 
     /// The path of the decision projection's products (logits, `dv`, `dW`):
@@ -325,6 +333,36 @@ impl Device {
     /// ```
     pub fn set_gemm_tile(&self, tile: GemmTile) {
         self.0.gemm_tile.store(tile as u8, Ordering::Relaxed);
+    }
+
+    /// Whether the logits' sums over `C` split in two: [`SplitK::Auto`] (the default)
+    /// unless [`Device::set_split_k`] chose.
+    pub fn split_k(&self) -> SplitK {
+        match self.0.split_k.load(Ordering::Relaxed) {
+            1 => SplitK::Off,
+            2 => SplitK::On,
+            _ => SplitK::Auto,
+        }
+    }
+
+    /// Chooses whether `aiec_fwd_logits` splits its sums over `C` for every later launch on
+    /// this device (and its clones). [`SplitK::Auto`], the default, decides by the SM count
+    /// ([`crate::launch::logits_split`]), so devices with different SM counts may give different
+    /// last bits; with the split and the tile ([`Device::set_gemm_tile`]) pinned, the order of
+    /// the sums no longer depends on the SM count.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sim")] {
+    /// use aiec::launch::{GemmTile, SplitK};
+    /// let dev = aiec::Device::sim();
+    /// assert_eq!(dev.split_k(), SplitK::Auto);
+    /// dev.set_gemm_tile(GemmTile::Rows64); // sums in one order whatever the SM count
+    /// dev.set_split_k(SplitK::Off);
+    /// assert_eq!(dev.limits().split_k, SplitK::Off);
+    /// # }
+    /// ```
+    pub fn set_split_k(&self, split: SplitK) {
+        self.0.split_k.store(split as u8, Ordering::Relaxed);
     }
 
     /// The cudarc stream this device launches on (CUDA only).
