@@ -772,12 +772,9 @@ __device__ __forceinline__ void tile_v(const Operand& a, const Operand& b, u64 m
 // loop, one chosen per tile). TF32X3 and FIX: a result that is NaN is recomputed in f32 from global memory (the
 // SIMT path's sum), so non-finite operands give the f32 results; without FIX the caller does that (after the loop,
 // where a and b need no registers across it: fix_nan).
-struct NoEpi {
-  __device__ __forceinline__ void operator()(int) const {}
-};
-template <int PATH, bool AKM, bool BKM, bool SK, int LDO, int WM, bool FIX = true, class Epi = NoEpi>
+template <int PATH, bool AKM, bool BKM, bool SK, int LDO, int WM, bool FIX = true, class Epi>
 __device__ __forceinline__ void tile(const Operand& a, const Operand& b, u64 m0, u64 n0, float* smem, float* out,
-                                     Epi&& epi = NoEpi{}) {
+                                     Epi&& epi) {
   constexpr int WN = wn_of(PATH, WM);
   static_assert(Geo<WM, WN>::M * LDO <= Geo<WM, WN>::FLOATS, "the output tile fits in shared memory");
   if (a.vec && b.vec && a.kdim < VEC_KDIM)
