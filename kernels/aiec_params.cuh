@@ -24,6 +24,10 @@ struct AiecShape {     // size 48, align 8
 // AiecShape::flags. ACCUMULATE_DW: aiec_bwd_dv_dw adds dW to what the dw buffer holds (dw += ...), as frameworks
 // accumulate gradients, instead of writing it.
 #define AIEC_FLAG_ACCUMULATE_DW 1u
+// AiecShape::flags bits 8-11: the slices of aiec_bwd_dv_dw's sums for dv over the classes, minus 1 (0: unsplit).
+// It writes slice z's partial of dv (the gate term in slice 0's) to dv + z B C; aiec_bwd_dv_sum then adds the slices
+// in the order 0, 1, ... into dv[0 .. B C).
+#define AIEC_FLAG_DV_SLICES_SHIFT 8
 // The targets check of a training forward (written by aiec_fwd_x, read by aiec_fwd_softmax): index = the first
 // b with targets[b] outside 0..K, or -1; value = targets[index] (0 when index == -1); classes = K.
 struct AiecTargetStatus {  // size 32
@@ -128,6 +132,10 @@ __host__ __device__ __forceinline__ u64 keep_bit_index(u64 i, u64 row_len) {
   return i / row_len * keep_words_per_row(row_len) * 32 + i % row_len;
 }
 __device__ __forceinline__ bool is_nan(float f) { return f != f; }
+// The slices of dv (AIEC_FLAG_DV_SLICES_SHIFT): 1 to 16.
+__device__ __forceinline__ u32 dv_slices(const AiecShape& s) {
+  return ((s.flags >> AIEC_FLAG_DV_SLICES_SHIFT) & 15u) + 1u;
+}
 // The threshold unit's rule: keep where NOT x <= tau (a NaN is kept).
 template <class T> __device__ __forceinline__ bool keeps(T x, float tau) { return !(aiec::to_float(x) <= tau); }
 // The targets check of a training forward, run by ONE whole block (every thread must call it: it has barriers):

@@ -8,7 +8,7 @@
 use crate::config::Pool;
 use crate::dtype::DType;
 use crate::nvrtc::{Arch, Module};
-use crate::params::{pool_code, AiecLossParams, AiecShape};
+use crate::params::{pool_code, AiecLossParams, AiecShape, FLAG_DV_SLICES_SHIFT};
 
 /// One kernel argument, by value.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,19 +126,21 @@ pub enum GemmTile {
     Rows128 = 2,
 }
 
-/// Whether `aiec_fwd_logits` splits its sums over `C` in two ([`logits_split`]). `Auto` decides by the
-/// SM count, so two devices whose SM counts differ may sum a shape in different orders (different last
+/// Whether `aiec_fwd_logits` splits its sums over `C` in two ([`logits_split`]), and into how many
+/// slices `aiec_bwd_dv_dw` splits `dv`'s sums over `K` ([`dv_slices`]). `Auto` decides by the SM
+/// count, so two devices whose SM counts differ may sum a shape in different orders (different last
 /// bits); with `Off` or `On`, and the [`GemmTile`] pinned too, the order no longer depends on the SM
-/// count. Either way a split happens only on the tensor-core paths' 64-column tiles and where each
-/// slice keeps [`SPLIT_MIN_CHANNELS`] channels.
+/// count. Either way the logits split only on the tensor-core paths' 64-column tiles and where each
+/// slice keeps [`SPLIT_MIN_CHANNELS`] channels, `dv` only where the backward's scratch has room and
+/// each slice keeps [`SPLIT_MIN_CLASSES`] classes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum SplitK {
-    /// Split where the tiles alone are fewer blocks than SMs. The default.
+    /// Split where the tiles alone would leave SMs idle. The default.
     #[default]
     Auto = 0,
     /// Never split.
     Off = 1,
-    /// Split wherever the path and the channels allow, whatever the SM count.
+    /// Split wherever the path and the sums' lengths allow, whatever the SM count.
     On = 2,
 }
 
@@ -362,6 +364,54 @@ fn dv_dw_tiles(shape: &AiecShape, rows: u64, cols: u64) -> u64 {
 pub fn dv_dw_rows(shape: &AiecShape, limits: &DeviceLimits) -> u64 {
     let big = dv_dw_tiles(shape, GEMM_TILE_M128, gemm_cols(limits, GEMM_TILE_M128));
     gemm_rows(limits, dv_dw_tiles(shape, GEMM_TILE, GEMM_TILE), big)
+}
+
+/// The most slices [`dv_slices`] splits `dv`'s sums into (`AiecShape::flags` has room for 16).
+pub const DV_SLICES_MAX: u64 = 8;
+/// The fewest classes a slice of a split `dv` sum keeps ([`dv_slices`]): 4 stages of 32.
+pub const SPLIT_MIN_CLASSES: u64 = 128;
+
+/// The slices `aiec_bwd_dv_dw` splits each sum of `dv` over the `K` classes into, with room in the
+/// `dv` scratch for `room` slices of `B C` values. A `dv` tile sums over `K` and a `dW` tile over `B`,
+/// so where `K` is long and `dv`'s tiles are few (resnet_stage: 8 tiles of 1000 classes beside 64 of 128
+/// samples) those few blocks are the launch's tail; slices of them run on SMs that would idle, and
+/// [`aiec_bwd_dv_sum`] adds them in a fixed order (deterministic for a given shape, room and limits; a
+/// split sum differs from an unsplit one in the last bits). In stages of 32, with `len_v = ceil(K / 32)`,
+/// `len_w = ceil(B / 32)` and `avg` the launch's work per block slot (`GEMM_BLOCKS_PER_SM` a SM): the
+/// fewest slices `S` with `ceil(len_v / S) <= target`, where the target is `max(len_w, avg)` for
+/// [`SplitK::Auto`] (a slice no longer than a `dW` tile or than the average slot's work) and `len_w` for
+/// [`SplitK::On`] (whatever the SM count); 1 for [`SplitK::Off`]. At most `room`, [`DV_SLICES_MAX`] and
+/// `K / `[`SPLIT_MIN_CLASSES`]; every path (the slices are the operands' offsets).
+pub fn dv_slices(shape: &AiecShape, limits: &DeviceLimits, room: u64) -> u64 {
+    let (b, c, k) = (shape.batch, shape.channels, shape.classes);
+    let cap = room.min(DV_SLICES_MAX).min(k / SPLIT_MIN_CLASSES);
+    if cap <= 1 || b == 0 || c == 0 {
+        return 1;
+    }
+    let (len_v, len_w) = (k.div_ceil(32), b.div_ceil(32));
+    let target = match limits.split_k {
+        SplitK::Off => return 1,
+        SplitK::On => len_w,
+        SplitK::Auto => {
+            let rows = dv_dw_rows(shape, limits);
+            let ct = c.div_ceil(gemm_cols(limits, rows));
+            let work = (b.div_ceil(rows) * len_v + k.div_ceil(rows) * len_w) * ct;
+            len_w.max(work.div_ceil(limits.sm_count.max(1) as u64 * GEMM_BLOCKS_PER_SM))
+        }
+    };
+    len_v.div_ceil(target).clamp(1, cap)
+}
+
+/// The slices of `dv` a `shape` carries in its flags ([`FLAG_DV_SLICES_SHIFT`]): 1 to 16.
+pub fn shape_dv_slices(shape: &AiecShape) -> u64 {
+    ((shape.flags >> FLAG_DV_SLICES_SHIFT) & 15) as u64 + 1
+}
+
+/// `shape` with `slices` of `dv` in its flags ([`FLAG_DV_SLICES_SHIFT`]), clamped to 1 to 16.
+pub fn with_dv_slices(shape: &AiecShape, slices: u64) -> AiecShape {
+    let slices = slices.clamp(1, 16);
+    let flags = shape.flags & !(15 << FLAG_DV_SLICES_SHIFT) | ((slices - 1) as u32) << FLAG_DV_SLICES_SHIFT;
+    AiecShape { flags, ..*shape }
 }
 
 /// Class tiles of `aiec_fwd_logits`: each row has one `AiecRowPart` per tile.
@@ -739,12 +789,15 @@ pub struct BwdDvDwArgs {
 /// Backward launch 1: `aiec_bwd_dv_dw{suffix}[_m128](v, w, g, mask, losses, row_scale, dv, dw, shape)`,
 /// the entry point of the device's [`Projection`] and of the rows [`dv_dw_rows`] chooses; runs for
 /// `B = 0` too (it writes, or with [`crate::params::FLAG_ACCUMULATE_DW`] keeps, `dW`). One `rows x cols`
-/// tile of `dv` or `dW` per block ([`gemm_cols`]): `(ceil(B / rows) + ceil(K / rows)) * ceil(C / cols)`
-/// blocks of 128 threads.
+/// tile of `dv` or `dW` per block ([`gemm_cols`]), `dv`'s once per slice of its sums ([`shape_dv_slices`]:
+/// `dv` is then `[slices, B, C]`, and [`aiec_bwd_dv_sum`] follows): `(slices * ceil(B / rows) + ceil(K /
+/// rows)) * ceil(C / cols)` blocks of 128 threads.
 pub fn aiec_bwd_dv_dw(shape: &AiecShape, a: BwdDvDwArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
     let BwdDvDwArgs { v, w, g, mask, losses, row_scale, dv, dw } = a;
     let rows = dv_dw_rows(shape, &limits);
-    let grid = dv_dw_tiles(shape, rows, gemm_cols(&limits, rows));
+    let cols = gemm_cols(&limits, rows);
+    let dv_extra = (shape_dv_slices(shape) - 1) * shape.batch.div_ceil(rows) * shape.channels.div_ceil(cols);
+    let grid = dv_dw_tiles(shape, rows, cols) + dv_extra;
     let args = [v, w, g, mask, losses, row_scale, dv, dw]
         .into_iter()
         .map(KernelArg::Ptr)
@@ -756,6 +809,21 @@ pub fn aiec_bwd_dv_dw(shape: &AiecShape, a: BwdDvDwArgs, limits: DeviceLimits) -
         block: [GEMM_BLOCK, 1, 1],
         shared_bytes: 0,
         args: args.collect(),
+    })
+}
+
+/// Backward launch 1b, after a launch 1 with split sums for `dv` ([`shape_dv_slices`] > 1; else
+/// `None`): `aiec_bwd_dv_sum(dv, shape)` adds the slices of `dv` (`f32 [slices, B, C]`) in order into its
+/// first `B C` values. An elementwise grid over `B C` values, 4 a thread.
+pub fn aiec_bwd_dv_sum(shape: &AiecShape, dv: u64, limits: DeviceLimits) -> Option<LaunchPlan> {
+    let n = shape.batch * shape.channels;
+    (shape_dv_slices(shape) > 1 && n > 0).then(|| LaunchPlan {
+        module: Module::all("aiec_bwd_dv_dw.cu"),
+        kernel: "aiec_bwd_dv_sum".into(),
+        grid: [elementwise_grid(n, DType::F32, limits), 1, 1],
+        block: [ELEMENTWISE_BLOCK, 1, 1],
+        shared_bytes: 0,
+        args: vec![KernelArg::Ptr(dv), KernelArg::structure(shape)],
     })
 }
 
@@ -1096,6 +1164,47 @@ mod tests {
             (Module::all("aiec_loss.cu"), "aiec_loss_count", [1, 1, 1])
         );
         assert_eq!(c.block, [block_threads(&c.kernel), 1, 1]);
+    }
+
+    #[test]
+    fn dv_slices_split_few_long_dv_tiles() {
+        use crate::params::FLAG_ACCUMULATE_DW;
+        let max = DV_SLICES_MAX;
+        // resnet_stage: 8 dv tiles of 32 stages beside 64 dW tiles of 4; 8 slices would match the dW tiles,
+        // K = 1000 keeps 128 classes in at most 7.
+        let r = shape(Pool::AvgHw, 128, 56 * 56, 256, 1000);
+        assert_eq!(dv_dw_rows(&r, &H200), 64);
+        assert_eq!(dv_slices(&r, &H200, max), 7);
+        assert_eq!(dv_slices(&r, &H200, 4), 4, "the room in the scratch");
+        assert_eq!(dv_slices(&r, &H200, 1), 1);
+        assert_eq!(dv_slices(&r, &DeviceLimits { split_k: SplitK::Off, ..H200 }, max), 1);
+        // f32 on 40 SMs: the launch's 512 stages over 80 slots are 7 a slot, so 5 slices (of 7 stages) do.
+        assert_eq!(dv_slices(&r, &T4, max), 5);
+        let sliced = with_dv_slices(&r, 7);
+        let p = aiec_bwd_dv_dw(&sliced, dva(), H200).unwrap();
+        assert_eq!(p.grid, [7 * 2 * 4 + 16 * 4, 1, 1], "7 slices of 2 x 4 dv tiles, then 16 x 4 dW tiles");
+        assert_eq!(p.args[8], KernelArg::structure(&sliced), "the slices travel in the flags");
+        let sum = aiec_bwd_dv_sum(&sliced, 7, H200).unwrap();
+        assert_eq!((sum.kernel.as_str(), sum.module), ("aiec_bwd_dv_sum", Module::all("aiec_bwd_dv_dw.cu")));
+        assert_eq!((sum.grid, sum.block), ([32, 1, 1], [256, 1, 1]), "128 x 256 values, 4 a thread");
+        assert_eq!(sum.args, [KernelArg::Ptr(7), KernelArg::structure(&sliced)]);
+        assert!(aiec_bwd_dv_sum(&r, 7, H200).is_none(), "unsplit: nothing to add");
+        // vit_b (128-row tiles): 96 dv tiles of 32 stages, 384 dW tiles of 8; 24 stages a slot: 2 slices.
+        let vb = shape(Pool::Token, 256, 197, 3072, 1000);
+        assert_eq!(dv_slices(&vb, &H200, max), 2);
+        // On: as long as the dW tiles' sums, whatever the SM count.
+        assert_eq!(dv_slices(&vb, &DeviceLimits { split_k: SplitK::On, ..H200 }, max), 4);
+        // mlp (the dW tiles are the long ones) and vit_tiny (100 classes) never split.
+        let mlp = shape(Pool::None, 4096, 1, 4096, 1000);
+        assert_eq!(dv_slices(&mlp, &DeviceLimits { split_k: SplitK::On, ..H200 }, max), 1);
+        assert_eq!(dv_slices(&shape(Pool::Token, 256, 65, 768, 100), &H200, max), 1);
+        assert_eq!(dv_slices(&shape(Pool::None, 0, 1, 8, 1000), &H200, max), 1, "B = 0");
+        // The flags keep their other bits; the slices are clamped to what they hold.
+        let acc = AiecShape { flags: FLAG_ACCUMULATE_DW, ..r };
+        let a = with_dv_slices(&with_dv_slices(&acc, 5), 3);
+        assert_eq!((shape_dv_slices(&a), a.flags & FLAG_ACCUMULATE_DW), (3, FLAG_ACCUMULATE_DW));
+        assert_eq!(shape_dv_slices(&with_dv_slices(&r, 99)), 16);
+        assert_eq!(shape_dv_slices(&with_dv_slices(&r, 0)), 1);
     }
 
     #[test]

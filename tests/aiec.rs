@@ -436,11 +436,24 @@ fn projection_paths_against_float64(c: &GoldenCase, check: impl Fn(&Device, Path
 #[test]
 fn per_sample_scales_against_a_float64_sum() {
     for (b, c, k) in [(70, 100, 130), (70, 100, 132)] {
-        per_sample_scales_case(b, c, k);
+        per_sample_scales_case(b, c, k, 1);
     }
 }
 
-fn per_sample_scales_case(b: usize, c: usize, k: usize) {
+/// `dv`'s sums split over the classes (`launch::dv_slices`, pinned with `SplitK::On`): with room for 3 and
+/// for 8 slices in the `dv` scratch (K = 1000: at most 7 of at least 128 classes), every path writes the
+/// slices and `aiec_bwd_dv_sum` adds them into the scratch's first `B C` values, judged against float64
+/// as the unsplit sums are. K = 1000 has a ragged last slice, and the tiles are ragged each way; B C = 3333
+/// takes the sum's one-value path.
+#[test]
+fn split_dv_against_a_float64_sum() {
+    for (b, c, room) in [(70, 100, 3), (70, 100, 8), (33, 101, 8)] {
+        per_sample_scales_case(b, c, 1000, room);
+    }
+}
+
+/// `room`: the `dv` scratch's length in `[B, C]` slices; above 1, the split is pinned on and must happen.
+fn per_sample_scales_case(b: usize, c: usize, k: usize, room: usize) {
     use aiec::gpu::fused::{self, DwMode, Dx, SavedRef, Scales, TrainBackward};
     use aiec::params::AiecLosses;
     let cfg = AiecConfig::with_interval(c, k, 0.0, 1, Pool::None).unwrap();
@@ -455,7 +468,10 @@ fn per_sample_scales_case(b: usize, c: usize, k: usize) {
     for dev in devices() {
         for path in paths_with_tf32(&dev) {
             path.set(&dev);
-            let name = format!("{} [{}] B={b} C={c} K={k}", dev.label(), path.name());
+            if room > 1 {
+                dev.set_split_k(SplitK::On);
+            }
+            let name = format!("{} [{}] B={b} C={c} K={k} room={room}", dev.label(), path.name());
             let xt = Tensor::from_slice(&dev, &x, &[b, c]).unwrap();
             let w = Buffer::from_slice(&dev, &w0).unwrap();
             let mut counters = GpuCounters::new(&dev, k, c).unwrap();
@@ -465,24 +481,45 @@ fn per_sample_scales_case(b: usize, c: usize, k: usize) {
             let rb = Buffer::from_slice(&dev, &r).unwrap();
             let dyt = Tensor::from_slice(&dev, &dy, &[b, c]).unwrap();
             let mut dxt = Tensor::from_slice(&dev, &dy, &[b, c]).unwrap();
-            let mut dv = Buffer::from_slice(&dev, &vec![f32::NAN; b * c]).unwrap();
+            if room > 1 {
+                let shape = aiec::params::AiecShape::new(&rec.dims, k, 0.0, false);
+                let slices = aiec::launch::dv_slices(&shape, &dev.limits(), room as u64);
+                assert_eq!(slices, room.min(k / 128) as u64, "{name}: slices");
+            }
             let mut dw = Buffer::from_slice(&dev, &vec![f32::NAN; k * c]).unwrap();
-            {
+            // A scratch of `len` values: the whole number of [B, C] slices runs, another length is refused
+            // (naming the whole length at or below it) and launches nothing.
+            let mut backward = |len: usize| {
+                let mut dv = Buffer::from_slice(&dev, &vec![f32::NAN; len]).unwrap();
                 let saved = SavedRef { v: aux.v.view(), g: aux.g.view(), mask: aux.mask.view() };
                 let scales = Scales { losses: lb.view(), row_scale: Some(rb.view()) };
+                let mut dv_view = dv.view_mut();
                 let train = TrainBackward {
                     w: &w.view(),
                     saved: &saved,
                     scales: &scales,
-                    dv: &mut dv.view_mut(),
+                    dv: &mut dv_view,
                     dw: &mut dw.view_mut(),
                     mode: DwMode::Write,
                 };
                 let dx = Dx::Into { dy: &dyt.view(), dx: &mut dxt.view_mut() };
-                fused::backward(&cfg, &rec.dims, &rec.keep.view(), Some(train), dx).unwrap();
+                let done = fused::backward(&cfg, &rec.dims, &rec.keep.view(), Some(train), dx);
+                drop(dv_view);
+                done.map(|()| dv)
+            };
+            if room > 1 {
+                let launches = dev.stats().launches;
+                match backward(room * b * c + 1) {
+                    Err(AiecError::LengthMismatch { expected, got, .. }) => {
+                        assert_eq!((expected, got), (room * b * c, room * b * c + 1), "{name}")
+                    }
+                    other => panic!("{name}: a ragged dv scratch gave {:?}", other.map(|_| ())),
+                }
+                assert_eq!(dev.stats().launches, launches, "{name}: launched after the error");
             }
+            let dv = backward(room * b * c).unwrap();
             let (v, g, mask) = (aux.v.to_vec().unwrap(), aux.g.to_vec().unwrap(), aux.mask.to_vec().unwrap());
-            let (dv, dw) = (dv.to_vec().unwrap(), dw.to_vec().unwrap());
+            let (dv, dw) = (dv.to_vec().unwrap()[..b * c].to_vec(), dw.to_vec().unwrap());
             let mut want_dv = vec![0f64; b * c];
             let mut want_dw = vec![0f64; k * c];
             for bi in 0..b {
@@ -530,6 +567,8 @@ fn step_bytes(dev: &Device, c: &GoldenCase) -> Vec<Vec<u8>> {
     v
 }
 
+/// Every output of a step, bit for bit, whatever the simulator's schedule (seed, workers): the logits'
+/// split sums meet through tickets and dv's split sums (case 2) are added in a fixed order.
 #[cfg(feature = "sim")]
 #[test]
 fn results_are_bitwise_identical_across_schedules() {
@@ -548,6 +587,14 @@ fn results_are_bitwise_identical_across_schedules() {
         .iter()
         .enumerate()
         {
+            if i == 2 {
+                // K = 1000 beside B = 9: dv's sums split (3 or 4 slices on the simulator's 2 SMs).
+                let d = on(0, 1, path);
+                let dims = aiec::InputDims::new(Pool::Token, 64, &c.dims).unwrap();
+                let shape = aiec::params::AiecShape::new(&dims, 1000, 0.0, false);
+                let slices = aiec::launch::dv_slices(&shape, &d.limits(), aiec::launch::DV_SLICES_MAX);
+                assert!(slices > 1, "{}: {slices} slices", path.name());
+            }
             let base = step_bytes(&on(0, 1, path), c);
             for (seed, workers) in [(1, 1), (2, 4), (3, 2)] {
                 assert!(

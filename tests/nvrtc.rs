@@ -64,7 +64,8 @@ fn every_kernel_compiles_for_every_tested_arch() {
         #[cfg(feature = "sim")]
         {
             // A file's entry points are named after its stem, but for these (file, entry point).
-            const OTHER_STEMS: [(&str, &str); 1] = [("aiec_fwd_logits.cu", "aiec_fwd_softmax")];
+            const OTHER_STEMS: [(&str, &str); 2] =
+                [("aiec_fwd_logits.cu", "aiec_fwd_softmax"), ("aiec_bwd_dv_dw.cu", "aiec_bwd_dv_sum")];
             let op = file.trim_end_matches(".cu");
             let mut reg: Vec<String> = aiec::device::sim_kernel_names()
                 .into_iter()
@@ -325,6 +326,8 @@ fn the_tensor_core_paths_exist_from_sm_80_on() {
             }
             if file == "aiec_fwd_logits.cu" {
                 want.push("aiec_fwd_softmax".to_string()); // not a GEMM: on every arch
+            } else {
+                want.push("aiec_bwd_dv_sum".to_string()); // likewise
             }
             want.sort(); // as cubin_entries lists them
             assert_eq!(cubin_entries(&cubin), want, "{file} {arch}");

@@ -152,6 +152,18 @@ impl Backend {
         }
     }
 
+    /// The `float32` values of the `dv` scratch a training backward of an input
+    /// of `shape` under `config` takes here: 0 on the reference, else `B C`
+    /// times the slices this device splits `dv`'s sums into
+    /// (`aiec::gpu::fused::dv_scratch_len`).
+    fn dv_scratch_len(&self, config: &Config, shape: Vec<usize>) -> PyResult<usize> {
+        let dims = config.cfg.plan_input(&shape).map_err(to_py)?;
+        Ok(match &self.kind {
+            Kind::Reference => 0,
+            Kind::Device(d, _) => aiec::gpu::fused::dv_scratch_len(&config.cfg, &dims, d),
+        })
+    }
+
     /// Waits for the device and reports a bad device-side target seen since
     /// the last check (a `ValueError` naming it), once.
     fn synchronize(&self, py: Python<'_>) -> PyResult<()> {

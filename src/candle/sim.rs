@@ -227,7 +227,7 @@ pub(crate) fn backward_terms(
         let n: usize = dims.iter().product();
         let zeros = vec![T::zero(); n];
         let mut dx = vec![T::zero(); n];
-        let mut dv = vec![0f32; aux.v.len()];
+        let mut dv = vec![0f32; fused::dv_scratch_len(cfg, &rec.dims, dev)];
         let mut dw = vec![0f32; cfg.classes() * cfg.channels()];
         // Only aux_scale and gate_scale are read by the backward kernel.
         let losses = [AiecLosses {

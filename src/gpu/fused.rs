@@ -661,12 +661,23 @@ pub struct TrainBackward<'v, 'a, 'd, 'g> {
     pub saved: &'v SavedRef<'a>,
     /// The loss gradients.
     pub scales: &'v Scales<'a>,
-    /// `[B, C]` scratch.
+    /// Scratch for `dv`: `[slices, B, C]`, one slice or more; with room for several
+    /// ([`dv_scratch_len`]) the backward may split `dv`'s sums over the classes
+    /// ([`launch::dv_slices`]).
     pub dv: &'v mut SliceMut<'d, f32>,
     /// `[K, C]`, written or accumulated per `mode`.
     pub dw: &'v mut SliceMut<'g, f32>,
     /// How `dw` is delivered.
     pub mode: DwMode,
+}
+
+/// The length of the `dv` scratch ([`TrainBackward::dv`]) with which a backward of `dims` on `device`
+/// splits `dv`'s sums as far as [`launch::dv_slices`] would: `B C` times those slices (`B C` where it
+/// would not split; the split then runs with the slices the scratch has room for).
+pub fn dv_scratch_len(cfg: &AiecConfig, dims: &InputDims, device: &Device) -> usize {
+    let shape = AiecShape::new(dims, cfg.classes(), cfg.tau() as f32, false);
+    let bc = dims.batch * cfg.channels();
+    bc * launch::dv_slices(&shape, &device.limits(), launch::DV_SLICES_MAX) as usize
 }
 
 /// The backward of a forward of `dims` (its [`Sizes`]): with `train` (a
@@ -712,7 +723,10 @@ fn backward_checked(
         if let Some(r) = &scales.row_scale {
             r.expect("row scales [B]", &dev, sizes.batch)?;
         }
-        dv.expect("dv scratch [B, C]", &dev, sizes.bc)?;
+        // A whole number (at least one) of [B, C] slices: the error names the nearest such length at or
+        // below the one given.
+        let whole = sizes.bc * dv.len().checked_div(sizes.bc).unwrap_or(0).max(1);
+        dv.expect("dv scratch [slices, B, C]", &dev, whole)?;
         dw.expect("dW [K, C]", &dev, k * c)?;
         let written = [("dx", dx.span), ("dv scratch", dv.span()), ("dW", dw.span())];
         check_disjoint(&written)?;
@@ -730,6 +744,8 @@ fn backward_checked(
         if mode == DwMode::Accumulate {
             shape.flags |= FLAG_ACCUMULATE_DW;
         }
+        let room = dv.len().checked_div(sizes.bc).unwrap_or(1) as u64;
+        shape = launch::with_dv_slices(&shape, launch::dv_slices(&shape, &dev.limits(), room));
         let row_scale = scales.row_scale.as_ref().map_or(0, |r| r.address());
         let args = BwdDvDwArgs {
             v: saved.v.address(),
@@ -744,6 +760,10 @@ fn backward_checked(
         if let Some(p) = launch::aiec_bwd_dv_dw(&shape, args, dev.limits()) {
             // SAFETY: all views are live on this device and sized for `shape`;
             // dv and dw are disjoint from each other and from every input.
+            unsafe { dev.launch(&p) }?;
+        }
+        if let Some(p) = launch::aiec_bwd_dv_sum(&shape, dv.address(), dev.limits()) {
+            // SAFETY: dv is a live view of this device with room for the slices `shape` carries.
             unsafe { dev.launch(&p) }?;
         }
         dv_addr = dv.address();

@@ -231,7 +231,8 @@ pub struct GradsMut<'v, 'y, 'x, 'g> {
 }
 
 /// One layer's backward into the caller's `dx` and `dW` ([`GradsMut`]), with
-/// its `dv` scratch from `ws`. Two launches for a training record, one for a
+/// its `dv` scratch from `ws` ([`fused::dv_scratch_len`]). Two launches (three
+/// where `dv`'s sums split) for a training record, one for a
 /// record without targets (which leaves `dW` zero, or unchanged when
 /// accumulating); no host synchronisation. `losses` must come from
 /// [`crate::gpu::combine`] over the records of every layer sharing the
@@ -252,7 +253,8 @@ pub fn backward_with(
     };
     losses.check_record(record)?;
     losses.check_device(&dev)?;
-    let mut dv: Buffer<f32> = ws.buffer("dv", record.dims.batch * record.dims.channels, Init::Unwritten)?;
+    let dv_len = fused::dv_scratch_len(cfg, &record.dims, &dev);
+    let mut dv: Buffer<f32> = ws.buffer("dv", dv_len, Init::Unwritten)?;
     let scales = Scales { losses: losses.buf.view(), row_scale: None };
     let train = TrainBackward { w, saved: &saved(aux), scales: &scales, dv: &mut dv.view_mut(), dw, mode };
     let done = fused::backward(cfg, &record.dims, &record.keep.view(), Some(train), dx);
