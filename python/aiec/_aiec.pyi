@@ -12,7 +12,7 @@ for a missing GPU, driver or compiler, ``ValueError`` for any other bad input
 (device, contiguity, length, overlap), each naming the tensor.
 """
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from torch import Tensor
 
@@ -60,6 +60,7 @@ class Backend:
     def kind(self) -> str: ...
     @property
     def label(self) -> str: ...
+    def dv_scratch_len(self, config: Config, shape: Sequence[int]) -> int: ...
     def synchronize(self) -> None: ...
 
 def fwd_x(backend: Backend, config: Config, x: Tensor, y: Tensor, keep: Tensor, v: Optional[Tensor] = None) -> None: ...

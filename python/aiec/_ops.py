@@ -488,14 +488,13 @@ def fused_backward(
     dy = _compute(dy)
     k, c = w.shape
     cfg = config(c, k, tau, pool, 1)
-    b = v.shape[0]
     sd = stat_dtype(dy.dtype)
     dev = dy.device
     dx = torch.empty_like(dy)
     dw = torch.empty((k, c), dtype=sd, device=dev)
     row_scale = dce.to(sd).contiguous()
     scales = _gate_only_losses(2 * ds.to(sd))
-    dv_scratch = torch.empty(b * c if backend(dy).kind != "reference" else 0, dtype=torch.float32, device=dev)
+    dv_scratch = torch.empty(backend(dy).dv_scratch_len(cfg, list(dy.shape)), dtype=torch.float32, device=dev)
     _aiec.backward_train(
         backend(dy),
         cfg,

@@ -62,6 +62,39 @@ def test_the_fused_path_gives_the_eager_models_losses_and_gradients(use_backend,
     assert all(f.count == 4 for f, _ in pairs)
 
 
+@pytest.mark.parametrize("backend,dtype,rtol", [b for b in BACKENDS if b.values[0] != "reference"])
+def test_dv_split_over_many_classes_gives_the_eager_models_gradients(use_backend, backend, dtype, rtol):
+    """K = 1000 beside B = 5: the backward's dv scratch has room for several [B, C] slices
+    (``Backend.dv_scratch_len``), so ``aiec_bwd_dv_dw`` splits dv's sums over the classes and
+    ``aiec_bwd_dv_sum`` adds them; dx and dW as the eager model's."""
+    from aiec import _ops
+
+    dev = use_backend(backend)
+    c, k = 12, 1000
+    f, e = layer_pair(c, k, "token", 1, dtype, 3)
+    f, e = f.to(dev), e.to(dev)
+    x = activations("token", c, 4, dtype).to(dev)
+    be = _ops.backend(x)
+    slices = be.dv_scratch_len(_ops.config(c, k, 0.1, "token", 1), list(x.shape)) // (5 * c)
+    assert slices > 1, f"{be.label}: {slices} slice(s)"
+    t = torch.tensor([999, 0, 500, 3, 999]).to(dev)
+    xf, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    dy = torch.randn_like(x) * 0.1
+    yf, ye = f(xf, t), e(xe, t)
+    objf, _, _ = losses([f])
+    obje, _, _, _ = reference.aiec_objective([e], t, 1.0, 200.0)
+    torch.autograd.backward([objf, yf], [torch.ones_like(objf), dy])
+    torch.autograd.backward([obje, ye], [torch.ones_like(obje), dy])
+    assert_close("dx", xf.grad, xe.grad, rtol)
+    assert_close("dW", f.decision_weights.grad, e.weight.grad, rtol)
+
+
+def test_the_reference_backend_takes_no_dv_scratch():
+    from aiec import _aiec, _ops
+
+    assert _aiec.Backend.reference().dv_scratch_len(_ops.config(12, 1000, 0.0, "none", 1), [5, 12]) == 0
+
+
 def test_the_gradient_scales_with_the_callers_loss():
     torch.manual_seed(7)
     grads = []
