@@ -181,6 +181,8 @@ struct KernelTimes {
     /// `aiec_fwd_softmax` on an update step (rows and counting).
     fwd_softmax: f64,
     fwd_gate: f64,
+    /// `aiec_bwd_dv_dw` as the backward plans it: `dv`'s sums in `launch::dv_slices` slices, then
+    /// `aiec_bwd_dv_sum` where they split.
     bwd_dv_dw: f64,
     bwd_x: f64,
     fwd_logits_f32: f64,
@@ -232,7 +234,10 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     let targets: Vec<i64> = (0..b).map(|i| (i * 7 % k) as i64).collect();
     let targets = Buffer::from_slice(dev, &targets)?;
     let f32s = |len: usize| Buffer::<f32>::zeros(dev, len);
-    let (logits, ce, g, dv, dw) = (f32s(b * k)?, f32s(b)?, f32s(b * k)?, f32s(b * c)?, f32s(k * c)?);
+    // dv with room for the slices of its split sums (the backward's `dv` scratch; `launch::dv_slices`).
+    let dv_slices = aiec::launch::dv_slices(&shape, &dev.limits(), aiec::launch::DV_SLICES_MAX);
+    let (logits, ce, g, dw) = (f32s(b * k)?, f32s(b)?, f32s(b * k)?, f32s(k * c)?);
+    let dv = f32s(b * c * dv_slices as usize)?;
     let (act, inh, total) =
         (Buffer::<i64>::zeros(dev, k * c)?, Buffer::<i64>::zeros(dev, k * c)?, Buffer::<i64>::zeros(dev, k)?);
     let done = Buffer::<u32>::zeros(dev, 1)?;
@@ -306,7 +311,10 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         dv: dv.address(),
         dw: dw.address(),
     };
-    let dv_dw_plan = aiec_bwd_dv_dw(&shape, dv_dw_args, dev.limits());
+    // As the backward plans it: dv's sums in `dv_slices` slices, then `aiec_bwd_dv_sum` where they split.
+    let split_shape = aiec::launch::with_dv_slices(&shape, dv_slices);
+    let dv_dw_plan = aiec_bwd_dv_dw(&split_shape, dv_dw_args, dev.limits());
+    let dv_sum_plan = aiec::launch::aiec_bwd_dv_sum(&split_shape, dv.address(), dev.limits());
     // The same two products on the f32 SIMT path (on any device; its own plans: it has 64-row tiles only).
     let f32_path = aiec::launch::DeviceLimits { projection: aiec::launch::Projection::F32, ..dev.limits() };
     let logits_f32 = aiec_fwd_logits(&shape, logits_args, f32_path);
@@ -362,12 +370,30 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         dev.synchronize()?;
         Ok(t.elapsed().as_secs_f64() / iters as f64)
     };
+    // Seconds per iteration of launching `plans` one after the other.
+    let time_all = |plans: &[&Option<LaunchPlan>]| -> aiec::Result<f64> {
+        let launch_all = || -> aiec::Result<()> {
+            for plan in plans.iter().copied().flatten() {
+                // SAFETY: as in `time`.
+                unsafe { dev.launch(plan) }?;
+            }
+            Ok(())
+        };
+        launch_all()?;
+        dev.synchronize()?;
+        let t = Instant::now();
+        for _ in 0..iters {
+            launch_all()?;
+        }
+        dev.synchronize()?;
+        Ok(t.elapsed().as_secs_f64() / iters as f64)
+    };
     Ok(KernelTimes {
         fwd_x: time([&fwd_x[0], &fwd_x[1]])?,
         fwd_logits: time([&logits_plan, &logits_plan])?,
         fwd_softmax: time([&softmax_plan, &softmax_plan])?,
         fwd_gate: time([&gate_plan, &gate_plan])?,
-        bwd_dv_dw: time([&dv_dw_plan, &dv_dw_plan])?,
+        bwd_dv_dw: time_all(&[&dv_dw_plan, &dv_sum_plan])?,
         bwd_x: time([&bwd_x[0], &bwd_x[1]])?,
         fwd_logits_f32: time([&logits_f32, &logits_f32])?,
         bwd_dv_dw_f32: time([&dv_dw_f32, &dv_dw_f32])?,
@@ -391,16 +417,25 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
 
 /// The projection kernels with each tile forced (f32 activations' run; the products are the same
 /// for every activation type): which one `GemmTile::Auto` and `logits_split` picked, and what
-/// each costs, so that one run on a GPU checks their rules; then plain TF32's (on tensor cores). Returns
-/// the JSON rows.
+/// each costs, and dv_dw as planned (the auto tile, `dv_slices` slices of dv's sums, and their sum),
+/// so that one run on a GPU checks their rules; then plain TF32's (on tensor cores). Returns the
+/// JSON rows.
 fn print_tiles(dev: &Device, measured: &[(&str, &str, KernelTimes)]) -> Vec<String> {
     println!(
         "\nthe projection's tiles ({}, µs per launch; auto: what the plans chose)",
         dev.limits().projection().suffix().trim_start_matches('_')
     );
     println!(
-        "{:<13} {:>11} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10}",
-        "preset", "logits 64", "64 whole", "logits 128", "auto", "dv_dw 64", "dv_dw 128", "auto"
+        "{:<13} {:>11} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10} {:>12}",
+        "preset",
+        "logits 64",
+        "64 whole",
+        "logits 128",
+        "auto",
+        "dv_dw 64",
+        "dv_dw 128",
+        "auto",
+        "auto+split"
     );
     let mut json = Vec::new();
     for (name, dt, t) in measured.iter().filter(|m| m.1 == "f32") {
@@ -410,11 +445,12 @@ fn print_tiles(dev: &Device, measured: &[(&str, &str, KernelTimes)]) -> Vec<Stri
         let lr = aiec::launch::logits_rows(&shape, &limits);
         let split = aiec::launch::logits_split(&shape, &limits);
         let dr = aiec::launch::dv_dw_rows(&shape, &limits);
+        let ds = aiec::launch::dv_slices(&shape, &limits, aiec::launch::DV_SLICES_MAX);
         let us = |s: f64| format!("{:.1}", s * 1e6);
         let [l64, whole, l128] = t.tiles.logits;
         let [d64, d128] = t.tiles.dv_dw;
         println!(
-            "{:<13} {:>11} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10}",
+            "{:<13} {:>11} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10} {:>12}",
             name,
             us(l64),
             us(whole),
@@ -422,16 +458,18 @@ fn print_tiles(dev: &Device, measured: &[(&str, &str, KernelTimes)]) -> Vec<Stri
             format!("{lr}/{split}"),
             us(d64),
             us(d128),
-            dr
+            format!("{dr}/{ds}"),
+            us(t.bwd_dv_dw)
         );
         json.push(format!(
-            "  {{\"impl\": \"aiec-tiles\", \"backend\": \"{}\", \"preset\": \"{name}\", \"dtype\": \"{dt}\", \"logits64_us\": {:.2}, \"logits64_whole_us\": {:.2}, \"logits128_us\": {:.2}, \"logits_auto\": \"{lr}/{split}\", \"dv_dw64_us\": {:.2}, \"dv_dw128_us\": {:.2}, \"dv_dw_auto\": {dr}}}",
+            "  {{\"impl\": \"aiec-tiles\", \"backend\": \"{}\", \"preset\": \"{name}\", \"dtype\": \"{dt}\", \"logits64_us\": {:.2}, \"logits64_whole_us\": {:.2}, \"logits128_us\": {:.2}, \"logits_auto\": \"{lr}/{split}\", \"dv_dw64_us\": {:.2}, \"dv_dw128_us\": {:.2}, \"dv_dw_auto\": {dr}, \"dv_slices\": {ds}, \"dv_dw_planned_us\": {:.2}}}",
             dev.label(),
             l64 * 1e6,
             whole * 1e6,
             l128 * 1e6,
             d64 * 1e6,
-            d128 * 1e6
+            d128 * 1e6,
+            t.bwd_dv_dw * 1e6
         ));
     }
     let tf32: Vec<_> =
