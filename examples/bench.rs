@@ -590,6 +590,43 @@ fn gemm_kernel_at(kernel: &str, p: Preset, tile: GemmTile) -> Option<String> {
     plan.map(|plan| plan.kernel)
 }
 
+/// Seconds the projection GEMM `kernel`'s longest block needs to issue its tile loop alone on an SM
+/// (its 4 warps on the 4 schedulers, 1 instruction a clock each) at preset `p`, as the plans launch
+/// it on the H200 ([`gemm_kernel_at`]) with dv's sums split as far as `launch::dv_slices` goes when
+/// `split_dv`: the tail that a grid of few long blocks leaves (resnet_stage's 8 dv tiles of 1000
+/// classes unsplit), which the issue bound (every SM busy) does not see. Latency aside: a floor too.
+fn gemm_tail(kernel: &str, p: Preset, tile: GemmTile, split_dv: bool) -> Option<f64> {
+    use aiec::launch::{
+        dv_dw_rows, dv_slices, gemm_cols, logits_rows, logits_split, DeviceLimits, Projection,
+    };
+    let arch = aiec::nvrtc::Arch { major: 9, minor: 0 };
+    let limits = DeviceLimits {
+        projection: Projection::Tf32x3,
+        gemm_tile: tile,
+        ..DeviceLimits::new(SMS as u32, arch)
+    };
+    let shape = preset_shape(p);
+    let (b, c, k) = (shape.batch, shape.channels, shape.classes);
+    let (rows, len) = match kernel {
+        "aiec_fwd_logits" => {
+            let rows = logits_rows(&shape, &limits);
+            let split = logits_split(&shape, &limits) as u64;
+            (rows, c.div_ceil(32 * split) * 32)
+        }
+        "aiec_bwd_dv_dw" => {
+            let rows = dv_dw_rows(&shape, &limits);
+            let slices = if split_dv { dv_slices(&shape, &limits, aiec::launch::DV_SLICES_MAX) } else { 1 };
+            (rows, (k.div_ceil(32 * slices) * 32).max(b))
+        }
+        _ => return None,
+    };
+    let cols = gemm_cols(&limits, rows);
+    let name = gemm_kernel_at(kernel, p, tile)?;
+    let (instr, _, _) = sass_rates(&name)?;
+    let mma = 3.0 * 2.0 * (rows * cols * len) as f64 / MMA_FLOPS; // three TF32 products per product
+    Some(mma / 4.0 * instr / CLOCK_HZ)
+}
+
 /// Seconds the SM's issue slots and shared memory need for `cst` at preset `p`
 /// with activations of `dt` (`f32`, `bf16`), from the SASS report's rates: the
 /// default 3xTF32 path for the projection (three `mma` per TF32 product), with
@@ -688,10 +725,11 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], til
     println!(
         "issue and smem: the warp instructions and shared-memory wavefronts of each kernel's hot loop at sm_90, \
          measured by scripts/sass_report.py (scripts/sass_budgets.json), at the H200's published 132 SMs x 4 \
-         schedulers x 1 instruction and 132 x 1 wavefront per clock, 1.98 GHz"
+         schedulers x 1 instruction and 132 x 1 wavefront per clock, 1.98 GHz; tail: the projection's \
+         longest block alone on an SM at the same rate (its 4 warps on the 4 schedulers)"
     );
     println!(
-        "{:<13} {:<5} {:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>11}",
+        "{:<13} {:<5} {:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>11}",
         "preset",
         "dtype",
         "kernel",
@@ -703,6 +741,7 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], til
         "tf32 µs",
         "issue µs",
         "smem µs",
+        "tail µs",
         "bound",
         "model µs",
         "measured µs"
@@ -722,10 +761,16 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], til
                     let compute = if cst.gemm { x3 } else { f32t };
                     let sass = sass_bounds(&cst, p, dt, tile);
                     let (issue, smem) = sass.unwrap_or((0.0, 0.0));
-                    let (model, bound) =
-                        [(mem, "memory"), (compute, "compute"), (issue, "issue"), (smem, "smem")]
-                            .into_iter()
-                            .fold((0.0, "memory"), |a, b| if b.0 > a.0 { b } else { a });
+                    let tail = gemm_tail(cst.kernel, p, tile, true);
+                    let (model, bound) = [
+                        (mem, "memory"),
+                        (compute, "compute"),
+                        (issue, "issue"),
+                        (smem, "smem"),
+                        (tail.unwrap_or(0.0), "tail"),
+                    ]
+                    .into_iter()
+                    .fold((0.0, "memory"), |a, b| if b.0 > a.0 { b } else { a });
                     step += model;
                     let got = measured.iter().find(|m| m.0 == p.name && m.1 == dt).map(|(_, _, t)| match cst
                         .kernel
@@ -739,7 +784,7 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], til
                     });
                     let us = |s: f64| format!("{:.1}", s * 1e6);
                     println!(
-                        "{:<13} {:<5} {:<16} {:>9.1} {:>9.2} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>11}",
+                        "{:<13} {:<5} {:<16} {:>9.1} {:>9.2} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>11}",
                         p.name,
                         dt,
                         cst.kernel,
@@ -751,12 +796,13 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], til
                         if cst.gemm { us(tf) } else { "-".into() },
                         sass.map_or("-".into(), |_| us(issue)),
                         sass.map_or("-".into(), |_| us(smem)),
+                        tail.map_or("-".into(), us),
                         bound,
                         us(model),
                         got.map_or("-".into(), us)
                     );
                     json.push(format!(
-                        "  {{\"impl\": \"model\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"kernel\": \"{}\", \"bytes\": {:.0}, \"flops\": {:.0}, \"mem_us\": {:.2}, \"f32_us\": {:.2}, \"tf32x3_us\": {:.2}, \"tf32_us\": {:.2}, \"issue_us\": {:.2}, \"smem_us\": {:.2}, \"bound\": \"{bound}\", \"model_us\": {:.2}, \"ceilings\": \"{}\"}}",
+                        "  {{\"impl\": \"model\", \"preset\": \"{}\", \"dtype\": \"{dt}\", \"kernel\": \"{}\", \"bytes\": {:.0}, \"flops\": {:.0}, \"mem_us\": {:.2}, \"f32_us\": {:.2}, \"tf32x3_us\": {:.2}, \"tf32_us\": {:.2}, \"issue_us\": {:.2}, \"smem_us\": {:.2}, \"tail_us\": {:.2}, \"bound\": \"{bound}\", \"model_us\": {:.2}, \"ceilings\": \"{}\"}}",
                         p.name,
                         cst.kernel,
                         cst.bytes,
@@ -767,13 +813,27 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], til
                         tf * 1e6,
                         issue * 1e6,
                         smem * 1e6,
+                        tail.unwrap_or(0.0) * 1e6,
                         model * 1e6,
                         ceil.source
                     ));
                 }
             }
-            println!("{:<13} {:<5} {:<16} {:>102}", p.name, dt, "step (model)", format!("{:.1}", step * 1e6));
+            println!("{:<13} {:<5} {:<16} {:>112}", p.name, dt, "step (model)", format!("{:.1}", step * 1e6));
         }
+    }
+    println!("dv_dw's tail with dv's sums unsplit -> split (launch::dv_slices at 132 SMs):");
+    for p in PRESETS {
+        let tail = |split| {
+            gemm_tail("aiec_bwd_dv_dw", p, tile, split).map_or("-".into(), |t| format!("{:.1}", t * 1e6))
+        };
+        let limits = aiec::launch::DeviceLimits {
+            projection: aiec::launch::Projection::Tf32x3,
+            gemm_tile: tile,
+            ..aiec::launch::DeviceLimits::new(SMS as u32, aiec::nvrtc::Arch { major: 9, minor: 0 })
+        };
+        let slices = aiec::launch::dv_slices(&preset_shape(p), &limits, aiec::launch::DV_SLICES_MAX);
+        println!("  {:<13} {} -> {} µs (slices: {slices})", p.name, tail(false), tail(true));
     }
     json
 }
