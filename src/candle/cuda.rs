@@ -80,7 +80,7 @@
 //!     let (addr, _guard) = bytes.device_ptr(stream);
 //!     // SAFETY: `bytes` holds one AiecLosses on this device and outlives the call.
 //!     let losses = unsafe { SliceRef::<AiecLosses>::from_raw(dev, addr, 1) }?;
-//!     let mut dv = stream.alloc_zeros::<f32>(aux.v.len()).expect("alloc");
+//!     let mut dv = stream.alloc_zeros::<f32>(fused::dv_scratch_len(&st.cfg, &rec.dims, dev)).expect("alloc");
 //!     let dims = rec.dims.dims.clone();
 //!     let train = TrainBackward {
 //!         w: &SliceRef::cuda(dev, w)?,
