@@ -160,8 +160,8 @@ pub struct DeviceLimits {
     /// The tensor-core GEMMs' block tile the device asks for ([`GemmTile::Auto`],
     /// or what `Device::set_gemm_tile` chose); plans use [`gemm_rows`].
     pub gemm_tile: GemmTile,
-    /// Whether the logits' sums split ([`SplitK::Auto`], or what `Device::set_split_k`
-    /// chose); plans use [`logits_split`].
+    /// Whether the logits' sums, and `dv`'s, split ([`SplitK::Auto`], or what
+    /// `Device::set_split_k` chose); plans use [`logits_split`] and [`dv_slices`].
     pub split_k: SplitK,
 }
 
