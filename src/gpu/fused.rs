@@ -681,7 +681,8 @@ pub fn dv_scratch_len(cfg: &AiecConfig, dims: &InputDims, device: &Device) -> us
 }
 
 /// The backward of a forward of `dims` (its [`Sizes`]): with `train` (a
-/// training forward), `dv` and `dW` then `dx`, two launches; without (a
+/// training forward), `dv` and `dW` then `dx`, two launches (three where
+/// `dv`'s sums split, [`dv_scratch_len`]); without (a
 /// forward without targets), `dx = keep ? dy : 0`, one launch. `dx` goes where
 /// [`Dx`] says. No synchronisation. Replaces `backward_train`,
 /// `backward_train_inplace`, `backward_infer` and `backward_infer_inplace`.

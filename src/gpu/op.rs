@@ -322,7 +322,7 @@ pub(crate) fn backward_owned(
     ws: &Workspace,
 ) -> Result<GpuGradients> {
     let dev = dy.device();
-    // Both written in full by the two launches (dW cleared for a record without targets).
+    // Both written in full by the backward's launches (dW cleared for a record without targets).
     let mut dx = Tensor::unwritten(dev, dy.dtype(), dy.shape())?;
     let mut dw = Buffer::unwritten(dev, cfg.classes() * cfg.channels())?;
     {
