@@ -570,17 +570,21 @@ fn sass_rates(kernel: &str) -> Option<(f64, f64, f64)> {
     ))
 }
 
-/// The projection GEMM `kernel` (`aiec_fwd_logits`, `aiec_bwd_dv_dw`) the plans
-/// launch at preset `p` on the default 3xTF32 path of an sm_90 device with the
-/// H200's 132 SMs, asking for `tile`: with `_m128` where they choose 128 rows.
-fn gemm_kernel_at(kernel: &str, p: Preset, tile: GemmTile) -> Option<String> {
-    use aiec::launch::{aiec_bwd_dv_dw, aiec_fwd_logits, DeviceLimits, Projection};
-    let arch = aiec::nvrtc::Arch { major: 9, minor: 0 };
-    let limits = DeviceLimits {
-        projection: Projection::Tf32x3,
+/// The limits the model plans with: the default 3xTF32 path of an sm_90 device with the H200's 132
+/// SMs, asking for `tile`.
+fn model_limits(tile: GemmTile) -> aiec::launch::DeviceLimits {
+    aiec::launch::DeviceLimits {
+        projection: aiec::launch::Projection::Tf32x3,
         gemm_tile: tile,
-        ..DeviceLimits::new(SMS as u32, arch)
-    };
+        ..aiec::launch::DeviceLimits::new(SMS as u32, aiec::nvrtc::Arch { major: 9, minor: 0 })
+    }
+}
+
+/// The projection GEMM `kernel` (`aiec_fwd_logits`, `aiec_bwd_dv_dw`) the plans
+/// launch at preset `p` with [`model_limits`]: with `_m128` where they choose 128 rows.
+fn gemm_kernel_at(kernel: &str, p: Preset, tile: GemmTile) -> Option<String> {
+    use aiec::launch::{aiec_bwd_dv_dw, aiec_fwd_logits};
+    let limits = model_limits(tile);
     let shape = preset_shape(p);
     let plan = match kernel {
         "aiec_fwd_logits" => aiec_fwd_logits(&shape, Default::default(), limits),
@@ -596,15 +600,8 @@ fn gemm_kernel_at(kernel: &str, p: Preset, tile: GemmTile) -> Option<String> {
 /// `split_dv`: the tail that a grid of few long blocks leaves (resnet_stage's 8 dv tiles of 1000
 /// classes unsplit), which the issue bound (every SM busy) does not see. Latency aside: a floor too.
 fn gemm_tail(kernel: &str, p: Preset, tile: GemmTile, split_dv: bool) -> Option<f64> {
-    use aiec::launch::{
-        dv_dw_rows, dv_slices, gemm_cols, logits_rows, logits_split, DeviceLimits, Projection,
-    };
-    let arch = aiec::nvrtc::Arch { major: 9, minor: 0 };
-    let limits = DeviceLimits {
-        projection: Projection::Tf32x3,
-        gemm_tile: tile,
-        ..DeviceLimits::new(SMS as u32, arch)
-    };
+    use aiec::launch::{dv_dw_rows, dv_slices, gemm_cols, logits_rows, logits_split};
+    let limits = model_limits(tile);
     let shape = preset_shape(p);
     let (b, c, k) = (shape.batch, shape.channels, shape.classes);
     let (rows, len) = match kernel {
@@ -827,11 +824,7 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], til
         let tail = |split| {
             gemm_tail("aiec_bwd_dv_dw", p, tile, split).map_or("-".into(), |t| format!("{:.1}", t * 1e6))
         };
-        let limits = aiec::launch::DeviceLimits {
-            projection: aiec::launch::Projection::Tf32x3,
-            gemm_tile: tile,
-            ..aiec::launch::DeviceLimits::new(SMS as u32, aiec::nvrtc::Arch { major: 9, minor: 0 })
-        };
+        let limits = model_limits(tile);
         let slices = aiec::launch::dv_slices(&preset_shape(p), &limits, aiec::launch::DV_SLICES_MAX);
         println!("  {:<13} {} -> {} µs (slices: {slices})", p.name, tail(false), tail(true));
     }
