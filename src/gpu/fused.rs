@@ -674,6 +674,20 @@ pub struct TrainBackward<'v, 'a, 'd, 'g> {
 /// The length of the `dv` scratch ([`TrainBackward::dv`]) with which a backward of `dims` on `device`
 /// splits `dv`'s sums as far as [`launch::dv_slices`] would: `B C` times those slices (`B C` where it
 /// would not split; the split then runs with the slices the scratch has room for).
+///
+/// ```
+/// # #[cfg(feature = "sim")] {
+/// use aiec::{AiecConfig, Device, Pool};
+/// let cfg = AiecConfig::new(16, 1000, 0.0, Pool::None).unwrap();
+/// let dims = cfg.plan_input(&[8, 16]).unwrap();
+/// let dev = Device::sim();
+/// // 1000 classes beside 8 samples: dv's sums split, so the scratch holds several [B, C] slices.
+/// let len = aiec::gpu::fused::dv_scratch_len(&cfg, &dims, &dev);
+/// assert!(len > 8 * 16 && len % (8 * 16) == 0);
+/// dev.set_split_k(aiec::launch::SplitK::Off); // never split: one slice
+/// assert_eq!(aiec::gpu::fused::dv_scratch_len(&cfg, &dims, &dev), 8 * 16);
+/// # }
+/// ```
 pub fn dv_scratch_len(cfg: &AiecConfig, dims: &InputDims, device: &Device) -> usize {
     let shape = AiecShape::new(dims, cfg.classes(), cfg.tau() as f32, false);
     let bc = dims.batch * cfg.channels();
