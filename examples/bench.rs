@@ -215,8 +215,8 @@ struct Tf32Times {
 fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<KernelTimes> {
     use aiec::launch::{
         aiec_bwd_dv_dw, aiec_bwd_x, aiec_fwd_gate, aiec_fwd_logits, aiec_fwd_softmax, aiec_fwd_x,
-        gate_blocks, logits_groups, logits_tiles, BwdDvDwArgs, BwdXArgs, FwdGateArgs, FwdLogitsArgs,
-        FwdSoftmaxArgs, FwdXArgs, LaunchPlan, ROW_PART_BYTES,
+        gate_blocks, logits_groups, logits_split_room, logits_tiles, BwdDvDwArgs, BwdXArgs, FwdGateArgs,
+        FwdLogitsArgs, FwdSoftmaxArgs, FwdXArgs, LaunchPlan, ROW_PART_BYTES,
     };
     use aiec::params::{AiecGateStats, AiecLosses, AiecShape};
     let cfg = AiecConfig::new(p.channels, p.classes, 0.0, p.pool)?;
@@ -262,6 +262,9 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     });
     // The split sums' tickets (zero; every launch leaves them zero).
     let tickets = Buffer::<u32>::zeros(dev, logits_groups(&shape) * logits_tiles(&shape))?;
+    // The partial logits of the slices past the second (any content).
+    let room = logits_split_room(&shape) as usize;
+    let slices = Buffer::<f32>::zeros(dev, (room * shape.batch as usize * shape.classes as usize).max(1))?;
     let logits_args = FwdLogitsArgs {
         v: v.address(),
         w: w.address(),
@@ -269,6 +272,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         g: g.address(),
         part: parts.address(),
         tickets: tickets.address(),
+        slices: slices.address(),
     };
     let logits_plan = aiec_fwd_logits(&shape, logits_args, dev.limits());
     // On an update step (the shape's `update`): the rows and the counting.

@@ -4,18 +4,20 @@
  * statistics; aiec_fwd_softmax then, fully parallel, the cross-entropy, the unscaled softmax gradient and the argmax
  * of every row, and on an update step the counters of correctly predicted samples.
  *
- *   aiec_fwd_logits(v, w, logits, g, part, tickets, s)              f32 SIMT
- *   aiec_fwd_logits_tf32x3(v, w, logits, g, part, tickets, s)       3xTF32, 64-row tiles
- *   aiec_fwd_logits_tf32(v, w, logits, g, part, tickets, s)         TF32 (opt-in), 64-row tiles
- *   aiec_fwd_logits_tf32x3_m128(v, w, logits, g, part, tickets, s)  3xTF32, 128-row tiles
- *   aiec_fwd_logits_tf32_m128(v, w, logits, g, part, tickets, s)    TF32 (opt-in), 128-row tiles
+ *   aiec_fwd_logits(v, w, logits, g, part, tickets, slices, s)              f32 SIMT
+ *   aiec_fwd_logits_tf32x3(v, w, logits, g, part, tickets, slices, s)       3xTF32, 64-row tiles
+ *   aiec_fwd_logits_tf32(v, w, logits, g, part, tickets, slices, s)         TF32 (opt-in), 64-row tiles
+ *   aiec_fwd_logits_tf32x3_m128(v, w, logits, g, part, tickets, slices, s)  3xTF32, 128-row tiles
+ *   aiec_fwd_logits_tf32_m128(v, w, logits, g, part, tickets, slices, s)    TF32 (opt-in), 128-row tiles
  *   aiec_fwd_softmax(v, targets, status, step, logits, part, ce, g, act, inh, total, s)
  * The tensor-core entry points exist where AIEC_MMA_TF32 is 1 (sm_80 and later, the simulator), not on sm_75.
  *
  * v: f32 [B, C]; w: f32 [K, C]; logits, g: f32 [B, K]; part: AiecRowPart [B * max(1, ceil(K / 64))] scratch
  * (aiec_fwd_logits writes the first B * ceil(K / 64), aiec_fwd_softmax reads them; no content needed before);
  * tickets: u32 [ceil(B / 64) * ceil(K / 64)], zero before the first launch (zero it once at allocation), left zero
- * (only read where the sum is split: gridDim.z == 2, the tensor-core paths; may be null else);
+ * (only read where the sum is split: gridDim.z >= 2, the tensor-core paths; may be null else); slices: f32
+ * [gridDim.z - 2, B, K] scratch, the partial logits of slices 2 and on (no content needed; may be null where
+ * gridDim.z <= 2);
  * targets: i64 [B] (an out-of-range one gets ce = NaN, no one-hot term, no count, and is never used as an index);
  * status: the AiecTargetStatus aiec_fwd_x wrote for these targets (or null): when it names a bad target
  * (index >= 0) the step counts nothing at all, so a bad batch changes no counter; step: null, or the layer's step
@@ -32,17 +34,18 @@
  *
  * aiec_fwd_logits. Geometry: block = 128 threads (MUST be); R = 128 rows per tile for the _m128 entry points, else
  * 64; N = 128 classes per block tile for aiec_fwd_logits_tf32_m128 (the 128 x 128 tile: two class tiles), else 64;
- * grid = (ceil(K / N), min(ceil(B / R), 65535), 1 or 2) (do not launch for B == 0; any grid is correct: a block
+ * grid = (ceil(K / N), min(ceil(B / R), 65535), nz >= 1) (do not launch for B == 0; any grid is correct: a block
  * takes the block tiles of classes jw = blockIdx.x, + gridDim.x, ... of the sample groups i = blockIdx.y,
  * + gridDim.y, ...); no dynamic shared memory (static: 18 KiB SIMT, 36 KiB the 64-row tensor-core tiles, 39 KiB the
  * 128 x 64 ones, 34 KiB the 128 x 128 one). Tile (i, j) is the R x 64 GEMM tile of samples [Ri, Ri + R) and classes
  * [64j, 64j + 64) with the whole sum over C (aiec_gemm.cuh: each logit a sum in a fixed order, whatever the grid).
- * Split k, gridDim.z == 2 (the tensor-core paths' 64-column tiles; the plans split where the tiles would leave SMs
- * idle; the 128 x 128 tile never splits: its blocks all sum the whole of C): block z sums the channels [z P, z P +
- * P) with P = ceil(C / 64) * 32, the two partial tiles meet through logits (slice 0's) and g (slice 1's; g is
- * aiec_fwd_softmax's output, free until then) and the block that draws the tile's ticket second adds them (a + b,
- * the same bits whichever is second: deterministic) and goes on; the sums then differ from the unsplit ones in
- * the last bits. The block that finishes the tile writes
+ * Split k, gridDim.z = nz >= 2 (the tensor-core paths' 64-column tiles; the plans split where the tiles would leave
+ * SMs idle; the 128 x 128 tile never splits: its blocks all sum the whole of C): block z sums the channels [z P,
+ * z P + P) with P = ceil(C / (32 nz)) * 32 (a slice may be empty), the nz partial tiles meet through logits (slice
+ * 0's), g (slice 1's; g is aiec_fwd_softmax's output, free until then) and slices (the others), and the block
+ * that draws the tile's ticket last adds them in the order 0, 1, ... (the same bits whichever is last:
+ * deterministic) and goes on; the sums then differ from the unsplit ones in the last bits. The block that finishes
+ * the tile writes
  * it to logits, and per row b of the tile to part[b * ceil(K / 64) + j] the tile's partial softmax statistics: the
  * first maximum of the tile's logits (value, index, by the argmax rule) and se_t = sum over the tile of
  * expf(z - max_t) (0 when max_t = -inf).
@@ -114,38 +117,85 @@ constexpr int BATCH = 8;  // loads in flight per thread: partials of a counting 
 }  // namespace aiec_lg
 
 namespace aiec_lg {
-// Split k (gridDim.z == 2): the two slices of tile (gi, j) meet. This block's partial tile (zt, rows < ns, columns
-// < nk) goes to global memory, slice 0's into logits and slice 1's into g (free until aiec_fwd_softmax writes
-// it); the block that draws the tile's ticket second adds the other slice's partial to its own, zt = mine + other
-// (one rounded addition, commutative: the same bits whichever slice arrives second), resets the ticket and goes on
-// with the tile (true); the first returns false. All 128 threads call it (barriers).
-__device__ __forceinline__ bool meet(float* zt, int ns, int nk, u64 b0, u64 k0, u64 K, u32 z, float* logits,
-                                     float* g, aiec::u32* ticket) {
-  __shared__ int second;
+// Split k (gridDim.z = nz >= 2): the nz slices of tile (gi, j) meet. This block's partial tile (zt, rows < ns,
+// columns < nk; RT rows) goes to global memory, to its slice's slot (slot: slice 0's in logits, slice 1's in g,
+// which is free until aiec_fwd_softmax writes it, slice z >= 2's in slices + (z - 2) B K); the block that draws the
+// tile's ticket last adds the slots up in the order 0, 1, ..., nz - 1 (its own read back: the bits it wrote), the
+// same rounded sums whichever slice arrives last (for nz = 2, a + b: commutative), resets the ticket and goes on
+// with the tile (true); the others return false. All 128 threads call it (barriers). A function of its own
+// (__noinline__): inlined, the sum's loads in flight made the 3xTF32 kernels spill.
+__device__ __forceinline__ float* slot(u32 z, float* logits, float* g, float* slices, u64 bk) {
+  return z == 0 ? logits : z == 1 ? g : slices + (u64)(z - 2) * bk;
+}
+// The last slice's sum (meet), W columns at a time: W = 4 (16-byte loads, where K % 4 == 0 and the slots are
+// 16-byte aligned: nk is then a multiple of 4) or 1. Thread t takes columns W (t % (64 / W)) + 0..W-1 of rows
+// t / (64 / W) + 2 W i, and reads 32 values of a slot at once, so that the sum waits for L2 about once per slot
+// (RT = 128: twice), not once per value.
+template <int RT, int W>
+__device__ __forceinline__ void sum_slots(float* zt, int ns, int nk, u64 b0, u64 k0, u64 B, u64 K, u32 nz,
+                                          float* logits, float* g, float* slices) {
+  constexpr int LANES = COLS / W, STEP = aiec_gemm::THREADS / LANES, PASSES = RT / STEP;
+  constexpr int BATCH = PASSES < 32 / W ? PASSES : 32 / W;
+  const int tid = (int)threadIdx.x, n = W * (tid % LANES), m0 = tid / LANES;
+  for (int i0 = 0; i0 < PASSES; i0 += BATCH)
+    for (u32 y = 0; y < nz; ++y) {
+      const float* o = slot(y, logits, g, slices, B * K) + b0 * K + k0 + (u64)n;
+      float p[BATCH][W];
+      AIEC_UNROLL
+      for (int i = 0; i < BATCH; ++i) {
+        const int m = m0 + STEP * (i0 + i);
+        const bool in = m < ns && n < nk;
+        const float* src = o + (u64)(in ? m : 0) * K;
+        if constexpr (W == 4) {
+#ifdef AIEC_CUDA
+          const float4 q = in ? __ldcg(reinterpret_cast<const float4*>(src)) : float4{0.0f, 0.0f, 0.0f, 0.0f};
+#else
+          if (aiec::addr(src) & 15) throw ::cuda_sim::Error("misaligned float4 load (the GPU faults)");
+          float4 q{0.0f, 0.0f, 0.0f, 0.0f};
+          if (in) memcpy(&q, src, 16);
+#endif
+          p[i][0] = q.x;
+          p[i][W > 1 ? 1 : 0] = q.y;
+          p[i][W > 2 ? 2 : 0] = q.z;
+          p[i][W > 3 ? 3 : 0] = q.w;
+        } else {
+#ifdef AIEC_CUDA
+          p[i][0] = in ? __ldcg(src) : 0.0f;  // from L2: this SM's L1 may hold an older line
+#else
+          p[i][0] = in ? *src : 0.0f;
+#endif
+        }
+      }
+      AIEC_UNROLL
+      for (int i = 0; i < BATCH; ++i)
+        AIEC_UNROLL
+        for (int j = 0; j < W; ++j) {
+          float& x = zt[(m0 + STEP * (i0 + i)) * ZT + n + j];
+          x = y == 0 ? p[i][j] : x + p[i][j];
+        }
+    }
+}
+template <int RT>
+__device__ __noinline__ bool meet(float* zt, int ns, int nk, u64 b0, u64 k0, u64 B, u64 K, u32 z, u32 nz,
+                                  float* logits, float* g, float* slices, aiec::u32* ticket) {
+  __shared__ int last;
   const int tid = (int)threadIdx.x;
-  float* mine = z == 0 ? logits : g;
-  const float* other = z == 0 ? g : logits;
+  float* mine = slot(z, logits, g, slices, B * K) + b0 * K + k0;
   for (int q = tid; q < ns * COLS; q += aiec_gemm::THREADS) {  // a warp writes half a row
     const int m = q / COLS, n = q % COLS;
-    if (n < nk) mine[(b0 + (u64)m) * K + k0 + (u64)n] = zt[m * ZT + n];
+    if (n < nk) mine[(u64)m * K + (u64)n] = zt[m * ZT + n];
   }
   __threadfence();  // the partial is visible device-wide before the ticket is drawn
   __syncthreads();
-  if (tid == 0) second = atomicAdd(ticket, 1u) == 1u;
+  if (tid == 0) last = atomicAdd(ticket, 1u) == nz - 1;
   __syncthreads();
-  if (!second) return false;
+  if (!last) return false;
   __threadfence();
-  for (int q = tid; q < ns * COLS; q += aiec_gemm::THREADS) {
-    const int m = q / COLS, n = q % COLS;
-    if (n < nk) {
-      const float* o = other + (b0 + (u64)m) * K + k0 + (u64)n;
-#ifdef AIEC_CUDA
-      zt[m * ZT + n] += __ldcg(o);  // from L2: this SM's L1 may hold an older line
-#else
-      zt[m * ZT + n] += *o;
-#endif
-    }
-  }
+  const bool a16 = ((aiec::addr(logits) | aiec::addr(g) | (nz > 2 ? aiec::addr(slices) : 0)) & 15) == 0;
+  if (K % 4 == 0 && a16)
+    sum_slots<RT, 4>(zt, ns, nk, b0, k0, B, K, nz, logits, g, slices);
+  else
+    sum_slots<RT, 1>(zt, ns, nk, b0, k0, B, K, nz, logits, g, slices);
   if (tid == 0) *ticket = 0;  // ready for the next launch (kernel boundaries order it)
   __syncthreads();
   return true;
@@ -163,17 +213,17 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
                                                      float* g,                        // [B, K], split k only
                                                      AiecRowPart* __restrict__ part,  // [B, ceil(K / 64)]
                                                      aiec::u32* tickets,              // split k only
+                                                     float* slices,                   // [z - 2, B, K], z > 2
                                                      AiecShape s) {
   using namespace aiec_lg;
   using namespace aiec_gemm;
   static_assert(PATH != SIMT || WM == 1, "the SIMT tile has 64 rows");
   constexpr int RT = ROWS * WM;        // rows (samples) per tile
   constexpr int WN = wn_of(PATH, WM);  // class tiles (of 64) per block tile: 2 for the 128 x 128 tile
-  // Split k (the tensor-core paths' 64-column tiles, gridDim.z == 2): slice z of nz. SIMT, the 128 x 128 tile (whose
-  // registers leave no room for meet: it spilled at sm_80), or blocks past z = 1: every block sums the whole of C
-  // (a tile computed twice is written twice with the same bits).
-  const u32 nz = PATH == SIMT || WN == 2 || gridDim.z == 1 ? 1 : 2, z = nz == 1 ? 0 : blockIdx.z;
-  if (z >= 2) return;
+  // Split k (the tensor-core paths' 64-column tiles, gridDim.z = nz >= 2): slice z of nz. SIMT or the 128 x 128
+  // tile (whose registers leave no room for meet: it spilled at sm_80): every block sums the whole of C (a tile
+  // computed gridDim.z times is written as often, with the same bits).
+  const u32 nz = PATH == SIMT || WN == 2 ? 1 : gridDim.z, z = nz == 1 ? 0 : blockIdx.z;
   constexpr int SMEM = Smem<PATH, WM>::FLOATS > RT * ZT ? Smem<PATH, WM>::FLOATS : RT * ZT;
   __shared__ __align__(16) float smem[SMEM];  // the GEMM's stages, then the tile's logits [RT][65]
   const u64 B = s.batch, C = s.channels, K = s.classes;
@@ -243,8 +293,9 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
         // Class tile j (< tiles) in zt: the slices meet, the NaN fix-up over the whole of C (a slice's operands
         // live no longer than its loop), the logits out, then 2.
         auto finish = [&](u64 j, u64 k0, int nk) {
-          if (nz > 1 && !aiec_lg::meet(zt, ns, nk, b0, k0, K, z, logits, g, tickets + gi * tiles + j))
-            return;  // block-uniform: the other slice finishes the tile
+          if (nz > 1 &&
+              !aiec_lg::meet<RT>(zt, ns, nk, b0, k0, B, K, z, nz, logits, g, slices, tickets + gi * tiles + j))
+            return;  // block-uniform: another slice finishes the tile
           if constexpr (PATH == TF32X3)
             tc::fix_nan<ZT>(operand(v, C, B, C, false), operand(w, C, K, C, false), b0, k0, ns, nk, zt);
           for (int q = tid; q < RT * COLS / 2; q += THREADS) {  // a warp writes a row's 64 logits
@@ -430,8 +481,8 @@ __device__ __forceinline__ void aiec_fwd_softmax_body(const float* __restrict__ 
 
 #define AIEC_FWD_LOGITS_PARAMS                                                                          \
   (const float* __restrict__ v, const float* __restrict__ w, float* logits, float* g,                   \
-   AiecRowPart* __restrict__ part, aiec::u32* tickets, AiecShape s)
-#define AIEC_FWD_LOGITS_ARGS (v, w, logits, g, part, tickets, s)
+   AiecRowPart* __restrict__ part, aiec::u32* tickets, float* slices, AiecShape s)
+#define AIEC_FWD_LOGITS_ARGS (v, w, logits, g, part, tickets, slices, s)
 // The 128-row tile of the tensor-core paths, under a name with one template argument (a macro argument).
 template <int PATH>
 __device__ __forceinline__ void aiec_fwd_logits_m128 AIEC_FWD_LOGITS_PARAMS {

@@ -126,12 +126,13 @@ pub enum GemmTile {
     Rows128 = 2,
 }
 
-/// Whether `aiec_fwd_logits` splits its sums over `C` in two ([`logits_split`]), and into how many
-/// slices `aiec_bwd_dv_dw` splits `dv`'s sums over `K` ([`dv_slices`]). `Auto` decides by the SM
+/// Into how many slices `aiec_fwd_logits` splits its sums over `C` ([`logits_split`]), and
+/// `aiec_bwd_dv_dw` `dv`'s sums over `K` ([`dv_slices`]). `Auto` decides by the SM
 /// count, so two devices whose SM counts differ may sum a shape in different orders (different last
 /// bits); with `Off` or `On`, and the [`GemmTile`] pinned too, the order no longer depends on the SM
 /// count. Either way the logits split only on the tensor-core paths' 64-column tiles and where each
-/// slice keeps [`SPLIT_MIN_CHANNELS`] channels, `dv` only where the backward's scratch has room and
+/// slice keeps [`SPLIT_MIN_CHANNELS`] channels (more than two slices only where the forward's
+/// scratch has room, [`logits_split_room`]), `dv` only where the backward's scratch has room and
 /// each slice keeps [`SPLIT_MIN_CLASSES`] classes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum SplitK {
@@ -551,49 +552,85 @@ pub struct FwdLogitsArgs {
     /// `u32 [`[`logits_groups`]` * `[`logits_tiles`]`]`, zero before the first launch, left zero:
     /// the tickets of the split sums.
     pub tickets: u64,
+    /// `f32 [`[`logits_split_room`]`, B, K]`: the partial logits of the slices past the second
+    /// where the sums split more than in two ([`logits_split`]; any content, read only then).
+    pub slices: u64,
 }
 
-/// The slices `aiec_fwd_logits` splits each logit's sum over `C` into (its grid.z): 2 on the
-/// tensor-core paths where the tiles alone would leave SMs idle (fewer blocks than SMs, as ViT-B's
-/// 64 on 132; [`SplitK::On`]: whatever the SM count; [`SplitK::Off`]: never) and each slice keeps at
-/// least [`SPLIT_MIN_CHANNELS`] channels, else 1. The two
-/// partial tiles meet through `logits` and `g` (a ticket says which block adds them: one addition,
-/// the same bits whichever arrives second), so the result is deterministic for a given shape and
-/// SM count; a split sum differs from an unsplit one in the last bits. [`Projection::Tf32`]'s 128 x 128
-/// tile never splits (its kernel has no registers to spare for the meeting; `Auto` takes it only on
-/// grids of several waves).
+/// The slices `aiec_fwd_logits` splits each logit's sum over `C` into (its grid.z), on the
+/// tensor-core paths' 64-column tiles: for [`SplitK::Auto`], `ceil(sm_count / blocks)` where the
+/// tiles alone are fewer blocks than SMs (ViT-B's 64 on 132: 3; vit_tiny's 8: as many as allowed),
+/// else 1; [`SplitK::On`]: as many as allowed, whatever the SM count; [`SplitK::Off`]: 1. Allowed:
+/// at most [`LOGITS_SPLIT_MAX`], `C / `[`SPLIT_MIN_CHANNELS`] (each slice keeps 4 stages of 32
+/// channels) and `2 + `[`logits_split_room`]. The partial tiles meet through `logits` (slice 0's), `g`
+/// (slice 1's) and the forward scratch's `logits_slices` (the others); the block that draws a tile's
+/// ticket last adds them in the order 0, 1, ... (the same bits whichever arrives last), so the result
+/// is deterministic for a given shape and SM count; a split sum differs from an unsplit one in the
+/// last bits. [`Projection::Tf32`]'s 128 x 128 tile never splits (its kernel has no registers to spare
+/// for the meeting; `Auto` takes it only on grids of several waves).
 pub fn logits_split(shape: &AiecShape, limits: &DeviceLimits) -> u32 {
     let rows = logits_rows(shape, limits);
     let cols = gemm_cols(limits, rows);
-    let wanted = match limits.split_k {
-        SplitK::Auto => logits_blocks(shape, rows, cols) < limits.sm_count as u64,
-        SplitK::Off => false,
-        SplitK::On => true,
-    };
-    let split = limits.projection() != Projection::F32
-        && cols == GEMM_TILE
-        && wanted
-        && shape.channels >= 2 * SPLIT_MIN_CHANNELS;
-    if split {
-        2
-    } else {
-        1
+    if limits.projection() == Projection::F32 || cols != GEMM_TILE {
+        return 1;
     }
+    let cap = logits_split_cap(shape).min(2 + logits_split_room(shape));
+    let slices = match limits.split_k {
+        SplitK::Off => 1,
+        SplitK::On => cap,
+        SplitK::Auto => {
+            let (blocks, sms) = (logits_blocks(shape, rows, cols), limits.sm_count.max(1) as u64);
+            if blocks > 0 && blocks < sms {
+                sms.div_ceil(blocks)
+            } else {
+                1
+            }
+        }
+    };
+    slices.clamp(1, cap.max(1)) as u32
+}
+
+/// The most slices [`logits_split`] splits the logits' sums into.
+pub const LOGITS_SPLIT_MAX: u64 = 8;
+/// The SM count the forward scratch's room for split logits is sized for ([`logits_split_room`]);
+/// more than any device has today (H100 and H200: 132). A device with more may split less deep.
+pub const LOGITS_ROOM_SMS: u64 = 160;
+
+/// The slices the logits' sums of `shape` may split into for their length: [`LOGITS_SPLIT_MAX`]
+/// and `C / `[`SPLIT_MIN_CHANNELS`], at least 1.
+fn logits_split_cap(shape: &AiecShape) -> u64 {
+    LOGITS_SPLIT_MAX.min(shape.channels / SPLIT_MIN_CHANNELS).max(1)
+}
+
+/// The slices of split logits beyond `logits` and `g` that the forward scratch of `shape` has room
+/// for (`f32 [room, B, K]`, [`crate::layout::ForwardScratch`]`::logits_slices`): what
+/// [`logits_split`] would take, less 2, on a device of [`LOGITS_ROOM_SMS`] SMs with the fewest
+/// blocks any tile gives (128 x 64), so about `LOGITS_ROOM_SMS * 128 * 64` floats (5 MiB) at most; 0
+/// where those blocks would fill the SMs. A function of the shape alone, so that every caller sizes
+/// the scratch alike ([`crate::layout::Sizes`]).
+pub fn logits_split_room(shape: &AiecShape) -> u64 {
+    let blocks = logits_blocks(shape, GEMM_TILE_M128, GEMM_TILE);
+    if blocks == 0 || blocks >= LOGITS_ROOM_SMS {
+        return 0;
+    }
+    LOGITS_ROOM_SMS.div_ceil(blocks).min(logits_split_cap(shape)).saturating_sub(2)
 }
 
 /// The fewest channels a slice of a split logits sum keeps ([`logits_split`]): 4 stages of 32.
 pub const SPLIT_MIN_CHANNELS: u64 = 128;
 
-/// Launch 2: `aiec_fwd_logits{suffix}[_m128](v, w, logits, g, part, tickets, shape)`, the entry point
+/// Launch 2: `aiec_fwd_logits{suffix}[_m128](v, w, logits, g, part, tickets, slices, shape)`, the entry point
 /// of the device's [`Projection`] and of the rows [`logits_rows`] chooses: the logits and each class
 /// tile's per-row softmax statistics ([`aiec_fwd_softmax`] finishes the rows). Grid: `ceil(K / cols)`
 /// block tiles of classes ([`gemm_cols`]: [`logits_tiles`] where they are 64 wide) x `ceil(B / rows)`
 /// sample groups (at most 65535; the kernel loops beyond) x the [`logits_split`] slices of the sums,
 /// 128 threads.
 pub fn aiec_fwd_logits(shape: &AiecShape, a: FwdLogitsArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
-    let FwdLogitsArgs { v, w, logits, g, part, tickets } = a;
-    let args =
-        [v, w, logits, g, part, tickets].into_iter().map(KernelArg::Ptr).chain([KernelArg::structure(shape)]);
+    let FwdLogitsArgs { v, w, logits, g, part, tickets, slices } = a;
+    let args = [v, w, logits, g, part, tickets, slices]
+        .into_iter()
+        .map(KernelArg::Ptr)
+        .chain([KernelArg::structure(shape)]);
     let rows = logits_rows(shape, &limits);
     let cols = gemm_cols(&limits, rows);
     (shape.batch > 0).then(|| LaunchPlan {
@@ -978,7 +1015,7 @@ mod tests {
     }
 
     fn la() -> FwdLogitsArgs {
-        FwdLogitsArgs { v: 1, w: 2, logits: 3, g: 4, part: 5, tickets: 6 }
+        FwdLogitsArgs { v: 1, w: 2, logits: 3, g: 4, part: 5, tickets: 6, slices: 7 }
     }
 
     fn sa() -> FwdSoftmaxArgs {
@@ -1043,30 +1080,44 @@ mod tests {
         let p = aiec_fwd_x(DType::F16, &h, xa(), H200).unwrap();
         assert_eq!((p.kernel.as_str(), p.grid), ("aiec_fwd_x_hw_f16", [132 * 3, 1, 1]));
         assert_eq!(aiec_fwd_x(DType::F16, &h, xa(), wide).unwrap().grid, [128 * 256 / 8, 1, 1]);
-        // 16 class tiles x 4 sample groups of 64 x 2 slices of the sums (64 tiles would leave 68 of the
-        // 132 SMs idle), 128 threads, the tensor-core path by default.
+        // 16 class tiles x 4 sample groups of 64 x 3 slices of the sums (64 tiles would leave 68 of the
+        // 132 SMs idle: ceil(132 / 64)), 128 threads, the tensor-core path by default.
         let l = aiec_fwd_logits(&s, la(), H200).unwrap();
-        assert_eq!((l.grid, l.block, l.args.len()), ([16, 4, 2], [128, 1, 1], 7));
+        assert_eq!((l.grid, l.block, l.args.len()), ([16, 4, 3], [128, 1, 1], 8));
         assert_eq!(l.kernel, "aiec_fwd_logits_tf32x3");
-        let ptrs: Vec<KernelArg> = (1..=6).map(KernelArg::Ptr).collect();
-        assert_eq!(l.args[..6], ptrs[..], "v, w, logits, g, part, tickets");
-        assert_eq!(l.args[6], KernelArg::structure(&s));
+        let ptrs: Vec<KernelArg> = (1..=7).map(KernelArg::Ptr).collect();
+        assert_eq!(l.args[..7], ptrs[..], "v, w, logits, g, part, tickets, slices");
+        assert_eq!(l.args[7], KernelArg::structure(&s));
         // Not split: on f32, with few channels, or where the tiles fill the SMs.
         let f32 = DeviceLimits { projection: Projection::F32, ..H200 };
         assert_eq!(logits_split(&s, &f32), 1);
         assert_eq!(logits_split(&shape(Pool::None, 256, 1, 255, 1000), &H200), 1);
+        assert_eq!(logits_split(&shape(Pool::None, 0, 1, 4096, 10), &H200), 1, "an empty batch");
         assert_eq!(logits_split(&shape(Pool::None, 256, 1, 256, 1000), &H200), 2);
         assert_eq!(logits_split(&shape(Pool::None, 512, 1, 3072, 1000), &H200), 2, "8 x 16 = 128 blocks");
         assert_eq!(logits_split(&shape(Pool::None, 576, 1, 3072, 1000), &H200), 1, "9 x 16 = 144 blocks");
-        // vit_tiny (2 x 4 = 8 blocks) and resnet_stage (16 x 2 = 32) split too.
-        assert_eq!(logits_split(&shape(Pool::Token, 256, 65, 768, 100), &H200), 2);
+        // vit_tiny (2 x 4 = 8 blocks) splits as deep as its 768 channels allow (6 slices of 128; the
+        // scratch has room for 4 beyond logits and g); resnet_stage (16 x 2 = 32) in the 2 its 256 allow.
+        let tiny = shape(Pool::Token, 256, 65, 768, 100);
+        assert_eq!((logits_split(&tiny, &H200), logits_split_room(&tiny)), (6, 4));
         assert_eq!(logits_split(&shape(Pool::AvgHw, 128, 56 * 56, 256, 1000), &H200), 2);
+        // The slices past 2 are capped by the scratch's room: 1 here (384 channels, 3 slices) ...
+        let three = shape(Pool::None, 64, 1, 384, 64);
+        assert_eq!((logits_split(&three, &H200), logits_split_room(&three)), (3, 1));
+        // ... and by LOGITS_SPLIT_MAX (a single block of 64 x 64 over 4096 channels).
+        assert_eq!(logits_split(&shape(Pool::None, 64, 1, 4096, 64), &H200), 8);
+        assert_eq!(
+            logits_split(&shape(Pool::None, 64, 1, 4096, 64), &DeviceLimits { sm_count: 4, ..H200 }),
+            4
+        );
         // Pinned: Off never splits, On splits whatever the SM count (the channels and the path permitting).
         let (off, on) =
             (DeviceLimits { split_k: SplitK::Off, ..H200 }, DeviceLimits { split_k: SplitK::On, ..H200 });
         assert_eq!(logits_split(&shape(Pool::None, 512, 1, 3072, 1000), &off), 1);
         assert_eq!(logits_split(&shape(Pool::None, 576, 1, 3072, 1000), &on), 2, "144 blocks on 132 SMs");
         assert_eq!(logits_split(&shape(Pool::None, 4096, 1, 4096, 1000), &on), 2, "512 blocks of 128 x 64");
+        assert_eq!(logits_split(&s, &on), 5, "as deep as the scratch has room for");
+        assert_eq!(logits_split(&tiny, &DeviceLimits { sm_count: 2, ..on }), 6, "whatever the SM count");
         assert_eq!(logits_split(&shape(Pool::None, 576, 1, 255, 1000), &on), 1, "too few channels");
         assert_eq!(logits_split(&s, &DeviceLimits { split_k: SplitK::On, ..f32 }), 1, "the SIMT path");
         let tf32_on = DeviceLimits { projection: Projection::Tf32, gemm_tile: GemmTile::Rows128, ..on };
@@ -1217,7 +1268,7 @@ mod tests {
         assert_eq!(gemm_rows(&H200, 64, 32), 64);
         assert_eq!(logits_rows(&vit, &H200), 64);
         let l = aiec_fwd_logits(&vit, la(), H200).unwrap();
-        assert_eq!((l.kernel.as_str(), l.grid), ("aiec_fwd_logits_tf32x3", [16, 4, 2]), "and split sums");
+        assert_eq!((l.kernel.as_str(), l.grid), ("aiec_fwd_logits_tf32x3", [16, 4, 3]), "and split sums");
         // MLP logits: 16 x 64 = 1024 blocks (4 waves) or 16 x 32 = 512 (2 waves): a tie, 128 rows.
         let mlp = shape(Pool::None, 4096, 1, 4096, 1000);
         assert_eq!(logits_rows(&mlp, &H200), 128);
@@ -1226,11 +1277,11 @@ mod tests {
             (l.kernel.as_str(), l.grid, l.block),
             ("aiec_fwd_logits_tf32x3_m128", [16, 32, 1], [128, 1, 1])
         );
-        assert_eq!((l.shared_bytes, l.args.len()), (0, 7));
+        assert_eq!((l.shared_bytes, l.args.len()), (0, 8));
         assert_eq!(logits_groups(&mlp), 64, "the softmax keeps its counting groups of 64");
         // Forced tiles obey, on both tensor-core paths: 128 x 64 on 3xTF32, 128 x 128 on plain TF32
         // (which does not split its sums).
-        for (projection, cols, z) in [(Projection::Tf32x3, 64, 2), (Projection::Tf32, 128, 1)] {
+        for (projection, cols, z) in [(Projection::Tf32x3, 64, 5), (Projection::Tf32, 128, 1)] {
             let suffix = projection.suffix();
             let r64 = DeviceLimits { projection, gemm_tile: GemmTile::Rows64, ..H200 };
             let r128 = DeviceLimits { projection, gemm_tile: GemmTile::Rows128, ..H200 };

@@ -8,7 +8,7 @@
 //! [`crate::gpu`], so both may use it.
 
 use crate::config::{InputDims, Pool};
-use crate::launch::{gate_blocks, logits_groups, logits_tiles, ROW_PART_BYTES};
+use crate::launch::{gate_blocks, logits_groups, logits_split_room, logits_tiles, ROW_PART_BYTES};
 use crate::params::{pool_code, AiecShape};
 
 /// How the keep bits of one activation tensor are laid out: one bit per
@@ -73,7 +73,8 @@ pub fn keep_words(shape: &AiecShape) -> usize {
 /// (zero before the first launch; every launch leaves it zero), the targets
 /// status, the logits' per-row, per-class-tile softmax statistics and the
 /// tickets of the logits' split sums (zero before the first launch; every
-/// launch leaves them zero). One allocation, zeroed once.
+/// launch leaves them zero) and the partial logits of the slices past the
+/// second where those sums split deeper. One allocation, zeroed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardScratch {
     /// `f32 [gate_blocks]`.
@@ -89,6 +90,10 @@ pub struct ForwardScratch {
     /// `u32 [logits_groups * logits_tiles]`: a ticket per 64 x 64 logits tile
     /// (`aiec_fwd_logits`'s `tickets`, read where its sums are split).
     pub logits_tickets: usize,
+    /// `f32 [logits_split_room, B, K]`: the partial logits of slices 2 and on
+    /// (`aiec_fwd_logits`'s `slices`, any content; none where
+    /// [`logits_split_room`] is 0).
+    pub logits_slices: usize,
     /// Total bytes.
     pub bytes: usize,
 }
@@ -104,6 +109,8 @@ impl ForwardScratch {
         let row_parts = status + 32;
         let logits_tickets = row_parts + shape.batch as usize * logits_tiles(shape) * ROW_PART_BYTES;
         let tickets = 4 * logits_groups(shape) * logits_tiles(shape);
+        let logits_slices = (logits_tickets + tickets).div_ceil(16) * 16;
+        let slices = 4 * logits_split_room(shape) as usize * (shape.batch * shape.classes) as usize;
         ForwardScratch {
             gate_sum_sq: 0,
             gate_count,
@@ -111,7 +118,8 @@ impl ForwardScratch {
             status,
             row_parts,
             logits_tickets,
-            bytes: logits_tickets + tickets,
+            logits_slices,
+            bytes: logits_slices + slices,
         }
     }
 }
@@ -184,7 +192,31 @@ mod tests {
             assert!(l.status + 32 <= l.row_parts);
             assert_eq!(l.logits_tickets, l.row_parts + s.batch as usize * logits_tiles(&s) * ROW_PART_BYTES);
             assert!(l.logits_tickets % 8 == 0);
-            assert_eq!(l.bytes, l.logits_tickets + 4 * logits_groups(&s) * logits_tiles(&s));
+            assert!(l.logits_tickets + 4 * logits_groups(&s) * logits_tiles(&s) <= l.logits_slices);
+            assert!(l.logits_slices % 16 == 0);
+            let slices = 4 * logits_split_room(&s) as usize * (s.batch * s.classes) as usize;
+            assert_eq!(l.bytes, l.logits_slices + slices);
+        }
+    }
+
+    #[test]
+    fn forward_scratch_has_room_for_the_logits_split_of_few_tiles() {
+        // ViT-B's logits: 2 x 16 blocks of 128 x 64 on 160 SMs would split in 5: room for 3 slices.
+        let vit_b = shape(Pool::Token, 256, 197, 3072, 1000);
+        assert_eq!(logits_split_room(&vit_b), 3);
+        let l = ForwardScratch::of(&vit_b);
+        assert_eq!(l.bytes - l.logits_slices, 3 * 256 * 1000 * 4);
+        // vit_tiny: 2 x 2 blocks, 768 channels (6 slices of 128): room for 4.
+        assert_eq!(logits_split_room(&shape(Pool::Token, 256, 65, 768, 100)), 4);
+        // None where the blocks fill 160 SMs (10 x 16), or the channels keep at most two slices.
+        assert_eq!(logits_split_room(&shape(Pool::None, 1280, 1, 3072, 1000)), 0);
+        assert_eq!(logits_split_room(&shape(Pool::None, 256, 1, 383, 1000)), 0);
+        assert_eq!(logits_split_room(&shape(Pool::None, 256, 1, 384, 1000)), 1);
+        assert_eq!(logits_split_room(&shape(Pool::None, 0, 1, 4096, 10)), 0, "an empty batch");
+        // The room stays near 160 * 128 * 64 floats whatever the shape.
+        for (b, c, k) in [(1, 1 << 20, 1), (128, 4096, 64), (1000, 4096, 700), (16, 1024, 9000)] {
+            let s = shape(Pool::None, b, 1, c, k);
+            assert!(logits_split_room(&s) * b * k <= 160 * 128 * 64, "{b} x {c} x {k}");
         }
     }
 

@@ -369,8 +369,9 @@ fn split_logit_sums_against_a_float64_reference() {
 }
 
 /// `Device::set_split_k`: `On` splits a grid of several tiles too (B = 130, K = 70: 3 x 2 tiles of 64 rows,
-/// more blocks than the simulator's SMs, where `Auto` does not), each tile's slices meeting through its own
-/// ticket; `Off` never splits. Judged as the unsplit sums are.
+/// more blocks than the simulator's SMs, where `Auto` does not), as deep as allowed: 5 slices of C = 700
+/// (160, 160, 160, 160 and 60 channels; the forward scratch has room for the 3 past `logits` and `g`), each
+/// tile's slices meeting through its own ticket; `Off` never splits. Judged as the unsplit sums are.
 #[test]
 fn pinned_split_against_a_float64_reference() {
     let c = case(403, Pool::None, 0.0, 130, 700, 70, 1, 1, true);
@@ -384,7 +385,7 @@ fn pinned_split_against_a_float64_reference() {
             let on = split == SplitK::On && path.projection != Projection::F32 && cols == 64;
             assert_eq!(
                 aiec::launch::logits_split(&shape, &limits),
-                if on { 2 } else { 1 },
+                if on { 5 } else { 1 },
                 "{}",
                 path.name()
             );
@@ -568,13 +569,18 @@ fn step_bytes(dev: &Device, c: &GoldenCase) -> Vec<Vec<u8>> {
 }
 
 /// Every output of a step, bit for bit, whatever the simulator's schedule (seed, workers): the logits'
-/// split sums meet through tickets and dv's split sums (case 2) are added in a fixed order.
+/// split sums meet through tickets (in 4 slices in case 4, pinned with `SplitK::On`) and dv's split sums
+/// (case 2) are added in a fixed order.
 #[cfg(feature = "sim")]
 #[test]
 fn results_are_bitwise_identical_across_schedules() {
-    let on = |seed, workers, path: Path| {
+    // `pinned`: SplitK::On.
+    let on = |seed, workers, path: Path, pinned: bool| {
         let d = Device::sim_with(seed, workers);
         path.set(&d);
+        if pinned {
+            d.set_split_k(SplitK::On);
+        }
         d
     };
     for path in paths(&Device::sim_with(0, 1)) {
@@ -583,22 +589,33 @@ fn results_are_bitwise_identical_across_schedules() {
             case(12, Pool::AvgHw, 0.3, 6, 20, 7, 49, 1, true),
             case(13, Pool::Token, 0.0, 9, 64, 1000, 5, 1, true),
             case(15, Pool::None, 0.0, 70, 35, 130, 1, 1, true),
+            case(16, Pool::None, 0.0, 40, 512, 60, 1, 1, true),
         ]
         .iter()
         .enumerate()
         {
+            let pinned = i == 4;
             if i == 2 {
                 // K = 1000 beside B = 9: dv's sums split (3 or 4 slices on the simulator's 2 SMs).
-                let d = on(0, 1, path);
+                let d = on(0, 1, path, pinned);
                 let dims = aiec::InputDims::new(Pool::Token, 64, &c.dims).unwrap();
                 let shape = aiec::params::AiecShape::new(&dims, 1000, 0.0, false);
                 let slices = aiec::launch::dv_slices(&shape, &d.limits(), aiec::launch::DV_SLICES_MAX);
                 assert!(slices > 1, "{}: {slices} slices", path.name());
             }
-            let base = step_bytes(&on(0, 1, path), c);
+            if pinned {
+                // C = 512: the logits' sums in 4 slices of 128 on the tensor-core paths' 64-column tiles.
+                let limits = on(0, 1, path, pinned).limits();
+                let dims = aiec::InputDims::new(Pool::None, 512, &c.dims).unwrap();
+                let shape = aiec::params::AiecShape::new(&dims, 60, 0.0, false);
+                let cols = aiec::launch::gemm_cols(&limits, aiec::launch::logits_rows(&shape, &limits));
+                let want = if limits.projection() == Projection::F32 || cols == 128 { 1 } else { 4 };
+                assert_eq!(aiec::launch::logits_split(&shape, &limits), want, "{}", path.name());
+            }
+            let base = step_bytes(&on(0, 1, path, pinned), c);
             for (seed, workers) in [(1, 1), (2, 4), (3, 2)] {
                 assert!(
-                    base == step_bytes(&on(seed, workers, path), c),
+                    base == step_bytes(&on(seed, workers, path, pinned), c),
                     "{} case {i}: seed {seed}, workers {workers} differ",
                     path.name()
                 );

@@ -73,7 +73,7 @@ struct Case {
   bool fit;           // most targets = the argmax of exact logits (so that many rows count)
   int path;           // the projection GEMMs (aiec_gemm.cuh): 0 f32 SIMT, 1 3xTF32, 2 plain TF32, 3 and 4 the same
                       // with 128-row tiles
-  unsigned kz = 1;    // the logits' grid.z: 2 splits their sums over C in two (the tensor-core paths)
+  unsigned kz = 1;    // the logits' grid.z: nz >= 2 splits their sums over C in nz (the tensor-core paths)
   unsigned dvs = 1;   // the slices of dv's sums over K (AIEC_FLAG_DV_SLICES_SHIFT), then aiec_bwd_dv_sum
 };
 static const char* path_suffix[] = {"", "_tf32x3", "_tf32", "_tf32x3_m128", "_tf32_m128"};
@@ -223,11 +223,12 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
   Bytes part(std::max<u64>(B * tiles, 1), 16);
   Bytes tickets(std::max<u64>(groups * tiles, 1), 4);  // zero once; the logits leave them zero
   memset(tickets.p, 0, tickets.bytes);
+  Bytes slices(std::max<u64>(k.kz > 2 ? (k.kz - 2) * B * K : 0, 1), 4);  // slices 2 and on: partials, any content
   const void* no_status = nullptr;  // targets are all valid here; no device-side step (s.update decides)
   const unsigned lx = (unsigned)std::min<u64>(cdiv(K, tile_cols(k)), k.cap ? k.cap : 1u << 30);  // capped: loops
   const unsigned ly = (unsigned)std::min<u64>(lgroups, k.cap ? k.cap : 65535);
   err += launch((std::string("aiec_fwd_logits") + path_suffix[k.path]).c_str(), lx, ly, 128,
-                {(void*)&Vk, &W, &logits.p, &g.p, &part.p, &tickets.p, &s}, k.kz);
+                {(void*)&Vk, &W, &logits.p, &g.p, &part.p, &tickets.p, &slices.p, &s}, k.kz);
   for (u64 i = 0; i < groups * tiles; ++i) ck.exact(tickets.as<u32>()[i] == 0, "tickets left zero", i);
   const u64 items = groups * std::max<u64>(cdiv(C, 128), 1) + cdiv(B, 4);
   const unsigned sx = (unsigned)std::min<u64>(std::max<u64>(items, 1), k.cap ? k.cap : 1u << 30);
@@ -395,7 +396,8 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
             ck.exact(ok, q == &dx ? "dx" : "dx(in place)", i);
           }
         }
-    for (const Bytes* q : {&x, &y, &keep, &v, &logits, &ce, &g, &act, &inh, &total, &part, &mask, &dv, &dw, &dx, &dyi, &losses, &stats})
+    for (const Bytes* q : {&x, &y, &keep, &v, &logits, &ce, &g, &act, &inh, &total, &part, &slices, &mask, &dv, &dw, &dx, &dyi,
+                           &losses, &stats})
       ck.exact(q->guards(), "guard bytes", 0);
   }
   o.y = snap(y.p, n * es); o.keep = snap(keep.p, nw * 4); o.v = snap(v.p, B * C * 4);
@@ -500,6 +502,13 @@ int main() {
   cases.push_back({"none", 3, 200, 1, 200, 129, F32, false, 0, false, 1, true, 0.0f, true, 4});
   cases.push_back({"avg_token", 1, 5, 3, 130, 65, BF16, false, 0, false, 0, true, 0.0f, true, 4});
   cases.push_back({"none", 3, 200, 1, 96, 129, F32, false, 0, false, 3, true, 0.0f, true, 3, 2});  // capped, split
+  // The logits' sums in more slices than two (slices 2 and on meet in `slices`): C = 200 in 3 slices of 96, 96 and 8
+  // (3xTF32, special values: the NaN fix-up after the meeting); C = 384 in 5 of 96, 96, 96, 96 and 0
+  // (an empty slice still meets), 128-row tiles, capped grid, bf16; C = 1024 in 8 of 128 on plain TF32's 64-row
+  // tile, K = 68 (the meeting's 16-byte reads; the others read 4 bytes)
+  cases.push_back({"none", 3, 70, 1, 200, 129, F32, true, 0, false, 0, true, 0.0f, false, 1, 3});
+  cases.push_back({"avg_token", 1, 130, 3, 384, 70, BF16, false, 0, false, 2, true, 0.0f, true, 3, 5});
+  cases.push_back({"none", 3, 20, 1, 1024, 68, F32, false, 0, false, 0, true, 0.0f, true, 2, 8});
   // dv's sums in slices of K (aiec_bwd_dv_sum after): K = 300 in 3 slices of 128, 128 and 44 classes, C = 67 (4-byte
   // copies, the sum's one-value path), 3xTF32; 2 slices on the f32 path, C % 4 == 0 (float4 sums), capped grid, bf16;
   // 8 slices of 64 on plain TF32's 128 x 128 tile, the last 3 empty (they write zeros that the sum adds)

@@ -364,6 +364,7 @@ pub fn fwd_x_logits(
                 g: aux.g.address(),
                 part: base + sc.row_parts as u64,
                 tickets: base + sc.logits_tickets as u64,
+                slices: base + sc.logits_slices as u64,
             },
             dev.limits(),
         ),
