@@ -129,50 +129,59 @@ __device__ __forceinline__ float* slot(u32 z, float* logits, float* g, float* sl
 }
 // The last slice's sum (meet), W columns at a time: W = 4 (16-byte loads, where K % 4 == 0 and the slots are
 // 16-byte aligned: nk is then a multiple of 4) or 1. Thread t takes columns W (t % (64 / W)) + 0..W-1 of rows
-// t / (64 / W) + 2 W i, and reads 32 values of a slot at once, so that the sum waits for L2 about once per slot
-// (RT = 128: twice), not once per value.
+// t / (64 / W) + 2 W i; it reads 32 of its values from each of two slots at once, so that the sum waits for L2
+// about once per two slots (RT = 128: twice), not once per value.
 template <int RT, int W>
 __device__ __forceinline__ void sum_slots(float* zt, int ns, int nk, u64 b0, u64 k0, u64 B, u64 K, u32 nz,
                                           float* logits, float* g, float* slices) {
   constexpr int LANES = COLS / W, STEP = aiec_gemm::THREADS / LANES, PASSES = RT / STEP;
-  constexpr int BATCH = PASSES < 32 / W ? PASSES : 32 / W;
+  constexpr int BATCH = PASSES < 32 / W ? PASSES : 32 / W, PAIR = 2;  // values a slot, slots a round
   const int tid = (int)threadIdx.x, n = W * (tid % LANES), m0 = tid / LANES;
   for (int i0 = 0; i0 < PASSES; i0 += BATCH)
-    for (u32 y = 0; y < nz; ++y) {
-      const float* o = slot(y, logits, g, slices, B * K) + b0 * K + k0 + (u64)n;
-      float p[BATCH][W];
+    for (u32 y0 = 0; y0 < nz; y0 += PAIR) {
+      float p[PAIR][BATCH][W];
       AIEC_UNROLL
-      for (int i = 0; i < BATCH; ++i) {
-        const int m = m0 + STEP * (i0 + i);
-        const bool in = m < ns && n < nk;
-        const float* src = o + (u64)(in ? m : 0) * K;
-        if constexpr (W == 4) {
+      for (int h = 0; h < PAIR; ++h) {
+        const u32 y = y0 + (u32)h;
+        const float* o = slot(y < nz ? y : y0, logits, g, slices, B * K) + b0 * K + k0 + (u64)n;
+        AIEC_UNROLL
+        for (int i = 0; i < BATCH; ++i) {
+          const int m = m0 + STEP * (i0 + i);
+          const bool in = y < nz && m < ns && n < nk;
+          const float* src = o + (u64)(in ? m : 0) * K;
+          if constexpr (W == 4) {
 #ifdef AIEC_CUDA
-          const float4 q = in ? __ldcg(reinterpret_cast<const float4*>(src)) : float4{0.0f, 0.0f, 0.0f, 0.0f};
+            const float4 q = in ? __ldcg(reinterpret_cast<const float4*>(src)) : float4{0.0f, 0.0f, 0.0f, 0.0f};
 #else
-          if (aiec::addr(src) & 15) throw ::cuda_sim::Error("misaligned float4 load (the GPU faults)");
-          float4 q{0.0f, 0.0f, 0.0f, 0.0f};
-          if (in) memcpy(&q, src, 16);
+            if (aiec::addr(src) & 15) throw ::cuda_sim::Error("misaligned float4 load (the GPU faults)");
+            float4 q{0.0f, 0.0f, 0.0f, 0.0f};
+            if (in) memcpy(&q, src, 16);
 #endif
-          p[i][0] = q.x;
-          p[i][W > 1 ? 1 : 0] = q.y;
-          p[i][W > 2 ? 2 : 0] = q.z;
-          p[i][W > 3 ? 3 : 0] = q.w;
-        } else {
+            p[h][i][0] = q.x;
+            p[h][i][W > 1 ? 1 : 0] = q.y;
+            p[h][i][W > 2 ? 2 : 0] = q.z;
+            p[h][i][W > 3 ? 3 : 0] = q.w;
+          } else {
 #ifdef AIEC_CUDA
-          p[i][0] = in ? __ldcg(src) : 0.0f;  // from L2: this SM's L1 may hold an older line
+            p[h][i][0] = in ? __ldcg(src) : 0.0f;  // from L2: this SM's L1 may hold an older line
 #else
-          p[i][0] = in ? *src : 0.0f;
+            p[h][i][0] = in ? *src : 0.0f;
 #endif
+          }
         }
       }
       AIEC_UNROLL
-      for (int i = 0; i < BATCH; ++i)
+      for (int h = 0; h < PAIR; ++h) {
+        const u32 y = y0 + (u32)h;
+        if (y >= nz) break;  // uniform
         AIEC_UNROLL
-        for (int j = 0; j < W; ++j) {
-          float& x = zt[(m0 + STEP * (i0 + i)) * ZT + n + j];
-          x = y == 0 ? p[i][j] : x + p[i][j];
-        }
+        for (int i = 0; i < BATCH; ++i)
+          AIEC_UNROLL
+          for (int j = 0; j < W; ++j) {
+            float& x = zt[(m0 + STEP * (i0 + i)) * ZT + n + j];
+            x = y == 0 ? p[h][i][j] : x + p[h][i][j];
+          }
+      }
     }
 }
 template <int RT>
