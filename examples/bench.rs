@@ -196,7 +196,8 @@ struct KernelTimes {
 
 /// [`KernelTimes::tiles`], seconds per launch.
 struct TileTimes {
-    logits: [f64; 3],
+    /// 64 rows split as planned, in at most 2 slices, unsplit; 128 rows.
+    logits: [f64; 4],
     dv_dw: [f64; 2],
 }
 
@@ -326,10 +327,14 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     // Each tile forced, to check GemmTile::Auto's and logits_split's choices against the clock.
     let tile = |gemm_tile| aiec::launch::DeviceLimits { gemm_tile, ..dev.limits() };
     let logits64 = aiec_fwd_logits(&shape, logits_args, tile(GemmTile::Rows64));
-    let logits64_whole = logits64.clone().map(|mut p| {
-        p.grid[2] = 1;
-        p
-    });
+    let logits64_slices = |most: u32| {
+        logits64.clone().map(|mut p| {
+            p.grid[2] = p.grid[2].min(most);
+            p
+        })
+    };
+    // The split as before it went deeper than 2 (any grid.z is a valid launch), and none.
+    let (logits64_two, logits64_whole) = (logits64_slices(2), logits64_slices(1));
     let logits128 = aiec_fwd_logits(&shape, logits_args, tile(GemmTile::Rows128));
     let dv_dw64 = aiec_bwd_dv_dw(&shape, dv_dw_args, tile(GemmTile::Rows64));
     let dv_dw128 = aiec_bwd_dv_dw(&shape, dv_dw_args, tile(GemmTile::Rows128));
@@ -404,6 +409,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         tiles: TileTimes {
             logits: [
                 time([&logits64, &logits64])?,
+                time([&logits64_two, &logits64_two])?,
                 time([&logits64_whole, &logits64_whole])?,
                 time([&logits128, &logits128])?,
             ],
@@ -430,9 +436,10 @@ fn print_tiles(dev: &Device, measured: &[(&str, &str, KernelTimes)]) -> Vec<Stri
         dev.limits().projection().suffix().trim_start_matches('_')
     );
     println!(
-        "{:<13} {:>11} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10} {:>12}",
+        "{:<13} {:>11} {:>10} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10} {:>12}",
         "preset",
         "logits 64",
+        "64 in 2",
         "64 whole",
         "logits 128",
         "auto",
@@ -451,12 +458,13 @@ fn print_tiles(dev: &Device, measured: &[(&str, &str, KernelTimes)]) -> Vec<Stri
         let dr = aiec::launch::dv_dw_rows(&shape, &limits);
         let ds = aiec::launch::dv_slices(&shape, &limits, aiec::launch::DV_SLICES_MAX);
         let us = |s: f64| format!("{:.1}", s * 1e6);
-        let [l64, whole, l128] = t.tiles.logits;
+        let [l64, two, whole, l128] = t.tiles.logits;
         let [d64, d128] = t.tiles.dv_dw;
         println!(
-            "{:<13} {:>11} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10} {:>12}",
+            "{:<13} {:>11} {:>10} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10} {:>12}",
             name,
             us(l64),
+            us(two),
             us(whole),
             us(l128),
             format!("{lr}/{split}"),
@@ -466,9 +474,10 @@ fn print_tiles(dev: &Device, measured: &[(&str, &str, KernelTimes)]) -> Vec<Stri
             us(t.bwd_dv_dw)
         );
         json.push(format!(
-            "  {{\"impl\": \"aiec-tiles\", \"backend\": \"{}\", \"preset\": \"{name}\", \"dtype\": \"{dt}\", \"logits64_us\": {:.2}, \"logits64_whole_us\": {:.2}, \"logits128_us\": {:.2}, \"logits_auto\": \"{lr}/{split}\", \"dv_dw64_us\": {:.2}, \"dv_dw128_us\": {:.2}, \"dv_dw_auto\": {dr}, \"dv_slices\": {ds}, \"dv_dw_planned_us\": {:.2}}}",
+            "  {{\"impl\": \"aiec-tiles\", \"backend\": \"{}\", \"preset\": \"{name}\", \"dtype\": \"{dt}\", \"logits64_us\": {:.2}, \"logits64_two_us\": {:.2}, \"logits64_whole_us\": {:.2}, \"logits128_us\": {:.2}, \"logits_auto\": \"{lr}/{split}\", \"dv_dw64_us\": {:.2}, \"dv_dw128_us\": {:.2}, \"dv_dw_auto\": {dr}, \"dv_slices\": {ds}, \"dv_dw_planned_us\": {:.2}}}",
             dev.label(),
             l64 * 1e6,
+            two * 1e6,
             whole * 1e6,
             l128 * 1e6,
             d64 * 1e6,
