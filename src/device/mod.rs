@@ -335,8 +335,8 @@ impl Device {
         self.0.gemm_tile.store(tile as u8, Ordering::Relaxed);
     }
 
-    /// Whether the logits' sums over `C` split in two: [`SplitK::Auto`] (the default)
-    /// unless [`Device::set_split_k`] chose.
+    /// Whether the logits' sums over `C`, and `dv`'s over `K`, split into slices:
+    /// [`SplitK::Auto`] (the default) unless [`Device::set_split_k`] chose.
     pub fn split_k(&self) -> SplitK {
         match self.0.split_k.load(Ordering::Relaxed) {
             1 => SplitK::Off,
