@@ -75,7 +75,7 @@ pub fn keep_words(shape: &AiecShape) -> usize {
 /// tickets of the logits' split sums (zero before the first launch; every
 /// launch leaves them zero) and the partial logits of the slices past the
 /// second where those sums split deeper. One allocation, zeroed once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ForwardScratch {
     /// `f32 [gate_blocks]`.
     pub gate_sum_sq: usize,

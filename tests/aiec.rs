@@ -393,6 +393,45 @@ fn pinned_split_against_a_float64_reference() {
     }
 }
 
+/// A layer's workspace hands its forward scratch to a later step of another shape (a smaller last batch of
+/// an epoch): that step's tickets must start at zero whatever the earlier shape left at their offsets (its
+/// gate sums, row partials and split logits' slices). The split pinned on (5 slices of C = 700) on every
+/// path; the smaller batch's logits and CE equal a fresh layer's, bit for bit.
+#[test]
+fn a_smaller_batch_after_a_larger_one_splits_its_logits_alike() {
+    let (c, k) = (700, 70);
+    let cfg = AiecConfig::new(c, k, 0.0, Pool::None).unwrap();
+    let mut rng = SplitMix64::new(77);
+    let mut x = |b: usize| (0..b * c).map(|_| rng.uniform(-1.0, 2.0) as f32).collect::<Vec<_>>();
+    let (big, small) = (x(130), x(40));
+    let targets = |b: usize| (0..b).map(|i| (i * 7 % k) as i64).collect::<Vec<_>>();
+    for dev in devices() {
+        for path in paths_with_tf32(&dev) {
+            path.set(&dev);
+            dev.set_split_k(SplitK::On);
+            let name = format!("{} [{}]", dev.label(), path.name());
+            let step = |layer: &mut GpuLayer, x: &[f32], b: usize| {
+                let t = Tensor::from_slice(&dev, x, &[b, c]).unwrap();
+                let rec = layer.forward(&t, Some(&targets(b))).unwrap();
+                let aux = rec.aux.as_ref().unwrap();
+                (aux.logits.to_vec().unwrap(), aux.ce.to_vec().unwrap())
+            };
+            let mut used = GpuLayer::new(&dev, cfg, 5).unwrap();
+            step(&mut used, &big, 130);
+            let after = step(&mut used, &small, 40);
+            let fresh = step(&mut GpuLayer::new(&dev, cfg, 5).unwrap(), &small, 40);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&after.0) == bits(&fresh.0), "{name}: logits after a larger batch differ");
+            assert!(bits(&after.1) == bits(&fresh.1), "{name}: CE after a larger batch differs");
+            // And back: the larger batch again, as a fresh layer computes it.
+            let again = step(&mut used, &big, 130);
+            let fresh = step(&mut GpuLayer::new(&dev, cfg, 5).unwrap(), &big, 130);
+            assert!(bits(&again.0) == bits(&fresh.0), "{name}: logits after a smaller batch differ");
+        }
+        reset_path(&dev);
+    }
+}
+
 /// Runs `c` on every device and projection path (both tiles) and judges it against float64 (plain TF32
 /// at 5e-3); `check` looks at the device and path first.
 fn projection_paths_against_float64(c: &GoldenCase, check: impl Fn(&Device, Path)) {

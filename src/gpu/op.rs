@@ -25,9 +25,9 @@ pub use crate::gpu::{
     counters::GpuCounters,
     record::{GpuAux, GpuRecord},
 };
-use crate::layout::Sizes;
+use crate::layout::{ForwardScratch, Sizes};
 use crate::origin::RecordId;
-use crate::params::AiecGateStats;
+use crate::params::{AiecGateStats, AiecShape};
 use crate::tensor::Tensor;
 use crate::view::{SliceMut, SliceRef, TensorMut, TensorRef};
 
@@ -143,7 +143,8 @@ pub(crate) fn forward_with_sum(
     let mut g: Buffer<f32> = ws.buffer("g", sizes.bk, Init::Unwritten)?;
     let mut mask: Buffer<u8> = ws.buffer("mask", sizes.bc, Init::Unwritten)?;
     let mut stats: Buffer<AiecGateStats> = ws.buffer("stats", 1, Init::Unwritten)?;
-    let mut scratch: Buffer<u8> = ws.buffer("scratch", sizes.scratch_bytes, Init::Zero)?;
+    let layout = ForwardScratch::of(&AiecShape::new(&dims, cfg.classes(), cfg.tau() as f32, false));
+    let mut scratch: Buffer<u8> = ws.scratch(&layout)?;
     let uploaded: Buffer<i64>;
     let (tview, check) = match targets {
         Targets::Host(t) => {
