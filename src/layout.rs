@@ -140,6 +140,10 @@ pub struct Sizes {
     pub batch: usize,
     /// Bytes of the forward scratch.
     pub scratch_bytes: usize,
+    /// The first bytes of the forward scratch, which must be zero before its first use (the
+    /// tickets, [`ForwardScratch::logits_slices`]); the rest, the split logits' slices, needs no
+    /// content, so a caller that allocates the scratch each step zeroes only these.
+    pub scratch_zeroed: usize,
 }
 
 impl Sizes {
@@ -152,6 +156,7 @@ impl Sizes {
             bk: dims.batch * classes,
             batch: dims.batch,
             scratch_bytes: ForwardScratch::of(&shape).bytes,
+            scratch_zeroed: ForwardScratch::of(&shape).logits_slices,
         }
     }
 }
@@ -206,6 +211,9 @@ mod tests {
         assert_eq!(logits_split_room(&vit_b), 3);
         let l = ForwardScratch::of(&vit_b);
         assert_eq!(l.bytes - l.logits_slices, 3 * 256 * 1000 * 4);
+        let dims = InputDims::new(Pool::Token, 3072, &[256, 197, 3072]).unwrap();
+        let sizes = Sizes::of(&dims, 1000);
+        assert_eq!((sizes.scratch_zeroed, sizes.scratch_bytes), (l.logits_slices, l.bytes));
         // vit_tiny: 2 x 2 blocks, 768 channels (6 slices of 128): room for 4.
         assert_eq!(logits_split_room(&shape(Pool::Token, 256, 65, 768, 100)), 4);
         // None where the blocks fill 160 SMs (10 x 16), or the channels keep at most two slices.

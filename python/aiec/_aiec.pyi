@@ -41,7 +41,9 @@ class Plan:
     keep_words: int
     """int32 words of the keep bits."""
     scratch_bytes: int
-    """Bytes of the forward's scratch (uint8, zero before its first use)."""
+    """Bytes of the forward's scratch (uint8)."""
+    scratch_zero_bytes: int
+    """Its first bytes, which must be zero before its first use; the rest needs no content."""
 
 class Config:
     def __init__(self, channels: int, classes: int, tau: float, pool: str, update_interval: int) -> None: ...

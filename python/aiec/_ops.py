@@ -115,6 +115,15 @@ def stat_dtype(dt: torch.dtype) -> torch.dtype:
     return torch.float64 if dt == torch.float64 else torch.float32
 
 
+def _scratch(plan: _aiec.Plan, device: torch.device) -> Tensor:
+    """The forward's scratch for ``plan``: its first ``scratch_zero_bytes`` zero (the
+    tickets, a few KB), the rest (the split logits' slices, up to about 5 MiB) left
+    as it comes."""
+    scratch = torch.empty(plan.scratch_bytes, dtype=torch.uint8, device=device)
+    scratch[: plan.scratch_zero_bytes].zero_()
+    return scratch
+
+
 _CONFIGS: dict = {}
 
 
@@ -372,8 +381,7 @@ def fused_count(
     cfg = config(c, k, tau, pool, interval)
     plan = cfg.plan(list(x.shape))
     b, kw = plan.batch, plan.keep_words
-    # The gate's ticket starts at zero (and is left zero); a few KB.
-    scratch = torch.zeros(plan.scratch_bytes, dtype=torch.uint8, device=x.device)
+    scratch = _scratch(plan, x.device)
     dev, sd = x.device, stat_dtype(x.dtype)
     y = torch.empty_like(x)
     keep = torch.empty(kw, dtype=torch.int32, device=dev)
@@ -429,7 +437,7 @@ def fused_gate(
     cfg = config(c, k, tau, pool, 1)
     b = v.shape[0]
     dev = v.device
-    scratch = torch.zeros(cfg.plan(list(shape)).scratch_bytes, dtype=torch.uint8, device=dev)
+    scratch = _scratch(cfg.plan(list(shape)), dev)
     mask = torch.empty((b, c), dtype=torch.uint8, device=dev)
     stats = torch.zeros(_aiec.GATE_STATS_SIZE // 8, dtype=torch.int64, device=dev)
     _aiec.fwd_gate(

@@ -69,6 +69,7 @@ impl Config {
             positions: dims.positions,
             keep_words: s.keep,
             scratch_bytes: s.scratch_bytes,
+            scratch_zero_bytes: s.scratch_zeroed,
         })
     }
 
@@ -80,7 +81,9 @@ impl Config {
 
 /// The sizes of a step on one input shape ([`Config::plan`]), read by name:
 /// `batch` (`B`), `channels` (`C`), `positions` (`P`), `keep_words` (the keep
-/// bits' int32 words) and `scratch_bytes` (the forward's scratch).
+/// bits' int32 words), `scratch_bytes` (the forward's scratch) and
+/// `scratch_zero_bytes` (its first bytes, which must be zero; the rest needs no
+/// content).
 #[pyclass(frozen, get_all, module = "aiec._aiec")]
 struct Plan {
     batch: usize,
@@ -88,14 +91,20 @@ struct Plan {
     positions: usize,
     keep_words: usize,
     scratch_bytes: usize,
+    scratch_zero_bytes: usize,
 }
 
 #[pymethods]
 impl Plan {
     fn __repr__(&self) -> String {
         format!(
-            "Plan(batch={}, channels={}, positions={}, keep_words={}, scratch_bytes={})",
-            self.batch, self.channels, self.positions, self.keep_words, self.scratch_bytes
+            "Plan(batch={}, channels={}, positions={}, keep_words={}, scratch_bytes={}, scratch_zero_bytes={})",
+            self.batch,
+            self.channels,
+            self.positions,
+            self.keep_words,
+            self.scratch_bytes,
+            self.scratch_zero_bytes
         )
     }
 }

@@ -95,6 +95,22 @@ def test_the_reference_backend_takes_no_dv_scratch():
     assert _aiec.Backend.reference().dv_scratch_len(_ops.config(12, 1000, 0.0, "none", 1), [5, 12]) == 0
 
 
+def test_the_forward_scratch_zeroes_only_its_tickets():
+    """vit_tiny's logits may split in 6: the forward scratch ends with room for 4 slices of
+    [B, K] f32 partials, which need no content, so a step zeroes only the bytes before them;
+    where the tiles fill the SMs there is no such room."""
+    from aiec import _ops
+
+    plan = _ops.config(768, 100, 0.0, "token", 1).plan([256, 65, 768])
+    assert plan.scratch_zero_bytes % 16 == 0
+    assert plan.scratch_bytes - plan.scratch_zero_bytes == 4 * 256 * 100 * 4
+    scratch = _ops._scratch(plan, torch.device("cpu"))
+    assert scratch.numel() == plan.scratch_bytes
+    assert not scratch[: plan.scratch_zero_bytes].any()
+    full = _ops.config(3072, 1000, 0.0, "none", 1).plan([1280, 3072])
+    assert full.scratch_zero_bytes == full.scratch_bytes
+
+
 def test_the_gradient_scales_with_the_callers_loss():
     torch.manual_seed(7)
     grads = []
