@@ -222,7 +222,7 @@ __device__ __forceinline__ void aiec_fwd_logits_body(const float* __restrict__ v
                                                      float* g,                        // [B, K], split k only
                                                      AiecRowPart* __restrict__ part,  // [B, ceil(K / 64)]
                                                      aiec::u32* tickets,              // split k only
-                                                     float* slices,                   // [z - 2, B, K], z > 2
+                                                     float* slices,                   // [gridDim.z - 2, B, K]
                                                      AiecShape s) {
   using namespace aiec_lg;
   using namespace aiec_gemm;
