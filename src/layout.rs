@@ -74,7 +74,9 @@ pub fn keep_words(shape: &AiecShape) -> usize {
 /// status, the logits' per-row, per-class-tile softmax statistics and the
 /// tickets of the logits' split sums (zero before the first launch; every
 /// launch leaves them zero) and the partial logits of the slices past the
-/// second where those sums split deeper. One allocation, zeroed once.
+/// second where those sums split deeper. One allocation, zeroed once for each
+/// layout: another shape's layout may keep its tickets where this one leaves
+/// partial sums (`gpu::fused::AuxMut`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ForwardScratch {
     /// `f32 [gate_blocks]`.

@@ -39,9 +39,12 @@ pub struct CountersMut<'a> {
 
 /// What a training forward writes besides `y` and the keep bits; sizes from
 /// [`Sizes`]. `v`, `g` and `mask` are what its backward needs; `logits`,
-/// `ce` and `stats` are results; `scratch` must be all zero before its first
-/// use and is left with its ticket zero by every launch, so it can be reused
-/// by every later forward of that size or smaller.
+/// `ce` and `stats` are results; the first [`Sizes::scratch_zeroed`] bytes of
+/// `scratch` (its tickets) must be zero before a forward. Every launch leaves
+/// them zero where its shape's layout keeps them, so the scratch can be reused
+/// as it is by every later forward of the same shape; before a forward of
+/// another shape, whose tickets may lie where this one left partial sums, set
+/// those bytes to zero again (the layers' workspace does).
 pub struct AuxMut<'a> {
     /// `[B, C]` pooled activation.
     pub v: SliceMut<'a, f32>,
