@@ -77,7 +77,7 @@ pub fn keep_words(shape: &AiecShape) -> usize {
 /// second where those sums split deeper. One allocation, zeroed once for each
 /// layout: another shape's layout may keep its tickets where this one leaves
 /// partial sums (`gpu::fused::AuxMut`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardScratch {
     /// `f32 [gate_blocks]`.
     pub gate_sum_sq: usize,
@@ -152,13 +152,14 @@ impl Sizes {
     /// The sizes for an input planned as `dims` with `classes` (`K`).
     pub fn of(dims: &InputDims, classes: usize) -> Sizes {
         let shape = AiecShape::new(dims, classes, 0.0, false);
+        let scratch = ForwardScratch::of(&shape);
         Sizes {
             keep: keep_words(&shape),
             bc: dims.batch * dims.channels,
             bk: dims.batch * classes,
             batch: dims.batch,
-            scratch_bytes: ForwardScratch::of(&shape).bytes,
-            scratch_zeroed: ForwardScratch::of(&shape).logits_slices,
+            scratch_bytes: scratch.bytes,
+            scratch_zeroed: scratch.logits_slices,
         }
     }
 }

@@ -11,7 +11,6 @@
 //! costs memory. All of it is stream-ordered on one device: a buffer is reused
 //! only by work queued after the work that last used it.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
 use bytemuck::Pod;
@@ -27,10 +26,10 @@ pub struct Workspace {
     slots: Mutex<Vec<Slot>>,
 }
 
-/// A role's memory, and the layout it last held ([`Workspace::scratch`]; 0 for other roles).
+/// A role's memory, and the layout it last held ([`Workspace::scratch`]; `None` for other roles).
 struct Slot {
     role: &'static str,
-    layout: u64,
+    layout: Option<ForwardScratch>,
     storage: Storage,
 }
 
@@ -63,7 +62,7 @@ impl Workspace {
     /// launch leaves zero only where its layout keeps tickets, has its own:
     /// [`Workspace::scratch`]).
     pub(crate) fn buffer<T: Pod>(&self, role: &'static str, len: usize, init: Init) -> Result<Buffer<T>> {
-        self.slot(role, 0, len, init, |_| Ok(()))
+        self.slot(role, None, len, init, |_| Ok(()))
     }
 
     /// The forward scratch of `layout` ([`ForwardScratch`], whose first `logits_slices` bytes must
@@ -74,10 +73,7 @@ impl Workspace {
     /// split logits where this one keeps its tickets. The same layout reuses it as it is (every
     /// launch leaves the tickets zero).
     pub(crate) fn scratch(&self, layout: &ForwardScratch) -> Result<Buffer<u8>> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        layout.hash(&mut h);
-        let key = h.finish() | 1; // never 0, the other roles' key
-        self.slot("scratch", key, layout.bytes, Init::Zero, |s| {
+        self.slot("scratch", Some(*layout), layout.bytes, Init::Zero, |s| {
             // SAFETY: `s` is this workspace's memory of at least `layout.bytes` bytes, and unique:
             // nothing else holds it, and stream order puts the memset after its last use.
             unsafe { self.device.memset(s.address(), 0, layout.logits_slices) }
@@ -89,7 +85,7 @@ impl Workspace {
     fn slot<T: Pod>(
         &self,
         role: &'static str,
-        layout: u64,
+        layout: Option<ForwardScratch>,
         len: usize,
         init: Init,
         reuse: impl FnOnce(&Storage) -> Result<()>,
