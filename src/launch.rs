@@ -587,7 +587,7 @@ pub fn logits_split(shape: &AiecShape, limits: &DeviceLimits) -> u32 {
             }
         }
     };
-    slices.clamp(1, cap.max(1)) as u32
+    slices.clamp(1, cap) as u32
 }
 
 /// The most slices [`logits_split`] splits the logits' sums into.
@@ -608,6 +608,21 @@ fn logits_split_cap(shape: &AiecShape) -> u64 {
 /// blocks any tile gives (128 x 64), so about `LOGITS_ROOM_SMS * 128 * 64` floats (5 MiB) at most; 0
 /// where those blocks would fill the SMs. A function of the shape alone, so that every caller sizes
 /// the scratch alike ([`crate::layout::Sizes`]).
+///
+/// ```
+/// use aiec::launch::{logits_split, logits_split_room, DeviceLimits};
+/// use aiec::{AiecConfig, InputDims, Pool};
+/// // vit_tiny's logits: 256 samples, 768 channels, 100 classes.
+/// let dims = InputDims::new(Pool::Token, 768, &[256, 65, 768])?;
+/// let shape = aiec::params::AiecShape::new(&dims, 100, 0.0, true);
+/// assert_eq!(logits_split_room(&shape), 4); // the scratch holds 4 [B, K] slices beyond logits and g
+/// let h200 = DeviceLimits::new(132, aiec::nvrtc::Arch { major: 9, minor: 0 });
+/// assert_eq!(logits_split(&shape, &h200), 6); // 6 slices of 128 channels on 132 SMs
+/// let cfg = AiecConfig::new(768, 100, 0.0, Pool::Token)?;
+/// let sizes = aiec::layout::Sizes::of(&cfg.plan_input(&[256, 65, 768])?, 100);
+/// assert_eq!(sizes.scratch_bytes - sizes.scratch_zeroed, 4 * 256 * 100 * 4); // need no zeroing
+/// # Ok::<(), aiec::AiecError>(())
+/// ```
 pub fn logits_split_room(shape: &AiecShape) -> u64 {
     let blocks = logits_blocks(shape, GEMM_TILE_M128, GEMM_TILE);
     if blocks == 0 || blocks >= LOGITS_ROOM_SMS {
