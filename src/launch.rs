@@ -620,7 +620,7 @@ fn logits_split_cap(shape: &AiecShape) -> u64 {
 /// assert_eq!(logits_split(&shape, &h200), 6); // 6 slices of 128 channels on 132 SMs
 /// let cfg = AiecConfig::new(768, 100, 0.0, Pool::Token)?;
 /// let sizes = aiec::layout::Sizes::of(&cfg.plan_input(&[256, 65, 768])?, 100);
-/// assert_eq!(sizes.scratch_bytes - sizes.scratch_zeroed, 4 * 256 * 100 * 4); // need no zeroing
+/// assert_eq!(sizes.scratch_bytes - sizes.scratch_zero_bytes, 4 * 256 * 100 * 4); // need no zeroing
 /// # Ok::<(), aiec::AiecError>(())
 /// ```
 pub fn logits_split_room(shape: &AiecShape) -> u64 {

@@ -145,7 +145,7 @@ pub struct Sizes {
     /// The first bytes of the forward scratch, which must be zero before its first use (the
     /// tickets, [`ForwardScratch::logits_slices`]); the rest, the split logits' slices, needs no
     /// content, so a caller that allocates the scratch each step zeroes only these.
-    pub scratch_zeroed: usize,
+    pub scratch_zero_bytes: usize,
 }
 
 impl Sizes {
@@ -159,7 +159,7 @@ impl Sizes {
             bk: dims.batch * classes,
             batch: dims.batch,
             scratch_bytes: scratch.bytes,
-            scratch_zeroed: scratch.logits_slices,
+            scratch_zero_bytes: scratch.logits_slices,
         }
     }
 }
@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(l.bytes - l.logits_slices, 3 * 256 * 1000 * 4);
         let dims = InputDims::new(Pool::Token, 3072, &[256, 197, 3072]).unwrap();
         let sizes = Sizes::of(&dims, 1000);
-        assert_eq!((sizes.scratch_zeroed, sizes.scratch_bytes), (l.logits_slices, l.bytes));
+        assert_eq!((sizes.scratch_zero_bytes, sizes.scratch_bytes), (l.logits_slices, l.bytes));
         // vit_tiny: 2 x 2 blocks, 768 channels (6 slices of 128): room for 4.
         assert_eq!(logits_split_room(&shape(Pool::Token, 256, 65, 768, 100)), 4);
         // None where the blocks fill 160 SMs (10 x 16), or the channels keep at most two slices.

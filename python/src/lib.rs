@@ -69,7 +69,7 @@ impl Config {
             positions: dims.positions,
             keep_words: s.keep,
             scratch_bytes: s.scratch_bytes,
-            scratch_zero_bytes: s.scratch_zeroed,
+            scratch_zero_bytes: s.scratch_zero_bytes,
         })
     }
 

@@ -39,7 +39,7 @@ pub struct CountersMut<'a> {
 
 /// What a training forward writes besides `y` and the keep bits; sizes from
 /// [`Sizes`]. `v`, `g` and `mask` are what its backward needs; `logits`,
-/// `ce` and `stats` are results; the first [`Sizes::scratch_zeroed`] bytes of
+/// `ce` and `stats` are results; the first [`Sizes::scratch_zero_bytes`] bytes of
 /// `scratch` (its tickets) must be zero before a forward. Every launch leaves
 /// them zero where its shape's layout keeps them, so the scratch can be reused
 /// as it is by every later forward of the same shape; before a forward of
