@@ -181,8 +181,8 @@ struct KernelTimes {
     /// `aiec_fwd_softmax` on an update step (rows and counting).
     fwd_softmax: f64,
     fwd_gate: f64,
-    /// `aiec_bwd_dv_dw` as the backward plans it: `dv`'s sums in `launch::dv_slices` slices, then
-    /// `aiec_bwd_dv_sum` where they split.
+    /// `aiec_bwd_dv_dw` as the backward plans it: its sums in `launch::bwd_slices` slices, then
+    /// `aiec_bwd_sum_slices` where they split.
     bwd_dv_dw: f64,
     bwd_x: f64,
     fwd_logits_f32: f64,
@@ -235,10 +235,10 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     let targets: Vec<i64> = (0..b).map(|i| (i * 7 % k) as i64).collect();
     let targets = Buffer::from_slice(dev, &targets)?;
     let f32s = |len: usize| Buffer::<f32>::zeros(dev, len);
-    // dv with room for the slices of its split sums (the backward's `dv` scratch; `launch::dv_slices`).
-    let dv_slices = aiec::launch::dv_slices(&shape, &dev.limits(), aiec::launch::DV_SLICES_MAX);
+    // dv with room for the slices of the split sums (the backward's `dv` scratch; `launch::bwd_slices`).
+    let bwd_slices = aiec::launch::bwd_slices(&shape, &dev.limits(), u64::MAX);
     let (logits, ce, g, dw) = (f32s(b * k)?, f32s(b)?, f32s(b * k)?, f32s(k * c)?);
-    let dv = f32s(b * c * dv_slices as usize)?;
+    let dv = f32s(bwd_slices.scratch_len(&shape) as usize)?;
     let (act, inh, total) =
         (Buffer::<i64>::zeros(dev, k * c)?, Buffer::<i64>::zeros(dev, k * c)?, Buffer::<i64>::zeros(dev, k)?);
     let done = Buffer::<u32>::zeros(dev, 1)?;
@@ -316,10 +316,11 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
         dv: dv.address(),
         dw: dw.address(),
     };
-    // As the backward plans it: dv's sums in `dv_slices` slices, then `aiec_bwd_dv_sum` where they split.
-    let split_shape = aiec::launch::with_dv_slices(&shape, dv_slices);
+    // As the backward plans it: the sums in `bwd_slices`, then `aiec_bwd_sum_slices` where they split.
+    let split_shape = aiec::launch::with_bwd_slices(&shape, bwd_slices);
     let dv_dw_plan = aiec_bwd_dv_dw(&split_shape, dv_dw_args, dev.limits());
-    let dv_sum_plan = aiec::launch::aiec_bwd_dv_sum(&split_shape, dv.address(), dev.limits());
+    let dv_sum_plan =
+        aiec::launch::aiec_bwd_sum_slices(&split_shape, dv.address(), dw.address(), dev.limits());
     // The same two products on the f32 SIMT path (on any device; its own plans: it has 64-row tiles only).
     let f32_path = aiec::launch::DeviceLimits { projection: aiec::launch::Projection::F32, ..dev.limits() };
     let logits_f32 = aiec_fwd_logits(&shape, logits_args, f32_path);
@@ -427,7 +428,7 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
 
 /// The projection kernels with each tile forced (f32 activations' run; the products are the same
 /// for every activation type): which one `GemmTile::Auto` and `logits_split` picked, and what
-/// each costs, and dv_dw as planned (the auto tile, `dv_slices` slices of dv's sums, and their sum),
+/// each costs, and dv_dw as planned (the auto tile, `bwd_slices` slices of its sums, and their sum),
 /// so that one run on a GPU checks their rules; then plain TF32's (on tensor cores). Returns the
 /// JSON rows.
 fn print_tiles(dev: &Device, measured: &[(&str, &str, KernelTimes)]) -> Vec<String> {
@@ -456,7 +457,8 @@ fn print_tiles(dev: &Device, measured: &[(&str, &str, KernelTimes)]) -> Vec<Stri
         let lr = aiec::launch::logits_rows(&shape, &limits);
         let split = aiec::launch::logits_split(&shape, &limits);
         let dr = aiec::launch::dv_dw_rows(&shape, &limits);
-        let ds = aiec::launch::dv_slices(&shape, &limits, aiec::launch::DV_SLICES_MAX);
+        let sl = aiec::launch::bwd_slices(&shape, &limits, u64::MAX);
+        let ds = format!("{}+{}", sl.dv, sl.dw);
         let us = |s: f64| format!("{:.1}", s * 1e6);
         let [l64, two, whole, l128] = t.tiles.logits;
         let [d64, d128] = t.tiles.dv_dw;
@@ -474,7 +476,7 @@ fn print_tiles(dev: &Device, measured: &[(&str, &str, KernelTimes)]) -> Vec<Stri
             us(t.bwd_dv_dw)
         );
         json.push(format!(
-            "  {{\"impl\": \"aiec-tiles\", \"backend\": \"{}\", \"preset\": \"{name}\", \"dtype\": \"{dt}\", \"logits64_us\": {:.2}, \"logits64_two_us\": {:.2}, \"logits64_whole_us\": {:.2}, \"logits128_us\": {:.2}, \"logits_auto\": \"{lr}/{split}\", \"dv_dw64_us\": {:.2}, \"dv_dw128_us\": {:.2}, \"dv_dw_auto\": {dr}, \"dv_slices\": {ds}, \"dv_dw_planned_us\": {:.2}}}",
+            "  {{\"impl\": \"aiec-tiles\", \"backend\": \"{}\", \"preset\": \"{name}\", \"dtype\": \"{dt}\", \"logits64_us\": {:.2}, \"logits64_two_us\": {:.2}, \"logits64_whole_us\": {:.2}, \"logits128_us\": {:.2}, \"logits_auto\": \"{lr}/{split}\", \"dv_dw64_us\": {:.2}, \"dv_dw128_us\": {:.2}, \"dv_dw_auto\": {dr}, \"slices\": \"{ds}\", \"dv_dw_planned_us\": {:.2}}}",
             dev.label(),
             l64 * 1e6,
             two * 1e6,
@@ -609,11 +611,11 @@ fn gemm_kernel_at(kernel: &str, p: Preset, tile: GemmTile) -> Option<String> {
 
 /// Seconds the projection GEMM `kernel`'s longest block needs to issue its tile loop alone on an SM
 /// (its 4 warps on the 4 schedulers, 1 instruction a clock each) at preset `p`, as the plans launch
-/// it on the H200 ([`gemm_kernel_at`]) with dv's sums split as far as `launch::dv_slices` goes when
-/// `split_dv`: the tail that a grid of few long blocks leaves (resnet_stage's 8 dv tiles of 1000
+/// it on the H200 ([`gemm_kernel_at`]) with dv_dw's sums split as far as `launch::bwd_slices` goes
+/// when `split`: the tail that a grid of few long blocks leaves (resnet_stage's 8 dv tiles of 1000
 /// classes unsplit), which the issue bound (every SM busy) does not see. Latency aside: a floor too.
-fn gemm_tail(kernel: &str, p: Preset, tile: GemmTile, split_dv: bool) -> Option<f64> {
-    use aiec::launch::{dv_dw_rows, dv_slices, gemm_cols, logits_rows, logits_split};
+fn gemm_tail(kernel: &str, p: Preset, tile: GemmTile, split: bool) -> Option<f64> {
+    use aiec::launch::{bwd_slices, dv_dw_rows, gemm_cols, logits_rows, logits_split, BwdSlices};
     let limits = model_limits(tile);
     let shape = preset_shape(p);
     let (b, c, k) = (shape.batch, shape.channels, shape.classes);
@@ -625,8 +627,8 @@ fn gemm_tail(kernel: &str, p: Preset, tile: GemmTile, split_dv: bool) -> Option<
         }
         "aiec_bwd_dv_dw" => {
             let rows = dv_dw_rows(&shape, &limits);
-            let slices = if split_dv { dv_slices(&shape, &limits, aiec::launch::DV_SLICES_MAX) } else { 1 };
-            (rows, (k.div_ceil(32 * slices) * 32).max(b))
+            let sl = if split { bwd_slices(&shape, &limits, u64::MAX) } else { BwdSlices::UNSPLIT };
+            (rows, (k.div_ceil(32 * sl.dv) * 32).max(b.div_ceil(32 * sl.dw) * 32))
         }
         _ => return None,
     };
@@ -832,14 +834,14 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], til
             println!("{:<13} {:<5} {:<16} {:>112}", p.name, dt, "step (model)", format!("{:.1}", step * 1e6));
         }
     }
-    println!("dv_dw's tail with dv's sums unsplit -> split (launch::dv_slices at 132 SMs):");
+    println!("dv_dw's tail with its sums unsplit -> split (launch::bwd_slices at 132 SMs, dv+dW slices):");
     for p in PRESETS {
         let tail = |split| {
             gemm_tail("aiec_bwd_dv_dw", p, tile, split).map_or("-".into(), |t| format!("{:.1}", t * 1e6))
         };
         let limits = model_limits(tile);
-        let slices = aiec::launch::dv_slices(&preset_shape(p), &limits, aiec::launch::DV_SLICES_MAX);
-        println!("  {:<13} {} -> {} µs (slices: {slices})", p.name, tail(false), tail(true));
+        let sl = aiec::launch::bwd_slices(&preset_shape(p), &limits, u64::MAX);
+        println!("  {:<13} {} -> {} µs (slices: {}+{})", p.name, tail(false), tail(true), sl.dv, sl.dw);
     }
     json
 }

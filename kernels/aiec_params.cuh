@@ -28,6 +28,10 @@ struct AiecShape {     // size 48, align 8
 // It writes slice z's partial of dv (the gate term in slice 0's) to dv + z B C; aiec_bwd_dv_sum then adds the slices
 // in the order 0, 1, ... into dv[0 .. B C).
 #define AIEC_FLAG_DV_SLICES_SHIFT 8
+// AiecShape::flags bits 12-15: the slices of aiec_bwd_dv_dw's sums for dW over the samples, minus 1 (0: unsplit).
+// It writes slice 0's partial of dW to dw (as unsplit: written, or added with ACCUMULATE_DW) and slice z's, z > 0,
+// to dv + S B C + (z - 1) K C (S: dv's slices); aiec_bwd_sum_slices then adds them in the order 1, 2, ... into dw.
+#define AIEC_FLAG_DW_SLICES_SHIFT 12
 // The targets check of a training forward (written by aiec_fwd_x, read by aiec_fwd_softmax): index = the first
 // b with targets[b] outside 0..K, or -1; value = targets[index] (0 when index == -1); classes = K.
 struct AiecTargetStatus {  // size 32
@@ -135,6 +139,10 @@ __device__ __forceinline__ bool is_nan(float f) { return f != f; }
 // The slices of dv (AIEC_FLAG_DV_SLICES_SHIFT): 1 to 16.
 __device__ __forceinline__ u32 dv_slices(const AiecShape& s) {
   return ((s.flags >> AIEC_FLAG_DV_SLICES_SHIFT) & 15u) + 1u;
+}
+// The slices of dW (AIEC_FLAG_DW_SLICES_SHIFT): 1 to 16.
+__device__ __forceinline__ u32 dw_slices(const AiecShape& s) {
+  return ((s.flags >> AIEC_FLAG_DW_SLICES_SHIFT) & 15u) + 1u;
 }
 // The threshold unit's rule: keep where NOT x <= tau (a NaN is kept).
 template <class T> __device__ __forceinline__ bool keeps(T x, float tau) { return !(aiec::to_float(x) <= tau); }

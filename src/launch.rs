@@ -8,7 +8,7 @@
 use crate::config::Pool;
 use crate::dtype::DType;
 use crate::nvrtc::{Arch, Module};
-use crate::params::{pool_code, AiecLossParams, AiecShape, FLAG_DV_SLICES_SHIFT};
+use crate::params::{pool_code, AiecLossParams, AiecShape, FLAG_DV_SLICES_SHIFT, FLAG_DW_SLICES_SHIFT};
 
 /// One kernel argument, by value.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,13 +127,13 @@ pub enum GemmTile {
 }
 
 /// Into how many slices `aiec_fwd_logits` splits its sums over `C` ([`logits_split`]), and
-/// `aiec_bwd_dv_dw` `dv`'s sums over `K` ([`dv_slices`]). `Auto` decides by the SM
+/// `aiec_bwd_dv_dw` its sums for `dv` over `K` and for `dW` over `B` ([`bwd_slices`]). `Auto` decides by the SM
 /// count, so two devices whose SM counts differ may sum a shape in different orders (different last
 /// bits); with `Off` or `On`, and the [`GemmTile`] pinned too, the order no longer depends on the SM
 /// count. Either way the logits split only on the tensor-core paths' 64-column tiles and where each
 /// slice keeps [`SPLIT_MIN_CHANNELS`] channels (more than two slices only where the forward's
-/// scratch has room, [`logits_split_room`]), `dv` only where the backward's scratch has room and
-/// each slice keeps [`SPLIT_MIN_CLASSES`] classes.
+/// scratch has room, [`logits_split_room`]), `dv` and `dW` only where the backward's scratch has room
+/// and each slice keeps [`SPLIT_MIN_CLASSES`] classes (resp. [`SPLIT_MIN_SAMPLES`] samples).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum SplitK {
     /// Split where the tiles alone would leave SMs idle. The default.
@@ -162,7 +162,7 @@ pub struct DeviceLimits {
     /// or what `Device::set_gemm_tile` chose); plans use [`gemm_rows`].
     pub gemm_tile: GemmTile,
     /// Whether the logits' sums, and `dv`'s, split ([`SplitK::Auto`], or what
-    /// `Device::set_split_k` chose); plans use [`logits_split`] and [`dv_slices`].
+    /// `Device::set_split_k` chose); plans use [`logits_split`] and [`bwd_slices`].
     pub split_k: SplitK,
 }
 
@@ -367,51 +367,90 @@ pub fn dv_dw_rows(shape: &AiecShape, limits: &DeviceLimits) -> u64 {
     gemm_rows(limits, dv_dw_tiles(shape, GEMM_TILE, GEMM_TILE), big)
 }
 
-/// The most slices [`dv_slices`] splits `dv`'s sums into (`AiecShape::flags` has room for 16).
-pub const DV_SLICES_MAX: u64 = 8;
-/// The fewest classes a slice of a split `dv` sum keeps ([`dv_slices`]): 4 stages of 32.
+/// The most slices [`bwd_slices`] splits either sum into (`AiecShape::flags` has room for 16).
+pub const BWD_SLICES_MAX: u64 = 8;
+/// The fewest classes a slice of a split `dv` sum keeps ([`bwd_slices`]): 4 stages of 32.
 pub const SPLIT_MIN_CLASSES: u64 = 128;
+/// The fewest samples a slice of a split `dW` sum keeps ([`bwd_slices`]): 4 stages of 32.
+pub const SPLIT_MIN_SAMPLES: u64 = 128;
 
-/// The slices `aiec_bwd_dv_dw` splits each sum of `dv` over the `K` classes into, with room in the
-/// `dv` scratch for `room` slices of `B C` values. A `dv` tile sums over `K` and a `dW` tile over `B`,
-/// so where `K` is long and `dv`'s tiles are few (resnet_stage: 8 tiles of 1000 classes beside 64 of 128
-/// samples) those few blocks are the launch's tail; slices of them run on SMs that would idle, and
-/// [`aiec_bwd_dv_sum`] adds them in a fixed order (deterministic for a given shape, room and limits; a
-/// split sum differs from an unsplit one in the last bits). In stages of 32, with `len_v = ceil(K / 32)`,
-/// `len_w = ceil(B / 32)` and `avg` the launch's work per block slot (`GEMM_BLOCKS_PER_SM` a SM): the
-/// fewest slices `S` with `ceil(len_v / S) <= target`, where the target is `max(len_w, avg)` for
-/// [`SplitK::Auto`] (a slice no longer than a `dW` tile or than the average slot's work) and `len_w` for
-/// [`SplitK::On`] (whatever the SM count); 1 for [`SplitK::Off`]. At most `room`, [`DV_SLICES_MAX`] and
-/// `K / `[`SPLIT_MIN_CLASSES`]; every path (the slices are the operands' offsets).
-pub fn dv_slices(shape: &AiecShape, limits: &DeviceLimits, room: u64) -> u64 {
-    let (b, c, k) = (shape.batch, shape.channels, shape.classes);
-    let cap = room.min(DV_SLICES_MAX).min(k / SPLIT_MIN_CLASSES);
-    if cap <= 1 || b == 0 || c == 0 {
-        return 1;
+/// The slices of `aiec_bwd_dv_dw`'s two sums: `dv`'s over the `K` classes and `dW`'s over the `B`
+/// samples ([`bwd_slices`]; 1: unsplit). They travel in [`AiecShape::flags`] ([`with_bwd_slices`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BwdSlices {
+    /// Slices of each `dv` sum over the classes: `dv` is then `[dv, B, C]` in the scratch.
+    pub dv: u64,
+    /// Slices of each `dW` sum over the samples: the first goes to `dW`, the rest to `[dw - 1, K, C]`
+    /// in the scratch after `dv`'s.
+    pub dw: u64,
+}
+
+impl BwdSlices {
+    /// Both sums whole.
+    pub const UNSPLIT: BwdSlices = BwdSlices { dv: 1, dw: 1 };
+
+    /// The `f32` values of the backward's scratch these slices fill for `shape`: `B C` per slice of
+    /// `dv`, then `K C` per slice of `dW` past the first.
+    pub fn scratch_len(&self, shape: &AiecShape) -> u64 {
+        let c = shape.channels;
+        shape.batch * c * self.dv + shape.classes * c * (self.dw - 1)
     }
+}
+
+/// The slices `aiec_bwd_dv_dw` splits its sums into, with a scratch of `scratch` `f32` values (at
+/// least `B C`; `u64::MAX`: as many as the rule asks). A `dv` tile sums over `K` and a `dW` tile over
+/// `B`; where one of them is long and the tiles are few, those blocks are the launch's tail (resnet_stage:
+/// 8 `dv` tiles of 1000 classes beside 64 `dW` tiles of 128 samples; vit_tiny: 12 `dW` tiles of 256
+/// samples beside 24 `dv` tiles of 100 classes); slices of them run on SMs that would idle, and
+/// [`aiec_bwd_sum_slices`] adds them in a fixed order (deterministic for a given shape, scratch and
+/// limits; a split sum differs from an unsplit one in the last bits).
+///
+/// In stages of 32, with `len_v = ceil(K / 32)`, `len_w = ceil(B / 32)`, the caps `cap_v = K /`
+/// [`SPLIT_MIN_CLASSES`] and `cap_w = B / `[`SPLIT_MIN_SAMPLES`] (each from 1 to [`BWD_SLICES_MAX`])
+/// and `floor` the longer of the shortest slices the caps allow (`ceil(len_v / cap_v)`,
+/// `ceil(len_w / cap_w)`): each sum takes `ceil(len / target)` slices (clamped to its cap), the target being `floor`
+/// for [`SplitK::On`] (whatever the SM count) and `max(floor, avg)` for [`SplitK::Auto`], `avg` the
+/// launch's work per block slot (`GEMM_BLOCKS_PER_SM` a SM): no slice shorter than the average slot's
+/// work, nor than the other sum's shortest; 1 each for [`SplitK::Off`]. Then what fits: `dv`'s slices
+/// first (`B C` values each), then `dW`'s past the first (`K C` each) in what is left.
+pub fn bwd_slices(shape: &AiecShape, limits: &DeviceLimits, scratch: u64) -> BwdSlices {
+    let (b, c, k) = (shape.batch, shape.channels, shape.classes);
+    if b == 0 || c == 0 || k == 0 || limits.split_k == SplitK::Off {
+        return BwdSlices::UNSPLIT;
+    }
+    let cap_v = (k / SPLIT_MIN_CLASSES).clamp(1, BWD_SLICES_MAX);
+    let cap_w = (b / SPLIT_MIN_SAMPLES).clamp(1, BWD_SLICES_MAX);
     let (len_v, len_w) = (k.div_ceil(32), b.div_ceil(32));
+    let floor = len_v.div_ceil(cap_v).max(len_w.div_ceil(cap_w));
     let target = match limits.split_k {
-        SplitK::Off => return 1,
-        SplitK::On => len_w,
         SplitK::Auto => {
             let rows = dv_dw_rows(shape, limits);
             let ct = c.div_ceil(gemm_cols(limits, rows));
             let work = (b.div_ceil(rows) * len_v + k.div_ceil(rows) * len_w) * ct;
-            len_w.max(work.div_ceil(limits.sm_count.max(1) as u64 * GEMM_BLOCKS_PER_SM))
+            floor.max(work.div_ceil(limits.sm_count.max(1) as u64 * GEMM_BLOCKS_PER_SM))
         }
+        _ => floor,
     };
-    len_v.div_ceil(target).clamp(1, cap)
+    let dv = len_v.div_ceil(target).clamp(1, cap_v).min((scratch / (b * c)).max(1));
+    let rest = scratch.saturating_sub(dv * b * c);
+    let dw = len_w.div_ceil(target).clamp(1, cap_w).min(1 + rest / (k * c));
+    BwdSlices { dv, dw }
 }
 
-/// The slices of `dv` a `shape` carries in its flags ([`FLAG_DV_SLICES_SHIFT`]): 1 to 16.
-pub fn shape_dv_slices(shape: &AiecShape) -> u64 {
-    ((shape.flags >> FLAG_DV_SLICES_SHIFT) & 15) as u64 + 1
+/// The slices a `shape` carries in its flags ([`FLAG_DV_SLICES_SHIFT`], [`FLAG_DW_SLICES_SHIFT`]): 1 to 16
+/// each.
+pub fn shape_bwd_slices(shape: &AiecShape) -> BwdSlices {
+    let at = |shift: u32| ((shape.flags >> shift) & 15) as u64 + 1;
+    BwdSlices { dv: at(FLAG_DV_SLICES_SHIFT), dw: at(FLAG_DW_SLICES_SHIFT) }
 }
 
-/// `shape` with `slices` of `dv` in its flags ([`FLAG_DV_SLICES_SHIFT`]), clamped to 1 to 16.
-pub fn with_dv_slices(shape: &AiecShape, slices: u64) -> AiecShape {
-    let slices = slices.clamp(1, 16);
-    let flags = shape.flags & !(15 << FLAG_DV_SLICES_SHIFT) | ((slices - 1) as u32) << FLAG_DV_SLICES_SHIFT;
+/// `shape` with `slices` in its flags ([`FLAG_DV_SLICES_SHIFT`], [`FLAG_DW_SLICES_SHIFT`]), each clamped
+/// to 1 to 16.
+pub fn with_bwd_slices(shape: &AiecShape, slices: BwdSlices) -> AiecShape {
+    let field = |n: u64, shift: u32| ((n.clamp(1, 16) - 1) as u32) << shift;
+    let mask = !(15 << FLAG_DV_SLICES_SHIFT | 15 << FLAG_DW_SLICES_SHIFT);
+    let flags =
+        shape.flags & mask | field(slices.dv, FLAG_DV_SLICES_SHIFT) | field(slices.dw, FLAG_DW_SLICES_SHIFT);
     AiecShape { flags, ..*shape }
 }
 
@@ -841,15 +880,16 @@ pub struct BwdDvDwArgs {
 /// Backward launch 1: `aiec_bwd_dv_dw{suffix}[_m128](v, w, g, mask, losses, row_scale, dv, dw, shape)`,
 /// the entry point of the device's [`Projection`] and of the rows [`dv_dw_rows`] chooses; runs for
 /// `B = 0` too (it writes, or with [`crate::params::FLAG_ACCUMULATE_DW`] keeps, `dW`). One `rows x cols`
-/// tile of `dv` or `dW` per block ([`gemm_cols`]), `dv`'s once per slice of its sums ([`shape_dv_slices`]:
-/// `dv` is then `[slices, B, C]`, and [`aiec_bwd_dv_sum`] follows): `(slices * ceil(B / rows) + ceil(K /
-/// rows)) * ceil(C / cols)` blocks of 128 threads.
+/// tile of `dv` or `dW` per block ([`gemm_cols`]), each once per slice of its sums ([`shape_bwd_slices`]:
+/// the scratch `dv` then holds [`BwdSlices::scratch_len`] values, and [`aiec_bwd_sum_slices`] follows):
+/// `(slices.dv * ceil(B / rows) + slices.dw * ceil(K / rows)) * ceil(C / cols)` blocks of 128 threads.
 pub fn aiec_bwd_dv_dw(shape: &AiecShape, a: BwdDvDwArgs, limits: DeviceLimits) -> Option<LaunchPlan> {
     let BwdDvDwArgs { v, w, g, mask, losses, row_scale, dv, dw } = a;
     let rows = dv_dw_rows(shape, &limits);
     let cols = gemm_cols(&limits, rows);
-    let dv_extra = (shape_dv_slices(shape) - 1) * shape.batch.div_ceil(rows) * shape.channels.div_ceil(cols);
-    let grid = dv_dw_tiles(shape, rows, cols) + dv_extra;
+    let sl = shape_bwd_slices(shape);
+    let grid = (sl.dv * shape.batch.div_ceil(rows) + sl.dw * shape.classes.div_ceil(rows))
+        * shape.channels.div_ceil(cols);
     let args = [v, w, g, mask, losses, row_scale, dv, dw]
         .into_iter()
         .map(KernelArg::Ptr)
@@ -864,18 +904,21 @@ pub fn aiec_bwd_dv_dw(shape: &AiecShape, a: BwdDvDwArgs, limits: DeviceLimits) -
     })
 }
 
-/// Backward launch 1b, after a launch 1 with split sums for `dv` ([`shape_dv_slices`] > 1; else
-/// `None`): `aiec_bwd_dv_sum(dv, shape)` adds the slices of `dv` (`f32 [slices, B, C]`) in order into its
-/// first `B C` values. An elementwise grid over `B C` values, 4 a thread.
-pub fn aiec_bwd_dv_sum(shape: &AiecShape, dv: u64, limits: DeviceLimits) -> Option<LaunchPlan> {
-    let n = shape.batch * shape.channels;
-    (shape_dv_slices(shape) > 1 && n > 0).then(|| LaunchPlan {
+/// Backward launch 1b, after a launch 1 with split sums ([`shape_bwd_slices`] above 1; else `None`):
+/// `aiec_bwd_sum_slices(dv, dw, shape)` adds `dv`'s slices in order into the scratch's first `B C`
+/// values and `dW`'s (after them in the scratch) in order onto `dw`. An elementwise grid over the longer
+/// of the two, 4 values a thread.
+pub fn aiec_bwd_sum_slices(shape: &AiecShape, dv: u64, dw: u64, limits: DeviceLimits) -> Option<LaunchPlan> {
+    let sl = shape_bwd_slices(shape);
+    let c = shape.channels;
+    let n = if sl.dv > 1 { shape.batch * c } else { 0 }.max(if sl.dw > 1 { shape.classes * c } else { 0 });
+    (n > 0).then(|| LaunchPlan {
         module: Module::all("aiec_bwd_dv_dw.cu"),
-        kernel: "aiec_bwd_dv_sum".into(),
+        kernel: "aiec_bwd_sum_slices".into(),
         grid: [elementwise_grid(n, DType::F32, limits), 1, 1],
         block: [ELEMENTWISE_BLOCK, 1, 1],
         shared_bytes: 0,
-        args: vec![KernelArg::Ptr(dv), KernelArg::structure(shape)],
+        args: vec![KernelArg::Ptr(dv), KernelArg::Ptr(dw), KernelArg::structure(shape)],
     })
 }
 
@@ -1233,44 +1276,60 @@ mod tests {
     }
 
     #[test]
-    fn dv_slices_split_few_long_dv_tiles() {
+    fn bwd_slices_split_few_long_tiles() {
         use crate::params::FLAG_ACCUMULATE_DW;
-        let max = DV_SLICES_MAX;
-        // resnet_stage: 8 dv tiles of 32 stages beside 64 dW tiles of 4; 8 slices would match the dW tiles,
-        // K = 1000 keeps 128 classes in at most 7.
+        let all = u64::MAX;
+        let sl = |dv, dw| BwdSlices { dv, dw };
+        // resnet_stage: 8 dv tiles of 32 stages beside 64 dW tiles of 4 (B = 128: dW cannot split); K = 1000
+        // keeps 128 classes in at most 7.
         let r = shape(Pool::AvgHw, 128, 56 * 56, 256, 1000);
+        let bc = 128 * 256;
         assert_eq!(dv_dw_rows(&r, &H200), 64);
-        assert_eq!(dv_slices(&r, &H200, max), 7);
-        assert_eq!(dv_slices(&r, &H200, 4), 4, "the room in the scratch");
-        assert_eq!(dv_slices(&r, &H200, 1), 1);
-        assert_eq!(dv_slices(&r, &DeviceLimits { split_k: SplitK::Off, ..H200 }, max), 1);
+        assert_eq!(bwd_slices(&r, &H200, all), sl(7, 1));
+        assert_eq!(sl(7, 1).scratch_len(&r), 7 * bc);
+        assert_eq!(bwd_slices(&r, &H200, 4 * bc + 5), sl(4, 1), "the room in the scratch");
+        assert_eq!(bwd_slices(&r, &H200, bc), sl(1, 1));
+        assert_eq!(bwd_slices(&r, &DeviceLimits { split_k: SplitK::Off, ..H200 }, all), sl(1, 1));
         // f32 on 40 SMs: the launch's 512 stages over 80 slots are 7 a slot, so 5 slices (of 7 stages) do.
-        assert_eq!(dv_slices(&r, &T4, max), 5);
-        let sliced = with_dv_slices(&r, 7);
+        assert_eq!(bwd_slices(&r, &T4, all), sl(5, 1));
+        let sliced = with_bwd_slices(&r, sl(7, 1));
         let p = aiec_bwd_dv_dw(&sliced, dva(), H200).unwrap();
         assert_eq!(p.grid, [7 * 2 * 4 + 16 * 4, 1, 1], "7 slices of 2 x 4 dv tiles, then 16 x 4 dW tiles");
         assert_eq!(p.args[8], KernelArg::structure(&sliced), "the slices travel in the flags");
-        let sum = aiec_bwd_dv_sum(&sliced, 7, H200).unwrap();
-        assert_eq!((sum.kernel.as_str(), sum.module), ("aiec_bwd_dv_sum", Module::all("aiec_bwd_dv_dw.cu")));
+        let sum = aiec_bwd_sum_slices(&sliced, 7, 8, H200).unwrap();
+        assert_eq!(
+            (sum.kernel.as_str(), sum.module),
+            ("aiec_bwd_sum_slices", Module::all("aiec_bwd_dv_dw.cu"))
+        );
         assert_eq!((sum.grid, sum.block), ([32, 1, 1], [256, 1, 1]), "128 x 256 values, 4 a thread");
-        assert_eq!(sum.args, [KernelArg::Ptr(7), KernelArg::structure(&sliced)]);
-        assert!(aiec_bwd_dv_sum(&r, 7, H200).is_none(), "unsplit: nothing to add");
-        // vit_b (128-row tiles): 96 dv tiles of 32 stages, 384 dW tiles of 8; 24 stages a slot: 2 slices.
+        assert_eq!(sum.args, [KernelArg::Ptr(7), KernelArg::Ptr(8), KernelArg::structure(&sliced)]);
+        assert!(aiec_bwd_sum_slices(&r, 7, 8, H200).is_none(), "unsplit: nothing to add");
+        // vit_tiny: 48 dv tiles of 4 stages (100 classes: dv cannot split) beside 24 dW tiles of 8: dW in 2.
+        let vt = shape(Pool::Token, 256, 65, 768, 100);
+        assert_eq!(dv_dw_rows(&vt, &H200), 64);
+        assert_eq!(bwd_slices(&vt, &H200, all), sl(1, 2));
+        assert_eq!(sl(1, 2).scratch_len(&vt), 256 * 768 + 100 * 768);
+        assert_eq!(bwd_slices(&vt, &H200, 256 * 768 + 100 * 768 - 1), sl(1, 1), "no room for dW's slice");
+        let sliced = with_bwd_slices(&vt, sl(1, 2));
+        assert_eq!(aiec_bwd_dv_dw(&sliced, dva(), H200).unwrap().grid, [(4 + 2 * 2) * 12, 1, 1]);
+        let sum = aiec_bwd_sum_slices(&sliced, 7, 8, H200).unwrap();
+        assert_eq!(sum.grid, [75, 1, 1], "dW's 100 x 768 values, 4 a thread");
+        // vit_b (128-row tiles): 96 dv tiles of 32 stages, 384 dW tiles of 8; 24 stages a slot: dv in 2.
         let vb = shape(Pool::Token, 256, 197, 3072, 1000);
-        assert_eq!(dv_slices(&vb, &H200, max), 2);
-        // On: as long as the dW tiles' sums, whatever the SM count.
-        assert_eq!(dv_slices(&vb, &DeviceLimits { split_k: SplitK::On, ..H200 }, max), 4);
-        // mlp (the dW tiles are the long ones) and vit_tiny (100 classes) never split.
+        assert_eq!(bwd_slices(&vb, &H200, all), sl(2, 1));
+        // On: down to the shortest slice either sum allows (dv's 5 stages), whatever the SM count.
+        let on = DeviceLimits { split_k: SplitK::On, ..H200 };
+        assert_eq!(bwd_slices(&vb, &on, all), sl(7, 2));
         let mlp = shape(Pool::None, 4096, 1, 4096, 1000);
-        assert_eq!(dv_slices(&mlp, &DeviceLimits { split_k: SplitK::On, ..H200 }, max), 1);
-        assert_eq!(dv_slices(&shape(Pool::Token, 256, 65, 768, 100), &H200, max), 1);
-        assert_eq!(dv_slices(&shape(Pool::None, 0, 1, 8, 1000), &H200, max), 1, "B = 0");
+        assert_eq!(bwd_slices(&mlp, &on, all), sl(2, 8), "dW's 128 stages in 8 slices of 16");
+        assert_eq!(bwd_slices(&mlp, &H200, all), sl(1, 1), "the tiles fill the SMs many times");
+        assert_eq!(bwd_slices(&shape(Pool::None, 0, 1, 8, 1000), &H200, all), sl(1, 1), "B = 0");
         // The flags keep their other bits; the slices are clamped to what they hold.
         let acc = AiecShape { flags: FLAG_ACCUMULATE_DW, ..r };
-        let a = with_dv_slices(&with_dv_slices(&acc, 5), 3);
-        assert_eq!((shape_dv_slices(&a), a.flags & FLAG_ACCUMULATE_DW), (3, FLAG_ACCUMULATE_DW));
-        assert_eq!(shape_dv_slices(&with_dv_slices(&r, 99)), 16);
-        assert_eq!(shape_dv_slices(&with_dv_slices(&r, 0)), 1);
+        let a = with_bwd_slices(&with_bwd_slices(&acc, sl(5, 4)), sl(3, 2));
+        assert_eq!((shape_bwd_slices(&a), a.flags & FLAG_ACCUMULATE_DW), (sl(3, 2), FLAG_ACCUMULATE_DW));
+        assert_eq!(shape_bwd_slices(&with_bwd_slices(&r, sl(99, 17))), sl(16, 16));
+        assert_eq!(shape_bwd_slices(&with_bwd_slices(&r, sl(0, 0))), sl(1, 1));
     }
 
     #[test]

@@ -31,8 +31,11 @@ pub struct AiecShape {
 /// [`AiecShape::flags`]: `aiec_bwd_dv_dw` adds `dW` to the buffer (`+=`) instead of writing it.
 pub const FLAG_ACCUMULATE_DW: u32 = 1;
 /// [`AiecShape::flags`] bits 8 to 11: the slices of `aiec_bwd_dv_dw`'s sums for `dv`, minus 1
-/// ([`crate::launch::dv_slices`]; 0: unsplit).
+/// ([`crate::launch::bwd_slices`]; 0: unsplit).
 pub const FLAG_DV_SLICES_SHIFT: u32 = 8;
+/// [`AiecShape::flags`] bits 12 to 15: the slices of `aiec_bwd_dv_dw`'s sums for `dW`, minus 1
+/// ([`crate::launch::bwd_slices`]; 0: unsplit).
+pub const FLAG_DW_SLICES_SHIFT: u32 = 12;
 
 /// The targets check of a training forward (`AiecTargetStatus`): written by
 /// `aiec_fwd_x`, read by `aiec_fwd_softmax` (a bad batch counts nothing) and,

@@ -476,26 +476,39 @@ fn projection_paths_against_float64(c: &GoldenCase, check: impl Fn(&Device, Path
 #[test]
 fn per_sample_scales_against_a_float64_sum() {
     for (b, c, k) in [(70, 100, 130), (70, 100, 132)] {
-        per_sample_scales_case(b, c, k, 1);
+        per_sample_scales_case(b, c, k, (1, 1), false);
     }
 }
 
-/// `dv`'s sums split over the classes (`launch::dv_slices`, pinned with `SplitK::On`): with room for 3 and
-/// for 8 slices in the `dv` scratch (K = 1000: at most 7 of at least 128 classes), every path writes the
-/// slices and `aiec_bwd_dv_sum` adds them into the scratch's first `B C` values, judged against float64
+/// `dv`'s sums split over the classes (`launch::bwd_slices`, pinned with `SplitK::On`): with room for 3 and
+/// for 7 slices in the `dv` scratch (K = 1000: at most 7 of at least 128 classes), every path writes the
+/// slices and `aiec_bwd_sum_slices` adds them into the scratch's first `B C` values, judged against float64
 /// as the unsplit sums are. K = 1000 has a ragged last slice, and the tiles are ragged each way; B C = 3333
 /// takes the sum's one-value path.
 #[test]
 fn split_dv_against_a_float64_sum() {
-    for (b, c, room) in [(70, 100, 3), (70, 100, 8), (33, 101, 8)] {
-        per_sample_scales_case(b, c, 1000, room);
+    for (b, c, dv) in [(70, 100, 3), (70, 100, 7), (33, 101, 7)] {
+        per_sample_scales_case(b, c, 1000, (dv, 1), false);
     }
 }
 
-/// `room`: the `dv` scratch's length in `[B, C]` slices; above 1, the split is pinned on and must happen.
-fn per_sample_scales_case(b: usize, c: usize, k: usize, room: usize) {
+/// `dW`'s sums split over the samples (pinned with `SplitK::On`), its slices past the first in the scratch
+/// after `dv`'s, added onto `dW` by `aiec_bwd_sum_slices`, with `DwMode::Accumulate` (the first slice adds
+/// to the buffer's old values, the others to that): B = 400 in 3 slices of 160, 160 and 80 samples (the
+/// per-sample scales offset alike), alone (C = 67: the one-value paths) and beside 2 slices of dv.
+#[test]
+fn split_dw_against_a_float64_sum() {
+    per_sample_scales_case(400, 67, 40, (1, 3), true);
+    per_sample_scales_case(400, 64, 300, (2, 3), true);
+}
+
+/// `slices`: the `(dv, dW)` slices the scratch is sized for; other than `(1, 1)`, the split is pinned on
+/// and must happen. `accumulate`: `DwMode::Accumulate` onto a `dW` buffer of known values.
+fn per_sample_scales_case(b: usize, c: usize, k: usize, slices: (u64, u64), accumulate: bool) {
     use aiec::gpu::fused::{self, DwMode, Dx, SavedRef, Scales, TrainBackward};
+    use aiec::launch::BwdSlices;
     use aiec::params::AiecLosses;
+    let split = slices != (1, 1);
     let cfg = AiecConfig::with_interval(c, k, 0.0, 1, Pool::None).unwrap();
     let mut rng = SplitMix64::new(4242);
     let x: Vec<f32> = (0..b * c).map(|_| rng.uniform(-1.0, 2.0) as f32).collect();
@@ -508,10 +521,10 @@ fn per_sample_scales_case(b: usize, c: usize, k: usize, room: usize) {
     for dev in devices() {
         for path in paths_with_tf32(&dev) {
             path.set(&dev);
-            if room > 1 {
+            if split {
                 dev.set_split_k(SplitK::On);
             }
-            let name = format!("{} [{}] B={b} C={c} K={k} room={room}", dev.label(), path.name());
+            let name = format!("{} [{}] B={b} C={c} K={k} slices={slices:?}", dev.label(), path.name());
             let xt = Tensor::from_slice(&dev, &x, &[b, c]).unwrap();
             let w = Buffer::from_slice(&dev, &w0).unwrap();
             let mut counters = GpuCounters::new(&dev, k, c).unwrap();
@@ -521,14 +534,16 @@ fn per_sample_scales_case(b: usize, c: usize, k: usize, room: usize) {
             let rb = Buffer::from_slice(&dev, &r).unwrap();
             let dyt = Tensor::from_slice(&dev, &dy, &[b, c]).unwrap();
             let mut dxt = Tensor::from_slice(&dev, &dy, &[b, c]).unwrap();
-            if room > 1 {
-                let shape = aiec::params::AiecShape::new(&rec.dims, k, 0.0, false);
-                let slices = aiec::launch::dv_slices(&shape, &dev.limits(), room as u64);
-                assert_eq!(slices, room.min(k / 128) as u64, "{name}: slices");
-            }
-            let mut dw = Buffer::from_slice(&dev, &vec![f32::NAN; k * c]).unwrap();
-            // A scratch of `len` values: the whole number of [B, C] slices runs, another length is refused
-            // (naming the whole length at or below it) and launches nothing.
+            let shape = aiec::params::AiecShape::new(&rec.dims, k, 0.0, false);
+            let want = BwdSlices { dv: slices.0, dw: slices.1 };
+            let len = want.scratch_len(&shape) as usize;
+            assert_eq!(aiec::launch::bwd_slices(&shape, &dev.limits(), len as u64), want, "{name}: slices");
+            let old: Vec<f32> =
+                (0..k * c).map(|i| if accumulate { (i % 13) as f32 - 6.0 } else { f32::NAN }).collect();
+            let mut dw = Buffer::from_slice(&dev, &old).unwrap();
+            let mode = if accumulate { DwMode::Accumulate } else { DwMode::Write };
+            // A scratch of `len` values: at least [B, C] runs, a shorter one is refused (naming B C) and
+            // launches nothing.
             let mut backward = |len: usize| {
                 let mut dv = Buffer::from_slice(&dev, &vec![f32::NAN; len]).unwrap();
                 let saved = SavedRef { v: aux.v.view(), g: aux.g.view(), mask: aux.mask.view() };
@@ -540,24 +555,22 @@ fn per_sample_scales_case(b: usize, c: usize, k: usize, room: usize) {
                     scales: &scales,
                     dv: &mut dv_view,
                     dw: &mut dw.view_mut(),
-                    mode: DwMode::Write,
+                    mode,
                 };
                 let dx = Dx::Into { dy: &dyt.view(), dx: &mut dxt.view_mut() };
                 let done = fused::backward(&cfg, &rec.dims, &rec.keep.view(), Some(train), dx);
                 drop(dv_view);
                 done.map(|()| dv)
             };
-            if room > 1 {
-                let launches = dev.stats().launches;
-                match backward(room * b * c + 1) {
-                    Err(AiecError::LengthMismatch { expected, got, .. }) => {
-                        assert_eq!((expected, got), (room * b * c, room * b * c + 1), "{name}")
-                    }
-                    other => panic!("{name}: a ragged dv scratch gave {:?}", other.map(|_| ())),
+            let launches = dev.stats().launches;
+            match backward(b * c - 1) {
+                Err(AiecError::LengthMismatch { expected, got, .. }) => {
+                    assert_eq!((expected, got), (b * c, b * c - 1), "{name}")
                 }
-                assert_eq!(dev.stats().launches, launches, "{name}: launched after the error");
+                other => panic!("{name}: a short dv scratch gave {:?}", other.map(|_| ())),
             }
-            let dv = backward(room * b * c).unwrap();
+            assert_eq!(dev.stats().launches, launches, "{name}: launched after the error");
+            let dv = backward(len).unwrap();
             let (v, g, mask) = (aux.v.to_vec().unwrap(), aux.g.to_vec().unwrap(), aux.mask.to_vec().unwrap());
             let (dv, dw) = (dv.to_vec().unwrap()[..b * c].to_vec(), dw.to_vec().unwrap());
             let mut want_dv = vec![0f64; b * c];
@@ -572,8 +585,9 @@ fn per_sample_scales_case(b: usize, c: usize, k: usize, room: usize) {
             }
             for ki in 0..k {
                 for ci in 0..c {
-                    want_dw[ki * c + ci] =
+                    let sum: f64 =
                         (0..b).map(|bi| r[bi] as f64 * g[bi * k + ki] as f64 * v[bi * c + ci] as f64).sum();
+                    want_dw[ki * c + ci] = if accumulate { old[ki * c + ci] as f64 + sum } else { sum };
                 }
             }
             let rel = |got: &[f32], want: &[f64]| {
@@ -609,7 +623,7 @@ fn step_bytes(dev: &Device, c: &GoldenCase) -> Vec<Vec<u8>> {
 
 /// Every output of a step, bit for bit, whatever the simulator's schedule (seed, workers): the logits'
 /// split sums meet through tickets (in 4 slices in case 4, pinned with `SplitK::On`) and dv's split sums
-/// (case 2) are added in a fixed order.
+/// (case 2) and dW's (case 5, pinned) are added in a fixed order.
 #[cfg(feature = "sim")]
 #[test]
 fn results_are_bitwise_identical_across_schedules() {
@@ -629,20 +643,28 @@ fn results_are_bitwise_identical_across_schedules() {
             case(13, Pool::Token, 0.0, 9, 64, 1000, 5, 1, true),
             case(15, Pool::None, 0.0, 70, 35, 130, 1, 1, true),
             case(16, Pool::None, 0.0, 40, 512, 60, 1, 1, true),
+            case(17, Pool::None, 0.0, 260, 40, 12, 1, 1, true),
         ]
         .iter()
         .enumerate()
         {
-            let pinned = i == 4;
+            let pinned = i >= 4;
+            let slices = |channels, classes| {
+                let d = on(0, 1, path, pinned);
+                let dims = aiec::InputDims::new(c.pool, channels, &c.dims).unwrap();
+                let shape = aiec::params::AiecShape::new(&dims, classes, 0.0, false);
+                aiec::launch::bwd_slices(&shape, &d.limits(), u64::MAX)
+            };
             if i == 2 {
                 // K = 1000 beside B = 9: dv's sums split (3 or 4 slices on the simulator's 2 SMs).
-                let d = on(0, 1, path, pinned);
-                let dims = aiec::InputDims::new(Pool::Token, 64, &c.dims).unwrap();
-                let shape = aiec::params::AiecShape::new(&dims, 1000, 0.0, false);
-                let slices = aiec::launch::dv_slices(&shape, &d.limits(), aiec::launch::DV_SLICES_MAX);
-                assert!(slices > 1, "{}: {slices} slices", path.name());
+                let s = slices(64, 1000);
+                assert!(s.dv > 1 && s.dw == 1, "{}: {s:?}", path.name());
             }
-            if pinned {
+            if i == 5 {
+                // B = 260: dW's sums in 2 slices (160 and 100 samples).
+                assert_eq!(slices(40, 12), aiec::launch::BwdSlices { dv: 1, dw: 2 }, "{}", path.name());
+            }
+            if i == 4 {
                 // C = 512: the logits' sums in 4 slices of 128 on the tensor-core paths' 64-column tiles.
                 let limits = on(0, 1, path, pinned).limits();
                 let dims = aiec::InputDims::new(Pool::None, 512, &c.dims).unwrap();

@@ -65,7 +65,7 @@ fn every_kernel_compiles_for_every_tested_arch() {
         {
             // A file's entry points are named after its stem, but for these (file, entry point).
             const OTHER_STEMS: [(&str, &str); 2] =
-                [("aiec_fwd_logits.cu", "aiec_fwd_softmax"), ("aiec_bwd_dv_dw.cu", "aiec_bwd_dv_sum")];
+                [("aiec_fwd_logits.cu", "aiec_fwd_softmax"), ("aiec_bwd_dv_dw.cu", "aiec_bwd_sum_slices")];
             let op = file.trim_end_matches(".cu");
             let mut reg: Vec<String> = aiec::device::sim_kernel_names()
                 .into_iter()
@@ -327,7 +327,7 @@ fn the_tensor_core_paths_exist_from_sm_80_on() {
             if file == "aiec_fwd_logits.cu" {
                 want.push("aiec_fwd_softmax".to_string()); // not a GEMM: on every arch
             } else {
-                want.push("aiec_bwd_dv_sum".to_string()); // likewise
+                want.push("aiec_bwd_sum_slices".to_string()); // likewise
             }
             want.sort(); // as cubin_entries lists them
             assert_eq!(cubin_entries(&cubin), want, "{file} {arch}");

@@ -74,7 +74,8 @@ struct Case {
   int path;           // the projection GEMMs (aiec_gemm.cuh): 0 f32 SIMT, 1 3xTF32, 2 plain TF32, 3 and 4 the same
                       // with 128-row tiles
   unsigned kz = 1;    // the logits' grid.z: nz >= 2 splits their sums over C in nz (the tensor-core paths)
-  unsigned dvs = 1;   // the slices of dv's sums over K (AIEC_FLAG_DV_SLICES_SHIFT), then aiec_bwd_dv_sum
+  unsigned dvs = 1;   // the slices of dv's sums over K (AIEC_FLAG_DV_SLICES_SHIFT), then aiec_bwd_sum_slices
+  unsigned dws = 1;   // the slices of dW's sums over B (AIEC_FLAG_DW_SLICES_SHIFT), likewise
 };
 static const char* path_suffix[] = {"", "_tf32x3", "_tf32", "_tf32x3_m128", "_tf32_m128"};
 static const char* path_name[] = {"f32", "3xtf32", "tf32", "3xtf32/m128", "tf32/m128"};
@@ -332,19 +333,23 @@ static std::string run_case(const Case& k, uint64_t data_seed, Out& o, bool veri
              "loss.gate over 3 ranks", L3.count);
   }
 
-  // 5. dv, dW (dv in k.dvs slices of B C values, added by aiec_bwd_dv_sum into the first)
-  Bytes dv(k.dvs * B * C, 4), dw(K * C, 4);
+  // 5. dv, dW (dv in k.dvs slices of B C values, then dW's slices past the first, K C values each, in the same
+  // scratch; aiec_bwd_sum_slices adds dv's into the first and dW's onto dw)
+  const u64 scratch = k.dvs * B * C + (k.dws - 1) * K * C;
+  Bytes dv(scratch, 4), dw(K * C, 4);
   const void* no_scale = nullptr;  // uniform aux_scale
   memset(dw.p, 0xFF, K * C * 4);
-  memset(dv.p, 0xFF, k.dvs * B * C * 4);
+  memset(dv.p, 0xFF, scratch * 4);
   AiecShape sd = s;
-  sd.flags |= (k.dvs - 1) << AIEC_FLAG_DV_SLICES_SHIFT;
+  sd.flags |= (k.dvs - 1) << AIEC_FLAG_DV_SLICES_SHIFT | (k.dws - 1) << AIEC_FLAG_DW_SLICES_SHIFT;
   // capped: the blocks loop over the tiles
-  const u64 dvdw_tiles = (k.dvs * cdiv(B, tile_rows(k)) + cdiv(K, tile_rows(k))) * cdiv(C, tile_cols(k));
+  const u64 dvdw_tiles =
+      (k.dvs * cdiv(B, tile_rows(k)) + k.dws * cdiv(K, tile_rows(k))) * cdiv(C, tile_cols(k));
   err += launch((std::string("aiec_bwd_dv_dw") + path_suffix[k.path]).c_str(),
                 (unsigned)std::min<u64>(dvdw_tiles, k.cap ? k.cap : 1u << 30), 1, 128,
                 {(void*)&Vk, &W, &g.p, &mask.p, &losses.p, &no_scale, &dv.p, &dw.p, &sd});
-  if (k.dvs > 1) err += launch("aiec_bwd_dv_sum", 2, 1, 256, {&dv.p, &sd});  // 2 blocks: the grid-stride loop
+  if (k.dvs > 1 || k.dws > 1)  // 2 blocks: the grid-stride loop
+    err += launch("aiec_bwd_sum_slices", 2, 1, 256, {&dv.p, &dw.p, &sd});
   const float *DV = dv.as<float>(), *DW = dw.as<float>();
   if (verify) {
     for (u64 b = 0; b < B; ++b)
@@ -509,12 +514,18 @@ int main() {
   cases.push_back({"none", 3, 70, 1, 200, 129, F32, true, 0, false, 0, true, 0.0f, false, 1, 3});
   cases.push_back({"avg_token", 1, 130, 3, 384, 70, BF16, false, 0, false, 2, true, 0.0f, true, 3, 5});
   cases.push_back({"none", 3, 20, 1, 1024, 68, F32, false, 0, false, 0, true, 0.0f, true, 2, 8});
-  // dv's sums in slices of K (aiec_bwd_dv_sum after): K = 300 in 3 slices of 128, 128 and 44 classes, C = 67 (4-byte
+  // dv's sums in slices of K (aiec_bwd_sum_slices after): K = 300 in 3 slices of 128, 128 and 44 classes, C = 67 (4-byte
   // copies, the sum's one-value path), 3xTF32; 2 slices on the f32 path, C % 4 == 0 (float4 sums), capped grid, bf16;
   // 8 slices of 64 on plain TF32's 128 x 128 tile, the last 3 empty (they write zeros that the sum adds)
   cases.push_back({"none", 3, 20, 1, 67, 300, F32, false, 0, false, 0, true, 0.0f, true, 1, 1, 3});
   cases.push_back({"avg_token", 1, 9, 3, 96, 300, BF16, false, 0, false, 3, true, 0.0f, true, 0, 1, 2});
   cases.push_back({"none", 3, 20, 1, 130, 300, F32, false, 0, false, 0, true, 0.0f, true, 4, 1, 8});
+  // dW's sums in slices of B (aiec_bwd_sum_slices after): B = 300 in 3 slices of 128, 128 and 44 samples, C = 67
+  // (the sum's one-value path), 3xTF32; 2 of 160 and 140 beside 2 slices of dv on the f32 path, capped grid, bf16;
+  // 8 slices of 64 on plain TF32's 128 x 128 tile, the last 3 empty
+  cases.push_back({"none", 3, 300, 1, 67, 21, F32, false, 0, false, 0, true, 0.0f, true, 1, 1, 1, 3});
+  cases.push_back({"avg_token", 1, 300, 3, 96, 300, BF16, false, 0, false, 3, true, 0.0f, true, 0, 1, 2, 2});
+  cases.push_back({"none", 3, 300, 1, 130, 20, F32, false, 0, false, 0, true, 0.0f, true, 4, 1, 1, 8});
   const uint64_t seeds[] = {0, 1, 2};
   const unsigned workers[] = {1, 4};
   int idx = 0;
@@ -537,7 +548,7 @@ int main() {
     char what[320];
     snprintf(what, sizeof what, "aiec %-9s %-4s %-11s%s B=%llu P=%llu C=%llu K=%llu%s%s%s%s%s: "
              "6 schedules correct (%d/%llu rows predicted right), %d/5 bitwise identical to the first", k.pool_name,
-             dt_name[k.dt], path_name[k.path], k.kz > 1 ? " split-k" : k.dvs > 1 ? " dv-slices" : "", k.B, k.P, k.C, k.K, k.special ? " special" : "", k.misalign ? " misaligned" : "",
+             dt_name[k.dt], path_name[k.path], k.kz > 1 ? " split-k" : k.dvs > 1 && k.dws > 1 ? " dv+dw-slices" : k.dvs > 1 ? " dv-slices" : k.dws > 1 ? " dw-slices" : "", k.B, k.P, k.C, k.K, k.special ? " special" : "", k.misalign ? " misaligned" : "",
              k.one_class ? " one-class" : "", k.cap ? " capped-grid" : "", k.update ? "" : " no-update", first.correct,
              k.B, identical);
     check(err.empty(), std::string(what) + (err.empty() ? "" : "\n     " + err));

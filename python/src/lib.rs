@@ -163,8 +163,8 @@ impl Backend {
 
     /// The `float32` values of the `dv` scratch a training backward of an input
     /// of `shape` under `config` takes here: 0 on the reference, else `B C`
-    /// times the slices this device splits `dv`'s sums into
-    /// (`aiec::gpu::fused::dv_scratch_len`).
+    /// per slice this device splits `dv`'s sums into, then `K C` per slice of
+    /// `dW`'s past the first (`aiec::gpu::fused::dv_scratch_len`).
     fn dv_scratch_len(&self, config: &Config, shape: Vec<usize>) -> PyResult<usize> {
         let dims = config.cfg.plan_input(&shape).map_err(to_py)?;
         Ok(match &self.kind {

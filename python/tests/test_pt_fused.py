@@ -66,7 +66,7 @@ def test_the_fused_path_gives_the_eager_models_losses_and_gradients(use_backend,
 def test_dv_split_over_many_classes_gives_the_eager_models_gradients(use_backend, backend, dtype, rtol):
     """K = 1000 beside B = 5: the backward's dv scratch has room for several [B, C] slices
     (``Backend.dv_scratch_len``), so ``aiec_bwd_dv_dw`` splits dv's sums over the classes and
-    ``aiec_bwd_dv_sum`` adds them; dx and dW as the eager model's."""
+    ``aiec_bwd_sum_slices`` adds them; dx and dW as the eager model's."""
     from aiec import _ops
 
     dev = use_backend(backend)

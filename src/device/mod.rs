@@ -346,9 +346,9 @@ impl Device {
     }
 
     /// Chooses whether `aiec_fwd_logits` splits its sums over `C`, and `aiec_bwd_dv_dw` `dv`'s
-    /// over `K`, for every later launch on this device (and its clones). [`SplitK::Auto`], the
-    /// default, decides by the SM count ([`crate::launch::logits_split`],
-    /// [`crate::launch::dv_slices`]), so devices with different SM counts may give different
+    /// over `K` and `dW`'s over `B`, for every later launch on this device (and its clones).
+    /// [`SplitK::Auto`], the default, decides by the SM count ([`crate::launch::logits_split`],
+    /// [`crate::launch::bwd_slices`]), so devices with different SM counts may give different
     /// last bits; with the split and the tile ([`Device::set_gemm_tile`]) pinned, the order of
     /// the sums no longer depends on the SM count.
     ///

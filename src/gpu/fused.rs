@@ -655,7 +655,7 @@ impl Dx<'_, '_, '_> {
 }
 
 /// What a training backward reads and writes besides `dy` and `dx`: `W`, the
-/// saved state, the loss scales, the `dv` scratch (`[B, C]`), and `dW`
+/// saved state, the loss scales, the `dv` scratch (`[B, C]` or more), and `dW`
 /// (`[K, C]`) with how to deliver it. (Each writable view has its own
 /// lifetime: a `&mut` to a view is invariant in it.)
 pub struct TrainBackward<'v, 'a, 'd, 'g> {
@@ -665,9 +665,9 @@ pub struct TrainBackward<'v, 'a, 'd, 'g> {
     pub saved: &'v SavedRef<'a>,
     /// The loss gradients.
     pub scales: &'v Scales<'a>,
-    /// Scratch for `dv`: `[slices, B, C]`, one slice or more; with room for several
+    /// Scratch for `dv`: at least `B C` values (`dv` itself); with more
     /// ([`dv_scratch_len`]) the backward may split `dv`'s sums over the classes
-    /// ([`launch::dv_slices`]).
+    /// and `dW`'s over the samples, keeping the slices there ([`launch::bwd_slices`]).
     pub dv: &'v mut SliceMut<'d, f32>,
     /// `[K, C]`, written or accumulated per `mode`.
     pub dw: &'v mut SliceMut<'g, f32>,
@@ -676,8 +676,9 @@ pub struct TrainBackward<'v, 'a, 'd, 'g> {
 }
 
 /// The length of the `dv` scratch ([`TrainBackward::dv`]) with which a backward of `dims` on `device`
-/// splits `dv`'s sums as far as [`launch::dv_slices`] would: `B C` times those slices (`B C` where it
-/// would not split; the split then runs with the slices the scratch has room for).
+/// splits its sums as far as [`launch::bwd_slices`] would: `B C` values per slice of `dv`'s sums, then
+/// `K C` per slice of `dW`'s past the first ([`launch::BwdSlices::scratch_len`]; `B C` where neither
+/// splits). A shorter scratch (at least `B C`) runs with the slices it has room for.
 ///
 /// ```
 /// # #[cfg(feature = "sim")] {
@@ -694,13 +695,12 @@ pub struct TrainBackward<'v, 'a, 'd, 'g> {
 /// ```
 pub fn dv_scratch_len(cfg: &AiecConfig, dims: &InputDims, device: &Device) -> usize {
     let shape = AiecShape::new(dims, cfg.classes(), cfg.tau() as f32, false);
-    let bc = dims.batch * cfg.channels();
-    bc * launch::dv_slices(&shape, &device.limits(), launch::DV_SLICES_MAX) as usize
+    launch::bwd_slices(&shape, &device.limits(), u64::MAX).scratch_len(&shape) as usize
 }
 
 /// The backward of a forward of `dims` (its [`Sizes`]): with `train` (a
 /// training forward), `dv` and `dW` then `dx`, two launches (three where
-/// `dv`'s sums split, [`dv_scratch_len`]); without (a
+/// their sums split, [`dv_scratch_len`]); without (a
 /// forward without targets), `dx = keep ? dy : 0`, one launch. `dx` goes where
 /// [`Dx`] says. No synchronisation. Replaces `backward_train`,
 /// `backward_train_inplace`, `backward_infer` and `backward_infer_inplace`.
@@ -742,10 +742,8 @@ fn backward_checked(
         if let Some(r) = &scales.row_scale {
             r.expect("row scales [B]", &dev, sizes.batch)?;
         }
-        // A whole number (at least one) of [B, C] slices: the error names the nearest such length at or
-        // below the one given.
-        let whole = sizes.bc * dv.len().checked_div(sizes.bc).unwrap_or(0).max(1);
-        dv.expect("dv scratch [slices, B, C]", &dev, whole)?;
+        // At least [B, C] (dv itself): a shorter one's error names that length.
+        dv.expect("dv scratch [B, C] or more", &dev, dv.len().max(sizes.bc))?;
         dw.expect("dW [K, C]", &dev, k * c)?;
         let written = [("dx", dx.span), ("dv scratch", dv.span()), ("dW", dw.span())];
         check_disjoint(&written)?;
@@ -763,8 +761,7 @@ fn backward_checked(
         if mode == DwMode::Accumulate {
             shape.flags |= FLAG_ACCUMULATE_DW;
         }
-        let room = dv.len().checked_div(sizes.bc).unwrap_or(1) as u64;
-        shape = launch::with_dv_slices(&shape, launch::dv_slices(&shape, &dev.limits(), room));
+        shape = launch::with_bwd_slices(&shape, launch::bwd_slices(&shape, &dev.limits(), dv.len() as u64));
         let row_scale = scales.row_scale.as_ref().map_or(0, |r| r.address());
         let args = BwdDvDwArgs {
             v: saved.v.address(),
@@ -781,8 +778,9 @@ fn backward_checked(
             // dv and dw are disjoint from each other and from every input.
             unsafe { dev.launch(&p) }?;
         }
-        if let Some(p) = launch::aiec_bwd_dv_sum(&shape, dv.address(), dev.limits()) {
-            // SAFETY: dv is a live view of this device with room for the slices `shape` carries.
+        if let Some(p) = launch::aiec_bwd_sum_slices(&shape, dv.address(), dw.address(), dev.limits()) {
+            // SAFETY: dv is a live view of this device with room for the slices `shape` carries (bwd_slices
+            // fits them to its length); dw is disjoint from it.
             unsafe { dev.launch(&p) }?;
         }
         dv_addr = dv.address();
