@@ -563,6 +563,14 @@ impl Ceilings {
 /// work in each kernel's hot loop, they bound what the peak rates miss.
 const SMS: f64 = 132.0;
 const CLOCK_HZ: f64 = 1.98e9;
+/// One dependent round trip to L2, assumed (not measured here): about 600 clocks, Hopper's published L2
+/// hit latency being about 260 clocks near and more for the far partition, with a thread's loads
+/// queued behind it. The logits' meeting pays one per two slots it adds (two for a 128-row tile).
+const L2_TRIP_S: f64 = 600.0 / CLOCK_HZ;
+/// The gap between two dependent kernels on one stream, assumed (about 1 µs without CUDA graphs). The
+/// model charges it only to the launch a choice adds: `aiec_bwd_sum_slices` where the backward's sums
+/// split (`launch::SPLIT_MIN_SAVED_STAGES` weighs the same).
+const LAUNCH_GAP_S: f64 = 1.0e-6;
 const ISSUE_PER_S: f64 = SMS * 4.0 * CLOCK_HZ;
 const WAVEFRONTS_PER_S: f64 = SMS * CLOCK_HZ;
 /// FLOPs of one `mma.sync.m16n8k8` (TF32): 16 x 8 x 8 multiply-adds.
@@ -636,7 +644,11 @@ fn gemm_tail(kernel: &str, p: Preset, tile: GemmTile, split: bool) -> Option<f64
     let name = gemm_kernel_at(kernel, p, tile)?;
     let (instr, _, _) = sass_rates(&name)?;
     let mma = 3.0 * 2.0 * (rows * cols * len) as f64 / MMA_FLOPS; // three TF32 products per product
-    Some(mma / 4.0 * instr / CLOCK_HZ)
+                                                                  // The logits' meeting: the tile's last block reads the slots two at a time (aiec_lg::meet), one L2
+                                                                  // round trip per pair of 64 rows.
+    let split = if kernel == "aiec_fwd_logits" { logits_split(&shape, &limits) as u64 } else { 1 };
+    let meeting = if split > 1 { split.div_ceil(2) * rows / 64 } else { 0 };
+    Some(mma / 4.0 * instr / CLOCK_HZ + meeting as f64 * L2_TRIP_S)
 }
 
 /// Seconds the SM's issue slots and shared memory need for `cst` at preset `p`
@@ -671,6 +683,8 @@ struct Cost {
     bytes: f64,
     flops: f64,
     gemm: bool,
+    /// Seconds added to the kernel's bound: [`LAUNCH_GAP_S`] for a launch that a split adds.
+    gap: f64,
 }
 
 /// The kernels' shape at preset `p` (no update step).
@@ -679,20 +693,35 @@ fn preset_shape(p: Preset) -> aiec::params::AiecShape {
     aiec::params::AiecShape::new(&cfg.plan_input(&p.dims()).expect("preset"), p.classes, 0.0, false)
 }
 
-/// The kernels of a training step at preset `p` with activations of `size` bytes.
-fn costs(p: Preset, size: usize) -> Vec<Cost> {
+/// The kernels of a training step at preset `p` with activations of `size` bytes, as the plans
+/// launch them for `tile` at 132 SMs (`aiec_bwd_sum_slices` where the backward's sums split).
+fn costs(p: Preset, size: usize, tile: GemmTile) -> Vec<Cost> {
     let (b, c, k, n, s) =
         (p.batch as f64, p.channels as f64, p.classes as f64, p.elements() as f64, size as f64);
     let keep = 4.0 * aiec::layout::keep_words(&preset_shape(p)) as f64;
-    vec![
+    let sl = aiec::launch::bwd_slices(&preset_shape(p), &model_limits(tile), u64::MAX);
+    // The slices past the first read, the first read and written, per sum that splits.
+    let (sv, sw) = (sl.dv as f64, sl.dw as f64);
+    let sum_bytes = if sl.dv > 1 { 4.0 * b * c * (sv + 1.0) } else { 0.0 }
+        + if sl.dw > 1 { 4.0 * k * c * (sw + 1.0) } else { 0.0 };
+    let sum =
+        Cost { kernel: "aiec_bwd_sum_slices", bytes: sum_bytes, flops: 0.0, gemm: false, gap: LAUNCH_GAP_S };
+    let mut v = vec![
         // x read, y written, keep bits, v
-        Cost { kernel: "aiec_fwd_x", bytes: 2.0 * n * s + keep + 4.0 * b * c, flops: n, gemm: false },
+        Cost {
+            kernel: "aiec_fwd_x",
+            bytes: 2.0 * n * s + keep + 4.0 * b * c,
+            flops: n,
+            gemm: false,
+            gap: 0.0,
+        },
         // v, W read; logits written (the row partials aside)
         Cost {
             kernel: "aiec_fwd_logits",
             bytes: 4.0 * (b * c + k * c + b * k),
             flops: 2.0 * b * k * c,
             gemm: true,
+            gap: 0.0,
         },
         // logits read, g written, v read by a counting step (ce, the row partials and the atomics aside)
         Cost {
@@ -700,6 +729,7 @@ fn costs(p: Preset, size: usize) -> Vec<Cost> {
             bytes: 4.0 * (2.0 * b * k + b * c),
             flops: 3.0 * b * k,
             gemm: false,
+            gap: 0.0,
         },
         // v read, act/inh/W of the classes present (at most min(B, K) rows), mask written
         Cost {
@@ -707,6 +737,7 @@ fn costs(p: Preset, size: usize) -> Vec<Cost> {
             bytes: 4.0 * b * c + 20.0 * c * b.min(k) + b * c,
             flops: 2.0 * b * c,
             gemm: false,
+            gap: 0.0,
         },
         // g, W, v, mask read; dv, dW written
         Cost {
@@ -714,10 +745,21 @@ fn costs(p: Preset, size: usize) -> Vec<Cost> {
             bytes: 4.0 * (b * k + k * c + b * c) + b * c + 4.0 * (b * c + k * c),
             flops: 4.0 * b * k * c,
             gemm: true,
+            gap: 0.0,
         },
         // dy, keep bits, dv read; dx written
-        Cost { kernel: "aiec_bwd_x", bytes: 2.0 * n * s + keep + 4.0 * b * c, flops: n, gemm: false },
-    ]
+        Cost {
+            kernel: "aiec_bwd_x",
+            bytes: 2.0 * n * s + keep + 4.0 * b * c,
+            flops: n,
+            gemm: false,
+            gap: 0.0,
+        },
+    ];
+    if sum_bytes > 0.0 {
+        v.insert(v.len() - 1, sum);
+    }
+    v
 }
 
 /// Prints the cost model (a model, not a measurement) at every preset, with
@@ -741,7 +783,7 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], til
          longest block alone on an SM at the same rate (its 4 warps on the 4 schedulers)"
     );
     println!(
-        "{:<13} {:<5} {:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>11}",
+        "{:<13} {:<5} {:<19} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>11}",
         "preset",
         "dtype",
         "kernel",
@@ -762,7 +804,7 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], til
     for p in PRESETS {
         for (dt, size) in [("bf16", 2usize), ("f32", 4)] {
             let mut step = 0.0;
-            for cst in costs(p, size) {
+            for cst in costs(p, size, tile) {
                 {
                     let mem = cst.bytes / (ceil.copy_gbps * 1e9);
                     let (f32t, x3, tf) = (
@@ -783,20 +825,24 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], til
                     ]
                     .into_iter()
                     .fold((0.0, "memory"), |a, b| if b.0 > a.0 { b } else { a });
+                    let model = model + cst.gap;
                     step += model;
-                    let got = measured.iter().find(|m| m.0 == p.name && m.1 == dt).map(|(_, _, t)| match cst
-                        .kernel
-                    {
-                        "aiec_fwd_x" => t.fwd_x,
-                        "aiec_fwd_logits" => t.fwd_logits,
-                        "aiec_fwd_softmax" => t.fwd_softmax,
-                        "aiec_fwd_gate" => t.fwd_gate,
-                        "aiec_bwd_dv_dw" => t.bwd_dv_dw,
-                        _ => t.bwd_x,
-                    });
+                    // The sum of the split slices is timed with dv_dw (`KernelTimes::bwd_dv_dw`).
+                    let got =
+                        measured.iter().find(|m| m.0 == p.name && m.1 == dt).and_then(|(_, _, t)| match cst
+                            .kernel
+                        {
+                            "aiec_fwd_x" => Some(t.fwd_x),
+                            "aiec_fwd_logits" => Some(t.fwd_logits),
+                            "aiec_fwd_softmax" => Some(t.fwd_softmax),
+                            "aiec_fwd_gate" => Some(t.fwd_gate),
+                            "aiec_bwd_dv_dw" => Some(t.bwd_dv_dw),
+                            "aiec_bwd_sum_slices" => None,
+                            _ => Some(t.bwd_x),
+                        });
                     let us = |s: f64| format!("{:.1}", s * 1e6);
                     println!(
-                        "{:<13} {:<5} {:<16} {:>9.1} {:>9.2} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>11}",
+                        "{:<13} {:<5} {:<19} {:>9.1} {:>9.2} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>11}",
                         p.name,
                         dt,
                         cst.kernel,
@@ -831,7 +877,7 @@ fn print_cost_model(ceil: &Ceilings, measured: &[(&str, &str, KernelTimes)], til
                     ));
                 }
             }
-            println!("{:<13} {:<5} {:<16} {:>112}", p.name, dt, "step (model)", format!("{:.1}", step * 1e6));
+            println!("{:<13} {:<5} {:<19} {:>112}", p.name, dt, "step (model)", format!("{:.1}", step * 1e6));
         }
     }
     println!("dv_dw's tail with its sums unsplit -> split (launch::bwd_slices at 132 SMs, dv+dW slices):");

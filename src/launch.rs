@@ -373,6 +373,12 @@ pub const BWD_SLICES_MAX: u64 = 8;
 pub const SPLIT_MIN_CLASSES: u64 = 128;
 /// The fewest samples a slice of a split `dW` sum keeps ([`bwd_slices`]): 4 stages of 32.
 pub const SPLIT_MIN_SAMPLES: u64 = 128;
+/// The stages (of 32) a [`SplitK::Auto`] split of `aiec_bwd_dv_dw`'s sums must take off the launch by
+/// more than ([`bwd_slices`]): the split costs a launch of its own ([`aiec_bwd_sum_slices`]: about a
+/// microsecond between two kernels, assumed, not measured, and its pass over the slices), and 8 stages
+/// of a 64-row 3xTF32 tile are about 1.5 µs on an H200 by `examples/bench.rs`'s model (3 µs at 128
+/// rows).
+pub const SPLIT_MIN_SAVED_STAGES: u64 = 8;
 
 /// The slices of `aiec_bwd_dv_dw`'s two sums: `dv`'s over the `K` classes and `dW`'s over the `B`
 /// samples ([`bwd_slices`]; 1: unsplit). They travel in [`AiecShape::flags`] ([`with_bwd_slices`]).
@@ -411,8 +417,10 @@ impl BwdSlices {
 /// `ceil(len_w / cap_w)`): each sum takes `ceil(len / target)` slices (clamped to its cap), the target being `floor`
 /// for [`SplitK::On`] (whatever the SM count) and `max(floor, avg)` for [`SplitK::Auto`], `avg` the
 /// launch's work per block slot (`GEMM_BLOCKS_PER_SM` a SM): no slice shorter than the average slot's
-/// work, nor than the other sum's shortest; 1 each for [`SplitK::Off`]. Then what fits: `dv`'s slices
-/// first (`B C` values each), then `dW`'s past the first (`K C` each) in what is left.
+/// work, nor than the other sum's shortest; 1 each for [`SplitK::Off`]. `Auto` keeps both sums whole
+/// unless the split shortens the launch (its longest tile, or `avg` if longer) by more than
+/// [`SPLIT_MIN_SAVED_STAGES`] (vit_tiny's dW: 8 stages to 4; ViT-B's dv: 32 to 24). Then what fits: `dv`'s slices first (`B C` values each), then `dW`'s
+/// past the first (`K C` each) in what is left.
 pub fn bwd_slices(shape: &AiecShape, limits: &DeviceLimits, scratch: u64) -> BwdSlices {
     let (b, c, k) = (shape.batch, shape.channels, shape.classes);
     if b == 0 || c == 0 || k == 0 || limits.split_k == SplitK::Off {
@@ -422,18 +430,26 @@ pub fn bwd_slices(shape: &AiecShape, limits: &DeviceLimits, scratch: u64) -> Bwd
     let cap_w = (b / SPLIT_MIN_SAMPLES).clamp(1, BWD_SLICES_MAX);
     let (len_v, len_w) = (k.div_ceil(32), b.div_ceil(32));
     let floor = len_v.div_ceil(cap_v).max(len_w.div_ceil(cap_w));
-    let target = match limits.split_k {
+    // avg: the launch's work per block slot, in stages (0 for On).
+    let avg = match limits.split_k {
         SplitK::Auto => {
             let rows = dv_dw_rows(shape, limits);
             let ct = c.div_ceil(gemm_cols(limits, rows));
             let work = (b.div_ceil(rows) * len_v + k.div_ceil(rows) * len_w) * ct;
-            floor.max(work.div_ceil(limits.sm_count.max(1) as u64 * GEMM_BLOCKS_PER_SM))
+            work.div_ceil(limits.sm_count.max(1) as u64 * GEMM_BLOCKS_PER_SM)
         }
-        _ => floor,
+        _ => 0,
     };
-    let dv = len_v.div_ceil(target).clamp(1, cap_v).min((scratch / (b * c)).max(1));
+    let target = floor.max(avg);
+    let (want_v, want_w) = (len_v.div_ceil(target).clamp(1, cap_v), len_w.div_ceil(target).clamp(1, cap_w));
+    // The stages the split takes off the launch, which lasts at least avg.
+    let saved = len_v.max(len_w).max(avg) - len_v.div_ceil(want_v).max(len_w.div_ceil(want_w)).max(avg);
+    if limits.split_k == SplitK::Auto && saved <= SPLIT_MIN_SAVED_STAGES {
+        return BwdSlices::UNSPLIT;
+    }
+    let dv = want_v.min((scratch / (b * c)).max(1));
     let rest = scratch.saturating_sub(dv * b * c);
-    let dw = len_w.div_ceil(target).clamp(1, cap_w).min(1 + rest / (k * c));
+    let dw = want_w.min(1 + rest / (k * c));
     BwdSlices { dv, dw }
 }
 
@@ -1304,21 +1320,28 @@ mod tests {
         assert_eq!((sum.grid, sum.block), ([32, 1, 1], [256, 1, 1]), "128 x 256 values, 4 a thread");
         assert_eq!(sum.args, [KernelArg::Ptr(7), KernelArg::Ptr(8), KernelArg::structure(&sliced)]);
         assert!(aiec_bwd_sum_slices(&r, 7, 8, H200).is_none(), "unsplit: nothing to add");
-        // vit_tiny: 48 dv tiles of 4 stages (100 classes: dv cannot split) beside 24 dW tiles of 8: dW in 2.
+        // vit_tiny: 48 dv tiles of 4 stages (100 classes: dv cannot split) beside 24 dW tiles of 8: dW in 2
+        // would save 4 stages, less than a launch costs, so Auto keeps them whole; On splits.
         let vt = shape(Pool::Token, 256, 65, 768, 100);
         assert_eq!(dv_dw_rows(&vt, &H200), 64);
-        assert_eq!(bwd_slices(&vt, &H200, all), sl(1, 2));
+        assert_eq!(bwd_slices(&vt, &H200, all), sl(1, 1));
+        let on = DeviceLimits { split_k: SplitK::On, ..H200 };
+        assert_eq!(bwd_slices(&vt, &on, all), sl(1, 2));
         assert_eq!(sl(1, 2).scratch_len(&vt), 256 * 768 + 100 * 768);
-        assert_eq!(bwd_slices(&vt, &H200, 256 * 768 + 100 * 768 - 1), sl(1, 1), "no room for dW's slice");
+        assert_eq!(bwd_slices(&vt, &on, 256 * 768 + 100 * 768 - 1), sl(1, 1), "no room for dW's slice");
+        // The same with B = 1024: 24 dW tiles of 32 stages beside 192 dv tiles of 4, 6 stages a slot: dW
+        // in 6 (the longest tile 32 stages to 6).
+        let big = shape(Pool::Token, 1024, 65, 768, 100);
+        assert_eq!(bwd_slices(&big, &H200, all), sl(1, 6));
         let sliced = with_bwd_slices(&vt, sl(1, 2));
         assert_eq!(aiec_bwd_dv_dw(&sliced, dva(), H200).unwrap().grid, [(4 + 2 * 2) * 12, 1, 1]);
         let sum = aiec_bwd_sum_slices(&sliced, 7, 8, H200).unwrap();
         assert_eq!(sum.grid, [75, 1, 1], "dW's 100 x 768 values, 4 a thread");
-        // vit_b (128-row tiles): 96 dv tiles of 32 stages, 384 dW tiles of 8; 24 stages a slot: dv in 2.
+        // vit_b (128-row tiles): 96 dv tiles of 32 stages, 384 dW tiles of 8; 24 stages a slot: 2 slices
+        // would take the launch from 32 stages to 24, no more than a launch costs: whole.
         let vb = shape(Pool::Token, 256, 197, 3072, 1000);
-        assert_eq!(bwd_slices(&vb, &H200, all), sl(2, 1));
+        assert_eq!(bwd_slices(&vb, &H200, all), sl(1, 1));
         // On: down to the shortest slice either sum allows (dv's 5 stages), whatever the SM count.
-        let on = DeviceLimits { split_k: SplitK::On, ..H200 };
         assert_eq!(bwd_slices(&vb, &on, all), sl(7, 2));
         let mlp = shape(Pool::None, 4096, 1, 4096, 1000);
         assert_eq!(bwd_slices(&mlp, &on, all), sl(2, 8), "dW's 128 stages in 8 slices of 16");
