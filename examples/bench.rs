@@ -85,8 +85,8 @@ struct Row {
     syncs: u64,
 }
 
-/// Targets for `x` that `layer` predicts right for every other sample: the argmax of its logits for even rows, the
-/// next class for odd rows (the weights do not change between steps: the bench applies no update).
+/// Targets for `x` that `layer` predicts right for every other sample ([`half_right`]; the weights do not change
+/// between steps: the bench applies no update).
 fn half_right_targets(
     layer: &mut GpuLayer,
     x: &Tensor,
@@ -95,13 +95,20 @@ fn half_right_targets(
 ) -> aiec::Result<Vec<i64>> {
     let rec = layer.forward(x, Some(&vec![0; batch]))?;
     let logits = rec.aux.as_ref().map(|a| a.logits.to_vec()).transpose()?.unwrap_or_default();
-    Ok((0..batch)
+    Ok(half_right(&logits, batch, classes))
+}
+
+/// Targets right for every other row of `logits` (`[batch, classes]`): the argmax for even rows, the next class
+/// for odd rows. A classifier in training is right about that often; targets right 1 in K times would leave out
+/// the counting's cost (`aiec_fwd_softmax` and `aiec_fwd_gate` work per correct sample).
+fn half_right(logits: &[f32], batch: usize, classes: usize) -> Vec<i64> {
+    (0..batch)
         .map(|b| {
             let row = &logits[b * classes..(b + 1) * classes];
             let best = (0..classes).fold(0, |m, j| if row[j] > row[m] { j } else { m });
             (if b % 2 == 0 { best } else { (best + 1) % classes }) as i64
         })
-        .collect())
+        .collect()
 }
 
 fn bench_device<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Result<Row> {
@@ -178,7 +185,7 @@ fn bench_device<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Resu
 struct KernelTimes {
     fwd_x: f64,
     fwd_logits: f64,
-    /// `aiec_fwd_softmax` on an update step (rows and counting).
+    /// `aiec_fwd_softmax` on an update step (rows and counting), targets right for half the rows.
     fwd_softmax: f64,
     fwd_gate: f64,
     /// `aiec_bwd_dv_dw` as the backward plans it: its sums in `launch::bwd_slices` slices, then
@@ -232,8 +239,8 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
     let v: Buffer<f32> = Buffer::zeros(dev, b * c)?;
     let w: Vec<f32> = aiec::init::xavier_uniform(k, c, 1).into_iter().map(|v| v as f32).collect();
     let w = Buffer::from_slice(dev, &w)?;
-    let targets: Vec<i64> = (0..b).map(|i| (i * 7 % k) as i64).collect();
-    let targets = Buffer::from_slice(dev, &targets)?;
+    // Set to `half_right` of the first input's logits once the plans exist (below).
+    let mut targets = Buffer::<i64>::zeros(dev, b)?;
     let f32s = |len: usize| Buffer::<f32>::zeros(dev, len);
     // dv with room for the slices of the split sums (the backward's `dv` scratch; `launch::bwd_slices`).
     let bwd_slices = aiec::launch::bwd_slices(&shape, &dev.limits(), u64::MAX);
@@ -362,6 +369,13 @@ fn bench_kernels<T: Element>(dev: &Device, p: Preset, iters: usize) -> aiec::Res
             dev.limits(),
         )
     });
+    // Targets right for about half the samples, as in a training step (`half_right`): the counting in
+    // `aiec_fwd_softmax` and the gate's classes cost what they cost in training.
+    for plan in [&fwd_x[0], &logits_plan].into_iter().flatten() {
+        // SAFETY: every buffer above lives until the end of this function and is sized for `shape`.
+        unsafe { dev.launch(plan) }?;
+    }
+    targets.copy_from(&half_right(&logits.to_vec()?, b, k))?;
     let time = |plans: [&Option<LaunchPlan>; 2]| -> aiec::Result<f64> {
         for plan in plans.iter().copied().flatten() {
             // SAFETY: every buffer above lives until the end of this function
