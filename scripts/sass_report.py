@@ -34,18 +34,20 @@ they read the sm_80/sm_90 CUBINs of NVRTC 12.9 and 13.0 alike).
 
     python3 scripts/sass_report.py                # the report, plain text
     python3 scripts/sass_report.py --markdown     # the tables of BENCHMARKS.md
-    python3 scripts/sass_report.py --check        # non-zero when a budget is exceeded
+    python3 scripts/sass_report.py --check        # non-zero when a budget (or a goal held) is exceeded
     python3 scripts/sass_report.py --self-test    # the check must catch planted excesses
     python3 scripts/sass_report.py --record       # rewrite the budgets from today's values
 
 Budgets live in ``scripts/sass_budgets.json``: per kernel and architecture the
 recorded ceilings (registers, shared bytes, spills, stack, local bytes,
 instructions and wavefronts per unit of work in the hot loop) and floors (the
-narrowest global load and store in the hot loop, in bits). ``--record`` keeps
+narrowest global load and store in the hot loop, in bits). A kernel's ``goal``
+(a target an issue set) is a second ceiling ``--check`` holds it to, unless its
+``goal_exempt`` gives the reason its geometry cannot meet it. ``--record`` keeps
 every hand-written field (``elements_per_iteration``, ``elements_source``,
-``note``, ``goal``), sets the ceilings from today's values with the slack
-described in that file, and keeps today's hot-loop rates without slack under
-``today`` (not checked: the cost model of ``examples/bench.rs`` reads them).
+``note``, ``goal``, ``goal_exempt``), sets the ceilings from today's values with
+the slack described in that file, and keeps today's hot-loop rates without slack
+under ``today`` (not checked: the cost model of ``examples/bench.rs`` reads them).
 """
 
 from __future__ import annotations
@@ -485,6 +487,14 @@ def check(rows: list[dict], budgets: dict) -> list[str]:
         for key in FLOORS:
             if key in b and key in m and m[key] < b[key]:
                 errors.append(f"{name} {arch}: {key} {m[key]} is below its budget {b[key]}")
+        entry = kernels.get(name, {})
+        goal = entry.get("goal", {}).get(arch, {})
+        if goal and "goal_exempt" not in entry:
+            for key, ceiling in goal.items():
+                if key not in m:
+                    errors.append(f"{name} {arch}: {key} has a goal {ceiling} but no hot loop was found")
+                elif m[key] > ceiling:
+                    errors.append(f"{name} {arch}: {key} {m[key]} exceeds its goal {ceiling}")
     for name, per_arch in kernels.items():
         for arch in per_arch:
             if arch in ARCHS and (name, arch) not in seen:
@@ -561,6 +571,18 @@ def markdown(rows: list[dict], budgets: dict, archs) -> str:
                 f"{r['blocks_per_sm']} ({r['limit']}) | {occ} | {loop or 'none'} | {inst} | {unit} | "
                 f"{fmt_rate(per)} | {wf} | {gl} |"
             )
+        out.append("")
+    goals = [(name, k) for name, k in sorted(kernels.items()) if k.get("goal")]
+    if goals:
+        out.append("| kernel | arch | goal (instr / wavefronts per unit) | today | held to it |")
+        out.append("| --- | --- | --- | --- | --- |")
+        for name, k in goals:
+            for arch, g in sorted(k["goal"].items()):
+                today = k.get(arch, {}).get("today", {})
+                ceil = " / ".join(str(g.get(key, "-")) for key in ("instructions_per_unit", "wavefronts_per_unit"))
+                now = " / ".join(fmt_rate(today.get(key)) for key in ("instructions_per_unit", "wavefronts_per_unit"))
+                held = "no: exempt (sass_budgets.json `goal_exempt`)" if "goal_exempt" in k else "yes (`--check`)"
+                out.append(f"| `{name}` | {arch} | {ceil} | {now} | {held} |")
         out.append("")
     return "\n".join(out)
 
@@ -675,7 +697,13 @@ def self_test(rows: list[dict] | None, budgets: dict) -> None:
     stale = copy.deepcopy(ok)
     stale["kernels"]["gone"] = {"sm_80": {"registers": 1}}
     assert check(planted, stale) == ["gone sm_80: budgeted but not in any CUBIN (stale budget)"]
-    n = 5
+    # A goal is a second ceiling: enforced at the architectures it names, unless the kernel is exempt.
+    goal = copy.deepcopy(ok)
+    goal["kernels"]["k"]["goal"] = {"sm_90": {"wavefronts_per_unit": 6.9}, "sm_80": {"wavefronts_per_unit": 1.0}}
+    assert check(planted, goal) == ["k sm_90: wavefronts_per_unit 7.0 exceeds its goal 6.9"], check(planted, goal)
+    goal["kernels"]["k"]["goal_exempt"] = "its geometry"
+    assert check(planted, goal) == [], check(planted, goal)
+    n = 6
     if rows:
         # The real report: one metric of every budgeted kernel set just below
         # today's value must fail, naming it.
@@ -690,6 +718,16 @@ def self_test(rows: list[dict] | None, budgets: dict) -> None:
             got = [e for e in check(rows, b) if e.startswith(f"{row['kernel']} {row['arch']}: {key}")]
             assert got == [f"{row['kernel']} {row['arch']}: {key} {m[key]} exceeds its budget {entry[key]}"], got
             n += 1
+            # And a goal just below today's value, where the kernel has one it is held to.
+            kernel = budgets["kernels"][row["kernel"]]
+            goal = kernel.get("goal", {}).get(row["arch"], {})
+            if goal and "goal_exempt" not in kernel:
+                b = copy.deepcopy(budgets)
+                key = next(iter(goal))
+                b["kernels"][row["kernel"]]["goal"][row["arch"]][key] = m[key] - 0.01
+                want = f"{row['kernel']} {row['arch']}: {key} {m[key]} exceeds its goal {m[key] - 0.01}"
+                assert want in check(rows, b), check(rows, b)
+                n += 1
     print(f"sass: self-test passed ({n} planted excesses caught)")
 
 
