@@ -414,13 +414,14 @@ impl BwdSlices {
 /// In stages of 32, with `len_v = ceil(K / 32)`, `len_w = ceil(B / 32)`, the caps `cap_v = K /`
 /// [`SPLIT_MIN_CLASSES`] and `cap_w = B / `[`SPLIT_MIN_SAMPLES`] (each from 1 to [`BWD_SLICES_MAX`])
 /// and `floor` the longer of the shortest slices the caps allow (`ceil(len_v / cap_v)`,
-/// `ceil(len_w / cap_w)`): each sum takes `ceil(len / target)` slices (clamped to its cap), the target being `floor`
-/// for [`SplitK::On`] (whatever the SM count) and `max(floor, avg)` for [`SplitK::Auto`], `avg` the
-/// launch's work per block slot (`GEMM_BLOCKS_PER_SM` a SM): no slice shorter than the average slot's
-/// work, nor than the other sum's shortest; 1 each for [`SplitK::Off`]. `Auto` keeps both sums whole
-/// unless the split shortens the launch (its longest tile, or `avg` if longer) by more than
-/// [`SPLIT_MIN_SAVED_STAGES`] (vit_tiny's dW: 8 stages to 4; ViT-B's dv: 32 to 24). Then what fits: `dv`'s slices first (`B C` values each), then `dW`'s
-/// past the first (`K C` each) in what is left.
+/// `ceil(len_w / cap_w)`): each sum takes `ceil(len / target)` slices (clamped to its cap), the
+/// target being `floor` for [`SplitK::On`] (whatever the SM count) and `max(floor, avg)` for
+/// [`SplitK::Auto`], `avg` the launch's work per block slot (`GEMM_BLOCKS_PER_SM` a SM): no slice
+/// shorter than the average slot's work, nor than the other sum's shortest; 1 each for
+/// [`SplitK::Off`]. `Auto` keeps both sums whole unless the split shortens the launch (its longest
+/// tile, or `avg` if longer) by more than [`SPLIT_MIN_SAVED_STAGES`] (vit_tiny's dW: 8 stages to 4;
+/// ViT-B's dv: 32 to 24). Then what fits: `dv`'s slices first (`B C` values each), then `dW`'s past
+/// the first (`K C` each) in what is left.
 pub fn bwd_slices(shape: &AiecShape, limits: &DeviceLimits, scratch: u64) -> BwdSlices {
     let (b, c, k) = (shape.batch, shape.channels, shape.classes);
     if b == 0 || c == 0 || k == 0 || limits.split_k == SplitK::Off {
