@@ -89,6 +89,35 @@ def test_dv_split_over_many_classes_gives_the_eager_models_gradients(use_backend
     assert_close("dW", f.decision_weights.grad, e.weight.grad, rtol)
 
 
+@pytest.mark.parametrize("backend,dtype,rtol", [b for b in BACKENDS if b.values[0] != "reference"])
+def test_dw_split_over_many_samples_gives_the_eager_models_gradients(use_backend, backend, dtype, rtol):
+    """B = 512 beside K = 10: dW's tiles sum over 16 stages of samples, dv's over one, so the
+    backward splits dW's sums (their slices past the first in the dv scratch after dv,
+    ``Backend.dv_scratch_len``) and ``aiec_bwd_sum_slices`` adds them onto dW; dx and dW as the
+    eager model's."""
+    from aiec import _ops
+
+    dev = use_backend(backend)
+    b, c, k = 512, 8, 10
+    f, e = layer_pair(c, k, "none", 1, dtype, 5)
+    f, e = f.to(dev), e.to(dev)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn((b, c), generator=g, dtype=torch.float64).to(dtype).to(dev)
+    be = _ops.backend(x)
+    n = be.dv_scratch_len(_ops.config(c, k, 0.1, "none", 1), [b, c])
+    assert n > b * c and (n - b * c) % (k * c) == 0, f"{be.label}: a scratch of {n} values"
+    t = (torch.arange(b) * 7 % k).to(dev)
+    xf, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    dy = torch.randn_like(x) * 0.1
+    yf, ye = f(xf, t), e(xe, t)
+    objf, _, _ = losses([f])
+    obje, _, _, _ = reference.aiec_objective([e], t, 1.0, 200.0)
+    torch.autograd.backward([objf, yf], [torch.ones_like(objf), dy])
+    torch.autograd.backward([obje, ye], [torch.ones_like(obje), dy])
+    assert_close("dx", xf.grad, xe.grad, rtol)
+    assert_close("dW", f.decision_weights.grad, e.weight.grad, rtol)
+
+
 def test_the_reference_backend_takes_no_dv_scratch():
     from aiec import _aiec, _ops
 
