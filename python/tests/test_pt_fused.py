@@ -62,6 +62,20 @@ def test_the_fused_path_gives_the_eager_models_losses_and_gradients(use_backend,
     assert all(f.count == 4 for f, _ in pairs)
 
 
+def assert_same_step_gradients(f, e, x, t, rtol):
+    """One step of the fused layer f and the eager model e on x with targets t, the objective
+    and dy back through both: dx and dW agree within rtol."""
+    xf, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    dy = torch.randn_like(x) * 0.1
+    yf, ye = f(xf, t), e(xe, t)
+    objf, _, _ = losses([f])
+    obje, _, _, _ = reference.aiec_objective([e], t, 1.0, 200.0)
+    torch.autograd.backward([objf, yf], [torch.ones_like(objf), dy])
+    torch.autograd.backward([obje, ye], [torch.ones_like(obje), dy])
+    assert_close("dx", xf.grad, xe.grad, rtol)
+    assert_close("dW", f.decision_weights.grad, e.weight.grad, rtol)
+
+
 @pytest.mark.parametrize("backend,dtype,rtol", [b for b in BACKENDS if b.values[0] != "reference"])
 def test_dv_split_over_many_classes_gives_the_eager_models_gradients(use_backend, backend, dtype, rtol):
     """K = 1000 beside B = 5: the backward's dv scratch has room for several [B, C] slices
@@ -78,15 +92,7 @@ def test_dv_split_over_many_classes_gives_the_eager_models_gradients(use_backend
     slices = be.dv_scratch_len(_ops.config(c, k, 0.1, "token", 1), list(x.shape)) // (5 * c)
     assert slices > 1, f"{be.label}: {slices} slice(s)"
     t = torch.tensor([999, 0, 500, 3, 999]).to(dev)
-    xf, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    dy = torch.randn_like(x) * 0.1
-    yf, ye = f(xf, t), e(xe, t)
-    objf, _, _ = losses([f])
-    obje, _, _, _ = reference.aiec_objective([e], t, 1.0, 200.0)
-    torch.autograd.backward([objf, yf], [torch.ones_like(objf), dy])
-    torch.autograd.backward([obje, ye], [torch.ones_like(obje), dy])
-    assert_close("dx", xf.grad, xe.grad, rtol)
-    assert_close("dW", f.decision_weights.grad, e.weight.grad, rtol)
+    assert_same_step_gradients(f, e, x, t, rtol)
 
 
 @pytest.mark.parametrize("backend,dtype,rtol", [b for b in BACKENDS if b.values[0] != "reference"])
@@ -107,15 +113,7 @@ def test_dw_split_over_many_samples_gives_the_eager_models_gradients(use_backend
     n = be.dv_scratch_len(_ops.config(c, k, 0.1, "none", 1), [b, c])
     assert n > b * c and (n - b * c) % (k * c) == 0, f"{be.label}: a scratch of {n} values"
     t = (torch.arange(b) * 7 % k).to(dev)
-    xf, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    dy = torch.randn_like(x) * 0.1
-    yf, ye = f(xf, t), e(xe, t)
-    objf, _, _ = losses([f])
-    obje, _, _, _ = reference.aiec_objective([e], t, 1.0, 200.0)
-    torch.autograd.backward([objf, yf], [torch.ones_like(objf), dy])
-    torch.autograd.backward([obje, ye], [torch.ones_like(obje), dy])
-    assert_close("dx", xf.grad, xe.grad, rtol)
-    assert_close("dW", f.decision_weights.grad, e.weight.grad, rtol)
+    assert_same_step_gradients(f, e, x, t, rtol)
 
 
 def test_the_reference_backend_takes_no_dv_scratch():
