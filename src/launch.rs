@@ -422,6 +422,24 @@ impl BwdSlices {
 /// tile, or `avg` if longer) by more than [`SPLIT_MIN_SAVED_STAGES`] (vit_tiny's dW: 8 stages to 4;
 /// ViT-B's dv: 32 to 24). Then what fits: `dv`'s slices first (`B C` values each), then `dW`'s past
 /// the first (`K C` each) in what is left.
+///
+/// ```
+/// use aiec::launch::{bwd_slices, BwdSlices, DeviceLimits, SplitK};
+/// use aiec::{InputDims, Pool};
+/// let h200 = DeviceLimits::new(132, aiec::nvrtc::Arch { major: 9, minor: 0 });
+/// // 1024 samples beside 100 classes: dW's tiles sum over 32 stages of 32 samples, dv's over 4.
+/// let dims = InputDims::new(Pool::Token, 768, &[1024, 65, 768])?;
+/// let shape = aiec::params::AiecShape::new(&dims, 100, 0.0, false);
+/// let want = bwd_slices(&shape, &h200, u64::MAX);
+/// assert_eq!(want, BwdSlices { dv: 1, dw: 6 });
+/// // The scratch: B C for dv, then K C for each of dW's slices past the first.
+/// assert_eq!(want.scratch_len(&shape), 1024 * 768 + 5 * 100 * 768);
+/// // A scratch with room for 2 of dW's extra slices splits in 3; Off never splits.
+/// assert_eq!(bwd_slices(&shape, &h200, 1024 * 768 + 2 * 100 * 768).dw, 3);
+/// let off = DeviceLimits { split_k: SplitK::Off, ..h200 };
+/// assert_eq!(bwd_slices(&shape, &off, u64::MAX), BwdSlices::UNSPLIT);
+/// # Ok::<(), aiec::AiecError>(())
+/// ```
 pub fn bwd_slices(shape: &AiecShape, limits: &DeviceLimits, scratch: u64) -> BwdSlices {
     let (b, c, k) = (shape.batch, shape.channels, shape.classes);
     if b == 0 || c == 0 || k == 0 || limits.split_k == SplitK::Off {
