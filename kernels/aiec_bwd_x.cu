@@ -66,16 +66,17 @@ __device__ __forceinline__ void load(const T* dyrow, const u32* __restrict__ kro
   }
 }
 
-// dx for the chunk: kept elements get dy + u[slot] (add) or dy's bits (!add), dropped ones +0.
+// dx for the chunk: kept elements get dy + u[slot] (add) or dy's bits (!add), dropped ones +0. add is warp-uniform
+// (a row's); the keep bits are not, so they select by masks (aiec_k::keep_only), not by branches.
 template <int W, class T>
 __device__ __forceinline__ void apply(Pack16<T>& p, u32 bits, const float* u, bool add, T* dxrow, u64 base, u64 len,
                                       int lane) {
   constexpr int V = Pack16<T>::N, NJ = V / W;
-  AIEC_UNROLL
-  for (int i = 0; i < V; ++i) {
-    if (!((bits >> i) & 1u)) p.v[i] = T{};
-    else if (add) p.v[i] = aiec::from_float<T>(aiec::to_float(p.v[i]) + u[i]);
+  if (add) {
+    AIEC_UNROLL
+    for (int i = 0; i < V; ++i) p.v[i] = aiec::from_float<T>(aiec::to_float(p.v[i]) + u[i]);
   }
+  aiec_k::keep_only(p, bits);
   if constexpr (W == V) {
     const u64 o = base + sub_off<W>(0, lane);
     if (o < len) aiec::st16(dxrow + o, p.u);

@@ -182,6 +182,23 @@ __device__ __forceinline__ void check_targets(const long long* __restrict__ targ
   }
   __syncthreads();  // scan may be reused by the caller
 }
+// Sets to +0 the elements of p whose keep bit (bit i for p.v[i]) is clear and leaves the rest's bits as they are,
+// without a branch: each 32-bit word of p is ANDed with a mask made from its elements' bits (a per-element branch on
+// the bits diverges within the warp). Element i of a 16-bit T is half i % 2 of word i / 2, the low half first: z
+// puts word k's two bits at 2k and 16 + 2k, and (z >> 2k & 0x10001) * 0xFFFF is then 0, 0xFFFF, 0xFFFF0000 or ~0.
+template <class T> __device__ __forceinline__ void keep_only(aiec::Pack16<T>& p, u32 bits) {
+  u32 w[4] = {p.u.x, p.u.y, p.u.z, p.u.w};
+  if constexpr (sizeof(T) == 4) {
+    AIEC_UNROLL
+    for (int k = 0; k < 4; ++k) w[k] &= 0u - ((bits >> k) & 1u);
+  } else {
+    static_assert(sizeof(T) == 2, "16- or 32-bit elements");
+    const u32 z = (bits & 0x55u) | ((bits & 0xAAu) << 15);
+    AIEC_UNROLL
+    for (int k = 0; k < 4; ++k) w[k] &= ((z >> (2 * k)) & 0x10001u) * 0xFFFFu;
+  }
+  p.u = uint4{w[0], w[1], w[2], w[3]};
+}
 // ---------------------------------------------------------------- W-element vector access (the activation passes)
 // The activation passes move each lane's V = 16 / sizeof(T) elements of a row as V / W vectors of W elements
 // (16, 8, 4 or 2 bytes): W = V where the rows and the pointers are 16-byte aligned, narrower where they are not
