@@ -66,16 +66,18 @@ __device__ __forceinline__ void load(const T* dyrow, const u32* __restrict__ kro
   }
 }
 
-// dx for the chunk: kept elements get dy + u[slot] (add) or dy's bits (!add), dropped ones +0. add is warp-uniform
-// (a row's); the keep bits are not, so they select by masks (aiec_k::keep_only), not by branches.
+// Adds u[slot] to every element of the chunk (dy + u, rounded to T): the rows unpool(dv) reaches. The caller branches
+// on whether the row is one (warp-uniform).
+template <class T> __device__ __forceinline__ void add(Pack16<T>& p, const float* u) {
+  AIEC_UNROLL
+  for (int i = 0; i < Pack16<T>::N; ++i) p.v[i] = aiec::from_float<T>(aiec::to_float(p.v[i]) + u[i]);
+}
+
+// Stores the chunk as dx with its dropped elements +0 and its kept ones as they are (dy's bits, or dy + u after
+// add). The keep bits differ from lane to lane, so they select by masks (aiec_k::keep_only), not by branches.
 template <int W, class T>
-__device__ __forceinline__ void apply(Pack16<T>& p, u32 bits, const float* u, bool add, T* dxrow, u64 base, u64 len,
-                                      int lane) {
+__device__ __forceinline__ void store_kept(Pack16<T>& p, u32 bits, T* dxrow, u64 base, u64 len, int lane) {
   constexpr int V = Pack16<T>::N, NJ = V / W;
-  if (add) {
-    AIEC_UNROLL
-    for (int i = 0; i < V; ++i) p.v[i] = aiec::from_float<T>(aiec::to_float(p.v[i]) + u[i]);
-  }
   aiec_k::keep_only(p, bits);
   if constexpr (W == V) {
     const u64 o = base + sub_off<W>(0, lane);
@@ -121,21 +123,23 @@ __device__ __noinline__ void tokens_rows(const T* dy, const u32* __restrict__ ke
     for (int u = 0; u < U; ++u) {
       const u64 r = r0 + (u64)u * WARPS + warp;
       if (r < R) {
-        const bool add = dv && (!token || rp[u] == 0);
-        const u64 b = !add ? 0 : P == 1 ? r : r / P;  // one division per sample, none per row
-        float uu[V];
-        AIEC_UNROLL
-        for (int j = 0; j < NJ; ++j) {
-          const u64 o = base + sub_off<W>(j, lane);
-          if (add && o < C) {  // v_floats(W) floats per load (dv is aligned to them: aiec_k::v_bits)
-            AIEC_UNROLL
-            for (int q = 0; q < W; q += F) aiec_k::ldvec<F>(dv + b * C + o + q, uu + j * W + q);
-          } else {
-            AIEC_UNROLL
-            for (int e = 0; e < W; ++e) uu[j * W + e] = 0.0f;
+        if (dv && (!token || rp[u] == 0)) {  // a row dv reaches (warp-uniform)
+          const u64 b = P == 1 ? r : r / P;  // one division per sample, none per row
+          float uu[V];
+          AIEC_UNROLL
+          for (int j = 0; j < NJ; ++j) {
+            const u64 o = base + sub_off<W>(j, lane);
+            if (o < C) {  // v_floats(W) floats per load (dv is aligned to them: aiec_k::v_bits)
+              AIEC_UNROLL
+              for (int q = 0; q < W; q += F) aiec_k::ldvec<F>(dv + b * C + o + q, uu + j * W + q);
+            } else {
+              AIEC_UNROLL
+              for (int e = 0; e < W; ++e) uu[j * W + e] = 0.0f;
+            }
           }
+          add(cur[u], uu);
         }
-        apply<W>(cur[u], cb[u], uu, add, dx + r * C, base, C, lane);
+        store_kept<W>(cur[u], cb[u], dx + r * C, base, C, lane);
       }
       const u64 rn = r + step;  // the next step's row u, in flight while the later rows are processed
       if (rn < R) load<W>(dy + rn * C, keep + rn * wpr, base, C, lane, cur[u], cb[u]);
@@ -185,7 +189,10 @@ __device__ __noinline__ void tokens_avg(const T* dy, const u32* __restrict__ kee
       AIEC_UNROLL
       for (int u = 0; u < U; ++u) {
         const u64 p = p0 + (u64)u * WARPS;
-        if (p < P) apply<W>(cur[u], cb[u], uu, dv != nullptr, dx + (b * P + p) * C, base, C, lane);
+        if (p < P) {
+          if (dv) add(cur[u], uu);
+          store_kept<W>(cur[u], cb[u], dx + (b * P + p) * C, base, C, lane);
+        }
         const u64 pn = np + (u64)u * WARPS;  // the next step's row u
         if (b1 < B && pn < P)
           load<W>(dy + (b1 * P + pn) * C, keep + (b1 * P + pn) * wpr, base, C, lane, cur[u], cb[u]);
@@ -237,7 +244,10 @@ __device__ __noinline__ void hw_body(const T* dy, const u32* __restrict__ keep, 
     AIEC_UNROLL
     for (int u = 0; u < U; ++u) {
       const u64 q = q0 + (u64)u * CHUNK;
-      if (q < P) apply<W>(cur[u], cb[u], uu, dv != nullptr, dx + r * P, q, P, lane);
+      if (q < P) {
+        if (dv) add(cur[u], uu);
+        store_kept<W>(cur[u], cb[u], dx + r * P, q, P, lane);
+      }
       if (nr < rows) load<W>(dy + nr * P, keep + nr * wpr, nq + (u64)u * CHUNK, P, lane, cur[u], cb[u]);
     }
     r = nr;
