@@ -1,5 +1,5 @@
 //! Every kernel file compiles with the real NVRTC, with no include path, for
-//! sm_75, sm_80 and sm_90 (CUBIN) and to PTX; the cache hits on a second
+//! sm_75, sm_80 and sm_90 (CUBIN) and to PTX without a warning; the cache hits on a second
 //! request; a broken kernel is an error carrying the compiler log.
 //!
 //! Needs a loadable libnvrtc (`AIEC_NVRTC_LIB` or the loader path). With
@@ -24,42 +24,61 @@ fn nvrtc_or_skip() -> Option<(i32, i32)> {
     }
 }
 
+/// Every kernel file, for every tested arch, builds without a warning; its
+/// PTX and CUBIN hold the same entry points (and, with the simulator built, the
+/// ones it registered). The projection GEMMs' tensor-core entry points (3xTF32,
+/// plain TF32, each with the 64-row tile and the 128-row `_m128` one) exist from
+/// sm_80 on and not for sm_75, which the plans never hand them
+/// (`launch::DeviceLimits::projection`): there only the f32 path (64 rows only)
+/// is compiled.
 #[test]
 fn every_kernel_compiles_for_every_tested_arch() {
     let Some((maj, min)) = nvrtc_or_skip() else { return };
+    let sm90 = Arch { major: 9, minor: 0 };
     for (file, _) in nvrtc::sources::SOURCES {
-        let mut cubins = Vec::new();
+        let mut cubin_sm90 = None;
         for arch in Arch::TESTED {
             let t = Instant::now();
-            let image =
-                nvrtc::compile(Module::all(file), Target::Cubin(arch)).unwrap_or_else(|e| panic!("{e}"));
-            assert!(
-                matches!(&image, Image::Cubin(b) if b.starts_with(b"\x7fELF")),
-                "{file} {arch}: not an ELF cubin"
-            );
+            let (image, log) = nvrtc::compile_logged(Module::all(file), Target::Cubin(arch), &[])
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(log.trim().is_empty(), "{file} {arch}: NVRTC warns:\n{log}");
+            let Image::Cubin(cubin) = image else { panic!("{file} {arch}: not a cubin") };
+            assert!(cubin.starts_with(b"\x7fELF"), "{file} {arch}: not an ELF cubin");
             println!(
                 "nvrtc {maj}.{min}: {file} -> {arch} cubin, {} bytes, {:.0} ms",
-                image.len(),
+                cubin.len(),
                 t.elapsed().as_secs_f64() * 1e3
             );
-            if let Image::Cubin(b) = image {
-                cubins.push(b);
+            if let Some(kernel) = gemm_kernel(file) {
+                let mut want = vec![kernel.to_string()];
+                if aiec::launch::tensor_cores(arch) {
+                    for path in ["_tf32", "_tf32x3"] {
+                        want.extend([format!("{kernel}{path}"), format!("{kernel}{path}_m128")]);
+                    }
+                }
+                // not a GEMM: on every arch
+                want.push(
+                    if kernel == "aiec_fwd_logits" { "aiec_fwd_softmax" } else { "aiec_bwd_sum_slices" }
+                        .into(),
+                );
+                want.sort(); // as cubin_entries lists them
+                assert_eq!(cubin_entries(&cubin), want, "{file} {arch}");
+            }
+            if arch == sm90 {
+                cubin_sm90 = Some(cubin);
             }
         }
-        let Image::Ptx(ptx) =
-            nvrtc::compile(Module::all(file), Target::Ptx(Arch { major: 9, minor: 0 })).unwrap()
+        let (Image::Ptx(ptx), log) =
+            nvrtc::compile_logged(Module::all(file), Target::Ptx(sm90), &[]).unwrap()
         else {
             panic!("PTX target gave a cubin")
         };
+        assert!(log.trim().is_empty(), "{file} PTX: NVRTC warns:\n{log}");
         // Every entry point of the file is in the PTX under its plain name;
         // with the simulator built, exactly the ones it registered.
         let entries = ptx_entries(&ptx);
         assert!(!entries.is_empty(), "{file}: no entry points");
-        let Image::Cubin(cubin) =
-            nvrtc::compile(Module::all(file), Target::Cubin(Arch { major: 9, minor: 0 })).unwrap()
-        else {
-            panic!("cubin target gave PTX")
-        };
+        let cubin = cubin_sm90.expect("Arch::TESTED holds sm_90");
         assert_eq!(cubin_entries(&cubin), entries, "{file}: cubin symbols vs PTX entries");
         #[cfg(feature = "sim")]
         {
@@ -74,6 +93,15 @@ fn every_kernel_compiles_for_every_tested_arch() {
             reg.sort();
             assert_eq!(entries, reg, "{file}: PTX entries vs simulator registry");
         }
+    }
+}
+
+/// The projection GEMM a kernel file holds, if it holds one.
+fn gemm_kernel(file: &str) -> Option<&'static str> {
+    match file {
+        "aiec_fwd_logits.cu" => Some("aiec_fwd_logits"),
+        "aiec_bwd_dv_dw.cu" => Some("aiec_bwd_dv_dw"),
+        _ => None,
     }
 }
 
@@ -299,38 +327,6 @@ fn no_kernel_spills_and_each_fits_its_block() {
                 assert_eq!((k.spill_stores, k.spill_loads, k.stack_bytes), (0, 0, 0), "{m} {arch}: {k:?}");
                 assert!(blocks >= 1, "{m} {arch}: a block of {threads} threads does not fit: {k:?}");
             }
-        }
-    }
-}
-
-/// The projection GEMMs' tensor-core entry points (3xTF32, plain TF32, each with
-/// the 64-row tile and the 128-row `_m128` one) exist from sm_80 on and not for
-/// sm_75, which the plans never hand them (`launch::DeviceLimits::projection`):
-/// there only the f32 path (64 rows only) is compiled.
-#[test]
-fn the_tensor_core_paths_exist_from_sm_80_on() {
-    if nvrtc_or_skip().is_none() {
-        return;
-    }
-    for (file, kernel) in [("aiec_fwd_logits.cu", "aiec_fwd_logits"), ("aiec_bwd_dv_dw.cu", "aiec_bwd_dv_dw")]
-    {
-        for arch in Arch::TESTED {
-            let Image::Cubin(cubin) = nvrtc::compile(Module::all(file), Target::Cubin(arch)).unwrap() else {
-                panic!("not a cubin")
-            };
-            let mut want = vec![kernel.to_string()];
-            if aiec::launch::tensor_cores(arch) {
-                for path in ["_tf32", "_tf32x3"] {
-                    want.extend([format!("{kernel}{path}"), format!("{kernel}{path}_m128")]);
-                }
-            }
-            if file == "aiec_fwd_logits.cu" {
-                want.push("aiec_fwd_softmax".to_string()); // not a GEMM: on every arch
-            } else {
-                want.push("aiec_bwd_sum_slices".to_string()); // likewise
-            }
-            want.sort(); // as cubin_entries lists them
-            assert_eq!(cubin_entries(&cubin), want, "{file} {arch}");
         }
     }
 }
