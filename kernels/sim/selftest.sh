@@ -28,15 +28,15 @@ variant() {
   d=$OUT/$v; rm -rf "$d"; mkdir -p "$d"
   echo "== $v: ${FLAGS[*]}"
   # the objects, at most $JOBS compiles at a time (a failed compile fails the variant)
-  cc() {
+  compile_bg() {
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.2; done
     echo "+ $CXX ${BASE[*]} ${FLAGS[*]} $*"
     $CXX "${BASE[@]}" "${FLAGS[@]}" "$@" &
     pids+=($!)
   }
-  cc -c kernels/sim/sim_abi.cpp -o "$d/sim_abi.o"
-  for k in "${KERNELS[@]}"; do cc -x c++ -c "$k" -o "$d/$(basename "$k" .cu).o"; done
-  cc -x c++ -c $TESTK -o "$d/selftest_kernels.o"
+  compile_bg -c kernels/sim/sim_abi.cpp -o "$d/sim_abi.o"
+  for k in "${KERNELS[@]}"; do compile_bg -x c++ -c "$k" -o "$d/$(basename "$k" .cu).o"; done
+  compile_bg -x c++ -c $TESTK -o "$d/selftest_kernels.o"
   for k in "${pids[@]}"; do wait "$k"; done
   local OBJS=(); for k in "${KERNELS[@]}"; do OBJS+=("$d/$(basename "$k" .cu).o"); done
   set -x
